@@ -1,0 +1,2 @@
+//! Demo fleet.
+pub mod service;

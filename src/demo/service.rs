@@ -1,0 +1,1 @@
+//! Demo service (stub, being written).

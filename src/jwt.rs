@@ -1,0 +1,1 @@
+//! HS256 JWTs (stub, being written).

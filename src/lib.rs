@@ -1,0 +1,20 @@
+//! rotor rotates a shared secret across the services that use it without a failed request.
+//!
+//! The protocol (`protocol`) says what must hold in each state; the engine (`engine`) walks the
+//! states with a journal and a lock; stores (`store`), consumers (`consumer`) and probes
+//! (`probe`) are the backends it drives; `cli` parses arguments and calls the engine, which never
+//! sees clap types; `output` is the only module that prints.
+
+pub mod cli;
+pub mod consumer;
+pub mod demo;
+pub mod engine;
+pub mod events;
+pub mod exit;
+pub mod jwt;
+pub mod output;
+pub mod playbook;
+pub mod probe;
+pub mod protocol;
+pub mod secret;
+pub mod store;

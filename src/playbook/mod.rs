@@ -1,0 +1,268 @@
+//! Playbooks: one YAML file per secret and environment.
+//!
+//! Owns: the validated, typed form of a playbook ([`Playbook`]) that the rest of rotor reads.
+//! Parsing and validation live in [`load`]: every error names file, line, column and field and
+//! says what to do ([`PlaybookError`]). Must never: hold a secret value (playbooks name env
+//! variables and paths, never values).
+
+mod load;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use load::{PlaybookError, load_file, load_str};
+
+use crate::protocol::Role;
+use crate::secret::Alphabet;
+
+/// The environment a secret lives in; decides the minimum length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// Minimum 64 characters.
+    Production,
+    /// Minimum 32 characters.
+    Staging,
+    /// Minimum 32 characters.
+    Test,
+    /// Minimum 32 characters (local demos, laptops).
+    Development,
+}
+
+impl Environment {
+    /// Every accepted spelling, for error messages.
+    pub const NAMES: &'static [&'static str] = &["production", "staging", "test", "development"];
+
+    /// The policy's minimum value length in this environment.
+    pub fn min_length(self) -> usize {
+        match self {
+            Environment::Production => 64,
+            Environment::Staging | Environment::Test | Environment::Development => 32,
+        }
+    }
+
+    /// The spelling used in playbooks.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Production => "production",
+            Environment::Staging => "staging",
+            Environment::Test => "test",
+            Environment::Development => "development",
+        }
+    }
+}
+
+/// A validated playbook.
+#[derive(Debug, Clone)]
+pub struct Playbook {
+    /// Where it was read from (`<embedded>` for the built-in demo).
+    pub source: String,
+    /// SHA-256 (hex) of the playbook's bytes, recorded in the journal.
+    pub checksum: String,
+    /// Directory relative paths are resolved against.
+    pub base_dir: PathBuf,
+    /// Logical secret name, e.g. `service-secret`.
+    pub secret: String,
+    /// Environment, e.g. production.
+    pub environment: Environment,
+    /// How new values are generated.
+    pub generate: Generate,
+    /// Where the values live.
+    pub store: StoreSpec,
+    /// Where journal, lock, audit log and fleet records live (absolute).
+    pub state_dir: PathBuf,
+    /// Waits and deadlines.
+    pub timings: Timings,
+    /// Who uses the secret, in playbook order.
+    pub consumers: Vec<ConsumerSpec>,
+}
+
+/// Generation policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generate {
+    /// Characters per value; at least the environment's minimum.
+    pub length: usize,
+    /// Character set.
+    pub alphabet: Alphabet,
+}
+
+/// The store backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// A JSON file, mode 0600.
+    Local {
+        /// Absolute path of the store file.
+        path: PathBuf,
+    },
+}
+
+/// Waits and deadlines of a rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timings {
+    /// Deadline for one consumer's whole rollout.
+    pub rollout_timeout: Duration,
+    /// Deadline for one new instance to answer its health check.
+    pub readiness_timeout: Duration,
+    /// Wait after a rollout before its proof runs.
+    pub soak: Duration,
+    /// Wait between S3 and T4: the longest lifetime of anything signed with A.
+    pub grace: Duration,
+    /// Time A is kept disabled before T5 destroys it.
+    pub retention: Duration,
+    /// How long a replaced instance keeps serving after it left the endpoints.
+    pub drain: Duration,
+    /// Deadline for one probe request.
+    pub probe_timeout: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            rollout_timeout: Duration::from_secs(300),
+            readiness_timeout: Duration::from_secs(30),
+            soak: Duration::ZERO,
+            grace: Duration::from_secs(300),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            drain: Duration::from_millis(500),
+            probe_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a consumer picks a change up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pickup {
+    /// Replace instances one at a time (start new, wait healthy, stop old).
+    Restart,
+    /// Rewrite the slot file and let the instance re-read it; no restart.
+    Reload,
+}
+
+/// The names under which the slots reach a consumer (environment variables for processes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotNames {
+    /// Name of the primary slot, e.g. `SERVICE_SECRET`.
+    pub primary: String,
+    /// Name of the secondary slot, e.g. `SERVICE_SECRET_PREVIOUS` (validators and both only).
+    pub secondary: Option<String>,
+    /// Extra names and the slot each mirrors, e.g. `SECRET_KEY` → primary.
+    pub aliases: BTreeMap<String, SlotRef>,
+}
+
+/// A slot, as named by an alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRef {
+    /// The primary slot.
+    Primary,
+    /// The secondary slot.
+    Secondary,
+}
+
+/// One consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Unique name, e.g. `auth`.
+    pub name: String,
+    /// validator / signer / both.
+    pub role: Role,
+    /// Where and how it runs.
+    pub kind: ConsumerKind,
+    /// How slots reach it.
+    pub slots: SlotNames,
+    /// How it picks a change up.
+    pub pickup: Pickup,
+    /// Probes that present a value to one instance (validators and both; at least one).
+    pub probes: Vec<ProbeSpec>,
+    /// Signer→validator round trips started on each of this consumer's instances (signers and
+    /// both; at least one).
+    pub roundtrips: Vec<RoundtripSpec>,
+    /// HTTP path where an instance reports the fingerprints it holds, if it has one.
+    pub fingerprints_path: Option<String>,
+}
+
+/// Consumer backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumerKind {
+    /// N local processes started by rotor.
+    Process(ProcessSpec),
+}
+
+/// A local process consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// Number of instances.
+    pub instances: usize,
+    /// argv; `{rotor}` in the first element stands for the running rotor executable.
+    /// Never contains a value.
+    pub command: Vec<String>,
+    /// Extra environment (never a secret value: slots arrive under `slots` names).
+    pub env: BTreeMap<String, String>,
+    /// Loopback address instances bind (`HOST`); the port (`PORT`) is chosen per instance.
+    pub host: std::net::IpAddr,
+    /// Health endpoint path, answered 200 when ready.
+    pub health_path: String,
+}
+
+/// How a value is presented to one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeSpec {
+    /// HTTP request with the value in a header.
+    Header {
+        /// Request path, e.g. `/api/ping`.
+        path: String,
+        /// Header name, e.g. `X-Service-Secret`.
+        header: String,
+        /// Statuses that mean "accepted".
+        accept: Vec<u16>,
+        /// Statuses that mean "rejected".
+        reject: Vec<u16>,
+    },
+    /// HTTP request with `Authorization: Bearer <HS256 JWT signed with the value>`.
+    Jwt {
+        /// Request path.
+        path: String,
+        /// Token lifetime (`exp` = now + ttl).
+        ttl: Duration,
+        /// Statuses that mean "accepted".
+        accept: Vec<u16>,
+        /// Statuses that mean "rejected".
+        reject: Vec<u16>,
+    },
+    /// A command that receives the value in its environment or stdin, never argv. Exit 0 means
+    /// accepted, exit 1 rejected; anything else is an error. It gets `ROTOR_INSTANCE_ADDR`.
+    Exec {
+        /// argv.
+        command: Vec<String>,
+        /// How the value is passed.
+        via: ExecVia,
+    },
+}
+
+/// How an exec probe receives the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecVia {
+    /// In this environment variable.
+    Env(String),
+    /// On standard input, followed by a newline.
+    Stdin,
+}
+
+/// A signer→validator round trip: `GET http://<signer instance><path>` where `{target}` in
+/// `path` is replaced by one instance address of consumer `to`; status `expect` means the
+/// validator accepted what the signer sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoundtripSpec {
+    /// The validating consumer.
+    pub to: String,
+    /// Path template on the signer, e.g. `/relay/auth?target={target}`.
+    pub path: String,
+    /// Status that means success.
+    pub expect: u16,
+}
+
+impl Playbook {
+    /// The consumer called `name`.
+    pub fn consumer(&self, name: &str) -> Option<&ConsumerSpec> {
+        self.consumers.iter().find(|c| c.name == name)
+    }
+}

@@ -1,0 +1,75 @@
+//! Probes: round trips that prove a value works (or is refused) against one instance.
+//!
+//! Owns: presenting a value to one instance (`header`, `jwt`, `exec`) and signer→validator
+//! round trips. Probes always target one instance's own address, never a load-balanced one.
+//! Must never: put the value in argv, a URL, a log line or an error message.
+
+mod exec;
+mod http;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::playbook::{ProbeSpec, RoundtripSpec};
+use crate::secret::SecretValue;
+
+/// What an instance did with a presented value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It accepted the value.
+    Accepted,
+    /// It refused the value.
+    Rejected,
+}
+
+/// A probe could not reach a verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Network or process failure.
+    #[error("{probe} against {target}: {detail}")]
+    Failed {
+        /// Probe description (`header X-Service-Secret GET /api/ping`).
+        probe: String,
+        /// Instance address or id.
+        target: String,
+        /// What happened (status, connection error, exit code).
+        detail: String,
+    },
+}
+
+/// Presents `value` to the instance at `addr` as `spec` says and returns its verdict.
+pub async fn present(
+    spec: &ProbeSpec,
+    addr: SocketAddr,
+    value: &SecretValue,
+    timeout: Duration,
+) -> Result<Verdict, ProbeError> {
+    match spec {
+        ProbeSpec::Header { .. } | ProbeSpec::Jwt { .. } => {
+            http::present(spec, addr, value, timeout).await
+        }
+        ProbeSpec::Exec { command, via } => exec::present(command, via, addr, value, timeout).await,
+    }
+}
+
+/// Asks the signer instance at `signer` to call the validator instance at `target` with what it
+/// sends; `Ok` when the validator accepted.
+pub async fn roundtrip(
+    spec: &RoundtripSpec,
+    signer: SocketAddr,
+    target: SocketAddr,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
+    http::roundtrip(spec, signer, target, timeout).await
+}
+
+/// A short description of a probe for messages.
+pub fn describe(spec: &ProbeSpec) -> String {
+    match spec {
+        ProbeSpec::Header { path, header, .. } => format!("header {header} GET {path}"),
+        ProbeSpec::Jwt { path, .. } => format!("jwt GET {path}"),
+        ProbeSpec::Exec { command, .. } => {
+            format!("exec {}", command.first().map(String::as_str).unwrap_or(""))
+        }
+    }
+}
