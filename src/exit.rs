@@ -1,1 +1,33 @@
-//! Exit codes (stub).
+//! Exit codes, documented in `docs/cli.md`. Scripts and the scheduled mode rely on them.
+
+use std::process::ExitCode;
+
+/// rotor's exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// The command did what was asked (a rotation reached its target, or stopped where asked).
+    Ok = 0,
+    /// Unexpected failure (I/O, a bug); nothing is known to have been rolled back.
+    Internal = 1,
+    /// Bad arguments or a bad playbook; nothing was changed.
+    Usage = 2,
+    /// A step failed and rotor rolled back to a stable state.
+    RolledBack = 3,
+    /// Another run holds the lock for this secret.
+    LockHeld = 4,
+    /// `check` found drift.
+    Drift = 5,
+    /// A rollback failed or the real state contradicts the journal: an operator must look.
+    NeedsOperator = 6,
+    /// The operator declined a confirmation; the rotation is paused at a stable state.
+    Declined = 7,
+    /// The demo or benchmark saw failed requests.
+    FailedRequests = 8,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}

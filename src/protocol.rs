@@ -238,7 +238,7 @@ impl fmt::Display for Role {
 }
 
 /// Which value sits in a slot: the old one (A) or the new one (B).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Which {
     /// The value being retired.
     A,

@@ -1,1 +1,156 @@
-//! CLI (stub).
+//! The command line: parses arguments and calls the engine. One file per command; the engine
+//! never sees clap types.
+
+mod check;
+mod demo;
+mod fleet;
+mod plan;
+mod rotate;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::engine::{Engine, EngineError};
+use crate::exit::Exit;
+use crate::output::{Format, Output};
+use crate::playbook::{self, Playbook};
+
+/// rotor rotates a shared secret across the services that use it without a failed request.
+#[derive(Debug, Parser)]
+#[command(name = "rotor", version, about, long_about = None)]
+pub struct Cli {
+    /// Output format: `human` (progress bars on a terminal, lines otherwise) or `json` (one
+    /// event per line).
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub output: Format,
+    /// Override the playbook's state directory (journal, lock, audit log, fleet records).
+    #[arg(long, global = true, env = "ROTOR_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// rotor's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what a rotation would do: waves, restarts, proofs. Changes nothing.
+    Plan(plan::Args),
+    /// Rotate the secret: S0 → S5 (or `--until`), rolling back automatically on failure.
+    Rotate(rotate::RotateArgs),
+    /// Continue an interrupted or paused rotation from its journal.
+    Resume(rotate::ResumeArgs),
+    /// Walk the rotation in progress back to S0 (or `--to`).
+    Rollback(rotate::RollbackArgs),
+    /// Show the rotation's state, last step and lock holder.
+    Status(status::Args),
+    /// Compare what every consumer instance holds with the store; exit 5 on drift.
+    Check(check::Args),
+    /// Create the store with a first generated value (S0).
+    Init(fleet::Args),
+    /// Start the playbook's process consumers holding the store's current values.
+    Up(fleet::Args),
+    /// Stop the process consumers rotor started.
+    Down(fleet::Args),
+    /// Run the embedded demo: a local fleet rotated under load, with a report.
+    Demo(demo::Args),
+    /// The demo fleet's HTTP service (used by the demo playbook).
+    #[command(hide = true)]
+    DemoService(DemoServiceArgs), // TEMP-DEMO-SERVICE
+    /// List the test failpoints of a playbook.
+    #[command(hide = true)]
+    Failpoints(fleet::Args),
+}
+
+/// Entry point: parses, runs, prints the error once, picks the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::DemoService(args) = cli.command {
+        let _ = args; // TEMP-DEMO-SERVICE
+        return ExitCode::FAILURE;
+    }
+    let out = Arc::new(Output::new(cli.output));
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            out.error(&format!("cannot start the async runtime: {e}"), 1);
+            return Exit::Internal.into();
+        }
+    };
+    let state_dir = cli.state_dir.clone();
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Plan(a) => plan::run(a, state_dir, &out).await,
+            Command::Rotate(a) => rotate::rotate(a, state_dir, &out).await,
+            Command::Resume(a) => rotate::resume(a, state_dir, &out).await,
+            Command::Rollback(a) => rotate::rollback(a, state_dir, &out).await,
+            Command::Status(a) => status::run(a, state_dir, &out).await,
+            Command::Check(a) => check::run(a, state_dir, &out).await,
+            Command::Init(a) => fleet::init(a, state_dir, &out).await,
+            Command::Up(a) => fleet::up(a, state_dir, &out).await,
+            Command::Down(a) => fleet::down(a, state_dir, &out).await,
+            Command::Failpoints(a) => fleet::failpoints(a, state_dir, &out).await,
+            Command::Demo(a) => demo::run(a, &out).await,
+            Command::DemoService(_) => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(code) => code.into(),
+        Err(e) => {
+            out.error(&e.message, e.exit as u8);
+            e.exit.into()
+        }
+    }
+}
+
+/// An error at the edge: the text users read and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// Full message (may span lines, with `help:`).
+    pub message: String,
+    /// Exit code.
+    pub exit: Exit,
+}
+
+impl From<EngineError> for CliError {
+    fn from(e: EngineError) -> Self {
+        CliError {
+            exit: e.exit(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<playbook::PlaybookError> for CliError {
+    fn from(e: playbook::PlaybookError) -> Self {
+        CliError {
+            exit: Exit::Usage,
+            message: format!("playbook {e}"),
+        }
+    }
+}
+
+/// Result of a command.
+pub type CliResult = Result<Exit, CliError>;
+
+/// Loads a playbook and applies the `--state-dir` override.
+pub fn load(path: &std::path::Path, state_dir: Option<PathBuf>) -> Result<Playbook, CliError> {
+    let mut pb = playbook::load_file(path)?;
+    if let Some(d) = state_dir {
+        pb.state_dir = std::path::absolute(&d).unwrap_or(d);
+    }
+    Ok(pb)
+}
+
+/// Opens the engine for a playbook with `out` as its event sink.
+pub fn engine(pb: Playbook, out: &Arc<Output>) -> Engine {
+    Engine::open(pb, out.clone())
+}
+
+/// TEMP-DEMO-SERVICE placeholder until the demo service lands.
+#[derive(Debug, clap::Args)]
+pub struct DemoServiceArgs {}

@@ -1,1 +1,1290 @@
-//! Engine (stub).
+//! The engine: walks the protocol's states with a journal and a lock.
+//!
+//! Owns: executing T1–T5 and their inverses (one `match` each, in [`Run::forward`] and
+//! [`Run::inverse`]), proofs, automatic rollback, resume after a crash, and the run report.
+//! Reads only rotor's own types: a [`Playbook`], a [`Store`], [`Consumer`]s, an [`EventSink`].
+//! Never sees clap.
+//!
+//! # Guarantees
+//! - Every step is a convergence: store writes and consumer rollouts set the desired state and
+//!   skip what is already there, so re-running a step after a crash equals running it once.
+//! - The journal is written (atomically) before and after every step and never holds a value.
+//! - A failed proof or rollout runs the inverse of the step in progress, then the inverses back
+//!   to the rollback target, and reports the stage, consumer and instance that failed.
+//!
+//! # Assumptions
+//! - Nobody else writes the store's slots during a rotation; a foreign change is detected at
+//!   resume (the store's slots hold neither A nor B) and refused.
+
+pub mod check;
+pub mod failpoint;
+pub mod journal;
+pub mod lock;
+pub mod plan;
+mod proof;
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::consumer::{Consumer, ConsumerError, Slots};
+use crate::events::{Event, EventSink};
+use crate::playbook::Playbook;
+use crate::protocol::{self, Direction, State, Transition, Which};
+use crate::secret::{Fingerprint, GenerateError, SecretValue};
+use crate::store::{Store, StoreError, StoreSnapshot, VersionState};
+use journal::{Journal, JournalError, JournalFile, Mode, Outcome, Status, VersionRef};
+use lock::{Holder, LockError, LockGuard, RotationLock};
+
+/// Asks the operator before irreversible or narrowing steps.
+pub trait Confirm: Send + Sync {
+    /// True to go on.
+    fn confirm(&self, question: &str) -> bool;
+}
+
+/// Never asks; always declines (non-interactive runs without `--yes`).
+pub struct Decline;
+
+impl Confirm for Decline {
+    fn confirm(&self, _question: &str) -> bool {
+        false
+    }
+}
+
+/// Options of one run.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// operator / scheduled / emergency.
+    pub mode: Mode,
+    /// Skip confirmations before T4 and T5.
+    pub yes: bool,
+    /// Stop at this state (default S5).
+    pub until: Option<State>,
+    /// Where automatic rollback (and `rollback`) goes (default S0).
+    pub rollback_to: State,
+    /// Asks before T4/T5 when not `yes`.
+    pub confirm: Arc<dyn Confirm>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            mode: Mode::Operator,
+            yes: false,
+            until: None,
+            rollback_to: State::S0,
+            confirm: Arc::new(Decline),
+        }
+    }
+}
+
+/// Failure of one step, naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A store operation.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A consumer rollout.
+    #[error("rollout of consumer {consumer} failed: {source}")]
+    Rollout {
+        /// Consumer.
+        consumer: String,
+        /// Why.
+        #[source]
+        source: ConsumerError,
+    },
+    /// A proof.
+    #[error("proof failed: consumer {consumer}, instance {instance}: {detail}")]
+    Proof {
+        /// Consumer.
+        consumer: String,
+        /// Instance.
+        instance: String,
+        /// What was expected and what happened (fingerprints only).
+        detail: String,
+    },
+    /// The store's real state contradicts the journal.
+    #[error("{0}")]
+    Foreign(String),
+    /// Value generation.
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    /// Journal I/O.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+impl StepError {
+    /// The consumer the failure is about.
+    pub fn consumer(&self) -> Option<&str> {
+        match self {
+            StepError::Rollout { consumer, .. } | StepError::Proof { consumer, .. } => {
+                Some(consumer)
+            }
+            _ => None,
+        }
+    }
+
+    /// The instance the failure is about.
+    pub fn instance(&self) -> Option<&str> {
+        match self {
+            StepError::Rollout { source, .. } => source.instance(),
+            StepError::Proof { instance, .. } => Some(instance),
+            _ => None,
+        }
+    }
+}
+
+/// Why a run did not reach its target.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The lock is held.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// A rotation is already in progress.
+    #[error("rotation {id} of this secret is in progress ({status:?} at {state})\n  help: continue it with `rotor resume`, or undo it with `rotor rollback`")]
+    Active {
+        /// Rotation id.
+        id: String,
+        /// Its state.
+        state: State,
+        /// Its status.
+        status: Status,
+    },
+    /// Nothing to resume or roll back.
+    #[error("no rotation of this secret is in progress\n  help: start one with `rotor rotate`")]
+    NoRotation,
+    /// The fleet or store is not at a stable S0.
+    #[error("refusing to start: {0}\n  help: inspect with `rotor check`; rotor starts only from a stable, consistent S0")]
+    NotStable(String),
+    /// Rollback from S5.
+    #[error("rotation {0} is finalized: the old value is destroyed and cannot come back\n  help: to move away from the current value, start a new rotation")]
+    Irreversible(String),
+    /// A step failed and the run rolled back.
+    #[error("{stage} failed: {source}\n  rolled back to {state}")]
+    RolledBack {
+        /// `T2 widen forward`.
+        stage: String,
+        /// What failed.
+        #[source]
+        source: StepError,
+        /// Where the rollback ended.
+        state: State,
+    },
+    /// A step failed and the rollback failed too.
+    #[error("{stage} failed: {source}\n  then the rollback failed at {rollback_stage}: {rollback}\n  help: the journal records where it stopped; fix the cause, then run `rotor rollback` (or `rotor resume`)")]
+    Stuck {
+        /// The first failure's stage.
+        stage: String,
+        /// The first failure.
+        source: StepError,
+        /// Where the rollback failed.
+        rollback_stage: String,
+        /// The rollback failure.
+        rollback: Box<StepError>,
+    },
+    /// A step of a rollback (or resume) failed.
+    #[error("{stage} failed: {source}\n  help: the journal records where it stopped; fix the cause, then rerun `rotor {command}`")]
+    Step {
+        /// Stage.
+        stage: String,
+        /// The command to rerun.
+        command: &'static str,
+        /// What failed.
+        #[source]
+        source: StepError,
+    },
+    /// Store access outside a step.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Journal I/O.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Consumer access outside a step.
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    /// Other I/O.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl EngineError {
+    /// The exit code this failure maps to (see `docs/cli.md`).
+    pub fn exit(&self) -> crate::exit::Exit {
+        use crate::exit::Exit;
+        match self {
+            EngineError::Lock(LockError::Held(_) | LockError::HeldUnknown { .. }) => Exit::LockHeld,
+            EngineError::Active { .. } | EngineError::NoRotation | EngineError::Irreversible(_) => {
+                Exit::Usage
+            }
+            EngineError::NotStable(_) => Exit::Drift,
+            EngineError::RolledBack { .. } => Exit::RolledBack,
+            EngineError::Stuck { .. } | EngineError::Step { .. } => Exit::NeedsOperator,
+            _ => Exit::Internal,
+        }
+    }
+}
+
+/// How a run ended (when it did not fail).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// Reached S5.
+    Completed,
+    /// Stopped at a stable state on purpose.
+    Paused,
+    /// The operator declined a confirmation.
+    Declined,
+    /// Rolled back to the requested state on request.
+    RolledBack,
+}
+
+/// Duration of one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTiming {
+    /// `T2`.
+    pub transition: Transition,
+    /// forward / inverse.
+    pub direction: Direction,
+    /// ok / failed.
+    pub outcome: String,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Rotation id.
+    pub rotation: String,
+    /// State at the end.
+    pub state: State,
+    /// How it ended.
+    pub outcome: RunOutcome,
+    /// Why it stopped where it stopped.
+    pub detail: String,
+    /// Steps in order.
+    pub stages: Vec<StageTiming>,
+    /// Instance restarts per consumer.
+    pub restarts: BTreeMap<String, usize>,
+    /// Seconds spent waiting on rollouts (readiness, drain), soak and grace.
+    pub waited_seconds: f64,
+    /// Wall time of the run in seconds.
+    pub wall_seconds: f64,
+}
+
+/// The engine for one playbook.
+pub struct Engine {
+    pb: Playbook,
+    store: Box<dyn Store>,
+    consumers: Vec<Arc<dyn Consumer>>,
+    events: Arc<dyn EventSink>,
+    lock: Box<dyn RotationLock>,
+    journals: JournalFile,
+}
+
+/// Appends every event to `<state_dir>/audit.log` as a JSON line.
+struct Audit {
+    file: Mutex<std::fs::File>,
+    rotation: Mutex<Option<String>>,
+}
+
+impl EventSink for Audit {
+    fn emit(&self, event: &Event) {
+        let line = serde_json::json!({
+            "at": Utc::now().to_rfc3339(),
+            "rotation": *self.rotation.lock().expect("audit mutex"),
+            "record": event,
+        });
+        let mut f = self.file.lock().expect("audit mutex");
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+impl Engine {
+    /// An engine over explicit backends (tests and future backends plug in here).
+    pub fn new(
+        pb: Playbook,
+        store: Box<dyn Store>,
+        consumers: Vec<Arc<dyn Consumer>>,
+        events: Arc<dyn EventSink>,
+        lock: Box<dyn RotationLock>,
+    ) -> Engine {
+        let journals = JournalFile::new(&pb.state_dir);
+        Engine {
+            pb,
+            store,
+            consumers,
+            events,
+            lock,
+            journals,
+        }
+    }
+
+    /// The engine with the backends the playbook names and a file lock.
+    pub fn open(pb: Playbook, events: Arc<dyn EventSink>) -> Engine {
+        let store = crate::store::open(&pb);
+        let consumers = crate::consumer::open_all(&pb);
+        let lock = Box::new(lock::FileLock::new(&pb.state_dir));
+        Engine::new(pb, store, consumers, events, lock)
+    }
+
+    /// The playbook.
+    pub fn playbook(&self) -> &Playbook {
+        &self.pb
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// The consumers, in playbook order.
+    pub fn consumers(&self) -> &[Arc<dyn Consumer>] {
+        &self.consumers
+    }
+
+    /// The current journal, if any.
+    pub fn journal(&self) -> Result<Option<Journal>, EngineError> {
+        Ok(self.journals.load()?)
+    }
+
+    /// Who holds the lock now.
+    pub fn lock_holder(&self) -> Result<Option<Holder>, EngineError> {
+        Ok(self.lock.holder()?)
+    }
+
+    /// The journal file's path.
+    pub fn journal_path(&self) -> PathBuf {
+        self.journals.path()
+    }
+
+    fn audit(&self) -> Result<Arc<Audit>, EngineError> {
+        std::fs::create_dir_all(&self.pb.state_dir)
+            .map_err(|e| EngineError::Io(format!("{}: {e}", self.pb.state_dir.display())))?;
+        let path = self.pb.state_dir.join("audit.log");
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| EngineError::Io(format!("{}: {e}", path.display())))?;
+        Ok(Arc::new(Audit {
+            file: Mutex::new(file),
+            rotation: Mutex::new(None),
+        }))
+    }
+
+    fn sink(&self, audit: &Arc<Audit>) -> Arc<dyn EventSink> {
+        Arc::new(crate::events::Tee(vec![self.events.clone(), audit.clone()]))
+    }
+
+    /// Initializes an empty store with a first generated value (S0). Refuses if it exists.
+    pub async fn init(&self) -> Result<Fingerprint, EngineError> {
+        let v = SecretValue::generate(self.pb.generate.alphabet, self.pb.generate.length)
+            .map_err(|e| EngineError::Io(e.to_string()))?;
+        let info = self.store.init(&v).await?;
+        Ok(info.fingerprint)
+    }
+
+    /// Starts every consumer holding the store's current slots (fleet bring-up).
+    pub async fn up(&self) -> Result<(), EngineError> {
+        let snap = self.store.snapshot().await?;
+        let state = match self.journals.load()? {
+            Some(j) if j.status.is_active() => j.state,
+            _ => State::S0,
+        };
+        let (a, b) = self.values_from_snapshot(&snap, state).await?;
+        for c in &self.consumers {
+            let plan = protocol::consumer_slots(state, c.role());
+            let pick = |w: Which| -> Option<SecretValue> {
+                match w {
+                    Which::A => a.clone(),
+                    Which::B => b.clone(),
+                }
+            };
+            let primary = pick(plan.primary)
+                .ok_or_else(|| EngineError::NotStable("the store has no primary value".into()))?;
+            let slots = Slots {
+                primary,
+                secondary: plan.secondary.and_then(pick),
+            };
+            c.start(&slots, self.events.as_ref()).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every consumer instance rotor started.
+    pub async fn down(&self) -> Result<usize, EngineError> {
+        let mut n = 0;
+        for c in &self.consumers {
+            n += c.stop().await?;
+        }
+        Ok(n)
+    }
+
+    /// A and B for a fleet at `state`, read from the store (no journal: A = primary).
+    async fn values_from_snapshot(
+        &self,
+        snap: &StoreSnapshot,
+        state: State,
+    ) -> Result<(Option<SecretValue>, Option<SecretValue>), EngineError> {
+        let read = |id: Option<String>| async {
+            match id {
+                Some(id) => self.store.read_value(&id).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (a_id, b_id) = match state {
+            State::S0 => (snap.primary.clone(), None),
+            State::S1 | State::S2 => (snap.primary.clone(), snap.secondary.clone()),
+            State::S3 => (snap.secondary.clone(), snap.primary.clone()),
+            State::S4 | State::S5 => (None, snap.primary.clone()),
+        };
+        Ok((read(a_id).await?, read(b_id).await?))
+    }
+
+    /// Starts a rotation from S0.
+    pub async fn rotate(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
+        let guard = self.lock.acquire(Holder::me("rotate"))?;
+        if let Some(j) = self.journals.load()? {
+            if j.status.is_active() {
+                return Err(EngineError::Active {
+                    id: j.id,
+                    state: j.state,
+                    status: j.status,
+                });
+            }
+            self.journals.archive(&j)?;
+        }
+        let snap = self.store.snapshot().await?;
+        let primary = snap
+            .primary_version()
+            .ok_or_else(|| EngineError::NotStable("the store has no primary value".into()))?
+            .clone();
+        if let Some(sec) = snap.secondary_version() {
+            return Err(EngineError::NotStable(format!(
+                "the store's secondary slot holds version {} ({}) but no rotation is in progress",
+                sec.id, sec.fingerprint
+            )));
+        }
+        let id = format!(
+            "r-{}-{}",
+            Utc::now().format("%Y%m%dT%H%M%SZ"),
+            &SecretValue::generate(crate::secret::Alphabet::Hex, 6)
+                .map_err(|e| EngineError::Io(e.to_string()))?
+                .expose()
+                .to_string()
+        );
+        let journal = Journal::new(
+            id,
+            &self.pb.secret,
+            self.pb.environment.as_str(),
+            opts.mode,
+            &self.pb.source,
+            &self.pb.checksum,
+            VersionRef {
+                version: Some(primary.id.clone()),
+                fingerprint: primary.fingerprint.clone(),
+            },
+            opts.until.unwrap_or(State::S5),
+        );
+        let audit = self.audit()?;
+        let mut run = Run::new(self, journal, guard, audit, opts.clone());
+        // Prove S0 before touching anything: every validator accepts A, every signer sends A.
+        run.preflight().await?;
+        run.save()?;
+        run.emit_start("rotate");
+        run.forward_to(opts.until.unwrap_or(State::S5)).await
+    }
+
+    /// Continues the rotation in progress from its journal.
+    pub async fn resume(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
+        let guard = self.lock.acquire(Holder::me("resume"))?;
+        let journal = self.active_journal()?;
+        let audit = self.audit()?;
+        let rolling_back = matches!(journal.status, Status::RollingBack)
+            || (journal.status == Status::Failed
+                && journal
+                    .steps
+                    .last()
+                    .is_some_and(|s| s.direction == Direction::Inverse));
+        let target = journal.target;
+        let mut run = Run::new(self, journal, guard, audit, opts.clone());
+        run.emit_start("resume");
+        run.reconcile().await?;
+        if rolling_back {
+            run.rollback_to(target, "resume").await
+        } else {
+            let until = opts.until.unwrap_or(State::S5);
+            run.journal.target = until;
+            run.forward_to(until).await
+        }
+    }
+
+    /// Walks inverses back to `opts.rollback_to` (S0 by default).
+    pub async fn rollback(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
+        let guard = self.lock.acquire(Holder::me("rollback"))?;
+        let journal = self.active_journal()?;
+        if journal.state == State::S5 {
+            return Err(EngineError::Irreversible(journal.id));
+        }
+        let audit = self.audit()?;
+        let mut run = Run::new(self, journal, guard, audit, opts.clone());
+        run.emit_start("rollback");
+        run.reconcile().await?;
+        run.rollback_to(opts.rollback_to, "rollback").await
+    }
+
+    fn active_journal(&self) -> Result<Journal, EngineError> {
+        match self.journals.load()? {
+            Some(j) if j.status.is_active() => Ok(j),
+            Some(j) if j.state == State::S5 => Err(EngineError::Irreversible(j.id)),
+            _ => Err(EngineError::NoRotation),
+        }
+    }
+}
+
+/// One run of rotate/resume/rollback: the journal, the lock, the report.
+struct Run<'e> {
+    e: &'e Engine,
+    journal: Journal,
+    guard: Box<dyn LockGuard>,
+    audit: Arc<Audit>,
+    events: Arc<dyn EventSink>,
+    opts: RunOptions,
+    started: Instant,
+    stages: Vec<StageTiming>,
+    restarts: BTreeMap<String, usize>,
+    waited: Duration,
+    /// Values read for proofs, so a negative proof can present A after T4 disabled it.
+    proof_cache: Mutex<BTreeMap<Which, SecretValue>>,
+}
+
+fn stage_name(t: Transition, dir: Direction) -> String {
+    format!("{t} {dir}")
+}
+
+impl<'e> Run<'e> {
+    fn new(
+        e: &'e Engine,
+        journal: Journal,
+        guard: Box<dyn LockGuard>,
+        audit: Arc<Audit>,
+        opts: RunOptions,
+    ) -> Run<'e> {
+        *audit.rotation.lock().expect("audit mutex") = Some(journal.id.clone());
+        guard.set_stage(Some(&journal.id), &journal.state.to_string());
+        let events = e.sink(&audit);
+        Run {
+            e,
+            journal,
+            guard,
+            audit,
+            events,
+            opts,
+            started: Instant::now(),
+            stages: Vec::new(),
+            restarts: e.consumers.iter().map(|c| (c.name().to_string(), 0)).collect(),
+            waited: Duration::ZERO,
+            proof_cache: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn emit(&self, ev: Event) {
+        self.events.emit(&ev);
+    }
+
+    fn emit_start(&self, command: &str) {
+        self.emit(Event::RunStarted {
+            rotation: self.journal.id.clone(),
+            secret: self.journal.secret.clone(),
+            environment: self.journal.environment.clone(),
+            command: command.into(),
+            state: self.journal.state,
+            target: self.journal.target,
+        });
+    }
+
+    fn save(&mut self) -> Result<(), JournalError> {
+        self.e.journals.save(&mut self.journal)
+    }
+
+    fn report(&self, outcome: RunOutcome, detail: String) -> RunReport {
+        self.emit(Event::RunFinished {
+            outcome: format!("{outcome:?}").to_lowercase(),
+            state: self.journal.state,
+            detail: detail.clone(),
+        });
+        let _ = &self.audit;
+        RunReport {
+            rotation: self.journal.id.clone(),
+            state: self.journal.state,
+            outcome,
+            detail,
+            stages: self.stages.clone(),
+            restarts: self.restarts.clone(),
+            waited_seconds: self.waited.as_secs_f64(),
+            wall_seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
+
+    // ---- values -------------------------------------------------------------------------
+
+    fn fp(&self, w: Which) -> Option<Fingerprint> {
+        match w {
+            Which::A => Some(self.journal.old.fingerprint.clone()),
+            Which::B => self.journal.new.as_ref().map(|n| n.fingerprint.clone()),
+        }
+    }
+
+    fn version(&self, w: Which) -> Result<String, StepError> {
+        let r = match w {
+            Which::A => Some(&self.journal.old),
+            Which::B => self.journal.new.as_ref(),
+        };
+        r.and_then(|r| r.version.clone()).ok_or_else(|| {
+            StepError::Foreign(format!(
+                "the journal of rotation {} has no store version for {w:?}",
+                self.journal.id
+            ))
+        })
+    }
+
+    async fn value(&self, w: Which) -> Result<SecretValue, StepError> {
+        let v = self.e.store.read_value(&self.version(w)?).await?;
+        let want = self.fp(w).expect("version implies fingerprint");
+        if v.fingerprint(&self.e.pb.secret) != want {
+            return Err(StepError::Foreign(format!(
+                "store version {} no longer holds {want}",
+                self.version(w)?
+            )));
+        }
+        Ok(v)
+    }
+
+    async fn slots_for(&self, state: State, role: protocol::Role) -> Result<Slots, StepError> {
+        let plan = protocol::consumer_slots(state, role);
+        let primary = self.value(plan.primary).await?;
+        let secondary = match plan.secondary {
+            Some(w) => Some(self.value(w).await?),
+            None => None,
+        };
+        Ok(Slots { primary, secondary })
+    }
+
+    // ---- driving ------------------------------------------------------------------------
+
+    async fn forward_to(&mut self, until: State) -> Result<RunReport, EngineError> {
+        self.journal.status = Status::Running;
+        self.save()?;
+        // A dirty forward step is simply re-run: steps converge.
+        loop {
+            let state = self.journal.state;
+            if state >= until {
+                return self.finish_forward();
+            }
+            let t = state.next_transition().expect("state < S5 has a next transition");
+            if let Some(stop) = self.before(t).await? {
+                return Ok(stop);
+            }
+            if let Err(err) = self.step(t, Direction::Forward).await {
+                return Err(self.auto_rollback(t, err).await);
+            }
+        }
+    }
+
+    fn finish_forward(&mut self) -> Result<RunReport, EngineError> {
+        let state = self.journal.state;
+        if state == State::S5 {
+            self.journal.status = Status::Completed;
+            self.save()?;
+            Ok(self.report(
+                RunOutcome::Completed,
+                format!(
+                    "rotation complete: primary {} ; {} destroyed",
+                    self.fp(Which::B).map(|f| f.to_string()).unwrap_or_default(),
+                    self.journal.old.fingerprint
+                ),
+            ))
+        } else {
+            self.pause(
+                RunOutcome::Paused,
+                format!("stopped at {state} as asked; continue with `rotor resume`, undo with `rotor rollback`"),
+            )
+        }
+    }
+
+    fn pause(&mut self, outcome: RunOutcome, detail: String) -> Result<RunReport, EngineError> {
+        self.journal.status = Status::Paused;
+        self.save()?;
+        self.guard.set_stage(None, &self.journal.state.to_string());
+        Ok(self.report(outcome, detail))
+    }
+
+    /// Waits and confirmations before a forward transition; `Some` stops the run.
+    async fn before(&mut self, t: Transition) -> Result<Option<RunReport>, EngineError> {
+        let emergency = self.opts.mode == Mode::Emergency;
+        if t == Transition::T4 && !emergency {
+            let since = self.journal.reached.get(&State::S3).copied().unwrap_or_else(Utc::now);
+            let grace = chrono::Duration::from_std(self.e.pb.timings.grace).unwrap_or_default();
+            let remaining = (since + grace - Utc::now()).to_std().unwrap_or_default();
+            if !remaining.is_zero() {
+                self.emit(Event::Waiting {
+                    reason: "grace: anything signed with the old value expires".into(),
+                    seconds: remaining.as_secs_f64(),
+                });
+                self.guard.set_stage(None, "grace");
+                tokio::time::sleep(remaining).await;
+                self.waited += remaining;
+            }
+        }
+        if t == Transition::T5 && !emergency {
+            let since = self.journal.reached.get(&State::S4).copied().unwrap_or_else(Utc::now);
+            let retention =
+                chrono::Duration::from_std(self.e.pb.timings.retention).unwrap_or_default();
+            let due = since + retention;
+            if Utc::now() < due {
+                let detail = format!(
+                    "the old value {} is disabled and retained until {}; run `rotor resume` after that to finalize",
+                    self.journal.old.fingerprint,
+                    due.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+                return self.pause(RunOutcome::Paused, detail).map(Some);
+            }
+        }
+        if matches!(t, Transition::T4 | Transition::T5)
+            && self.opts.mode == Mode::Operator
+            && !self.opts.yes
+        {
+            let question = match t {
+                Transition::T4 => format!(
+                    "T4 narrow: validators will reject the old value {} from now on. Continue?",
+                    self.journal.old.fingerprint
+                ),
+                _ => format!(
+                    "T5 finalize: the old value {} will be destroyed; this cannot be undone. Continue?",
+                    self.journal.old.fingerprint
+                ),
+            };
+            if !self.opts.confirm.confirm(&question) {
+                let detail = format!(
+                    "{t} not confirmed; paused at {} (pass --yes to skip confirmations, `rotor resume` to continue)",
+                    self.journal.state
+                );
+                return self.pause(RunOutcome::Declined, detail).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs one transition (or inverse) with its journal entries.
+    async fn step(&mut self, t: Transition, dir: Direction) -> Result<(), StepError> {
+        let started = Instant::now();
+        let rolls: Vec<String> = self
+            .e
+            .consumers
+            .iter()
+            .filter(|c| t.rolls(c.role()))
+            .map(|c| c.name().to_string())
+            .collect();
+        self.journal.status = match dir {
+            Direction::Forward => Status::Running,
+            Direction::Inverse => Status::RollingBack,
+        };
+        self.journal.begin(t, dir);
+        self.save()?;
+        self.guard.set_stage(None, &stage_name(t, dir));
+        self.emit(Event::StepStarted {
+            transition: t,
+            direction: dir,
+            rolls,
+        });
+        failpoint::hit(t, dir, "begin");
+        let result = match dir {
+            Direction::Forward => self.forward(t).await,
+            Direction::Inverse => self.inverse(t).await,
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(detail) => {
+                self.emit(Event::ProofPassed {
+                    transition: t,
+                    direction: dir,
+                    detail: detail.clone(),
+                });
+                self.journal.end(Outcome::Ok, detail);
+                self.save()?;
+                self.guard.set_stage(None, &self.journal.state.to_string());
+                self.stages.push(StageTiming {
+                    transition: t,
+                    direction: dir,
+                    outcome: "ok".into(),
+                    seconds,
+                });
+                self.emit(Event::StepFinished {
+                    transition: t,
+                    direction: dir,
+                    outcome: "ok".into(),
+                    seconds,
+                    state: self.journal.state,
+                });
+                failpoint::hit(t, dir, "end");
+                Ok(())
+            }
+            Err(err) => {
+                self.emit(Event::StepFailed {
+                    transition: t,
+                    direction: dir,
+                    error: err.to_string(),
+                });
+                self.journal.end(Outcome::Failed, err.to_string());
+                self.save()?;
+                self.stages.push(StageTiming {
+                    transition: t,
+                    direction: dir,
+                    outcome: "failed".into(),
+                    seconds,
+                });
+                Err(err)
+            }
+        }
+    }
+
+    /// After a forward failure: inverse of the failed step, then inverses to the target.
+    async fn auto_rollback(&mut self, failed: Transition, err: StepError) -> EngineError {
+        let stage = stage_name(failed, Direction::Forward);
+        let target = self.opts.rollback_to.min(failed.from());
+        self.journal.target = target;
+        match self.walk_back(Some(failed), target).await {
+            Ok(()) => {
+                self.journal.status = if target == State::S0 {
+                    Status::RolledBack
+                } else {
+                    Status::Paused
+                };
+                let _ = self.save();
+                self.guard.set_stage(None, &self.journal.state.to_string());
+                self.report(RunOutcome::RolledBack, format!("{stage} failed; rolled back"));
+                EngineError::RolledBack {
+                    stage,
+                    source: err,
+                    state: self.journal.state,
+                }
+            }
+            Err((rb_stage, rb_err)) => {
+                self.journal.status = Status::Failed;
+                let _ = self.save();
+                EngineError::Stuck {
+                    stage,
+                    source: err,
+                    rollback_stage: rb_stage,
+                    rollback: Box::new(rb_err),
+                }
+            }
+        }
+    }
+
+    /// Runs `first`'s inverse (if given), then inverses from the journal's state to `target`.
+    async fn walk_back(
+        &mut self,
+        first: Option<Transition>,
+        target: State,
+    ) -> Result<(), (String, StepError)> {
+        if let Some(t) = first {
+            self.step(t, Direction::Inverse)
+                .await
+                .map_err(|e| (stage_name(t, Direction::Inverse), e))?;
+        }
+        while self.journal.state > target {
+            let t = self
+                .journal
+                .state
+                .previous_transition()
+                .expect("state > S0 has a previous transition");
+            self.step(t, Direction::Inverse)
+                .await
+                .map_err(|e| (stage_name(t, Direction::Inverse), e))?;
+        }
+        Ok(())
+    }
+
+    /// `rollback` and resumed rollbacks.
+    async fn rollback_to(
+        &mut self,
+        target: State,
+        command: &'static str,
+    ) -> Result<RunReport, EngineError> {
+        let target = target.min(self.journal.state);
+        self.journal.target = target;
+        self.journal.status = Status::RollingBack;
+        self.save()?;
+        // A step that was running when the last run died is undone first.
+        let dirty = self.journal.dirty_step().map(|s| s.transition);
+        let first = match self.journal.steps.last() {
+            Some(s) if s.outcome != Outcome::Ok && s.transition.from() == self.journal.state => {
+                Some(s.transition)
+            }
+            _ => dirty,
+        };
+        match self.walk_back(first, target).await {
+            Ok(()) => {
+                self.journal.status = if target == State::S0 {
+                    Status::RolledBack
+                } else {
+                    Status::Paused
+                };
+                self.save()?;
+                Ok(self.report(
+                    RunOutcome::RolledBack,
+                    format!("rolled back to {}", self.journal.state),
+                ))
+            }
+            Err((stage, source)) => {
+                self.journal.status = Status::Failed;
+                self.save()?;
+                Err(EngineError::Step {
+                    stage,
+                    command,
+                    source,
+                })
+            }
+        }
+    }
+
+    // ---- the transitions ----------------------------------------------------------------
+
+    async fn forward(&mut self, t: Transition) -> Result<String, StepError> {
+        let dir = Direction::Forward;
+        match t {
+            Transition::T1 => {
+                self.ensure_new_value().await?;
+                let (a, b) = (self.version(Which::A)?, self.version(Which::B)?);
+                self.e.store.set_slots(&a, Some(&b)).await?;
+                self.store_event(format!("secondary = version {b} ({})", self.fp_str(Which::B)));
+                failpoint::hit(t, dir, "store");
+                self.prove_store(State::S1).await
+            }
+            Transition::T2 => {
+                self.roll(t, dir, State::S2).await?;
+                self.soak().await;
+                self.prove_validators(&[Which::A, Which::B], &[]).await
+            }
+            Transition::T3 => {
+                let (a, b) = (self.version(Which::A)?, self.version(Which::B)?);
+                self.e.store.set_slots(&b, Some(&a)).await?;
+                self.store_event(format!(
+                    "primary = version {b} ({}), secondary = version {a} ({})",
+                    self.fp_str(Which::B),
+                    self.fp_str(Which::A)
+                ));
+                failpoint::hit(t, dir, "store");
+                self.roll(t, dir, State::S3).await?;
+                self.soak().await;
+                let mut d = self.prove_validators(&[Which::A, Which::B], &[]).await?;
+                d.push_str("; ");
+                d.push_str(&self.prove_signers(Which::B).await?);
+                Ok(d)
+            }
+            Transition::T4 => {
+                self.roll(t, dir, State::S4).await?;
+                self.soak().await;
+                let (a, b) = (self.version(Which::A)?, self.version(Which::B)?);
+                // The negative proof needs A, so it runs before A is disabled; A is disabled
+                // only after it passed. A re-run that finds A already disabled therefore knows
+                // the negative proof passed, and proves acceptance of B again.
+                let a_state = self.e.store.snapshot().await?.version(&a).map(|v| v.state);
+                let proof = if a_state == Some(VersionState::Enabled) {
+                    self.prove_validators(&[Which::B], &[Which::A]).await?
+                } else {
+                    let d = self.prove_validators(&[Which::B], &[]).await?;
+                    format!("{d} (A was rejected everywhere before it was disabled)")
+                };
+                self.e.store.set_slots(&b, None).await?;
+                self.e.store.set_state(&a, VersionState::Disabled).await?;
+                self.store_event(format!("version {a} ({}) disabled", self.fp_str(Which::A)));
+                failpoint::hit(t, dir, "store");
+                let snap = self.e.store.snapshot().await?;
+                if snap.version(&a).map(|v| v.state) != Some(VersionState::Disabled) {
+                    return Err(StepError::Foreign(format!(
+                        "store version {a} is not disabled after T4"
+                    )));
+                }
+                Ok(proof)
+            }
+            Transition::T5 => {
+                let a = self.version(Which::A)?;
+                self.e.store.set_state(&a, VersionState::Destroyed).await?;
+                self.store_event(format!("version {a} ({}) destroyed", self.fp_str(Which::A)));
+                failpoint::hit(t, dir, "store");
+                self.prove_store(State::S5).await
+            }
+        }
+    }
+
+    async fn inverse(&mut self, t: Transition) -> Result<String, StepError> {
+        let dir = Direction::Inverse;
+        match t {
+            Transition::T1 => {
+                // Adopt a B that a crash left unrecorded, so it is destroyed too.
+                self.find_new_in_store().await?;
+                let a = self.version(Which::A)?;
+                self.e.store.set_slots(&a, None).await?;
+                if let Some(b) = self.journal.new.as_ref().and_then(|n| n.version.clone()) {
+                    let snap = self.e.store.snapshot().await?;
+                    if snap.version(&b).is_some_and(|v| v.state != VersionState::Destroyed) {
+                        self.e.store.set_state(&b, VersionState::Disabled).await?;
+                        self.e.store.set_state(&b, VersionState::Destroyed).await?;
+                    }
+                    self.store_event(format!(
+                        "version {b} ({}) disabled and destroyed; nobody used it",
+                        self.fp_str(Which::B)
+                    ));
+                }
+                failpoint::hit(t, dir, "store");
+                self.prove_store(State::S0).await
+            }
+            Transition::T2 => {
+                self.roll(t, dir, State::S1).await?;
+                self.soak().await;
+                self.prove_validators(&[Which::A], &[]).await
+            }
+            Transition::T3 => {
+                self.roll(t, dir, State::S2).await?;
+                let (a, b) = (self.version(Which::A)?, self.version(Which::B)?);
+                self.e.store.set_slots(&a, Some(&b)).await?;
+                self.store_event(format!(
+                    "primary = version {a} ({}), secondary = version {b} ({})",
+                    self.fp_str(Which::A),
+                    self.fp_str(Which::B)
+                ));
+                failpoint::hit(t, dir, "store");
+                self.soak().await;
+                let mut d = self.prove_validators(&[Which::A, Which::B], &[]).await?;
+                d.push_str("; ");
+                d.push_str(&self.prove_signers(Which::A).await?);
+                Ok(d)
+            }
+            Transition::T4 => {
+                let (a, b) = (self.version(Which::A)?, self.version(Which::B)?);
+                self.e.store.set_state(&a, VersionState::Enabled).await?;
+                self.e.store.set_slots(&b, Some(&a)).await?;
+                self.store_event(format!(
+                    "version {a} ({}) re-enabled as secondary",
+                    self.fp_str(Which::A)
+                ));
+                failpoint::hit(t, dir, "store");
+                self.roll(t, dir, State::S3).await?;
+                self.soak().await;
+                self.prove_validators(&[Which::A, Which::B], &[]).await
+            }
+            Transition::T5 => Err(StepError::Foreign(
+                "T5 finalize has no inverse: the old value is destroyed".into(),
+            )),
+        }
+    }
+
+    fn fp_str(&self, w: Which) -> String {
+        self.fp(w).map(|f| f.to_string()).unwrap_or_else(|| "-".into())
+    }
+
+    fn store_event(&self, detail: String) {
+        self.emit(Event::StoreChanged { detail });
+    }
+
+    async fn soak(&mut self) {
+        let soak = self.e.pb.timings.soak;
+        if !soak.is_zero() {
+            self.emit(Event::Waiting {
+                reason: "soak".into(),
+                seconds: soak.as_secs_f64(),
+            });
+            tokio::time::sleep(soak).await;
+            self.waited += soak;
+        }
+    }
+
+    /// Rolls every consumer `t` rolls onto its view of `state`, in playbook order.
+    async fn roll(&mut self, t: Transition, dir: Direction, state: State) -> Result<(), StepError> {
+        let consumers: Vec<Arc<dyn Consumer>> = self
+            .e
+            .consumers
+            .iter()
+            .filter(|c| t.rolls(c.role()))
+            .cloned()
+            .collect();
+        for c in consumers {
+            let slots = self.slots_for(state, c.role()).await?;
+            let report = c
+                .apply(&slots, self.events.as_ref())
+                .await
+                .map_err(|source| StepError::Rollout {
+                    consumer: c.name().to_string(),
+                    source,
+                })?;
+            *self.restarts.entry(c.name().to_string()).or_default() += report.restarts;
+            self.waited += report.waited;
+            failpoint::hit(t, dir, &format!("rolled.{}", c.name()));
+        }
+        Ok(())
+    }
+
+    /// T1: generate B (or find the one a crashed run already added) and add it to the store.
+    async fn ensure_new_value(&mut self) -> Result<(), StepError> {
+        self.find_new_in_store().await?;
+        if self.journal.new.as_ref().is_some_and(|n| n.version.is_some()) {
+            return Ok(());
+        }
+        let snap = self.e.store.snapshot().await?;
+        let g = &self.e.pb.generate;
+        let value = loop {
+            let v = SecretValue::generate(g.alphabet, g.length)?;
+            // Policy: never reuse a value the store has held.
+            if snap.by_fingerprint(&v.fingerprint(&self.e.pb.secret)).is_none() {
+                break v;
+            }
+        };
+        // Record the fingerprint before publishing, so a crash between the two is recognized.
+        self.journal.new = Some(VersionRef {
+            version: None,
+            fingerprint: value.fingerprint(&self.e.pb.secret),
+        });
+        self.save()?;
+        failpoint::hit(Transition::T1, Direction::Forward, "generated");
+        let info = self.e.store.add_version(&value).await?;
+        self.journal.new = Some(VersionRef {
+            version: Some(info.id.clone()),
+            fingerprint: info.fingerprint,
+        });
+        self.save()?;
+        Ok(())
+    }
+
+    /// If the journal knows B's fingerprint but not its version, look it up in the store.
+    async fn find_new_in_store(&mut self) -> Result<(), StepError> {
+        let Some(new) = self.journal.new.clone() else {
+            return Ok(());
+        };
+        if new.version.is_some() {
+            return Ok(());
+        }
+        let snap = self.e.store.snapshot().await?;
+        if let Some(v) = snap.by_fingerprint(&new.fingerprint) {
+            self.emit(Event::Reconciled {
+                detail: format!(
+                    "found {} as store version {} (added before the last run stopped)",
+                    new.fingerprint, v.id
+                ),
+            });
+            self.journal.new = Some(VersionRef {
+                version: Some(v.id.clone()),
+                fingerprint: new.fingerprint,
+            });
+        } else {
+            self.emit(Event::Reconciled {
+                detail: format!(
+                    "{} was never published; a fresh value will be generated",
+                    new.fingerprint
+                ),
+            });
+            self.journal.new = None;
+        }
+        self.save()?;
+        Ok(())
+    }
+
+    /// Compares the store with the journal after a crash; refuses foreign changes.
+    async fn reconcile(&mut self) -> Result<(), EngineError> {
+        if let Some(step) = self.journal.dirty_step() {
+            self.emit(Event::Reconciled {
+                detail: format!(
+                    "{} was interrupted; re-reading the store and consumers instead of trusting the journal",
+                    stage_name(step.transition, step.direction)
+                ),
+            });
+        }
+        self.find_new_in_store().await.map_err(|e| EngineError::Step {
+            stage: "reconcile".into(),
+            command: "resume",
+            source: e,
+        })?;
+        let snap = self.e.store.snapshot().await?;
+        let name = |id: &Option<String>| -> Option<Which> {
+            let fp = id.as_deref().and_then(|i| snap.version(i)).map(|v| &v.fingerprint)?;
+            if Some(fp) == self.fp(Which::A).as_ref() {
+                Some(Which::A)
+            } else if Some(fp) == self.fp(Which::B).as_ref() {
+                Some(Which::B)
+            } else {
+                None
+            }
+        };
+        let p = name(&snap.primary);
+        let s = name(&snap.secondary);
+        if p.is_none() || (snap.secondary.is_some() && s.is_none()) {
+            let msg = format!(
+                "the store's slots (primary {:?}, secondary {:?}) hold neither the old value {} nor the new value {} of rotation {}: someone changed the store during the rotation",
+                snap.primary_version().map(|v| v.fingerprint.to_string()),
+                snap.secondary_version().map(|v| v.fingerprint.to_string()),
+                self.journal.old.fingerprint,
+                self.fp_str(Which::B),
+                self.journal.id
+            );
+            self.journal.status = Status::Failed;
+            self.save()?;
+            return Err(EngineError::NotStable(msg));
+        }
+        let mut observed = Vec::new();
+        for c in &self.e.consumers {
+            let instances = c.instances().await?;
+            let held: Vec<String> = instances
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{}={}/{}",
+                        i.id,
+                        i.primary.as_ref().map(|f| f.as_str()).unwrap_or("-"),
+                        i.secondary.as_ref().map(|f| f.as_str()).unwrap_or("-")
+                    )
+                })
+                .collect();
+            observed.push(format!("{}: [{}]", c.name(), held.join(", ")));
+        }
+        self.emit(Event::Reconciled {
+            detail: format!(
+                "journal at {}; store primary={:?} secondary={:?}; instances {}",
+                self.journal.state,
+                p,
+                s,
+                observed.join("; ")
+            ),
+        });
+        Ok(())
+    }
+
+    async fn preflight(&mut self) -> Result<(), EngineError> {
+        let r = async {
+            let mut d = self.prove_validators(&[Which::A], &[]).await?;
+            d.push_str("; ");
+            d.push_str(&self.prove_signers(Which::A).await?);
+            Ok::<String, StepError>(d)
+        }
+        .await;
+        match r {
+            Ok(detail) => {
+                self.emit(Event::Note {
+                    message: format!("preflight: S0 holds: {detail}"),
+                });
+                Ok(())
+            }
+            Err(e) => Err(EngineError::NotStable(format!("the fleet is not at S0: {e}"))),
+        }
+    }
+}

@@ -1,10 +1,24 @@
-//! Local file store (stub, being written).
-use std::path::PathBuf;
+//! The local store: one JSON file per secret.
+//!
+//! Owns: the file format, its permissions (0600; refused when group or world can read it),
+//! atomic writes (temp file, fsync, rename, fsync of the directory) and a sidecar `flock` that
+//! serializes read-modify-write cycles between processes. Versions keep their fingerprint after
+//! they are destroyed, which is the store's history. Must never: write a value anywhere but the
+//! store file, or keep the value of a destroyed version.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Store, StoreError, StoreSnapshot, VersionInfo, VersionState};
-use crate::secret::SecretValue;
+use crate::secret::{Fingerprint, SecretValue};
+
+const FORMAT: u32 = 1;
 
 /// A JSON file store.
 pub struct LocalStore {
@@ -12,37 +26,425 @@ pub struct LocalStore {
     secret: String,
 }
 
+/// A value as stored in the file; serializes as the plain string, never printed.
+struct Stored(SecretValue);
+
+impl Serialize for Stored {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.expose())
+    }
+}
+
+impl<'de> Deserialize<'de> for Stored {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Stored(SecretValue::new(String::deserialize(d)?)))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileVersion {
+    id: String,
+    fingerprint: Fingerprint,
+    state: VersionState,
+    created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<Stored>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    format: u32,
+    secret: String,
+    generation: u64,
+    versions: Vec<FileVersion>,
+    primary: Option<String>,
+    secondary: Option<String>,
+}
+
+impl StoreFile {
+    fn version(&self, id: &str) -> Option<&FileVersion> {
+        self.versions.iter().find(|v| v.id == id)
+    }
+
+    fn snapshot(&self) -> StoreSnapshot {
+        StoreSnapshot {
+            versions: self
+                .versions
+                .iter()
+                .map(|v| VersionInfo {
+                    id: v.id.clone(),
+                    fingerprint: v.fingerprint.clone(),
+                    state: v.state,
+                    created_at: v.created_at,
+                })
+                .collect(),
+            primary: self.primary.clone(),
+            secondary: self.secondary.clone(),
+        }
+    }
+}
+
 impl LocalStore {
     /// A store at `path` for secret `secret`.
     pub fn new(path: PathBuf, secret: &str) -> Self {
-        LocalStore { path, secret: secret.to_string() }
+        LocalStore {
+            path,
+            secret: secret.to_string(),
+        }
     }
+
+    fn io(&self, action: &str, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            store: self.describe(),
+            action: action.to_string(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            store: self.describe(),
+            detail: detail.into(),
+        }
+    }
+
+    fn refused(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::Refused {
+            store: self.describe(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Takes the sidecar lock for one read-modify-write cycle.
+    fn lock(&self) -> Result<File, StoreError> {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        let lock_path = self.path.with_file_name(name);
+        if let Some(dir) = lock_path.parent() {
+            fs::create_dir_all(dir).map_err(|e| self.io("create store directory", e))?;
+        }
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| self.io("open store lock", e))?;
+        f.lock().map_err(|e| self.io("lock store", e))?;
+        Ok(f)
+    }
+
+    fn load(&self) -> Result<StoreFile, StoreError> {
+        let meta = match fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing {
+                    store: self.describe(),
+                });
+            }
+            Err(e) => return Err(self.io("stat store", e)),
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(StoreError::Permissions {
+                store: self.path.display().to_string(),
+                mode,
+            });
+        }
+        let bytes = fs::read(&self.path).map_err(|e| self.io("read store", e))?;
+        // serde_json's messages quote no input text, only positions and expectations.
+        let file: StoreFile = serde_json::from_slice(&bytes)
+            .map_err(|e| self.corrupt(format!("not a rotor store file ({e})")))?;
+        if file.format != FORMAT {
+            return Err(self.corrupt(format!(
+                "format {} is not supported (this rotor reads format {FORMAT})",
+                file.format
+            )));
+        }
+        if file.secret != self.secret {
+            return Err(self.corrupt(format!(
+                "it holds secret `{}`, the playbook names `{}`",
+                file.secret, self.secret
+            )));
+        }
+        for v in &file.versions {
+            match (&v.value, v.state) {
+                (None, VersionState::Enabled | VersionState::Disabled) => {
+                    return Err(self.corrupt(format!("version {} has no value", v.id)));
+                }
+                (Some(_), VersionState::Destroyed) => {
+                    return Err(self.corrupt(format!("destroyed version {} still has a value", v.id)));
+                }
+                (Some(val), _) if val.0.fingerprint(&self.secret) != v.fingerprint => {
+                    return Err(self.corrupt(format!(
+                        "version {} does not match its fingerprint {}",
+                        v.id, v.fingerprint
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(file)
+    }
+
+    fn save(&self, file: &mut StoreFile) -> Result<(), StoreError> {
+        file.generation += 1;
+        let bytes = serde_json::to_vec_pretty(&*file).map_err(|e| self.corrupt(e.to_string()))?;
+        atomic_write(&self.path, &bytes, 0o600).map_err(|e| self.io("write store", e))
+    }
+
+    fn modify<T>(
+        &self,
+        f: impl FnOnce(&mut StoreFile) -> Result<(T, bool), StoreError>,
+    ) -> Result<T, StoreError> {
+        let _guard = self.lock()?;
+        let mut file = self.load()?;
+        let (out, changed) = f(&mut file)?;
+        if changed {
+            self.save(&mut file)?;
+        }
+        Ok(out)
+    }
+
+    fn info(&self, v: &FileVersion) -> VersionInfo {
+        VersionInfo {
+            id: v.id.clone(),
+            fingerprint: v.fingerprint.clone(),
+            state: v.state,
+            created_at: v.created_at,
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: temp file in the same directory with `mode`, fsync,
+/// rename over `path`, fsync of the directory.
+pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".rotor-tmp-")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 #[async_trait]
 impl Store for LocalStore {
     fn describe(&self) -> String {
-        format!("local:{} ({})", self.path.display(), self.secret)
+        format!("local:{}", self.path.display())
     }
+
     async fn exists(&self) -> Result<bool, StoreError> {
-        todo!()
+        Ok(self.path.exists())
     }
-    async fn init(&self, _value: &SecretValue) -> Result<VersionInfo, StoreError> {
-        todo!()
+
+    async fn init(&self, value: &SecretValue) -> Result<VersionInfo, StoreError> {
+        let _guard = self.lock()?;
+        if self.path.exists() {
+            return Err(self.refused("it already exists; `rotor init` only creates new stores"));
+        }
+        let v = FileVersion {
+            id: "1".into(),
+            fingerprint: value.fingerprint(&self.secret),
+            state: VersionState::Enabled,
+            created_at: Utc::now(),
+            value: Some(Stored(value.clone())),
+        };
+        let info = self.info(&v);
+        let mut file = StoreFile {
+            format: FORMAT,
+            secret: self.secret.clone(),
+            generation: 0,
+            versions: vec![v],
+            primary: Some("1".into()),
+            secondary: None,
+        };
+        self.save(&mut file)?;
+        Ok(info)
     }
+
     async fn snapshot(&self) -> Result<StoreSnapshot, StoreError> {
-        todo!()
+        let _guard = self.lock()?;
+        Ok(self.load()?.snapshot())
     }
-    async fn read_value(&self, _version: &str) -> Result<SecretValue, StoreError> {
-        todo!()
+
+    async fn read_value(&self, version: &str) -> Result<SecretValue, StoreError> {
+        let _guard = self.lock()?;
+        let file = self.load()?;
+        let v = file.version(version).ok_or_else(|| StoreError::NoSuchVersion {
+            store: self.describe(),
+            version: version.into(),
+        })?;
+        match (&v.value, v.state) {
+            (Some(val), VersionState::Enabled) => Ok(val.0.clone()),
+            (_, state) => Err(StoreError::NotReadable {
+                store: self.describe(),
+                version: version.into(),
+                state,
+            }),
+        }
     }
-    async fn add_version(&self, _value: &SecretValue) -> Result<VersionInfo, StoreError> {
-        todo!()
+
+    async fn add_version(&self, value: &SecretValue) -> Result<VersionInfo, StoreError> {
+        let fp = value.fingerprint(&self.secret);
+        self.modify(|file| {
+            let next = file
+                .versions
+                .iter()
+                .filter_map(|v| v.id.parse::<u64>().ok())
+                .max()
+                .unwrap_or(0)
+                + 1;
+            let v = FileVersion {
+                id: next.to_string(),
+                fingerprint: fp,
+                state: VersionState::Enabled,
+                created_at: Utc::now(),
+                value: Some(Stored(value.clone())),
+            };
+            let info = self.info(&v);
+            file.versions.push(v);
+            Ok((info, true))
+        })
     }
-    async fn set_slots(&self, _p: &str, _s: Option<&str>) -> Result<(), StoreError> {
-        todo!()
+
+    async fn set_slots(&self, primary: &str, secondary: Option<&str>) -> Result<(), StoreError> {
+        self.modify(|file| {
+            for id in std::iter::once(primary).chain(secondary) {
+                let v = file.version(id).ok_or_else(|| StoreError::NoSuchVersion {
+                    store: self.describe(),
+                    version: id.into(),
+                })?;
+                if v.state != VersionState::Enabled {
+                    return Err(self.refused(format!(
+                        "version {id} is {:?} and cannot be put in a slot",
+                        v.state
+                    )));
+                }
+            }
+            if secondary == Some(primary) {
+                return Err(self.refused(format!("version {primary} cannot fill both slots")));
+            }
+            let changed = file.primary.as_deref() != Some(primary)
+                || file.secondary.as_deref() != secondary;
+            file.primary = Some(primary.to_string());
+            file.secondary = secondary.map(str::to_string);
+            Ok(((), changed))
+        })
     }
-    async fn set_state(&self, _v: &str, _s: VersionState) -> Result<(), StoreError> {
-        todo!()
+
+    async fn set_state(&self, version: &str, state: VersionState) -> Result<(), StoreError> {
+        self.modify(|file| {
+            if state != VersionState::Enabled
+                && (file.primary.as_deref() == Some(version)
+                    || file.secondary.as_deref() == Some(version))
+            {
+                return Err(self.refused(format!(
+                    "version {version} is in a slot; take it out of the slot before it is {state:?}"
+                )));
+            }
+            let desc = self.describe();
+            let v = file
+                .versions
+                .iter_mut()
+                .find(|v| v.id == version)
+                .ok_or_else(|| StoreError::NoSuchVersion {
+                    store: desc.clone(),
+                    version: version.into(),
+                })?;
+            if v.state == state {
+                return Ok(((), false));
+            }
+            if v.state == VersionState::Destroyed {
+                return Err(StoreError::Refused {
+                    store: desc,
+                    detail: format!("version {version} is destroyed; it cannot be {state:?}"),
+                });
+            }
+            v.state = state;
+            if state == VersionState::Destroyed {
+                v.value = None;
+            }
+            Ok(((), true))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Alphabet;
+
+    fn value() -> SecretValue {
+        SecretValue::generate(Alphabet::Alphanumeric, 40).unwrap()
+    }
+
+    #[tokio::test]
+    async fn lifecycle_keeps_history_and_destroys_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.json");
+        let store = LocalStore::new(path.clone(), "s");
+        assert!(matches!(store.snapshot().await, Err(StoreError::Missing { .. })));
+        let a = value();
+        let b = value();
+        let va = store.init(&a).await.unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let vb = store.add_version(&b).await.unwrap();
+        store.set_slots(&va.id, Some(&vb.id)).await.unwrap();
+        assert!(store.read_value(&vb.id).await.unwrap().ct_eq(&b));
+        // A version in a slot cannot be disabled.
+        assert!(matches!(
+            store.set_state(&va.id, VersionState::Disabled).await,
+            Err(StoreError::Refused { .. })
+        ));
+        store.set_slots(&vb.id, None).await.unwrap();
+        store.set_state(&va.id, VersionState::Disabled).await.unwrap();
+        assert!(matches!(
+            store.read_value(&va.id).await,
+            Err(StoreError::NotReadable { .. })
+        ));
+        store.set_state(&va.id, VersionState::Enabled).await.unwrap();
+        assert!(store.read_value(&va.id).await.unwrap().ct_eq(&a));
+        store.set_state(&va.id, VersionState::Destroyed).await.unwrap();
+        // Idempotent.
+        store.set_state(&va.id, VersionState::Destroyed).await.unwrap();
+        assert!(store.set_state(&va.id, VersionState::Enabled).await.is_err());
+        let snap = store.snapshot().await.unwrap();
+        assert_eq!(snap.versions.len(), 2);
+        assert_eq!(snap.version(&va.id).unwrap().fingerprint, a.fingerprint("s"));
+        assert_eq!(snap.primary.as_deref(), Some(vb.id.as_str()));
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(a.expose()), "destroyed value still in the file");
+        assert!(text.contains(b.expose()));
+    }
+
+    #[tokio::test]
+    async fn refuses_group_readable_files_and_foreign_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.json");
+        LocalStore::new(path.clone(), "s").init(&value()).await.unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        let err = LocalStore::new(path.clone(), "s").snapshot().await.unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let err = LocalStore::new(path, "other").snapshot().await.unwrap_err();
+        assert!(err.to_string().contains("holds secret `s`"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn set_slots_is_idempotent_and_does_not_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.json");
+        let store = LocalStore::new(path.clone(), "s");
+        let va = store.init(&value()).await.unwrap();
+        let before = fs::read(&path).unwrap();
+        store.set_slots(&va.id, None).await.unwrap();
+        assert_eq!(before, fs::read(&path).unwrap());
     }
 }

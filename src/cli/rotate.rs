@@ -1,0 +1,116 @@
+//! `rotor rotate`, `rotor resume`, `rotor rollback`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{CliResult, engine, load};
+use crate::engine::journal::Mode;
+use crate::engine::{Confirm, RunOptions, RunOutcome, RunReport};
+use crate::exit::Exit;
+use crate::output::{Format, Output, render_report};
+use crate::protocol::State;
+
+/// `rotor rotate` arguments.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    /// The playbook (YAML).
+    pub playbook: PathBuf,
+    /// Do not ask before T4 (narrow) and T5 (finalize).
+    #[arg(long, short)]
+    pub yes: bool,
+    /// Stop at this stage (S1..S5, or published, dual-accept, promoted, retired, finalized).
+    #[arg(long)]
+    pub until: Option<State>,
+    /// Where automatic rollback goes after a failure (default S0).
+    #[arg(long, default_value = "S0")]
+    pub rollback_to: State,
+}
+
+/// `rotor resume` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ResumeArgs {
+    /// The playbook (YAML).
+    pub playbook: PathBuf,
+    /// Do not ask before T4 and T5.
+    #[arg(long, short)]
+    pub yes: bool,
+    /// Stop at this stage.
+    #[arg(long)]
+    pub until: Option<State>,
+    /// Where automatic rollback goes after a failure (default S0).
+    #[arg(long, default_value = "S0")]
+    pub rollback_to: State,
+}
+
+/// `rotor rollback` arguments.
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    /// The playbook (YAML).
+    pub playbook: PathBuf,
+    /// Stop the rollback at this stable state (default S0).
+    #[arg(long, default_value = "S0")]
+    pub to: State,
+}
+
+struct Ask(Arc<Output>);
+
+impl Confirm for Ask {
+    fn confirm(&self, question: &str) -> bool {
+        self.0.ask(question)
+    }
+}
+
+fn options(out: &Arc<Output>, yes: bool, until: Option<State>, rollback_to: State) -> RunOptions {
+    RunOptions {
+        mode: Mode::Operator,
+        yes,
+        until,
+        rollback_to,
+        confirm: Arc::new(Ask(out.clone())),
+    }
+}
+
+fn finish(out: &Output, report: &RunReport) -> Exit {
+    if out.format() == Format::Json {
+        out.json(&serde_json::json!({"event": "report", "report": report}));
+    } else {
+        out.line(&render_report(report));
+    }
+    match report.outcome {
+        RunOutcome::Declined => Exit::Declined,
+        _ => Exit::Ok,
+    }
+}
+
+pub(super) async fn rotate(
+    a: RotateArgs,
+    state_dir: Option<PathBuf>,
+    out: &Arc<Output>,
+) -> CliResult {
+    let pb = load(&a.playbook, state_dir)?;
+    let opts = options(out, a.yes, a.until, a.rollback_to);
+    let report = engine(pb, out).rotate(&opts).await?;
+    Ok(finish(out, &report))
+}
+
+pub(super) async fn resume(
+    a: ResumeArgs,
+    state_dir: Option<PathBuf>,
+    out: &Arc<Output>,
+) -> CliResult {
+    let pb = load(&a.playbook, state_dir)?;
+    let opts = options(out, a.yes, a.until, a.rollback_to);
+    let report = engine(pb, out).resume(&opts).await?;
+    Ok(finish(out, &report))
+}
+
+pub(super) async fn rollback(
+    a: RollbackArgs,
+    state_dir: Option<PathBuf>,
+    out: &Arc<Output>,
+) -> CliResult {
+    let pb = load(&a.playbook, state_dir)?;
+    let opts = options(out, true, None, a.to);
+    let report = engine(pb, out).rollback(&opts).await?;
+    Ok(finish(out, &report))
+}

@@ -1,0 +1,216 @@
+//! `check`: drift between the store and what every consumer instance actually holds.
+//!
+//! Owns: comparing, per consumer instance and per name, the fingerprint it holds with the one
+//! the store (and the rotation's state) says it should hold; flagging names that map to two
+//! values, values the store never had, and validators that would reject what a signer sends.
+//! Reads only.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{Engine, EngineError};
+use crate::consumer::HeldSource;
+use crate::playbook::SlotRef;
+use crate::protocol::{Role, State, Which, consumer_slots};
+use crate::secret::Fingerprint;
+
+/// What one instance holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    /// Consumer.
+    pub consumer: String,
+    /// Role.
+    pub role: Role,
+    /// Instance id.
+    pub instance: String,
+    /// Reported by the instance, or as configured by rotor.
+    pub source: HeldSource,
+    /// Fingerprint per name.
+    pub names: BTreeMap<String, Fingerprint>,
+    /// What it accepts.
+    pub accepts: Vec<Fingerprint>,
+    /// What it sends.
+    pub sends: Option<Fingerprint>,
+}
+
+/// The drift report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriftReport {
+    /// The state the fleet should be in.
+    pub state: State,
+    /// Rotation in progress.
+    pub rotation: Option<String>,
+    /// Store primary fingerprint.
+    pub store_primary: Option<Fingerprint>,
+    /// Store secondary fingerprint.
+    pub store_secondary: Option<Fingerprint>,
+    /// Every instance.
+    pub instances: Vec<InstanceView>,
+    /// Every problem found (empty: no drift).
+    pub problems: Vec<String>,
+}
+
+impl Engine {
+    /// Compares the store with every consumer instance.
+    pub async fn check(&self) -> Result<DriftReport, EngineError> {
+        let snap = self.store.snapshot().await?;
+        let fp_of = |id: &Option<String>| {
+            id.as_deref()
+                .and_then(|i| snap.version(i))
+                .map(|v| v.fingerprint.clone())
+        };
+        let journal = self.journals.load()?.filter(|j| j.status.is_active());
+        let (state, a, b) = match &journal {
+            Some(j) => (
+                j.state,
+                Some(j.old.fingerprint.clone()),
+                j.new.as_ref().map(|n| n.fingerprint.clone()),
+            ),
+            None => (State::S0, fp_of(&snap.primary), None),
+        };
+        let which = |w: Which| match w {
+            Which::A => a.clone(),
+            Which::B => b.clone(),
+        };
+        let label = |fp: &Fingerprint| -> String {
+            if Some(fp) == a.as_ref() {
+                format!("{fp} (A)")
+            } else if Some(fp) == b.as_ref() {
+                format!("{fp} (B)")
+            } else {
+                fp.to_string()
+            }
+        };
+        let mut problems = Vec::new();
+        let mut views = Vec::new();
+        for c in &self.consumers {
+            let spec = self.pb.consumer(c.name()).expect("consumer from playbook");
+            let plan = consumer_slots(state, c.role());
+            let instances = c.instances().await?;
+            if instances.is_empty() {
+                problems.push(format!("{}: no instance is running", c.name()));
+            }
+            for inst in instances {
+                let (held, source) = match c.held(&inst).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        problems.push(format!("{} {}: cannot read what it holds: {e}", c.name(), inst.id));
+                        continue;
+                    }
+                };
+                let mut expected: Vec<(String, Option<Fingerprint>)> =
+                    vec![(spec.slots.primary.clone(), which(plan.primary))];
+                if let Some(sec) = &spec.slots.secondary {
+                    expected.push((sec.clone(), plan.secondary.and_then(which)));
+                }
+                for (alias, slot) in &spec.slots.aliases {
+                    let w = match slot {
+                        SlotRef::Primary => Some(plan.primary),
+                        SlotRef::Secondary => plan.secondary,
+                    };
+                    expected.push((alias.clone(), w.and_then(which)));
+                }
+                for (name, want) in &expected {
+                    let got = held.names.get(name);
+                    match (got, want) {
+                        (Some(g), Some(w)) if g != w => problems.push(format!(
+                            "{} {}: {name} holds {}, expected {} at {state}",
+                            c.name(),
+                            inst.id,
+                            label(g),
+                            label(w)
+                        )),
+                        (None, Some(w)) => problems.push(format!(
+                            "{} {}: {name} is not set, expected {}",
+                            c.name(),
+                            inst.id,
+                            label(w)
+                        )),
+                        (Some(g), None) => problems.push(format!(
+                            "{} {}: {name} holds {}, expected nothing at {state}",
+                            c.name(),
+                            inst.id,
+                            label(g)
+                        )),
+                        _ => {}
+                    }
+                }
+                // One slot, two names, two values: the classic 403 cascade.
+                let mut by_slot: BTreeMap<&str, Vec<(&String, &Fingerprint)>> = BTreeMap::new();
+                by_slot
+                    .entry("primary")
+                    .or_default()
+                    .extend(held.names.get_key_value(&spec.slots.primary));
+                if let Some(sec) = &spec.slots.secondary {
+                    by_slot
+                        .entry("secondary")
+                        .or_default()
+                        .extend(held.names.get_key_value(sec));
+                }
+                for (alias, slot) in &spec.slots.aliases {
+                    let k = match slot {
+                        SlotRef::Primary => "primary",
+                        SlotRef::Secondary => "secondary",
+                    };
+                    by_slot.entry(k).or_default().extend(held.names.get_key_value(alias));
+                }
+                for (slot, names) in by_slot {
+                    if let Some((n0, f0)) = names.first()
+                        && let Some((n1, f1)) = names.iter().find(|(_, f)| f != f0)
+                    {
+                        problems.push(format!(
+                            "{} {}: {n0} and {n1} name the {slot} slot but hold different values ({} vs {})",
+                            c.name(),
+                            inst.id,
+                            label(f0),
+                            label(f1)
+                        ));
+                    }
+                }
+                for fp in held.names.values() {
+                    if snap.by_fingerprint(fp).is_none() {
+                        problems.push(format!(
+                            "{} {}: holds {fp}, a value this store never had (a test or hand-set value?)",
+                            c.name(),
+                            inst.id
+                        ));
+                    }
+                }
+                views.push(InstanceView {
+                    consumer: c.name().into(),
+                    role: c.role(),
+                    instance: inst.id.clone(),
+                    source,
+                    names: held.names,
+                    accepts: held.accepts,
+                    sends: held.sends,
+                });
+            }
+        }
+        for s in views.iter().filter(|v| v.role.signs()) {
+            let Some(sent) = &s.sends else { continue };
+            for v in views.iter().filter(|v| v.role.validates()) {
+                if !v.accepts.contains(sent) {
+                    problems.push(format!(
+                        "{} {} would reject what {} {} sends ({})",
+                        v.consumer,
+                        v.instance,
+                        s.consumer,
+                        s.instance,
+                        label(sent)
+                    ));
+                }
+            }
+        }
+        problems.dedup();
+        Ok(DriftReport {
+            state,
+            rotation: journal.map(|j| j.id),
+            store_primary: fp_of(&snap.primary),
+            store_secondary: fp_of(&snap.secondary),
+            instances: views,
+            problems,
+        })
+    }
+}

@@ -1,0 +1,293 @@
+//! The journal: one JSON file per rotation, rewritten atomically after every step.
+//!
+//! Owns: what a rotation has done (state, steps, version references, fingerprints), so a
+//! crashed run can be resumed or rolled back. Must never: contain a value. After a crash the new
+//! value is read back from the store (S1 and later); before S1 a fresh one is generated.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{Direction, State, Transition};
+use crate::secret::Fingerprint;
+use crate::store::local::atomic_write;
+
+const FORMAT: u32 = 1;
+
+/// How the rotation was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Interactive, by hand.
+    Operator,
+    /// A scheduled job.
+    Scheduled,
+    /// Rekey after a leak.
+    Emergency,
+}
+
+/// Where the rotation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// A run is (or was, if it crashed) moving forward.
+    Running,
+    /// A run is (or was) walking inverses back.
+    RollingBack,
+    /// Stopped at a stable state on purpose (`--until`, a declined confirmation, retention).
+    Paused,
+    /// Reached S5.
+    Completed,
+    /// Back at the state rollback aimed for.
+    RolledBack,
+    /// A rollback failed or the real state contradicted the journal: needs an operator.
+    Failed,
+}
+
+impl Status {
+    /// True while the rotation still owns the secret (a new rotation must not start).
+    pub fn is_active(self) -> bool {
+        !matches!(self, Status::Completed | Status::RolledBack)
+    }
+}
+
+/// A version of the store, by reference and fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRef {
+    /// The store's version id; `None` while T1 has not added it yet.
+    pub version: Option<String>,
+    /// Fingerprint of the value.
+    pub fingerprint: Fingerprint,
+}
+
+/// Outcome of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Started, not ended: a dirty step after a crash.
+    Running,
+    /// Ended and proven.
+    Ok,
+    /// Ended in failure.
+    Failed,
+}
+
+/// One transition (or inverse) attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Which transition.
+    pub transition: Transition,
+    /// Which way.
+    pub direction: Direction,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// What happened (fingerprints only).
+    pub detail: String,
+}
+
+/// One rotation's journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Journal {
+    /// File format.
+    pub format: u32,
+    /// Rotation id (`r-20261122T101500Z-1a2b3c`).
+    pub id: String,
+    /// Secret name.
+    pub secret: String,
+    /// Environment.
+    pub environment: String,
+    /// How it was started.
+    pub mode: Mode,
+    /// Why (emergency reason, or empty).
+    pub reason: String,
+    /// Playbook path.
+    pub playbook: String,
+    /// SHA-256 of the playbook when the rotation started.
+    pub playbook_checksum: String,
+    /// Start time.
+    pub started_at: DateTime<Utc>,
+    /// Last write.
+    pub updated_at: DateTime<Utc>,
+    /// Last stable state reached.
+    pub state: State,
+    /// Where the run is headed (S5 forward, or the rollback target).
+    pub target: State,
+    /// Where the rotation stands.
+    pub status: Status,
+    /// The old value (A).
+    pub old: VersionRef,
+    /// The new value (B), once generated.
+    pub new: Option<VersionRef>,
+    /// When each state was (last) reached.
+    pub reached: BTreeMap<State, DateTime<Utc>>,
+    /// Every step, in order.
+    pub steps: Vec<Step>,
+}
+
+impl Journal {
+    /// A fresh journal at S0.
+    pub fn new(
+        id: String,
+        secret: &str,
+        environment: &str,
+        mode: Mode,
+        playbook: &str,
+        checksum: &str,
+        old: VersionRef,
+        target: State,
+    ) -> Journal {
+        let now = Utc::now();
+        Journal {
+            format: FORMAT,
+            id,
+            secret: secret.into(),
+            environment: environment.into(),
+            mode,
+            reason: String::new(),
+            playbook: playbook.into(),
+            playbook_checksum: checksum.into(),
+            started_at: now,
+            updated_at: now,
+            state: State::S0,
+            target,
+            status: Status::Running,
+            old,
+            new: None,
+            reached: BTreeMap::from([(State::S0, now)]),
+            steps: Vec::new(),
+        }
+    }
+
+    /// The last step if it started and never ended (a crash happened during it).
+    pub fn dirty_step(&self) -> Option<&Step> {
+        self.steps.last().filter(|s| s.outcome == Outcome::Running)
+    }
+
+    /// Records the start of a step.
+    pub fn begin(&mut self, transition: Transition, direction: Direction) {
+        self.steps.push(Step {
+            transition,
+            direction,
+            started_at: Utc::now(),
+            ended_at: None,
+            outcome: Outcome::Running,
+            detail: String::new(),
+        });
+    }
+
+    /// Records the end of the current step; on success moves `state`.
+    pub fn end(&mut self, outcome: Outcome, detail: String) {
+        let now = Utc::now();
+        if let Some(step) = self.steps.last_mut() {
+            step.ended_at = Some(now);
+            step.outcome = outcome;
+            step.detail = detail;
+            if outcome == Outcome::Ok {
+                self.state = match step.direction {
+                    Direction::Forward => step.transition.to(),
+                    Direction::Inverse => step.transition.from(),
+                };
+                self.reached.insert(self.state, now);
+            }
+        }
+    }
+}
+
+/// Where journals live: `<state_dir>/journal.json` for the current rotation, finished ones
+/// archived under `<state_dir>/history/<id>.json`.
+#[derive(Debug, Clone)]
+pub struct JournalFile {
+    dir: PathBuf,
+}
+
+/// Journal I/O failures.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Cannot read or write.
+    #[error("journal {path}: {action}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// What was being done.
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Cannot parse.
+    #[error("journal {path} is unreadable: {detail}\n  help: rotor will not guess what a damaged journal meant; inspect it, then move it aside and check the store with `rotor check`")]
+    Corrupt {
+        /// File.
+        path: String,
+        /// Parser message.
+        detail: String,
+    },
+}
+
+impl JournalFile {
+    /// Journals of the secret whose state directory is `dir`.
+    pub fn new(dir: &Path) -> JournalFile {
+        JournalFile {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Path of the current journal.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("journal.json")
+    }
+
+    /// The current journal, if any.
+    pub fn load(&self) -> Result<Option<Journal>, JournalError> {
+        let path = self.path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(JournalError::Io {
+                    path: path.display().to_string(),
+                    action: "read",
+                    source,
+                });
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| JournalError::Corrupt {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// Writes the journal atomically (temp file, fsync, rename).
+    pub fn save(&self, journal: &mut Journal) -> Result<(), JournalError> {
+        journal.updated_at = Utc::now();
+        let path = self.path();
+        let bytes = serde_json::to_vec_pretty(journal).expect("journal serializes");
+        atomic_write(&path, &bytes, 0o600).map_err(|source| JournalError::Io {
+            path: path.display().to_string(),
+            action: "write",
+            source,
+        })
+    }
+
+    /// Moves the current journal to `history/<id>.json`.
+    pub fn archive(&self, journal: &Journal) -> Result<(), JournalError> {
+        let to = self.dir.join("history").join(format!("{}.json", journal.id));
+        let io = |source| JournalError::Io {
+            path: to.display().to_string(),
+            action: "archive",
+            source,
+        };
+        fs::create_dir_all(to.parent().expect("has parent")).map_err(io)?;
+        fs::rename(self.path(), &to).map_err(io)
+    }
+}
