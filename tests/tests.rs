@@ -1,1 +1,6 @@
+//! rotor's integration tests: one binary, one module per area.
 
+mod cli;
+mod common;
+mod crash;
+mod rotation;

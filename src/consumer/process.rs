@@ -1,21 +1,643 @@
-//! Process consumer (stub, being written).
-use async_trait::async_trait;
+//! Process consumer: N local processes that rotor starts, each on its own loopback port, each
+//! with the secret's slots in its environment.
+//!
+//! Owns: starting, adopting, replacing and stopping those processes. Instances outlive the rotor
+//! invocation that started them (`rotor up` exits; a later `rotate`, or `resume` after rotor was
+//! killed, finds them again), so every fact lives on disk under
+//! `<state_dir>/fleet/<consumer>/` (see [`disk`]): one record per instance, the published
+//! `endpoints.json` that peers and load generators read, and one log per instance.
+//!
+//! Rollouts replace one instance at a time: start a new one, wait until it answers its health
+//! check, publish it, unpublish the old one, let it drain, stop it. The fleet therefore never
+//! serves fewer than the configured number of ready instances.
+//!
+//! Must never: put a value in argv, a record, a log line, an event or an error. Values reach an
+//! instance only through its environment; everything else names them by fingerprint.
 
+mod disk;
+mod os;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use self::disk::{Layout, Record};
 use super::{Consumer, ConsumerError, Held, HeldSource, Instance, RolloutReport, Slots};
-use crate::events::EventSink;
-use crate::playbook::{ConsumerSpec, Pickup, Playbook, ProcessSpec};
+use crate::events::{Event, EventSink};
+use crate::playbook::{ConsumerSpec, Pickup, Playbook, ProcessSpec, SlotNames, SlotRef, Timings};
 use crate::protocol::Role;
+use crate::secret::{Fingerprint, SecretValue};
+
+/// Interval between two health checks of a starting instance.
+const READY_POLL: Duration = Duration::from_millis(25);
+/// Deadline of one health request.
+const HEALTH_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Placeholder for the running rotor executable in `command[0]`.
+const ROTOR_PLACEHOLDER: &str = "{rotor}";
+/// Overrides the executable `{rotor}` stands for.
+const ROTOR_EXE_ENV: &str = "ROTOR_EXE";
+
+/// Per-process counter that keeps ids started within one millisecond apart.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// How instances this rotor process spawned exited (adopted instances are not in here).
+type Exits = Arc<Mutex<HashMap<String, watch::Receiver<Option<String>>>>>;
 
 /// N local processes.
 pub struct ProcessConsumer {
     name: String,
     role: Role,
+    /// Secret name (fingerprint domain).
+    secret: String,
+    spec: ProcessSpec,
+    slot_names: SlotNames,
+    fingerprints_path: Option<String>,
+    timings: Timings,
+    /// `<state_dir>/fleet`, handed to instances as `ROTOR_FLEET_DIR`.
+    fleet_dir: PathBuf,
+    /// `<state_dir>/fleet/<consumer>`.
+    layout: Layout,
+    /// Working directory of instances (the playbook's directory when it exists).
+    cwd: Option<PathBuf>,
+    /// Serializes changes made by this rotor process (the flock covers other processes).
+    serial: tokio::sync::Mutex<()>,
+    exits: Exits,
+    http: Option<reqwest::Client>,
+}
+
+/// What instances must hold, computed from the slots.
+struct Desired<'a> {
+    primary: Fingerprint,
+    secondary: Option<Fingerprint>,
+    names: BTreeMap<String, Fingerprint>,
+    /// Environment name → value, in the order they are set.
+    values: Vec<(String, &'a SecretValue)>,
+}
+
+impl Desired<'_> {
+    fn matches(&self, r: &Record) -> bool {
+        r.primary == self.primary && r.secondary == self.secondary && r.names == self.names
+    }
 }
 
 impl ProcessConsumer {
     /// Opens the consumer.
-    pub fn new(_playbook: &Playbook, spec: &ConsumerSpec, _p: &ProcessSpec) -> Self {
-        ProcessConsumer { name: spec.name.clone(), role: spec.role }
+    pub fn new(playbook: &Playbook, spec: &ConsumerSpec, p: &ProcessSpec) -> Self {
+        let fleet_dir = playbook.state_dir.join("fleet");
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .no_proxy()
+            .build()
+            .ok();
+        ProcessConsumer {
+            name: spec.name.clone(),
+            role: spec.role,
+            secret: playbook.secret.clone(),
+            spec: p.clone(),
+            slot_names: spec.slots.clone(),
+            fingerprints_path: spec.fingerprints_path.clone(),
+            timings: playbook.timings.clone(),
+            layout: Layout::new(&fleet_dir, &spec.name),
+            fleet_dir,
+            cwd: playbook
+                .base_dir
+                .is_dir()
+                .then(|| playbook.base_dir.clone()),
+            serial: tokio::sync::Mutex::new(()),
+            exits: Arc::default(),
+            http,
+        }
+    }
+
+    fn io(&self, action: impl Into<String>) -> impl FnOnce(std::io::Error) -> ConsumerError + '_ {
+        let action = action.into();
+        move |source| ConsumerError::Io {
+            consumer: self.name.clone(),
+            action,
+            source,
+        }
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, ConsumerError> {
+        self.http.as_ref().ok_or_else(|| ConsumerError::Io {
+            consumer: self.name.clone(),
+            action: "building the HTTP client".into(),
+            source: std::io::Error::other("the HTTP client could not be initialized"),
+        })
+    }
+
+    /// The fingerprints and environment the slots turn into for this consumer.
+    ///
+    /// The secondary reaches an instance only under the secondary name or a secondary alias;
+    /// when the consumer declares neither, it holds (and is recorded with) no secondary, so a
+    /// change of secondary does not restart it.
+    fn desired<'a>(&self, slots: &'a Slots) -> Desired<'a> {
+        let n = &self.slot_names;
+        let takes_secondary =
+            n.secondary.is_some() || n.aliases.values().any(|r| *r == SlotRef::Secondary);
+        let secondary = slots.secondary.as_ref().filter(|_| takes_secondary);
+        let mut values: Vec<(String, &SecretValue)> = vec![(n.primary.clone(), &slots.primary)];
+        if let (Some(name), Some(v)) = (&n.secondary, secondary) {
+            values.push((name.clone(), v));
+        }
+        for (alias, r) in &n.aliases {
+            match (r, secondary) {
+                (SlotRef::Primary, _) => values.push((alias.clone(), &slots.primary)),
+                (SlotRef::Secondary, Some(v)) => values.push((alias.clone(), v)),
+                (SlotRef::Secondary, None) => {}
+            }
+        }
+        let names = values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.fingerprint(&self.secret)))
+            .collect();
+        Desired {
+            primary: slots.primary.fingerprint(&self.secret),
+            secondary: secondary.map(|v| v.fingerprint(&self.secret)),
+            names,
+            values,
+        }
+    }
+
+    /// Every slot and alias name (whatever the slots hold now): never inherited from rotor.
+    fn slot_env_names(&self) -> Vec<&str> {
+        let n = &self.slot_names;
+        std::iter::once(n.primary.as_str())
+            .chain(n.secondary.as_deref())
+            .chain(n.aliases.keys().map(String::as_str))
+            .collect()
+    }
+
+    /// argv with `{rotor}` resolved.
+    fn argv(&self) -> Result<Vec<OsString>, ConsumerError> {
+        let Some(first) = self.spec.command.first() else {
+            return Err(ConsumerError::Spawn {
+                consumer: self.name.clone(),
+                program: String::new(),
+                detail: "the command is empty".into(),
+            });
+        };
+        let program: OsString = if first == ROTOR_PLACEHOLDER {
+            match std::env::var_os(ROTOR_EXE_ENV) {
+                Some(exe) if !exe.is_empty() => exe,
+                _ => std::env::current_exe()
+                    .map_err(|e| ConsumerError::Spawn {
+                        consumer: self.name.clone(),
+                        program: first.clone(),
+                        detail: format!("cannot find the rotor executable: {e}"),
+                    })?
+                    .into_os_string(),
+            }
+        } else {
+            first.into()
+        };
+        Ok(std::iter::once(program)
+            .chain(self.spec.command[1..].iter().map(OsString::from))
+            .collect())
+    }
+
+    /// A fresh instance id, unused by any record or log of this consumer.
+    fn new_id(&self) -> String {
+        loop {
+            let millis = chrono::Utc::now().timestamp_millis();
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed) % 10_000;
+            let id = format!("{}-{millis}-{n:04}", self.name);
+            if !self.layout.record_path(&id).exists() && !self.layout.log_path(&id).exists() {
+                return id;
+            }
+        }
+    }
+
+    /// A free port on the consumer's host (bind port 0, read it, release it).
+    fn free_port(&self) -> Result<u16, ConsumerError> {
+        TcpListener::bind((self.spec.host, 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(self.io(format!("choosing a port on {}", self.spec.host)))
+    }
+
+    /// Starts one instance holding `d` and records it (unpublished). Does not wait for it.
+    fn spawn(&self, d: &Desired<'_>) -> Result<Record, ConsumerError> {
+        self.layout
+            .create()
+            .map_err(self.io("creating the fleet directories"))?;
+        let argv = self.argv()?;
+        let program = argv[0].to_string_lossy().into_owned();
+        let spawn_err = |detail: String| ConsumerError::Spawn {
+            consumer: self.name.clone(),
+            program: program.clone(),
+            detail,
+        };
+        let id = self.new_id();
+        let addr = SocketAddr::new(self.spec.host, self.free_port()?);
+        let log = self
+            .layout
+            .open_log(&id)
+            .map_err(self.io(format!("opening {}", self.layout.log_path(&id).display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(self.io(format!("opening {}", self.layout.log_path(&id).display())))?;
+
+        let extra = [
+            ("HOST", OsString::from(self.spec.host.to_string())),
+            ("PORT", OsString::from(addr.port().to_string())),
+            ("ROTOR_FLEET_DIR", self.fleet_dir.clone().into_os_string()),
+            ("ROTOR_CONSUMER", OsString::from(&self.name)),
+            ("ROTOR_INSTANCE", OsString::from(&id)),
+        ];
+        let env = child_env(
+            std::env::vars_os(),
+            &self.slot_env_names(),
+            &self.spec.env,
+            &extra,
+            &d.values,
+        );
+
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd.spawn().map_err(|e| spawn_err(e.to_string()))?;
+        // Not waited for yet, so the pid is ours (at worst a zombie) until the reaper below runs.
+        let identity = child
+            .id()
+            .and_then(|pid| Some((pid as i32, os::stat(pid as i32)?)));
+        // Reap it while this rotor lives; readiness reads the exit status from here.
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("unknown exit status ({e})"),
+            };
+            let _ = tx.send(Some(status));
+        });
+        let Some((pid, stat)) = identity else {
+            return Err(spawn_err(
+                "the process vanished before it could be recorded".into(),
+            ));
+        };
+        let rec = Record {
+            id: id.clone(),
+            pid,
+            pid_start_ticks: stat.start_ticks,
+            addr,
+            primary: d.primary.clone(),
+            secondary: d.secondary.clone(),
+            names: d.names.clone(),
+            published: false,
+            started_at: chrono::Utc::now(),
+        };
+        if let Err(e) = self.layout.write_record(&rec) {
+            os::kill_now(pid, stat.start_ticks);
+            return Err(self.io(format!("recording instance {id}"))(e));
+        }
+        self.exits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, rx);
+        Ok(rec)
+    }
+
+    /// The exit status of an instance this rotor spawned, waiting up to `limit` for the
+    /// reaper to collect it. `None` for adopted instances.
+    async fn exit_status(&self, id: &str, limit: Duration) -> Option<String> {
+        let mut rx = {
+            let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
+            exits.get(id)?.clone()
+        };
+        let status = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
+        status.ok()?.ok()?.clone()
+    }
+
+    /// Waits until `rec` answers its health check with 200, up to the readiness timeout (or
+    /// `deadline`, whichever is first). On failure the instance is stopped and its record
+    /// removed.
+    async fn wait_ready(&self, rec: &Record, deadline: Instant) -> Result<(), ConsumerError> {
+        let timeout = self.timings.readiness_timeout;
+        let started = Instant::now();
+        let until = (started + timeout).min(deadline);
+        let url = format!("http://{}{}", rec.addr, self.spec.health_path);
+        let client = self.client()?;
+        let log = self.layout.log_path(&rec.id);
+        let mut last = String::from("no answer yet");
+        let failure = loop {
+            if !os::alive(rec.pid, rec.pid_start_ticks) {
+                let status = self
+                    .exit_status(&rec.id, Duration::from_millis(500))
+                    .await
+                    .unwrap_or_else(|| "exit status unknown".into());
+                break format!(
+                    "the process exited ({status}) before it was ready; log: {}",
+                    log.display()
+                );
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                if Instant::now() >= deadline && started + timeout > deadline {
+                    self.discard(rec).await?;
+                    return Err(self.rollout_timeout());
+                }
+                break format!("last health check: {last}; log: {}", log.display());
+            }
+            match client
+                .get(&url)
+                .timeout(left.min(HEALTH_REQUEST_TIMEOUT))
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == reqwest::StatusCode::OK => return Ok(()),
+                Ok(r) => last = format!("GET {url} answered {}", r.status()),
+                Err(e) => last = format!("GET {url} failed: {}", error_chain(&e)),
+            }
+            tokio::time::sleep(READY_POLL.min(until.saturating_duration_since(Instant::now())))
+                .await;
+        };
+        self.discard(rec).await?;
+        Err(ConsumerError::NotReady {
+            consumer: self.name.clone(),
+            instance: rec.id.clone(),
+            timeout,
+            detail: failure,
+        })
+    }
+
+    fn rollout_timeout(&self) -> ConsumerError {
+        ConsumerError::RolloutTimeout {
+            consumer: self.name.clone(),
+            timeout: self.timings.rollout_timeout,
+        }
+    }
+
+    /// Stops an instance (no drain) and removes its record.
+    async fn discard(&self, rec: &Record) -> Result<(), ConsumerError> {
+        os::terminate(rec.pid, rec.pid_start_ticks).await;
+        self.layout
+            .remove_record(&rec.id)
+            .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
+        self.exits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&rec.id);
+        Ok(())
+    }
+
+    /// Writes the endpoints of the published records (id order), if they changed.
+    fn publish_set(&self, records: &[Record]) -> Result<(), ConsumerError> {
+        let addrs = records
+            .iter()
+            .filter(|r| r.published)
+            .map(|r| r.addr)
+            .collect();
+        self.layout
+            .set_endpoints(addrs)
+            .map(|_| ())
+            .map_err(self.io("writing endpoints.json"))
+    }
+
+    /// Marks `rec` published (record first, then endpoints: a crash in between is repaired by
+    /// the next reconcile, which lists every published record).
+    fn publish(&self, fleet: &mut Vec<Record>, mut rec: Record) -> Result<(), ConsumerError> {
+        rec.published = true;
+        self.layout
+            .write_record(&rec)
+            .map_err(self.io(format!("publishing instance {}", rec.id)))?;
+        fleet.push(rec);
+        fleet.sort_by(|a, b| a.id.cmp(&b.id));
+        self.publish_set(fleet)
+    }
+
+    /// Takes `id` out of the endpoints (endpoints first, then the record), lets it drain, stops
+    /// it and removes its record. Returns the time spent draining.
+    async fn retire(
+        &self,
+        fleet: &mut Vec<Record>,
+        id: &str,
+        drain: bool,
+    ) -> Result<Duration, ConsumerError> {
+        let Some(pos) = fleet.iter().position(|r| r.id == id) else {
+            return Ok(Duration::ZERO);
+        };
+        let mut rec = fleet.remove(pos);
+        self.publish_set(fleet)?;
+        rec.published = false;
+        self.layout
+            .write_record(&rec)
+            .map_err(self.io(format!("unpublishing instance {}", rec.id)))?;
+        let mut waited = Duration::ZERO;
+        if drain && !self.timings.drain.is_zero() {
+            let t = Instant::now();
+            tokio::time::sleep(self.timings.drain).await;
+            waited = t.elapsed();
+        }
+        self.discard(&rec).await?;
+        Ok(waited)
+    }
+
+    /// Repairs the fleet after anything (crash, kill, a rotor killed mid-rollout): drops records
+    /// of dead processes, stops live instances that were never published (drained first if
+    /// they are still listed), and makes `endpoints.json` list exactly the live published
+    /// records. Writes nothing when everything already agrees. Returns the published fleet.
+    async fn reconcile(&self, waited: &mut Duration) -> Result<Vec<Record>, ConsumerError> {
+        let records = self
+            .layout
+            .load_records()
+            .map_err(self.io("reading instance records"))?;
+        let listed = self
+            .layout
+            .load_endpoints()
+            .map_err(self.io("reading endpoints.json"))?
+            .endpoints;
+        let mut fleet = Vec::new();
+        let mut stray = Vec::new();
+        for rec in records {
+            if !os::alive(rec.pid, rec.pid_start_ticks) {
+                tracing::info!(consumer = %self.name, instance = %rec.id, pid = rec.pid,
+                    "dropping the record of an instance that is no longer running");
+                self.layout
+                    .remove_record(&rec.id)
+                    .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
+            } else if rec.published {
+                fleet.push(rec);
+            } else {
+                stray.push(rec);
+            }
+        }
+        self.publish_set(&fleet)?;
+        let drain = stray.iter().any(|r| listed.contains(&r.addr));
+        if drain && !self.timings.drain.is_zero() {
+            let t = Instant::now();
+            tokio::time::sleep(self.timings.drain).await;
+            *waited += t.elapsed();
+        }
+        for rec in stray {
+            tracing::info!(consumer = %self.name, instance = %rec.id,
+                "stopping an instance that was started but never published");
+            self.discard(&rec).await?;
+        }
+        Ok(fleet)
+    }
+
+    /// The convergence itself (see [`Consumer::apply`]); `deadline` bounds readiness waits.
+    async fn converge(
+        &self,
+        slots: &Slots,
+        events: &dyn EventSink,
+        deadline: Instant,
+    ) -> Result<RolloutReport, ConsumerError> {
+        let _serial = self.serial.lock().await;
+        self.layout
+            .create()
+            .map_err(self.io("creating the fleet directories"))?;
+        let Some(_flock) = self
+            .layout
+            .lock(deadline)
+            .await
+            .map_err(self.io("locking the fleet directory"))?
+        else {
+            return Err(self.rollout_timeout());
+        };
+        let want = self.spec.instances;
+        let d = self.desired(slots);
+        let mut report = RolloutReport::default();
+        let mut fleet = self.reconcile(&mut report.waited).await?;
+
+        let stale: Vec<String> = fleet
+            .iter()
+            .filter(|r| !d.matches(r))
+            .map(|r| r.id.clone())
+            .collect();
+        let mut matching = fleet.len() - stale.len();
+        // Every stale instance is replaced while fewer than `want` match; then top up.
+        let starts = stale.len().min(want.saturating_sub(matching))
+            + want.saturating_sub(matching + stale.len());
+        if stale.is_empty() && matching == want {
+            return Ok(report);
+        }
+        events.emit(&Event::RolloutStarted {
+            consumer: self.name.clone(),
+            instances: starts,
+        });
+
+        for old in stale {
+            if matching >= want {
+                report.waited += self.retire(&mut fleet, &old, true).await?;
+                continue;
+            }
+            let new = self.start_ready(&d, deadline, &mut report).await?;
+            let new_id = new.id.clone();
+            self.publish(&mut fleet, new)?;
+            matching += 1;
+            report.waited += self.retire(&mut fleet, &old, true).await?;
+            self.replaced(events, Some(old), new_id, &d);
+        }
+        while matching < want {
+            let new = self.start_ready(&d, deadline, &mut report).await?;
+            let new_id = new.id.clone();
+            self.publish(&mut fleet, new)?;
+            matching += 1;
+            self.replaced(events, None, new_id, &d);
+        }
+        while matching > want {
+            let Some(extra) = fleet.first().map(|r| r.id.clone()) else {
+                break;
+            };
+            report.waited += self.retire(&mut fleet, &extra, true).await?;
+            matching -= 1;
+        }
+
+        events.emit(&Event::RolloutFinished {
+            consumer: self.name.clone(),
+            restarts: report.restarts,
+        });
+        Ok(report)
+    }
+
+    /// Starts one instance and waits until it is ready (counted as a restart).
+    async fn start_ready(
+        &self,
+        d: &Desired<'_>,
+        deadline: Instant,
+        report: &mut RolloutReport,
+    ) -> Result<Record, ConsumerError> {
+        if Instant::now() >= deadline {
+            return Err(self.rollout_timeout());
+        }
+        let rec = self.spawn(d)?;
+        report.restarts += 1;
+        tracing::info!(consumer = %self.name, instance = %rec.id, pid = rec.pid, addr = %rec.addr,
+            "started instance");
+        let t = Instant::now();
+        let ready = self.wait_ready(&rec, deadline).await;
+        report.waited += t.elapsed();
+        ready?;
+        Ok(rec)
+    }
+
+    fn replaced(&self, events: &dyn EventSink, old: Option<String>, new: String, d: &Desired<'_>) {
+        events.emit(&Event::InstanceReplaced {
+            consumer: self.name.clone(),
+            old,
+            new,
+            primary: d.primary.clone(),
+            secondary: d.secondary.clone(),
+        });
+    }
+
+    /// After a rollout was cut off by its deadline: stop what it left half-done (instances
+    /// started or unpublished but not yet stopped). Published instances keep serving.
+    async fn cleanup_after_timeout(&self) {
+        let _serial = self.serial.lock().await;
+        // Only if no other rotor holds the fleet (it may be the reason for the timeout).
+        let Ok(Some(_flock)) = self.layout.lock(Instant::now()).await else {
+            return;
+        };
+        let mut waited = Duration::ZERO;
+        if let Err(e) = self.reconcile(&mut waited).await {
+            tracing::warn!(consumer = %self.name, error = %e, "cleanup after a rollout timeout failed");
+        }
+    }
+
+    /// Live published records.
+    fn serving(&self) -> Result<Vec<Record>, ConsumerError> {
+        Ok(self
+            .layout
+            .load_records()
+            .map_err(self.io("reading instance records"))?
+            .into_iter()
+            .filter(|r| r.published && os::alive(r.pid, r.pid_start_ticks))
+            .collect())
+    }
+
+    fn record(&self, id: &str) -> Result<Record, ConsumerError> {
+        let path = self.layout.record_path(id);
+        let bytes = std::fs::read(&path).map_err(|e| ConsumerError::Observe {
+            consumer: self.name.clone(),
+            instance: id.to_string(),
+            detail: format!("no record at {}: {e}", path.display()),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ConsumerError::Observe {
+            consumer: self.name.clone(),
+            instance: id.to_string(),
+            detail: format!("unreadable record {}: {e}", path.display()),
+        })
     }
 }
 
@@ -24,25 +646,167 @@ impl Consumer for ProcessConsumer {
     fn name(&self) -> &str {
         &self.name
     }
+
     fn role(&self) -> Role {
         self.role
     }
+
     fn pickup(&self) -> Pickup {
         Pickup::Restart
     }
-    async fn apply(&self, _s: &Slots, _e: &dyn EventSink) -> Result<RolloutReport, ConsumerError> {
-        todo!()
+
+    /// Idempotent convergence, one instance at a time, bounded by the rollout timeout:
+    /// reconcile, replace every published instance that does not hold `slots` (start new, wait
+    /// ready, publish, unpublish old, drain, stop old), then start or retire instances until
+    /// exactly the configured number is published. Changes nothing when nothing differs.
+    async fn apply(
+        &self,
+        slots: &Slots,
+        events: &dyn EventSink,
+    ) -> Result<RolloutReport, ConsumerError> {
+        let limit = self.timings.rollout_timeout;
+        let deadline = Instant::now() + limit;
+        let result = match tokio::time::timeout(limit, self.converge(slots, events, deadline)).await
+        {
+            Ok(r) => r,
+            Err(_elapsed) => Err(self.rollout_timeout()),
+        };
+        if matches!(result, Err(ConsumerError::RolloutTimeout { .. })) {
+            self.cleanup_after_timeout().await;
+        }
+        result
     }
+
     async fn instances(&self) -> Result<Vec<Instance>, ConsumerError> {
-        todo!()
+        Ok(self
+            .serving()?
+            .into_iter()
+            .map(|r| Instance {
+                id: r.id,
+                addr: Some(r.addr),
+                primary: Some(r.primary),
+                secondary: r.secondary,
+            })
+            .collect())
     }
-    async fn held(&self, _i: &Instance) -> Result<(Held, HeldSource), ConsumerError> {
-        todo!()
+
+    async fn held(&self, instance: &Instance) -> Result<(Held, HeldSource), ConsumerError> {
+        let rec = self.record(&instance.id)?;
+        let observe = |detail: String| ConsumerError::Observe {
+            consumer: self.name.clone(),
+            instance: instance.id.clone(),
+            detail,
+        };
+        if let Some(path) = &self.fingerprints_path {
+            let url = format!("http://{}{path}", rec.addr);
+            let resp = self
+                .client()?
+                .get(&url)
+                .timeout(self.timings.probe_timeout)
+                .send()
+                .await
+                .map_err(|e| observe(format!("GET {url} failed: {}", error_chain(&e))))?;
+            if !resp.status().is_success() {
+                return Err(observe(format!("GET {url} answered {}", resp.status())));
+            }
+            let held: Held = resp.json().await.map_err(|e| {
+                observe(format!("GET {url}: unexpected answer: {}", error_chain(&e)))
+            })?;
+            return Ok((held, HeldSource::Reported));
+        }
+        let accepts = if self.role.validates() {
+            std::iter::once(rec.primary.clone())
+                .chain(rec.secondary.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let held = Held {
+            names: rec.names,
+            accepts,
+            sends: self.role.signs().then_some(rec.primary),
+        };
+        Ok((held, HeldSource::Configured))
     }
-    async fn start(&self, _s: &Slots, _e: &dyn EventSink) -> Result<(), ConsumerError> {
-        todo!()
+
+    async fn start(&self, slots: &Slots, events: &dyn EventSink) -> Result<(), ConsumerError> {
+        self.apply(slots, events).await.map(|_| ())
     }
+
+    /// Unpublishes every instance, stops them all (no drain) and removes their records.
+    /// Returns how many were running.
     async fn stop(&self) -> Result<usize, ConsumerError> {
-        todo!()
+        let _serial = self.serial.lock().await;
+        if !self.layout.dir.exists() {
+            return Ok(0);
+        }
+        let deadline = Instant::now() + self.timings.rollout_timeout;
+        let Some(_flock) = self
+            .layout
+            .lock(deadline)
+            .await
+            .map_err(self.io("locking the fleet directory"))?
+        else {
+            return Err(self.rollout_timeout());
+        };
+        let records = self
+            .layout
+            .load_records()
+            .map_err(self.io("reading instance records"))?;
+        self.layout
+            .set_endpoints(Vec::new())
+            .map_err(self.io("writing endpoints.json"))?;
+        let mut stopped = 0;
+        for rec in &records {
+            if os::terminate(rec.pid, rec.pid_start_ticks).await {
+                stopped += 1;
+            }
+            self.layout
+                .remove_record(&rec.id)
+                .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
+            self.exits
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&rec.id);
+        }
+        Ok(stopped)
     }
+}
+
+/// The environment of an instance: `inherited` minus slot names and `ROTOR_*`, then `extra_env`
+/// (the playbook's), then `rotor_env` (HOST, PORT, ROTOR_*), then the slot values.
+fn child_env(
+    inherited: impl Iterator<Item = (OsString, OsString)>,
+    slot_names: &[&str],
+    extra_env: &BTreeMap<String, String>,
+    rotor_env: &[(&str, OsString)],
+    values: &[(String, &SecretValue)],
+) -> Vec<(OsString, OsString)> {
+    let blocked = |k: &OsStr| {
+        k.to_str()
+            .is_some_and(|k| k.starts_with("ROTOR_") || slot_names.contains(&k))
+    };
+    let mut env: BTreeMap<OsString, OsString> = inherited.filter(|(k, _)| !blocked(k)).collect();
+    for (k, v) in extra_env {
+        env.insert(k.into(), v.into());
+    }
+    for (k, v) in rotor_env {
+        env.insert((*k).into(), v.clone());
+    }
+    for (k, v) in values {
+        env.insert(k.into(), v.expose().into());
+    }
+    env.into_iter().collect()
+}
+
+/// An error and its causes on one line (reqwest hides the interesting part in `source()`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

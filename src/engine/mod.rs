@@ -923,9 +923,6 @@ impl<'e> Run<'e> {
         command: &'static str,
     ) -> Result<RunReport, EngineError> {
         let target = target.min(self.journal.state);
-        self.journal.target = target;
-        self.journal.status = Status::RollingBack;
-        self.save()?;
         // A step that was running when the last run died is undone first.
         let dirty = self.journal.dirty_step().map(|s| s.transition);
         let first = match self.journal.steps.last() {
@@ -934,6 +931,25 @@ impl<'e> Run<'e> {
             }
             _ => dirty,
         };
+        let first = match first {
+            // T5 has no inverse: either it never destroyed A (then there is nothing to undo)
+            // or it did (then the rotation is finalized and cannot be rolled back).
+            Some(Transition::T5) => {
+                let a = self.journal.old.version.clone().unwrap_or_default();
+                let snap = self.e.store.snapshot().await?;
+                if snap.version(&a).map(|v| v.state) == Some(VersionState::Destroyed) {
+                    self.journal.end(Outcome::Ok, "A found destroyed on reconcile".into());
+                    self.save()?;
+                    return Err(EngineError::Irreversible(self.journal.id.clone()));
+                }
+                self.journal.end(Outcome::Failed, "interrupted before A was destroyed".into());
+                None
+            }
+            other => other,
+        };
+        self.journal.target = target;
+        self.journal.status = Status::RollingBack;
+        self.save()?;
         match self.walk_back(first, target).await {
             Ok(()) => {
                 self.journal.status = if target == State::S0 {

@@ -1,0 +1,62 @@
+//! What users read: help, exit codes, errors.
+
+use crate::common::Env;
+
+#[tokio::test]
+async fn help_lists_every_command() {
+    let out = std::process::Command::new(crate::common::rotor_exe())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["plan", "rotate", "resume", "rollback", "status", "check", "init", "up", "down", "demo"] {
+        assert!(text.contains(&format!("  {cmd} ")), "--help lacks {cmd}:\n{text}");
+    }
+    assert!(!text.contains("demo-service"), "hidden command shown");
+}
+
+#[tokio::test]
+async fn resume_without_a_rotation_says_what_to_do() {
+    let env = Env::new();
+    env.rotor(&["init"]).await.assert_code(0);
+    let out = env.rotor(&["resume"]).await;
+    out.assert_code(2);
+    assert!(out.stderr.contains("no rotation of this secret is in progress"), "{}", out.stderr);
+    assert!(out.stderr.contains("help: start one with `rotor rotate`"), "{}", out.stderr);
+    let status = env.rotor(&["status"]).await;
+    status.assert_code(0);
+    assert!(status.stdout.contains("no rotation recorded"), "{}", status.stdout);
+    assert!(status.stdout.contains("lock: free"), "{}", status.stdout);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_bad_playbook_is_exit_2_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let playbook = dir.path().join("bad.yaml");
+    let yaml = crate::common::demo_yaml(|y| y.replace("role: validator", "role: validater"));
+    std::fs::write(&playbook, yaml).unwrap();
+    let out = std::process::Command::new(crate::common::rotor_exe())
+        .args(["plan"])
+        .arg(&playbook)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let p = playbook.display().to_string();
+    assert!(err.starts_with(&format!("error: playbook {p}:")), "{err}");
+    assert!(err.contains("role"), "{err}");
+    assert!(err.contains("help:"), "{err}");
+}
+
+#[tokio::test]
+async fn init_refuses_an_existing_store_and_changes_nothing() {
+    let env = Env::new();
+    env.rotor(&["init"]).await.assert_code(0);
+    let before = env.store();
+    let out = env.rotor(&["init"]).await;
+    assert_ne!(out.code(), Some(0));
+    assert!(out.stderr.contains("already exists"), "{}", out.stderr);
+    assert_eq!(before, env.store());
+    env.finish().await;
+}

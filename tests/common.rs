@@ -1,0 +1,286 @@
+//! Test harness: a demo fleet in a temp dir, a rotor runner, continuous load, and a leak check
+//! that every generated value stays out of every output, journal, audit and log file.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rotor::demo::load::{Load, LoadReport};
+use rotor::playbook::Playbook;
+
+/// One rotor invocation's result.
+#[derive(Debug)]
+pub struct Out {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// The signal that killed the process, if any.
+    pub fn signal(&self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        self.status.signal()
+    }
+
+    /// The last stdout line parsed as JSON.
+    pub fn last_json(&self) -> serde_json::Value {
+        let line = self.stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {self:?}"))
+    }
+
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code(), Some(code), "unexpected exit: {self:#?}");
+        self
+    }
+}
+
+/// A demo fleet in a temp dir.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub playbook: PathBuf,
+    pub pb: Playbook,
+    outputs: Mutex<Vec<String>>,
+    values: Arc<Mutex<BTreeSet<String>>>,
+    watching: Arc<AtomicBool>,
+    watcher: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn rotor_exe() -> &'static str {
+    env!("CARGO_BIN_EXE_rotor")
+}
+
+/// The demo playbook with test timings (no grace, short drain), edited by `edit`.
+pub fn demo_yaml(edit: impl FnOnce(String) -> String) -> String {
+    let y = rotor::demo::LOCAL_DEMO
+        .replace("grace: 1s ", "grace: 0s ")
+        .replace("drain: 300ms", "drain: 150ms");
+    edit(y)
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env::with(|y| y)
+    }
+
+    pub fn with(edit: impl FnOnce(String) -> String) -> Env {
+        let dir = tempfile::Builder::new().prefix("rotor-test-").tempdir().unwrap();
+        let playbook = dir.path().join("demo.yaml");
+        std::fs::write(&playbook, demo_yaml(edit)).unwrap();
+        let pb = rotor::playbook::load_file(&playbook).expect("test playbook loads");
+        let values = Arc::new(Mutex::new(BTreeSet::new()));
+        let watching = Arc::new(AtomicBool::new(true));
+        let store = match &pb.store {
+            rotor::playbook::StoreSpec::Local { path } => path.clone(),
+        };
+        // Collect every value that ever sits in the store, so the leak check knows them all.
+        let watcher = {
+            let (values, watching) = (values.clone(), watching.clone());
+            std::thread::spawn(move || {
+                while watching.load(Ordering::Relaxed) {
+                    collect_values(&store, &values);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                collect_values(&store, &values);
+            })
+        };
+        Env {
+            dir,
+            playbook,
+            pb,
+            outputs: Mutex::new(Vec::new()),
+            values,
+            watching,
+            watcher: Some(watcher),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `rotor <args> <playbook>` (the playbook goes last unless `args` has `{pb}`).
+    pub async fn rotor(&self, args: &[&str]) -> Out {
+        self.rotor_env(args, &[]).await
+    }
+
+    pub async fn rotor_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let cmd = self.command(args, env);
+        let out = tokio::process::Command::from(cmd).output().await.unwrap();
+        self.record(out)
+    }
+
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
+        let pb = self.playbook.to_str().unwrap();
+        let mut cmd = std::process::Command::new(rotor_exe());
+        let has_pb = args.contains(&"{pb}");
+        cmd.args(args.iter().map(|a| if *a == "{pb}" { pb } else { a }));
+        if !has_pb {
+            cmd.arg(pb);
+        }
+        cmd.current_dir(self.path());
+        cmd.env_remove("ROTOR_FAILPOINT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    pub fn record(&self, out: std::process::Output) -> Out {
+        let o = Out {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        let mut all = self.outputs.lock().unwrap();
+        all.push(o.stdout.clone());
+        all.push(o.stderr.clone());
+        o
+    }
+
+    /// `init` + `up`.
+    pub async fn up(&self) {
+        self.rotor(&["init"]).await.assert_code(0);
+        self.rotor(&["up"]).await.assert_code(0);
+    }
+
+    /// Continuous load through every signer→validator path.
+    pub fn load(&self) -> Load {
+        Load::start(rotor::demo::load::paths(&self.pb), 1, Duration::from_millis(3))
+    }
+
+    /// The journal as JSON.
+    pub fn journal(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.pb.state_dir.join("journal.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The store file as JSON.
+    pub fn store(&self) -> serde_json::Value {
+        let rotor::playbook::StoreSpec::Local { path } = &self.pb.store;
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// Fingerprint in the store's primary slot.
+    pub fn store_primary(&self) -> String {
+        let s = self.store();
+        let id = s["primary"].as_str().unwrap().to_string();
+        version(&s, &id)["fingerprint"].as_str().unwrap().to_string()
+    }
+
+    /// Asserts no request failed and some went through on every path.
+    #[track_caller]
+    pub fn assert_no_failures(&self, r: &LoadReport) {
+        assert_eq!(r.failed_requests, 0, "failed requests: {:#?}", r.first_failures);
+        assert!(r.requests > 0);
+        for (path, (n, _)) in &r.per_path {
+            assert!(*n > 0, "no request on {path}");
+        }
+    }
+
+    /// Stops the fleet and checks that no value leaked anywhere.
+    pub async fn finish(mut self) {
+        let down = self.rotor(&["down"]).await;
+        assert_eq!(down.code(), Some(0), "{down:?}");
+        self.watching.store(false, Ordering::Relaxed);
+        if let Some(w) = self.watcher.take() {
+            w.join().unwrap();
+        }
+        let values = self.values.lock().unwrap().clone();
+        assert!(!values.is_empty(), "the watcher saw no value");
+        let mut texts: Vec<(String, String)> = self
+            .outputs
+            .lock()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("output #{i}"), t.clone()))
+            .collect();
+        let rotor::playbook::StoreSpec::Local { path: store } = &self.pb.store;
+        for f in walk(self.path()) {
+            if &f == store {
+                continue; // the store is where values belong
+            }
+            if let Ok(t) = std::fs::read(&f) {
+                texts.push((f.display().to_string(), String::from_utf8_lossy(&t).into_owned()));
+            }
+        }
+        assert!(
+            texts.iter().any(|(n, _)| n.ends_with("audit.log")) || !self.pb.state_dir.join("audit.log").exists(),
+            "audit log not scanned"
+        );
+        for v in &values {
+            for (name, t) in &texts {
+                assert!(!t.contains(v.as_str()), "a generated value leaked into {name}");
+            }
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // If a test failed before finish(), still stop every instance it started.
+        if self.watcher.is_some() {
+            self.watching.store(false, Ordering::Relaxed);
+            let _ = self.command(&["down"], &[]).output();
+        }
+    }
+}
+
+pub fn version<'a>(store: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    store["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == id)
+        .unwrap()
+}
+
+fn collect_values(store: &Path, values: &Mutex<BTreeSet<String>>) {
+    let Ok(bytes) = std::fs::read(store) else { return };
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return };
+    if let Some(vs) = json["versions"].as_array() {
+        let mut set = values.lock().unwrap();
+        for v in vs {
+            if let Some(val) = v["value"].as_str() {
+                set.insert(val.to_string());
+            }
+        }
+    }
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Polls `cond` every 20 ms until it holds or `deadline` passes.
+pub async fn wait_for(what: &str, deadline: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,112 @@
+//! rotor killed with SIGKILL at every step boundary (test failpoints), under continuous load:
+//! `resume` completes, and separately `rollback` returns to S0, with no failed request.
+
+use crate::common::Env;
+
+async fn failpoints(env: &Env, direction: &str) -> Vec<String> {
+    let out = env.rotor(&["--output", "json", "failpoints"]).await;
+    out.assert_code(0);
+    let all: Vec<String> = serde_json::from_value(out.last_json()).unwrap();
+    let picked: Vec<String> = all
+        .into_iter()
+        .filter(|f| f.contains(&format!(".{direction}.")))
+        .collect();
+    assert!(picked.len() >= 15, "too few failpoints: {picked:?}");
+    picked
+}
+
+/// Runs `args` with the failpoint armed and asserts rotor died by SIGKILL there.
+async fn crash(env: &Env, args: &[&str], fp: &str) {
+    let out = env.rotor_env(args, &[("ROTOR_FAILPOINT", fp)]).await;
+    assert_eq!(out.signal(), Some(9), "rotor did not die at {fp}: {out:#?}");
+    let j = env.journal();
+    assert_ne!(j["status"], "completed", "{fp}");
+}
+
+/// After a crash in a forward step, `resume` finishes the rotation.
+async fn crash_then_resume(part: usize) {
+    let env = Env::new();
+    env.up().await;
+    let load = env.load();
+    let fps = failpoints(&env, "forward").await;
+    let half = fps.len() / 2;
+    let fps = if part == 0 { &fps[..half] } else { &fps[half..] };
+    for fp in fps {
+        crash(&env, &["rotate", "--yes"], fp).await;
+        let out = env.rotor(&["resume", "--yes"]).await;
+        out.assert_code(0);
+        let j = env.journal();
+        assert_eq!(j["state"], "S5", "resume after {fp}");
+        assert_eq!(j["status"], "completed", "resume after {fp}");
+        assert_eq!(env.store_primary(), j["new"]["fingerprint"].as_str().unwrap());
+        let check = env.rotor(&["check"]).await;
+        assert_eq!(check.code(), Some(0), "drift after resume from {fp}: {}", check.stdout);
+    }
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_forward_boundaries_then_resume_part1() {
+    crash_then_resume(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_forward_boundaries_then_resume_part2() {
+    crash_then_resume(1).await;
+}
+
+/// After a crash in a forward step, `rollback` returns to S0 — except once T5 destroyed A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_at_forward_boundaries_then_rollback() {
+    let env = Env::new();
+    env.up().await;
+    let load = env.load();
+    for fp in failpoints(&env, "forward").await {
+        let a = env.store_primary();
+        crash(&env, &["rotate", "--yes"], &fp).await;
+        let out = env.rotor(&["rollback"]).await;
+        if fp == "T5.forward.begin" || !fp.starts_with("T5") {
+            out.assert_code(0);
+            let j = env.journal();
+            assert_eq!(j["state"], "S0", "rollback after {fp}");
+            assert_eq!(j["status"], "rolled_back", "rollback after {fp}");
+            assert_eq!(env.store_primary(), a, "rollback after {fp}");
+        } else {
+            // A is destroyed: the rotation can only go forward.
+            out.assert_code(2);
+            assert!(out.stderr.contains("is finalized"), "{}", out.stderr);
+            env.rotor(&["resume", "--yes"]).await.assert_code(0);
+            assert_eq!(env.journal()["status"], "completed");
+        }
+        let check = env.rotor(&["check"]).await;
+        assert_eq!(check.code(), Some(0), "drift after rollback from {fp}: {}", check.stdout);
+    }
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    env.finish().await;
+}
+
+/// A crash during a rollback: `resume` continues the rollback to S0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_during_rollback_then_resume() {
+    let env = Env::new();
+    env.up().await;
+    let load = env.load();
+    for fp in failpoints(&env, "inverse").await {
+        let a = env.store_primary();
+        env.rotor(&["rotate", "--yes", "--until", "S4"]).await.assert_code(0);
+        crash(&env, &["rollback"], &fp).await;
+        let out = env.rotor(&["resume", "--yes"]).await;
+        out.assert_code(0);
+        let j = env.journal();
+        assert_eq!(j["state"], "S0", "resume of rollback after {fp}");
+        assert_eq!(j["status"], "rolled_back", "resume of rollback after {fp}");
+        assert_eq!(env.store_primary(), a);
+        env.rotor(&["check"]).await.assert_code(0);
+    }
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    env.finish().await;
+}

@@ -1,0 +1,234 @@
+//! Rotations of the local demo fleet under continuous load.
+
+use std::time::Duration;
+
+use crate::common::{Env, version, wait_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_rotation_under_load_has_no_failed_request() {
+    let env = Env::new();
+    env.up().await;
+    env.rotor(&["check"]).await.assert_code(0);
+    let a = env.store_primary();
+    let load = env.load();
+    let out = env.rotor(&["--output", "json", "rotate", "--yes"]).await;
+    out.assert_code(0);
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+
+    let last = out.last_json();
+    assert_eq!(last["event"], "report");
+    assert_eq!(last["report"]["state"], "S5");
+    // Role-aware waves: `both` restarts three times, validators twice (2 instances each).
+    assert_eq!(last["report"]["restarts"]["auth"], 6);
+    assert_eq!(last["report"]["restarts"]["backend"], 6);
+    assert_eq!(last["report"]["restarts"]["analytics"], 4);
+    let stages: Vec<String> = last["report"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{}.{}", s["transition"].as_str().unwrap(), s["direction"].as_str().unwrap()))
+        .collect();
+    assert_eq!(stages, ["T1.forward", "T2.forward", "T3.forward", "T4.forward", "T5.forward"]);
+    // Events stream as JSON lines, each naming values by fingerprint only.
+    assert!(out.stdout.lines().any(|l| l.contains("\"event\":\"instance_replaced\"")));
+
+    let j = env.journal();
+    assert_eq!(j["state"], "S5");
+    assert_eq!(j["status"], "completed");
+    let b = j["new"]["fingerprint"].as_str().unwrap().to_string();
+    assert_ne!(a, b);
+    assert_eq!(env.store_primary(), b);
+    let store = env.store();
+    let old = version(&store, j["old"]["version"].as_str().unwrap());
+    assert_eq!(old["state"], "destroyed");
+    assert!(old.get("value").is_none());
+    assert!(store["secondary"].is_null());
+    // Every instance now holds B under every name.
+    let check = env.rotor(&["--output", "json", "check"]).await;
+    check.assert_code(0);
+    let c = check.last_json();
+    for inst in c["instances"].as_array().unwrap() {
+        for (_, fp) in inst["names"].as_object().unwrap() {
+            assert_eq!(fp.as_str().unwrap(), b, "{inst}");
+        }
+    }
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_from_every_stage_returns_to_s0_under_load() {
+    let env = Env::new();
+    env.up().await;
+    let a = env.store_primary();
+    let load = env.load();
+    for until in ["S1", "S2", "S3", "S4"] {
+        env.rotor(&["rotate", "--yes", "--until", until]).await.assert_code(0);
+        let j = env.journal();
+        assert_eq!(j["state"], until);
+        assert_eq!(j["status"], "paused");
+        let b_version = j["new"]["version"].as_str().unwrap().to_string();
+        env.rotor(&["rollback"]).await.assert_code(0);
+        let j = env.journal();
+        assert_eq!(j["state"], "S0", "after rollback from {until}");
+        assert_eq!(j["status"], "rolled_back");
+        // Inverses leave the store as it was: A primary, no secondary, B destroyed.
+        assert_eq!(env.store_primary(), a, "after rollback from {until}");
+        let store = env.store();
+        assert!(store["secondary"].is_null());
+        assert_eq!(version(&store, &b_version)["state"], "destroyed");
+        env.rotor(&["check"]).await.assert_code(0);
+    }
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_ignores_the_secondary_fails_t2_and_rolls_back() {
+    // analytics reads the secondary under a name rotor never sets: it can never accept B.
+    let env = Env::with(|y| {
+        y.replace(
+            r#""--secondary-env", "JWT_SECRET_KEY_PREVIOUS"]"#,
+            r#""--secondary-env", "JWT_SECRET_KEY_OLD"]"#,
+        )
+    });
+    env.up().await;
+    let a = env.store_primary();
+    let load = env.load();
+    let out = env.rotor(&["rotate", "--yes"]).await;
+    out.assert_code(3);
+    assert!(out.stderr.contains("T2 widen forward failed"), "{}", out.stderr);
+    assert!(out.stderr.contains("consumer analytics, instance analytics-"), "{}", out.stderr);
+    assert!(out.stderr.contains("expected it to accept B"), "{}", out.stderr);
+    assert!(out.stderr.contains("rolled back to S0"), "{}", out.stderr);
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    let j = env.journal();
+    assert_eq!(j["status"], "rolled_back");
+    assert_eq!(j["state"], "S0");
+    assert_eq!(env.store_primary(), a);
+    env.rotor(&["check"]).await.assert_code(0);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_rotate_is_refused_with_the_holders_stage() {
+    let env = Env::with(|y| y.replace("grace: 0s ", "grace: 10m "));
+    env.up().await;
+    let load = env.load();
+    let mut first = tokio::process::Command::from(env.command(&["rotate", "--yes"], &[]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the first rotor to reach grace", Duration::from_secs(120), async || {
+        let s = env.rotor(&["--output", "json", "status"]).await;
+        s.last_json()["lock"]["stage"] == "grace"
+    })
+    .await;
+    let second = env.rotor(&["rotate", "--yes"]).await;
+    second.assert_code(4);
+    assert!(second.stderr.contains("holds the lock since"), "{}", second.stderr);
+    assert!(second.stderr.contains("at stage grace"), "{}", second.stderr);
+    assert!(second.stderr.contains("(rotate)"), "{}", second.stderr);
+    // Kill the holder; the kernel releases its lock; roll back from S3.
+    first.start_kill().unwrap();
+    let killed = first.wait_with_output().await.unwrap();
+    env.record(killed);
+    env.rotor(&["rollback"]).await.assert_code(0);
+    assert_eq!(env.journal()["state"], "S0");
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_changes_nothing() {
+    let env = Env::new();
+    env.up().await;
+    let before = tree(env.path());
+    let out = env.rotor(&["plan"]).await;
+    out.assert_code(0);
+    assert!(out.stdout.contains("wave T2 widen"), "{}", out.stdout);
+    assert!(out.stdout.contains("restart: analytics (validator, 2 instances, one at a time)"), "{}", out.stdout);
+    assert!(out.stdout.contains("instance restarts: auth 6, backend 6, analytics 4 (total 16)"), "{}", out.stdout);
+    let json = env.rotor(&["--output", "json", "plan"]).await;
+    json.assert_code(0);
+    assert_eq!(json.last_json()["waves"].as_array().unwrap().len(), 5);
+    assert_eq!(before, tree(env.path()), "plan changed files");
+    env.finish().await;
+}
+
+/// Path → (size, content, mtime) of every file.
+fn tree(dir: &std::path::Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
+    let mut v: Vec<_> = crate::common::walk(dir)
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("/logs/"))
+        .map(|p| {
+            let m = std::fs::metadata(&p).unwrap();
+            (p.display().to_string(), std::fs::read(&p).unwrap(), m.modified().unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_finds_drift_and_rotate_refuses_to_start_on_it() {
+    let env = Env::new();
+    env.up().await;
+    env.rotor(&["check"]).await.assert_code(0);
+    // Someone swaps the store's primary behind rotor's back.
+    let rotor::playbook::StoreSpec::Local { path } = &env.pb.store;
+    let store = rotor::store::local::LocalStore::new(path.clone(), &env.pb.secret);
+    use rotor::store::Store;
+    let v = rotor::secret::SecretValue::generate(rotor::secret::Alphabet::Base64url, 48).unwrap();
+    let info = store.add_version(&v).await.unwrap();
+    store.set_slots(&info.id, None).await.unwrap();
+    let out = env.rotor(&["check"]).await;
+    out.assert_code(5);
+    assert!(out.stdout.contains("SERVICE_SECRET holds"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("expected {}", info.fingerprint)), "{}", out.stdout);
+    let rotate = env.rotor(&["rotate", "--yes"]).await;
+    rotate.assert_code(5);
+    assert!(rotate.stderr.contains("refusing to start"), "{}", rotate.stderr);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_command_reports_zero_failed_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(crate::common::rotor_exe())
+        .args(["demo", "--interval", "10ms", "--dir"])
+        .arg(dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["failed_requests"], 0, "{stdout}");
+    assert!(last["requests"].as_u64().unwrap() > 0);
+    assert_eq!(last["restarts"]["auth"], 6);
+    assert_eq!(last["restarts"]["backend"], 6);
+    assert_eq!(last["restarts"]["analytics"], 4);
+    assert_eq!(last["stages"].as_array().unwrap().len(), 5);
+    assert!(stdout.contains("failed requests: 0"));
+    // The demo stopped everything it started: no published endpoint remains.
+    for c in ["auth", "backend", "analytics"] {
+        let ep = dir.path().join("state/fleet").join(c).join("endpoints.json");
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(ep).unwrap()).unwrap();
+        assert!(json["endpoints"].as_array().unwrap().is_empty(), "{c} still has endpoints");
+    }
+    // The value the store holds now never appeared in the output.
+    let store: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("demo-store.json")).unwrap()).unwrap();
+    for v in store["versions"].as_array().unwrap() {
+        if let Some(val) = v["value"].as_str() {
+            assert!(!stdout.contains(val) && !stderr.contains(val), "value leaked");
+        }
+    }
+}
