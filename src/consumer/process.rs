@@ -4,7 +4,7 @@
 //! Owns: starting, adopting, replacing and stopping those processes. Instances outlive the rotor
 //! invocation that started them (`rotor up` exits; a later `rotate`, or `resume` after rotor was
 //! killed, finds them again), so every fact lives on disk under
-//! `<state_dir>/fleet/<consumer>/` (see [`disk`]): one record per instance, the published
+//! `<state_dir>/fleet/<consumer>/` (layout in `process/disk.rs`): one record per instance, the published
 //! `endpoints.json` that peers and load generators read, and one log per instance.
 //!
 //! Rollouts replace one instance at a time: start a new one, wait until it answers its health
@@ -392,11 +392,15 @@ impl ProcessConsumer {
         self.layout
             .remove_record(&rec.id)
             .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
+        self.forget_exit(&rec.id);
+        Ok(())
+    }
+
+    fn forget_exit(&self, id: &str) {
         self.exits
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&rec.id);
-        Ok(())
+            .remove(id);
     }
 
     /// Writes the endpoints of the published records (id order), if they changed.
@@ -474,6 +478,7 @@ impl ProcessConsumer {
                 self.layout
                     .remove_record(&rec.id)
                     .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
+                self.forget_exit(&rec.id);
             } else if rec.published {
                 fleet.push(rec);
             } else {
@@ -764,10 +769,7 @@ impl Consumer for ProcessConsumer {
             self.layout
                 .remove_record(&rec.id)
                 .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
-            self.exits
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&rec.id);
+            self.forget_exit(&rec.id);
         }
         Ok(stopped)
     }

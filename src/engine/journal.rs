@@ -134,6 +134,7 @@ pub struct Journal {
 
 impl Journal {
     /// A fresh journal at S0.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: String,
         secret: &str,

@@ -174,7 +174,7 @@ pub enum EngineError {
         stage: String,
         /// What failed.
         #[source]
-        source: StepError,
+        source: Box<StepError>,
         /// Where the rollback ended.
         state: State,
     },
@@ -184,7 +184,7 @@ pub enum EngineError {
         /// The first failure's stage.
         stage: String,
         /// The first failure.
-        source: StepError,
+        source: Box<StepError>,
         /// Where the rollback failed.
         rollback_stage: String,
         /// The rollback failure.
@@ -199,7 +199,7 @@ pub enum EngineError {
         command: &'static str,
         /// What failed.
         #[source]
-        source: StepError,
+        source: Box<StepError>,
     },
     /// Store access outside a step.
     #[error(transparent)]
@@ -875,7 +875,7 @@ impl<'e> Run<'e> {
                 self.report(RunOutcome::RolledBack, format!("{stage} failed; rolled back"));
                 EngineError::RolledBack {
                     stage,
-                    source: err,
+                    source: Box::new(err),
                     state: self.journal.state,
                 }
             }
@@ -884,7 +884,7 @@ impl<'e> Run<'e> {
                 let _ = self.save();
                 EngineError::Stuck {
                     stage,
-                    source: err,
+                    source: Box::new(err),
                     rollback_stage: rb_stage,
                     rollback: Box::new(rb_err),
                 }
@@ -969,7 +969,7 @@ impl<'e> Run<'e> {
                 Err(EngineError::Step {
                     stage,
                     command,
-                    source,
+                    source: Box::new(source),
                 })
             }
         }
@@ -1229,7 +1229,7 @@ impl<'e> Run<'e> {
         self.find_new_in_store().await.map_err(|e| EngineError::Step {
             stage: "reconcile".into(),
             command: "resume",
-            source: e,
+            source: Box::new(e),
         })?;
         let snap = self.e.store.snapshot().await?;
         let name = |id: &Option<String>| -> Option<Which> {

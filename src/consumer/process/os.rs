@@ -20,6 +20,8 @@ pub(super) const TERM_GRACE: Duration = Duration::from_secs(10);
 pub(super) struct Stat {
     /// Field 3 (`R`, `S`, `Z`, …).
     pub state: char,
+    /// Field 5: process group id.
+    pub pgrp: i32,
     /// Field 22: start time in clock ticks after boot.
     pub start_ticks: u64,
 }
@@ -40,8 +42,13 @@ pub(super) fn parse_stat(text: &str) -> Option<Stat> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3.
     let state = fields.first()?.chars().next()?;
+    let pgrp = fields.get(5 - 3)?.parse().ok()?;
     let start_ticks = fields.get(22 - 3)?.parse().ok()?;
-    Some(Stat { state, start_ticks })
+    Some(Stat {
+        state,
+        pgrp,
+        start_ticks,
+    })
 }
 
 /// True while the process that started at `start_ticks` runs (zombies count as dead).
@@ -76,8 +83,24 @@ fn signal(pid: i32, start_ticks: u64, leads_group: bool, sig: Signal) {
     }
 }
 
+/// True when a process of group `pgid` runs (zombies do not count: a zombie waits for a parent
+/// that may never reap it, e.g. a container whose pid 1 is no init).
+fn group_has_running_member(pgid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(stat)
+        .any(|s| s.pgrp == pgid && s.state != 'Z')
+}
+
+/// The leader exited, and so did every helper of its group.
 fn gone(pid: i32, start_ticks: u64, leads_group: bool) -> bool {
-    !alive(pid, start_ticks) && !(leads_group && group_may_live(pid, start_ticks))
+    if alive(pid, start_ticks) {
+        return false;
+    }
+    !(leads_group && group_may_live(pid, start_ticks) && group_has_running_member(pid))
 }
 
 /// Stops a recorded process: SIGTERM, wait until it is gone (polled every 20 ms) up to
@@ -131,6 +154,7 @@ mod tests {
                     987654 1000 10 18446744073709551615";
         let s = parse_stat(line).unwrap();
         assert_eq!(s.state, 'S');
+        assert_eq!(s.pgrp, 4242);
         assert_eq!(s.start_ticks, 987654);
         assert_eq!(parse_stat("garbage"), None);
     }

@@ -1,1 +1,845 @@
+//! Tests of the process consumer with real processes: a tiny Python HTTP server per instance.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::disk::{Endpoints, Layout, Record};
+use super::{ProcessConsumer, child_env, os};
+use crate::consumer::{Consumer, ConsumerError, HeldSource, Slots};
+use crate::events::{Event, EventSink};
+use crate::playbook::{
+    ConsumerKind, ConsumerSpec, Environment, Generate, Pickup, Playbook, ProcessSpec, SlotNames,
+    SlotRef, StoreSpec, Timings,
+};
+use crate::protocol::Role;
+use crate::secret::{Alphabet, SecretValue};
+
+const SECRET: &str = "service-secret";
+
+/// One instance: answers /healthz (503 when its primary starts with `sick-`), /env (sha256 of
+/// the slot variables, never the values, and the plain variables rotor sets) and /fingerprints
+/// (rotor's fingerprint format). Exits 3 at once when its primary starts with `crash-`.
+const SERVER: &str = r#"
+import hashlib, http.server, json, os, sys
+primary = os.environ.get('SERVICE_SECRET', '')
+if primary.startswith('crash-'):
+    print('crashing on purpose', file=sys.stderr)
+    sys.exit(3)
+with open(os.path.join(os.environ['PID_DIR'], os.environ['ROTOR_INSTANCE']), 'w') as f:
+    f.write(str(os.getpid()))
+healthy = not primary.startswith('sick-')
+SLOTS = ['SERVICE_SECRET', 'SERVICE_SECRET_PREVIOUS', 'SECRET_KEY']
+PLAIN = ['HOST', 'PORT', 'ROTOR_FLEET_DIR', 'ROTOR_CONSUMER', 'ROTOR_INSTANCE', 'EXTRA']
+def sha(v):
+    return None if v is None else hashlib.sha256(v.encode()).hexdigest()
+def fp(v):
+    d = b'rotor/v1\0' + os.environ['SECRET_NAME'].encode() + b'\0' + v.encode()
+    return 'sha256:' + hashlib.sha256(d).hexdigest()[:12]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        code, body = 200, {}
+        if self.path == '/healthz':
+            code = 200 if healthy else 503
+        elif self.path == '/env':
+            body = {k: sha(os.environ.get(k)) for k in SLOTS}
+            body.update({k: os.environ.get(k) for k in PLAIN})
+            body['rotor_vars'] = sorted(k for k in os.environ if k.startswith('ROTOR_'))
+        elif self.path == '/fingerprints':
+            body = {
+                'names': {k: fp(os.environ[k]) for k in SLOTS if k in os.environ},
+                'accepts': [fp(os.environ[k]) for k in SLOTS[:2] if k in os.environ],
+                'sends': fp(os.environ['SERVICE_SECRET']),
+            }
+        else:
+            code = 404
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer((os.environ['HOST'], int(os.environ['PORT'])), H).serve_forever()
+"#;
+
+/// The real interpreter (not a pyenv shim), so instances start fast and are the group leader.
+fn python() -> &'static str {
+    static PY: OnceLock<String> = OnceLock::new();
+    PY.get_or_init(|| {
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is needed by these tests");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    })
+}
+
+fn timings() -> Timings {
+    Timings {
+        rollout_timeout: Duration::from_secs(60),
+        readiness_timeout: Duration::from_secs(10),
+        drain: Duration::from_millis(200),
+        probe_timeout: Duration::from_secs(5),
+        ..Timings::default()
+    }
+}
+
+/// A fleet in a temporary state directory. Dropping it SIGKILLs every recorded instance, so a
+/// failing test leaves nothing running.
+struct Fleet {
+    dir: tempfile::TempDir,
+    pb: Playbook,
+}
+
+impl Fleet {
+    fn new(instances: usize, timings: Timings) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pids")).unwrap();
+        let env = BTreeMap::from([
+            ("SECRET_NAME".to_string(), SECRET.to_string()),
+            (
+                "PID_DIR".to_string(),
+                dir.path().join("pids").display().to_string(),
+            ),
+            ("EXTRA".to_string(), "extra-setting".to_string()),
+        ]);
+        let process = ProcessSpec {
+            instances,
+            command: vec![python().into(), "-c".into(), SERVER.into()],
+            env,
+            host: "127.0.0.1".parse().unwrap(),
+            health_path: "/healthz".into(),
+        };
+        let consumer = ConsumerSpec {
+            name: "auth".into(),
+            role: Role::Both,
+            kind: ConsumerKind::Process(process),
+            slots: SlotNames {
+                primary: "SERVICE_SECRET".into(),
+                secondary: Some("SERVICE_SECRET_PREVIOUS".into()),
+                aliases: BTreeMap::from([("SECRET_KEY".to_string(), SlotRef::Primary)]),
+            },
+            pickup: Pickup::Restart,
+            probes: Vec::new(),
+            roundtrips: Vec::new(),
+            fingerprints_path: Some("/fingerprints".into()),
+        };
+        let pb = Playbook {
+            source: "<test>".into(),
+            checksum: String::new(),
+            base_dir: dir.path().to_path_buf(),
+            secret: SECRET.into(),
+            environment: Environment::Test,
+            generate: Generate {
+                length: 32,
+                alphabet: Alphabet::Alphanumeric,
+            },
+            store: StoreSpec::Local {
+                path: dir.path().join("store.json"),
+            },
+            state_dir: dir.path().join("state"),
+            timings,
+            consumers: vec![consumer],
+        };
+        Fleet { dir, pb }
+    }
+
+    fn consumer(&self) -> ProcessConsumer {
+        self.consumer_with(|_| {})
+    }
+
+    fn consumer_with(&self, f: impl FnOnce(&mut ConsumerSpec)) -> ProcessConsumer {
+        let mut spec = self.pb.consumers[0].clone();
+        f(&mut spec);
+        let ConsumerKind::Process(p) = &spec.kind;
+        ProcessConsumer::new(&self.pb, &spec, p)
+    }
+
+    fn consumer_timed(&self, timings: Timings) -> ProcessConsumer {
+        let mut pb = self.pb.clone();
+        pb.timings = timings;
+        let ConsumerKind::Process(p) = &pb.consumers[0].kind;
+        ProcessConsumer::new(&pb, &pb.consumers[0], p)
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::new(&self.pb.state_dir.join("fleet"), "auth")
+    }
+
+    fn records(&self) -> Vec<Record> {
+        self.layout().load_records().unwrap()
+    }
+
+    fn endpoints(&self) -> Endpoints {
+        self.layout().load_endpoints().unwrap()
+    }
+
+    /// The pid an instance wrote at start (also for instances whose record is gone).
+    fn reported_pid(&self, id: &str) -> Option<i32> {
+        let text = std::fs::read_to_string(self.dir.path().join("pids").join(id)).ok()?;
+        text.trim().parse().ok()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for r in self.layout().load_records().unwrap_or_default() {
+            os::kill_now(r.pid, r.pid_start_ticks);
+        }
+    }
+}
+
+/// Records every event, and the endpoints file as it was when the event was emitted.
+#[derive(Default)]
+struct Sink {
+    endpoints: Option<PathBuf>,
+    seen: Mutex<Vec<(Event, Option<Endpoints>)>>,
+}
+
+impl Sink {
+    fn watching(layout: &Layout) -> Sink {
+        Sink {
+            endpoints: Some(layout.endpoints_path()),
+            ..Sink::default()
+        }
+    }
+
+    fn events(&self) -> Vec<(Event, Option<Endpoints>)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl EventSink for Sink {
+    fn emit(&self, event: &Event) {
+        let eps = self
+            .endpoints
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        self.seen.lock().unwrap().push((event.clone(), eps));
+    }
+}
+
+fn value(prefix: &str) -> SecretValue {
+    let v = SecretValue::generate(Alphabet::Alphanumeric, 40).unwrap();
+    SecretValue::new(format!("{prefix}{}", v.expose()))
+}
+
+fn slots(primary: &SecretValue, secondary: Option<&SecretValue>) -> Slots {
+    Slots {
+        primary: primary.clone(),
+        secondary: secondary.cloned(),
+    }
+}
+
+fn sha(v: &SecretValue) -> String {
+    hex::encode(Sha256::digest(v.expose().as_bytes()))
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+async fn get_json(addr: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    let r = http()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{addr}{path}");
+    r.json().await.unwrap()
+}
+
+fn assert_gone(pids: &[(i32, u64)]) {
+    for (pid, ticks) in pids {
+        assert!(!os::alive(*pid, *ticks), "pid {pid} still runs");
+    }
+}
+
+fn pids(records: &[Record]) -> Vec<(i32, u64)> {
+    records.iter().map(|r| (r.pid, r.pid_start_ticks)).collect()
+}
+
+#[tokio::test]
+async fn start_publishes_n_instances_each_with_its_port_and_the_slot_env() {
+    let fleet = Fleet::new(3, timings());
+    let c = fleet.consumer();
+    let a = value("");
+    let sink = Sink::default();
+    c.start(&slots(&a, None), &sink).await.unwrap();
+
+    let instances = c.instances().await.unwrap();
+    assert_eq!(instances.len(), 3);
+    let eps = fleet.endpoints();
+    assert_eq!(
+        eps.generation, 3,
+        "one endpoints write per published instance"
+    );
+    let addrs: BTreeSet<_> = instances.iter().map(|i| i.addr.unwrap()).collect();
+    assert_eq!(addrs, eps.endpoints.iter().copied().collect());
+    let ports: BTreeSet<_> = addrs.iter().map(|a| a.port()).collect();
+    assert_eq!(ports.len(), 3, "each instance has its own port");
+    let events = sink.events();
+    assert!(matches!(
+        &events[0].0,
+        Event::RolloutStarted { instances: 3, .. }
+    ));
+    assert!(matches!(
+        &events[4].0,
+        Event::RolloutFinished { restarts: 3, .. }
+    ));
+
+    let fp_a = a.fingerprint(SECRET);
+    for inst in &instances {
+        assert!(inst.id.starts_with("auth-"));
+        assert_eq!(inst.primary.as_ref(), Some(&fp_a));
+        assert_eq!(inst.secondary, None);
+        let env = get_json(inst.addr.unwrap(), "/env").await;
+        assert_eq!(env["SERVICE_SECRET"], sha(&a));
+        assert_eq!(env["SECRET_KEY"], sha(&a));
+        assert!(env["SERVICE_SECRET_PREVIOUS"].is_null());
+        assert_eq!(env["HOST"], "127.0.0.1");
+        assert_eq!(env["PORT"], inst.addr.unwrap().port().to_string());
+        assert_eq!(env["ROTOR_INSTANCE"], inst.id.as_str());
+        assert_eq!(env["ROTOR_CONSUMER"], "auth");
+        assert_eq!(
+            env["ROTOR_FLEET_DIR"],
+            fleet.pb.state_dir.join("fleet").display().to_string()
+        );
+        assert_eq!(env["EXTRA"], "extra-setting");
+        assert_eq!(
+            env["rotor_vars"],
+            serde_json::json!(["ROTOR_CONSUMER", "ROTOR_FLEET_DIR", "ROTOR_INSTANCE"])
+        );
+
+        // The instance's own report and rotor's configuration agree.
+        let (reported, src) = c.held(inst).await.unwrap();
+        assert_eq!(src, HeldSource::Reported);
+        let plain = fleet.consumer_with(|s| s.fingerprints_path = None);
+        let (configured, src) = plain.held(inst).await.unwrap();
+        assert_eq!(src, HeldSource::Configured);
+        assert_eq!(reported, configured);
+        assert_eq!(configured.sends, Some(fp_a.clone()));
+        assert_eq!(configured.accepts, vec![fp_a.clone()]);
+    }
+
+    // Values stay out of argv, records, endpoints and logs.
+    let layout = fleet.layout();
+    for r in fleet.records() {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", r.pid)).unwrap();
+        assert!(!String::from_utf8_lossy(&cmdline).contains(a.expose()));
+        let rec = std::fs::read_to_string(layout.record_path(&r.id)).unwrap();
+        assert!(!rec.contains(a.expose()));
+        assert!(layout.log_path(&r.id).exists());
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&layout.dir), 0o700);
+    assert_eq!(mode(&layout.instances_dir()), 0o700);
+    assert_eq!(mode(&layout.endpoints_path()), 0o600);
+
+    let started = pids(&fleet.records());
+    assert_eq!(c.stop().await.unwrap(), 3);
+    assert_gone(&started);
+    assert!(fleet.records().is_empty());
+    assert!(fleet.endpoints().endpoints.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_replaces_one_instance_at_a_time_then_is_a_no_op() {
+    let fleet = Fleet::new(2, timings());
+    let c = fleet.consumer();
+    let (a, b) = (value(""), value(""));
+    c.start(&slots(&a, None), &Sink::default()).await.unwrap();
+    let before = fleet.records();
+    let gen_before = fleet.endpoints().generation;
+
+    // Load: read endpoints.json, call one listed instance, all the time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (requests, smallest) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(99)),
+    );
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let load = {
+        let (stop, requests, smallest, failures) = (
+            stop.clone(),
+            requests.clone(),
+            smallest.clone(),
+            failures.clone(),
+        );
+        let path = fleet.layout().endpoints_path();
+        tokio::spawn(async move {
+            let client = http();
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let eps: Endpoints =
+                    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                smallest.fetch_min(eps.endpoints.len(), std::sync::atomic::Ordering::Relaxed);
+                if let Some(addr) = eps.endpoints.get(i % eps.endpoints.len().max(1)) {
+                    i += 1;
+                    requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match client.get(format!("http://{addr}/healthz")).send().await {
+                        Ok(r) if r.status() == 200 => {}
+                        Ok(r) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{addr}: {}", r.status())),
+                        Err(e) => failures.lock().unwrap().push(format!("{addr}: {e}")),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+
+    let sink = Sink::watching(&fleet.layout());
+    let t = Instant::now();
+    let report = c.apply(&slots(&a, Some(&b)), &sink).await.unwrap();
+    let took = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+
+    assert_eq!(report.restarts, 2);
+    assert!(report.waited >= 2 * fleet.pb.timings.drain && report.waited <= took);
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "failed requests during the rollout: {failures:?}"
+    );
+    assert!(requests.load(std::sync::atomic::Ordering::Relaxed) > 20);
+    assert_eq!(
+        smallest.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "endpoints shrank"
+    );
+
+    // Events: started, one replacement per old instance in id order, finished; at each
+    // replacement the endpoints list exactly the configured number.
+    let events = sink.events();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(matches!(
+        &events[0].0,
+        Event::RolloutStarted { instances: 2, .. }
+    ));
+    let (fp_a, fp_b) = (a.fingerprint(SECRET), b.fingerprint(SECRET));
+    for (i, (ev, eps)) in events[1..3].iter().enumerate() {
+        let Event::InstanceReplaced {
+            old,
+            new,
+            primary,
+            secondary,
+            ..
+        } = ev
+        else {
+            panic!("{ev:?}");
+        };
+        assert_eq!(old.as_deref(), Some(before[i].id.as_str()));
+        assert!(!before.iter().any(|r| &r.id == new));
+        assert_eq!((primary, secondary.as_ref()), (&fp_a, Some(&fp_b)));
+        assert_eq!(eps.as_ref().unwrap().endpoints.len(), 2);
+    }
+    assert!(matches!(
+        &events[3].0,
+        Event::RolloutFinished { restarts: 2, .. }
+    ));
+    assert_gone(&pids(&before));
+
+    let after = c.instances().await.unwrap();
+    assert_eq!(after.len(), 2);
+    for inst in &after {
+        assert_eq!(inst.secondary.as_ref(), Some(&fp_b));
+        let env = get_json(inst.addr.unwrap(), "/env").await;
+        assert_eq!(env["SERVICE_SECRET"], sha(&a));
+        assert_eq!(env["SERVICE_SECRET_PREVIOUS"], sha(&b));
+    }
+    // start new, publish (+1), unpublish old (+1), per instance.
+    let generation = fleet.endpoints().generation;
+    assert_eq!(generation, gen_before + 4);
+
+    // The same slots again: nothing restarts, nothing is written, no event.
+    let sink = Sink::default();
+    let again = c.apply(&slots(&a, Some(&b)), &sink).await.unwrap();
+    assert_eq!(again.restarts, 0);
+    assert!(sink.events().is_empty());
+    assert_eq!(fleet.endpoints().generation, generation);
+    assert_eq!(
+        c.instances()
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| &i.id)
+            .collect::<Vec<_>>(),
+        after.iter().map(|i| &i.id).collect::<Vec<_>>()
+    );
+
+    assert_eq!(c.stop().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn an_instance_that_never_gets_ready_fails_and_the_old_ones_keep_serving() {
+    let fleet = Fleet::new(2, timings());
+    let a = value("");
+    fleet
+        .consumer()
+        .start(&slots(&a, None), &Sink::default())
+        .await
+        .unwrap();
+    let c = fleet.consumer_timed(Timings {
+        readiness_timeout: Duration::from_millis(1500),
+        ..timings()
+    });
+    let before = fleet.records();
+    let eps_before = fleet.endpoints();
+
+    // Never healthy: NotReady after the readiness timeout, naming the new instance.
+    let sick = value("sick-");
+    let err = c
+        .apply(&slots(&sick, None), &Sink::default())
+        .await
+        .unwrap_err();
+    let ConsumerError::NotReady {
+        consumer,
+        instance,
+        detail,
+        ..
+    } = &err
+    else {
+        panic!("{err}");
+    };
+    assert_eq!(consumer, "auth");
+    assert!(!before.iter().any(|r| &r.id == instance));
+    // (503 unless the machine is so slow that the server was not even listening yet)
+    assert!(detail.contains("/healthz"), "{detail}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(instance.as_str()) && !msg.contains(sick.expose()),
+        "{msg}"
+    );
+    // The failed instance is stopped and forgotten; the old ones still serve.
+    let failed_pid = fleet.reported_pid(instance).unwrap();
+    assert!(os::stat(failed_pid).is_none_or(|s| s.state == 'Z'));
+    assert_eq!(fleet.records(), before);
+    assert_eq!(fleet.endpoints(), eps_before);
+    for r in &before {
+        assert!(os::alive(r.pid, r.pid_start_ticks));
+        get_json(r.addr, "/env").await;
+    }
+
+    // Exits at once: NotReady without waiting for the timeout, with exit status and log path.
+    let crash = value("crash-");
+    let t = Instant::now();
+    let err = c
+        .apply(&slots(&crash, None), &Sink::default())
+        .await
+        .unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
+    let ConsumerError::NotReady {
+        instance, detail, ..
+    } = &err
+    else {
+        panic!("{err}");
+    };
+    assert!(detail.contains("exit status: 3"), "{detail}");
+    let log = fleet.layout().log_path(instance);
+    assert!(detail.contains(&log.display().to_string()), "{detail}");
+    assert!(
+        !detail.contains("crashing on purpose"),
+        "log contents leaked: {detail}"
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("crashing on purpose")
+    );
+    assert_eq!(fleet.records(), before);
+
+    // The whole rollout bounded: RolloutTimeout, old instances untouched.
+    let short = fleet.consumer_timed(Timings {
+        rollout_timeout: Duration::from_millis(600),
+        ..timings()
+    });
+    let t = Instant::now();
+    let err = short
+        .apply(&slots(&sick, None), &Sink::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConsumerError::RolloutTimeout { .. }), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(fleet.records(), before);
+    assert_eq!(fleet.endpoints(), eps_before);
+
+    assert_eq!(c.stop().await.unwrap(), 2);
+    assert_gone(&pids(&before));
+}
+
+#[tokio::test]
+async fn dead_and_unpublished_instances_are_reconciled() {
+    let fleet = Fleet::new(2, timings());
+    let c = fleet.consumer();
+    let a = value("");
+    c.start(&slots(&a, None), &Sink::default()).await.unwrap();
+    let before = fleet.records();
+
+    // Killed behind rotor's back.
+    let victim = &before[0];
+    assert!(os::alive(victim.pid, victim.pid_start_ticks));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim.pid),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    let t = Instant::now();
+    while os::alive(victim.pid, victim.pid_start_ticks) {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        c.instances().await.unwrap().len(),
+        1,
+        "dead instances are not serving"
+    );
+
+    // Started but never published (rotor died between start and publish).
+    let mut stray_child = tokio::process::Command::new("sleep")
+        .arg("60")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let stray_pid = stray_child.id().unwrap() as i32;
+    let stray_ticks = os::stat(stray_pid).unwrap().start_ticks;
+    tokio::spawn(async move { stray_child.wait().await });
+    let stray = Record {
+        id: "auth-0000000000000-9999".into(),
+        pid: stray_pid,
+        pid_start_ticks: stray_ticks,
+        addr: "127.0.0.1:9".parse().unwrap(),
+        published: false,
+        ..before[1].clone()
+    };
+    fleet.layout().write_record(&stray).unwrap();
+
+    let sink = Sink::default();
+    let report = c.apply(&slots(&a, None), &sink).await.unwrap();
+    assert_eq!(report.restarts, 1);
+    assert!(
+        !os::alive(stray_pid, stray_ticks),
+        "the unpublished instance still runs"
+    );
+    let records = fleet.records();
+    assert_eq!(records.len(), 2);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.published && r.id != victim.id && r.id != stray.id)
+    );
+    assert!(records.iter().any(|r| r.id == before[1].id));
+    let eps = fleet.endpoints().endpoints;
+    assert_eq!(eps, records.iter().map(|r| r.addr).collect::<Vec<_>>());
+    let replaced: Vec<_> = sink
+        .events()
+        .into_iter()
+        .filter_map(|(e, _)| match e {
+            Event::InstanceReplaced { old, new, .. } => Some((old, new)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replaced.len(), 1);
+    assert_eq!(replaced[0].0, None);
+
+    assert_eq!(c.stop().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_new_rotor_adopts_the_fleet_and_stops_it() {
+    let fleet = Fleet::new(2, timings());
+    let (a, b) = (value(""), value(""));
+    {
+        let first = fleet.consumer();
+        first
+            .start(&slots(&a, None), &Sink::default())
+            .await
+            .unwrap();
+    }
+    let adopted = fleet.records();
+    assert_eq!(adopted.len(), 2);
+
+    let c = fleet.consumer();
+    let ids: Vec<_> = c
+        .instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(
+        ids,
+        adopted.iter().map(|r| r.id.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        c.apply(&slots(&a, None), &Sink::default())
+            .await
+            .unwrap()
+            .restarts,
+        0
+    );
+    assert_eq!(
+        c.apply(&slots(&a, Some(&b)), &Sink::default())
+            .await
+            .unwrap()
+            .restarts,
+        2
+    );
+    assert_gone(&pids(&adopted));
+
+    // Fewer instances configured: the surplus is retired without a restart.
+    let one = fleet.consumer_with(|s| {
+        let ConsumerKind::Process(p) = &mut s.kind;
+        p.instances = 1;
+    });
+    let running = fleet.records();
+    assert_eq!(
+        one.apply(&slots(&a, Some(&b)), &Sink::default())
+            .await
+            .unwrap()
+            .restarts,
+        0
+    );
+    assert_eq!(fleet.records().len(), 1);
+    assert_eq!(fleet.endpoints().endpoints.len(), 1);
+
+    let generation = fleet.endpoints().generation;
+    assert_eq!(fleet.consumer().stop().await.unwrap(), 1);
+    assert_gone(&pids(&running));
+    assert!(fleet.records().is_empty());
+    let eps = fleet.endpoints();
+    assert!(eps.endpoints.is_empty());
+    assert_eq!(eps.generation, generation + 1);
+    assert_eq!(fleet.consumer().stop().await.unwrap(), 0);
+}
+
+#[test]
+fn the_environment_drops_rotor_and_slot_variables_and_sets_the_slots() {
+    let a = SecretValue::new("a".repeat(40));
+    let inherited = [
+        ("PATH", "/usr/bin"),
+        ("ROTOR_STATE_DIR", "/somewhere"),
+        ("ROTOR_FAILPOINT", "t3"),
+        ("SECRET_KEY", "leaked-from-the-shell"),
+        ("SERVICE_SECRET_PREVIOUS", "leaked-too"),
+        ("HOST", "0.0.0.0"),
+    ]
+    .map(|(k, v)| (k.into(), v.into()));
+    let extra = BTreeMap::from([("LOG_LEVEL".to_string(), "debug".to_string())]);
+    let rotor = [
+        ("HOST", "127.0.0.1".into()),
+        ("ROTOR_INSTANCE", "auth-1-0001".into()),
+    ];
+    let values = [
+        ("SERVICE_SECRET".to_string(), &a),
+        ("SECRET_KEY".to_string(), &a),
+    ];
+    let env = child_env(
+        inherited.into_iter(),
+        &["SERVICE_SECRET", "SERVICE_SECRET_PREVIOUS", "SECRET_KEY"],
+        &extra,
+        &rotor,
+        &values,
+    );
+    let env: BTreeMap<String, String> = env
+        .into_iter()
+        .map(|(k, v)| (k.into_string().unwrap(), v.into_string().unwrap()))
+        .collect();
+    let want: BTreeMap<String, String> = [
+        ("PATH", "/usr/bin"),
+        ("LOG_LEVEL", "debug"),
+        ("HOST", "127.0.0.1"),
+        ("ROTOR_INSTANCE", "auth-1-0001"),
+        ("SERVICE_SECRET", a.expose()),
+        ("SECRET_KEY", a.expose()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(env, want);
+}
+
+#[test]
+fn a_consumer_without_a_secondary_name_holds_no_secondary() {
+    let fleet = Fleet::new(1, timings());
+    let (a, b) = (value(""), value(""));
+    let signer = fleet.consumer_with(|s| {
+        s.role = Role::Signer;
+        s.slots.secondary = None;
+    });
+    let both = slots(&a, Some(&b));
+    let d = signer.desired(&both);
+    assert_eq!(d.secondary, None);
+    assert_eq!(
+        d.names.keys().collect::<Vec<_>>(),
+        ["SECRET_KEY", "SERVICE_SECRET"]
+    );
+
+    let validator = fleet.consumer_with(|s| {
+        s.slots.secondary = None;
+        s.slots.aliases.insert("OLD_KEY".into(), SlotRef::Secondary);
+    });
+    let d = validator.desired(&both);
+    assert_eq!(d.secondary, Some(b.fingerprint(SECRET)));
+    assert_eq!(d.names["OLD_KEY"], b.fingerprint(SECRET));
+    let only_a = slots(&a, None);
+    let d = validator.desired(&only_a);
+    assert!(!d.names.contains_key("OLD_KEY"));
+}
+
+#[tokio::test]
+async fn stopping_an_instance_also_stops_the_helpers_it_forked() {
+    let fleet = Fleet::new(1, timings());
+    let c = fleet.consumer_with(|s| {
+        let ConsumerKind::Process(p) = &mut s.kind;
+        p.env.insert("SERVER_SRC".into(), SERVER.into());
+        p.command = vec![
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "sleep 300 & echo $! > \"$PID_DIR/helper-$ROTOR_INSTANCE\"; \
+                 exec {} -c \"$SERVER_SRC\"",
+                python()
+            ),
+        ];
+    });
+    c.start(&slots(&value(""), None), &Sink::default())
+        .await
+        .unwrap();
+    let rec = fleet.records().remove(0);
+    let helper = fleet.reported_pid(&format!("helper-{}", rec.id)).unwrap();
+    let helper_stat = os::stat(helper).unwrap();
+    assert_eq!(
+        helper_stat.pgrp, rec.pid,
+        "the helper is in the instance's group"
+    );
+
+    let t = Instant::now();
+    assert_eq!(c.stop().await.unwrap(), 1);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_gone(&[(rec.pid, rec.pid_start_ticks)]);
+    assert!(
+        !os::alive(helper, helper_stat.start_ticks),
+        "the helper still runs"
+    );
+}
