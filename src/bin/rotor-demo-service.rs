@@ -1,1 +1,18 @@
-fn main(){}
+//! The demo fleet's HTTP service as a stand-alone binary (same as `rotor demo-service`).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// The demo fleet's HTTP service: validates and signs with a shared secret read from the
+/// environment, reports fingerprints, relays to peers.
+#[derive(Debug, Parser)]
+#[command(name = "rotor-demo-service", version)]
+struct Cli {
+    #[command(flatten)]
+    args: rotor::demo::service::ServiceArgs,
+}
+
+fn main() -> ExitCode {
+    rotor::demo::service::main_blocking(Cli::parse().args)
+}

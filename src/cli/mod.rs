@@ -60,7 +60,7 @@ pub enum Command {
     Demo(demo::Args),
     /// The demo fleet's HTTP service (used by the demo playbook).
     #[command(hide = true)]
-    DemoService(DemoServiceArgs), // TEMP-DEMO-SERVICE
+    DemoService(crate::demo::service::ServiceArgs),
     /// List the test failpoints of a playbook.
     #[command(hide = true)]
     Failpoints(fleet::Args),
@@ -70,8 +70,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::DemoService(args) = cli.command {
-        let _ = args; // TEMP-DEMO-SERVICE
-        return ExitCode::FAILURE;
+        return crate::demo::service::main_blocking(args);
     }
     let out = Arc::new(Output::new(cli.output));
     let rt = match tokio::runtime::Runtime::new() {
@@ -151,6 +150,3 @@ pub fn engine(pb: Playbook, out: &Arc<Output>) -> Engine {
     Engine::open(pb, out.clone())
 }
 
-/// TEMP-DEMO-SERVICE placeholder until the demo service lands.
-#[derive(Debug, clap::Args)]
-pub struct DemoServiceArgs {}

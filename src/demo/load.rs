@@ -99,6 +99,7 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Stats::default());
         let client = reqwest::Client::builder()
+            .no_proxy()
             .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(10))
             .build()

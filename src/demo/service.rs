@@ -1,1 +1,1060 @@
-//! Demo service (stub, being written).
+//! The demo fleet's HTTP service: a real consumer process that validates and signs with the
+//! shared secret.
+//!
+//! Owns: reading the slots from the environment variables it is told about (and nowhere else),
+//! accepting a value in a header or as the key of a bearer HS256 JWT (`/api/ping`), reporting
+//! the fingerprints it holds (`/fingerprints`), calling a peer with what it sends
+//! (`/relay/{peer}`), and a graceful shutdown on SIGTERM/SIGINT. Must never: print, log or
+//! answer with a value or a token; only fingerprints.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::{Path as FsPath, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::extract::{Path, Query, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::jwt;
+use crate::secret::{Fingerprint, SecretValue};
+
+/// Lifetime of the tokens a relay mints.
+const RELAY_TOKEN_TTL: Duration = Duration::from_secs(60);
+/// Deadline of one call to a peer.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a shutdown waits for in-flight requests before giving up on them.
+const DRAIN_CAP: Duration = Duration::from_secs(10);
+
+/// Arguments of the demo service (`rotor demo-service …`, `rotor-demo-service …`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// Consumer name, used in log lines and reported by /fingerprints.
+    #[arg(long, value_name = "NAME", default_value = "demo")]
+    pub name: String,
+    /// Secret name the fingerprints are computed for.
+    #[arg(long, value_name = "NAME", default_value = "service-secret")]
+    pub secret_name: String,
+    /// Environment variable holding the primary value (required, non-empty).
+    #[arg(long, value_name = "NAME", default_value = "SERVICE_SECRET")]
+    pub primary_env: String,
+    /// Environment variable holding the secondary value (optional).
+    #[arg(long, value_name = "NAME", default_value = "SERVICE_SECRET_PREVIOUS")]
+    pub secondary_env: String,
+    /// Another variable that must hold the same value as the primary (repeatable); reported
+    /// by /fingerprints so drift between names shows.
+    #[arg(long = "alias-env", value_name = "NAME")]
+    pub alias_env: Vec<String>,
+    /// Header that carries the value, in /api/ping and in header-mode relays.
+    #[arg(long, value_name = "NAME", default_value = "X-Service-Secret")]
+    pub header: String,
+    /// A peer this instance can call through /relay/NAME, as NAME=header or NAME=jwt
+    /// (repeatable). Its instances are read from $ROTOR_FLEET_DIR/NAME/endpoints.json.
+    #[arg(long = "peer", value_name = "NAME=MODE", value_parser = parse_peer)]
+    pub peer: Vec<Peer>,
+}
+
+/// How this instance presents its primary to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMode {
+    /// The value in the `--header` header.
+    Header,
+    /// `Authorization: Bearer <HS256 JWT signed with the value>`.
+    Jwt,
+}
+
+/// A `--peer NAME=MODE` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer consumer's name (its directory under `$ROTOR_FLEET_DIR`).
+    pub name: String,
+    /// How to call it.
+    pub mode: PeerMode,
+}
+
+fn parse_peer(s: &str) -> Result<Peer, String> {
+    let (name, mode) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=MODE (MODE header or jwt), got `{s}`"))?;
+    let valid_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid_name {
+        return Err(format!(
+            "peer name `{name}` must be non-empty letters, digits, `-` or `_`"
+        ));
+    }
+    let mode = match mode {
+        "header" => PeerMode::Header,
+        "jwt" => PeerMode::Jwt,
+        other => return Err(format!("peer mode `{other}` is not header or jwt")),
+    };
+    Ok(Peer {
+        name: name.to_string(),
+        mode,
+    })
+}
+
+/// One value and the variable it came from.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    /// The environment variable name.
+    pub env: String,
+    /// The value.
+    pub value: SecretValue,
+}
+
+/// Everything a service instance serves from. Built from the environment by
+/// [`AppState::from_env`], or from explicit values in tests.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Consumer name.
+    pub name: String,
+    /// Secret name for fingerprints.
+    pub secret_name: String,
+    /// Header carrying the value.
+    pub header: HeaderName,
+    /// What it sends, and accepts.
+    pub primary: Slot,
+    /// What it also accepts.
+    pub secondary: Option<Slot>,
+    /// Other names it reads (reported only).
+    pub aliases: Vec<Slot>,
+    /// Peers callable through `/relay/{peer}`.
+    pub peers: BTreeMap<String, PeerMode>,
+    /// `$ROTOR_FLEET_DIR`, where peers' `endpoints.json` live.
+    pub fleet_dir: Option<PathBuf>,
+}
+
+impl AppState {
+    /// Reads the slots named by `args` (and `ROTOR_FLEET_DIR`) from this process's environment.
+    pub fn from_env(args: &ServiceArgs) -> anyhow::Result<AppState> {
+        AppState::from_lookup(args, |name| std::env::var_os(name))
+    }
+
+    /// Like [`AppState::from_env`] with `lookup` standing in for the environment.
+    pub fn from_lookup(
+        args: &ServiceArgs,
+        lookup: impl Fn(&str) -> Option<OsString>,
+    ) -> anyhow::Result<AppState> {
+        // The value moves from the OsString into the SecretValue without a copy.
+        let read = |name: &str| -> anyhow::Result<Option<Slot>> {
+            match lookup(name) {
+                None => Ok(None),
+                Some(raw) => match raw.into_string() {
+                    Ok(s) if s.is_empty() => Ok(None),
+                    Ok(s) => Ok(Some(Slot {
+                        env: name.to_string(),
+                        value: SecretValue::new(s),
+                    })),
+                    Err(raw) => {
+                        drop(raw);
+                        bail!("environment variable {name} is not valid UTF-8")
+                    }
+                },
+            }
+        };
+        let Some(primary) = read(&args.primary_env)? else {
+            bail!(
+                "environment variable {} (the primary value) is missing or empty; refusing to start",
+                args.primary_env
+            );
+        };
+        let secondary = read(&args.secondary_env)?;
+        let mut aliases = Vec::new();
+        for name in &args.alias_env {
+            if let Some(slot) = read(name)? {
+                aliases.push(slot);
+            }
+        }
+        let header = HeaderName::from_bytes(args.header.as_bytes())
+            .with_context(|| format!("--header `{}` is not a valid header name", args.header))?;
+        let fleet_dir = lookup("ROTOR_FLEET_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        Ok(AppState {
+            name: args.name.clone(),
+            secret_name: args.secret_name.clone(),
+            header,
+            primary,
+            secondary,
+            aliases,
+            peers: args.peer.iter().map(|p| (p.name.clone(), p.mode)).collect(),
+            fleet_dir,
+        })
+    }
+
+    fn fingerprint(&self, v: &SecretValue) -> Fingerprint {
+        v.fingerprint(&self.secret_name)
+    }
+
+    /// The values `/api/ping` accepts: primary, then secondary.
+    fn accepted(&self) -> impl Iterator<Item = &SecretValue> {
+        std::iter::once(&self.primary.value).chain(self.secondary.iter().map(|s| &s.value))
+    }
+
+    /// What `/fingerprints` answers.
+    pub fn report(&self) -> FingerprintReport {
+        let mut names = BTreeMap::new();
+        for slot in std::iter::once(&self.primary)
+            .chain(self.secondary.iter())
+            .chain(self.aliases.iter())
+        {
+            names.insert(slot.env.clone(), self.fingerprint(&slot.value));
+        }
+        FingerprintReport {
+            consumer: self.name.clone(),
+            names,
+            accepts: self.accepted().map(|v| self.fingerprint(v)).collect(),
+            sends: self.fingerprint(&self.primary.value),
+        }
+    }
+
+    /// The startup line (fingerprints only).
+    fn startup_line(&self, addr: SocketAddr) -> String {
+        let mut line = format!(
+            "demo-service {} listening on {addr} primary={}",
+            self.name,
+            self.fingerprint(&self.primary.value)
+        );
+        line.push_str(" secondary=");
+        match &self.secondary {
+            Some(s) => line.push_str(self.fingerprint(&s.value).as_str()),
+            None => line.push('-'),
+        }
+        for alias in &self.aliases {
+            line.push_str(&format!(
+                " {}={}",
+                alias.env,
+                self.fingerprint(&alias.value)
+            ));
+            if !alias.value.ct_eq(&self.primary.value) {
+                line.push_str(" (differs from the primary!)");
+            }
+        }
+        if !self.peers.is_empty() {
+            let peers: Vec<String> = self
+                .peers
+                .iter()
+                .map(|(n, m)| format!("{n}={}", if *m == PeerMode::Jwt { "jwt" } else { "header" }))
+                .collect();
+            line.push_str(&format!(" peers={}", peers.join(",")));
+        }
+        line
+    }
+}
+
+/// The body of `GET /fingerprints`; deserializes into [`crate::consumer::Held`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FingerprintReport {
+    /// Consumer name.
+    pub consumer: String,
+    /// Fingerprint per environment variable name that is set.
+    pub names: BTreeMap<String, Fingerprint>,
+    /// What `/api/ping` accepts.
+    pub accepts: Vec<Fingerprint>,
+    /// What relays send.
+    pub sends: Fingerprint,
+}
+
+struct Shared {
+    state: AppState,
+    client: reqwest::Client,
+    next: AtomicUsize,
+}
+
+/// The service's routes over `state`.
+pub fn router(state: AppState) -> anyhow::Result<Router> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(PEER_TIMEOUT)
+        .build()
+        .context("cannot build the HTTP client")?;
+    let shared = Arc::new(Shared {
+        state,
+        client,
+        next: AtomicUsize::new(0),
+    });
+    Ok(Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/ping", get(ping))
+        .route("/fingerprints", get(fingerprints))
+        .route("/relay/{peer}", get(relay))
+        .with_state(shared))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+fn refuse(status: StatusCode, error: &str) -> Response {
+    (status, Json(json!({"ok": false, "error": error}))).into_response()
+}
+
+async fn ping(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let state = &s.state;
+    if let Some(presented) = headers.get(&state.header) {
+        let Ok(presented) = presented.to_str() else {
+            return refuse(StatusCode::FORBIDDEN, "value not accepted");
+        };
+        let presented = SecretValue::new(presented.to_string());
+        // Compare with every accepted value (no short circuit), each in constant time.
+        let mut ok = false;
+        for v in state.accepted() {
+            ok |= v.ct_eq(&presented);
+        }
+        return if ok {
+            (StatusCode::OK, Json(json!({"ok": true, "via": "header"}))).into_response()
+        } else {
+            refuse(StatusCode::FORBIDDEN, "value not accepted")
+        };
+    }
+    let bearer = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let Some(token) = bearer else {
+        return refuse(StatusCode::UNAUTHORIZED, "no credentials");
+    };
+    let now = jwt::now_unix();
+    let mut ok = false;
+    for v in state.accepted() {
+        ok |= jwt::verify_hs256(token, v, now).is_ok();
+    }
+    if ok {
+        (StatusCode::OK, Json(json!({"ok": true, "via": "jwt"}))).into_response()
+    } else {
+        refuse(StatusCode::UNAUTHORIZED, "token not accepted")
+    }
+}
+
+async fn fingerprints(State(s): State<Arc<Shared>>) -> Json<FingerprintReport> {
+    Json(s.state.report())
+}
+
+#[derive(Deserialize)]
+struct RelayQuery {
+    target: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EndpointsFile {
+    endpoints: Vec<String>,
+}
+
+async fn read_endpoints(path: &FsPath) -> Result<Vec<SocketAddr>, String> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file: EndpointsFile = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("cannot parse {}: {e}", path.display()))?;
+    Ok(file
+        .endpoints
+        .iter()
+        .filter_map(|e| e.parse().ok())
+        .collect())
+}
+
+fn bad_gateway(
+    peer: &str,
+    target: Option<SocketAddr>,
+    status: Option<u16>,
+    error: &str,
+) -> Response {
+    (
+        StatusCode::BAD_GATEWAY,
+        Json(json!({
+            "ok": false,
+            "peer": peer,
+            "target": target.map(|t| t.to_string()),
+            "peer_status": status,
+            "error": error,
+        })),
+    )
+        .into_response()
+}
+
+/// Describes a transport failure (the source chain names the socket problem, never a header).
+fn transport_detail(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {PEER_TIMEOUT:?}");
+    }
+    let mut detail = if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        detail.push_str(": ");
+        detail.push_str(&err.to_string());
+        source = err.source();
+    }
+    detail
+}
+
+async fn relay(
+    State(s): State<Arc<Shared>>,
+    Path(peer): Path<String>,
+    Query(q): Query<RelayQuery>,
+) -> Response {
+    let state = &s.state;
+    let Some(mode) = state.peers.get(&peer).copied() else {
+        return refuse(StatusCode::NOT_FOUND, "unknown peer");
+    };
+    let target: SocketAddr = match q.target {
+        Some(t) => match t.parse() {
+            Ok(a) => a,
+            Err(_) => return refuse(StatusCode::BAD_REQUEST, "target must be IP:PORT"),
+        },
+        None => {
+            let Some(dir) = &state.fleet_dir else {
+                return bad_gateway(&peer, None, None, "no target given and no ROTOR_FLEET_DIR");
+            };
+            let path = dir.join(&peer).join("endpoints.json");
+            let endpoints = match read_endpoints(&path).await {
+                Ok(e) if !e.is_empty() => e,
+                Ok(_) => {
+                    let msg = format!("{} lists no endpoints", path.display());
+                    return bad_gateway(&peer, None, None, &msg);
+                }
+                Err(e) => return bad_gateway(&peer, None, None, &e),
+            };
+            endpoints[s.next.fetch_add(1, Ordering::Relaxed) % endpoints.len()]
+        }
+    };
+
+    let (name, mut value) = match mode {
+        PeerMode::Header => match HeaderValue::from_str(state.primary.value.expose()) {
+            Ok(v) => (state.header.clone(), v),
+            Err(_) => {
+                return bad_gateway(
+                    &peer,
+                    Some(target),
+                    None,
+                    "the value is not a valid header value",
+                );
+            }
+        },
+        PeerMode::Jwt => {
+            let token = jwt::sign_hs256(
+                &state.primary.value,
+                &jwt::claims_for(&state.name, RELAY_TOKEN_TTL),
+            );
+            match HeaderValue::from_str(&format!("Bearer {token}")) {
+                Ok(v) => (AUTHORIZATION, v),
+                Err(_) => {
+                    return bad_gateway(
+                        &peer,
+                        Some(target),
+                        None,
+                        "the token is not a valid header value",
+                    );
+                }
+            }
+        }
+    };
+    value.set_sensitive(true);
+    let result = s
+        .client
+        .get(format!("http://{target}/api/ping"))
+        .header(name, value)
+        .send()
+        .await;
+    match result {
+        Ok(resp) if resp.status() == StatusCode::OK => (
+            StatusCode::OK,
+            Json(json!({"ok": true, "peer": peer, "target": target.to_string()})),
+        )
+            .into_response(),
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            log(&format!(
+                "demo-service {}: relay to {peer} at {target}: peer answered {status}",
+                state.name
+            ));
+            bad_gateway(
+                &peer,
+                Some(target),
+                Some(status),
+                &format!("peer answered {status}"),
+            )
+        }
+        Err(e) => {
+            let detail = transport_detail(&e);
+            log(&format!(
+                "demo-service {}: relay to {peer} at {target}: {detail}",
+                state.name
+            ));
+            bad_gateway(&peer, Some(target), None, &detail)
+        }
+    }
+}
+
+/// The only place this module prints: one line to stderr (fingerprints, never values).
+#[allow(clippy::print_stderr)]
+fn log(line: &str) {
+    eprintln!("{line}");
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and waits (up to
+/// a cap) for in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = rx.await;
+        })
+        .into_future();
+    tokio::pin!(server);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        r = &mut server => return r.context("serving"),
+        () = &mut shutdown => {}
+    }
+    let _ = tx.send(());
+    match tokio::time::timeout(DRAIN_CAP, server).await {
+        Ok(r) => r.context("serving"),
+        Err(_) => {
+            log(&format!(
+                "demo-service: in-flight requests still running after {DRAIN_CAP:?}; exiting"
+            ));
+            Ok(())
+        }
+    }
+}
+
+/// Runs the service: reads the environment, binds `$HOST:$PORT`, serves until SIGTERM/SIGINT.
+pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
+    let state = AppState::from_env(&args)?;
+    let host = std::env::var("HOST").unwrap_or_else(|_| "127.0.0.1".to_string());
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p
+            .parse()
+            .with_context(|| format!("PORT `{p}` is not a port number"))?,
+        Err(_) => 0,
+    };
+    // Handlers first, so a SIGTERM right after readiness is already graceful.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port}"))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let name = state.name.clone();
+    log(&state.startup_line(addr));
+    let app = router(state)?;
+    let shutdown = async move {
+        let which = tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        };
+        log(&format!(
+            "demo-service {name}: {which}: finishing in-flight requests"
+        ));
+    };
+    serve(listener, app, shutdown).await
+}
+
+/// Builds a runtime and runs the service; prints the error and exits non-zero on failure.
+pub fn main_blocking(args: ServiceArgs) -> ExitCode {
+    let name = args.name.clone();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log(&format!(
+                "demo-service {name}: cannot start the async runtime: {e}"
+            ));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log(&format!("demo-service {name}: {e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::Held;
+    use crate::playbook::{ProbeSpec, RoundtripSpec};
+    use crate::probe::{self, Verdict};
+    use crate::secret::Alphabet;
+    use clap::Parser;
+
+    const T: Duration = Duration::from_secs(5);
+
+    fn random() -> SecretValue {
+        SecretValue::generate(Alphabet::Base64url, 48).unwrap()
+    }
+
+    fn slot(env: &str, v: &SecretValue) -> Slot {
+        Slot {
+            env: env.into(),
+            value: v.clone(),
+        }
+    }
+
+    fn state(
+        name: &str,
+        primary: &SecretValue,
+        secondary: Option<&SecretValue>,
+        peers: &[(&str, PeerMode)],
+    ) -> AppState {
+        AppState {
+            name: name.into(),
+            secret_name: "service-secret".into(),
+            header: HeaderName::from_static("x-service-secret"),
+            primary: slot("SERVICE_SECRET", primary),
+            secondary: secondary.map(|v| slot("SERVICE_SECRET_PREVIOUS", v)),
+            aliases: vec![],
+            peers: peers.iter().map(|(n, m)| (n.to_string(), *m)).collect(),
+            fleet_dir: None,
+        }
+    }
+
+    async fn spawn(state: AppState) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(state).unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    fn header_probe() -> ProbeSpec {
+        ProbeSpec::Header {
+            path: "/api/ping".into(),
+            header: "X-Service-Secret".into(),
+            accept: vec![200],
+            reject: vec![401, 403],
+        }
+    }
+
+    fn jwt_probe() -> ProbeSpec {
+        ProbeSpec::Jwt {
+            path: "/api/ping".into(),
+            ttl: Duration::from_secs(60),
+            accept: vec![200],
+            reject: vec![401, 403],
+        }
+    }
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder().no_proxy().build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn probes_accept_primary_and_secondary_and_reject_others() {
+        let (a, b) = (random(), random());
+        let both = spawn(state("auth", &a, Some(&b), &[])).await;
+        let only_a = spawn(state("auth", &a, None, &[])).await;
+        for spec in [header_probe(), jwt_probe()] {
+            let p = |addr, v: SecretValue| {
+                let spec = spec.clone();
+                async move { probe::present(&spec, addr, &v, T).await.unwrap() }
+            };
+            assert_eq!(p(both, a.clone()).await, Verdict::Accepted, "{spec:?}");
+            assert_eq!(p(both, b.clone()).await, Verdict::Accepted, "{spec:?}");
+            assert_eq!(p(both, random()).await, Verdict::Rejected, "{spec:?}");
+            assert_eq!(p(only_a, a.clone()).await, Verdict::Accepted, "{spec:?}");
+            assert_eq!(p(only_a, b.clone()).await, Verdict::Rejected, "{spec:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn ping_statuses() {
+        let a = random();
+        let addr = spawn(state("auth", &a, None, &[])).await;
+        let c = client();
+        let url = format!("http://{addr}/api/ping");
+        // No credentials.
+        assert_eq!(c.get(&url).send().await.unwrap().status(), 401);
+        // Wrong header: 403, and the answer never echoes anything.
+        let r = c
+            .get(&url)
+            .header("X-Service-Secret", "nope")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(!r.text().await.unwrap().contains(a.expose()));
+        // Expired token signed with the right key.
+        let expired = jwt::sign_hs256(&a, &json!({"sub": "x", "exp": 1}));
+        let r = c.get(&url).bearer_auth(expired).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        // Lower-case scheme is fine.
+        let token = jwt::sign_hs256(&a, &jwt::claims_for("x", Duration::from_secs(60)));
+        let r = c
+            .get(&url)
+            .header("authorization", format!("bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.json::<serde_json::Value>().await.unwrap(),
+            json!({"ok": true, "via": "jwt"})
+        );
+        // The header wins over a valid token.
+        let r = c
+            .get(&url)
+            .header("X-Service-Secret", "nope")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        assert_eq!(
+            c.get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            "ok"
+        );
+    }
+
+    #[tokio::test]
+    async fn fingerprints_report_names_accepts_and_sends() {
+        let (a, b, old) = (random(), random(), random());
+        let mut st = state("auth", &a, Some(&b), &[]);
+        st.aliases = vec![slot("SECRET_KEY", &a), slot("LEGACY_KEY", &old)];
+        let addr = spawn(st).await;
+        let body = client()
+            .get(format!("http://{addr}/fingerprints"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for v in [&a, &b, &old] {
+            assert!(!body.contains(v.expose()));
+        }
+        let fp = |v: &SecretValue| v.fingerprint("service-secret");
+        let held: Held = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            held.names,
+            BTreeMap::from([
+                ("SERVICE_SECRET".to_string(), fp(&a)),
+                ("SERVICE_SECRET_PREVIOUS".to_string(), fp(&b)),
+                ("SECRET_KEY".to_string(), fp(&a)),
+                ("LEGACY_KEY".to_string(), fp(&old)),
+            ])
+        );
+        assert_eq!(held.accepts, vec![fp(&a), fp(&b)]);
+        assert_eq!(held.sends, Some(fp(&a)));
+        let raw: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(raw["consumer"], "auth");
+    }
+
+    #[tokio::test]
+    async fn relay_with_target_succeeds_only_when_the_peer_accepts() {
+        let (a, b) = (random(), random());
+        let signer = spawn(state(
+            "backend",
+            &a,
+            None,
+            &[("auth", PeerMode::Header), ("analytics", PeerMode::Jwt)],
+        ))
+        .await;
+        let accepts_a = spawn(state("auth", &b, Some(&a), &[])).await;
+        let rejects_a = spawn(state("auth", &b, None, &[])).await;
+        for peer in ["auth", "analytics"] {
+            let spec = RoundtripSpec {
+                to: peer.into(),
+                path: format!("/relay/{peer}?target={{target}}"),
+                expect: 200,
+            };
+            probe::roundtrip(&spec, signer, accepts_a, T).await.unwrap();
+            let e = probe::roundtrip(&spec, signer, rejects_a, T)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("signer answered 502"), "{e}");
+            assert!(!e.contains(a.expose()) && !e.contains(b.expose()), "{e}");
+        }
+
+        let c = client();
+        let r = c
+            .get(format!("http://{signer}/relay/auth?target={rejects_a}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["ok"], false);
+        assert_eq!(body["peer_status"], 403);
+        let r = c
+            .get(format!(
+                "http://{signer}/relay/analytics?target={rejects_a}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["peer_status"], 401);
+        let r = c
+            .get(format!("http://{signer}/relay/auth?target={accepts_a}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.json::<serde_json::Value>().await.unwrap(),
+            json!({"ok": true, "peer": "auth", "target": accepts_a.to_string()})
+        );
+
+        // Nobody listening: 502 with no peer status.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let r = c
+            .get(format!("http://{signer}/relay/auth?target={closed}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["peer_status"], serde_json::Value::Null);
+        // Unknown peer; bad target.
+        let r = c
+            .get(format!("http://{signer}/relay/billing?target={accepts_a}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let r = c
+            .get(format!("http://{signer}/relay/auth?target=nowhere"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    }
+
+    #[tokio::test]
+    async fn relay_round_robins_over_the_endpoints_file_read_on_every_request() {
+        let a = random();
+        let p1 = spawn(state("auth", &a, None, &[])).await;
+        let p2 = spawn(state("auth", &a, None, &[])).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("auth")).unwrap();
+        let write = |eps: &[SocketAddr]| {
+            let eps: Vec<String> = eps.iter().map(ToString::to_string).collect();
+            std::fs::write(
+                dir.path().join("auth/endpoints.json"),
+                json!({"generation": 1, "endpoints": eps}).to_string(),
+            )
+            .unwrap();
+        };
+        let mut st = state("backend", &a, None, &[("auth", PeerMode::Header)]);
+        st.fleet_dir = Some(dir.path().to_path_buf());
+        let signer = spawn(st).await;
+        let c = client();
+        let relay = || async {
+            let r = c
+                .get(format!("http://{signer}/relay/auth"))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<serde_json::Value>().await.unwrap())
+        };
+        // No file yet.
+        assert_eq!(relay().await.0, 502);
+        write(&[p1, p2]);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let (status, body) = relay().await;
+            assert_eq!(status, 200, "{body}");
+            seen.insert(body["target"].as_str().unwrap().to_string());
+        }
+        assert_eq!(seen, [p1.to_string(), p2.to_string()].into_iter().collect());
+        // A rollout replaced the list.
+        write(&[p2]);
+        for _ in 0..3 {
+            let (_, body) = relay().await;
+            assert_eq!(body["target"], p2.to_string());
+        }
+        write(&[]);
+        assert_eq!(relay().await.0, 502);
+    }
+
+    #[tokio::test]
+    async fn shutdown_finishes_in_flight_requests() {
+        let a = random();
+        // A slow peer: accepts, tells the test it has the request, answers 200 later.
+        let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut sock, _) = peer.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await.unwrap();
+            got_tx.send(()).unwrap();
+            let _ = release_rx.await;
+            sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+        });
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(state("backend", &a, None, &[("auth", PeerMode::Header)])).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app, async move {
+            let _ = stop_rx.await;
+        }));
+
+        let request = tokio::spawn(async move {
+            client()
+                .get(format!("http://{addr}/relay/auth?target={peer_addr}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        got_rx.await.unwrap();
+        stop_tx.send(()).unwrap();
+        // The server keeps going while the request is in flight.
+        tokio::task::yield_now().await;
+        assert!(!server.is_finished());
+        release_tx.send(()).unwrap();
+        assert_eq!(request.await.unwrap(), 200);
+        server.await.unwrap().unwrap();
+        // And it no longer accepts.
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServiceArgs,
+    }
+
+    #[test]
+    fn cli_defaults_and_peers() {
+        let cli = Cli::try_parse_from(["x"]).unwrap().args;
+        assert_eq!(cli.name, "demo");
+        assert_eq!(cli.secret_name, "service-secret");
+        assert_eq!(cli.primary_env, "SERVICE_SECRET");
+        assert_eq!(cli.secondary_env, "SERVICE_SECRET_PREVIOUS");
+        assert_eq!(cli.header, "X-Service-Secret");
+        assert!(cli.alias_env.is_empty() && cli.peer.is_empty());
+        let cli = Cli::try_parse_from([
+            "x",
+            "--name",
+            "auth",
+            "--alias-env",
+            "SECRET_KEY",
+            "--alias-env",
+            "OTHER",
+            "--peer",
+            "backend=jwt",
+            "--peer",
+            "auth=header",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(cli.alias_env, ["SECRET_KEY", "OTHER"]);
+        assert_eq!(
+            cli.peer,
+            [
+                Peer {
+                    name: "backend".into(),
+                    mode: PeerMode::Jwt
+                },
+                Peer {
+                    name: "auth".into(),
+                    mode: PeerMode::Header
+                }
+            ]
+        );
+        for bad in ["backend", "backend=basic", "=jwt", "../x=jwt"] {
+            assert!(Cli::try_parse_from(["x", "--peer", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn state_from_environment() {
+        let args = Cli::try_parse_from([
+            "x",
+            "--name",
+            "auth",
+            "--alias-env",
+            "SECRET_KEY",
+            "--alias-env",
+            "UNSET",
+        ])
+        .unwrap()
+        .args;
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let e = AppState::from_lookup(&args, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SERVICE_SECRET"), "{e}");
+        let e = AppState::from_lookup(&args, env(&[("SERVICE_SECRET", "")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SERVICE_SECRET"), "{e}");
+
+        let st = AppState::from_lookup(
+            &args,
+            env(&[
+                ("SERVICE_SECRET", "primary-value-0123456789"),
+                ("SERVICE_SECRET_PREVIOUS", ""),
+                ("SECRET_KEY", "primary-value-0123456789"),
+                ("ROTOR_FLEET_DIR", "/tmp/fleet"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(st.primary.value.expose(), "primary-value-0123456789");
+        assert!(st.secondary.is_none());
+        assert_eq!(st.aliases.len(), 1);
+        assert_eq!(st.aliases[0].env, "SECRET_KEY");
+        assert_eq!(st.fleet_dir, Some(PathBuf::from("/tmp/fleet")));
+        let line = st.startup_line("127.0.0.1:4000".parse().unwrap());
+        assert!(line.starts_with("demo-service auth listening on 127.0.0.1:4000 primary=sha256:"));
+        assert!(line.contains("secondary=-"));
+        assert!(!line.contains("primary-value"));
+        assert!(!line.contains("differs"));
+    }
+}

@@ -1,25 +1,341 @@
-//! HTTP probes (stub, being written).
+//! HTTP probes: a value in a header or as the key of a bearer HS256 JWT, sent to one instance;
+//! and signer→validator round trips started on a signer instance.
+//!
+//! Every request goes straight to the instance address (no proxy, no connection reuse: the
+//! instance behind an address changes during rollouts). Errors name the status or the transport
+//! failure, never the value or the token.
+
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
+
 use super::{ProbeError, Verdict};
+use crate::jwt;
 use crate::playbook::{ProbeSpec, RoundtripSpec};
 use crate::secret::SecretValue;
 
+/// Subject of the tokens probes mint.
+const PROBE_SUBJECT: &str = "rotor-probe";
+
+/// Characters of a signer's answer quoted in a failed round trip.
+const BODY_EXCERPT: usize = 200;
+
+/// The shared client: no proxy (probes target one instance's own loopback address and must not
+/// hand a value to a proxy), no idle connections kept. Timeouts are set per request.
+fn client() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(c) = CLIENT.get() {
+        return Ok(c);
+    }
+    let built = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    Ok(CLIENT.get_or_init(|| built))
+}
+
+/// Describes a transport failure without the URL's query or anything sent.
+fn transport_detail(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {timeout:?}");
+    }
+    let kind = if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    // The error's source chain (hyper/io) describes the socket; reqwest's own Display would
+    // add the URL, which is harmless but noisy.
+    let mut detail = kind.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    detail
+}
+
 pub(super) async fn present(
-    _spec: &ProbeSpec,
-    _addr: SocketAddr,
-    _value: &SecretValue,
-    _timeout: Duration,
+    spec: &ProbeSpec,
+    addr: SocketAddr,
+    value: &SecretValue,
+    timeout: Duration,
 ) -> Result<Verdict, ProbeError> {
-    todo!()
+    let failed = |detail: String| ProbeError::Failed {
+        probe: super::describe(spec),
+        target: addr.to_string(),
+        detail,
+    };
+    let (path, header_name, header_value, accept, reject) = match spec {
+        ProbeSpec::Header {
+            path,
+            header,
+            accept,
+            reject,
+        } => {
+            let name = HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| failed(format!("`{header}` is not a valid header name")))?;
+            let value = HeaderValue::from_str(value.expose()).map_err(|_| {
+                failed("the value contains characters not allowed in a header".into())
+            })?;
+            (path, name, value, accept, reject)
+        }
+        ProbeSpec::Jwt {
+            path,
+            ttl,
+            accept,
+            reject,
+        } => {
+            let token = jwt::sign_hs256(value, &jwt::claims_for(PROBE_SUBJECT, *ttl));
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| failed("the token is not a valid header value".into()))?;
+            (path, AUTHORIZATION, value, accept, reject)
+        }
+        ProbeSpec::Exec { .. } => {
+            return Err(failed("an exec probe is not an HTTP probe".into()));
+        }
+    };
+    let mut header_value = header_value;
+    header_value.set_sensitive(true);
+
+    let client = client().map_err(failed)?;
+    let response = client
+        .get(format!("http://{addr}{path}"))
+        .header(header_name, header_value)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| failed(transport_detail(&e, timeout)))?;
+    let status = response.status().as_u16();
+    drop(response);
+    if accept.contains(&status) {
+        Ok(Verdict::Accepted)
+    } else if reject.contains(&status) {
+        Ok(Verdict::Rejected)
+    } else {
+        Err(failed(format!(
+            "answered {status}, which is neither accepted ({accept:?}) nor rejected ({reject:?})"
+        )))
+    }
 }
 
 pub(super) async fn roundtrip(
-    _spec: &RoundtripSpec,
-    _signer: SocketAddr,
-    _target: SocketAddr,
-    _timeout: Duration,
+    spec: &RoundtripSpec,
+    signer: SocketAddr,
+    target: SocketAddr,
+    timeout: Duration,
 ) -> Result<(), ProbeError> {
-    todo!()
+    let path = spec.path.replace("{target}", &target.to_string());
+    let failed = |detail: String| ProbeError::Failed {
+        probe: format!("roundtrip to {} GET {path}", spec.to),
+        target: signer.to_string(),
+        detail,
+    };
+    let client = client().map_err(failed)?;
+    let response = client
+        .get(format!("http://{signer}{path}"))
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| failed(transport_detail(&e, timeout)))?;
+    let status = response.status().as_u16();
+    if status == spec.expect {
+        return Ok(());
+    }
+    let body = match response.text().await {
+        Ok(b) => b.chars().take(BODY_EXCERPT).collect::<String>(),
+        Err(e) => format!("(body unreadable: {})", transport_detail(&e, timeout)),
+    };
+    Err(failed(format!("signer answered {status}: {body}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::get;
+
+    const VALUE: &str = "probe-test-value-0123456789-abcdefghij";
+
+    /// Answers with the status given in the `X-Want` header, or 200 when the header
+    /// `X-Key` equals VALUE / the bearer token verifies with VALUE, else 403.
+    async fn server() -> SocketAddr {
+        async fn ping(headers: HeaderMap) -> StatusCode {
+            let key = SecretValue::new(VALUE.into());
+            if let Some(v) = headers.get("x-key") {
+                return if v.as_bytes() == VALUE.as_bytes() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+            }
+            if let Some(t) = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+            {
+                return match jwt::verify_hs256(t, &key, jwt::now_unix()) {
+                    Ok(c) if c["sub"] == PROBE_SUBJECT => StatusCode::OK,
+                    _ => StatusCode::UNAUTHORIZED,
+                };
+            }
+            StatusCode::IM_A_TEAPOT
+        }
+        async fn relay(
+            axum::extract::Query(q): axum::extract::Query<
+                std::collections::HashMap<String, String>,
+            >,
+        ) -> (StatusCode, String) {
+            match q.get("target").map(String::as_str) {
+                Some("127.0.0.1:1") => (StatusCode::OK, "fine".into()),
+                _ => (StatusCode::BAD_GATEWAY, "x".repeat(500)),
+            }
+        }
+        async fn slow() -> StatusCode {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            StatusCode::OK
+        }
+        let app = Router::new()
+            .route("/ping", get(ping))
+            .route("/relay", get(relay))
+            .route("/slow", get(slow));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    fn header(path: &str) -> ProbeSpec {
+        ProbeSpec::Header {
+            path: path.into(),
+            header: "X-Key".into(),
+            accept: vec![200],
+            reject: vec![401, 403],
+        }
+    }
+
+    fn jwt_spec(path: &str) -> ProbeSpec {
+        ProbeSpec::Jwt {
+            path: path.into(),
+            ttl: Duration::from_secs(60),
+            accept: vec![200],
+            reject: vec![401, 403],
+        }
+    }
+
+    const T: Duration = Duration::from_secs(5);
+
+    fn assert_clean(e: &ProbeError, value: &str) {
+        let s = e.to_string();
+        assert!(!s.contains(value), "{s}");
+        assert!(!s.contains("eyJ"), "a token leaked: {s}");
+    }
+
+    #[tokio::test]
+    async fn header_probe_verdicts() {
+        let addr = server().await;
+        let good = SecretValue::new(VALUE.into());
+        let bad = SecretValue::new("some-other-value-0123456789".into());
+        assert_eq!(
+            present(&header("/ping"), addr, &good, T).await.unwrap(),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            present(&header("/ping"), addr, &bad, T).await.unwrap(),
+            Verdict::Rejected
+        );
+    }
+
+    #[tokio::test]
+    async fn jwt_probe_verdicts() {
+        let addr = server().await;
+        let good = SecretValue::new(VALUE.into());
+        let bad = SecretValue::new("some-other-value-0123456789".into());
+        assert_eq!(
+            present(&jwt_spec("/ping"), addr, &good, T).await.unwrap(),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            present(&jwt_spec("/ping"), addr, &bad, T).await.unwrap(),
+            Verdict::Rejected
+        );
+    }
+
+    #[tokio::test]
+    async fn unexpected_status_is_an_error_without_the_value() {
+        let addr = server().await;
+        let good = SecretValue::new(VALUE.into());
+        // 404: neither accepted nor rejected.
+        let e = present(&header("/missing"), addr, &good, T)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("404"), "{e}");
+        assert!(e.to_string().contains(&addr.to_string()), "{e}");
+        assert!(e.to_string().contains("header X-Key GET /missing"), "{e}");
+        assert_clean(&e, VALUE);
+        let e = present(&jwt_spec("/missing"), addr, &good, T)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("404"), "{e}");
+        assert_clean(&e, VALUE);
+    }
+
+    #[tokio::test]
+    async fn connection_refused_and_timeout_are_errors() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let good = SecretValue::new(VALUE.into());
+        let e = present(&header("/ping"), closed, &good, T)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("connection failed"), "{e}");
+        assert_clean(&e, VALUE);
+
+        let addr = server().await;
+        let e = present(&jwt_spec("/slow"), addr, &good, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no answer within"), "{e}");
+        assert_clean(&e, VALUE);
+    }
+
+    #[tokio::test]
+    async fn header_value_with_forbidden_characters_is_an_error_without_the_value() {
+        let addr = server().await;
+        let v = "line\nbreak-value-0123456789";
+        let e = present(&header("/ping"), addr, &SecretValue::new(v.into()), T)
+            .await
+            .unwrap_err();
+        assert_clean(&e, v);
+        assert!(!e.to_string().contains("break-value"));
+    }
+
+    #[tokio::test]
+    async fn roundtrip_outcomes() {
+        let addr = server().await;
+        let spec = RoundtripSpec {
+            to: "auth".into(),
+            path: "/relay?target={target}".into(),
+            expect: 200,
+        };
+        roundtrip(&spec, addr, "127.0.0.1:1".parse().unwrap(), T)
+            .await
+            .unwrap();
+        let e = roundtrip(&spec, addr, "127.0.0.1:2".parse().unwrap(), T)
+            .await
+            .unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("signer answered 502: "), "{s}");
+        assert!(s.contains("target=127.0.0.1:2"), "{s}");
+        // Body quoted up to 200 characters.
+        assert!(s.ends_with(&"x".repeat(200)), "{s}");
+        assert!(!s.contains(&"x".repeat(201)), "{s}");
+    }
 }
