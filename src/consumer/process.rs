@@ -190,13 +190,20 @@ impl ProcessConsumer {
         let program: OsString = if first == ROTOR_PLACEHOLDER {
             match std::env::var_os(ROTOR_EXE_ENV) {
                 Some(exe) if !exe.is_empty() => exe,
-                _ => std::env::current_exe()
-                    .map_err(|e| ConsumerError::Spawn {
+                _ => {
+                    let exe = std::env::current_exe().map_err(|e| ConsumerError::Spawn {
                         consumer: self.name.clone(),
                         program: first.clone(),
                         detail: format!("cannot find the rotor executable: {e}"),
-                    })?
-                    .into_os_string(),
+                    })?;
+                    if exe.exists() {
+                        exe.into_os_string()
+                    } else {
+                        // The binary was replaced (an upgrade, a rebuild) while this rotor runs:
+                        // Linux still executes the running image through /proc/self/exe.
+                        OsString::from("/proc/self/exe")
+                    }
+                }
             }
         } else {
             first.into()
