@@ -232,3 +232,26 @@ async fn demo_command_reports_zero_failed_requests() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_yes_a_rotation_pauses_before_narrowing() {
+    let env = Env::new();
+    env.up().await;
+    let load = env.load();
+    // stdin is not a terminal: the question before T4 is declined, the run pauses at S3.
+    let out = env.rotor(&["rotate"]).await;
+    out.assert_code(7);
+    assert!(out.stderr.contains("T4 narrow: validators will reject the old value"), "{}", out.stderr);
+    assert!(out.stdout.contains("T4 narrow not confirmed; paused at S3 promoted"), "{}", out.stdout);
+    let j = env.journal();
+    assert_eq!(j["state"], "S3");
+    assert_eq!(j["status"], "paused");
+    let status = env.rotor(&["status"]).await;
+    status.assert_code(0);
+    assert!(status.stdout.contains("state: S3 promoted"), "{}", status.stdout);
+    env.rotor(&["resume", "--yes"]).await.assert_code(0);
+    assert_eq!(env.journal()["state"], "S5");
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    env.finish().await;
+}

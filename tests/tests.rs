@@ -3,4 +3,5 @@
 mod cli;
 mod common;
 mod crash;
+mod playbook_errors;
 mod rotation;

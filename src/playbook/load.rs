@@ -1,7 +1,31 @@
-//! Parsing and validation of playbook YAML (stub, being written).
-use std::path::Path;
+//! Parsing and validation of playbook YAML.
+//!
+//! The text is parsed into a located tree ([`node`]) and then validated field by field into a
+//! [`Playbook`]. The first problem found is returned as a [`PlaybookError`] naming the file, the
+//! line and column of the offending node (of the enclosing mapping for a missing field; 1:1 for a
+//! missing top-level field), the dotted field path (`consumers[1].slots.secondary`), a one-line
+//! message and a help line saying what to do. Messages never echo env values.
+//!
+//! Checks run in a fixed order: top-level keys, `secret`, `environment`, `generate`, `store`,
+//! `state_dir`, `timings`, then each consumer in order, then round-trip targets across consumers.
 
-use super::Playbook;
+#[path = "node.rs"]
+mod node;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use self::node::{Node, Pos, Scalar, Value};
+use super::{
+    ConsumerKind, ConsumerSpec, Environment, ExecVia, Generate, Pickup, Playbook, ProbeSpec,
+    ProcessSpec, RoundtripSpec, SlotNames, SlotRef, StoreSpec, Timings,
+};
+use crate::protocol::Role;
+use crate::secret::Alphabet;
 
 /// A playbook that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -22,11 +46,1590 @@ pub struct PlaybookError {
 }
 
 /// Loads and validates a playbook file.
-pub fn load_file(_path: &Path) -> Result<Playbook, PlaybookError> {
-    todo!()
+pub fn load_file(path: &Path) -> Result<Playbook, PlaybookError> {
+    let source = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| PlaybookError {
+        file: source.clone(),
+        line: 0,
+        column: 0,
+        field: "-".to_string(),
+        message: format!("cannot read playbook: {e}"),
+        help: "check the path".to_string(),
+    })?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let base_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+    load_bytes(&bytes, &source, &base_dir)
 }
 
 /// Loads and validates playbook text; `source` names it in errors, `base_dir` resolves paths.
-pub fn load_str(_text: &str, _source: &str, _base_dir: &Path) -> Result<Playbook, PlaybookError> {
-    todo!()
+pub fn load_str(text: &str, source: &str, base_dir: &Path) -> Result<Playbook, PlaybookError> {
+    load_bytes(text.as_bytes(), source, base_dir)
+}
+
+fn load_bytes(bytes: &[u8], source: &str, base_dir: &Path) -> Result<Playbook, PlaybookError> {
+    let cx = Cx { file: source };
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let before = &bytes[..e.valid_up_to()];
+        let line = before.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count() as u64
+            + 1;
+        cx.err(
+            Pos { line, column },
+            "-",
+            "the playbook is not valid UTF-8",
+            "save the file as UTF-8",
+        )
+    })?;
+    let root = node::parse(text).map_err(|e| cx.yaml_error(&e))?;
+    let mut playbook = cx.playbook(&root, base_dir)?;
+    playbook.checksum = hex::encode(Sha256::digest(bytes));
+    playbook.source = source.to_string();
+    Ok(playbook)
+}
+
+type Result<T, E = PlaybookError> = std::result::Result<T, E>;
+
+const TOP_FIELDS: &[&str] = &[
+    "secret",
+    "environment",
+    "generate",
+    "store",
+    "state_dir",
+    "timings",
+    "consumers",
+];
+const GENERATE_FIELDS: &[&str] = &["length", "alphabet"];
+const STORE_FIELDS: &[&str] = &["kind", "path"];
+const STORE_KINDS_LATER: &[&str] = &["kubernetes", "gcp"];
+const TIMING_FIELDS: &[&str] = &[
+    "rollout_timeout",
+    "readiness_timeout",
+    "soak",
+    "grace",
+    "retention",
+    "drain",
+    "probe_timeout",
+];
+const CONSUMER_FIELDS: &[&str] = &[
+    "name",
+    "role",
+    "kind",
+    "instances",
+    "command",
+    "env",
+    "host",
+    "health_path",
+    "pickup",
+    "fingerprints_path",
+    "slots",
+    "probes",
+    "roundtrips",
+];
+const CONSUMER_KINDS_LATER: &[&str] = &["kubernetes", "deployment"];
+const SLOT_FIELDS: &[&str] = &["primary", "secondary", "aliases"];
+const PROBE_TYPES: &[&str] = &["header", "jwt", "exec"];
+const PROBE_FIELDS: &[&str] = &[
+    "type", "path", "header", "ttl", "accept", "reject", "command", "via", "env_name",
+];
+const HEADER_FIELDS: &[&str] = &["type", "path", "header", "accept", "reject"];
+const JWT_FIELDS: &[&str] = &["type", "path", "ttl", "accept", "reject"];
+const EXEC_FIELDS: &[&str] = &["type", "command", "via", "env_name"];
+const ROUNDTRIP_FIELDS: &[&str] = &["to", "path", "expect"];
+
+/// Largest `generate.length` accepted.
+const MAX_LENGTH: i128 = 4096;
+/// Largest `instances` of a process consumer.
+const MAX_INSTANCES: i128 = 64;
+
+/// A status code as written: the code, where, and its field path.
+type LocatedStatus = (u16, Pos, String);
+
+/// Where errors are reported.
+struct Cx<'a> {
+    file: &'a str,
+}
+
+/// A mapping's entries, checked for duplicate keys, with the path and position of the mapping.
+struct Fields<'n> {
+    path: String,
+    /// Where a missing field is reported.
+    pos: Pos,
+    entries: Vec<(&'n str, &'n Node, &'n Node)>,
+}
+
+impl<'n> Fields<'n> {
+    /// Path of field `name` of this mapping.
+    fn sub(&self, name: &str) -> String {
+        join(&self.path, name)
+    }
+
+    /// The key and value of `name`, if present (even when the value is null).
+    fn entry(&self, name: &str) -> Option<(&'n Node, &'n Node)> {
+        self.entries
+            .iter()
+            .find(|(k, _, _)| *k == name)
+            .map(|(_, k, v)| (*k, *v))
+    }
+
+    /// The value of `name`; `None` when absent or null.
+    fn get(&self, name: &str) -> Option<&'n Node> {
+        self.entry(name).map(|(_, v)| v).filter(|v| !v.is_null())
+    }
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_string()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+fn list(names: &[&str]) -> String {
+    names.join(", ")
+}
+
+fn backticked(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+/// Edit distance, for "did you mean" hints.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let lower = word.to_ascii_lowercase();
+    candidates
+        .iter()
+        .map(|c| (distance(&lower, c), *c))
+        .filter(|(d, c)| *d <= 2.min(c.len() / 3 + 1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// `service-secret`, `auth`: lowercase letters, digits and '-', starting with a letter, 1..=63.
+fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && s.len() <= 63
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some('A'..='Z' | 'a'..='z' | '_'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// An HTTP token (RFC 9110 `tchar`s).
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+}
+
+/// "a validator", "a signer", "a `both` consumer".
+fn a_role(role: Role) -> &'static str {
+    match role {
+        Role::Validator => "a validator",
+        Role::Signer => "a signer",
+        Role::Both => "a `both` consumer",
+    }
+}
+
+/// Why rotor owns this environment variable name, if it does.
+fn reserved_env(name: &str) -> Option<&'static str> {
+    if name == "HOST" || name == "PORT" {
+        Some("rotor sets HOST and PORT for every instance")
+    } else if name.starts_with("ROTOR_") {
+        Some("rotor sets the ROTOR_ variables itself")
+    } else {
+        None
+    }
+}
+
+impl Cx<'_> {
+    fn err(
+        &self,
+        pos: Pos,
+        field: impl Into<String>,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) -> PlaybookError {
+        let field = field.into();
+        PlaybookError {
+            file: self.file.to_string(),
+            line: pos.line,
+            column: pos.column,
+            field: if field.is_empty() {
+                "-".to_string()
+            } else {
+                field
+            },
+            message: message.into(),
+            help: help.into(),
+        }
+    }
+
+    fn yaml_error(&self, e: &serde_saphyr::Error) -> PlaybookError {
+        let pos = e.location().map_or(Pos::START, |l| Pos {
+            line: l.line(),
+            column: l.column(),
+        });
+        if let serde_saphyr::Error::MultipleDocuments { .. } = e {
+            return self.err(
+                pos,
+                "-",
+                "the file holds more than one YAML document",
+                "keep one document per playbook: one file per secret and environment",
+            );
+        }
+        let full = e.to_string();
+        let suffix = format!(" at line {}, column {}", pos.line, pos.column);
+        let message = full.strip_suffix(&suffix).unwrap_or(&full).trim();
+        self.err(
+            pos,
+            "-",
+            format!("invalid YAML: {message}"),
+            "fix the YAML syntax at this position (indentation, quotes, brackets, `key: value`)",
+        )
+    }
+
+    fn type_error(&self, node: &Node, path: &str, expected: &str, help: &str) -> PlaybookError {
+        self.err(
+            node.pos,
+            path,
+            format!("expected {expected}, found {}", node.describe()),
+            help,
+        )
+    }
+
+    /// The entries of a mapping, with duplicate keys rejected. `pos` is where a missing field
+    /// is reported.
+    fn fields<'n>(&self, node: &'n Node, path: &str, pos: Pos, help: &str) -> Result<Fields<'n>> {
+        let Value::Map(entries) = &node.value else {
+            return Err(self.type_error(node, path, "a mapping", help));
+        };
+        let mut out: Vec<(&'n str, &'n Node, &'n Node)> = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let Value::Scalar { text, .. } = &key.value else {
+                return Err(self.err(
+                    key.pos,
+                    path,
+                    format!("expected a field name, found {}", key.describe()),
+                    "write each entry as `name: value`",
+                ));
+            };
+            if out.iter().any(|(k, _, _)| k == text) {
+                return Err(self.err(
+                    key.pos,
+                    join(path, text),
+                    format!("duplicate key `{text}`"),
+                    format!("keep a single `{text}` entry in this mapping"),
+                ));
+            }
+            out.push((text.as_str(), key, value));
+        }
+        Ok(Fields {
+            path: path.to_string(),
+            pos,
+            entries: out,
+        })
+    }
+
+    /// Rejects keys not in `allowed`.
+    fn only(&self, f: &Fields<'_>, allowed: &[&str], what: &str) -> Result<()> {
+        for (name, key, _) in &f.entries {
+            if !allowed.contains(name) {
+                let help = match closest(name, allowed) {
+                    Some(close) => {
+                        format!("did you mean `{close}`? {what} takes: {}", list(allowed))
+                    }
+                    None => format!("remove it; {what} takes: {}", list(allowed)),
+                };
+                return Err(self.err(
+                    key.pos,
+                    f.sub(name),
+                    format!("unknown field `{name}`"),
+                    help,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of a required field.
+    fn require<'n>(&self, f: &Fields<'n>, name: &str, help: &str) -> Result<&'n Node> {
+        match f.entry(name) {
+            None => Err(self.err(
+                f.pos,
+                f.sub(name),
+                format!("missing required field `{name}`"),
+                help,
+            )),
+            Some((key, value)) if value.is_null() => {
+                Err(self.err(key.pos, f.sub(name), format!("`{name}` has no value"), help))
+            }
+            Some((_, value)) => Ok(value),
+        }
+    }
+
+    /// A scalar's text (strings, and numbers or booleans as spelled).
+    fn text<'n>(&self, node: &'n Node, path: &str, help: &str) -> Result<&'n str> {
+        match &node.value {
+            Value::Scalar { text, .. } => Ok(text),
+            _ => Err(self.type_error(node, path, "a string", help)),
+        }
+    }
+
+    fn int(&self, node: &Node, path: &str, help: &str) -> Result<i128> {
+        match node.value {
+            Value::Scalar {
+                kind: Scalar::Int(i),
+                ..
+            } => Ok(i),
+            _ => Err(self.type_error(node, path, "a whole number", help)),
+        }
+    }
+
+    /// A command: a non-empty list of strings whose first element is not blank.
+    fn command(&self, node: &Node, path: &str, help: &str) -> Result<Vec<String>> {
+        let Value::Seq(items) = &node.value else {
+            return Err(self.type_error(node, path, "a list of strings", help));
+        };
+        if items.is_empty() {
+            return Err(self.err(node.pos, path, "the command is empty", help));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{i}]");
+            let text = self.text(item, &item_path, help)?;
+            if i == 0 && text.trim().is_empty() {
+                return Err(self.err(item.pos, item_path, "the program name is empty", help));
+            }
+            out.push(text.to_string());
+        }
+        Ok(out)
+    }
+
+    /// One of `names`, as its index.
+    fn choice(
+        &self,
+        node: &Node,
+        path: &str,
+        names: &[&str],
+        what: &str,
+        help: &str,
+    ) -> Result<usize> {
+        let text = self.text(node, path, help)?;
+        names.iter().position(|n| *n == text).ok_or_else(|| {
+            let help = match closest(text, names) {
+                Some(close) if close != text && !help.contains(&format!("`{close}`")) => {
+                    format!("did you mean `{close}`? {help}")
+                }
+                _ => help.to_string(),
+            };
+            self.err(node.pos, path, format!("unknown {what} `{text}`"), help)
+        })
+    }
+
+    fn duration(&self, node: &Node, path: &str) -> Result<Duration> {
+        const HELP: &str = "write a number and a unit, e.g. 500ms, 30s, 5m, 2h or 7d";
+        let Value::Scalar { text, .. } = &node.value else {
+            return Err(self.type_error(node, path, "a duration", HELP));
+        };
+        humantime::parse_duration(text.trim())
+            .map_err(|_| self.err(node.pos, path, format!("`{text}` is not a duration"), HELP))
+    }
+
+    /// An HTTP path: starts with '/', no whitespace.
+    fn http_path(&self, node: &Node, path: &str, example: &str) -> Result<String> {
+        let help = format!("write an absolute path starting with '/', e.g. {example}");
+        let text = self.text(node, path, &help)?;
+        if !text.starts_with('/') {
+            return Err(self.err(
+                node.pos,
+                path,
+                format!("`{text}` does not start with '/'"),
+                help,
+            ));
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.err(
+                node.pos,
+                path,
+                "the path contains whitespace",
+                "percent-encode spaces (%20) or remove them",
+            ));
+        }
+        Ok(text.to_string())
+    }
+
+    /// An environment variable name.
+    fn env_name(&self, node: &Node, path: &str, example: &str) -> Result<String> {
+        let help =
+            format!("use letters, digits and '_', not starting with a digit, e.g. {example}");
+        let text = self.text(node, path, &help)?;
+        if !is_env_name(text) {
+            return Err(self.err(
+                node.pos,
+                path,
+                format!("`{text}` is not a valid environment variable name"),
+                help,
+            ));
+        }
+        Ok(text.to_string())
+    }
+
+    /// A slot or probe variable name: a valid env name that rotor does not set itself.
+    fn own_env_name(&self, node: &Node, path: &str, example: &str) -> Result<String> {
+        let name = self.env_name(node, path, example)?;
+        if let Some(why) = reserved_env(&name) {
+            return Err(self.err(
+                node.pos,
+                path,
+                format!("`{name}` is reserved: {why}"),
+                format!("choose another name, e.g. {example}"),
+            ));
+        }
+        Ok(name)
+    }
+
+    fn status(&self, node: &Node, path: &str) -> Result<u16> {
+        const HELP: &str = "use an HTTP status code between 100 and 599";
+        let code = self.int(node, path, HELP)?;
+        match u16::try_from(code) {
+            Ok(c) if (100..=599).contains(&c) => Ok(c),
+            _ => Err(self.err(
+                node.pos,
+                path,
+                format!("{code} is not an HTTP status code"),
+                HELP,
+            )),
+        }
+    }
+
+    /// `accept` or `reject` of an HTTP probe: a non-empty list of status codes.
+    fn statuses(
+        &self,
+        f: &Fields<'_>,
+        name: &str,
+        default: &[u16],
+    ) -> Result<(Vec<u16>, Vec<LocatedStatus>)> {
+        let path = f.sub(name);
+        let help = format!("write a list of status codes, e.g. {name}: {default:?}");
+        let Some(node) = f.get(name) else {
+            return Ok((default.to_vec(), Vec::new()));
+        };
+        let Value::Seq(items) = &node.value else {
+            return Err(self.type_error(node, &path, "a list of status codes", &help));
+        };
+        if items.is_empty() {
+            return Err(self.err(
+                node.pos,
+                path,
+                "the list is empty",
+                format!("list at least one status, or remove `{name}` to use {default:?}"),
+            ));
+        }
+        let mut codes = Vec::new();
+        let mut located = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{i}]");
+            let code = self.status(item, &item_path)?;
+            codes.push(code);
+            located.push((code, item.pos, item_path));
+        }
+        Ok((codes, located))
+    }
+
+    fn playbook(&self, root: &Node, base_dir: &Path) -> Result<Playbook> {
+        if root.is_null() {
+            return Err(self.err(
+                Pos::START,
+                "-",
+                "the playbook is empty",
+                "start from the example in docs/playbook.md",
+            ));
+        }
+        let top = self.fields(
+            root,
+            "",
+            Pos::START,
+            "a playbook is a mapping: secret, environment, store, consumers, ...",
+        )?;
+        self.only(&top, TOP_FIELDS, "a playbook")?;
+
+        // secret
+        let node = self.require(
+            &top,
+            "secret",
+            "name the secret, e.g. `secret: service-secret`",
+        )?;
+        const SECRET_HELP: &str = "use 1 to 63 lowercase letters, digits and '-', starting with a letter, e.g. service-secret";
+        let secret = self.text(node, "secret", SECRET_HELP)?;
+        if !is_name(secret) {
+            return Err(self.err(
+                node.pos,
+                "secret",
+                format!("`{secret}` is not a valid secret name"),
+                SECRET_HELP,
+            ));
+        }
+
+        // environment
+        let env_help = format!("use one of {}", list(Environment::NAMES));
+        let node = self.require(
+            &top,
+            "environment",
+            &format!("set `environment` to one of {}", list(Environment::NAMES)),
+        )?;
+        let environment = match self.choice(
+            node,
+            "environment",
+            Environment::NAMES,
+            "environment",
+            &env_help,
+        )? {
+            0 => Environment::Production,
+            1 => Environment::Staging,
+            2 => Environment::Test,
+            _ => Environment::Development,
+        };
+
+        let generate = self.generate(&top, environment)?;
+        let store = self.store(&top, base_dir)?;
+
+        // state_dir
+        let state_dir = match top.get("state_dir") {
+            None => base_dir
+                .join(".rotor")
+                .join(format!("{secret}-{}", environment.as_str())),
+            Some(node) => {
+                let help = "give a directory, relative to the playbook or absolute, e.g. .rotor/service-secret";
+                let text = self.text(node, "state_dir", help)?;
+                if text.trim().is_empty() {
+                    return Err(self.err(node.pos, "state_dir", "the path is empty", help));
+                }
+                base_dir.join(text)
+            }
+        };
+
+        let timings = self.timings(&top)?;
+
+        // consumers
+        let node = self.require(
+            &top,
+            "consumers",
+            "list the services that use the secret under `consumers` (see docs/playbook.md)",
+        )?;
+        let Value::Seq(items) = &node.value else {
+            return Err(self.type_error(
+                node,
+                "consumers",
+                "a list of consumers",
+                "write each consumer as a list item starting with `- name: ...`",
+            ));
+        };
+        if items.is_empty() {
+            return Err(self.err(
+                node.pos,
+                "consumers",
+                "at least one consumer is required",
+                "list the services that use the secret under `consumers` (see docs/playbook.md)",
+            ));
+        }
+        let mut consumers: Vec<ConsumerSpec> = Vec::with_capacity(items.len());
+        let mut targets: Vec<(usize, usize, Pos)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let (consumer, name_pos, to_positions) = self.consumer(item, i)?;
+            if let Some(j) = consumers.iter().position(|c| c.name == consumer.name) {
+                return Err(self.err(
+                    name_pos,
+                    format!("consumers[{i}].name"),
+                    format!(
+                        "consumer name `{}` is already used by consumers[{j}]",
+                        consumer.name
+                    ),
+                    "give every consumer a unique name",
+                ));
+            }
+            targets.extend(
+                to_positions
+                    .into_iter()
+                    .enumerate()
+                    .map(|(r, pos)| (i, r, pos)),
+            );
+            consumers.push(consumer);
+        }
+
+        // round-trip targets
+        let validators: Vec<&str> = consumers
+            .iter()
+            .filter(|c| c.role.validates())
+            .map(|c| c.name.as_str())
+            .collect();
+        for (i, r, pos) in targets {
+            let to = &consumers[i].roundtrips[r].to;
+            let path = format!("consumers[{i}].roundtrips[{r}].to");
+            let help = format!(
+                "point `to` at a consumer whose role is validator or both: {}",
+                list(&validators)
+            );
+            match consumers.iter().find(|c| &c.name == to) {
+                None => {
+                    return Err(self.err(
+                        pos,
+                        path,
+                        format!("no consumer named `{to}` in this playbook"),
+                        help,
+                    ));
+                }
+                Some(target) if !target.role.validates() => {
+                    return Err(self.err(
+                        pos,
+                        path,
+                        format!("`{to}` is a signer: it does not validate, so a round trip to it proves nothing"),
+                        help,
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+
+        Ok(Playbook {
+            source: String::new(),
+            checksum: String::new(),
+            base_dir: base_dir.to_path_buf(),
+            secret: secret.to_string(),
+            environment,
+            generate,
+            store,
+            state_dir,
+            timings,
+            consumers,
+        })
+    }
+
+    fn generate(&self, top: &Fields<'_>, environment: Environment) -> Result<Generate> {
+        let min = environment.min_length();
+        let mut generate = Generate {
+            length: min,
+            alphabet: Alphabet::Alphanumeric,
+        };
+        let Some(node) = top.get("generate") else {
+            return Ok(generate);
+        };
+        let f = self.fields(
+            node,
+            "generate",
+            node.pos,
+            "write `generate:` with `length` and/or `alphabet` under it",
+        )?;
+        self.only(&f, GENERATE_FIELDS, "generate")?;
+        if let Some(node) = f.get("length") {
+            let help =
+                format!("set generate.length to at least {min} (or remove it to use the minimum)");
+            let length = self.int(node, "generate.length", &help)?;
+            if length < min as i128 {
+                return Err(self.err(
+                    node.pos,
+                    "generate.length",
+                    format!(
+                        "{length} is below the minimum of {min} for {}",
+                        environment.as_str()
+                    ),
+                    help,
+                ));
+            }
+            if length > MAX_LENGTH {
+                return Err(self.err(
+                    node.pos,
+                    "generate.length",
+                    format!("{length} is above the maximum of {MAX_LENGTH}"),
+                    format!("set generate.length between {min} and {MAX_LENGTH}"),
+                ));
+            }
+            generate.length = length as usize;
+        }
+        if let Some(node) = f.get("alphabet") {
+            let help = format!("use one of {}", list(Alphabet::NAMES));
+            generate.alphabet = match self.choice(
+                node,
+                "generate.alphabet",
+                Alphabet::NAMES,
+                "alphabet",
+                &help,
+            )? {
+                0 => Alphabet::Alphanumeric,
+                1 => Alphabet::Base64url,
+                _ => Alphabet::Hex,
+            };
+        }
+        Ok(generate)
+    }
+
+    fn store(&self, top: &Fields<'_>, base_dir: &Path) -> Result<StoreSpec> {
+        let node = self.require(
+            top,
+            "store",
+            "add a store, e.g. `store: {kind: local, path: store.json}`",
+        )?;
+        let f = self.fields(
+            node,
+            "store",
+            node.pos,
+            "write `store:` with `kind` and `path` under it",
+        )?;
+        self.only(&f, STORE_FIELDS, "store")?;
+        const KIND_HELP: &str = "use `local`; kubernetes and gcp stores come later";
+        let kind = self.require(&f, "kind", KIND_HELP)?;
+        let text = self.text(kind, "store.kind", KIND_HELP)?;
+        if text != "local" {
+            let message = if STORE_KINDS_LATER.contains(&text) {
+                format!("store kind `{text}` is not supported yet")
+            } else {
+                format!("unknown store kind `{text}`")
+            };
+            return Err(self.err(kind.pos, "store.kind", message, KIND_HELP));
+        }
+        const PATH_HELP: &str = "give the store file, relative to the playbook's directory or absolute, e.g. store.json";
+        let node = self.require(&f, "path", PATH_HELP)?;
+        let path = self.text(node, "store.path", PATH_HELP)?;
+        if path.trim().is_empty() {
+            return Err(self.err(node.pos, "store.path", "the path is empty", PATH_HELP));
+        }
+        Ok(StoreSpec::Local {
+            path: base_dir.join(path),
+        })
+    }
+
+    fn timings(&self, top: &Fields<'_>) -> Result<Timings> {
+        let mut t = Timings::default();
+        let Some(node) = top.get("timings") else {
+            return Ok(t);
+        };
+        let f = self.fields(
+            node,
+            "timings",
+            node.pos,
+            "write `timings:` with durations under it, e.g. `grace: 5m`",
+        )?;
+        self.only(&f, TIMING_FIELDS, "timings")?;
+        let slots: [(&str, &mut Duration); 7] = [
+            ("rollout_timeout", &mut t.rollout_timeout),
+            ("readiness_timeout", &mut t.readiness_timeout),
+            ("soak", &mut t.soak),
+            ("grace", &mut t.grace),
+            ("retention", &mut t.retention),
+            ("drain", &mut t.drain),
+            ("probe_timeout", &mut t.probe_timeout),
+        ];
+        for (name, slot) in slots {
+            if let Some(node) = f.get(name) {
+                let path = f.sub(name);
+                let d = self.duration(node, &path)?;
+                let positive = matches!(
+                    name,
+                    "rollout_timeout" | "readiness_timeout" | "probe_timeout"
+                );
+                if positive && d.is_zero() {
+                    return Err(self.err(
+                        node.pos,
+                        &path,
+                        format!("{name} must be greater than 0"),
+                        format!(
+                            "set {path} to a positive duration such as {}",
+                            humantime::format_duration(*slot)
+                        ),
+                    ));
+                }
+                *slot = d;
+            }
+        }
+        if t.readiness_timeout > t.rollout_timeout {
+            let (pos, path) = match (f.get("readiness_timeout"), f.get("rollout_timeout")) {
+                (Some(n), _) => (n.pos, "timings.readiness_timeout"),
+                (None, Some(n)) => (n.pos, "timings.rollout_timeout"),
+                (None, None) => (f.pos, "timings"),
+            };
+            return Err(self.err(
+                pos,
+                path,
+                format!(
+                    "readiness_timeout ({}) is longer than rollout_timeout ({})",
+                    humantime::format_duration(t.readiness_timeout),
+                    humantime::format_duration(t.rollout_timeout)
+                ),
+                "lower timings.readiness_timeout or raise timings.rollout_timeout: an instance must be ready within its rollout",
+            ));
+        }
+        Ok(t)
+    }
+
+    /// One consumer; also returns the position of its name and of each round trip's `to`.
+    fn consumer(&self, node: &Node, i: usize) -> Result<(ConsumerSpec, Pos, Vec<Pos>)> {
+        let path = format!("consumers[{i}]");
+        let mut f = self.fields(
+            node,
+            &path,
+            node.pos,
+            "write each consumer as a mapping: `- name: auth`, `role: ...`, ...",
+        )?;
+        if let Some((key, _)) = f.entry("name") {
+            f.pos = key.pos;
+        }
+        self.only(&f, CONSUMER_FIELDS, "a consumer")?;
+
+        const NAME_HELP: &str =
+            "use 1 to 63 lowercase letters, digits and '-', starting with a letter, e.g. auth";
+        let node = self.require(&f, "name", NAME_HELP)?;
+        let name_path = f.sub("name");
+        let name = self.text(node, &name_path, NAME_HELP)?.to_string();
+        if !is_name(&name) {
+            return Err(self.err(
+                node.pos,
+                name_path,
+                format!("`{name}` is not a valid consumer name"),
+                NAME_HELP,
+            ));
+        }
+        let name_pos = node.pos;
+
+        let role_help = format!("use one of {}", list(Role::NAMES));
+        let node = self.require(
+            &f,
+            "role",
+            &format!("set `role` to one of {}", list(Role::NAMES)),
+        )?;
+        let role = match self.choice(node, &f.sub("role"), Role::NAMES, "role", &role_help)? {
+            0 => Role::Validator,
+            1 => Role::Signer,
+            _ => Role::Both,
+        };
+
+        const KIND_HELP: &str =
+            "use `process` (local processes started by rotor); kubernetes deployments come later";
+        let node = self.require(&f, "kind", KIND_HELP)?;
+        let kind = self.text(node, &f.sub("kind"), KIND_HELP)?;
+        if kind != "process" {
+            let message = if CONSUMER_KINDS_LATER.contains(&kind) {
+                format!("consumer kind `{kind}` is not supported yet")
+            } else {
+                format!("unknown consumer kind `{kind}`")
+            };
+            return Err(self.err(node.pos, f.sub("kind"), message, KIND_HELP));
+        }
+
+        let instances_help = format!("set instances to a whole number from 1 to {MAX_INSTANCES}");
+        let node = self.require(&f, "instances", &instances_help)?;
+        let n = self.int(node, &f.sub("instances"), &instances_help)?;
+        if !(1..=MAX_INSTANCES).contains(&n) {
+            return Err(self.err(
+                node.pos,
+                f.sub("instances"),
+                format!("{n} instances is out of range (1 to {MAX_INSTANCES})"),
+                instances_help,
+            ));
+        }
+        let instances = n as usize;
+
+        const COMMAND_HELP: &str = "give the program and its arguments as a list, e.g. [\"./service\", \"--port-from-env\"]";
+        let node = self.require(&f, "command", COMMAND_HELP)?;
+        let command = self.command(node, &f.sub("command"), COMMAND_HELP)?;
+
+        let slots = self.slots(&f, role)?;
+        let env = self.env(&f, &slots)?;
+
+        let host = match f.get("host") {
+            None => IpAddr::from([127, 0, 0, 1]),
+            Some(node) => {
+                const HELP: &str = "use a loopback address such as 127.0.0.1 or ::1: process consumers run on this machine";
+                let path = f.sub("host");
+                let text = self.text(node, &path, HELP)?;
+                let ip: IpAddr = text.trim().parse().map_err(|_| {
+                    self.err(
+                        node.pos,
+                        &path,
+                        format!("`{text}` is not an IP address"),
+                        HELP,
+                    )
+                })?;
+                if !ip.is_loopback() {
+                    return Err(self.err(
+                        node.pos,
+                        &path,
+                        format!("{ip} is not a loopback address"),
+                        HELP,
+                    ));
+                }
+                ip
+            }
+        };
+
+        let health_path = match f.get("health_path") {
+            None => "/healthz".to_string(),
+            Some(node) => self.http_path(node, &f.sub("health_path"), "/healthz")?,
+        };
+
+        let pickup = match f.get("pickup") {
+            None => Pickup::Restart,
+            Some(node) => {
+                let path = f.sub("pickup");
+                match self.choice(
+                    node,
+                    &path,
+                    &["restart", "reload"],
+                    "pickup",
+                    "use `restart`",
+                )? {
+                    0 => Pickup::Restart,
+                    _ => {
+                        return Err(self.err(
+                            node.pos,
+                            path,
+                            "pickup `reload` is not supported by `process` consumers yet",
+                            "use `restart`; hot reload comes with consumers that re-read a file",
+                        ));
+                    }
+                }
+            }
+        };
+
+        let fingerprints_path = match f.get("fingerprints_path") {
+            None => None,
+            Some(node) => {
+                Some(self.http_path(node, &f.sub("fingerprints_path"), "/fingerprints")?)
+            }
+        };
+
+        let probes = self.probes(&f, role)?;
+        let (roundtrips, to_positions) = self.roundtrips(&f, role)?;
+
+        Ok((
+            ConsumerSpec {
+                name,
+                role,
+                kind: ConsumerKind::Process(ProcessSpec {
+                    instances,
+                    command,
+                    env,
+                    host,
+                    health_path,
+                }),
+                slots,
+                pickup,
+                probes,
+                roundtrips,
+                fingerprints_path,
+            },
+            name_pos,
+            to_positions,
+        ))
+    }
+
+    fn slots(&self, consumer: &Fields<'_>, role: Role) -> Result<SlotNames> {
+        let node = self.require(
+            consumer,
+            "slots",
+            "name the variables the values arrive in, e.g. `slots: {primary: SERVICE_SECRET, secondary: SERVICE_SECRET_PREVIOUS}`",
+        )?;
+        let path = consumer.sub("slots");
+        let f = self.fields(
+            node,
+            &path,
+            node.pos,
+            "write `slots:` with `primary`, `secondary` and `aliases` under it",
+        )?;
+        self.only(&f, SLOT_FIELDS, "slots")?;
+
+        let node = self.require(
+            &f,
+            "primary",
+            "name the primary slot's variable, e.g. `primary: SERVICE_SECRET`",
+        )?;
+        let primary = self.own_env_name(node, &f.sub("primary"), "SERVICE_SECRET")?;
+        // Every name and where it was given, to keep them distinct.
+        let mut names: Vec<(String, String)> = vec![(primary.clone(), f.sub("primary"))];
+
+        let secondary = match (f.get("secondary"), role) {
+            (Some(node), Role::Signer) => {
+                return Err(self.err(
+                    node.pos,
+                    f.sub("secondary"),
+                    "a signer only sends the primary, so it has no secondary slot",
+                    "remove slots.secondary, or make the role `both` if this consumer also validates",
+                ));
+            }
+            (None, Role::Signer) => None,
+            (None, _) => {
+                let (pos, message) = match f.entry("secondary") {
+                    Some((key, _)) => (key.pos, "`secondary` has no value".to_string()),
+                    None => (
+                        f.pos,
+                        format!(
+                            "{} needs a secondary slot: it must accept two values during the rotation",
+                            a_role(role)
+                        ),
+                    ),
+                };
+                return Err(self.err(
+                    pos,
+                    f.sub("secondary"),
+                    message,
+                    "add slots.secondary, e.g. `secondary: SERVICE_SECRET_PREVIOUS`",
+                ));
+            }
+            (Some(node), _) => {
+                let path = f.sub("secondary");
+                let name = self.own_env_name(node, &path, "SERVICE_SECRET_PREVIOUS")?;
+                self.distinct(&names, &name, node.pos, &path)?;
+                names.push((name.clone(), path));
+                Some(name)
+            }
+        };
+
+        let mut aliases = BTreeMap::new();
+        if let Some(node) = f.get("aliases") {
+            let path = f.sub("aliases");
+            let a = self.fields(
+                node,
+                &path,
+                node.pos,
+                "write aliases as a mapping, e.g. `aliases: {SECRET_KEY: primary}`",
+            )?;
+            for (alias, key, value) in &a.entries {
+                let alias_path = a.sub(alias);
+                let alias = self.own_env_name(key, &alias_path, "SECRET_KEY")?;
+                let slot_help = if role.validates() {
+                    "use `primary` or `secondary`"
+                } else {
+                    "use `primary`: a signer has no secondary slot"
+                };
+                if value.is_null() {
+                    return Err(self.err(
+                        key.pos,
+                        &alias_path,
+                        format!("alias `{alias}` names no slot"),
+                        slot_help,
+                    ));
+                }
+                let slot = match self.choice(
+                    value,
+                    &alias_path,
+                    &["primary", "secondary"],
+                    "slot",
+                    slot_help,
+                )? {
+                    0 => SlotRef::Primary,
+                    _ if !role.validates() => {
+                        return Err(self.err(
+                            value.pos,
+                            &alias_path,
+                            "a signer has no secondary slot to alias",
+                            slot_help,
+                        ));
+                    }
+                    _ => SlotRef::Secondary,
+                };
+                self.distinct(&names, &alias, key.pos, &alias_path)?;
+                names.push((alias.clone(), alias_path));
+                aliases.insert(alias, slot);
+            }
+        }
+        Ok(SlotNames {
+            primary,
+            secondary,
+            aliases,
+        })
+    }
+
+    /// Rejects `name` if an earlier slot or alias already uses it.
+    fn distinct(&self, names: &[(String, String)], name: &str, pos: Pos, path: &str) -> Result<()> {
+        if let Some((_, other)) = names.iter().find(|(n, _)| n == name) {
+            return Err(self.err(
+                pos,
+                path,
+                format!("`{name}` is already used by {other}"),
+                "give every slot and alias its own variable name",
+            ));
+        }
+        Ok(())
+    }
+
+    fn env(&self, consumer: &Fields<'_>, slots: &SlotNames) -> Result<BTreeMap<String, String>> {
+        let mut env = BTreeMap::new();
+        let Some(node) = consumer.get("env") else {
+            return Ok(env);
+        };
+        let path = consumer.sub("env");
+        let f = self.fields(
+            node,
+            &path,
+            node.pos,
+            "write env as a mapping, e.g. `env: {LOG_LEVEL: info}`",
+        )?;
+        for (name, key, value) in &f.entries {
+            let key_path = f.sub(name);
+            let name = self.env_name(key, &key_path, "LOG_LEVEL")?;
+            if let Some(why) = reserved_env(&name) {
+                return Err(self.err(
+                    key.pos,
+                    &key_path,
+                    format!("env key `{name}` is reserved: {why}"),
+                    format!("remove `{name}` from env"),
+                ));
+            }
+            let is_slot = name == slots.primary
+                || slots.secondary.as_deref() == Some(name.as_str())
+                || slots.aliases.contains_key(&name);
+            if is_slot {
+                return Err(self.err(
+                    key.pos,
+                    &key_path,
+                    format!("env key `{name}` is also a slot name"),
+                    format!("remove `{name}` from env: rotor sets it to the slot's value"),
+                ));
+            }
+            let value = match &value.value {
+                Value::Scalar { text, .. } => text.clone(),
+                Value::Null => {
+                    return Err(self.err(
+                        key.pos,
+                        &key_path,
+                        format!("env key `{name}` has no value"),
+                        "give it a value, or write \"\" for an empty one",
+                    ));
+                }
+                _ => {
+                    return Err(self.err(
+                        value.pos,
+                        &key_path,
+                        format!("expected a string, found {}", value.describe()),
+                        "env values are strings; quote the value",
+                    ));
+                }
+            };
+            env.insert(name, value);
+        }
+        Ok(env)
+    }
+
+    /// The items of an optional list field; empty when absent or null.
+    fn items<'n>(&self, f: &Fields<'n>, name: &str, help: &str) -> Result<&'n [Node]> {
+        match f.get(name) {
+            None => Ok(&[]),
+            Some(node) => match &node.value {
+                Value::Seq(items) => Ok(items),
+                _ => Err(self.type_error(node, &f.sub(name), "a list", help)),
+            },
+        }
+    }
+
+    fn probes(&self, consumer: &Fields<'_>, role: Role) -> Result<Vec<ProbeSpec>> {
+        const HELP: &str = "list probes as items, e.g. `- type: header`";
+        let items = self.items(consumer, "probes", HELP)?;
+        let path = consumer.sub("probes");
+        if !role.validates() {
+            if let Some(node) = consumer.get("probes").filter(|_| !items.is_empty()) {
+                return Err(self.err(
+                    node.pos,
+                    path,
+                    "a signer does not validate, so it has no probes",
+                    "remove the probes (a signer is proven by its roundtrips), or make the role `both`",
+                ));
+            }
+            return Ok(Vec::new());
+        }
+        if items.is_empty() {
+            let pos = consumer
+                .entry("probes")
+                .map_or(consumer.pos, |(k, _)| k.pos);
+            return Err(self.err(
+                pos,
+                path,
+                format!("{} needs at least one probe", a_role(role)),
+                "add a probe that presents a value to an instance, e.g. `- {type: header, path: /api/ping, header: X-Service-Secret}`",
+            ));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(j, item)| self.probe(item, &format!("{path}[{j}]")))
+            .collect()
+    }
+
+    fn probe(&self, node: &Node, path: &str) -> Result<ProbeSpec> {
+        let f = self.fields(
+            node,
+            path,
+            node.pos,
+            "write each probe as a mapping starting with `- type: ...`",
+        )?;
+        // The type decides which fields are allowed; find it first, complain about it after
+        // unknown fields.
+        let kind = f.get("type").and_then(|n| match &n.value {
+            Value::Scalar { text, .. } => PROBE_TYPES.iter().position(|t| t == text),
+            _ => None,
+        });
+        let allowed = match kind {
+            Some(0) => HEADER_FIELDS,
+            Some(1) => JWT_FIELDS,
+            Some(_) => EXEC_FIELDS,
+            None => PROBE_FIELDS,
+        };
+        let what = match kind {
+            Some(k) => format!("a `{}` probe", PROBE_TYPES[k]),
+            None => "a probe".to_string(),
+        };
+        for (name, key, _) in &f.entries {
+            if PROBE_FIELDS.contains(name) && !allowed.contains(name) {
+                return Err(self.err(
+                    key.pos,
+                    f.sub(name),
+                    format!("`{name}` is not allowed in {what}"),
+                    format!("remove it; {what} takes: {}", list(allowed)),
+                ));
+            }
+        }
+        self.only(&f, allowed, &what)?;
+        let type_help = format!(
+            "use {}",
+            backticked(&["type: header", "type: jwt", "type: exec"])
+        );
+        let node = self.require(&f, "type", &type_help)?;
+        let kind = self.choice(node, &f.sub("type"), PROBE_TYPES, "probe type", &type_help)?;
+        match kind {
+            0 | 1 => {
+                let node =
+                    self.require(&f, "path", "give the request path, e.g. `path: /api/ping`")?;
+                let http_path = self.http_path(node, &f.sub("path"), "/api/ping")?;
+                let (accept, accept_at) = self.statuses(&f, "accept", &[200])?;
+                let (reject, _) = self.statuses(&f, "reject", &[401, 403])?;
+                if let Some((code, pos, at)) = accept_at.iter().find(|(c, _, _)| reject.contains(c))
+                {
+                    return Err(self.err(
+                        *pos,
+                        at,
+                        format!("{code} is in both accept and reject"),
+                        "a status means accepted or rejected, not both: remove it from one list",
+                    ));
+                }
+                if kind == 0 {
+                    const HEADER_HELP: &str =
+                        "name the header the value is sent in, e.g. `header: X-Service-Secret`";
+                    let node = self.require(&f, "header", HEADER_HELP)?;
+                    let header_path = f.sub("header");
+                    let header = self.text(node, &header_path, HEADER_HELP)?;
+                    if !is_header_name(header) {
+                        return Err(self.err(
+                            node.pos,
+                            header_path,
+                            format!("`{header}` is not a valid HTTP header name"),
+                            "use letters, digits and '-' (no spaces or ':'), e.g. X-Service-Secret",
+                        ));
+                    }
+                    Ok(ProbeSpec::Header {
+                        path: http_path,
+                        header: header.to_string(),
+                        accept,
+                        reject,
+                    })
+                } else {
+                    let ttl = match f.get("ttl") {
+                        None => Duration::from_secs(60),
+                        Some(node) => {
+                            let ttl = self.duration(node, &f.sub("ttl"))?;
+                            if ttl.is_zero() {
+                                return Err(self.err(
+                                    node.pos,
+                                    f.sub("ttl"),
+                                    "ttl must be greater than 0",
+                                    "set ttl to the token lifetime, e.g. 60s",
+                                ));
+                            }
+                            ttl
+                        }
+                    };
+                    Ok(ProbeSpec::Jwt {
+                        path: http_path,
+                        ttl,
+                        accept,
+                        reject,
+                    })
+                }
+            }
+            _ => {
+                const COMMAND_HELP: &str =
+                    "give the check program and its arguments as a list, e.g. [\"./check.sh\"]";
+                let node = self.require(&f, "command", COMMAND_HELP)?;
+                let command = self.command(node, &f.sub("command"), COMMAND_HELP)?;
+                const VIA_HELP: &str = "use `env` (with env_name) or `stdin`: the value never goes on the command line";
+                let node = self.require(&f, "via", VIA_HELP)?;
+                let via = self.choice(
+                    node,
+                    &f.sub("via"),
+                    &["env", "stdin"],
+                    "`via` value",
+                    VIA_HELP,
+                )?;
+                let via = if via == 0 {
+                    let node = self.require(
+                        &f,
+                        "env_name",
+                        "name the variable the value is passed in, e.g. `env_name: PROBE_SECRET`",
+                    )?;
+                    ExecVia::Env(self.own_env_name(node, &f.sub("env_name"), "PROBE_SECRET")?)
+                } else {
+                    if let Some((key, _)) = f.entry("env_name") {
+                        return Err(self.err(
+                            key.pos,
+                            f.sub("env_name"),
+                            "`env_name` is only used with `via: env`",
+                            "remove env_name, or use `via: env`",
+                        ));
+                    }
+                    ExecVia::Stdin
+                };
+                Ok(ProbeSpec::Exec { command, via })
+            }
+        }
+    }
+
+    fn roundtrips(
+        &self,
+        consumer: &Fields<'_>,
+        role: Role,
+    ) -> Result<(Vec<RoundtripSpec>, Vec<Pos>)> {
+        const HELP: &str = "list round trips as items, e.g. `- to: auth`";
+        let items = self.items(consumer, "roundtrips", HELP)?;
+        let path = consumer.sub("roundtrips");
+        if !role.signs() {
+            if let Some(node) = consumer.get("roundtrips").filter(|_| !items.is_empty()) {
+                return Err(self.err(
+                    node.pos,
+                    path,
+                    "a validator does not send the secret, so it starts no round trips",
+                    "remove the roundtrips (a validator is proven by its probes), or make the role `both`",
+                ));
+            }
+            return Ok((Vec::new(), Vec::new()));
+        }
+        if items.is_empty() {
+            let pos = consumer
+                .entry("roundtrips")
+                .map_or(consumer.pos, |(k, _)| k.pos);
+            return Err(self.err(
+                pos,
+                path,
+                format!("{} needs at least one round trip", a_role(role)),
+                "add a round trip to a validating consumer, e.g. `- {to: auth, path: \"/relay/auth?target={target}\"}`",
+            ));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut positions = Vec::with_capacity(items.len());
+        for (j, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{j}]");
+            let f = self.fields(
+                item,
+                &item_path,
+                item.pos,
+                "write each round trip as a mapping starting with `- to: ...`",
+            )?;
+            self.only(&f, ROUNDTRIP_FIELDS, "a round trip")?;
+            const TO_HELP: &str = "name the validating consumer the signer calls, e.g. `to: auth`";
+            let node = self.require(&f, "to", TO_HELP)?;
+            let to = self.text(node, &f.sub("to"), TO_HELP)?.to_string();
+            positions.push(node.pos);
+            const PATH_HELP: &str = "give the signer's relay path with a {target} placeholder, e.g. /relay/auth?target={target}";
+            let node = self.require(&f, "path", PATH_HELP)?;
+            let rt_path = self.http_path(node, &f.sub("path"), "/relay/auth?target={target}")?;
+            if !rt_path.contains("{target}") {
+                return Err(self.err(
+                    node.pos,
+                    f.sub("path"),
+                    "the path has no `{target}` placeholder",
+                    "add {target} where the validator instance's address goes, e.g. /relay/auth?target={target}",
+                ));
+            }
+            let expect = match f.get("expect") {
+                None => 200,
+                Some(node) => self.status(node, &f.sub("expect"))?,
+            };
+            out.push(RoundtripSpec {
+                to,
+                path: rt_path,
+                expect,
+            });
+        }
+        Ok((out, positions))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn load(text: &str) -> Result<Playbook> {
+        load_str(text, "test.yaml", Path::new("/base"))
+    }
+
+    const MINIMAL: &str = "secret: s\nenvironment: test\nstore: {kind: local, path: s.json}\nconsumers:\n  - name: a\n    role: both\n    kind: process\n    instances: 1\n    command: [x]\n    slots: {primary: P, secondary: S}\n    probes: [{type: jwt, path: /p}]\n    roundtrips: [{to: a, path: \"/r?t={target}\"}]\n";
+
+    #[test]
+    fn embedded_demo_loads() {
+        let pb = load_str(
+            include_str!("../../playbooks/local-demo.yaml"),
+            "<embedded>",
+            Path::new("/demo"),
+        )
+        .unwrap();
+        assert_eq!(pb.consumers.len(), 3);
+        assert_eq!(pb.generate.length, 48);
+        assert_eq!(
+            pb.state_dir,
+            Path::new("/demo/.rotor/service-secret-development")
+        );
+    }
+
+    #[test]
+    fn minimal_uses_defaults() {
+        let pb = load(MINIMAL).unwrap();
+        assert_eq!(pb.generate.length, 32);
+        assert_eq!(pb.generate.alphabet, Alphabet::Alphanumeric);
+        assert_eq!(pb.timings, Timings::default());
+        assert_eq!(pb.source, "test.yaml");
+        assert_eq!(pb.checksum, hex::encode(Sha256::digest(MINIMAL.as_bytes())));
+        assert_eq!(
+            pb.store,
+            StoreSpec::Local {
+                path: PathBuf::from("/base/s.json")
+            }
+        );
+        let c = &pb.consumers[0];
+        assert_eq!(c.pickup, Pickup::Restart);
+        assert_eq!(
+            c.probes,
+            vec![ProbeSpec::Jwt {
+                path: "/p".into(),
+                ttl: Duration::from_secs(60),
+                accept: vec![200],
+                reject: vec![401, 403]
+            }]
+        );
+        let ConsumerKind::Process(p) = &c.kind;
+        assert_eq!(p.host, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(p.health_path, "/healthz");
+    }
+
+    #[test]
+    fn duplicate_keys_are_reported_with_their_path() {
+        let e = load(&MINIMAL.replace("secret: s\n", "secret: s\nsecret: t\n")).unwrap_err();
+        assert_eq!((e.line, e.column, e.field.as_str()), (2, 1, "secret"));
+        assert_eq!(e.message, "duplicate key `secret`");
+    }
+
+    #[test]
+    fn env_values_are_never_echoed() {
+        let text = MINIMAL.replace(
+            "    command: [x]\n",
+            "    command: [x]\n    env: {P: hunter2}\n",
+        );
+        let e = load(&text).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let text = MINIMAL.replace(
+            "    command: [x]\n",
+            "    command: [x]\n    env: {A: [hunter2]}\n",
+        );
+        let e = load(&text).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_mapping_is_reported_without_a_field() {
+        let e = load("- secret: s\n").unwrap_err();
+        assert_eq!((e.line, e.column, e.field.as_str()), (1, 1, "-"));
+        assert_eq!(e.message, "expected a mapping, found a list");
+    }
+
+    #[test]
+    fn null_sections_take_their_defaults_and_merge_keys_work() {
+        let text = MINIMAL.replace(
+            "environment: test\n",
+            "environment: test\ngenerate:\ntimings:\n",
+        ) + "  - <<: *a\n    name: b\n    role: validator\n    roundtrips: []\n";
+        let text = text.replace("  - name: a\n", "  - &a\n    name: a\n");
+        let pb = load(&text).unwrap();
+        assert_eq!(pb.generate.length, 32);
+        assert_eq!(pb.timings, Timings::default());
+        assert_eq!(pb.consumers[1].name, "b");
+        assert_eq!(pb.consumers[1].slots.secondary.as_deref(), Some("S"));
+    }
+
+    #[test]
+    fn close_misspellings_get_a_suggestion() {
+        let e = load(&MINIMAL.replace("environment: test", "environment: stagin")).unwrap_err();
+        assert_eq!(
+            e.help,
+            "did you mean `staging`? use one of production, staging, test, development"
+        );
+        let e = load(&MINIMAL.replace(
+            "    kind: process\n",
+            "    kind: process\n    helth_path: /h\n",
+        ))
+        .unwrap_err();
+        assert!(e.help.starts_with("did you mean `health_path`?"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_reported() {
+        let e = load_file(Path::new("/nonexistent/rotor.yaml")).unwrap_err();
+        assert_eq!((e.line, e.column, e.field.as_str()), (0, 0, "-"));
+        assert!(e.message.starts_with("cannot read playbook: "), "{e}");
+        assert_eq!(e.help, "check the path");
+    }
+
+    #[test]
+    fn numbers_keep_their_spelling_in_strings() {
+        let text = MINIMAL.replace(
+            "command: [x]",
+            "command: [x, 007, 1.10]\n    env: {V: 1.10}",
+        );
+        let pb = load(&text).unwrap();
+        let ConsumerKind::Process(p) = &pb.consumers[0].kind;
+        assert_eq!(p.command, vec!["x", "007", "1.10"]);
+        assert_eq!(p.env["V"], "1.10");
+    }
 }
