@@ -22,7 +22,7 @@ struct Naive {
     restarts: usize,
 }
 
-async fn naive(workers: usize, interval: Duration) -> Naive {
+async fn naive(workers: usize, interval: Duration, window: Duration) -> Naive {
     let (dir, _tmp) = demo::scratch(None).expect("scratch dir");
     let pb = demo::demo_playbook(None, &dir).expect("embedded playbook");
     let engine = Engine::open(pb.clone(), Arc::new(NullSink));
@@ -42,7 +42,9 @@ async fn naive(workers: usize, interval: Duration) -> Naive {
     let value = SecretValue::generate(pb.generate.alphabet, pb.generate.length).expect("generate");
     let v = st.add_version(&value).await.expect("add");
     st.set_slots(&v.id, None).await.expect("slots");
-    st.set_state(&old, VersionState::Destroyed).await.expect("destroy");
+    st.set_state(&old, VersionState::Destroyed)
+        .await
+        .expect("destroy");
     // Restart every instance of every consumer at once.
     let slots = rotor::consumer::Slots {
         primary: value,
@@ -53,13 +55,16 @@ async fn naive(workers: usize, interval: Duration) -> Naive {
     for n in futures_util::future::join_all(stops).await {
         restarts += n.expect("stop");
     }
-    let starts = engine.consumers().iter().map(|c| c.start(&slots, &NullSink));
+    let starts = engine
+        .consumers()
+        .iter()
+        .map(|c| c.start(&slots, &NullSink));
     for r in futures_util::future::join_all(starts).await {
         r.expect("start");
     }
     let seconds = started.elapsed().as_secs_f64();
-    // Same observation window after the change as rotor's proofs take: let the load run on.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Observe for as long as rotor's rotation took, so both columns see the same load window.
+    tokio::time::sleep(window.saturating_sub(started.elapsed())).await;
     let report = running.stop().await;
     let _ = engine.down().await;
     Naive {
@@ -95,7 +100,7 @@ fn main() {
         if let Some(e) = err {
             println!("rotor run failed: {e}");
         }
-        let n = naive(workers, interval).await;
+        let n = naive(workers, interval, Duration::from_secs_f64(r.rotation_seconds)).await;
         let restarts: usize = r.restarts.values().sum();
         println!("rotation of the demo fleet (3 consumers × 2 instances), {workers} workers per path, {interval:?} between requests");
         println!("{:<34} {:>12} {:>12}", "", "rotor", "naive");
@@ -109,6 +114,7 @@ fn main() {
         );
         println!("{:<34} {:>12} {:>12}", "instance restarts", restarts, n.restarts);
         println!("{:<34} {:>12.2} {:>12.2}", "wall time of the change (s)", r.rotation_seconds, n.seconds);
+        println!("{:<34} {:>12.2} {:>12.2}", "load window (s)", r.rotation_seconds, r.rotation_seconds.max(n.seconds));
         println!("{:<34} {:>12.2} {:>12}", "waiting: rollouts+soak+grace (s)", r.waited_seconds, "-");
         println!(
             "{:<34} {:>12.3} {:>12}",

@@ -233,7 +233,9 @@ pub fn render_plan(p: &Plan) -> String {
         p.secret,
         p.environment,
         p.store,
-        p.current_primary.as_deref().unwrap_or("(store not initialized)")
+        p.current_primary
+            .as_deref()
+            .unwrap_or("(store not initialized)")
     );
     if let Some(r) = &p.rotation {
         s.push_str(&format!("  rotation {r} in progress at {}\n", p.from));
@@ -246,7 +248,11 @@ pub fn render_plan(p: &Plan) -> String {
             "  wave {:?} {}{}\n",
             w.transition,
             w.name,
-            if w.confirm { "  [asks first unless --yes]" } else { "" }
+            if w.confirm {
+                "  [asks first unless --yes]"
+            } else {
+                ""
+            }
         ));
         if let Some(st) = &w.store {
             s.push_str(&format!("      store: {st}\n"));
@@ -324,7 +330,10 @@ pub fn render_check(r: &DriftReport) -> String {
     let mut s = format!(
         "store: primary {} secondary {} (expected state {})\n",
         r.store_primary.as_ref().map(|f| f.as_str()).unwrap_or("-"),
-        r.store_secondary.as_ref().map(|f| f.as_str()).unwrap_or("-"),
+        r.store_secondary
+            .as_ref()
+            .map(|f| f.as_str())
+            .unwrap_or("-"),
         r.state
     );
     for v in &r.instances {

@@ -29,7 +29,14 @@ pub enum State {
 
 impl State {
     /// All states in protocol order.
-    pub const ALL: [State; 6] = [State::S0, State::S1, State::S2, State::S3, State::S4, State::S5];
+    pub const ALL: [State; 6] = [
+        State::S0,
+        State::S1,
+        State::S2,
+        State::S3,
+        State::S4,
+        State::S5,
+    ];
 
     /// The protocol's name for the state.
     pub fn name(self) -> &'static str {

@@ -45,7 +45,10 @@ impl SecretValue {
 
     /// Constant-time equality (length may leak; content does not).
     pub fn ct_eq(&self, other: &SecretValue) -> bool {
-        self.expose().as_bytes().ct_eq(other.expose().as_bytes()).into()
+        self.expose()
+            .as_bytes()
+            .ct_eq(other.expose().as_bytes())
+            .into()
     }
 
     /// The fingerprint of this value as a value of secret `secret_name`.
@@ -194,7 +197,10 @@ mod tests {
         // Known answer: sha256("rotor/v1\0service-secret\0same-value")[..12]
         let mut h = Sha256::new();
         h.update(b"rotor/v1\0service-secret\0same-value");
-        assert_eq!(a.as_str(), format!("sha256:{}", &hex::encode(h.finalize())[..12]));
+        assert_eq!(
+            a.as_str(),
+            format!("sha256:{}", &hex::encode(h.finalize())[..12])
+        );
         assert_eq!(Fingerprint::parse(a.as_str()), Some(a));
         assert_eq!(Fingerprint::parse("sha256:xyz"), None);
     }

@@ -9,8 +9,13 @@ async fn help_lists_every_command() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["plan", "rotate", "resume", "rollback", "status", "check", "init", "up", "down", "demo"] {
-        assert!(text.contains(&format!("  {cmd} ")), "--help lacks {cmd}:\n{text}");
+    for cmd in [
+        "plan", "rotate", "resume", "rollback", "status", "check", "init", "up", "down", "demo",
+    ] {
+        assert!(
+            text.contains(&format!("  {cmd} ")),
+            "--help lacks {cmd}:\n{text}"
+        );
     }
     assert!(!text.contains("demo-service"), "hidden command shown");
 }
@@ -21,11 +26,24 @@ async fn resume_without_a_rotation_says_what_to_do() {
     env.rotor(&["init"]).await.assert_code(0);
     let out = env.rotor(&["resume"]).await;
     out.assert_code(2);
-    assert!(out.stderr.contains("no rotation of this secret is in progress"), "{}", out.stderr);
-    assert!(out.stderr.contains("help: start one with `rotor rotate`"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("no rotation of this secret is in progress"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("help: start one with `rotor rotate`"),
+        "{}",
+        out.stderr
+    );
     let status = env.rotor(&["status"]).await;
     status.assert_code(0);
-    assert!(status.stdout.contains("no rotation recorded"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("no rotation recorded"),
+        "{}",
+        status.stdout
+    );
     assert!(status.stdout.contains("lock: free"), "{}", status.stdout);
     env.finish().await;
 }

@@ -33,7 +33,8 @@ impl Out {
     /// The last stdout line parsed as JSON.
     pub fn last_json(&self) -> serde_json::Value {
         let line = self.stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {self:?}"))
+        serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {self:?}"))
     }
 
     #[track_caller]
@@ -72,7 +73,10 @@ impl Env {
     }
 
     pub fn with(edit: impl FnOnce(String) -> String) -> Env {
-        let dir = tempfile::Builder::new().prefix("rotor-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("rotor-test-")
+            .tempdir()
+            .unwrap();
         let playbook = dir.path().join("demo.yaml");
         std::fs::write(&playbook, demo_yaml(edit)).unwrap();
         let pb = rotor::playbook::load_file(&playbook).expect("test playbook loads");
@@ -155,7 +159,11 @@ impl Env {
 
     /// Continuous load through every signer→validator path.
     pub fn load(&self) -> Load {
-        Load::start(rotor::demo::load::paths(&self.pb), 1, Duration::from_millis(3))
+        Load::start(
+            rotor::demo::load::paths(&self.pb),
+            1,
+            Duration::from_millis(3),
+        )
     }
 
     /// The journal as JSON.
@@ -174,13 +182,20 @@ impl Env {
     pub fn store_primary(&self) -> String {
         let s = self.store();
         let id = s["primary"].as_str().unwrap().to_string();
-        version(&s, &id)["fingerprint"].as_str().unwrap().to_string()
+        version(&s, &id)["fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// Asserts no request failed and some went through on every path.
     #[track_caller]
     pub fn assert_no_failures(&self, r: &LoadReport) {
-        assert_eq!(r.failed_requests, 0, "failed requests: {:#?}", r.first_failures);
+        assert_eq!(
+            r.failed_requests, 0,
+            "failed requests: {:#?}",
+            r.first_failures
+        );
         assert!(r.requests > 0);
         for (path, (n, _)) in &r.per_path {
             assert!(*n > 0, "no request on {path}");
@@ -211,16 +226,23 @@ impl Env {
                 continue; // the store is where values belong
             }
             if let Ok(t) = std::fs::read(&f) {
-                texts.push((f.display().to_string(), String::from_utf8_lossy(&t).into_owned()));
+                texts.push((
+                    f.display().to_string(),
+                    String::from_utf8_lossy(&t).into_owned(),
+                ));
             }
         }
         assert!(
-            texts.iter().any(|(n, _)| n.ends_with("audit.log")) || !self.pb.state_dir.join("audit.log").exists(),
+            texts.iter().any(|(n, _)| n.ends_with("audit.log"))
+                || !self.pb.state_dir.join("audit.log").exists(),
             "audit log not scanned"
         );
         for v in &values {
             for (name, t) in &texts {
-                assert!(!t.contains(v.as_str()), "a generated value leaked into {name}");
+                assert!(
+                    !t.contains(v.as_str()),
+                    "a generated value leaked into {name}"
+                );
             }
         }
     }
@@ -246,8 +268,12 @@ pub fn version<'a>(store: &'a serde_json::Value, id: &str) -> &'a serde_json::Va
 }
 
 fn collect_values(store: &Path, values: &Mutex<BTreeSet<String>>) {
-    let Ok(bytes) = std::fs::read(store) else { return };
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return };
+    let Ok(bytes) = std::fs::read(store) else {
+        return;
+    };
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return;
+    };
     if let Some(vs) = json["versions"].as_array() {
         let mut set = values.lock().unwrap();
         for v in vs {
@@ -280,7 +306,10 @@ pub async fn wait_for(what: &str, deadline: Duration, mut cond: impl AsyncFnMut(
         if cond().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < until, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -30,7 +30,11 @@ async fn crash_then_resume(part: usize) {
     let load = env.load();
     let fps = failpoints(&env, "forward").await;
     let half = fps.len() / 2;
-    let fps = if part == 0 { &fps[..half] } else { &fps[half..] };
+    let fps = if part == 0 {
+        &fps[..half]
+    } else {
+        &fps[half..]
+    };
     for fp in fps {
         crash(&env, &["rotate", "--yes"], fp).await;
         let out = env.rotor(&["resume", "--yes"]).await;
@@ -38,9 +42,17 @@ async fn crash_then_resume(part: usize) {
         let j = env.journal();
         assert_eq!(j["state"], "S5", "resume after {fp}");
         assert_eq!(j["status"], "completed", "resume after {fp}");
-        assert_eq!(env.store_primary(), j["new"]["fingerprint"].as_str().unwrap());
+        assert_eq!(
+            env.store_primary(),
+            j["new"]["fingerprint"].as_str().unwrap()
+        );
         let check = env.rotor(&["check"]).await;
-        assert_eq!(check.code(), Some(0), "drift after resume from {fp}: {}", check.stdout);
+        assert_eq!(
+            check.code(),
+            Some(0),
+            "drift after resume from {fp}: {}",
+            check.stdout
+        );
     }
     let report = load.stop().await;
     env.assert_no_failures(&report);
@@ -81,7 +93,12 @@ async fn crash_at_forward_boundaries_then_rollback() {
             assert_eq!(env.journal()["status"], "completed");
         }
         let check = env.rotor(&["check"]).await;
-        assert_eq!(check.code(), Some(0), "drift after rollback from {fp}: {}", check.stdout);
+        assert_eq!(
+            check.code(),
+            Some(0),
+            "drift after rollback from {fp}: {}",
+            check.stdout
+        );
     }
     let report = load.stop().await;
     env.assert_no_failures(&report);
@@ -96,7 +113,9 @@ async fn crash_during_rollback_then_resume() {
     let load = env.load();
     for fp in failpoints(&env, "inverse").await {
         let a = env.store_primary();
-        env.rotor(&["rotate", "--yes", "--until", "S4"]).await.assert_code(0);
+        env.rotor(&["rotate", "--yes", "--until", "S4"])
+            .await
+            .assert_code(0);
         crash(&env, &["rollback"], &fp).await;
         let out = env.rotor(&["resume", "--yes"]).await;
         out.assert_code(0);

@@ -27,11 +27,30 @@ async fn full_rotation_under_load_has_no_failed_request() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| format!("{}.{}", s["transition"].as_str().unwrap(), s["direction"].as_str().unwrap()))
+        .map(|s| {
+            format!(
+                "{}.{}",
+                s["transition"].as_str().unwrap(),
+                s["direction"].as_str().unwrap()
+            )
+        })
         .collect();
-    assert_eq!(stages, ["T1.forward", "T2.forward", "T3.forward", "T4.forward", "T5.forward"]);
+    assert_eq!(
+        stages,
+        [
+            "T1.forward",
+            "T2.forward",
+            "T3.forward",
+            "T4.forward",
+            "T5.forward"
+        ]
+    );
     // Events stream as JSON lines, each naming values by fingerprint only.
-    assert!(out.stdout.lines().any(|l| l.contains("\"event\":\"instance_replaced\"")));
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.contains("\"event\":\"instance_replaced\""))
+    );
 
     let j = env.journal();
     assert_eq!(j["state"], "S5");
@@ -63,7 +82,9 @@ async fn rollback_from_every_stage_returns_to_s0_under_load() {
     let a = env.store_primary();
     let load = env.load();
     for until in ["S1", "S2", "S3", "S4"] {
-        env.rotor(&["rotate", "--yes", "--until", until]).await.assert_code(0);
+        env.rotor(&["rotate", "--yes", "--until", until])
+            .await
+            .assert_code(0);
         let j = env.journal();
         assert_eq!(j["state"], until);
         assert_eq!(j["status"], "paused");
@@ -98,9 +119,22 @@ async fn a_consumer_that_ignores_the_secondary_fails_t2_and_rolls_back() {
     let load = env.load();
     let out = env.rotor(&["rotate", "--yes"]).await;
     out.assert_code(3);
-    assert!(out.stderr.contains("T2 widen forward failed"), "{}", out.stderr);
-    assert!(out.stderr.contains("consumer analytics, instance analytics-"), "{}", out.stderr);
-    assert!(out.stderr.contains("expected it to accept B"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("T2 widen forward failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("consumer analytics, instance analytics-"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("expected it to accept B"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("rolled back to S0"), "{}", out.stderr);
     let report = load.stop().await;
     env.assert_no_failures(&report);
@@ -122,15 +156,27 @@ async fn a_second_rotate_is_refused_with_the_holders_stage() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the first rotor to reach grace", Duration::from_secs(120), async || {
-        let s = env.rotor(&["--output", "json", "status"]).await;
-        s.last_json()["lock"]["stage"] == "grace"
-    })
+    wait_for(
+        "the first rotor to reach grace",
+        Duration::from_secs(120),
+        async || {
+            let s = env.rotor(&["--output", "json", "status"]).await;
+            s.last_json()["lock"]["stage"] == "grace"
+        },
+    )
     .await;
     let second = env.rotor(&["rotate", "--yes"]).await;
     second.assert_code(4);
-    assert!(second.stderr.contains("holds the lock since"), "{}", second.stderr);
-    assert!(second.stderr.contains("at stage grace"), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("holds the lock since"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains("at stage grace"),
+        "{}",
+        second.stderr
+    );
     assert!(second.stderr.contains("(rotate)"), "{}", second.stderr);
     // Kill the holder; the kernel releases its lock; roll back from S3.
     first.start_kill().unwrap();
@@ -151,8 +197,18 @@ async fn plan_changes_nothing() {
     let out = env.rotor(&["plan"]).await;
     out.assert_code(0);
     assert!(out.stdout.contains("wave T2 widen"), "{}", out.stdout);
-    assert!(out.stdout.contains("restart: analytics (validator, 2 instances, one at a time)"), "{}", out.stdout);
-    assert!(out.stdout.contains("instance restarts: auth 6, backend 6, analytics 4 (total 16)"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("restart: analytics (validator, 2 instances, one at a time)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("instance restarts: auth 6, backend 6, analytics 4 (total 16)"),
+        "{}",
+        out.stdout
+    );
     let json = env.rotor(&["--output", "json", "plan"]).await;
     json.assert_code(0);
     assert_eq!(json.last_json()["waves"].as_array().unwrap().len(), 5);
@@ -167,7 +223,11 @@ fn tree(dir: &std::path::Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> 
         .filter(|p| !p.to_string_lossy().contains("/logs/"))
         .map(|p| {
             let m = std::fs::metadata(&p).unwrap();
-            (p.display().to_string(), std::fs::read(&p).unwrap(), m.modified().unwrap())
+            (
+                p.display().to_string(),
+                std::fs::read(&p).unwrap(),
+                m.modified().unwrap(),
+            )
         })
         .collect();
     v.sort();
@@ -188,11 +248,24 @@ async fn check_finds_drift_and_rotate_refuses_to_start_on_it() {
     store.set_slots(&info.id, None).await.unwrap();
     let out = env.rotor(&["check"]).await;
     out.assert_code(5);
-    assert!(out.stdout.contains("SERVICE_SECRET holds"), "{}", out.stdout);
-    assert!(out.stdout.contains(&format!("expected {}", info.fingerprint)), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("SERVICE_SECRET holds"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("expected {}", info.fingerprint)),
+        "{}",
+        out.stdout
+    );
     let rotate = env.rotor(&["rotate", "--yes"]).await;
     rotate.assert_code(5);
-    assert!(rotate.stderr.contains("refusing to start"), "{}", rotate.stderr);
+    assert!(
+        rotate.stderr.contains("refusing to start"),
+        "{}",
+        rotate.stderr
+    );
     env.finish().await;
 }
 
@@ -219,16 +292,27 @@ async fn demo_command_reports_zero_failed_requests() {
     assert!(stdout.contains("failed requests: 0"));
     // The demo stopped everything it started: no published endpoint remains.
     for c in ["auth", "backend", "analytics"] {
-        let ep = dir.path().join("state/fleet").join(c).join("endpoints.json");
+        let ep = dir
+            .path()
+            .join("state/fleet")
+            .join(c)
+            .join("endpoints.json");
         let json: serde_json::Value = serde_json::from_slice(&std::fs::read(ep).unwrap()).unwrap();
-        assert!(json["endpoints"].as_array().unwrap().is_empty(), "{c} still has endpoints");
+        assert!(
+            json["endpoints"].as_array().unwrap().is_empty(),
+            "{c} still has endpoints"
+        );
     }
     // The value the store holds now never appeared in the output.
     let store: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("demo-store.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.path().join("demo-store.json")).unwrap())
+            .unwrap();
     for v in store["versions"].as_array().unwrap() {
         if let Some(val) = v["value"].as_str() {
-            assert!(!stdout.contains(val) && !stderr.contains(val), "value leaked");
+            assert!(
+                !stdout.contains(val) && !stderr.contains(val),
+                "value leaked"
+            );
         }
     }
 }
@@ -241,14 +325,28 @@ async fn without_yes_a_rotation_pauses_before_narrowing() {
     // stdin is not a terminal: the question before T4 is declined, the run pauses at S3.
     let out = env.rotor(&["rotate"]).await;
     out.assert_code(7);
-    assert!(out.stderr.contains("T4 narrow: validators will reject the old value"), "{}", out.stderr);
-    assert!(out.stdout.contains("T4 narrow not confirmed; paused at S3 promoted"), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("T4 narrow: validators will reject the old value"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout
+            .contains("T4 narrow not confirmed; paused at S3 promoted"),
+        "{}",
+        out.stdout
+    );
     let j = env.journal();
     assert_eq!(j["state"], "S3");
     assert_eq!(j["status"], "paused");
     let status = env.rotor(&["status"]).await;
     status.assert_code(0);
-    assert!(status.stdout.contains("state: S3 promoted"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("state: S3 promoted"),
+        "{}",
+        status.stdout
+    );
     env.rotor(&["resume", "--yes"]).await.assert_code(0);
     assert_eq!(env.journal()["state"], "S5");
     let report = load.stop().await;

@@ -38,9 +38,10 @@ pub(super) async fn up(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) -
             .len();
         started.push(serde_json::json!({"consumer": c.name(), "instances": n}));
     }
-    out.result(&serde_json::json!({"event": "up", "consumers": started}), || {
-        format!("fleet up: {}", serde_json::Value::Array(started.clone()))
-    });
+    out.result(
+        &serde_json::json!({"event": "up", "consumers": started}),
+        || format!("fleet up: {}", serde_json::Value::Array(started.clone())),
+    );
     Ok(Exit::Ok)
 }
 
@@ -59,8 +60,11 @@ pub(super) async fn failpoints(
     out: &Arc<Output>,
 ) -> CliResult {
     let pb = load(&a.playbook, state_dir)?;
-    let consumers: Vec<(String, crate::protocol::Role)> =
-        pb.consumers.iter().map(|c| (c.name.clone(), c.role)).collect();
+    let consumers: Vec<(String, crate::protocol::Role)> = pb
+        .consumers
+        .iter()
+        .map(|c| (c.name.clone(), c.role))
+        .collect();
     let all = crate::engine::failpoint::all(&consumers);
     out.result(&all, || all.join("\n"));
     Ok(Exit::Ok)

@@ -41,9 +41,9 @@ pub enum Command {
     /// Show what a rotation would do: waves, restarts, proofs. Changes nothing.
     Plan(plan::Args),
     /// Rotate the secret: S0 → S5 (or `--until`), rolling back automatically on failure.
-    Rotate(rotate::RotateArgs),
+    Rotate(rotate::RunArgs),
     /// Continue an interrupted or paused rotation from its journal.
-    Resume(rotate::ResumeArgs),
+    Resume(rotate::RunArgs),
     /// Walk the rotation in progress back to S0 (or `--to`).
     Rollback(rotate::RollbackArgs),
     /// Show the rotation's state, last step and lock holder.
@@ -149,4 +149,3 @@ pub fn load(path: &std::path::Path, state_dir: Option<PathBuf>) -> Result<Playbo
 pub fn engine(pb: Playbook, out: &Arc<Output>) -> Engine {
     Engine::open(pb, out.clone())
 }
-

@@ -10,31 +10,15 @@ use crate::exit::Exit;
 use crate::output::{Format, Output, render_report};
 use crate::protocol::State;
 
-/// `rotor rotate` arguments.
+/// `rotor rotate` and `rotor resume` arguments.
 #[derive(Debug, clap::Args)]
-pub struct RotateArgs {
+pub struct RunArgs {
     /// The playbook (YAML).
     pub playbook: PathBuf,
     /// Do not ask before T4 (narrow) and T5 (finalize).
     #[arg(long, short)]
     pub yes: bool,
     /// Stop at this stage (S1..S5, or published, dual-accept, promoted, retired, finalized).
-    #[arg(long)]
-    pub until: Option<State>,
-    /// Where automatic rollback goes after a failure (default S0).
-    #[arg(long, default_value = "S0")]
-    pub rollback_to: State,
-}
-
-/// `rotor resume` arguments.
-#[derive(Debug, clap::Args)]
-pub struct ResumeArgs {
-    /// The playbook (YAML).
-    pub playbook: PathBuf,
-    /// Do not ask before T4 and T5.
-    #[arg(long, short)]
-    pub yes: bool,
-    /// Stop at this stage.
     #[arg(long)]
     pub until: Option<State>,
     /// Where automatic rollback goes after a failure (default S0).
@@ -82,22 +66,14 @@ fn finish(out: &Output, report: &RunReport) -> Exit {
     }
 }
 
-pub(super) async fn rotate(
-    a: RotateArgs,
-    state_dir: Option<PathBuf>,
-    out: &Arc<Output>,
-) -> CliResult {
+pub(super) async fn rotate(a: RunArgs, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
     let pb = load(&a.playbook, state_dir)?;
     let opts = options(out, a.yes, a.until, a.rollback_to);
     let report = engine(pb, out).rotate(&opts).await?;
     Ok(finish(out, &report))
 }
 
-pub(super) async fn resume(
-    a: ResumeArgs,
-    state_dir: Option<PathBuf>,
-    out: &Arc<Output>,
-) -> CliResult {
+pub(super) async fn resume(a: RunArgs, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
     let pb = load(&a.playbook, state_dir)?;
     let opts = options(out, a.yes, a.until, a.rollback_to);
     let report = engine(pb, out).resume(&opts).await?;

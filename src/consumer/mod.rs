@@ -157,8 +157,11 @@ pub trait Consumer: Send + Sync {
     fn pickup(&self) -> Pickup;
 
     /// Converges every instance onto `slots`.
-    async fn apply(&self, slots: &Slots, events: &dyn EventSink)
-    -> Result<RolloutReport, ConsumerError>;
+    async fn apply(
+        &self,
+        slots: &Slots,
+        events: &dyn EventSink,
+    ) -> Result<RolloutReport, ConsumerError>;
 
     /// The instances currently serving, with the fingerprints rotor configured them with.
     async fn instances(&self) -> Result<Vec<Instance>, ConsumerError>;
@@ -176,7 +179,11 @@ pub trait Consumer: Send + Sync {
 
 /// Opens the consumers a playbook lists, in playbook order.
 pub fn open_all(playbook: &Playbook) -> Vec<Arc<dyn Consumer>> {
-    playbook.consumers.iter().map(|c| open(playbook, c)).collect()
+    playbook
+        .consumers
+        .iter()
+        .map(|c| open(playbook, c))
+        .collect()
 }
 
 /// Opens one consumer.

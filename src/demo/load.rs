@@ -37,7 +37,10 @@ struct Endpoints {
 
 /// Endpoints file of a process consumer.
 pub fn endpoints_file(pb: &Playbook, consumer: &str) -> PathBuf {
-    pb.state_dir.join("fleet").join(consumer).join("endpoints.json")
+    pb.state_dir
+        .join("fleet")
+        .join(consumer)
+        .join("endpoints.json")
 }
 
 fn read_endpoints(path: &Path) -> Vec<String> {
@@ -175,7 +178,13 @@ async fn one(client: &reqwest::Client, p: &LoadPath, n: usize) -> Result<(), Str
         Ok(r) if r.status().as_u16() == p.expect => Ok(()),
         Ok(r) => {
             let status = r.status().as_u16();
-            let body: String = r.text().await.unwrap_or_default().chars().take(200).collect();
+            let body: String = r
+                .text()
+                .await
+                .unwrap_or_default()
+                .chars()
+                .take(200)
+                .collect();
             Err(format!("{signer} → {target}: status {status}: {body}"))
         }
         Err(e) => Err(format!("{signer} → {target}: {e}")),

@@ -93,13 +93,22 @@ pub async fn run(
         Ok(r) => (Some(r), None),
         Err(e) => (None, Some(e)),
     };
-    let waited = report.as_ref().map(|r| r.waited_seconds).unwrap_or_default();
+    let waited = report
+        .as_ref()
+        .map(|r| r.waited_seconds)
+        .unwrap_or_default();
     Ok((
         DemoReport {
             requests: load.requests,
             failed_requests: load.failed_requests,
-            restarts: report.as_ref().map(|r| r.restarts.clone()).unwrap_or_default(),
-            stages: report.as_ref().map(|r| r.stages.clone()).unwrap_or_default(),
+            restarts: report
+                .as_ref()
+                .map(|r| r.restarts.clone())
+                .unwrap_or_default(),
+            stages: report
+                .as_ref()
+                .map(|r| r.stages.clone())
+                .unwrap_or_default(),
             state: report
                 .as_ref()
                 .map(|r| format!("{:?}", r.state))

@@ -95,7 +95,11 @@ impl Engine {
                 let (held, source) = match c.held(&inst).await {
                     Ok(h) => h,
                     Err(e) => {
-                        problems.push(format!("{} {}: cannot read what it holds: {e}", c.name(), inst.id));
+                        problems.push(format!(
+                            "{} {}: cannot read what it holds: {e}",
+                            c.name(),
+                            inst.id
+                        ));
                         continue;
                     }
                 };
@@ -153,7 +157,10 @@ impl Engine {
                         SlotRef::Primary => "primary",
                         SlotRef::Secondary => "secondary",
                     };
-                    by_slot.entry(k).or_default().extend(held.names.get_key_value(alias));
+                    by_slot
+                        .entry(k)
+                        .or_default()
+                        .extend(held.names.get_key_value(alias));
                 }
                 for (slot, names) in by_slot {
                     if let Some((n0, f0)) = names.first()

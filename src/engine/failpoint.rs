@@ -16,7 +16,10 @@ pub fn all(consumers: &[(String, Role)]) -> Vec<String> {
             if t == Transition::T1 && dir == Direction::Forward {
                 out.push(name(t, dir, "generated"));
             }
-            if matches!(t, Transition::T1 | Transition::T3 | Transition::T4 | Transition::T5) {
+            if matches!(
+                t,
+                Transition::T1 | Transition::T3 | Transition::T4 | Transition::T5
+            ) {
                 out.push(name(t, dir, "store"));
             }
             for (c, role) in consumers {

@@ -224,7 +224,9 @@ pub enum JournalError {
         source: std::io::Error,
     },
     /// Cannot parse.
-    #[error("journal {path} is unreadable: {detail}\n  help: rotor will not guess what a damaged journal meant; inspect it, then move it aside and check the store with `rotor check`")]
+    #[error(
+        "journal {path} is unreadable: {detail}\n  help: rotor will not guess what a damaged journal meant; inspect it, then move it aside and check the store with `rotor check`"
+    )]
     Corrupt {
         /// File.
         path: String,
@@ -282,7 +284,10 @@ impl JournalFile {
 
     /// Moves the current journal to `history/<id>.json`.
     pub fn archive(&self, journal: &Journal) -> Result<(), JournalError> {
-        let to = self.dir.join("history").join(format!("{}.json", journal.id));
+        let to = self
+            .dir
+            .join("history")
+            .join(format!("{}.json", journal.id));
         let io = |source| JournalError::Io {
             path: to.display().to_string(),
             action: "archive",

@@ -62,7 +62,9 @@ pub enum LockError {
         .0.rotation.as_ref().map(|r| format!(", rotation {r}")).unwrap_or_default())]
     Held(Holder),
     /// Someone holds it but did not say who (holder file missing or unreadable).
-    #[error("another process holds the lock {path} (holder unknown)\n  help: wait for it to finish; `fuser {path}` shows the process")]
+    #[error(
+        "another process holds the lock {path} (holder unknown)\n  help: wait for it to finish; `fuser {path}` shows the process"
+    )]
     HeldUnknown {
         /// Lock file.
         path: String,
@@ -230,7 +232,10 @@ mod tests {
         let g = lock.acquire(Holder::me("rotate")).unwrap();
         g.set_stage(Some("r-1"), "T2 widen forward");
         // flock is per open file description, so a second open in the same process conflicts.
-        let err = lock.acquire(Holder::me("rotate")).err().expect("must be refused");
+        let err = lock
+            .acquire(Holder::me("rotate"))
+            .err()
+            .expect("must be refused");
         let msg = err.to_string();
         assert!(msg.contains("T2 widen forward"), "{msg}");
         assert!(msg.contains("rotation r-1"), "{msg}");

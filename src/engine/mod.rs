@@ -149,7 +149,9 @@ pub enum EngineError {
     #[error(transparent)]
     Lock(#[from] LockError),
     /// A rotation is already in progress.
-    #[error("rotation {id} of this secret is in progress ({status:?} at {state})\n  help: continue it with `rotor resume`, or undo it with `rotor rollback`")]
+    #[error(
+        "rotation {id} of this secret is in progress ({status:?} at {state})\n  help: continue it with `rotor resume`, or undo it with `rotor rollback`"
+    )]
     Active {
         /// Rotation id.
         id: String,
@@ -162,10 +164,14 @@ pub enum EngineError {
     #[error("no rotation of this secret is in progress\n  help: start one with `rotor rotate`")]
     NoRotation,
     /// The fleet or store is not at a stable S0.
-    #[error("refusing to start: {0}\n  help: inspect with `rotor check`; rotor starts only from a stable, consistent S0")]
+    #[error(
+        "refusing to start: {0}\n  help: inspect with `rotor check`; rotor starts only from a stable, consistent S0"
+    )]
     NotStable(String),
     /// Rollback from S5.
-    #[error("rotation {0} is finalized: the old value is destroyed and cannot come back\n  help: to move away from the current value, start a new rotation")]
+    #[error(
+        "rotation {0} is finalized: the old value is destroyed and cannot come back\n  help: to move away from the current value, start a new rotation"
+    )]
     Irreversible(String),
     /// A step failed and the run rolled back.
     #[error("{stage} failed: {source}\n  rolled back to {state}")]
@@ -179,7 +185,9 @@ pub enum EngineError {
         state: State,
     },
     /// A step failed and the rollback failed too.
-    #[error("{stage} failed: {source}\n  then the rollback failed at {rollback_stage}: {rollback}\n  help: the journal records where it stopped; fix the cause, then run `rotor rollback` (or `rotor resume`)")]
+    #[error(
+        "{stage} failed: {source}\n  then the rollback failed at {rollback_stage}: {rollback}\n  help: the journal records where it stopped; fix the cause, then run `rotor rollback` (or `rotor resume`)"
+    )]
     Stuck {
         /// The first failure's stage.
         stage: String,
@@ -191,7 +199,9 @@ pub enum EngineError {
         rollback: Box<StepError>,
     },
     /// A step of a rollback (or resume) failed.
-    #[error("{stage} failed: {source}\n  help: the journal records where it stopped; fix the cause, then rerun `rotor {command}`")]
+    #[error(
+        "{stage} failed: {source}\n  help: the journal records where it stopped; fix the cause, then rerun `rotor {command}`"
+    )]
     Step {
         /// Stage.
         stage: String,
@@ -592,7 +602,11 @@ impl<'e> Run<'e> {
             opts,
             started: Instant::now(),
             stages: Vec::new(),
-            restarts: e.consumers.iter().map(|c| (c.name().to_string(), 0)).collect(),
+            restarts: e
+                .consumers
+                .iter()
+                .map(|c| (c.name().to_string(), 0))
+                .collect(),
             waited: Duration::ZERO,
             proof_cache: Mutex::new(BTreeMap::new()),
         }
@@ -691,7 +705,9 @@ impl<'e> Run<'e> {
             if state >= until {
                 return self.finish_forward();
             }
-            let t = state.next_transition().expect("state < S5 has a next transition");
+            let t = state
+                .next_transition()
+                .expect("state < S5 has a next transition");
             if let Some(stop) = self.before(t).await? {
                 return Ok(stop);
             }
@@ -733,7 +749,12 @@ impl<'e> Run<'e> {
     async fn before(&mut self, t: Transition) -> Result<Option<RunReport>, EngineError> {
         let emergency = self.opts.mode == Mode::Emergency;
         if t == Transition::T4 && !emergency {
-            let since = self.journal.reached.get(&State::S3).copied().unwrap_or_else(Utc::now);
+            let since = self
+                .journal
+                .reached
+                .get(&State::S3)
+                .copied()
+                .unwrap_or_else(Utc::now);
             let grace = chrono::Duration::from_std(self.e.pb.timings.grace).unwrap_or_default();
             let remaining = (since + grace - Utc::now()).to_std().unwrap_or_default();
             if !remaining.is_zero() {
@@ -747,7 +768,12 @@ impl<'e> Run<'e> {
             }
         }
         if t == Transition::T5 && !emergency {
-            let since = self.journal.reached.get(&State::S4).copied().unwrap_or_else(Utc::now);
+            let since = self
+                .journal
+                .reached
+                .get(&State::S4)
+                .copied()
+                .unwrap_or_else(Utc::now);
             let retention =
                 chrono::Duration::from_std(self.e.pb.timings.retention).unwrap_or_default();
             let due = since + retention;
@@ -872,7 +898,10 @@ impl<'e> Run<'e> {
                 };
                 let _ = self.save();
                 self.guard.set_stage(None, &self.journal.state.to_string());
-                self.report(RunOutcome::RolledBack, format!("{stage} failed; rolled back"));
+                self.report(
+                    RunOutcome::RolledBack,
+                    format!("{stage} failed; rolled back"),
+                );
                 EngineError::RolledBack {
                     stage,
                     source: Box::new(err),
@@ -938,11 +967,13 @@ impl<'e> Run<'e> {
                 let a = self.journal.old.version.clone().unwrap_or_default();
                 let snap = self.e.store.snapshot().await?;
                 if snap.version(&a).map(|v| v.state) == Some(VersionState::Destroyed) {
-                    self.journal.end(Outcome::Ok, "A found destroyed on reconcile".into());
+                    self.journal
+                        .end(Outcome::Ok, "A found destroyed on reconcile".into());
                     self.save()?;
                     return Err(EngineError::Irreversible(self.journal.id.clone()));
                 }
-                self.journal.end(Outcome::Failed, "interrupted before A was destroyed".into());
+                self.journal
+                    .end(Outcome::Failed, "interrupted before A was destroyed".into());
                 None
             }
             other => other,
@@ -984,7 +1015,10 @@ impl<'e> Run<'e> {
                 self.ensure_new_value().await?;
                 let (a, b) = (self.version(Which::A)?, self.version(Which::B)?);
                 self.e.store.set_slots(&a, Some(&b)).await?;
-                self.store_event(format!("secondary = version {b} ({})", self.fp_str(Which::B)));
+                self.store_event(format!(
+                    "secondary = version {b} ({})",
+                    self.fp_str(Which::B)
+                ));
                 failpoint::hit(t, dir, "store");
                 self.prove_store(State::S1).await
             }
@@ -1055,7 +1089,10 @@ impl<'e> Run<'e> {
                 self.e.store.set_slots(&a, None).await?;
                 if let Some(b) = self.journal.new.as_ref().and_then(|n| n.version.clone()) {
                     let snap = self.e.store.snapshot().await?;
-                    if snap.version(&b).is_some_and(|v| v.state != VersionState::Destroyed) {
+                    if snap
+                        .version(&b)
+                        .is_some_and(|v| v.state != VersionState::Destroyed)
+                    {
                         self.e.store.set_state(&b, VersionState::Disabled).await?;
                         self.e.store.set_state(&b, VersionState::Destroyed).await?;
                     }
@@ -1108,7 +1145,9 @@ impl<'e> Run<'e> {
     }
 
     fn fp_str(&self, w: Which) -> String {
-        self.fp(w).map(|f| f.to_string()).unwrap_or_else(|| "-".into())
+        self.fp(w)
+            .map(|f| f.to_string())
+            .unwrap_or_else(|| "-".into())
     }
 
     fn store_event(&self, detail: String) {
@@ -1155,7 +1194,12 @@ impl<'e> Run<'e> {
     /// T1: generate B (or find the one a crashed run already added) and add it to the store.
     async fn ensure_new_value(&mut self) -> Result<(), StepError> {
         self.find_new_in_store().await?;
-        if self.journal.new.as_ref().is_some_and(|n| n.version.is_some()) {
+        if self
+            .journal
+            .new
+            .as_ref()
+            .is_some_and(|n| n.version.is_some())
+        {
             return Ok(());
         }
         let snap = self.e.store.snapshot().await?;
@@ -1163,7 +1207,10 @@ impl<'e> Run<'e> {
         let value = loop {
             let v = SecretValue::generate(g.alphabet, g.length)?;
             // Policy: never reuse a value the store has held.
-            if snap.by_fingerprint(&v.fingerprint(&self.e.pb.secret)).is_none() {
+            if snap
+                .by_fingerprint(&v.fingerprint(&self.e.pb.secret))
+                .is_none()
+            {
                 break v;
             }
         };
@@ -1226,14 +1273,19 @@ impl<'e> Run<'e> {
                 ),
             });
         }
-        self.find_new_in_store().await.map_err(|e| EngineError::Step {
-            stage: "reconcile".into(),
-            command: "resume",
-            source: Box::new(e),
-        })?;
+        self.find_new_in_store()
+            .await
+            .map_err(|e| EngineError::Step {
+                stage: "reconcile".into(),
+                command: "resume",
+                source: Box::new(e),
+            })?;
         let snap = self.e.store.snapshot().await?;
         let name = |id: &Option<String>| -> Option<Which> {
-            let fp = id.as_deref().and_then(|i| snap.version(i)).map(|v| &v.fingerprint)?;
+            let fp = id
+                .as_deref()
+                .and_then(|i| snap.version(i))
+                .map(|v| &v.fingerprint)?;
             if Some(fp) == self.fp(Which::A).as_ref() {
                 Some(Which::A)
             } else if Some(fp) == self.fp(Which::B).as_ref() {
@@ -1300,7 +1352,9 @@ impl<'e> Run<'e> {
                 });
                 Ok(())
             }
-            Err(e) => Err(EngineError::NotStable(format!("the fleet is not at S0: {e}"))),
+            Err(e) => Err(EngineError::NotStable(format!(
+                "the fleet is not at S0: {e}"
+            ))),
         }
     }
 }

@@ -127,9 +127,17 @@ impl Run<'_> {
                                 detail: format!(
                                     "{} at {addr}: expected it to {} {w:?} ({}), it {}",
                                     probe::describe(p),
-                                    if want == Verdict::Accepted { "accept" } else { "reject" },
+                                    if want == Verdict::Accepted {
+                                        "accept"
+                                    } else {
+                                        "reject"
+                                    },
                                     self.fp_str(*w),
-                                    if got == Verdict::Accepted { "accepted it" } else { "rejected it" },
+                                    if got == Verdict::Accepted {
+                                        "accepted it"
+                                    } else {
+                                        "rejected it"
+                                    },
                                 ),
                             });
                         }
@@ -159,10 +167,7 @@ impl Run<'_> {
             return Ok(v.clone());
         }
         let v = self.value(w).await?;
-        self.proof_cache
-            .lock()
-            .expect("cache")
-            .insert(w, v.clone());
+        self.proof_cache.lock().expect("cache").insert(w, v.clone());
         Ok(v)
     }
 
@@ -186,7 +191,9 @@ impl Run<'_> {
                         instance: inst.id.clone(),
                         detail: format!(
                             "sends {}, expected {w:?} ({})",
-                            held.sends.map(|f| f.to_string()).unwrap_or_else(|| "nothing".into()),
+                            held.sends
+                                .map(|f| f.to_string())
+                                .unwrap_or_else(|| "nothing".into()),
                             self.fp_str(w)
                         ),
                     });

@@ -175,7 +175,9 @@ impl LocalStore {
                     return Err(self.corrupt(format!("version {} has no value", v.id)));
                 }
                 (Some(_), VersionState::Destroyed) => {
-                    return Err(self.corrupt(format!("destroyed version {} still has a value", v.id)));
+                    return Err(
+                        self.corrupt(format!("destroyed version {} still has a value", v.id))
+                    );
                 }
                 (Some(val), _) if val.0.fingerprint(&self.secret) != v.fingerprint => {
                     return Err(self.corrupt(format!(
@@ -277,10 +279,12 @@ impl Store for LocalStore {
     async fn read_value(&self, version: &str) -> Result<SecretValue, StoreError> {
         let _guard = self.lock()?;
         let file = self.load()?;
-        let v = file.version(version).ok_or_else(|| StoreError::NoSuchVersion {
-            store: self.describe(),
-            version: version.into(),
-        })?;
+        let v = file
+            .version(version)
+            .ok_or_else(|| StoreError::NoSuchVersion {
+                store: self.describe(),
+                version: version.into(),
+            })?;
         match (&v.value, v.state) {
             (Some(val), VersionState::Enabled) => Ok(val.0.clone()),
             (_, state) => Err(StoreError::NotReadable {
@@ -331,8 +335,8 @@ impl Store for LocalStore {
             if secondary == Some(primary) {
                 return Err(self.refused(format!("version {primary} cannot fill both slots")));
             }
-            let changed = file.primary.as_deref() != Some(primary)
-                || file.secondary.as_deref() != secondary;
+            let changed =
+                file.primary.as_deref() != Some(primary) || file.secondary.as_deref() != secondary;
             file.primary = Some(primary.to_string());
             file.secondary = secondary.map(str::to_string);
             Ok(((), changed))
@@ -390,11 +394,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.json");
         let store = LocalStore::new(path.clone(), "s");
-        assert!(matches!(store.snapshot().await, Err(StoreError::Missing { .. })));
+        assert!(matches!(
+            store.snapshot().await,
+            Err(StoreError::Missing { .. })
+        ));
         let a = value();
         let b = value();
         let va = store.init(&a).await.unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let vb = store.add_version(&b).await.unwrap();
         store.set_slots(&va.id, Some(&vb.id)).await.unwrap();
         assert!(store.read_value(&vb.id).await.unwrap().ct_eq(&b));
@@ -404,23 +414,46 @@ mod tests {
             Err(StoreError::Refused { .. })
         ));
         store.set_slots(&vb.id, None).await.unwrap();
-        store.set_state(&va.id, VersionState::Disabled).await.unwrap();
+        store
+            .set_state(&va.id, VersionState::Disabled)
+            .await
+            .unwrap();
         assert!(matches!(
             store.read_value(&va.id).await,
             Err(StoreError::NotReadable { .. })
         ));
-        store.set_state(&va.id, VersionState::Enabled).await.unwrap();
+        store
+            .set_state(&va.id, VersionState::Enabled)
+            .await
+            .unwrap();
         assert!(store.read_value(&va.id).await.unwrap().ct_eq(&a));
-        store.set_state(&va.id, VersionState::Destroyed).await.unwrap();
+        store
+            .set_state(&va.id, VersionState::Destroyed)
+            .await
+            .unwrap();
         // Idempotent.
-        store.set_state(&va.id, VersionState::Destroyed).await.unwrap();
-        assert!(store.set_state(&va.id, VersionState::Enabled).await.is_err());
+        store
+            .set_state(&va.id, VersionState::Destroyed)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .set_state(&va.id, VersionState::Enabled)
+                .await
+                .is_err()
+        );
         let snap = store.snapshot().await.unwrap();
         assert_eq!(snap.versions.len(), 2);
-        assert_eq!(snap.version(&va.id).unwrap().fingerprint, a.fingerprint("s"));
+        assert_eq!(
+            snap.version(&va.id).unwrap().fingerprint,
+            a.fingerprint("s")
+        );
         assert_eq!(snap.primary.as_deref(), Some(vb.id.as_str()));
         let text = fs::read_to_string(&path).unwrap();
-        assert!(!text.contains(a.expose()), "destroyed value still in the file");
+        assert!(
+            !text.contains(a.expose()),
+            "destroyed value still in the file"
+        );
         assert!(text.contains(b.expose()));
     }
 
@@ -428,9 +461,15 @@ mod tests {
     async fn refuses_group_readable_files_and_foreign_secrets() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.json");
-        LocalStore::new(path.clone(), "s").init(&value()).await.unwrap();
+        LocalStore::new(path.clone(), "s")
+            .init(&value())
+            .await
+            .unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
-        let err = LocalStore::new(path.clone(), "s").snapshot().await.unwrap_err();
+        let err = LocalStore::new(path.clone(), "s")
+            .snapshot()
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         let err = LocalStore::new(path, "other").snapshot().await.unwrap_err();

@@ -76,13 +76,17 @@ impl StoreSnapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store does not exist yet.
-    #[error("store {store} does not exist yet\n  help: run `rotor init <playbook>` to create it with a first value")]
+    #[error(
+        "store {store} does not exist yet\n  help: run `rotor init <playbook>` to create it with a first value"
+    )]
     Missing {
         /// The store's description.
         store: String,
     },
     /// File permissions are too open.
-    #[error("store {store} is readable by group or others (mode {mode:o})\n  help: run `chmod 600 {store}`; rotor refuses to use a store others can read")]
+    #[error(
+        "store {store} is readable by group or others (mode {mode:o})\n  help: run `chmod 600 {store}`; rotor refuses to use a store others can read"
+    )]
     Permissions {
         /// The store's description.
         store: String,
@@ -90,7 +94,9 @@ pub enum StoreError {
         mode: u32,
     },
     /// The content cannot be understood.
-    #[error("store {store} is corrupt: {detail}\n  help: restore it from a backup; rotor will not guess")]
+    #[error(
+        "store {store} is corrupt: {detail}\n  help: restore it from a backup; rotor will not guess"
+    )]
     Corrupt {
         /// The store's description.
         store: String,
@@ -124,7 +130,9 @@ pub enum StoreError {
         detail: String,
     },
     /// The store changed underneath (etag/generation mismatch).
-    #[error("store {store} changed while rotor was writing it ({detail})\n  help: another writer touched the store; rerun, rotor will re-read and re-decide")]
+    #[error(
+        "store {store} changed while rotor was writing it ({detail})\n  help: another writer touched the store; rerun, rotor will re-read and re-decide"
+    )]
     Conflict {
         /// The store's description.
         store: String,
@@ -177,6 +185,8 @@ pub trait Store: Send + Sync {
 /// Opens the store a playbook names.
 pub fn open(playbook: &Playbook) -> Box<dyn Store> {
     match &playbook.store {
-        StoreSpec::Local { path } => Box::new(local::LocalStore::new(path.clone(), &playbook.secret)),
+        StoreSpec::Local { path } => {
+            Box::new(local::LocalStore::new(path.clone(), &playbook.secret))
+        }
     }
 }
