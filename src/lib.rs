@@ -12,6 +12,7 @@ pub mod engine;
 pub mod events;
 pub mod exit;
 pub mod jwt;
+pub mod lab;
 pub mod output;
 pub mod playbook;
 pub mod probe;

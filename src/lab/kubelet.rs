@@ -1,0 +1,736 @@
+//! The kubelet: runs every pod as a real process (or, for in-process images, an in-process
+//! demo service) on its own loopback address, resolves its environment from Secrets and
+//! ConfigMaps at start, probes readiness, restarts crashed containers with backoff, reports
+//! pod status, and terminates pods (out of the endpoints, drain, SIGTERM, grace, SIGKILL).
+//!
+//! Owns: pod processes (by pid, never by name), pod IPs, pod status, pod log files. Must
+//! never: log environment values or Secret data (only names), or decide which pods exist.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use tokio::sync::{oneshot, watch};
+
+use super::controller::is_terminating;
+use super::endpoints::Endpoints;
+use super::faults::{CrashMode, Faults};
+use super::objects::{Store, name_of, namespace_of, now_rfc3339};
+use super::resources;
+use super::topology::{INPROCESS_IMAGE, ImageSpec};
+
+/// Loopback addresses for pods: 127.0.0.2..=254, then 127.0.1.2..=254, … Freed addresses are
+/// reused oldest-freed first.
+pub(crate) struct IpPool {
+    next: u32,
+    free: VecDeque<Ipv4Addr>,
+}
+
+impl IpPool {
+    pub fn new() -> IpPool {
+        IpPool {
+            next: 2,
+            free: VecDeque::new(),
+        }
+    }
+
+    pub fn take(&mut self) -> Ipv4Addr {
+        if self.next > 254
+            && let Some(ip) = self.free.pop_front()
+        {
+            return ip;
+        }
+        loop {
+            let n = self.next;
+            self.next += 1;
+            if !matches!(n & 0xff, 0 | 1 | 255) {
+                return Ipv4Addr::from(0x7f00_0000 | (n & 0x00ff_ffff));
+            }
+        }
+    }
+
+    pub fn give(&mut self, ip: Ipv4Addr) {
+        self.free.push_back(ip);
+    }
+}
+
+/// Spawns child processes from one long-lived thread, so `PR_SET_PDEATHSIG` (which fires when
+/// the spawning *thread* exits) only fires when the lab goes away.
+pub(crate) struct Spawner {
+    tx: std::sync::mpsc::Sender<(
+        tokio::process::Command,
+        oneshot::Sender<std::io::Result<tokio::process::Child>>,
+    )>,
+}
+
+impl Spawner {
+    pub fn new() -> Spawner {
+        type Req = (
+            tokio::process::Command,
+            oneshot::Sender<std::io::Result<tokio::process::Child>>,
+        );
+        let (tx, rx) = std::sync::mpsc::channel::<Req>();
+        let handle = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("rotor-lab-spawner".into())
+            .spawn(move || {
+                let _g = handle.enter();
+                while let Ok((mut cmd, reply)) = rx.recv() {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(error = %e, "lab: cannot start the spawner thread"));
+        Spawner { tx }
+    }
+
+    async fn spawn(&self, cmd: tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((cmd, tx))
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+        rx.await
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+    }
+}
+
+/// Everything pod tasks share.
+pub(crate) struct Ctx {
+    pub store: Arc<Store>,
+    pub faults: Faults,
+    pub images: std::collections::BTreeMap<String, ImageSpec>,
+    pub slow: HashMap<String, Duration>,
+    pub drain: Duration,
+    pub fleet_dir: PathBuf,
+    pub logs_dir: PathBuf,
+    pub ips: Mutex<IpPool>,
+    pub spawner: Spawner,
+    pub endpoints: Endpoints,
+    pub http: reqwest::Client,
+}
+
+/// A running pod's control handle.
+struct PodHandle {
+    /// Some(grace seconds) asks the pod to terminate.
+    stop: watch::Sender<Option<i64>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the kubelet loop until `shutdown`, then terminates every pod and waits for them.
+pub(crate) async fn run(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    let mut pods: HashMap<String, PodHandle> = HashMap::new();
+    let pods_res = resources::get("pods");
+    loop {
+        let (list, _) = ctx.store.list(pods_res, None);
+        let mut seen = BTreeSet::new();
+        for p in &list {
+            let uid = p
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            seen.insert(uid.clone());
+            match pods.get(&uid) {
+                None if is_terminating(p) => {
+                    let _ = ctx.store.remove(pods_res, namespace_of(p), name_of(p));
+                }
+                None => {
+                    let (stop, rx) = watch::channel(None);
+                    let done = tokio::spawn(run_pod(ctx.clone(), p.clone(), rx));
+                    pods.insert(uid, PodHandle { stop, done });
+                }
+                Some(h) if is_terminating(p) && h.stop.borrow().is_none() => {
+                    let grace = p
+                        .pointer("/metadata/deletionGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(30);
+                    let _ = h.stop.send(Some(grace));
+                }
+                Some(_) => {}
+            }
+        }
+        pods.retain(|uid, h| {
+            if !seen.contains(uid) && h.stop.borrow().is_none() {
+                let _ = h.stop.send(Some(0));
+            }
+            !h.done.is_finished()
+        });
+        tokio::select! {
+            _ = ctx.store.listeners.kubelet.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    for h in pods.values() {
+        if h.stop.borrow().is_none() {
+            let _ = h.stop.send(Some(5));
+        }
+    }
+    for (_, h) in pods.drain() {
+        let _ = h.done.await;
+    }
+}
+
+/// The workload a pod belongs to (the Deployment for ReplicaSet-owned pods).
+pub(crate) fn workload_of(store: &Store, pod: &Value) -> Option<String> {
+    let owner = pod
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())?;
+    let name = owner["name"].as_str()?;
+    if owner["kind"] == "ReplicaSet" {
+        let rs = store.get(resources::get("replicasets"), namespace_of(pod), name)?;
+        return rs
+            .pointer("/metadata/ownerReferences/0/name")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .or_else(|| Some(name.to_string()));
+    }
+    Some(name.to_string())
+}
+
+/// The first container's first containerPort (8080 when none).
+pub(crate) fn pod_port(pod: &Value) -> u16 {
+    pod.pointer("/spec/containers/0/ports/0/containerPort")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(8080)
+}
+
+/// Why a container cannot start (the waiting reason and message).
+struct NotStarted {
+    reason: &'static str,
+    message: String,
+}
+
+fn decode(b64: &Value) -> OsString {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_str().unwrap_or(""))
+        .unwrap_or_default();
+    OsString::from_vec(bytes)
+}
+
+/// The container's environment, read from Secrets and ConfigMaps now (never again).
+fn resolve_env(
+    store: &Store,
+    pod: &Value,
+    c: &Value,
+    ip: Ipv4Addr,
+) -> Result<Vec<(String, OsString)>, NotStarted> {
+    let ns = namespace_of(pod);
+    let secrets = resources::get("secrets");
+    let cms = resources::get("configmaps");
+    let mut env: Vec<(String, OsString)> = Vec::new();
+    let fail = |message: String| NotStarted {
+        reason: "CreateContainerConfigError",
+        message,
+    };
+    for ef in c["envFrom"].as_array().into_iter().flatten() {
+        let prefix = ef["prefix"].as_str().unwrap_or("");
+        for (key, res, is_secret) in [("secretRef", secrets, true), ("configMapRef", cms, false)] {
+            let Some(r) = ef.get(key) else { continue };
+            let name = r["name"].as_str().unwrap_or("");
+            let optional = r["optional"] == true;
+            match store.get(res, ns, name) {
+                Some(obj) => {
+                    if let Some(data) = obj["data"].as_object() {
+                        for (k, v) in data {
+                            let val = if is_secret {
+                                decode(v)
+                            } else {
+                                OsString::from(v.as_str().unwrap_or(""))
+                            };
+                            env.push((format!("{prefix}{k}"), val));
+                        }
+                    }
+                }
+                None if optional => {}
+                None => {
+                    let what = if is_secret { "secret" } else { "configmap" };
+                    return Err(fail(format!("{what} \"{name}\" not found")));
+                }
+            }
+        }
+    }
+    for e in c["env"].as_array().into_iter().flatten() {
+        let Some(name) = e["name"].as_str() else { continue };
+        if let Some(v) = e.get("value").and_then(Value::as_str) {
+            env.push((name.into(), v.into()));
+            continue;
+        }
+        let Some(vf) = e.get("valueFrom") else {
+            env.push((name.into(), OsString::new()));
+            continue;
+        };
+        if let Some(r) = vf.get("secretKeyRef").or_else(|| vf.get("configMapKeyRef")) {
+            let is_secret = vf.get("secretKeyRef").is_some();
+            let obj_name = r["name"].as_str().unwrap_or("");
+            let key = r["key"].as_str().unwrap_or("");
+            let optional = r["optional"] == true;
+            let res = if is_secret { secrets } else { cms };
+            let kind = if is_secret { "Secret" } else { "ConfigMap" };
+            match store.get(res, ns, obj_name) {
+                None if optional => {}
+                None => {
+                    let what = if is_secret { "secret" } else { "configmap" };
+                    return Err(fail(format!("{what} \"{obj_name}\" not found")));
+                }
+                Some(obj) => match obj["data"].get(key) {
+                    Some(v) if is_secret => env.push((name.into(), decode(v))),
+                    Some(v) => env.push((name.into(), v.as_str().unwrap_or("").into())),
+                    None if optional => {}
+                    None => {
+                        return Err(fail(format!(
+                            "couldn't find key {key} in {kind} {ns}/{obj_name}"
+                        )));
+                    }
+                },
+            }
+            continue;
+        }
+        if let Some(path) = vf.pointer("/fieldRef/fieldPath").and_then(Value::as_str) {
+            let v = match path {
+                "metadata.name" => name_of(pod).to_string(),
+                "metadata.namespace" => ns.to_string(),
+                "status.podIP" => ip.to_string(),
+                "spec.nodeName" => pod["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+                _ => String::new(),
+            };
+            env.push((name.into(), v.into()));
+        }
+    }
+    Ok(env)
+}
+
+/// How a container runs.
+enum Runner {
+    Process(Vec<String>),
+    InProcess(Vec<String>),
+}
+
+fn resolve_image(images: &std::collections::BTreeMap<String, ImageSpec>, c: &Value) -> Result<Runner, NotStarted> {
+    let image = c["image"].as_str().unwrap_or("");
+    let args: Vec<String> = c["args"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let command: Vec<String> = c["command"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let bare = image.split('@').next().unwrap_or(image);
+    let bare = match bare.rsplit_once(':') {
+        Some((b, tag)) if !tag.contains('/') => b,
+        _ => bare,
+    };
+    let spec = images.get(image).or_else(|| images.get(bare)).cloned();
+    if matches!(spec, Some(ImageSpec::InProcess)) || bare == INPROCESS_IMAGE {
+        return Ok(Runner::InProcess(args));
+    }
+    if !command.is_empty() {
+        return Ok(Runner::Process(command.into_iter().chain(args).collect()));
+    }
+    let entry = match spec {
+        Some(ImageSpec::Command(v)) if !v.is_empty() => v,
+        _ if bare == "rotor-demo-service" || bare.ends_with("/rotor-demo-service") => {
+            demo_service_exe().ok_or_else(|| NotStarted {
+                reason: "ErrImagePull",
+                message: "rotor-demo-service is not next to this executable and ROTOR_EXE is \
+                          not set; build it (cargo build) or map the image under `images:`"
+                    .into(),
+            })?
+        }
+        _ => {
+            return Err(NotStarted {
+                reason: "ErrImagePull",
+                message: format!(
+                    "image \"{image}\" is not known to the lab; map it to an executable under \
+                     `images:` in the topology"
+                ),
+            });
+        }
+    };
+    Ok(Runner::Process(entry.into_iter().chain(args).collect()))
+}
+
+/// `rotor-demo-service` next to the current executable (or its parent, for test binaries in
+/// `deps/`), else `$ROTOR_EXE demo-service`.
+fn demo_service_exe() -> Option<Vec<String>> {
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        for d in [Some(dir), dir.parent().filter(|_| dir.ends_with("deps"))]
+            .into_iter()
+            .flatten()
+        {
+            let p = d.join("rotor-demo-service");
+            if p.is_file() {
+                return Some(vec![p.to_string_lossy().into_owned()]);
+            }
+        }
+    }
+    let rotor = std::env::var("ROTOR_EXE").ok()?;
+    Some(vec![rotor, "demo-service".into()])
+}
+
+/// The pod's observable state, rendered into `status`.
+struct PodState {
+    ip: Ipv4Addr,
+    started: String,
+    phase: &'static str,
+    ready: bool,
+    ready_since: String,
+    restarts: u32,
+    state: Value,
+    last_state: Value,
+    container_id: String,
+    workload: String,
+    name: String,
+    port: u16,
+    terminating: bool,
+}
+
+impl PodState {
+    fn status(&self, pod: &Value) -> Value {
+        let r = if self.ready { "True" } else { "False" };
+        let statuses: Vec<Value> = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                json!({
+                    "name": c["name"], "image": c["image"], "imageID": "",
+                    "containerID": self.container_id,
+                    "ready": self.ready, "started": self.state.get("running").is_some(),
+                    "restartCount": self.restarts,
+                    "state": self.state, "lastState": self.last_state,
+                })
+            })
+            .collect();
+        let ip = self.ip.to_string();
+        json!({
+            "phase": self.phase,
+            "podIP": ip, "podIPs": [{"ip": ip}],
+            "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
+            "startTime": self.started,
+            "qosClass": "BestEffort",
+            "conditions": [
+                {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": self.started},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": self.started},
+                {"type": "Ready", "status": r, "lastTransitionTime": self.ready_since},
+                {"type": "ContainersReady", "status": r, "lastTransitionTime": self.ready_since},
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": self.started},
+            ],
+            "containerStatuses": statuses,
+        })
+    }
+
+    fn set_ready(&mut self, ready: bool) {
+        if self.ready != ready {
+            self.ready = ready;
+            self.ready_since = now_rfc3339();
+        }
+    }
+}
+
+fn publish(ctx: &Ctx, pod: &Value, st: &PodState) {
+    let status = st.status(pod);
+    let _ = ctx
+        .store
+        .update(resources::get("pods"), namespace_of(pod), name_of(pod), |cur| {
+            let mut n = cur.clone();
+            n["status"] = status;
+            Ok(n)
+        });
+    let serving = st.ready && !st.terminating;
+    ctx.endpoints.set(
+        &st.workload,
+        &st.name,
+        serving.then_some(SocketAddr::from((st.ip, st.port))),
+    );
+}
+
+/// A running container: a process or an in-process server.
+enum Running {
+    Process(tokio::process::Child),
+    InProcess {
+        stop: Option<oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl Running {
+    /// Waits for the container to exit; returns its exit code.
+    async fn wait(&mut self) -> i32 {
+        match self {
+            Running::Process(c) => c.wait().await.ok().and_then(|s| s.code()).unwrap_or(137),
+            Running::InProcess { task, .. } => {
+                let _ = task.await;
+                1
+            }
+        }
+    }
+
+    fn signal(&mut self, sig: Signal) {
+        match self {
+            Running::Process(c) => {
+                if let Some(pid) = c.id() {
+                    let _ = kill(Pid::from_raw(pid as i32), sig);
+                }
+            }
+            Running::InProcess { stop, task } => {
+                if let Some(s) = stop.take() {
+                    let _ = s.send(());
+                }
+                if sig == Signal::SIGKILL {
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+async fn start(
+    ctx: &Ctx,
+    pod: &Value,
+    runner: &Runner,
+    env: Vec<(String, OsString)>,
+    ip: Ipv4Addr,
+    port: u16,
+) -> Result<Running, String> {
+    match runner {
+        Runner::InProcess(args) => super::inprocess::start(args, env, SocketAddr::from((ip, port)))
+            .await
+            .map(|(stop, task)| Running::InProcess {
+                stop: Some(stop),
+                task,
+            }),
+        Runner::Process(argv) => {
+            let dir = ctx.logs_dir.join(namespace_of(pod));
+            let _ = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir);
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(dir.join(format!("{}.log", name_of(pod))))
+                .map_err(|e| format!("cannot open the pod log: {e}"))?;
+            let log_err = log
+                .try_clone()
+                .map_err(|e| format!("cannot open the pod log: {e}"))?;
+            let mut cmd = tokio::process::Command::new(&argv[0]);
+            cmd.args(&argv[1..])
+                .env_clear()
+                .envs(std::env::var_os("PATH").map(|p| ("PATH".to_string(), p)))
+                .envs(env)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(log_err))
+                .process_group(0)
+                .kill_on_drop(true);
+            // SAFETY: only calls prctl(2), which is async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+                });
+            }
+            ctx.spawner
+                .spawn(cmd)
+                .await
+                .map(Running::Process)
+                .map_err(|e| format!("cannot start {}: {e}", argv[0]))
+        }
+    }
+}
+
+async fn probe(ctx: &Ctx, pod: &Value, ip: Ipv4Addr, port: u16) -> bool {
+    let c = &pod["spec"]["containers"][0];
+    let (path, pport) = match c.pointer("/readinessProbe/httpGet") {
+        Some(h) => (
+            h["path"].as_str().unwrap_or("/").to_string(),
+            h["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(port),
+        ),
+        None => ("/healthz".into(), port),
+    };
+    let url = format!("http://{ip}:{pport}{path}");
+    matches!(ctx.http.get(url).send().await, Ok(r) if r.status().is_success())
+}
+
+/// One pod's whole life.
+async fn run_pod(ctx: Arc<Ctx>, pod: Value, mut stop: watch::Receiver<Option<i64>>) {
+    let ns = namespace_of(&pod).to_string();
+    let name = name_of(&pod).to_string();
+    let ip = ctx.ips.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let port = pod_port(&pod);
+    let workload = workload_of(&ctx.store, &pod).unwrap_or_else(|| name.clone());
+    let crash = ctx.faults.crash_mode(&ns, &workload);
+    let now = now_rfc3339();
+    let mut st = PodState {
+        ip,
+        started: now.clone(),
+        phase: "Pending",
+        ready: false,
+        ready_since: now,
+        restarts: 0,
+        state: json!({"waiting": {"reason": "ContainerCreating"}}),
+        last_state: json!({}),
+        container_id: String::new(),
+        workload: workload.clone(),
+        name: name.clone(),
+        port,
+        terminating: false,
+    };
+    publish(&ctx, &pod, &st);
+    tracing::debug!(namespace = %ns, pod = %name, %ip, "lab: pod scheduled");
+    let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
+    let slow = ctx.slow.get(node).copied().unwrap_or_default();
+    let stopped = |s: &watch::Receiver<Option<i64>>| *s.borrow();
+    let mut grace: Option<i64> = None;
+    if !slow.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(slow) => {}
+            _ = stop.changed() => grace = stopped(&stop),
+        }
+    }
+    let mut running: Option<Running> = None;
+    let mut backoff = Duration::from_millis(250);
+    let c0 = pod["spec"]["containers"][0].clone();
+    'life: while grace.is_none() {
+        // Start (or restart) the container.
+        let prepared = resolve_image(&ctx.images, &c0).and_then(|r| {
+            resolve_env(&ctx.store, &pod, &c0, ip).map(|mut env| {
+                let mut add = |k: &str, v: String| {
+                    if !env.iter().any(|(n, _)| n == k) {
+                        env.push((k.into(), v.into()));
+                    }
+                };
+                add("HOST", ip.to_string());
+                add("PORT", port.to_string());
+                add("ROTOR_FLEET_DIR", ctx.fleet_dir.to_string_lossy().into_owned());
+                add("ROTOR_CONSUMER", workload.clone());
+                add("ROTOR_INSTANCE", name.clone());
+                (r, env)
+            })
+        });
+        let (runner, env) = match prepared {
+            Ok(x) => x,
+            Err(ns_) => {
+                st.state = json!({"waiting": {"reason": ns_.reason, "message": ns_.message}});
+                st.set_ready(false);
+                publish(&ctx, &pod, &st);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue 'life,
+                    _ = stop.changed() => { grace = stopped(&stop); break 'life; }
+                }
+            }
+        };
+        let started = if crash == Some(CrashMode::Exit) {
+            Err("crash_loop fault: the container exits at once".to_string())
+        } else {
+            start(&ctx, &pod, &runner, env, ip, port).await
+        };
+        let mut child = match started {
+            Ok(c) => c,
+            Err(msg) => {
+                st.restarts += 1;
+                st.last_state = json!({"terminated": {"exitCode": 1, "reason": "Error",
+                    "message": msg, "startedAt": now_rfc3339(), "finishedAt": now_rfc3339()}});
+                st.state = json!({"waiting": {"reason": "CrashLoopBackOff",
+                    "message": format!("back-off {backoff:?} restarting failed container")}});
+                st.phase = "Running";
+                st.set_ready(false);
+                publish(&ctx, &pod, &st);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => { grace = stopped(&stop); break 'life; }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue 'life;
+            }
+        };
+        let started_at = now_rfc3339();
+        st.container_id = match &child {
+            Running::Process(c) => format!("lab://{}", c.id().unwrap_or(0)),
+            Running::InProcess { .. } => format!("lab://inprocess/{name}"),
+        };
+        st.phase = "Running";
+        st.state = json!({"running": {"startedAt": started_at}});
+        publish(&ctx, &pod, &st);
+        let inprocess = matches!(child, Running::InProcess { .. });
+        let mut fails = 0;
+        loop {
+            let period = if st.ready { Duration::from_millis(1000) } else { Duration::from_millis(100) };
+            tokio::select! {
+                code = child.wait() => {
+                    st.restarts += 1;
+                    st.last_state = json!({"terminated": {"exitCode": code,
+                        "reason": if code == 0 { "Completed" } else { "Error" },
+                        "startedAt": started_at, "finishedAt": now_rfc3339()}});
+                    st.state = json!({"waiting": {"reason": "CrashLoopBackOff",
+                        "message": format!("back-off {backoff:?} restarting failed container")}});
+                    st.set_ready(false);
+                    publish(&ctx, &pod, &st);
+                    tracing::info!(namespace = %ns, pod = %name, code, "lab: container exited");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => { grace = stopped(&stop); break 'life; }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue 'life;
+                }
+                _ = tokio::time::sleep(period) => {
+                    let ok = crash != Some(CrashMode::Unready)
+                        && (inprocess || probe(&ctx, &pod, ip, port).await);
+                    if ok {
+                        fails = 0;
+                        if !st.ready {
+                            st.set_ready(true);
+                            publish(&ctx, &pod, &st);
+                        }
+                    } else if st.ready {
+                        fails += 1;
+                        if fails >= 3 {
+                            st.set_ready(false);
+                            publish(&ctx, &pod, &st);
+                        }
+                    }
+                }
+                _ = stop.changed() => {
+                    grace = stopped(&stop);
+                    running = Some(child);
+                    break 'life;
+                }
+            }
+        }
+    }
+    // Termination: out of the endpoints first, then drain, SIGTERM, grace, SIGKILL.
+    let grace = grace.unwrap_or(0).max(0) as u64;
+    st.terminating = true;
+    ctx.endpoints.set(&workload, &name, None);
+    if let Some(mut child) = running {
+        if grace > 0 {
+            tokio::time::sleep(ctx.drain).await;
+        }
+        child.signal(Signal::SIGTERM);
+        let exited = tokio::time::timeout(Duration::from_secs(grace), child.wait()).await;
+        if exited.is_err() {
+            child.signal(Signal::SIGKILL);
+            let _ = child.wait().await;
+        }
+    }
+    let _ = ctx.store.remove(resources::get("pods"), &ns, &name);
+    ctx.ips.lock().unwrap_or_else(|e| e.into_inner()).give(ip);
+    tracing::debug!(namespace = %ns, pod = %name, "lab: pod gone");
+}

@@ -1,0 +1,411 @@
+//! The lab's object store: every API object as a `serde_json::Value`, one global
+//! resourceVersion counter, the watch history and the fan-out to watchers and to the
+//! controller and kubelet.
+//!
+//! Owns: uid, creationTimestamp, resourceVersion and generation bookkeeping, atomic
+//! read-modify-write, watch events. Must never: interpret a patch, decide HTTP semantics or
+//! log object contents (Secret data lives here; only kinds and names may be logged).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::{Value, json};
+use tokio::sync::{Notify, broadcast};
+
+use super::error::ApiError;
+use super::resources::Resource;
+
+/// How many past events a watch can resume from.
+const HISTORY: usize = 50_000;
+
+/// One change, as sent on a watch stream.
+#[derive(Debug, Clone)]
+pub(crate) struct Event {
+    pub rv: u64,
+    pub resource: &'static Resource,
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub kind: &'static str,
+    pub object: Value,
+}
+
+/// What a change is interesting to.
+#[derive(Default)]
+pub(crate) struct Listeners {
+    /// Woken on workload, ReplicaSet and pod changes (the controller).
+    pub controller: Notify,
+    /// Woken on pod changes (the kubelet).
+    pub kubelet: Notify,
+    /// Woken on pod changes (the endpoints writer).
+    pub endpoints: Notify,
+}
+
+struct Inner {
+    rv: u64,
+    objects: HashMap<&'static str, BTreeMap<(String, String), Value>>,
+    history: VecDeque<Arc<Event>>,
+    /// The resourceVersion below which history was dropped.
+    oldest: u64,
+}
+
+/// The store. Cheap to share behind an `Arc`.
+pub(crate) struct Store {
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<Arc<Event>>,
+    pub listeners: Listeners,
+}
+
+/// Past events and a receiver of the following ones.
+pub(crate) type Subscription = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
+/// Why a watch cannot start where asked.
+pub(crate) struct TooOld {
+    pub oldest: u64,
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+pub(crate) fn new_uid() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+/// `metadata.name`, or "".
+pub(crate) fn name_of(v: &Value) -> &str {
+    v.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// `metadata.namespace`, or "".
+pub(crate) fn namespace_of(v: &Value) -> &str {
+    v.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// `metadata.resourceVersion` parsed, if any.
+pub(crate) fn rv_of(v: &Value) -> Option<&str> {
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// `metadata.labels` as a map.
+pub(crate) fn labels_of(v: &Value) -> BTreeMap<String, String> {
+    v.pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A mutable `metadata` object (created when missing).
+pub(crate) fn meta_mut(v: &mut Value) -> &mut serde_json::Map<String, Value> {
+    if !v.is_object() {
+        *v = json!({});
+    }
+    let obj = v.as_object_mut().expect("object");
+    let m = obj.entry("metadata").or_insert_with(|| json!({}));
+    if !m.is_object() {
+        *m = json!({});
+    }
+    m.as_object_mut().expect("object")
+}
+
+/// Equality ignoring `metadata.resourceVersion` and `metadata.managedFields`.
+fn same_content(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+            m.remove("managedFields");
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
+impl Store {
+    pub fn new() -> Store {
+        let (events, _) = broadcast::channel(16_384);
+        Store {
+            inner: Mutex::new(Inner {
+                rv: 1,
+                objects: HashMap::new(),
+                history: VecDeque::new(),
+                oldest: 1,
+            }),
+            events,
+            listeners: Listeners::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current global resourceVersion.
+    pub fn rv(&self) -> u64 {
+        self.lock().rv
+    }
+
+    pub fn get(&self, res: &'static Resource, ns: &str, name: &str) -> Option<Value> {
+        self.lock()
+            .objects
+            .get(res.plural)
+            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+            .cloned()
+    }
+
+    /// Every object of `res` (in `ns` when given), sorted by namespace and name, and the
+    /// resourceVersion of the snapshot.
+    pub fn list(&self, res: &'static Resource, ns: Option<&str>) -> (Vec<Value>, u64) {
+        let inner = self.lock();
+        let items = inner
+            .objects
+            .get(res.plural)
+            .map(|m| {
+                m.iter()
+                    .filter(|((n, _), _)| ns.is_none_or(|ns| ns == n))
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (items, inner.rv)
+    }
+
+    fn emit(&self, inner: &mut Inner, res: &'static Resource, kind: &'static str, obj: &Value) {
+        let ev = Arc::new(Event {
+            rv: inner.rv,
+            resource: res,
+            kind,
+            object: obj.clone(),
+        });
+        inner.history.push_back(ev.clone());
+        while inner.history.len() > HISTORY {
+            if let Some(old) = inner.history.pop_front() {
+                inner.oldest = old.rv + 1;
+            }
+        }
+        let _ = self.events.send(ev);
+        if res.workload || res.plural == "pods" || res.plural == "replicasets" {
+            self.listeners.controller.notify_one();
+        }
+        if res.plural == "pods" {
+            self.listeners.kubelet.notify_one();
+            self.listeners.endpoints.notify_one();
+        }
+    }
+
+    /// Stores a new object. Fills uid, creationTimestamp, resourceVersion and generation.
+    pub fn create(&self, res: &'static Resource, mut obj: Value) -> Result<Value, ApiError> {
+        let ns = if res.namespaced {
+            namespace_of(&obj).to_string()
+        } else {
+            String::new()
+        };
+        let name = name_of(&obj).to_string();
+        let mut inner = self.lock();
+        if res.namespaced && !ns.is_empty() {
+            let exists = inner
+                .objects
+                .get("namespaces")
+                .is_some_and(|m| m.contains_key(&(String::new(), ns.clone())));
+            if !exists {
+                return Err(ApiError::namespace_not_found(&ns));
+            }
+        }
+        let key = (ns, name.clone());
+        if inner
+            .objects
+            .get(res.plural)
+            .is_some_and(|m| m.contains_key(&key))
+        {
+            return Err(ApiError::already_exists(res, &name));
+        }
+        inner.rv += 1;
+        let rv = inner.rv;
+        {
+            let m = meta_mut(&mut obj);
+            m.insert("uid".into(), json!(new_uid()));
+            m.insert("creationTimestamp".into(), json!(now_rfc3339()));
+            m.insert("resourceVersion".into(), json!(rv.to_string()));
+            m.insert("generation".into(), json!(1));
+            m.remove("deletionTimestamp");
+        }
+        inner
+            .objects
+            .entry(res.plural)
+            .or_default()
+            .insert(key, obj.clone());
+        self.emit(&mut inner, res, "ADDED", &obj);
+        Ok(obj)
+    }
+
+    /// Atomic read-modify-write: `f` gets the current object and returns the new one. System
+    /// metadata (uid, creationTimestamp, generation, deletionTimestamp) is kept from the current
+    /// object; generation is bumped when a workload's `spec` changed. An update that changes
+    /// nothing keeps the resourceVersion and emits no event.
+    pub fn update<F>(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        f: F,
+    ) -> Result<Value, ApiError>
+    where
+        F: FnOnce(&Value) -> Result<Value, ApiError>,
+    {
+        let mut inner = self.lock();
+        let key = (ns.to_string(), name.to_string());
+        let Some(current) = inner.objects.get(res.plural).and_then(|m| m.get(&key)) else {
+            return Err(ApiError::not_found(res, name));
+        };
+        let current = current.clone();
+        let mut new = f(&current)?;
+        let cur_meta = current.get("metadata").cloned().unwrap_or(json!({}));
+        let mut generation = cur_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        if res.workload && new.get("spec") != current.get("spec") {
+            generation += 1;
+        }
+        {
+            let m = meta_mut(&mut new);
+            for k in ["uid", "creationTimestamp", "namespace", "name"] {
+                match cur_meta.get(k) {
+                    Some(v) => m.insert(k.into(), v.clone()),
+                    None => m.remove(k),
+                };
+            }
+            m.insert("generation".into(), json!(generation));
+            if let Some(v) = cur_meta.get("deletionTimestamp") {
+                m.insert("deletionTimestamp".into(), v.clone());
+            }
+            m.insert("resourceVersion".into(), cur_meta["resourceVersion"].clone());
+        }
+        if same_content(&new, &current) {
+            return Ok(current);
+        }
+        inner.rv += 1;
+        let rv = inner.rv;
+        meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
+        inner
+            .objects
+            .entry(res.plural)
+            .or_default()
+            .insert(key, new.clone());
+        self.emit(&mut inner, res, "MODIFIED", &new);
+        Ok(new)
+    }
+
+    /// Marks an object as terminating (sets `deletionTimestamp`), for pods.
+    pub fn mark_deleting(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        grace_seconds: i64,
+    ) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        let key = (ns.to_string(), name.to_string());
+        let Some(current) = inner.objects.get(res.plural).and_then(|m| m.get(&key)) else {
+            return Err(ApiError::not_found(res, name));
+        };
+        if current.pointer("/metadata/deletionTimestamp").is_some() {
+            return Ok(current.clone());
+        }
+        let mut new = current.clone();
+        inner.rv += 1;
+        let rv = inner.rv;
+        {
+            let m = meta_mut(&mut new);
+            m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+            m.insert("deletionGracePeriodSeconds".into(), json!(grace_seconds));
+            m.insert("resourceVersion".into(), json!(rv.to_string()));
+        }
+        inner
+            .objects
+            .entry(res.plural)
+            .or_default()
+            .insert(key, new.clone());
+        self.emit(&mut inner, res, "MODIFIED", &new);
+        Ok(new)
+    }
+
+    /// Removes an object for good.
+    pub fn remove(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        let key = (ns.to_string(), name.to_string());
+        let Some(mut obj) = inner.objects.get_mut(res.plural).and_then(|m| m.remove(&key)) else {
+            return Err(ApiError::not_found(res, name));
+        };
+        inner.rv += 1;
+        let rv = inner.rv;
+        meta_mut(&mut obj).insert("resourceVersion".into(), json!(rv.to_string()));
+        self.emit(&mut inner, res, "DELETED", &obj);
+        Ok(obj)
+    }
+
+    /// Events after `from` (all retained history when `from` is None is NOT replayed: callers
+    /// list first) and a receiver for what follows, with no gap between them.
+    pub fn subscribe(
+        &self,
+        from: Option<u64>,
+    ) -> Result<Subscription, TooOld> {
+        let inner = self.lock();
+        let rx = self.events.subscribe();
+        let past = match from {
+            None => Vec::new(),
+            Some(rv) => {
+                if rv + 1 < inner.oldest {
+                    return Err(TooOld {
+                        oldest: inner.oldest,
+                    });
+                }
+                inner
+                    .history
+                    .iter()
+                    .filter(|e| e.rv > rv)
+                    .cloned()
+                    .collect()
+            }
+        };
+        Ok((past, rx))
+    }
+
+    /// A snapshot of `res` objects plus a receiver of later events, with no gap.
+    pub fn snapshot_and_subscribe(
+        &self,
+        res: &'static Resource,
+        ns: Option<&str>,
+    ) -> (Vec<Value>, u64, broadcast::Receiver<Arc<Event>>) {
+        let inner = self.lock();
+        let rx = self.events.subscribe();
+        let items = inner
+            .objects
+            .get(res.plural)
+            .map(|m| {
+                m.iter()
+                    .filter(|((n, _), _)| ns.is_none_or(|ns| ns == n))
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (items, inner.rv, rx)
+    }
+}
