@@ -1,13 +1,16 @@
-//! `rotor status`: the rotation's state, last step and lock holder. Reads only.
+//! `rotor status`: the rotation's state, last step and lock holder, wherever the playbook keeps
+//! them (state directory, or the cluster's ConfigMap and Lease). Reads only: creates nothing,
+//! not even the state directory.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{CliResult, load};
-use crate::engine::journal::JournalFile;
-use crate::engine::lock::{FileLock, RotationLock};
+use crate::engine::EngineError;
+use crate::engine::{journal, lock};
 use crate::exit::Exit;
 use crate::output::{Output, render_status};
+use crate::playbook::{JournalKind, LockKind};
 
 /// `rotor status` arguments.
 #[derive(Debug, clap::Args)]
@@ -18,17 +21,37 @@ pub struct Args {
 
 pub(super) async fn run(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
     let pb = load(&a.playbook, state_dir)?;
-    let journal = JournalFile::new(&pb.state_dir)
-        .load()
-        .map_err(crate::engine::EngineError::from)?;
-    let holder = if pb.state_dir.exists() {
-        FileLock::new(&pb.state_dir)
-            .holder()
-            .map_err(crate::engine::EngineError::from)?
+    let lease = pb
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.lock == LockKind::Lease);
+    let configmap = pb
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.journal == JournalKind::ConfigMap);
+    let cluster = match &pb.cluster {
+        Some(spec) if lease || configmap => Some(
+            crate::cluster::Cluster::connect(spec)
+                .await
+                .map_err(EngineError::from)?,
+        ),
+        _ => None,
+    };
+    let journals = journal::open(&pb, cluster.as_ref()).map_err(EngineError::from)?;
+    let journal = journals.load().await.map_err(EngineError::from)?;
+    let lock = lock::open(&pb, cluster.as_ref(), None).map_err(EngineError::from)?;
+    // The file lock creates its directory when opened: skip it when there is none.
+    let holder = if lease || pb.state_dir.exists() {
+        lock.holder().await.map_err(EngineError::from)?
     } else {
         None
     };
-    let value = serde_json::json!({"journal": journal, "lock": holder});
+    let value = serde_json::json!({
+        "journal": journal,
+        "lock": holder,
+        "journal_location": journals.describe(),
+        "lock_location": lock.describe(),
+    });
     out.result(&value, || render_status(journal.as_ref(), holder.as_ref()));
     Ok(Exit::Ok)
 }

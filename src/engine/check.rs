@@ -60,7 +60,7 @@ impl Engine {
                 .and_then(|i| snap.version(i))
                 .map(|v| v.fingerprint.clone())
         };
-        let journal = self.journals.load()?.filter(|j| j.status.is_active());
+        let journal = self.journals.load().await?.filter(|j| j.status.is_active());
         let (state, a, b) = match &journal {
             Some(j) => (
                 j.state,

@@ -1,15 +1,23 @@
-//! The journal: one JSON file per rotation, rewritten atomically after every step.
+//! The journal: one JSON document per rotation, rewritten atomically after every step.
 //!
 //! Owns: what a rotation has done (state, steps, version references, fingerprints), so a
-//! crashed run can be resumed or rolled back. Must never: contain a value. After a crash the new
-//! value is read back from the store (S1 and later); before S1 a fresh one is generated.
+//! crashed run can be resumed or rolled back, and where that record lives: the
+//! [`JournalStore`] trait, [`JournalFile`] (`<state_dir>/journal.json`, the default) and
+//! [`configmap::ConfigMapJournal`] (a ConfigMap, so a rescheduled Job resumes where the last
+//! one stopped). Must never: contain a value. After a crash the new value is read back from the
+//! store (S1 and later); before S1 a fresh one is generated.
+
+pub mod configmap;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::cluster::ClusterError;
 
 use crate::protocol::{Direction, State, Transition};
 use crate::secret::Fingerprint;
@@ -202,6 +210,46 @@ impl Journal {
     }
 }
 
+/// Where a secret's journals live: the current rotation's, and the archive of finished ones.
+///
+/// One run writes at a time (the single-flight lock guarantees it); a backend that can detect
+/// a second writer (a resourceVersion) refuses instead of overwriting.
+#[async_trait]
+pub trait JournalStore: Send + Sync {
+    /// The current journal, if any.
+    async fn load(&self) -> Result<Option<Journal>, JournalError>;
+    /// Writes the current journal atomically (and stamps `updated_at`).
+    async fn save(&self, journal: &mut Journal) -> Result<(), JournalError>;
+    /// Moves the current journal (a finished rotation's) to the archive; afterwards `load`
+    /// returns `None`.
+    async fn archive(&self, journal: &Journal) -> Result<(), JournalError>;
+    /// Where the current journal lives (`/x/state/journal.json`,
+    /// `configmaps/rotor-journal-auth-prod in namespace demo`).
+    fn describe(&self) -> String;
+}
+
+/// The journal store the playbook names: its cluster's ConfigMap (`cluster.journal:
+/// configmap`), else the state directory. Opening reads and writes nothing.
+pub fn open(
+    pb: &crate::playbook::Playbook,
+    cluster: Option<&crate::cluster::Cluster>,
+) -> Result<Box<dyn JournalStore>, ClusterError> {
+    use crate::playbook::JournalKind;
+    match pb.cluster.as_ref().map(|c| c.journal) {
+        Some(JournalKind::ConfigMap) => {
+            let cluster = cluster.ok_or_else(|| ClusterError::Connect {
+                detail: "the playbook keeps its journal in a ConfigMap, but no cluster connection was opened".into(),
+            })?;
+            Ok(Box::new(configmap::ConfigMapJournal::new(
+                cluster,
+                &pb.secret,
+                pb.environment.as_str(),
+            )))
+        }
+        Some(JournalKind::File) | None => Ok(Box::new(JournalFile::new(&pb.state_dir))),
+    }
+}
+
 /// Where journals live: `<state_dir>/journal.json` for the current rotation, finished ones
 /// archived under `<state_dir>/history/<id>.json`.
 #[derive(Debug, Clone)]
@@ -222,6 +270,37 @@ pub enum JournalError {
         /// The error.
         #[source]
         source: std::io::Error,
+    },
+    /// The cluster refused or failed a journal call.
+    #[error("journal: {0}")]
+    Cluster(#[from] ClusterError),
+    /// Someone else wrote the journal since this run read it.
+    #[error(
+        "journal {target} was changed by someone else since this run read it; rotor did not overwrite it\n  help: two runs wrote the journal of one secret, so the single-flight lock did not hold (two lock backends, or a forced takeover of a live run); stop every run of this secret, check `rotor status` and the store with `rotor check`, then `rotor resume`"
+    )]
+    Conflict {
+        /// Where the journal lives.
+        target: String,
+    },
+    /// The journal outgrew its storage.
+    #[error(
+        "journal {target} is {bytes} bytes, more than the {limit} bytes it may take\n  help: a rotation this long is stuck in a loop; inspect it with `rotor status`, then roll it back"
+    )]
+    TooLarge {
+        /// Where the journal lives.
+        target: String,
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// This run lost its lock, so it must not write the journal any more.
+    #[error(
+        "journal not written: this run lost the lock of this secret to {holder}\n  help: this run could not renew its lease in time and someone forced a takeover; check `rotor status` and let the run that holds the lock finish"
+    )]
+    LockLost {
+        /// Who holds the lock now.
+        holder: String,
     },
     /// Cannot parse.
     #[error(
@@ -247,9 +326,11 @@ impl JournalFile {
     pub fn path(&self) -> PathBuf {
         self.dir.join("journal.json")
     }
+}
 
-    /// The current journal, if any.
-    pub fn load(&self) -> Result<Option<Journal>, JournalError> {
+#[async_trait]
+impl JournalStore for JournalFile {
+    async fn load(&self) -> Result<Option<Journal>, JournalError> {
         let path = self.path();
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -271,7 +352,7 @@ impl JournalFile {
     }
 
     /// Writes the journal atomically (temp file, fsync, rename).
-    pub fn save(&self, journal: &mut Journal) -> Result<(), JournalError> {
+    async fn save(&self, journal: &mut Journal) -> Result<(), JournalError> {
         journal.updated_at = Utc::now();
         let path = self.path();
         let bytes = serde_json::to_vec_pretty(journal).expect("journal serializes");
@@ -283,7 +364,7 @@ impl JournalFile {
     }
 
     /// Moves the current journal to `history/<id>.json`.
-    pub fn archive(&self, journal: &Journal) -> Result<(), JournalError> {
+    async fn archive(&self, journal: &Journal) -> Result<(), JournalError> {
         let to = self
             .dir
             .join("history")
@@ -295,5 +376,9 @@ impl JournalFile {
         };
         fs::create_dir_all(to.parent().expect("has parent")).map_err(io)?;
         fs::rename(self.path(), &to).map_err(io)
+    }
+
+    fn describe(&self) -> String {
+        self.path().display().to_string()
     }
 }

@@ -1,18 +1,38 @@
 //! Single-flight lock: one rotation per secret at a time.
 //!
-//! Owns: the [`RotationLock`] trait (so a Kubernetes Lease or a store-side annotation can
-//! replace the file lock) and [`FileLock`], an `flock` on `<state_dir>/lock` with the holder's
-//! identity, stage and start time beside it in `<state_dir>/lock.json`. The kernel releases an
-//! `flock` when its holder dies, so a crashed run never leaves a stale lock behind; the holder
-//! file then only tells the next run who was there.
+//! Owns: the [`RotationLock`] / [`LockGuard`] traits (so a Kubernetes Lease or a store-side
+//! annotation can replace the file lock) and [`FileLock`], an `flock` on `<state_dir>/lock`
+//! with the holder's identity, stage and start time beside it in `<state_dir>/lock.json`. The
+//! kernel releases an `flock` when its holder dies, so a crashed run never leaves a stale lock
+//! behind; the holder file then only tells the next run who was there. [`lease::LeaseLock`] is
+//! the cluster backend (a `coordination.k8s.io/v1` Lease).
+//!
+//! Must never: hand the lock to a second run while the first may still be running (a lease is
+//! only taken over after it expired *and* the operator passed `--force`), or write anything
+//! but who holds the lock (no values, no journal content).
+//!
+//! # Contract of a guard
+//! - [`LockGuard::set_stage`] is cheap and never blocks: backends that write remotely do so
+//!   from a background task.
+//! - [`LockGuard::release`] must be called at the end of every run; `Drop` is only a
+//!   best-effort fallback (the file lock unlocks, a lease stops renewing and lapses).
+//! - [`LockGuard::lost`] turns `Some` when a backend learns that another run took the lock
+//!   over (only possible for leases, after this run failed to renew it for a whole lease
+//!   duration and an operator forced a takeover). From then on the guard never writes the
+//!   lock again, and the engine stops before its next journal write or step.
+
+pub mod lease;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::cluster::ClusterError;
 
 use crate::store::local::atomic_write;
 
@@ -69,6 +89,21 @@ pub enum LockError {
         /// Lock file.
         path: String,
     },
+    /// A lease whose holder stopped renewing it (`expires` says when it lapsed); taking it over
+    /// needs `--force`.
+    #[error("the lock of this secret is still assigned to {} ({}, since {}, last at stage {}{}), but its lease expired at {}\n  help: that run stopped renewing it: make sure it is really gone (its pod or process), then rerun with `--force` to take the lock over; `rotor resume` continues the rotation from its journal",
+        .0.identity, .0.command, .0.since.format("%Y-%m-%d %H:%M:%S UTC"), .0.stage,
+        .0.rotation.as_ref().map(|r| format!(", rotation {r}")).unwrap_or_default(),
+        .0.expires.format("%Y-%m-%d %H:%M:%S UTC"))]
+    Expired(Box<Holder>),
+    /// This run lost its lock to another run.
+    #[error("this run lost the lock of this secret: {} ({}) took it over{}; this run stopped without writing anything more\n  help: this run could not renew its lease in time and someone forced a takeover; check `rotor status` and let the run that holds the lock finish",
+        .0.identity, .0.command,
+        .0.rotation.as_ref().map(|r| format!(" (rotation {r})")).unwrap_or_default())]
+    Lost(Box<Holder>),
+    /// The cluster refused or failed a lock call.
+    #[error("lock: {0}")]
+    Cluster(Box<ClusterError>),
     /// I/O failure.
     #[error("lock {path}: {source}")]
     Io {
@@ -80,18 +115,65 @@ pub enum LockError {
     },
 }
 
-/// A held lock; released when dropped.
+impl From<ClusterError> for LockError {
+    fn from(e: ClusterError) -> Self {
+        LockError::Cluster(Box::new(e))
+    }
+}
+
+/// A held lock. Call [`LockGuard::release`] at the end of the run; dropping it is only a
+/// best-effort fallback.
+#[async_trait]
 pub trait LockGuard: Send + Sync {
-    /// Records the current stage (and renews the expiry).
+    /// Records the current stage (and renews the expiry). Cheap and non-blocking; a no-op once
+    /// the lock is [lost](LockGuard::lost).
     fn set_stage(&self, rotation: Option<&str>, stage: &str);
+
+    /// The run that took this lock over, once this guard learned it lost the lock.
+    fn lost(&self) -> Option<Holder> {
+        None
+    }
+
+    /// Gives the lock back so the next run need not wait for it to expire. Never touches a
+    /// lock that was lost to another run.
+    async fn release(self: Box<Self>) -> Result<(), LockError>;
 }
 
 /// A single-flight lock backend.
+#[async_trait]
 pub trait RotationLock: Send + Sync {
-    /// Takes the lock or says who holds it.
-    fn acquire(&self, holder: Holder) -> Result<Box<dyn LockGuard>, LockError>;
+    /// Takes the lock or says who holds it. `force` allows taking over a lock whose holder
+    /// stopped renewing it (an expired lease); it never takes a live lock.
+    async fn acquire(&self, holder: Holder, force: bool) -> Result<Box<dyn LockGuard>, LockError>;
     /// Who holds it now, if anyone.
-    fn holder(&self) -> Result<Option<Holder>, LockError>;
+    async fn holder(&self) -> Result<Option<Holder>, LockError>;
+    /// Where the lock lives (`/x/state/lock`, `leases/rotor-auth-prod in namespace demo`).
+    fn describe(&self) -> String;
+}
+
+/// The lock the playbook names: its cluster's Lease (`cluster.lock: lease`), else the file
+/// lock in its state directory. `events` hears about takeovers and lost leases.
+pub fn open(
+    pb: &crate::playbook::Playbook,
+    cluster: Option<&crate::cluster::Cluster>,
+    events: Option<std::sync::Arc<dyn crate::events::EventSink>>,
+) -> Result<Box<dyn RotationLock>, ClusterError> {
+    use crate::playbook::LockKind;
+    match pb.cluster.as_ref().map(|c| c.lock) {
+        Some(LockKind::Lease) => {
+            let cluster = cluster.ok_or_else(|| ClusterError::Connect {
+                detail:
+                    "the playbook keeps its lock in a Lease, but no cluster connection was opened"
+                        .into(),
+            })?;
+            let lock = lease::LeaseLock::new(cluster, &pb.secret, pb.environment.as_str());
+            Ok(Box::new(match events {
+                Some(e) => lock.with_events(e),
+                None => lock,
+            }))
+        }
+        Some(LockKind::File) | None => Ok(Box::new(FileLock::new(&pb.state_dir))),
+    }
 }
 
 /// `flock` on `<dir>/lock` plus `<dir>/lock.json`.
@@ -162,6 +244,7 @@ impl FileGuard {
     }
 }
 
+#[async_trait]
 impl LockGuard for FileGuard {
     fn set_stage(&self, rotation: Option<&str>, stage: &str) {
         let mut h = self.holder.lock().expect("holder mutex");
@@ -172,6 +255,12 @@ impl LockGuard for FileGuard {
         h.expires = Utc::now() + chrono::Duration::minutes(10);
         self.write(&h);
     }
+
+    async fn release(self: Box<Self>) -> Result<(), LockError> {
+        // Drop removes the holder file and unlocks.
+        drop(self);
+        Ok(())
+    }
 }
 
 impl Drop for FileGuard {
@@ -181,8 +270,11 @@ impl Drop for FileGuard {
     }
 }
 
+#[async_trait]
 impl RotationLock for FileLock {
-    fn acquire(&self, holder: Holder) -> Result<Box<dyn LockGuard>, LockError> {
+    /// `force` changes nothing: the kernel frees an `flock` when its holder dies, so a file
+    /// lock that is held is always live.
+    async fn acquire(&self, holder: Holder, _force: bool) -> Result<Box<dyn LockGuard>, LockError> {
         let file = self.open()?;
         match file.try_lock() {
             Ok(()) => {}
@@ -198,7 +290,7 @@ impl RotationLock for FileLock {
         Ok(Box::new(guard))
     }
 
-    fn holder(&self) -> Result<Option<Holder>, LockError> {
+    async fn holder(&self) -> Result<Option<Holder>, LockError> {
         let file = self.open()?;
         match file.try_lock() {
             Ok(()) => {
@@ -219,29 +311,41 @@ impl RotationLock for FileLock {
             Err(fs::TryLockError::Error(e)) => Err(self.io(e)),
         }
     }
+
+    fn describe(&self) -> String {
+        self.lock_path().display().to_string()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn second_acquire_names_the_holder_and_stage() {
+    #[tokio::test]
+    async fn second_acquire_names_the_holder_and_stage() {
         let dir = tempfile::tempdir().unwrap();
         let lock = FileLock::new(dir.path());
-        let g = lock.acquire(Holder::me("rotate")).unwrap();
+        let g = lock.acquire(Holder::me("rotate"), false).await.unwrap();
         g.set_stage(Some("r-1"), "T2 widen forward");
         // flock is per open file description, so a second open in the same process conflicts.
         let err = lock
-            .acquire(Holder::me("rotate"))
+            .acquire(Holder::me("rotate"), true)
+            .await
             .err()
-            .expect("must be refused");
+            .expect("must be refused, even with force");
         let msg = err.to_string();
         assert!(msg.contains("T2 widen forward"), "{msg}");
         assert!(msg.contains("rotation r-1"), "{msg}");
-        assert_eq!(lock.holder().unwrap().unwrap().stage, "T2 widen forward");
+        assert_eq!(
+            lock.holder().await.unwrap().unwrap().stage,
+            "T2 widen forward"
+        );
+        g.release().await.unwrap();
+        assert!(lock.holder().await.unwrap().is_none());
+        assert!(!dir.path().join("lock.json").exists());
+        let g = lock.acquire(Holder::me("resume"), false).await.unwrap();
+        // Dropping without release still frees the lock (fallback).
         drop(g);
-        assert!(lock.holder().unwrap().is_none());
-        lock.acquire(Holder::me("resume")).unwrap();
+        assert!(lock.holder().await.unwrap().is_none());
     }
 }
