@@ -43,9 +43,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     opts.listen = cli.listen;
     let lab = Lab::start(opts).await?;
     say(&format!("rotor-lab: API server on {}", lab.url()));
-    say(&format!("rotor-lab: kubeconfig {}", lab.kubeconfig_path().display()));
-    say(&format!("rotor-lab: pod logs under {}", dir.join("logs").display()));
-    say(&format!("export KUBECONFIG={}", lab.kubeconfig_path().display()));
+    say(&format!(
+        "rotor-lab: kubeconfig {}",
+        lab.kubeconfig_path().display()
+    ));
+    say(&format!(
+        "rotor-lab: pod logs under {}",
+        dir.join("logs").display()
+    ));
+    say(&format!(
+        "export KUBECONFIG={}",
+        lab.kubeconfig_path().display()
+    ));
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

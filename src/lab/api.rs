@@ -62,7 +62,11 @@ async fn add_fault(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         Ok(f) => {
             tracing::info!(fault = ?f, "lab: fault added");
             s.faults.add(f);
-            (StatusCode::CREATED, axum::Json(json!({"faults": s.faults.list()}))).into_response()
+            (
+                StatusCode::CREATED,
+                axum::Json(json!({"faults": s.faults.list()})),
+            )
+                .into_response()
         }
         Err(e) => ApiError::bad_request(format!("invalid fault: {e}")).into_response(),
     }
@@ -112,7 +116,9 @@ fn route(path: &str) -> Route {
         }
         ["apis"] => return Route::Json(resources::group_list()),
         ["api", "v1"] => return Route::Json(resources::resource_list("")),
-        ["apis", g] if resources::GROUPS.contains(g) => return Route::Json(resources::api_group(g)),
+        ["apis", g] if resources::GROUPS.contains(g) => {
+            return Route::Json(resources::api_group(g));
+        }
         ["apis", g, "v1"] if resources::GROUPS.contains(g) => {
             return Route::Json(resources::resource_list(g));
         }
@@ -159,21 +165,24 @@ fn route(path: &str) -> Route {
             },
             None => return Route::NotFound,
         },
-        [plural, name, sub] => match resources::by_plural(group, plural).filter(|r| !r.namespaced) {
-            Some(res) => Target {
-                res,
-                ns: None,
-                name: owned(name),
-                sub: owned(sub),
-            },
-            None => return Route::NotFound,
-        },
+        [plural, name, sub] => {
+            match resources::by_plural(group, plural).filter(|r| !r.namespaced) {
+                Some(res) => Target {
+                    res,
+                    ns: None,
+                    name: owned(name),
+                    sub: owned(sub),
+                },
+                None => return Route::NotFound,
+            }
+        }
         _ => return Route::NotFound,
     };
     if let Some(sub) = &t.sub
         && !(sub == "status" && t.res.status)
         && !(sub == "log" && t.res.plural == "pods")
-        && !(sub == "scale" && matches!(t.res.plural, "deployments" | "statefulsets" | "replicasets"))
+        && !(sub == "scale"
+            && matches!(t.res.plural, "deployments" | "statefulsets" | "replicasets"))
     {
         return Route::NotFound;
     }
@@ -265,7 +274,13 @@ async fn handle(
             .into_response();
         }
         Some(Injected::Api { effect, hang_ms }) => {
-            tracing::info!(verb, resource, name = info.name, ?effect, "lab: injected fault");
+            tracing::info!(
+                verb,
+                resource,
+                name = info.name,
+                ?effect,
+                "lab: injected fault"
+            );
             match effect {
                 ApiEffect::Conflict => {
                     return ApiError::conflict(t.res, info.name).into_response();
@@ -463,15 +478,25 @@ fn do_watch(s: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Respons
             && l.matches(&super::objects::labels_of(o))
             && f.matches(o)
     };
+    let initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
     let from = q
         .get("resourceVersion")
-        .filter(|v| !v.is_empty() && *v != "0");
+        .filter(|v| !v.is_empty() && *v != "0" && !initial);
     let mut first: Vec<Bytes> = Vec::new();
     let (rx, mut after) = match from {
         None => {
             let (items, rv, rx) = s.store.snapshot_and_subscribe(res, t.ns.as_deref());
             for o in items.iter().filter(|o| want(o)) {
                 first.push(event_line("ADDED", o));
+            }
+            if initial {
+                // The streaming list's end marker (WatchList, kubectl >= 1.35).
+                let bookmark = json!({
+                    "kind": res.kind, "apiVersion": res.api_version(),
+                    "metadata": {"resourceVersion": rv.to_string(),
+                                 "annotations": {"k8s.io/initial-events-end": "true"}},
+                });
+                first.push(event_line("BOOKMARK", &bookmark));
             }
             (rx, rv)
         }
@@ -562,7 +587,9 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding the request body: {e}")))?;
     if !v.is_object() {
-        return Err(ApiError::bad_request("the request body is not a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body is not a JSON object",
+        ));
     }
     Ok(v)
 }
@@ -587,9 +614,9 @@ fn normalize(res: &'static Resource, obj: &mut Value) -> Result<(), ApiError> {
         }
         if let Some(d) = obj.get("data").and_then(Value::as_object) {
             for (k, v) in d {
-                let ok = v.as_str().is_some_and(|s| {
-                    base64::engine::general_purpose::STANDARD.decode(s).is_ok()
-                });
+                let ok = v
+                    .as_str()
+                    .is_some_and(|s| base64::engine::general_purpose::STANDARD.decode(s).is_ok());
                 if !ok {
                     return Err(ApiError::bad_request(format!(
                         "illegal base64 data in Secret {name:?} at key {k:?}"
@@ -710,7 +737,12 @@ pub(crate) fn create_object(
             let n = format!("{g}{}", super::controller::random_suffix());
             m.insert("name".into(), json!(n));
         }
-        for k in ["uid", "resourceVersion", "creationTimestamp", "deletionTimestamp"] {
+        for k in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "deletionTimestamp",
+        ] {
             m.remove(k);
         }
     }
@@ -889,7 +921,9 @@ fn do_delete(
             "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in \
              precondition: {want}, UID in object meta: {}",
             t.res.qualified(),
-            cur.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("")
+            cur.pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or("")
         );
         return Err(e);
     }

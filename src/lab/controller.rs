@@ -64,7 +64,11 @@ pub(crate) fn default_workload(res: &Resource, obj: &mut Value) {
             set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
             if obj.pointer("/spec/strategy/type") == Some(&json!("RollingUpdate")) {
                 set_default(obj, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
-                set_default(obj, "/spec/strategy/rollingUpdate/maxUnavailable", json!("25%"));
+                set_default(
+                    obj,
+                    "/spec/strategy/rollingUpdate/maxUnavailable",
+                    json!("25%"),
+                );
             }
             set_default(obj, "/spec/revisionHistoryLimit", json!(10));
             set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
@@ -74,14 +78,22 @@ pub(crate) fn default_workload(res: &Resource, obj: &mut Value) {
             set_default(obj, "/spec/podManagementPolicy", json!("OrderedReady"));
             set_default(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
             if obj.pointer("/spec/updateStrategy/type") == Some(&json!("RollingUpdate")) {
-                set_default(obj, "/spec/updateStrategy/rollingUpdate/partition", json!(0));
+                set_default(
+                    obj,
+                    "/spec/updateStrategy/rollingUpdate/partition",
+                    json!(0),
+                );
             }
             set_default(obj, "/spec/revisionHistoryLimit", json!(10));
         }
         "daemonsets" => {
             set_default(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
             if obj.pointer("/spec/updateStrategy/type") == Some(&json!("RollingUpdate")) {
-                set_default(obj, "/spec/updateStrategy/rollingUpdate/maxUnavailable", json!(1));
+                set_default(
+                    obj,
+                    "/spec/updateStrategy/rollingUpdate/maxUnavailable",
+                    json!(1),
+                );
                 set_default(obj, "/spec/updateStrategy/rollingUpdate/maxSurge", json!(0));
             }
             set_default(obj, "/spec/revisionHistoryLimit", json!(10));
@@ -93,7 +105,12 @@ pub(crate) fn default_workload(res: &Resource, obj: &mut Value) {
         .and_then(Value::as_array_mut)
     {
         for c in cs {
-            for p in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+            for p in c
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 set_default(p, "/protocol", json!("TCP"));
             }
             set_default(c, "/terminationMessagePath", json!("/dev/termination-log"));
@@ -101,9 +118,17 @@ pub(crate) fn default_workload(res: &Resource, obj: &mut Value) {
         }
     }
     set_default(obj, "/spec/template/spec/restartPolicy", json!("Always"));
-    set_default(obj, "/spec/template/spec/terminationGracePeriodSeconds", json!(30));
+    set_default(
+        obj,
+        "/spec/template/spec/terminationGracePeriodSeconds",
+        json!(30),
+    );
     set_default(obj, "/spec/template/spec/dnsPolicy", json!("ClusterFirst"));
-    set_default(obj, "/spec/template/spec/schedulerName", json!("default-scheduler"));
+    set_default(
+        obj,
+        "/spec/template/spec/schedulerName",
+        json!("default-scheduler"),
+    );
 }
 
 /// An int-or-percent of `total`; percentages round up or down.
@@ -258,7 +283,8 @@ impl Controller {
 
     /// The node with the fewest of `pods`.
     fn pick_node(&self, pods: &[&Value]) -> String {
-        let mut counts: BTreeMap<&str, usize> = self.nodes.iter().map(|n| (n.as_str(), 0)).collect();
+        let mut counts: BTreeMap<&str, usize> =
+            self.nodes.iter().map(|n| (n.as_str(), 0)).collect();
         for p in pods {
             if let Some(n) = p.pointer("/spec/nodeName").and_then(Value::as_str)
                 && let Some(c) = counts.get_mut(n)
@@ -342,7 +368,10 @@ impl Controller {
         let rs_res = resources::get("replicasets");
         let name = name_of(d).to_string();
         let ns = namespace_of(d).to_string();
-        let desired = d.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+        let desired = d
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let hash = template_hash(&template);
         let rs_name = format!("{name}-{hash}");
@@ -430,7 +459,14 @@ impl Controller {
                 let refs: Vec<&Value> = placed.iter().collect();
                 let node = this.pick_node(&refs);
                 let pod_name = format!("{rs_name}-{}", random_suffix());
-                this.create_pod(&new_rs, rs_res, pod_name, &new_rs["spec"]["template"], &[], &node);
+                this.create_pod(
+                    &new_rs,
+                    rs_res,
+                    pod_name,
+                    &new_rs["spec"]["template"],
+                    &[],
+                    &node,
+                );
                 placed.push(json!({"spec": {"nodeName": node}}));
             }
         };
@@ -443,7 +479,12 @@ impl Controller {
         } else if !paused {
             let ru = d.pointer("/spec/strategy/rollingUpdate");
             let surge = scaled(ru.and_then(|r| r.get("maxSurge")), desired, "25%", true);
-            let mut unavail = scaled(ru.and_then(|r| r.get("maxUnavailable")), desired, "25%", false);
+            let mut unavail = scaled(
+                ru.and_then(|r| r.get("maxUnavailable")),
+                desired,
+                "25%",
+                false,
+            );
             if surge == 0 && unavail == 0 {
                 unavail = 1;
             }
@@ -473,7 +514,9 @@ impl Controller {
                     self.delete_pod(p);
                     deleted += 1;
                 }
-                let can = (ready - min_available).min(max_scaled_down - deleted).max(0);
+                let can = (ready - min_available)
+                    .min(max_scaled_down - deleted)
+                    .max(0);
                 for p in old.iter().filter(|p| is_ready(p)).take(can as usize) {
                     self.delete_pod(p);
                 }
@@ -489,16 +532,22 @@ impl Controller {
                 .collect();
             let n = ps.len() as i64;
             let rd = ps.iter().filter(|p| is_ready(p)).count() as i64;
-            let spec_replicas = if name_of(r) == rs_name { desired.max(n).min(desired) } else { n };
-            let _ = self.store.update(rs_res, namespace_of(r), name_of(r), |cur| {
-                let mut c = cur.clone();
-                c["spec"]["replicas"] = json!(spec_replicas);
-                c["status"] = json!({
-                    "replicas": n, "fullyLabeledReplicas": n, "readyReplicas": rd,
-                    "availableReplicas": rd, "observedGeneration": generation_of(cur),
+            let spec_replicas = if name_of(r) == rs_name {
+                desired.max(n).min(desired)
+            } else {
+                n
+            };
+            let _ = self
+                .store
+                .update(rs_res, namespace_of(r), name_of(r), |cur| {
+                    let mut c = cur.clone();
+                    c["spec"]["replicas"] = json!(spec_replicas);
+                    c["status"] = json!({
+                        "replicas": n, "fullyLabeledReplicas": n, "readyReplicas": rd,
+                        "availableReplicas": rd, "observedGeneration": generation_of(cur),
+                    });
+                    Ok(c)
                 });
-                Ok(c)
-            });
         }
         // Deployment status and conditions.
         let generation = generation_of(d);
@@ -528,24 +577,64 @@ impl Controller {
         let unavail = if recreate {
             0
         } else {
-            scaled(ru.and_then(|r| r.get("maxUnavailable")), desired, "25%", false)
+            scaled(
+                ru.and_then(|r| r.get("maxUnavailable")),
+                desired,
+                "25%",
+                false,
+            )
         };
         let (avail_status, avail_reason, avail_msg) = if ready >= desired - unavail {
-            ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.")
+            (
+                "True",
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.",
+            )
         } else {
-            ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.")
+            (
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.",
+            )
         };
         let (prog_status, prog_reason, prog_msg) = if complete {
-            ("True", "NewReplicaSetAvailable", format!("ReplicaSet \"{rs_name}\" has successfully progressed."))
+            (
+                "True",
+                "NewReplicaSetAvailable",
+                format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
+            )
         } else if since > Duration::from_secs(deadline) {
-            ("False", "ProgressDeadlineExceeded", format!("ReplicaSet \"{rs_name}\" has timed out progressing."))
+            (
+                "False",
+                "ProgressDeadlineExceeded",
+                format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
+            )
         } else {
-            ("True", "ReplicaSetUpdated", format!("ReplicaSet \"{rs_name}\" is progressing."))
+            (
+                "True",
+                "ReplicaSetUpdated",
+                format!("ReplicaSet \"{rs_name}\" is progressing."),
+            )
         };
-        let old_conds = d.pointer("/status/conditions").cloned().unwrap_or(json!([]));
+        let old_conds = d
+            .pointer("/status/conditions")
+            .cloned()
+            .unwrap_or(json!([]));
         let conditions = vec![
-            condition(&old_conds, "Available", avail_status, avail_reason, avail_msg),
-            condition(&old_conds, "Progressing", prog_status, prog_reason, &prog_msg),
+            condition(
+                &old_conds,
+                "Available",
+                avail_status,
+                avail_reason,
+                avail_msg,
+            ),
+            condition(
+                &old_conds,
+                "Progressing",
+                prog_status,
+                prog_reason,
+                &prog_msg,
+            ),
         ];
         let mut status = json!({
             "observedGeneration": generation,
@@ -565,7 +654,10 @@ impl Controller {
     fn statefulset(&mut self, s: &Value, pods: &[Value]) {
         let res = resources::get("statefulsets");
         let name = name_of(s).to_string();
-        let desired = s.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+        let desired = s
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         let template = s.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let update_rev = format!("{name}-{}", template_hash(&template));
         let parallel = s.pointer("/spec/podManagementPolicy") == Some(&json!("Parallel"));
@@ -583,7 +675,12 @@ impl Controller {
                 by_ord.insert(i, p);
             }
         }
-        let rev_of = |p: &Value| labels_of(p).get("controller-revision-hash").cloned().unwrap_or_default();
+        let rev_of = |p: &Value| {
+            labels_of(p)
+                .get("controller-revision-hash")
+                .cloned()
+                .unwrap_or_default()
+        };
         let healthy = |p: &Value| !is_terminating(p) && is_ready(p);
         let all_pods: Vec<&Value> = pods.iter().collect();
         // Create missing pods (in order unless Parallel).
@@ -697,7 +794,10 @@ impl Controller {
         }
         // Pods on nodes the lab does not have.
         for p in &live {
-            let n = p.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+            let n = p
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if !self.nodes.iter().any(|x| x == n) {
                 self.delete_pod(p);
             }

@@ -29,8 +29,8 @@ pub(crate) async fn start(
 ) -> Result<(oneshot::Sender<()>, tokio::task::JoinHandle<()>), String> {
     let cli = Cli::try_parse_from(args).map_err(|e| format!("invalid args: {e}"))?;
     let env: HashMap<String, OsString> = env.into_iter().collect();
-    let state = AppState::from_lookup(&cli.args, |k| env.get(k).cloned())
-        .map_err(|e| format!("{e:#}"))?;
+    let state =
+        AppState::from_lookup(&cli.args, |k| env.get(k).cloned()).map_err(|e| format!("{e:#}"))?;
     let app = service::router(state).map_err(|e| format!("{e:#}"))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -30,21 +30,20 @@ use super::resources;
 use super::topology::{INPROCESS_IMAGE, ImageSpec};
 
 /// Loopback addresses for pods: 127.0.0.2..=254, then 127.0.1.2..=254, … Freed addresses are
-/// reused oldest-freed first.
+/// reused oldest-freed first. One pool per process, so labs in one process never collide; an
+/// address whose port is taken by someone else (another lab process) is skipped.
 pub(crate) struct IpPool {
     next: u32,
     free: VecDeque<Ipv4Addr>,
 }
 
-impl IpPool {
-    pub fn new() -> IpPool {
-        IpPool {
-            next: 2,
-            free: VecDeque::new(),
-        }
-    }
+static POOL: Mutex<IpPool> = Mutex::new(IpPool {
+    next: 2,
+    free: VecDeque::new(),
+});
 
-    pub fn take(&mut self) -> Ipv4Addr {
+impl IpPool {
+    fn take_any(&mut self) -> Ipv4Addr {
         if self.next > 254
             && let Some(ip) = self.free.pop_front()
         {
@@ -59,8 +58,26 @@ impl IpPool {
         }
     }
 
-    pub fn give(&mut self, ip: Ipv4Addr) {
-        self.free.push_back(ip);
+    /// An address whose `port` is free now.
+    pub fn take(port: u16) -> Ipv4Addr {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut skipped = Vec::new();
+        let ip = loop {
+            let ip = pool.take_any();
+            if skipped.len() > 64 || std::net::TcpListener::bind((ip, port)).is_ok() {
+                break ip;
+            }
+            skipped.push(ip);
+        };
+        pool.free.extend(skipped);
+        ip
+    }
+
+    pub fn give(ip: Ipv4Addr) {
+        POOL.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .free
+            .push_back(ip);
     }
 }
 
@@ -90,7 +107,9 @@ impl Spawner {
                 }
             })
             .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!(error = %e, "lab: cannot start the spawner thread"));
+            .unwrap_or_else(
+                |e| tracing::error!(error = %e, "lab: cannot start the spawner thread"),
+            );
         Spawner { tx }
     }
 
@@ -113,7 +132,6 @@ pub(crate) struct Ctx {
     pub drain: Duration,
     pub fleet_dir: PathBuf,
     pub logs_dir: PathBuf,
-    pub ips: Mutex<IpPool>,
     pub spawner: Spawner,
     pub endpoints: Endpoints,
     pub http: reqwest::Client,
@@ -263,7 +281,9 @@ fn resolve_env(
         }
     }
     for e in c["env"].as_array().into_iter().flatten() {
-        let Some(name) = e["name"].as_str() else { continue };
+        let Some(name) = e["name"].as_str() else {
+            continue;
+        };
         if let Some(v) = e.get("value").and_then(Value::as_str) {
             env.push((name.into(), v.into()));
             continue;
@@ -318,15 +338,26 @@ enum Runner {
     InProcess(Vec<String>),
 }
 
-fn resolve_image(images: &std::collections::BTreeMap<String, ImageSpec>, c: &Value) -> Result<Runner, NotStarted> {
+fn resolve_image(
+    images: &std::collections::BTreeMap<String, ImageSpec>,
+    c: &Value,
+) -> Result<Runner, NotStarted> {
     let image = c["image"].as_str().unwrap_or("");
     let args: Vec<String> = c["args"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     let command: Vec<String> = c["command"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     let bare = image.split('@').next().unwrap_or(image);
     let bare = match bare.rsplit_once(':') {
@@ -445,13 +476,16 @@ impl PodState {
 
 fn publish(ctx: &Ctx, pod: &Value, st: &PodState) {
     let status = st.status(pod);
-    let _ = ctx
-        .store
-        .update(resources::get("pods"), namespace_of(pod), name_of(pod), |cur| {
+    let _ = ctx.store.update(
+        resources::get("pods"),
+        namespace_of(pod),
+        name_of(pod),
+        |cur| {
             let mut n = cur.clone();
             n["status"] = status;
             Ok(n)
-        });
+        },
+    );
     let serving = st.ready && !st.terminating;
     ctx.endpoints.set(
         &st.workload,
@@ -560,7 +594,10 @@ async fn probe(ctx: &Ctx, pod: &Value, ip: Ipv4Addr, port: u16) -> bool {
     let (path, pport) = match c.pointer("/readinessProbe/httpGet") {
         Some(h) => (
             h["path"].as_str().unwrap_or("/").to_string(),
-            h["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(port),
+            h["port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(port),
         ),
         None => ("/healthz".into(), port),
     };
@@ -572,8 +609,8 @@ async fn probe(ctx: &Ctx, pod: &Value, ip: Ipv4Addr, port: u16) -> bool {
 async fn run_pod(ctx: Arc<Ctx>, pod: Value, mut stop: watch::Receiver<Option<i64>>) {
     let ns = namespace_of(&pod).to_string();
     let name = name_of(&pod).to_string();
-    let ip = ctx.ips.lock().unwrap_or_else(|e| e.into_inner()).take();
     let port = pod_port(&pod);
+    let ip = IpPool::take(port);
     let workload = workload_of(&ctx.store, &pod).unwrap_or_else(|| name.clone());
     let crash = ctx.faults.crash_mode(&ns, &workload);
     let now = now_rfc3339();
@@ -618,7 +655,10 @@ async fn run_pod(ctx: Arc<Ctx>, pod: Value, mut stop: watch::Receiver<Option<i64
                 };
                 add("HOST", ip.to_string());
                 add("PORT", port.to_string());
-                add("ROTOR_FLEET_DIR", ctx.fleet_dir.to_string_lossy().into_owned());
+                add(
+                    "ROTOR_FLEET_DIR",
+                    ctx.fleet_dir.to_string_lossy().into_owned(),
+                );
                 add("ROTOR_CONSUMER", workload.clone());
                 add("ROTOR_INSTANCE", name.clone());
                 (r, env)
@@ -671,7 +711,11 @@ async fn run_pod(ctx: Arc<Ctx>, pod: Value, mut stop: watch::Receiver<Option<i64
         let inprocess = matches!(child, Running::InProcess { .. });
         let mut fails = 0;
         loop {
-            let period = if st.ready { Duration::from_millis(1000) } else { Duration::from_millis(100) };
+            let period = if st.ready {
+                Duration::from_millis(1000)
+            } else {
+                Duration::from_millis(100)
+            };
             tokio::select! {
                 code = child.wait() => {
                     st.restarts += 1;
@@ -731,6 +775,6 @@ async fn run_pod(ctx: Arc<Ctx>, pod: Value, mut stop: watch::Receiver<Option<i64
         }
     }
     let _ = ctx.store.remove(resources::get("pods"), &ns, &name);
-    ctx.ips.lock().unwrap_or_else(|e| e.into_inner()).give(ip);
+    IpPool::give(ip);
     tracing::debug!(namespace = %ns, pod = %name, "lab: pod gone");
 }

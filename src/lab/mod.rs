@@ -33,7 +33,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -270,7 +270,6 @@ impl Lab {
             drain: opts.drain.or(topo.drain).unwrap_or(DEFAULT_DRAIN),
             fleet_dir: opts.fleet_dir.clone(),
             logs_dir: opts.dir.join("logs"),
-            ips: Mutex::new(kubelet::IpPool::new()),
             spawner: kubelet::Spawner::new(),
             endpoints: endpoints::Endpoints::new(opts.fleet_dir.clone()),
             http,

@@ -296,7 +296,10 @@ impl Store {
             if let Some(v) = cur_meta.get("deletionTimestamp") {
                 m.insert("deletionTimestamp".into(), v.clone());
             }
-            m.insert("resourceVersion".into(), cur_meta["resourceVersion"].clone());
+            m.insert(
+                "resourceVersion".into(),
+                cur_meta["resourceVersion"].clone(),
+            );
         }
         if same_content(&new, &current) {
             return Ok(current);
@@ -351,7 +354,11 @@ impl Store {
     pub fn remove(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Value, ApiError> {
         let mut inner = self.lock();
         let key = (ns.to_string(), name.to_string());
-        let Some(mut obj) = inner.objects.get_mut(res.plural).and_then(|m| m.remove(&key)) else {
+        let Some(mut obj) = inner
+            .objects
+            .get_mut(res.plural)
+            .and_then(|m| m.remove(&key))
+        else {
             return Err(ApiError::not_found(res, name));
         };
         inner.rv += 1;
@@ -363,10 +370,7 @@ impl Store {
 
     /// Events after `from` (all retained history when `from` is None is NOT replayed: callers
     /// list first) and a receiver for what follows, with no gap between them.
-    pub fn subscribe(
-        &self,
-        from: Option<u64>,
-    ) -> Result<Subscription, TooOld> {
+    pub fn subscribe(&self, from: Option<u64>) -> Result<Subscription, TooOld> {
         let inner = self.lock();
         let rx = self.events.subscribe();
         let past = match from {

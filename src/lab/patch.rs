@@ -25,9 +25,7 @@ impl PatchKind {
             "application/merge-patch+json" => Ok(PatchKind::Merge),
             "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
             "application/json-patch+json" => Ok(PatchKind::Json),
-            "application/apply-patch+yaml" | "application/apply-patch+json" => {
-                Ok(PatchKind::Apply)
-            }
+            "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchKind::Apply),
             _ => Err(ApiError::unsupported_media(ct)),
         }
     }
@@ -53,8 +51,8 @@ pub(crate) fn apply(kind: PatchKind, current: &Value, body: &[u8]) -> Result<Val
             strategic_merge(&mut doc, &p, "");
         }
         PatchKind::Json => {
-            let p: json_patch::Patch = serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("{e}")))?;
+            let p: json_patch::Patch =
+                serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("{e}")))?;
             json_patch::patch(&mut doc, &p).map_err(|_| ApiError::patch_rejected())?;
         }
     }
@@ -69,7 +67,11 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
 /// needs).
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
         | "imagePullSecrets" => "name",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",

@@ -49,16 +49,79 @@ macro_rules! res {
 }
 
 pub(crate) static RESOURCES: &[Resource] = &[
-    res!("", "namespaces", "namespace", "Namespace", false, &["ns"], false, true),
+    res!(
+        "",
+        "namespaces",
+        "namespace",
+        "Namespace",
+        false,
+        &["ns"],
+        false,
+        true
+    ),
     res!("", "nodes", "node", "Node", false, &["no"], false, true),
     res!("", "secrets", "secret", "Secret", true, &[], false, false),
-    res!("", "configmaps", "configmap", "ConfigMap", true, &["cm"], false, false),
+    res!(
+        "",
+        "configmaps",
+        "configmap",
+        "ConfigMap",
+        true,
+        &["cm"],
+        false,
+        false
+    ),
     res!("", "pods", "pod", "Pod", true, &["po"], false, true),
-    res!("apps", "deployments", "deployment", "Deployment", true, &["deploy"], true, true),
-    res!("apps", "statefulsets", "statefulset", "StatefulSet", true, &["sts"], true, true),
-    res!("apps", "daemonsets", "daemonset", "DaemonSet", true, &["ds"], true, true),
-    res!("apps", "replicasets", "replicaset", "ReplicaSet", true, &["rs"], false, true),
-    res!("coordination.k8s.io", "leases", "lease", "Lease", true, &[], false, false),
+    res!(
+        "apps",
+        "deployments",
+        "deployment",
+        "Deployment",
+        true,
+        &["deploy"],
+        true,
+        true
+    ),
+    res!(
+        "apps",
+        "statefulsets",
+        "statefulset",
+        "StatefulSet",
+        true,
+        &["sts"],
+        true,
+        true
+    ),
+    res!(
+        "apps",
+        "daemonsets",
+        "daemonset",
+        "DaemonSet",
+        true,
+        &["ds"],
+        true,
+        true
+    ),
+    res!(
+        "apps",
+        "replicasets",
+        "replicaset",
+        "ReplicaSet",
+        true,
+        &["rs"],
+        false,
+        true
+    ),
+    res!(
+        "coordination.k8s.io",
+        "leases",
+        "lease",
+        "Lease",
+        true,
+        &[],
+        false,
+        false
+    ),
 ];
 
 /// The groups besides core, in discovery order.

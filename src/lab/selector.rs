@@ -75,7 +75,10 @@ impl LabelSelector {
                 reqs.push(Req::In(k.trim().into(), set_values(v)?));
             } else if let Some(k) = p.strip_prefix('!') {
                 reqs.push(Req::NotExists(k.trim().into()));
-            } else if p.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+            } else if p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            {
                 reqs.push(Req::Exists(p.into()));
             } else {
                 return Err(format!("unable to parse requirement: {p:?}"));
@@ -155,9 +158,7 @@ impl FieldSelector {
                 k,
                 "metadata.name" | "metadata.namespace" | "spec.nodeName" | "status.phase" | "type"
             ) {
-                return Err(format!(
-                    "field label not supported: {k}"
-                ));
+                return Err(format!("field label not supported: {k}"));
             }
             terms.push((k.to_string(), eq, v.trim().to_string()));
         }

@@ -39,7 +39,10 @@ fn pod_status(p: &Value) -> String {
     if p.pointer("/metadata/deletionTimestamp").is_some() {
         return "Terminating".into();
     }
-    if let Some(cs) = p.pointer("/status/containerStatuses").and_then(Value::as_array) {
+    if let Some(cs) = p
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+    {
         for c in cs {
             if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
                 return r.to_string();
@@ -58,16 +61,31 @@ type Cells = Box<dyn Fn(&Value) -> Vec<Value>>;
 pub(crate) fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
     let (cols, cells): (Vec<Value>, Cells) = match res.plural {
         "secrets" => (
-            vec![col("Name", "string", 0), col("Type", "string", 0), col("Data", "string", 0), col("Age", "string", 0)],
+            vec![
+                col("Name", "string", 0),
+                col("Type", "string", 0),
+                col("Data", "string", 0),
+                col("Age", "string", 0),
+            ],
             Box::new(|o: &Value| {
-                let n = o.get("data").and_then(Value::as_object).map_or(0, |m| m.len());
+                let n = o
+                    .get("data")
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len());
                 vec![json!(o["type"].as_str().unwrap_or("Opaque")), json!(n)]
             }),
         ),
         "configmaps" => (
-            vec![col("Name", "string", 0), col("Data", "string", 0), col("Age", "string", 0)],
+            vec![
+                col("Name", "string", 0),
+                col("Data", "string", 0),
+                col("Age", "string", 0),
+            ],
             Box::new(|o: &Value| {
-                let n = o.get("data").and_then(Value::as_object).map_or(0, |m| m.len());
+                let n = o
+                    .get("data")
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len());
                 vec![json!(n)]
             }),
         ),
@@ -110,16 +128,28 @@ pub(crate) fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
             ],
             Box::new(|o: &Value| {
                 vec![
-                    json!(format!("{}/{}", int(o, "/status/readyReplicas"), int(o, "/spec/replicas"))),
+                    json!(format!(
+                        "{}/{}",
+                        int(o, "/status/readyReplicas"),
+                        int(o, "/spec/replicas")
+                    )),
                     json!(int(o, "/status/updatedReplicas")),
                     json!(int(o, "/status/availableReplicas")),
                 ]
             }),
         ),
         "statefulsets" => (
-            vec![col("Name", "string", 0), col("Ready", "string", 0), col("Age", "string", 0)],
+            vec![
+                col("Name", "string", 0),
+                col("Ready", "string", 0),
+                col("Age", "string", 0),
+            ],
             Box::new(|o: &Value| {
-                vec![json!(format!("{}/{}", int(o, "/status/readyReplicas"), int(o, "/spec/replicas")))]
+                vec![json!(format!(
+                    "{}/{}",
+                    int(o, "/status/readyReplicas"),
+                    int(o, "/spec/replicas")
+                ))]
             }),
         ),
         "daemonsets" => (
@@ -159,13 +189,25 @@ pub(crate) fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
             }),
         ),
         "leases" => (
-            vec![col("Name", "string", 0), col("Holder", "string", 0), col("Age", "string", 0)],
+            vec![
+                col("Name", "string", 0),
+                col("Holder", "string", 0),
+                col("Age", "string", 0),
+            ],
             Box::new(|o: &Value| {
-                vec![json!(o.pointer("/spec/holderIdentity").and_then(Value::as_str).unwrap_or(""))]
+                vec![json!(
+                    o.pointer("/spec/holderIdentity")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                )]
             }),
         ),
         "namespaces" => (
-            vec![col("Name", "string", 0), col("Status", "string", 0), col("Age", "string", 0)],
+            vec![
+                col("Name", "string", 0),
+                col("Status", "string", 0),
+                col("Age", "string", 0),
+            ],
             Box::new(|_: &Value| vec![json!("Active")]),
         ),
         _ => (
@@ -179,11 +221,22 @@ pub(crate) fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
             let mut c = vec![json!(super::objects::name_of(o))];
             c.extend(cells(o));
             // Age sits after the kind's own columns except for pods (IP and Node follow it).
-            let age_at = cols.iter().position(|c| c["name"] == "Age").unwrap_or(c.len());
+            let age_at = cols
+                .iter()
+                .position(|c| c["name"] == "Age")
+                .unwrap_or(c.len());
             c.insert(age_at.min(c.len()), json!(age(o)));
             if res.plural == "pods" {
-                c.push(json!(o.pointer("/status/podIP").and_then(Value::as_str).unwrap_or("<none>")));
-                c.push(json!(o.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("<none>")));
+                c.push(json!(
+                    o.pointer("/status/podIP")
+                        .and_then(Value::as_str)
+                        .unwrap_or("<none>")
+                ));
+                c.push(json!(
+                    o.pointer("/spec/nodeName")
+                        .and_then(Value::as_str)
+                        .unwrap_or("<none>")
+                ));
             }
             json!({
                 "cells": c,

@@ -98,9 +98,11 @@ fn default_nodes() -> Vec<NodeSpec> {
 
 fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map(Some)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. 300ms or 2s")))
+    humantime::parse_duration(&s).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?} ({e}); write e.g. 300ms or 2s"
+        ))
+    })
 }
 
 #[derive(Deserialize)]
@@ -143,7 +145,11 @@ impl Topology {
             let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
             let full = e.to_string();
             let suffix = format!(" at line {line}, column {column}");
-            let msg = full.strip_suffix(&suffix).unwrap_or(&full).trim().to_string();
+            let msg = full
+                .strip_suffix(&suffix)
+                .unwrap_or(&full)
+                .trim()
+                .to_string();
             err(
                 line,
                 column,
@@ -154,7 +160,12 @@ impl Topology {
         })?;
         let nodes = raw.nodes.unwrap_or_else(default_nodes);
         if nodes.is_empty() {
-            return Err(err(1, 1, "`nodes` is empty".into(), "declare at least one node"));
+            return Err(err(
+                1,
+                1,
+                "`nodes` is empty".into(),
+                "declare at least one node",
+            ));
         }
         let mut objects = Vec::new();
         for o in raw.objects {
@@ -171,7 +182,10 @@ impl Topology {
                      StatefulSet, DaemonSet; coordination.k8s.io/v1 Lease",
                 ));
             }
-            if v.pointer("/metadata/name").and_then(Value::as_str).is_none() {
+            if v.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .is_none()
+            {
                 return Err(err(
                     line,
                     column,

