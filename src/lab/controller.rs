@@ -202,6 +202,8 @@ pub(crate) struct Controller {
     store: Arc<Store>,
     nodes: Vec<String>,
     progress: HashMap<String, Progress>,
+    /// Whether the last pass saw an unfinished Deployment rollout.
+    in_progress: bool,
 }
 
 fn pods_res() -> &'static Resource {
@@ -214,6 +216,7 @@ impl Controller {
             store,
             nodes,
             progress: HashMap::new(),
+            in_progress: false,
         }
     }
 
@@ -221,12 +224,17 @@ impl Controller {
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let store = self.store.clone();
         loop {
-            self.reconcile_all();
+            // Time only matters (progress deadlines) while a rollout is in progress.
+            let tick = if self.reconcile_all() {
+                Duration::from_millis(500)
+            } else {
+                Duration::from_secs(30)
+            };
             tokio::select! {
                 _ = store.listeners.controller.notified() => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(tick) => {}
                 _ = shutdown.changed() => return,
             }
         }
@@ -309,7 +317,8 @@ impl Controller {
             });
     }
 
-    pub fn reconcile_all(&mut self) {
+    /// One pass over every workload; true when some Deployment rollout is still in progress.
+    pub fn reconcile_all(&mut self) -> bool {
         let (pods, _) = self.store.list(pods_res(), None);
         let mut by_owner: HashMap<String, Vec<Value>> = HashMap::new();
         for p in pods {
@@ -326,6 +335,7 @@ impl Controller {
             }
         }
         let mut live_uids: HashSet<String> = HashSet::new();
+        self.in_progress = false;
         let empty = Vec::new();
         let (deploys, _) = self.store.list(resources::get("deployments"), None);
         for d in &deploys {
@@ -362,6 +372,7 @@ impl Controller {
             }
         }
         self.progress.retain(|uid, _| live_uids.contains(uid));
+        self.in_progress
     }
 
     fn deployment(&mut self, d: &Value, rss: &[Value], by_owner: &HashMap<String, Vec<Value>>) {
@@ -573,6 +584,9 @@ impl Controller {
             .unwrap_or(600)
             .max(0) as u64;
         let complete = new.len() as i64 == desired && total == desired && ready == desired;
+        if !complete && !paused {
+            self.in_progress = true;
+        }
         let ru = d.pointer("/spec/strategy/rollingUpdate");
         let unavail = if recreate {
             0

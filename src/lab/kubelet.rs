@@ -185,7 +185,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
         });
         tokio::select! {
             _ = ctx.store.listeners.kubelet.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = shutdown.changed() => break,
         }
     }
