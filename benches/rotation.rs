@@ -25,7 +25,9 @@ struct Naive {
 async fn naive(workers: usize, interval: Duration, window: Duration) -> Naive {
     let (dir, _tmp) = demo::scratch(None).expect("scratch dir");
     let pb = demo::demo_playbook(None, &dir).expect("embedded playbook");
-    let engine = Engine::open(pb.clone(), Arc::new(NullSink));
+    let engine = Engine::open(pb.clone(), Arc::new(NullSink))
+        .await
+        .expect("engine");
     engine.init().await.expect("init");
     engine.up().await.expect("up");
     let running = load::Load::start(load::paths(&pb), workers, interval);
@@ -36,7 +38,7 @@ async fn naive(workers: usize, interval: Duration, window: Duration) -> Naive {
     }
     let started = Instant::now();
     // Overwrite: the new value replaces the old one in the store, the old one is destroyed.
-    let st = store::open(&pb);
+    let st = store::open(&pb, None).expect("store");
     let snap = st.snapshot().await.expect("snapshot");
     let old = snap.primary.clone().expect("primary");
     let value = SecretValue::generate(pb.generate.alphabet, pb.generate.length).expect("generate");

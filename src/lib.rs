@@ -6,6 +6,7 @@
 //! sees clap types; `output` is the only module that prints.
 
 pub mod cli;
+pub mod cluster;
 pub mod consumer;
 pub mod demo;
 pub mod engine;

@@ -84,6 +84,7 @@ impl Env {
         let watching = Arc::new(AtomicBool::new(true));
         let store = match &pb.store {
             rotor::playbook::StoreSpec::Local { path } => path.clone(),
+            other => panic!("the harness runs local stores, not {other:?}"),
         };
         // Collect every value that ever sits in the store, so the leak check knows them all.
         let watcher = {
@@ -174,7 +175,9 @@ impl Env {
 
     /// The store file as JSON.
     pub fn store(&self) -> serde_json::Value {
-        let rotor::playbook::StoreSpec::Local { path } = &self.pb.store;
+        let rotor::playbook::StoreSpec::Local { path } = &self.pb.store else {
+            panic!("a local store")
+        };
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
@@ -220,7 +223,9 @@ impl Env {
             .enumerate()
             .map(|(i, t)| (format!("output #{i}"), t.clone()))
             .collect();
-        let rotor::playbook::StoreSpec::Local { path: store } = &self.pb.store;
+        let rotor::playbook::StoreSpec::Local { path: store } = &self.pb.store else {
+            panic!("a local store")
+        };
         for f in walk(self.path()) {
             if &f == store {
                 continue; // the store is where values belong

@@ -181,7 +181,9 @@ fn full_playbook_values() {
     assert_eq!(auth.role, Role::Both);
     assert_eq!(auth.pickup, Pickup::Restart);
     assert_eq!(auth.fingerprints_path.as_deref(), Some("/fingerprints"));
-    let ConsumerKind::Process(p) = &auth.kind;
+    let ConsumerKind::Process(p) = &auth.kind else {
+        panic!("a process consumer")
+    };
     assert_eq!(p.instances, 2);
     assert_eq!(p.command.last().map(String::as_str), Some("4"));
     assert_eq!(p.env["RUST_BACKTRACE"], "1");
@@ -228,7 +230,9 @@ fn full_playbook_values() {
     assert_eq!(auth.roundtrips[1].expect, 204);
 
     let analytics = pb.consumer("analytics").unwrap();
-    let ConsumerKind::Process(p) = &analytics.kind;
+    let ConsumerKind::Process(p) = &analytics.kind else {
+        panic!("a process consumer")
+    };
     assert_eq!(p.host.to_string(), "::1");
     assert_eq!(p.health_path, "/healthz");
     assert!(analytics.roundtrips.is_empty());
@@ -257,7 +261,9 @@ fn minimal_playbook_defaults() {
     let client = pb.consumer("client").unwrap();
     assert_eq!(client.roundtrips[0].to, "api");
     assert_eq!(client.roundtrips[0].expect, 200);
-    let ConsumerKind::Process(p) = &client.kind;
+    let ConsumerKind::Process(p) = &client.kind else {
+        panic!("a process consumer")
+    };
     assert_eq!(p.host.to_string(), "127.0.0.1");
     assert!(p.env.is_empty());
 }

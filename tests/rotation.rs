@@ -240,7 +240,9 @@ async fn check_finds_drift_and_rotate_refuses_to_start_on_it() {
     env.up().await;
     env.rotor(&["check"]).await.assert_code(0);
     // Someone swaps the store's primary behind rotor's back.
-    let rotor::playbook::StoreSpec::Local { path } = &env.pb.store;
+    let rotor::playbook::StoreSpec::Local { path } = &env.pb.store else {
+        panic!("a local store")
+    };
     let store = rotor::store::local::LocalStore::new(path.clone(), &env.pb.secret);
     use rotor::store::Store;
     let v = rotor::secret::SecretValue::generate(rotor::secret::Alphabet::Base64url, 48).unwrap();

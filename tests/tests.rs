@@ -3,7 +3,7 @@
 mod cli;
 mod common;
 mod crash;
-mod lab;
 mod kubernetes_lock;
+mod lab;
 mod playbook_errors;
 mod rotation;

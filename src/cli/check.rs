@@ -16,7 +16,7 @@ pub struct Args {
 
 pub(super) async fn run(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
     let pb = load(&a.playbook, state_dir)?;
-    let report = engine(pb, out).check().await?;
+    let report = engine(pb, out).await?.check().await?;
     out.result(&report, || render_check(&report));
     Ok(if report.problems.is_empty() {
         Exit::Ok

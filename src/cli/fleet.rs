@@ -16,7 +16,7 @@ pub struct Args {
 
 pub(super) async fn init(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
     let pb = load(&a.playbook, state_dir)?;
-    let e = engine(pb, out);
+    let e = engine(pb, out).await?;
     let fp = e.init().await?;
     out.result(
         &serde_json::json!({"event": "initialized", "store": e.store().describe(), "primary": fp}),
@@ -27,7 +27,7 @@ pub(super) async fn init(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>)
 
 pub(super) async fn up(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
     let pb = load(&a.playbook, state_dir)?;
-    let e = engine(pb, out);
+    let e = engine(pb, out).await?;
     e.up().await?;
     let mut started = Vec::new();
     for c in e.consumers() {
@@ -47,7 +47,7 @@ pub(super) async fn up(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) -
 
 pub(super) async fn down(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
     let pb = load(&a.playbook, state_dir)?;
-    let n = engine(pb, out).down().await?;
+    let n = engine(pb, out).await?.down().await?;
     out.result(&serde_json::json!({"event": "down", "stopped": n}), || {
         format!("stopped {n} instances")
     });

@@ -30,6 +30,9 @@ pub struct Cli {
     /// Override the playbook's state directory (journal, lock, audit log, fleet records).
     #[arg(long, global = true, env = "ROTOR_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Kubernetes: the kubeconfig context to use, over the playbook's `cluster.context`.
+    #[arg(long, global = true, env = "ROTOR_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -81,6 +84,7 @@ pub fn main() -> ExitCode {
         }
     };
     let state_dir = cli.state_dir.clone();
+    let _ = CONTEXT.set(cli.context.clone());
     let result = rt.block_on(async {
         match cli.command {
             Command::Plan(a) => plan::run(a, state_dir, &out).await,
@@ -136,16 +140,22 @@ impl From<playbook::PlaybookError> for CliError {
 /// Result of a command.
 pub type CliResult = Result<Exit, CliError>;
 
-/// Loads a playbook and applies the `--state-dir` override.
+/// `--context`, set once by [`main`] before any command runs; read only by [`load`].
+static CONTEXT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Loads a playbook and applies the `--state-dir` and `--context` overrides.
 pub fn load(path: &std::path::Path, state_dir: Option<PathBuf>) -> Result<Playbook, CliError> {
     let mut pb = playbook::load_file(path)?;
     if let Some(d) = state_dir {
         pb.state_dir = std::path::absolute(&d).unwrap_or(d);
     }
+    if let (Some(Some(context)), Some(cluster)) = (CONTEXT.get(), pb.cluster.as_mut()) {
+        cluster.context = Some(context.clone());
+    }
     Ok(pb)
 }
 
 /// Opens the engine for a playbook with `out` as its event sink.
-pub fn engine(pb: Playbook, out: &Arc<Output>) -> Engine {
-    Engine::open(pb, out.clone())
+pub async fn engine(pb: Playbook, out: &Arc<Output>) -> Result<Engine, CliError> {
+    Ok(Engine::open(pb, out.clone()).await?)
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{CliResult, load};
-use crate::engine::journal::JournalFile;
+use crate::engine::EngineError;
 use crate::exit::Exit;
 use crate::output::{Output, render_plan};
 use crate::protocol::State;
@@ -22,19 +22,40 @@ pub struct Args {
 pub(super) async fn run(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
     let pb = load(&a.playbook, state_dir)?;
     // Read-only on purpose: no engine (which would create the state directory), no lock.
-    let store = crate::store::open(&pb);
+    let cluster = match &pb.cluster {
+        Some(spec) => Some(
+            crate::cluster::Cluster::connect(spec)
+                .await
+                .map_err(EngineError::from)?,
+        ),
+        None => None,
+    };
+    let store = crate::store::open(&pb, cluster.as_ref()).map_err(EngineError::from)?;
+    let consumers = crate::consumer::open_all(&pb, cluster.as_ref()).map_err(EngineError::from)?;
+    let mut instances = std::collections::BTreeMap::new();
+    for c in &consumers {
+        instances.insert(
+            c.name().to_string(),
+            c.desired_instances().await.map_err(EngineError::from)?,
+        );
+    }
     let snapshot = if store.exists().await.unwrap_or(false) {
         store.snapshot().await.ok()
     } else {
         None
     };
-    let journal = JournalFile::new(&pb.state_dir).load().ok().flatten();
+    // Loading only reads (a missing ConfigMap is no journal, and is not created).
+    let journal = match crate::engine::journal::open(&pb, cluster.as_ref()) {
+        Ok(journals) => journals.load().await.ok().flatten(),
+        Err(_) => None,
+    };
     let plan = crate::engine::plan::plan(
         &pb,
         store.describe(),
         snapshot.as_ref(),
         journal.as_ref(),
         a.until.unwrap_or(State::S5),
+        &instances,
     );
     out.result(&plan, || render_plan(&plan));
     Ok(Exit::Ok)

@@ -24,6 +24,10 @@ pub struct RunArgs {
     /// Where automatic rollback goes after a failure (default S0).
     #[arg(long, default_value = "S0")]
     pub rollback_to: State,
+    /// Take over the lock if its holder stopped renewing it (an expired Lease). Check first
+    /// that the run that held it is really gone; a live lock is never taken.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `rotor rollback` arguments.
@@ -34,6 +38,10 @@ pub struct RollbackArgs {
     /// Stop the rollback at this stable state (default S0).
     #[arg(long, default_value = "S0")]
     pub to: State,
+    /// Take over the lock if its holder stopped renewing it (an expired Lease). Check first
+    /// that the run that held it is really gone; a live lock is never taken.
+    #[arg(long)]
+    pub force: bool,
 }
 
 struct Ask(Arc<Output>);
@@ -44,13 +52,20 @@ impl Confirm for Ask {
     }
 }
 
-fn options(out: &Arc<Output>, yes: bool, until: Option<State>, rollback_to: State) -> RunOptions {
+fn options(
+    out: &Arc<Output>,
+    yes: bool,
+    until: Option<State>,
+    rollback_to: State,
+    force: bool,
+) -> RunOptions {
     RunOptions {
         mode: Mode::Operator,
         yes,
         until,
         rollback_to,
         confirm: Arc::new(Ask(out.clone())),
+        force,
     }
 }
 
@@ -68,15 +83,15 @@ fn finish(out: &Output, report: &RunReport) -> Exit {
 
 pub(super) async fn rotate(a: RunArgs, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
     let pb = load(&a.playbook, state_dir)?;
-    let opts = options(out, a.yes, a.until, a.rollback_to);
-    let report = engine(pb, out).rotate(&opts).await?;
+    let opts = options(out, a.yes, a.until, a.rollback_to, a.force);
+    let report = engine(pb, out).await?.rotate(&opts).await?;
     Ok(finish(out, &report))
 }
 
 pub(super) async fn resume(a: RunArgs, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
     let pb = load(&a.playbook, state_dir)?;
-    let opts = options(out, a.yes, a.until, a.rollback_to);
-    let report = engine(pb, out).resume(&opts).await?;
+    let opts = options(out, a.yes, a.until, a.rollback_to, a.force);
+    let report = engine(pb, out).await?.resume(&opts).await?;
     Ok(finish(out, &report))
 }
 
@@ -86,7 +101,7 @@ pub(super) async fn rollback(
     out: &Arc<Output>,
 ) -> CliResult {
     let pb = load(&a.playbook, state_dir)?;
-    let opts = options(out, true, None, a.to);
-    let report = engine(pb, out).rollback(&opts).await?;
+    let opts = options(out, true, None, a.to, a.force);
+    let report = engine(pb, out).await?.rollback(&opts).await?;
     Ok(finish(out, &report))
 }

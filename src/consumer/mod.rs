@@ -5,6 +5,7 @@
 //! instance at a time for restarts, in place for hot reloads) and reports what each instance
 //! holds. Must never: put a value in argv, a log line or an error.
 
+pub mod kubernetes;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -14,8 +15,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::{Cluster, ClusterError};
 use crate::events::EventSink;
-use crate::playbook::{ConsumerKind, ConsumerSpec, Pickup, Playbook};
+use crate::playbook::{ConsumerKind, ConsumerSpec, Pickup, Playbook, SlotNames, SlotRef};
 use crate::protocol::Role;
 use crate::secret::{Fingerprint, SecretValue};
 
@@ -26,6 +28,114 @@ pub struct Slots {
     pub primary: SecretValue,
     /// The secondary value, if any.
     pub secondary: Option<SecretValue>,
+}
+
+/// What instances of a consumer must hold, computed from the slots and the names it declares.
+///
+/// The secondary reaches an instance only under the secondary name or a secondary alias; when
+/// the consumer declares neither, it holds no secondary, so a change of secondary does not
+/// restart it.
+pub struct Desired<'a> {
+    /// Fingerprint of the primary.
+    pub primary: Fingerprint,
+    /// Fingerprint of the secondary, if the consumer takes one.
+    pub secondary: Option<Fingerprint>,
+    /// Fingerprint per name.
+    pub names: BTreeMap<String, Fingerprint>,
+    /// Name → value, in the order they are set.
+    pub values: Vec<(String, &'a SecretValue)>,
+}
+
+impl<'a> Desired<'a> {
+    /// What `slots` turn into under `names` for logical secret `secret`.
+    pub fn new(names: &SlotNames, secret: &str, slots: &'a Slots) -> Desired<'a> {
+        let takes_secondary =
+            names.secondary.is_some() || names.aliases.values().any(|r| *r == SlotRef::Secondary);
+        let secondary = slots.secondary.as_ref().filter(|_| takes_secondary);
+        let mut values: Vec<(String, &SecretValue)> = vec![(names.primary.clone(), &slots.primary)];
+        if let (Some(name), Some(v)) = (&names.secondary, secondary) {
+            values.push((name.clone(), v));
+        }
+        for (alias, r) in &names.aliases {
+            match (r, secondary) {
+                (SlotRef::Primary, _) => values.push((alias.clone(), &slots.primary)),
+                (SlotRef::Secondary, Some(v)) => values.push((alias.clone(), v)),
+                (SlotRef::Secondary, None) => {}
+            }
+        }
+        let by_name = values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.fingerprint(secret)))
+            .collect();
+        Desired {
+            primary: slots.primary.fingerprint(secret),
+            secondary: secondary.map(|v| v.fingerprint(secret)),
+            names: by_name,
+            values,
+        }
+    }
+}
+
+/// Every slot and alias name a consumer declares.
+pub fn slot_names(names: &SlotNames) -> Vec<&str> {
+    std::iter::once(names.primary.as_str())
+        .chain(names.secondary.as_deref())
+        .chain(names.aliases.keys().map(String::as_str))
+        .collect()
+}
+
+/// Asks an instance what it holds: `GET http://<addr><path>`, answered with a [`Held`].
+/// The error text names the URL and what went wrong (never a value: the answer holds none).
+pub async fn report_held(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Result<Held, String> {
+    let url = format!("http://{addr}{path}");
+    let resp = client
+        .get(&url)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url} failed: {}", error_chain(&e)))?;
+    if !resp.status().is_success() {
+        return Err(format!("GET {url} answered {}", resp.status()));
+    }
+    resp.json()
+        .await
+        .map_err(|e| format!("GET {url}: unexpected answer: {}", error_chain(&e)))
+}
+
+/// What an instance holds according to its configuration (no report from the instance).
+pub fn configured_held(
+    role: Role,
+    names: BTreeMap<String, Fingerprint>,
+    primary: Fingerprint,
+    secondary: Option<Fingerprint>,
+) -> Held {
+    let accepts = if role.validates() {
+        std::iter::once(primary.clone()).chain(secondary).collect()
+    } else {
+        Vec::new()
+    };
+    Held {
+        names,
+        accepts,
+        sends: role.signs().then_some(primary),
+    }
+}
+
+/// An error and its sources, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Fingerprints an instance holds.
@@ -93,6 +203,28 @@ pub enum ConsumerError {
         consumer: String,
         /// Deadline.
         timeout: std::time::Duration,
+    },
+    /// Pods did not converge onto the new template in time.
+    #[error(
+        "consumer {consumer}: rollout did not converge within {timeout:?}; left behind: {}\n  help: look at those pods (`kubectl describe pod`), fix the cause, then `rotor resume` or `rotor rollback`",
+        .pods.join(", ")
+    )]
+    LeftBehind {
+        /// Consumer name.
+        consumer: String,
+        /// Deadline.
+        timeout: std::time::Duration,
+        /// Each pod left behind, with why.
+        pods: Vec<String>,
+    },
+    /// A cluster call failed.
+    #[error("consumer {consumer}: {source}")]
+    Cluster {
+        /// Consumer name.
+        consumer: String,
+        /// What failed, with what to do.
+        #[source]
+        source: Box<ClusterError>,
     },
     /// Starting a process failed.
     #[error("consumer {consumer}: cannot start `{program}`: {detail}")]
@@ -163,6 +295,9 @@ pub trait Consumer: Send + Sync {
         events: &dyn EventSink,
     ) -> Result<RolloutReport, ConsumerError>;
 
+    /// How many instances the consumer should run (what a rollout replaces).
+    async fn desired_instances(&self) -> Result<usize, ConsumerError>;
+
     /// The instances currently serving, with the fingerprints rotor configured them with.
     async fn instances(&self) -> Result<Vec<Instance>, ConsumerError>;
 
@@ -177,18 +312,32 @@ pub trait Consumer: Send + Sync {
     async fn stop(&self) -> Result<usize, ConsumerError>;
 }
 
-/// Opens the consumers a playbook lists, in playbook order.
-pub fn open_all(playbook: &Playbook) -> Vec<Arc<dyn Consumer>> {
+/// Opens the consumers a playbook lists, in playbook order; `cluster` is the connection when
+/// the playbook uses one.
+pub fn open_all(
+    playbook: &Playbook,
+    cluster: Option<&Cluster>,
+) -> Result<Vec<Arc<dyn Consumer>>, ClusterError> {
     playbook
         .consumers
         .iter()
-        .map(|c| open(playbook, c))
+        .map(|c| open(playbook, c, cluster))
         .collect()
 }
 
 /// Opens one consumer.
-pub fn open(playbook: &Playbook, spec: &ConsumerSpec) -> Arc<dyn Consumer> {
-    match &spec.kind {
+pub fn open(
+    playbook: &Playbook,
+    spec: &ConsumerSpec,
+    cluster: Option<&Cluster>,
+) -> Result<Arc<dyn Consumer>, ClusterError> {
+    Ok(match &spec.kind {
         ConsumerKind::Process(p) => Arc::new(process::ProcessConsumer::new(playbook, spec, p)),
-    }
+        ConsumerKind::Kubernetes(k) => Arc::new(kubernetes::KubernetesConsumer::new(
+            playbook,
+            spec,
+            k,
+            cluster.ok_or_else(crate::store::no_cluster)?,
+        )),
+    })
 }

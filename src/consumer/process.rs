@@ -32,11 +32,14 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use self::disk::{Layout, Record};
-use super::{Consumer, ConsumerError, Held, HeldSource, Instance, RolloutReport, Slots};
+use super::{
+    Consumer, ConsumerError, Desired, Held, HeldSource, Instance, RolloutReport, Slots,
+    configured_held, error_chain, report_held, slot_names,
+};
 use crate::events::{Event, EventSink};
-use crate::playbook::{ConsumerSpec, Pickup, Playbook, ProcessSpec, SlotNames, SlotRef, Timings};
+use crate::playbook::{ConsumerSpec, Pickup, Playbook, ProcessSpec, SlotNames, Timings};
 use crate::protocol::Role;
-use crate::secret::{Fingerprint, SecretValue};
+use crate::secret::SecretValue;
 
 /// Interval between two health checks of a starting instance.
 const READY_POLL: Duration = Duration::from_millis(25);
@@ -75,19 +78,14 @@ pub struct ProcessConsumer {
     http: Option<reqwest::Client>,
 }
 
-/// What instances must hold, computed from the slots.
-struct Desired<'a> {
-    primary: Fingerprint,
-    secondary: Option<Fingerprint>,
-    names: BTreeMap<String, Fingerprint>,
-    /// Environment name → value, in the order they are set.
-    values: Vec<(String, &'a SecretValue)>,
-}
-
-impl Desired<'_> {
+impl DesiredExt for Desired<'_> {
     fn matches(&self, r: &Record) -> bool {
         r.primary == self.primary && r.secondary == self.secondary && r.names == self.names
     }
+}
+
+trait DesiredExt {
+    fn matches(&self, r: &Record) -> bool;
 }
 
 impl ProcessConsumer {
@@ -137,45 +135,13 @@ impl ProcessConsumer {
     }
 
     /// The fingerprints and environment the slots turn into for this consumer.
-    ///
-    /// The secondary reaches an instance only under the secondary name or a secondary alias;
-    /// when the consumer declares neither, it holds (and is recorded with) no secondary, so a
-    /// change of secondary does not restart it.
     fn desired<'a>(&self, slots: &'a Slots) -> Desired<'a> {
-        let n = &self.slot_names;
-        let takes_secondary =
-            n.secondary.is_some() || n.aliases.values().any(|r| *r == SlotRef::Secondary);
-        let secondary = slots.secondary.as_ref().filter(|_| takes_secondary);
-        let mut values: Vec<(String, &SecretValue)> = vec![(n.primary.clone(), &slots.primary)];
-        if let (Some(name), Some(v)) = (&n.secondary, secondary) {
-            values.push((name.clone(), v));
-        }
-        for (alias, r) in &n.aliases {
-            match (r, secondary) {
-                (SlotRef::Primary, _) => values.push((alias.clone(), &slots.primary)),
-                (SlotRef::Secondary, Some(v)) => values.push((alias.clone(), v)),
-                (SlotRef::Secondary, None) => {}
-            }
-        }
-        let names = values
-            .iter()
-            .map(|(k, v)| (k.clone(), v.fingerprint(&self.secret)))
-            .collect();
-        Desired {
-            primary: slots.primary.fingerprint(&self.secret),
-            secondary: secondary.map(|v| v.fingerprint(&self.secret)),
-            names,
-            values,
-        }
+        Desired::new(&self.slot_names, &self.secret, slots)
     }
 
     /// Every slot and alias name (whatever the slots hold now): never inherited from rotor.
     fn slot_env_names(&self) -> Vec<&str> {
-        let n = &self.slot_names;
-        std::iter::once(n.primary.as_str())
-            .chain(n.secondary.as_deref())
-            .chain(n.aliases.keys().map(String::as_str))
-            .collect()
+        slot_names(&self.slot_names)
     }
 
     /// argv with `{rotor}` resolved.
@@ -689,6 +655,10 @@ impl Consumer for ProcessConsumer {
         result
     }
 
+    async fn desired_instances(&self) -> Result<usize, ConsumerError> {
+        Ok(self.spec.instances)
+    }
+
     async fn instances(&self) -> Result<Vec<Instance>, ConsumerError> {
         Ok(self
             .serving()?
@@ -710,34 +680,12 @@ impl Consumer for ProcessConsumer {
             detail,
         };
         if let Some(path) = &self.fingerprints_path {
-            let url = format!("http://{}{path}", rec.addr);
-            let resp = self
-                .client()?
-                .get(&url)
-                .timeout(self.timings.probe_timeout)
-                .send()
+            let held = report_held(self.client()?, rec.addr, path, self.timings.probe_timeout)
                 .await
-                .map_err(|e| observe(format!("GET {url} failed: {}", error_chain(&e))))?;
-            if !resp.status().is_success() {
-                return Err(observe(format!("GET {url} answered {}", resp.status())));
-            }
-            let held: Held = resp.json().await.map_err(|e| {
-                observe(format!("GET {url}: unexpected answer: {}", error_chain(&e)))
-            })?;
+                .map_err(observe)?;
             return Ok((held, HeldSource::Reported));
         }
-        let accepts = if self.role.validates() {
-            std::iter::once(rec.primary.clone())
-                .chain(rec.secondary.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let held = Held {
-            names: rec.names,
-            accepts,
-            sends: self.role.signs().then_some(rec.primary),
-        };
+        let held = configured_held(self.role, rec.names, rec.primary, rec.secondary);
         Ok((held, HeldSource::Configured))
     }
 
@@ -806,16 +754,4 @@ fn child_env(
         env.insert(k.into(), v.expose().into());
     }
     env.into_iter().collect()
-}
-
-/// An error and its causes on one line (reqwest hides the interesting part in `source()`).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -69,7 +69,7 @@ pub async fn run(
     workers: usize,
     interval: Duration,
 ) -> Result<(DemoReport, Option<EngineError>), EngineError> {
-    let engine = Engine::open(pb.clone(), events.clone());
+    let engine = Engine::open(pb.clone(), events.clone()).await?;
     engine.init().await?;
     let result = async {
         engine.up().await?;

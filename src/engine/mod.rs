@@ -27,7 +27,6 @@ use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,7 +39,9 @@ use crate::playbook::Playbook;
 use crate::protocol::{self, Direction, State, Transition, Which};
 use crate::secret::{Fingerprint, GenerateError, SecretValue};
 use crate::store::{Store, StoreError, StoreSnapshot, VersionState};
-use journal::{Journal, JournalError, JournalFile, Mode, Outcome, Status, VersionRef};
+use journal::{
+    Journal, JournalError, JournalFile, JournalStore, Mode, Outcome, Status, VersionRef,
+};
 use lock::{Holder, LockError, LockGuard, RotationLock};
 
 /// Asks the operator before irreversible or narrowing steps.
@@ -71,6 +72,8 @@ pub struct RunOptions {
     pub rollback_to: State,
     /// Asks before T4/T5 when not `yes`.
     pub confirm: Arc<dyn Confirm>,
+    /// Take over a lock whose holder stopped renewing it (an expired Lease); never a live one.
+    pub force: bool,
 }
 
 impl Default for RunOptions {
@@ -81,6 +84,7 @@ impl Default for RunOptions {
             until: None,
             rollback_to: State::S0,
             confirm: Arc::new(Decline),
+            force: false,
         }
     }
 }
@@ -220,6 +224,9 @@ pub enum EngineError {
     /// Consumer access outside a step.
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
+    /// The cluster connection.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// Other I/O.
     #[error("{0}")]
     Io(String),
@@ -230,7 +237,13 @@ impl EngineError {
     pub fn exit(&self) -> crate::exit::Exit {
         use crate::exit::Exit;
         match self {
-            EngineError::Lock(LockError::Held(_) | LockError::HeldUnknown { .. }) => Exit::LockHeld,
+            EngineError::Lock(
+                LockError::Held(_) | LockError::HeldUnknown { .. } | LockError::Expired(_),
+            ) => Exit::LockHeld,
+            EngineError::Lock(LockError::Lost(_))
+            | EngineError::Journal(JournalError::LockLost { .. } | JournalError::Conflict { .. }) => {
+                Exit::NeedsOperator
+            }
             EngineError::Active { .. } | EngineError::NoRotation | EngineError::Irreversible(_) => {
                 Exit::Usage
             }
@@ -297,7 +310,7 @@ pub struct Engine {
     consumers: Vec<Arc<dyn Consumer>>,
     events: Arc<dyn EventSink>,
     lock: Box<dyn RotationLock>,
-    journals: JournalFile,
+    journals: Box<dyn JournalStore>,
 }
 
 /// Appends every event to `<state_dir>/audit.log` as a JSON line.
@@ -327,7 +340,7 @@ impl Engine {
         events: Arc<dyn EventSink>,
         lock: Box<dyn RotationLock>,
     ) -> Engine {
-        let journals = JournalFile::new(&pb.state_dir);
+        let journals = Box::new(JournalFile::new(&pb.state_dir));
         Engine {
             pb,
             store,
@@ -338,12 +351,33 @@ impl Engine {
         }
     }
 
-    /// The engine with the backends the playbook names and a file lock.
-    pub fn open(pb: Playbook, events: Arc<dyn EventSink>) -> Engine {
-        let store = crate::store::open(&pb);
-        let consumers = crate::consumer::open_all(&pb);
-        let lock = Box::new(lock::FileLock::new(&pb.state_dir));
-        Engine::new(pb, store, consumers, events, lock)
+    /// Keeps journals in `journals` instead of the state directory's `journal.json`.
+    pub fn with_journal(mut self, journals: Box<dyn JournalStore>) -> Engine {
+        self.journals = journals;
+        self
+    }
+
+    /// The engine with the backends the playbook names, connecting to its cluster if it uses
+    /// one.
+    pub async fn open(pb: Playbook, events: Arc<dyn EventSink>) -> Result<Engine, EngineError> {
+        let cluster = match &pb.cluster {
+            Some(spec) => Some(crate::cluster::Cluster::connect(spec).await?),
+            None => None,
+        };
+        Engine::open_with(pb, events, cluster.as_ref())
+    }
+
+    /// The engine with the backends the playbook names, on an already connected cluster.
+    pub fn open_with(
+        pb: Playbook,
+        events: Arc<dyn EventSink>,
+        cluster: Option<&crate::cluster::Cluster>,
+    ) -> Result<Engine, EngineError> {
+        let store = crate::store::open(&pb, cluster)?;
+        let consumers = crate::consumer::open_all(&pb, cluster)?;
+        let lock = lock::open(&pb, cluster, Some(events.clone()))?;
+        let journals = journal::open(&pb, cluster)?;
+        Ok(Engine::new(pb, store, consumers, events, lock).with_journal(journals))
     }
 
     /// The playbook.
@@ -362,18 +396,34 @@ impl Engine {
     }
 
     /// The current journal, if any.
-    pub fn journal(&self) -> Result<Option<Journal>, EngineError> {
-        Ok(self.journals.load()?)
+    pub async fn journal(&self) -> Result<Option<Journal>, EngineError> {
+        Ok(self.journals.load().await?)
     }
 
     /// Who holds the lock now.
-    pub fn lock_holder(&self) -> Result<Option<Holder>, EngineError> {
-        Ok(self.lock.holder()?)
+    pub async fn lock_holder(&self) -> Result<Option<Holder>, EngineError> {
+        Ok(self.lock.holder().await?)
     }
 
-    /// The journal file's path.
-    pub fn journal_path(&self) -> PathBuf {
-        self.journals.path()
+    /// Where the current journal lives (a path, or a ConfigMap).
+    pub fn journal_location(&self) -> String {
+        self.journals.describe()
+    }
+
+    /// Where the lock lives (a path, or a Lease).
+    pub fn lock_location(&self) -> String {
+        self.lock.describe()
+    }
+
+    /// Gives the lock back at the end of a run; a failure only means the lock lapses later.
+    async fn release(&self, guard: Box<dyn LockGuard>) {
+        if let Err(e) = guard.release().await {
+            self.events.emit(&Event::Note {
+                message: format!(
+                    "could not release the lock ({e}); it lapses when its lease expires"
+                ),
+            });
+        }
     }
 
     fn audit(&self) -> Result<Arc<Audit>, EngineError> {
@@ -407,7 +457,7 @@ impl Engine {
     /// Starts every consumer holding the store's current slots (fleet bring-up).
     pub async fn up(&self) -> Result<(), EngineError> {
         let snap = self.store.snapshot().await?;
-        let state = match self.journals.load()? {
+        let state = match self.journals.load().await? {
             Some(j) if j.status.is_active() => j.state,
             _ => State::S0,
         };
@@ -463,8 +513,18 @@ impl Engine {
 
     /// Starts a rotation from S0.
     pub async fn rotate(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
-        let guard = self.lock.acquire(Holder::me("rotate"))?;
-        if let Some(j) = self.journals.load()? {
+        let guard = self.lock.acquire(Holder::me("rotate"), opts.force).await?;
+        let result = self.rotate_locked(guard.as_ref(), opts).await;
+        self.release(guard).await;
+        result
+    }
+
+    async fn rotate_locked(
+        &self,
+        guard: &dyn LockGuard,
+        opts: &RunOptions,
+    ) -> Result<RunReport, EngineError> {
+        if let Some(j) = self.journals.load().await? {
             if j.status.is_active() {
                 return Err(EngineError::Active {
                     id: j.id,
@@ -472,7 +532,7 @@ impl Engine {
                     status: j.status,
                 });
             }
-            self.journals.archive(&j)?;
+            self.journals.archive(&j).await?;
         }
         let snap = self.store.snapshot().await?;
         let primary = snap
@@ -510,15 +570,25 @@ impl Engine {
         let mut run = Run::new(self, journal, guard, audit, opts.clone());
         // Prove S0 before touching anything: every validator accepts A, every signer sends A.
         run.preflight().await?;
-        run.save()?;
+        run.save().await?;
         run.emit_start("rotate");
         run.forward_to(opts.until.unwrap_or(State::S5)).await
     }
 
     /// Continues the rotation in progress from its journal.
     pub async fn resume(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
-        let guard = self.lock.acquire(Holder::me("resume"))?;
-        let journal = self.active_journal()?;
+        let guard = self.lock.acquire(Holder::me("resume"), opts.force).await?;
+        let result = self.resume_locked(guard.as_ref(), opts).await;
+        self.release(guard).await;
+        result
+    }
+
+    async fn resume_locked(
+        &self,
+        guard: &dyn LockGuard,
+        opts: &RunOptions,
+    ) -> Result<RunReport, EngineError> {
+        let journal = self.active_journal().await?;
         let audit = self.audit()?;
         let rolling_back = matches!(journal.status, Status::RollingBack)
             || (journal.status == Status::Failed
@@ -541,8 +611,21 @@ impl Engine {
 
     /// Walks inverses back to `opts.rollback_to` (S0 by default).
     pub async fn rollback(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
-        let guard = self.lock.acquire(Holder::me("rollback"))?;
-        let journal = self.active_journal()?;
+        let guard = self
+            .lock
+            .acquire(Holder::me("rollback"), opts.force)
+            .await?;
+        let result = self.rollback_locked(guard.as_ref(), opts).await;
+        self.release(guard).await;
+        result
+    }
+
+    async fn rollback_locked(
+        &self,
+        guard: &dyn LockGuard,
+        opts: &RunOptions,
+    ) -> Result<RunReport, EngineError> {
+        let journal = self.active_journal().await?;
         if journal.state == State::S5 {
             return Err(EngineError::Irreversible(journal.id));
         }
@@ -553,8 +636,8 @@ impl Engine {
         run.rollback_to(opts.rollback_to, "rollback").await
     }
 
-    fn active_journal(&self) -> Result<Journal, EngineError> {
-        match self.journals.load()? {
+    async fn active_journal(&self) -> Result<Journal, EngineError> {
+        match self.journals.load().await? {
             Some(j) if j.status.is_active() => Ok(j),
             Some(j) if j.state == State::S5 => Err(EngineError::Irreversible(j.id)),
             _ => Err(EngineError::NoRotation),
@@ -566,7 +649,7 @@ impl Engine {
 struct Run<'e> {
     e: &'e Engine,
     journal: Journal,
-    guard: Box<dyn LockGuard>,
+    guard: &'e dyn LockGuard,
     audit: Arc<Audit>,
     events: Arc<dyn EventSink>,
     opts: RunOptions,
@@ -586,7 +669,7 @@ impl<'e> Run<'e> {
     fn new(
         e: &'e Engine,
         journal: Journal,
-        guard: Box<dyn LockGuard>,
+        guard: &'e dyn LockGuard,
         audit: Arc<Audit>,
         opts: RunOptions,
     ) -> Run<'e> {
@@ -627,8 +710,14 @@ impl<'e> Run<'e> {
         });
     }
 
-    fn save(&mut self) -> Result<(), JournalError> {
-        self.e.journals.save(&mut self.journal)
+    /// Writes the journal, unless this run lost its lock (then nothing more is written).
+    async fn save(&mut self) -> Result<(), JournalError> {
+        if let Some(h) = self.guard.lost() {
+            return Err(JournalError::LockLost {
+                holder: format!("{} ({})", h.identity, h.command),
+            });
+        }
+        self.e.journals.save(&mut self.journal).await
     }
 
     fn report(&self, outcome: RunOutcome, detail: String) -> RunReport {
@@ -698,12 +787,16 @@ impl<'e> Run<'e> {
 
     async fn forward_to(&mut self, until: State) -> Result<RunReport, EngineError> {
         self.journal.status = Status::Running;
-        self.save()?;
+        self.save().await?;
         // A dirty forward step is simply re-run: steps converge.
         loop {
+            // A lost lock (lease taken over after this run failed to renew it) stops the run.
+            if let Some(h) = self.guard.lost() {
+                return Err(LockError::Lost(Box::new(h)).into());
+            }
             let state = self.journal.state;
             if state >= until {
-                return self.finish_forward();
+                return self.finish_forward().await;
             }
             let t = state
                 .next_transition()
@@ -717,11 +810,11 @@ impl<'e> Run<'e> {
         }
     }
 
-    fn finish_forward(&mut self) -> Result<RunReport, EngineError> {
+    async fn finish_forward(&mut self) -> Result<RunReport, EngineError> {
         let state = self.journal.state;
         if state == State::S5 {
             self.journal.status = Status::Completed;
-            self.save()?;
+            self.save().await?;
             Ok(self.report(
                 RunOutcome::Completed,
                 format!(
@@ -735,12 +828,17 @@ impl<'e> Run<'e> {
                 RunOutcome::Paused,
                 format!("stopped at {state} as asked; continue with `rotor resume`, undo with `rotor rollback`"),
             )
+            .await
         }
     }
 
-    fn pause(&mut self, outcome: RunOutcome, detail: String) -> Result<RunReport, EngineError> {
+    async fn pause(
+        &mut self,
+        outcome: RunOutcome,
+        detail: String,
+    ) -> Result<RunReport, EngineError> {
         self.journal.status = Status::Paused;
-        self.save()?;
+        self.save().await?;
         self.guard.set_stage(None, &self.journal.state.to_string());
         Ok(self.report(outcome, detail))
     }
@@ -783,7 +881,7 @@ impl<'e> Run<'e> {
                     self.journal.old.fingerprint,
                     due.format("%Y-%m-%d %H:%M:%S UTC")
                 );
-                return self.pause(RunOutcome::Paused, detail).map(Some);
+                return self.pause(RunOutcome::Paused, detail).await.map(Some);
             }
         }
         if matches!(t, Transition::T4 | Transition::T5)
@@ -805,7 +903,7 @@ impl<'e> Run<'e> {
                     "{t} not confirmed; paused at {} (pass --yes to skip confirmations, `rotor resume` to continue)",
                     self.journal.state
                 );
-                return self.pause(RunOutcome::Declined, detail).map(Some);
+                return self.pause(RunOutcome::Declined, detail).await.map(Some);
             }
         }
         Ok(None)
@@ -826,7 +924,7 @@ impl<'e> Run<'e> {
             Direction::Inverse => Status::RollingBack,
         };
         self.journal.begin(t, dir);
-        self.save()?;
+        self.save().await?;
         self.guard.set_stage(None, &stage_name(t, dir));
         self.emit(Event::StepStarted {
             transition: t,
@@ -847,7 +945,7 @@ impl<'e> Run<'e> {
                     detail: detail.clone(),
                 });
                 self.journal.end(Outcome::Ok, detail);
-                self.save()?;
+                self.save().await?;
                 self.guard.set_stage(None, &self.journal.state.to_string());
                 self.stages.push(StageTiming {
                     transition: t,
@@ -872,7 +970,7 @@ impl<'e> Run<'e> {
                     error: err.to_string(),
                 });
                 self.journal.end(Outcome::Failed, err.to_string());
-                self.save()?;
+                self.save().await?;
                 self.stages.push(StageTiming {
                     transition: t,
                     direction: dir,
@@ -896,7 +994,7 @@ impl<'e> Run<'e> {
                 } else {
                     Status::Paused
                 };
-                let _ = self.save();
+                let _ = self.save().await;
                 self.guard.set_stage(None, &self.journal.state.to_string());
                 self.report(
                     RunOutcome::RolledBack,
@@ -910,7 +1008,7 @@ impl<'e> Run<'e> {
             }
             Err((rb_stage, rb_err)) => {
                 self.journal.status = Status::Failed;
-                let _ = self.save();
+                let _ = self.save().await;
                 EngineError::Stuck {
                     stage,
                     source: Box::new(err),
@@ -969,7 +1067,7 @@ impl<'e> Run<'e> {
                 if snap.version(&a).map(|v| v.state) == Some(VersionState::Destroyed) {
                     self.journal
                         .end(Outcome::Ok, "A found destroyed on reconcile".into());
-                    self.save()?;
+                    self.save().await?;
                     return Err(EngineError::Irreversible(self.journal.id.clone()));
                 }
                 self.journal
@@ -980,7 +1078,7 @@ impl<'e> Run<'e> {
         };
         self.journal.target = target;
         self.journal.status = Status::RollingBack;
-        self.save()?;
+        self.save().await?;
         match self.walk_back(first, target).await {
             Ok(()) => {
                 self.journal.status = if target == State::S0 {
@@ -988,7 +1086,7 @@ impl<'e> Run<'e> {
                 } else {
                     Status::Paused
                 };
-                self.save()?;
+                self.save().await?;
                 Ok(self.report(
                     RunOutcome::RolledBack,
                     format!("rolled back to {}", self.journal.state),
@@ -996,7 +1094,7 @@ impl<'e> Run<'e> {
             }
             Err((stage, source)) => {
                 self.journal.status = Status::Failed;
-                self.save()?;
+                self.save().await?;
                 Err(EngineError::Step {
                     stage,
                     command,
@@ -1219,14 +1317,14 @@ impl<'e> Run<'e> {
             version: None,
             fingerprint: value.fingerprint(&self.e.pb.secret),
         });
-        self.save()?;
+        self.save().await?;
         failpoint::hit(Transition::T1, Direction::Forward, "generated");
         let info = self.e.store.add_version(&value).await?;
         self.journal.new = Some(VersionRef {
             version: Some(info.id.clone()),
             fingerprint: info.fingerprint,
         });
-        self.save()?;
+        self.save().await?;
         Ok(())
     }
 
@@ -1259,7 +1357,7 @@ impl<'e> Run<'e> {
             });
             self.journal.new = None;
         }
-        self.save()?;
+        self.save().await?;
         Ok(())
     }
 
@@ -1306,7 +1404,7 @@ impl<'e> Run<'e> {
                 self.journal.id
             );
             self.journal.status = Status::Failed;
-            self.save()?;
+            self.save().await?;
             return Err(EngineError::NotStable(msg));
         }
         let mut observed = Vec::new();

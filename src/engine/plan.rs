@@ -64,12 +64,6 @@ pub struct Plan {
     pub total_restarts: usize,
 }
 
-fn instances(pb: &Playbook, name: &str) -> usize {
-    match &pb.consumer(name).expect("consumer").kind {
-        crate::playbook::ConsumerKind::Process(p) => p.instances,
-    }
-}
-
 /// Computes the plan. `snapshot` is `None` when the store does not exist yet.
 pub fn plan(
     pb: &Playbook,
@@ -77,6 +71,7 @@ pub fn plan(
     snapshot: Option<&StoreSnapshot>,
     journal: Option<&Journal>,
     until: State,
+    instances: &std::collections::BTreeMap<String, usize>,
 ) -> Plan {
     let active = journal.filter(|j| j.status.is_active());
     let from = active.map(|j| j.state).unwrap_or(State::S0);
@@ -95,7 +90,7 @@ pub fn plan(
             .map(|c| PlannedRoll {
                 consumer: c.name.clone(),
                 role: c.role,
-                instances: instances(pb, &c.name),
+                instances: instances.get(&c.name).copied().unwrap_or(0),
             })
             .collect();
         for r in &rolls {

@@ -6,8 +6,9 @@
 //! missing top-level field), the dotted field path (`consumers[1].slots.secondary`), a one-line
 //! message and a help line saying what to do. Messages never echo env values.
 //!
-//! Checks run in a fixed order: top-level keys, `secret`, `environment`, `generate`, `store`,
-//! `state_dir`, `timings`, then each consumer in order, then round-trip targets across consumers.
+//! Checks run in a fixed order: top-level keys, `secret`, `environment`, `generate`, `cluster`,
+//! `store`, `state_dir`, `timings`, `concurrency`, then each consumer in order, then round-trip
+//! targets across consumers.
 
 #[path = "node.rs"]
 mod node;
@@ -21,8 +22,9 @@ use sha2::{Digest, Sha256};
 
 use self::node::{Node, Pos, Scalar, Value};
 use super::{
-    ConsumerKind, ConsumerSpec, Environment, ExecVia, Generate, Pickup, Playbook, ProbeSpec,
-    ProcessSpec, RoundtripSpec, SlotNames, SlotRef, StoreSpec, Timings,
+    ClusterSpec, ConsumerKind, ConsumerSpec, Environment, ExecVia, Generate, JournalKind,
+    KubernetesSpec, LockKind, Pickup, Playbook, ProbeSpec, ProcessSpec, RoundtripSpec, SlotNames,
+    SlotRef, StoreSpec, Timings, WorkloadKind, WorkloadRef,
 };
 use crate::protocol::Role;
 use crate::secret::Alphabet;
@@ -105,11 +107,22 @@ const TOP_FIELDS: &[&str] = &[
     "store",
     "state_dir",
     "timings",
+    "concurrency",
+    "cluster",
     "consumers",
 ];
 const GENERATE_FIELDS: &[&str] = &["length", "alphabet"];
-const STORE_FIELDS: &[&str] = &["kind", "path"];
-const STORE_KINDS_LATER: &[&str] = &["kubernetes", "gcp"];
+const STORE_FIELDS: &[&str] = &["kind", "path", "namespace", "name"];
+const STORE_KINDS: &[&str] = &["local", "kubernetes"];
+const STORE_KINDS_LATER: &[&str] = &["gcp"];
+const CLUSTER_FIELDS: &[&str] = &["context", "namespace", "lock", "journal"];
+const WORKLOAD_FIELDS: &[&str] = &["kind", "name", "namespace"];
+/// Fields only a `process` consumer takes.
+const PROCESS_ONLY: &[&str] = &["instances", "command", "env", "host", "health_path"];
+/// Fields only a `kubernetes` consumer takes.
+const KUBERNETES_ONLY: &[&str] = &["workload", "secret", "port"];
+/// Largest `concurrency`.
+const MAX_CONCURRENCY: i128 = 1024;
 const TIMING_FIELDS: &[&str] = &[
     "rollout_timeout",
     "readiness_timeout",
@@ -128,13 +141,17 @@ const CONSUMER_FIELDS: &[&str] = &[
     "env",
     "host",
     "health_path",
+    "workload",
+    "secret",
+    "port",
     "pickup",
     "fingerprints_path",
     "slots",
     "probes",
     "roundtrips",
 ];
-const CONSUMER_KINDS_LATER: &[&str] = &["kubernetes", "deployment"];
+const CONSUMER_KINDS: &[&str] = &["process", "kubernetes"];
+const CONSUMER_KINDS_LATER: &[&str] = &["exec"];
 const SLOT_FIELDS: &[&str] = &["primary", "secondary", "aliases"];
 const PROBE_TYPES: &[&str] = &["header", "jwt", "exec"];
 const PROBE_FIELDS: &[&str] = &[
@@ -629,7 +646,11 @@ impl Cx<'_> {
         };
 
         let generate = self.generate(&top, environment)?;
-        let store = self.store(&top, base_dir)?;
+        let cluster = self.cluster(&top)?;
+        let namespace = cluster
+            .as_ref()
+            .map_or_else(|| "default".to_string(), |c| c.namespace.clone());
+        let store = self.store(&top, base_dir, &namespace)?;
 
         // state_dir
         let state_dir = match top.get("state_dir") {
@@ -647,6 +668,25 @@ impl Cx<'_> {
         };
 
         let timings = self.timings(&top)?;
+
+        let concurrency = match top.get("concurrency") {
+            None => 1,
+            Some(node) => {
+                let help = format!(
+                    "set concurrency to how many consumers of one wave may roll at once, 1 to {MAX_CONCURRENCY}"
+                );
+                let n = self.int(node, "concurrency", &help)?;
+                if !(1..=MAX_CONCURRENCY).contains(&n) {
+                    return Err(self.err(
+                        node.pos,
+                        "concurrency",
+                        format!("concurrency {n} is out of range (1 to {MAX_CONCURRENCY})"),
+                        help,
+                    ));
+                }
+                n as usize
+            }
+        };
 
         // consumers
         let node = self.require(
@@ -673,7 +713,7 @@ impl Cx<'_> {
         let mut consumers: Vec<ConsumerSpec> = Vec::with_capacity(items.len());
         let mut targets: Vec<(usize, usize, Pos)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            let (consumer, name_pos, to_positions) = self.consumer(item, i)?;
+            let (consumer, name_pos, to_positions) = self.consumer(item, i, &namespace)?;
             if let Some(j) = consumers.iter().position(|c| c.name == consumer.name) {
                 return Err(self.err(
                     name_pos,
@@ -728,6 +768,22 @@ impl Cx<'_> {
             }
         }
 
+        // A cluster is needed as soon as one part lives there.
+        let uses_cluster = matches!(store, StoreSpec::Kubernetes { .. })
+            || consumers
+                .iter()
+                .any(|c| matches!(c.kind, ConsumerKind::Kubernetes(_)));
+        let cluster = match cluster {
+            Some(c) => Some(c),
+            None if uses_cluster => Some(ClusterSpec {
+                context: None,
+                namespace,
+                lock: LockKind::Lease,
+                journal: JournalKind::File,
+            }),
+            None => None,
+        };
+
         Ok(Playbook {
             source: String::new(),
             checksum: String::new(),
@@ -739,7 +795,105 @@ impl Cx<'_> {
             state_dir,
             timings,
             consumers,
+            cluster,
+            concurrency,
         })
+    }
+
+    fn cluster(&self, top: &Fields<'_>) -> Result<Option<ClusterSpec>> {
+        let Some(node) = top.get("cluster") else {
+            return Ok(None);
+        };
+        let f = self.fields(
+            node,
+            "cluster",
+            node.pos,
+            "write `cluster:` with `namespace` (and optionally `context`, `lock`, `journal`) under it",
+        )?;
+        self.only(&f, CLUSTER_FIELDS, "cluster")?;
+        let context = match f.get("context") {
+            None => None,
+            Some(node) => {
+                const HELP: &str = "name a context of your kubeconfig (`kubectl config get-contexts`), or leave `context` out to use the current one";
+                let text = self.text(node, "cluster.context", HELP)?;
+                if text.trim().is_empty() {
+                    return Err(self.err(
+                        node.pos,
+                        "cluster.context",
+                        "the context is empty",
+                        HELP,
+                    ));
+                }
+                Some(text.to_string())
+            }
+        };
+        let namespace = match f.get("namespace") {
+            None => "default".to_string(),
+            Some(node) => self.k8s_name(node, "cluster.namespace", "namespace", true)?,
+        };
+        let lock = match f.get("lock") {
+            None => LockKind::Lease,
+            Some(node) => match self.choice(
+                node,
+                "cluster.lock",
+                &["lease", "file"],
+                "lock",
+                "use `lease` (a coordination.k8s.io Lease, safe across machines) or `file` (one machine only)",
+            )? {
+                0 => LockKind::Lease,
+                _ => LockKind::File,
+            },
+        };
+        let journal = match f.get("journal") {
+            None => JournalKind::File,
+            Some(node) => match self.choice(
+                node,
+                "cluster.journal",
+                &["configmap", "file"],
+                "journal",
+                "use `configmap` (survives a rescheduled Job) or `file` (the state directory)",
+            )? {
+                0 => JournalKind::ConfigMap,
+                _ => JournalKind::File,
+            },
+        };
+        Ok(Some(ClusterSpec {
+            context,
+            namespace,
+            lock,
+            journal,
+        }))
+    }
+
+    /// A Kubernetes object name: a DNS label (namespaces) or subdomain (everything else).
+    fn k8s_name(&self, node: &Node, path: &str, what: &str, label: bool) -> Result<String> {
+        let help = if label {
+            format!(
+                "a {what} is 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit, e.g. demo"
+            )
+        } else {
+            format!(
+                "a {what} is up to 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, e.g. auth-secrets"
+            )
+        };
+        let text = self.text(node, path, &help)?;
+        let max = if label { 63 } else { 253 };
+        let ok = !text.is_empty()
+            && text.len() <= max
+            && text.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (!label && c == '.')
+            })
+            && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && text.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !ok {
+            return Err(self.err(
+                node.pos,
+                path,
+                format!("`{text}` is not a valid {what}"),
+                help,
+            ));
+        }
+        Ok(text.to_string())
     }
 
     fn generate(&self, top: &Fields<'_>, environment: Environment) -> Result<Generate> {
@@ -800,7 +954,7 @@ impl Cx<'_> {
         Ok(generate)
     }
 
-    fn store(&self, top: &Fields<'_>, base_dir: &Path) -> Result<StoreSpec> {
+    fn store(&self, top: &Fields<'_>, base_dir: &Path, namespace: &str) -> Result<StoreSpec> {
         let node = self.require(
             top,
             "store",
@@ -813,16 +967,46 @@ impl Cx<'_> {
             "write `store:` with `kind` and `path` under it",
         )?;
         self.only(&f, STORE_FIELDS, "store")?;
-        const KIND_HELP: &str = "use `local`; kubernetes and gcp stores come later";
+        const KIND_HELP: &str =
+            "use `local` (a file) or `kubernetes` (a Secret); the gcp store comes later";
         let kind = self.require(&f, "kind", KIND_HELP)?;
         let text = self.text(kind, "store.kind", KIND_HELP)?;
-        if text != "local" {
+        if !STORE_KINDS.contains(&text) {
             let message = if STORE_KINDS_LATER.contains(&text) {
                 format!("store kind `{text}` is not supported yet")
             } else {
                 format!("unknown store kind `{text}`")
             };
             return Err(self.err(kind.pos, "store.kind", message, KIND_HELP));
+        }
+        if text == "kubernetes" {
+            if let Some((key, _)) = f.entry("path") {
+                return Err(self.err(
+                    key.pos,
+                    "store.path",
+                    "a kubernetes store has no `path`",
+                    "remove `path`; name the Secret with `name` (and `namespace`)",
+                ));
+            }
+            const NAME_HELP: &str =
+                "name the Secret that holds the values, e.g. `name: service-secret-store`";
+            let node = self.require(&f, "name", NAME_HELP)?;
+            let name = self.k8s_name(node, "store.name", "Secret name", false)?;
+            let namespace = match f.get("namespace") {
+                None => namespace.to_string(),
+                Some(node) => self.k8s_name(node, "store.namespace", "namespace", true)?,
+            };
+            return Ok(StoreSpec::Kubernetes { namespace, name });
+        }
+        for field in ["namespace", "name"] {
+            if let Some((key, _)) = f.entry(field) {
+                return Err(self.err(
+                    key.pos,
+                    f.sub(field),
+                    format!("a local store has no `{field}`"),
+                    format!("remove `{field}`; a local store takes `path`"),
+                ));
+            }
         }
         const PATH_HELP: &str = "give the store file, relative to the playbook's directory or absolute, e.g. store.json";
         let node = self.require(&f, "path", PATH_HELP)?;
@@ -899,7 +1083,12 @@ impl Cx<'_> {
     }
 
     /// One consumer; also returns the position of its name and of each round trip's `to`.
-    fn consumer(&self, node: &Node, i: usize) -> Result<(ConsumerSpec, Pos, Vec<Pos>)> {
+    fn consumer(
+        &self,
+        node: &Node,
+        i: usize,
+        namespace: &str,
+    ) -> Result<(ConsumerSpec, Pos, Vec<Pos>)> {
         let path = format!("consumers[{i}]");
         let mut f = self.fields(
             node,
@@ -939,11 +1128,10 @@ impl Cx<'_> {
             _ => Role::Both,
         };
 
-        const KIND_HELP: &str =
-            "use `process` (local processes started by rotor); kubernetes deployments come later";
+        const KIND_HELP: &str = "use `process` (local processes started by rotor) or `kubernetes` (a Deployment, StatefulSet or DaemonSet)";
         let node = self.require(&f, "kind", KIND_HELP)?;
         let kind = self.text(node, &f.sub("kind"), KIND_HELP)?;
-        if kind != "process" {
+        if !CONSUMER_KINDS.contains(&kind) {
             let message = if CONSUMER_KINDS_LATER.contains(&kind) {
                 format!("consumer kind `{kind}` is not supported yet")
             } else {
@@ -951,9 +1139,87 @@ impl Cx<'_> {
             };
             return Err(self.err(node.pos, f.sub("kind"), message, KIND_HELP));
         }
+        let process = kind == "process";
+        let (foreign, takes) = if process {
+            (KUBERNETES_ONLY, PROCESS_ONLY)
+        } else {
+            (PROCESS_ONLY, KUBERNETES_ONLY)
+        };
+        for field in foreign {
+            if let Some((key, _)) = f.entry(field) {
+                return Err(self.err(
+                    key.pos,
+                    f.sub(field),
+                    format!("a `{kind}` consumer has no `{field}`"),
+                    format!(
+                        "remove `{field}`; a `{kind}` consumer takes {}",
+                        backticked(takes)
+                    ),
+                ));
+            }
+        }
 
+        let slots = self.slots(&f, role)?;
+        let kind_spec = if process {
+            ConsumerKind::Process(self.process(&f, &slots)?)
+        } else {
+            ConsumerKind::Kubernetes(self.kubernetes(&f, namespace)?)
+        };
+
+        let pickup = match f.get("pickup") {
+            None => Pickup::Restart,
+            Some(node) => {
+                let path = f.sub("pickup");
+                match self.choice(
+                    node,
+                    &path,
+                    &["restart", "reload"],
+                    "pickup",
+                    "use `restart`",
+                )? {
+                    0 => Pickup::Restart,
+                    _ => {
+                        return Err(self.err(
+                            node.pos,
+                            path,
+                            format!("pickup `reload` is not supported by `{kind}` consumers yet"),
+                            "use `restart`; hot reload comes with consumers that re-read a file",
+                        ));
+                    }
+                }
+            }
+        };
+
+        let fingerprints_path = match f.get("fingerprints_path") {
+            None => None,
+            Some(node) => {
+                Some(self.http_path(node, &f.sub("fingerprints_path"), "/fingerprints")?)
+            }
+        };
+
+        let probes = self.probes(&f, role)?;
+        let (roundtrips, to_positions) = self.roundtrips(&f, role)?;
+
+        Ok((
+            ConsumerSpec {
+                name,
+                role,
+                kind: kind_spec,
+                slots,
+                pickup,
+                probes,
+                roundtrips,
+                fingerprints_path,
+            },
+            name_pos,
+            to_positions,
+        ))
+    }
+
+    /// The fields of a `process` consumer.
+    fn process(&self, f: &Fields<'_>, slots: &SlotNames) -> Result<ProcessSpec> {
         let instances_help = format!("set instances to a whole number from 1 to {MAX_INSTANCES}");
-        let node = self.require(&f, "instances", &instances_help)?;
+        let node = self.require(f, "instances", &instances_help)?;
         let n = self.int(node, &f.sub("instances"), &instances_help)?;
         if !(1..=MAX_INSTANCES).contains(&n) {
             return Err(self.err(
@@ -966,11 +1232,10 @@ impl Cx<'_> {
         let instances = n as usize;
 
         const COMMAND_HELP: &str = "give the program and its arguments as a list, e.g. [\"./service\", \"--port-from-env\"]";
-        let node = self.require(&f, "command", COMMAND_HELP)?;
+        let node = self.require(f, "command", COMMAND_HELP)?;
         let command = self.command(node, &f.sub("command"), COMMAND_HELP)?;
 
-        let slots = self.slots(&f, role)?;
-        let env = self.env(&f, &slots)?;
+        let env = self.env(f, slots)?;
 
         let host = match f.get("host") {
             None => IpAddr::from([127, 0, 0, 1]),
@@ -1003,60 +1268,72 @@ impl Cx<'_> {
             Some(node) => self.http_path(node, &f.sub("health_path"), "/healthz")?,
         };
 
-        let pickup = match f.get("pickup") {
-            None => Pickup::Restart,
-            Some(node) => {
-                let path = f.sub("pickup");
-                match self.choice(
-                    node,
-                    &path,
-                    &["restart", "reload"],
-                    "pickup",
-                    "use `restart`",
-                )? {
-                    0 => Pickup::Restart,
-                    _ => {
-                        return Err(self.err(
-                            node.pos,
-                            path,
-                            "pickup `reload` is not supported by `process` consumers yet",
-                            "use `restart`; hot reload comes with consumers that re-read a file",
-                        ));
-                    }
-                }
-            }
+        Ok(ProcessSpec {
+            instances,
+            command,
+            env,
+            host,
+            health_path,
+        })
+    }
+
+    /// The fields of a `kubernetes` consumer.
+    fn kubernetes(&self, f: &Fields<'_>, namespace: &str) -> Result<KubernetesSpec> {
+        const WORKLOAD_HELP: &str =
+            "name the workload, e.g. `workload: {kind: Deployment, name: auth}`";
+        let node = self.require(f, "workload", WORKLOAD_HELP)?;
+        let path = f.sub("workload");
+        let w = self.fields(node, &path, node.pos, WORKLOAD_HELP)?;
+        self.only(&w, WORKLOAD_FIELDS, "a workload")?;
+        let kind_help = format!("use one of {}", list(WorkloadKind::NAMES));
+        let node = self.require(&w, "kind", &kind_help)?;
+        let kind = match self.choice(
+            node,
+            &w.sub("kind"),
+            WorkloadKind::NAMES,
+            "workload kind",
+            &kind_help,
+        )? {
+            0 => WorkloadKind::Deployment,
+            1 => WorkloadKind::StatefulSet,
+            _ => WorkloadKind::DaemonSet,
+        };
+        let node = self.require(&w, "name", WORKLOAD_HELP)?;
+        let name = self.k8s_name(node, &w.sub("name"), "workload name", false)?;
+        let namespace = match w.get("namespace") {
+            None => namespace.to_string(),
+            Some(node) => self.k8s_name(node, &w.sub("namespace"), "namespace", true)?,
         };
 
-        let fingerprints_path = match f.get("fingerprints_path") {
+        const SECRET_HELP: &str = "name the Secret the workload reads the slots from (same namespace), e.g. `secret: auth-secrets`";
+        let node = self.require(f, "secret", SECRET_HELP)?;
+        let secret = self.k8s_name(node, &f.sub("secret"), "Secret name", false)?;
+
+        let port = match f.get("port") {
             None => None,
             Some(node) => {
-                Some(self.http_path(node, &f.sub("fingerprints_path"), "/fingerprints")?)
+                const HELP: &str = "give the container port probes reach on every pod, 1 to 65535, or leave it out to use the first containerPort";
+                let n = self.int(node, &f.sub("port"), HELP)?;
+                if !(1..=65535).contains(&n) {
+                    return Err(self.err(
+                        node.pos,
+                        f.sub("port"),
+                        format!("port {n} is out of range (1 to 65535)"),
+                        HELP,
+                    ));
+                }
+                Some(n as u16)
             }
         };
-
-        let probes = self.probes(&f, role)?;
-        let (roundtrips, to_positions) = self.roundtrips(&f, role)?;
-
-        Ok((
-            ConsumerSpec {
+        Ok(KubernetesSpec {
+            workload: WorkloadRef {
+                kind,
+                namespace,
                 name,
-                role,
-                kind: ConsumerKind::Process(ProcessSpec {
-                    instances,
-                    command,
-                    env,
-                    host,
-                    health_path,
-                }),
-                slots,
-                pickup,
-                probes,
-                roundtrips,
-                fingerprints_path,
             },
-            name_pos,
-            to_positions,
-        ))
+            secret,
+            port,
+        })
     }
 
     fn slots(&self, consumer: &Fields<'_>, role: Role) -> Result<SlotNames> {
@@ -1549,7 +1826,9 @@ mod tests {
                 reject: vec![401, 403]
             }]
         );
-        let ConsumerKind::Process(p) = &c.kind;
+        let ConsumerKind::Process(p) = &c.kind else {
+            panic!("a process consumer")
+        };
         assert_eq!(p.host, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(p.health_path, "/healthz");
     }
@@ -1628,7 +1907,9 @@ mod tests {
             "command: [x, 007, 1.10]\n    env: {V: 1.10}",
         );
         let pb = load(&text).unwrap();
-        let ConsumerKind::Process(p) = &pb.consumers[0].kind;
+        let ConsumerKind::Process(p) = &pb.consumers[0].kind else {
+            panic!("a process consumer")
+        };
         assert_eq!(p.command, vec!["x", "007", "1.10"]);
         assert_eq!(p.env["V"], "1.10");
     }

@@ -75,6 +75,44 @@ pub struct Playbook {
     pub timings: Timings,
     /// Who uses the secret, in playbook order.
     pub consumers: Vec<ConsumerSpec>,
+    /// The Kubernetes cluster, when the store, a consumer, the lock or the journal lives in one.
+    pub cluster: Option<ClusterSpec>,
+    /// How many consumers of one wave roll at the same time (at least 1).
+    pub concurrency: usize,
+}
+
+/// How rotor reaches a Kubernetes cluster and what it keeps there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// kubeconfig context; `None` means the current context, or the in-cluster service
+    /// account when there is no kubeconfig (`--context` overrides it).
+    pub context: Option<String>,
+    /// Namespace of every object the playbook names without one.
+    pub namespace: String,
+    /// Where the single-flight lock lives.
+    pub lock: LockKind,
+    /// Where the journal lives.
+    pub journal: JournalKind,
+}
+
+/// Single-flight lock backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    /// `flock` in the state directory: one machine only.
+    File,
+    /// A `coordination.k8s.io/v1` Lease `rotor-<secret>-<environment>` in the cluster
+    /// namespace.
+    Lease,
+}
+
+/// Journal backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalKind {
+    /// `journal.json` in the state directory.
+    File,
+    /// A ConfigMap `rotor-journal-<secret>-<environment>` in the cluster namespace, so a
+    /// rescheduled Job resumes where the last one stopped.
+    ConfigMap,
 }
 
 /// Generation policy.
@@ -93,6 +131,13 @@ pub enum StoreSpec {
     Local {
         /// Absolute path of the store file.
         path: PathBuf,
+    },
+    /// A Kubernetes Secret: slots as keys, versions and history in annotations.
+    Kubernetes {
+        /// Namespace.
+        namespace: String,
+        /// Secret name.
+        name: String,
     },
 }
 
@@ -185,6 +230,77 @@ pub struct ConsumerSpec {
 pub enum ConsumerKind {
     /// N local processes started by rotor.
     Process(ProcessSpec),
+    /// A Kubernetes workload reading a Secret.
+    Kubernetes(KubernetesSpec),
+}
+
+/// A Kubernetes workload consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesSpec {
+    /// The workload rotor rolls.
+    pub workload: WorkloadRef,
+    /// Name of the Secret (in the workload's namespace) the workload reads the slots from, under
+    /// the `slots` key names.
+    pub secret: String,
+    /// Port probes reach on every pod's IP; `None` means the first containerPort.
+    pub port: Option<u16>,
+}
+
+/// Kinds of workloads rotor can roll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    /// Every accepted spelling, for error messages.
+    pub const NAMES: &'static [&'static str] = &["Deployment", "StatefulSet", "DaemonSet"];
+
+    /// The kind as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
+
+    /// The plural resource name (`deployments`).
+    pub fn resource(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "deployments",
+            WorkloadKind::StatefulSet => "statefulsets",
+            WorkloadKind::DaemonSet => "daemonsets",
+        }
+    }
+}
+
+/// A workload by kind, namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadRef {
+    /// Kind.
+    pub kind: WorkloadKind,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} in namespace {}",
+            self.kind.as_str().to_lowercase(),
+            self.name,
+            self.namespace
+        )
+    }
 }
 
 /// A local process consumer.

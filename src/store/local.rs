@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::model::{Model, ModelVersion};
 use super::{Store, StoreError, StoreSnapshot, VersionInfo, VersionState};
 use crate::secret::{Fingerprint, SecretValue};
 
@@ -64,24 +65,47 @@ struct StoreFile {
 }
 
 impl StoreFile {
-    fn version(&self, id: &str) -> Option<&FileVersion> {
-        self.versions.iter().find(|v| v.id == id)
+    fn into_model(self) -> (Model, u64) {
+        let versions = self
+            .versions
+            .into_iter()
+            .map(|v| ModelVersion {
+                id: v.id,
+                fingerprint: v.fingerprint,
+                state: v.state,
+                created_at: v.created_at,
+                value: v.value.map(|s| s.0),
+            })
+            .collect();
+        (
+            Model {
+                secret: self.secret,
+                versions,
+                primary: self.primary,
+                secondary: self.secondary,
+            },
+            self.generation,
+        )
     }
 
-    fn snapshot(&self) -> StoreSnapshot {
-        StoreSnapshot {
-            versions: self
+    fn from_model(m: &Model, generation: u64) -> StoreFile {
+        StoreFile {
+            format: FORMAT,
+            secret: m.secret.clone(),
+            generation,
+            versions: m
                 .versions
                 .iter()
-                .map(|v| VersionInfo {
+                .map(|v| FileVersion {
                     id: v.id.clone(),
                     fingerprint: v.fingerprint.clone(),
                     state: v.state,
                     created_at: v.created_at,
+                    value: v.value.clone().map(Stored),
                 })
                 .collect(),
-            primary: self.primary.clone(),
-            secondary: self.secondary.clone(),
+            primary: m.primary.clone(),
+            secondary: m.secondary.clone(),
         }
     }
 }
@@ -136,7 +160,7 @@ impl LocalStore {
         Ok(f)
     }
 
-    fn load(&self) -> Result<StoreFile, StoreError> {
+    fn load(&self) -> Result<(Model, u64), StoreError> {
         let meta = match fs::metadata(&self.path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -163,60 +187,29 @@ impl LocalStore {
                 file.format
             )));
         }
-        if file.secret != self.secret {
-            return Err(self.corrupt(format!(
-                "it holds secret `{}`, the playbook names `{}`",
-                file.secret, self.secret
-            )));
-        }
-        for v in &file.versions {
-            match (&v.value, v.state) {
-                (None, VersionState::Enabled | VersionState::Disabled) => {
-                    return Err(self.corrupt(format!("version {} has no value", v.id)));
-                }
-                (Some(_), VersionState::Destroyed) => {
-                    return Err(
-                        self.corrupt(format!("destroyed version {} still has a value", v.id))
-                    );
-                }
-                (Some(val), _) if val.0.fingerprint(&self.secret) != v.fingerprint => {
-                    return Err(self.corrupt(format!(
-                        "version {} does not match its fingerprint {}",
-                        v.id, v.fingerprint
-                    )));
-                }
-                _ => {}
-            }
-        }
-        Ok(file)
+        let (model, generation) = file.into_model();
+        model.check(&self.secret).map_err(|d| self.corrupt(d))?;
+        Ok((model, generation))
     }
 
-    fn save(&self, file: &mut StoreFile) -> Result<(), StoreError> {
-        file.generation += 1;
-        let bytes = serde_json::to_vec_pretty(&*file).map_err(|e| self.corrupt(e.to_string()))?;
+    fn save(&self, model: &Model, generation: u64) -> Result<(), StoreError> {
+        let file = StoreFile::from_model(model, generation + 1);
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| self.corrupt(e.to_string()))?;
         atomic_write(&self.path, &bytes, 0o600).map_err(|e| self.io("write store", e))
     }
 
+    /// One read-modify-write cycle under the sidecar lock; `f` says whether it changed.
     fn modify<T>(
         &self,
-        f: impl FnOnce(&mut StoreFile) -> Result<(T, bool), StoreError>,
+        f: impl FnOnce(&mut Model, &str) -> Result<(T, bool), StoreError>,
     ) -> Result<T, StoreError> {
         let _guard = self.lock()?;
-        let mut file = self.load()?;
-        let (out, changed) = f(&mut file)?;
+        let (mut model, generation) = self.load()?;
+        let (out, changed) = f(&mut model, &self.describe())?;
         if changed {
-            self.save(&mut file)?;
+            self.save(&model, generation)?;
         }
         Ok(out)
-    }
-
-    fn info(&self, v: &FileVersion) -> VersionInfo {
-        VersionInfo {
-            id: v.id.clone(),
-            fingerprint: v.fingerprint.clone(),
-            state: v.state,
-            created_at: v.created_at,
-        }
     }
 }
 
@@ -251,132 +244,31 @@ impl Store for LocalStore {
         if self.path.exists() {
             return Err(self.refused("it already exists; `rotor init` only creates new stores"));
         }
-        let v = FileVersion {
-            id: "1".into(),
-            fingerprint: value.fingerprint(&self.secret),
-            state: VersionState::Enabled,
-            created_at: Utc::now(),
-            value: Some(Stored(value.clone())),
-        };
-        let info = self.info(&v);
-        let mut file = StoreFile {
-            format: FORMAT,
-            secret: self.secret.clone(),
-            generation: 0,
-            versions: vec![v],
-            primary: Some("1".into()),
-            secondary: None,
-        };
-        self.save(&mut file)?;
-        Ok(info)
+        let model = Model::new(&self.secret, value);
+        self.save(&model, 0)?;
+        Ok(model.versions[0].info())
     }
 
     async fn snapshot(&self) -> Result<StoreSnapshot, StoreError> {
         let _guard = self.lock()?;
-        Ok(self.load()?.snapshot())
+        Ok(self.load()?.0.snapshot())
     }
 
     async fn read_value(&self, version: &str) -> Result<SecretValue, StoreError> {
         let _guard = self.lock()?;
-        let file = self.load()?;
-        let v = file
-            .version(version)
-            .ok_or_else(|| StoreError::NoSuchVersion {
-                store: self.describe(),
-                version: version.into(),
-            })?;
-        match (&v.value, v.state) {
-            (Some(val), VersionState::Enabled) => Ok(val.0.clone()),
-            (_, state) => Err(StoreError::NotReadable {
-                store: self.describe(),
-                version: version.into(),
-                state,
-            }),
-        }
+        self.load()?.0.read_value(&self.describe(), version)
     }
 
     async fn add_version(&self, value: &SecretValue) -> Result<VersionInfo, StoreError> {
-        let fp = value.fingerprint(&self.secret);
-        self.modify(|file| {
-            let next = file
-                .versions
-                .iter()
-                .filter_map(|v| v.id.parse::<u64>().ok())
-                .max()
-                .unwrap_or(0)
-                + 1;
-            let v = FileVersion {
-                id: next.to_string(),
-                fingerprint: fp,
-                state: VersionState::Enabled,
-                created_at: Utc::now(),
-                value: Some(Stored(value.clone())),
-            };
-            let info = self.info(&v);
-            file.versions.push(v);
-            Ok((info, true))
-        })
+        self.modify(|m, _| Ok((m.add_version(value), true)))
     }
 
     async fn set_slots(&self, primary: &str, secondary: Option<&str>) -> Result<(), StoreError> {
-        self.modify(|file| {
-            for id in std::iter::once(primary).chain(secondary) {
-                let v = file.version(id).ok_or_else(|| StoreError::NoSuchVersion {
-                    store: self.describe(),
-                    version: id.into(),
-                })?;
-                if v.state != VersionState::Enabled {
-                    return Err(self.refused(format!(
-                        "version {id} is {:?} and cannot be put in a slot",
-                        v.state
-                    )));
-                }
-            }
-            if secondary == Some(primary) {
-                return Err(self.refused(format!("version {primary} cannot fill both slots")));
-            }
-            let changed =
-                file.primary.as_deref() != Some(primary) || file.secondary.as_deref() != secondary;
-            file.primary = Some(primary.to_string());
-            file.secondary = secondary.map(str::to_string);
-            Ok(((), changed))
-        })
+        self.modify(|m, store| Ok(((), m.set_slots(store, primary, secondary)?)))
     }
 
     async fn set_state(&self, version: &str, state: VersionState) -> Result<(), StoreError> {
-        self.modify(|file| {
-            if state != VersionState::Enabled
-                && (file.primary.as_deref() == Some(version)
-                    || file.secondary.as_deref() == Some(version))
-            {
-                return Err(self.refused(format!(
-                    "version {version} is in a slot; take it out of the slot before it is {state:?}"
-                )));
-            }
-            let desc = self.describe();
-            let v = file
-                .versions
-                .iter_mut()
-                .find(|v| v.id == version)
-                .ok_or_else(|| StoreError::NoSuchVersion {
-                    store: desc.clone(),
-                    version: version.into(),
-                })?;
-            if v.state == state {
-                return Ok(((), false));
-            }
-            if v.state == VersionState::Destroyed {
-                return Err(StoreError::Refused {
-                    store: desc,
-                    detail: format!("version {version} is destroyed; it cannot be {state:?}"),
-                });
-            }
-            v.state = state;
-            if state == VersionState::Destroyed {
-                v.value = None;
-            }
-            Ok(((), true))
-        })
+        self.modify(|m, store| Ok(((), m.set_state(store, version, state)?)))
     }
 }
 

@@ -5,12 +5,15 @@
 //! factory that opens the backend a playbook names. One file per backend. Must never: log or
 //! return a value except from [`Store::read_value`].
 
+pub mod kubernetes;
 pub mod local;
+mod model;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::{Cluster, ClusterError};
 use crate::playbook::{Playbook, StoreSpec};
 use crate::secret::{Fingerprint, SecretValue};
 
@@ -139,6 +142,15 @@ pub enum StoreError {
         /// Detail.
         detail: String,
     },
+    /// The cluster refused or failed a call.
+    #[error("store {store}: {source}")]
+    Cluster {
+        /// The store's description.
+        store: String,
+        /// What failed, with what to do.
+        #[source]
+        source: Box<crate::cluster::ClusterError>,
+    },
     /// I/O failure.
     #[error("store {store}: {action}: {source}")]
     Io {
@@ -182,11 +194,27 @@ pub trait Store: Send + Sync {
     async fn set_state(&self, version: &str, state: VersionState) -> Result<(), StoreError>;
 }
 
-/// Opens the store a playbook names.
-pub fn open(playbook: &Playbook) -> Box<dyn Store> {
-    match &playbook.store {
+/// Opens the store a playbook names; `cluster` is the connection when the playbook uses one.
+pub fn open(
+    playbook: &Playbook,
+    cluster: Option<&Cluster>,
+) -> Result<Box<dyn Store>, ClusterError> {
+    Ok(match &playbook.store {
         StoreSpec::Local { path } => {
             Box::new(local::LocalStore::new(path.clone(), &playbook.secret))
         }
+        StoreSpec::Kubernetes { namespace, name } => Box::new(kubernetes::KubernetesStore::new(
+            cluster.ok_or_else(no_cluster)?,
+            namespace,
+            name,
+            &playbook.secret,
+        )),
+    })
+}
+
+/// The error when a playbook part needs a cluster and none was connected.
+pub fn no_cluster() -> ClusterError {
+    ClusterError::Connect {
+        detail: "the playbook uses Kubernetes but no cluster connection was opened".into(),
     }
 }

@@ -146,6 +146,8 @@ impl Fleet {
             state_dir: dir.path().join("state"),
             timings,
             consumers: vec![consumer],
+            cluster: None,
+            concurrency: 1,
         };
         Fleet { dir, pb }
     }
@@ -157,14 +159,18 @@ impl Fleet {
     fn consumer_with(&self, f: impl FnOnce(&mut ConsumerSpec)) -> ProcessConsumer {
         let mut spec = self.pb.consumers[0].clone();
         f(&mut spec);
-        let ConsumerKind::Process(p) = &spec.kind;
+        let ConsumerKind::Process(p) = &spec.kind else {
+            panic!("a process consumer")
+        };
         ProcessConsumer::new(&self.pb, &spec, p)
     }
 
     fn consumer_timed(&self, timings: Timings) -> ProcessConsumer {
         let mut pb = self.pb.clone();
         pb.timings = timings;
-        let ConsumerKind::Process(p) = &pb.consumers[0].kind;
+        let ConsumerKind::Process(p) = &pb.consumers[0].kind else {
+            panic!("a process consumer")
+        };
         ProcessConsumer::new(&pb, &pb.consumers[0], p)
     }
 
@@ -709,7 +715,9 @@ async fn a_new_rotor_adopts_the_fleet_and_stops_it() {
 
     // Fewer instances configured: the surplus is retired without a restart.
     let one = fleet.consumer_with(|s| {
-        let ConsumerKind::Process(p) = &mut s.kind;
+        let ConsumerKind::Process(p) = &mut s.kind else {
+            panic!("a process consumer")
+        };
         p.instances = 1;
     });
     let running = fleet.records();
@@ -811,7 +819,9 @@ fn a_consumer_without_a_secondary_name_holds_no_secondary() {
 async fn stopping_an_instance_also_stops_the_helpers_it_forked() {
     let fleet = Fleet::new(1, timings());
     let c = fleet.consumer_with(|s| {
-        let ConsumerKind::Process(p) = &mut s.kind;
+        let ConsumerKind::Process(p) = &mut s.kind else {
+            panic!("a process consumer")
+        };
         p.env.insert("SERVER_SRC".into(), SERVER.into());
         p.command = vec![
             "sh".into(),

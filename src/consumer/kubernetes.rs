@@ -1,0 +1,825 @@
+//! The Kubernetes consumer: a Deployment, StatefulSet or DaemonSet that reads the slots from a
+//! Secret, under the consumer's key names.
+//!
+//! Owns: writing the slot keys of the workload's Secret (replace guarded by the
+//! resourceVersion read; a 409 re-reads and re-decides), rolling the workload by patching a
+//! pod-template annotation `rotor.dev/<secret>` that carries the fingerprints its pods must hold,
+//! waiting for the rollout with a deadline (observedGeneration, updated/ready/available
+//! replicas, `ProgressDeadlineExceeded`, a new pod not ready within the readiness timeout), and
+//! the convergence gate: every pod of the workload runs the new template and is Ready before
+//! the stage is proven, and a pod left behind is named. Instances are pods, reached on their own
+//! IP and port, never through a Service.
+//!
+//! A Secret may be shared by several consumers. A consumer that does not validate never removes
+//! a value from a Secret that a validating consumer also reads: it only sets what it sends, so a
+//! validator pod that restarts on its own at any moment still gets every value it must accept.
+//!
+//! Must never: put a value in an annotation, a label, an event, an error or a log line (the
+//! annotation holds fingerprints only).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use super::{
+    Consumer, ConsumerError, Desired, Held, HeldSource, Instance, RolloutReport, Slots,
+    configured_held, report_held,
+};
+use crate::cluster::{Call, Cluster, ClusterError, retry};
+use crate::events::{Event, EventSink};
+use crate::playbook::{
+    ConsumerKind, ConsumerSpec, KubernetesSpec, Pickup, Playbook, SlotNames, SlotRef, Timings,
+    WorkloadKind,
+};
+use crate::protocol::Role;
+use crate::secret::{Fingerprint, SecretValue};
+
+/// How often a rollout is polled.
+const POLL: Duration = Duration::from_millis(200);
+/// How often one Secret write is re-decided after losing a race.
+const CONFLICT_RETRIES: usize = 5;
+
+/// A workload consumer.
+pub struct KubernetesConsumer {
+    name: String,
+    role: Role,
+    secret: String,
+    slot_names: SlotNames,
+    spec: KubernetesSpec,
+    fingerprints_path: Option<String>,
+    timings: Timings,
+    /// Another consumer of the playbook that validates reads the same Secret.
+    shared_with_validator: bool,
+    annotation: String,
+    client: kube::Client,
+    http: Option<reqwest::Client>,
+}
+
+/// What rotor reads of a workload, whatever its kind.
+#[derive(Debug, Clone, Default)]
+struct WorkloadView {
+    generation: i64,
+    observed: i64,
+    /// Pods it should run.
+    desired: i32,
+    /// Pods running the current template.
+    updated: i32,
+    /// Ready pods.
+    ready: i32,
+    /// Available pods.
+    available: i32,
+    /// Every pod it counts (old ones included), where the kind reports it.
+    total: Option<i32>,
+    /// StatefulSet: current and update revisions agree.
+    revisions_agree: bool,
+    /// `ProgressDeadlineExceeded` message, when set.
+    stalled: Option<String>,
+    /// The template's rotor annotation.
+    annotation: Option<String>,
+    /// Label selector in list form.
+    selector: String,
+    /// First containerPort of the template.
+    first_port: Option<u16>,
+}
+
+impl WorkloadView {
+    fn rolled_out(&self) -> bool {
+        self.observed >= self.generation
+            && self.updated == self.desired
+            && self.ready == self.desired
+            && self.available == self.desired
+            && self.total.is_none_or(|t| t == self.desired)
+            && self.revisions_agree
+    }
+}
+
+/// One pod as the gate sees it.
+#[derive(Debug, Clone)]
+struct PodView {
+    name: String,
+    annotation: Option<String>,
+    ready: bool,
+    terminating: bool,
+    ip: Option<IpAddr>,
+    port: Option<u16>,
+    age: Duration,
+    /// `CrashLoopBackOff: …`, `exited 1`, …
+    waiting: Option<String>,
+}
+
+fn selector_string(sel: &LabelSelector) -> String {
+    let mut parts: Vec<String> = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in sel.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    parts.join(",")
+}
+
+fn template_facts(t: &PodTemplateSpec, key: &str) -> (Option<String>, Option<u16>) {
+    let annotation = t
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(key).cloned());
+    (annotation, first_port(t.spec.as_ref()))
+}
+
+fn first_port(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<u16> {
+    spec.and_then(|s| s.containers.first())
+        .and_then(|c| c.ports.as_ref())
+        .and_then(|p| p.first())
+        .and_then(|p| u16::try_from(p.container_port).ok())
+}
+
+fn deployment_view(d: Deployment, key: &str) -> WorkloadView {
+    let spec = d.spec.unwrap_or_default();
+    let status = d.status.unwrap_or_default();
+    let (annotation, first_port) = template_facts(&spec.template, key);
+    let stalled = status.conditions.iter().flatten().find_map(|c| {
+        (c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+            .then(|| c.message.clone().unwrap_or_default())
+    });
+    WorkloadView {
+        generation: d.metadata.generation.unwrap_or(0),
+        observed: status.observed_generation.unwrap_or(0),
+        desired: spec.replicas.unwrap_or(1),
+        updated: status.updated_replicas.unwrap_or(0),
+        ready: status.ready_replicas.unwrap_or(0),
+        available: status.available_replicas.unwrap_or(0),
+        total: Some(status.replicas.unwrap_or(0)),
+        revisions_agree: true,
+        stalled,
+        annotation,
+        selector: selector_string(&spec.selector),
+        first_port,
+    }
+}
+
+fn statefulset_view(s: StatefulSet, key: &str) -> WorkloadView {
+    let spec = s.spec.unwrap_or_default();
+    let status = s.status.unwrap_or_default();
+    let (annotation, first_port) = template_facts(&spec.template, key);
+    WorkloadView {
+        generation: s.metadata.generation.unwrap_or(0),
+        observed: status.observed_generation.unwrap_or(0),
+        desired: spec.replicas.unwrap_or(1),
+        updated: status.updated_replicas.unwrap_or(0),
+        ready: status.ready_replicas.unwrap_or(0),
+        available: status.available_replicas.unwrap_or(0),
+        total: Some(status.replicas),
+        revisions_agree: status.current_revision.is_some()
+            && status.current_revision == status.update_revision,
+        stalled: None,
+        annotation,
+        selector: selector_string(&spec.selector),
+        first_port,
+    }
+}
+
+fn daemonset_view(d: DaemonSet, key: &str) -> WorkloadView {
+    let spec = d.spec.unwrap_or_default();
+    let status = d.status.unwrap_or_default();
+    let (annotation, first_port) = template_facts(&spec.template, key);
+    WorkloadView {
+        generation: d.metadata.generation.unwrap_or(0),
+        observed: status.observed_generation.unwrap_or(0),
+        desired: status.desired_number_scheduled,
+        updated: status.updated_number_scheduled.unwrap_or(0),
+        ready: status.number_ready,
+        available: status.number_available.unwrap_or(0),
+        total: Some(status.current_number_scheduled),
+        revisions_agree: status.number_unavailable.unwrap_or(0) == 0,
+        stalled: None,
+        annotation,
+        selector: selector_string(&spec.selector),
+        first_port,
+    }
+}
+
+fn pod_view(p: Pod, key: &str) -> PodView {
+    let status = p.status.unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let waiting = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find_map(|c| {
+            let w = c.state.as_ref()?.waiting.as_ref()?;
+            Some(format!(
+                "{}{} (restarts: {})",
+                w.reason.clone().unwrap_or_else(|| "Waiting".into()),
+                w.message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default(),
+                c.restart_count
+            ))
+        })
+        .or_else(|| status.reason.clone());
+    let age = p
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| {
+            let secs = (jiff::Timestamp::now() - t.0).get_seconds().max(0);
+            Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+        })
+        .unwrap_or_default();
+    PodView {
+        name: p.metadata.name.unwrap_or_default(),
+        annotation: p
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key).cloned()),
+        ready,
+        terminating: p.metadata.deletion_timestamp.is_some(),
+        ip: status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        port: first_port(p.spec.as_ref()),
+        age,
+        waiting,
+    }
+}
+
+/// `sha256:aaa` or `sha256:aaa,sha256:bbb` (primary, then secondary).
+fn annotation_value(primary: &Fingerprint, secondary: Option<&Fingerprint>) -> String {
+    match secondary {
+        Some(s) => format!("{primary},{s}"),
+        None => primary.to_string(),
+    }
+}
+
+fn parse_annotation(text: &str) -> Option<(Fingerprint, Option<Fingerprint>)> {
+    let mut parts = text.split(',');
+    let primary = Fingerprint::parse(parts.next()?.trim())?;
+    let secondary = match parts.next() {
+        Some(s) => Some(Fingerprint::parse(s.trim())?),
+        None => None,
+    };
+    parts.next().is_none().then_some((primary, secondary))
+}
+
+impl KubernetesConsumer {
+    /// Opens the consumer on `cluster`.
+    pub fn new(
+        playbook: &Playbook,
+        spec: &ConsumerSpec,
+        k: &KubernetesSpec,
+        cluster: &Cluster,
+    ) -> Self {
+        let shared_with_validator = playbook.consumers.iter().any(|other| {
+            other.name != spec.name
+                && other.role.validates()
+                && matches!(&other.kind, ConsumerKind::Kubernetes(o)
+                    if o.secret == k.secret && o.workload.namespace == k.workload.namespace)
+        });
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .no_proxy()
+            .build()
+            .ok();
+        KubernetesConsumer {
+            name: spec.name.clone(),
+            role: spec.role,
+            secret: playbook.secret.clone(),
+            slot_names: spec.slots.clone(),
+            spec: k.clone(),
+            fingerprints_path: spec.fingerprints_path.clone(),
+            timings: playbook.timings.clone(),
+            shared_with_validator,
+            annotation: format!("rotor.dev/{}", playbook.secret),
+            client: cluster.client(),
+            http,
+        }
+    }
+
+    fn ns(&self) -> &str {
+        &self.spec.workload.namespace
+    }
+
+    fn cluster_error(&self, e: ClusterError) -> ConsumerError {
+        ConsumerError::Cluster {
+            consumer: self.name.clone(),
+            source: Box::new(e),
+        }
+    }
+
+    fn workload_call(&self, verb: &'static str) -> Call {
+        Call::new(
+            verb,
+            self.spec.workload.kind.resource(),
+            "apps",
+            self.ns(),
+            &self.spec.workload.name,
+        )
+    }
+
+    async fn view(&self) -> Result<WorkloadView, ConsumerError> {
+        let name = &self.spec.workload.name;
+        let call = self.workload_call("get");
+        let key = &self.annotation;
+        let c = self.client.clone();
+        let r = match self.spec.workload.kind {
+            WorkloadKind::Deployment => {
+                let api: Api<Deployment> = Api::namespaced(c, self.ns());
+                retry(&call, || api.get(name))
+                    .await
+                    .map(|d| deployment_view(d, key))
+            }
+            WorkloadKind::StatefulSet => {
+                let api: Api<StatefulSet> = Api::namespaced(c, self.ns());
+                retry(&call, || api.get(name))
+                    .await
+                    .map(|s| statefulset_view(s, key))
+            }
+            WorkloadKind::DaemonSet => {
+                let api: Api<DaemonSet> = Api::namespaced(c, self.ns());
+                retry(&call, || api.get(name))
+                    .await
+                    .map(|d| daemonset_view(d, key))
+            }
+        };
+        r.map_err(|e| self.cluster_error(e))
+    }
+
+    /// Sets the template annotation (a merge patch: idempotent, so safe to retry).
+    async fn patch_template(&self, value: &str) -> Result<(), ConsumerError> {
+        let name = &self.spec.workload.name;
+        let call = self.workload_call("patch");
+        let body =
+            json!({"spec": {"template": {"metadata": {"annotations": {&self.annotation: value}}}}});
+        let pp = PatchParams::default();
+        let patch = Patch::Merge(&body);
+        let c = self.client.clone();
+        let r = match self.spec.workload.kind {
+            WorkloadKind::Deployment => {
+                let api: Api<Deployment> = Api::namespaced(c, self.ns());
+                retry(&call, || api.patch(name, &pp, &patch))
+                    .await
+                    .map(|_| ())
+            }
+            WorkloadKind::StatefulSet => {
+                let api: Api<StatefulSet> = Api::namespaced(c, self.ns());
+                retry(&call, || api.patch(name, &pp, &patch))
+                    .await
+                    .map(|_| ())
+            }
+            WorkloadKind::DaemonSet => {
+                let api: Api<DaemonSet> = Api::namespaced(c, self.ns());
+                retry(&call, || api.patch(name, &pp, &patch))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        r.map_err(|e| self.cluster_error(e))
+    }
+
+    async fn pods(&self, selector: &str) -> Result<Vec<PodView>, ConsumerError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), self.ns());
+        let call = Call::collection("list", "pods", "", self.ns());
+        let lp = ListParams::default().labels(selector);
+        let list = retry(&call, || api.list(&lp))
+            .await
+            .map_err(|e| self.cluster_error(e))?;
+        let mut pods: Vec<PodView> = list
+            .items
+            .into_iter()
+            .map(|p| pod_view(p, &self.annotation))
+            .collect();
+        pods.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(pods)
+    }
+
+    /// Writes the slot keys of the workload's Secret; returns whether it changed.
+    async fn write_secret(&self, d: &Desired<'_>) -> Result<bool, ConsumerError> {
+        let name = &self.spec.secret;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), self.ns());
+        let keep_values = !self.role.validates() && self.shared_with_validator;
+        let mut attempt = 0;
+        loop {
+            let call = Call::new("get", "secrets", "", self.ns(), name);
+            let mut secret = match retry(&call, || api.get(name)).await {
+                Ok(s) => s,
+                Err(e) if e.is_not_found() => {
+                    return Err(ConsumerError::Observe {
+                        consumer: self.name.clone(),
+                        instance: format!("secrets/{name}"),
+                        detail: format!(
+                            "the Secret {name} that {} reads does not exist in namespace {}; create it (rotor writes its keys but does not create Secrets a workload depends on)",
+                            self.spec.workload,
+                            self.ns()
+                        ),
+                    });
+                }
+                Err(e) => return Err(self.cluster_error(e)),
+            };
+            let data = secret.data.get_or_insert_with(BTreeMap::new);
+            let mut changed = false;
+            let wanted: BTreeMap<&str, &SecretValue> =
+                d.values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            for key in super::slot_names(&self.slot_names) {
+                match wanted.get(key) {
+                    Some(v) => {
+                        let same = data.get(key).is_some_and(|b| {
+                            SecretValue::new(String::from_utf8_lossy(&b.0).into_owned()).ct_eq(v)
+                        });
+                        if !same {
+                            data.insert(
+                                key.to_string(),
+                                ByteString(v.expose().as_bytes().to_vec()),
+                            );
+                            changed = true;
+                        }
+                    }
+                    None if keep_values => {}
+                    None => changed |= data.remove(key).is_some(),
+                }
+            }
+            if !changed {
+                return Ok(false);
+            }
+            secret.string_data = None;
+            let call = Call::new("update", "secrets", "", self.ns(), name);
+            let pp = PostParams::default();
+            match retry(&call, || api.replace(name, &pp, &secret)).await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.is_conflict() && attempt + 1 < CONFLICT_RETRIES => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.cluster_error(e)),
+            }
+        }
+    }
+
+    fn port(&self, view_port: Option<u16>, pod_port: Option<u16>) -> Option<u16> {
+        self.spec.port.or(pod_port).or(view_port)
+    }
+
+    /// Pods that block convergence onto `expected`, each with why.
+    fn left_behind(view: &WorkloadView, pods: &[PodView], expected: &str) -> Vec<String> {
+        let mut out: Vec<String> = pods
+            .iter()
+            .filter_map(|p| {
+                if p.annotation.as_deref() != Some(expected) {
+                    Some(format!(
+                        "{} (old template{})",
+                        p.name,
+                        if p.terminating { ", terminating" } else { "" }
+                    ))
+                } else if !p.terminating && !p.ready {
+                    Some(format!(
+                        "{} (not ready{})",
+                        p.name,
+                        p.waiting
+                            .as_ref()
+                            .map(|w| format!(": {w}"))
+                            .unwrap_or_default()
+                    ))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let serving = pods
+            .iter()
+            .filter(|p| !p.terminating && p.ready && p.annotation.as_deref() == Some(expected))
+            .count();
+        if out.is_empty() && serving != usize::try_from(view.desired).unwrap_or(0) {
+            out.push(format!(
+                "{serving} of {} pods ready on the new template",
+                view.desired
+            ));
+        }
+        out
+    }
+
+    /// Waits until every pod runs the template annotated `expected` and is Ready.
+    async fn wait(
+        &self,
+        expected: &str,
+        old_pods: &BTreeSet<String>,
+        events: &dyn EventSink,
+        d: &Desired<'_>,
+    ) -> Result<usize, ConsumerError> {
+        let deadline = Instant::now() + self.timings.rollout_timeout;
+        let mut gone: BTreeSet<String> = BTreeSet::new();
+        loop {
+            let view = self.view().await?;
+            let pods = self.pods(&view.selector).await?;
+            for p in old_pods {
+                if !gone.contains(p) && !pods.iter().any(|q| &q.name == p) {
+                    gone.insert(p.clone());
+                    events.emit(&Event::InstanceReplaced {
+                        consumer: self.name.clone(),
+                        old: Some(p.clone()),
+                        new: format!("{} pod", self.spec.workload.name),
+                        primary: d.primary.clone(),
+                        secondary: d.secondary.clone(),
+                    });
+                }
+            }
+            if let Some(message) = &view.stalled {
+                let stuck = pods
+                    .iter()
+                    .find(|p| p.annotation.as_deref() == Some(expected) && !p.ready);
+                return Err(ConsumerError::NotReady {
+                    consumer: self.name.clone(),
+                    instance: stuck
+                        .map_or_else(|| self.spec.workload.name.clone(), |p| p.name.clone()),
+                    timeout: self.timings.rollout_timeout,
+                    detail: format!(
+                        "ProgressDeadlineExceeded: {message}{}",
+                        stuck
+                            .and_then(|p| p.waiting.as_ref())
+                            .map(|w| format!("; {w}"))
+                            .unwrap_or_default()
+                    ),
+                });
+            }
+            if let Some(p) = pods.iter().find(|p| {
+                p.annotation.as_deref() == Some(expected)
+                    && !p.ready
+                    && !p.terminating
+                    && p.age > self.timings.readiness_timeout
+            }) {
+                return Err(ConsumerError::NotReady {
+                    consumer: self.name.clone(),
+                    instance: p.name.clone(),
+                    timeout: self.timings.readiness_timeout,
+                    detail: p
+                        .waiting
+                        .clone()
+                        .unwrap_or_else(|| "the pod never became Ready".into()),
+                });
+            }
+            let behind = Self::left_behind(&view, &pods, expected);
+            if view.rolled_out()
+                && view.annotation.as_deref() == Some(expected)
+                && behind.is_empty()
+            {
+                return Ok(old_pods.len());
+            }
+            if Instant::now() >= deadline {
+                return Err(ConsumerError::LeftBehind {
+                    consumer: self.name.clone(),
+                    timeout: self.timings.rollout_timeout,
+                    pods: behind,
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn names_for(
+        &self,
+        primary: &Fingerprint,
+        secondary: Option<&Fingerprint>,
+    ) -> BTreeMap<String, Fingerprint> {
+        let n = &self.slot_names;
+        let mut names = BTreeMap::from([(n.primary.clone(), primary.clone())]);
+        if let (Some(name), Some(s)) = (&n.secondary, secondary) {
+            names.insert(name.clone(), s.clone());
+        }
+        for (alias, r) in &n.aliases {
+            match (r, secondary) {
+                (SlotRef::Primary, _) => {
+                    names.insert(alias.clone(), primary.clone());
+                }
+                (SlotRef::Secondary, Some(s)) => {
+                    names.insert(alias.clone(), s.clone());
+                }
+                (SlotRef::Secondary, None) => {}
+            }
+        }
+        names
+    }
+}
+
+#[async_trait]
+impl Consumer for KubernetesConsumer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn role(&self) -> Role {
+        self.role
+    }
+
+    fn pickup(&self) -> Pickup {
+        Pickup::Restart
+    }
+
+    async fn apply(
+        &self,
+        slots: &Slots,
+        events: &dyn EventSink,
+    ) -> Result<RolloutReport, ConsumerError> {
+        let started = Instant::now();
+        let d = Desired::new(&self.slot_names, &self.secret, slots);
+        let expected = annotation_value(&d.primary, d.secondary.as_ref());
+        // The Secret first: a pod started from now on (by us or by anyone) gets the new keys.
+        self.write_secret(&d).await?;
+        let view = self.view().await?;
+        let pods = self.pods(&view.selector).await?;
+        if view.annotation.as_deref() == Some(expected.as_str())
+            && view.rolled_out()
+            && Self::left_behind(&view, &pods, &expected).is_empty()
+        {
+            return Ok(RolloutReport::default());
+        }
+        let old: BTreeSet<String> = pods
+            .iter()
+            .filter(|p| p.annotation.as_deref() != Some(expected.as_str()))
+            .map(|p| p.name.clone())
+            .collect();
+        events.emit(&Event::RolloutStarted {
+            consumer: self.name.clone(),
+            instances: usize::try_from(view.desired).unwrap_or(0),
+        });
+        if view.annotation.as_deref() != Some(expected.as_str()) {
+            self.patch_template(&expected).await?;
+        }
+        let wait_started = Instant::now();
+        let restarts = self.wait(&expected, &old, events, &d).await?;
+        let waited = wait_started.elapsed();
+        events.emit(&Event::RolloutFinished {
+            consumer: self.name.clone(),
+            restarts,
+        });
+        tracing::debug!(consumer = %self.name, total = ?started.elapsed(), "rollout finished");
+        Ok(RolloutReport { restarts, waited })
+    }
+
+    async fn desired_instances(&self) -> Result<usize, ConsumerError> {
+        Ok(usize::try_from(self.view().await?.desired).unwrap_or(0))
+    }
+
+    async fn instances(&self) -> Result<Vec<Instance>, ConsumerError> {
+        let view = self.view().await?;
+        let pods = self.pods(&view.selector).await?;
+        Ok(pods
+            .into_iter()
+            .filter(|p| p.ready && !p.terminating)
+            .map(|p| {
+                let parsed = p.annotation.as_deref().and_then(parse_annotation);
+                let addr = match (p.ip, self.port(view.first_port, p.port)) {
+                    (Some(ip), Some(port)) => Some(SocketAddr::new(ip, port)),
+                    _ => None,
+                };
+                Instance {
+                    id: p.name,
+                    addr,
+                    primary: parsed.as_ref().map(|(p, _)| p.clone()),
+                    secondary: parsed.and_then(|(_, s)| s),
+                }
+            })
+            .collect())
+    }
+
+    async fn held(&self, instance: &Instance) -> Result<(Held, HeldSource), ConsumerError> {
+        let observe = |detail: String| ConsumerError::Observe {
+            consumer: self.name.clone(),
+            instance: instance.id.clone(),
+            detail,
+        };
+        if let Some(path) = &self.fingerprints_path {
+            let addr = instance
+                .addr
+                .ok_or_else(|| observe("the pod has no IP or port yet".into()))?;
+            let client = self
+                .http
+                .as_ref()
+                .ok_or_else(|| observe("the HTTP client could not be initialized".into()))?;
+            let held = report_held(client, addr, path, self.timings.probe_timeout)
+                .await
+                .map_err(observe)?;
+            return Ok((held, HeldSource::Reported));
+        }
+        let Some(primary) = &instance.primary else {
+            return Err(observe(format!(
+                "the pod carries no `{}` annotation and the consumer has no fingerprints_path, so rotor cannot tell what it holds; run `rotor up` once so rotor rolls it with the annotation",
+                self.annotation
+            )));
+        };
+        let names = self.names_for(primary, instance.secondary.as_ref());
+        let held = configured_held(
+            self.role,
+            names,
+            primary.clone(),
+            instance.secondary.clone(),
+        );
+        Ok((held, HeldSource::Configured))
+    }
+
+    async fn start(&self, slots: &Slots, events: &dyn EventSink) -> Result<(), ConsumerError> {
+        self.apply(slots, events).await.map(|_| ())
+    }
+
+    /// Rotor does not own the workload: nothing to stop.
+    async fn stop(&self) -> Result<usize, ConsumerError> {
+        Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotation_round_trips() {
+        let a = Fingerprint::of("s", "a");
+        let b = Fingerprint::of("s", "b");
+        assert_eq!(
+            parse_annotation(&annotation_value(&a, None)),
+            Some((a.clone(), None))
+        );
+        assert_eq!(
+            parse_annotation(&annotation_value(&a, Some(&b))),
+            Some((a, Some(b)))
+        );
+        assert_eq!(parse_annotation("not a fingerprint"), None);
+        assert_eq!(parse_annotation("sha256:aaaaaaaaaaaa,x"), None);
+    }
+
+    #[test]
+    fn selectors_render_as_the_api_expects() {
+        let sel = LabelSelector {
+            match_labels: Some(BTreeMap::from([("app".into(), "auth".into())])),
+            match_expressions: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                    key: "tier".into(),
+                    operator: "In".into(),
+                    values: Some(vec!["a".into(), "b".into()]),
+                },
+            ]),
+        };
+        assert_eq!(selector_string(&sel), "app=auth,tier in (a,b)");
+    }
+
+    #[test]
+    fn a_rollout_is_done_only_when_every_count_agrees() {
+        let done = WorkloadView {
+            generation: 3,
+            observed: 3,
+            desired: 2,
+            updated: 2,
+            ready: 2,
+            available: 2,
+            total: Some(2),
+            revisions_agree: true,
+            ..Default::default()
+        };
+        assert!(done.rolled_out());
+        assert!(
+            !WorkloadView {
+                observed: 2,
+                ..done.clone()
+            }
+            .rolled_out()
+        );
+        assert!(
+            !WorkloadView {
+                total: Some(3),
+                ..done.clone()
+            }
+            .rolled_out()
+        );
+        assert!(
+            !WorkloadView {
+                updated: 1,
+                ..done.clone()
+            }
+            .rolled_out()
+        );
+        assert!(
+            !WorkloadView {
+                revisions_agree: false,
+                ..done
+            }
+            .rolled_out()
+        );
+    }
+}

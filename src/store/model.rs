@@ -1,0 +1,236 @@
+//! The store model every backend that keeps its own versions shares (local file, Kubernetes
+//! Secret): versions with values and states, two slots, and the rules of the [`Store`] trait
+//! (a version in a slot cannot be disabled, destroyed is final, setting what already is set
+//! changes nothing).
+//!
+//! Owns: those rules, once, and the consistency check of a loaded model (a value for every
+//! enabled or disabled version, none for a destroyed one, each value matching its fingerprint).
+//! Must never: serialize itself (the backends decide where values and metadata go) or put a
+//! value in an error.
+//!
+//! [`Store`]: super::Store
+
+use chrono::{DateTime, Utc};
+
+use super::{StoreError, StoreSnapshot, VersionInfo, VersionState};
+use crate::secret::{Fingerprint, SecretValue};
+
+/// One version, with its value unless destroyed.
+pub struct ModelVersion {
+    /// `"3"`.
+    pub id: String,
+    /// Fingerprint of the value.
+    pub fingerprint: Fingerprint,
+    /// Lifecycle state.
+    pub state: VersionState,
+    /// When it was added.
+    pub created_at: DateTime<Utc>,
+    /// The value (`None` once destroyed).
+    pub value: Option<SecretValue>,
+}
+
+impl ModelVersion {
+    /// Metadata without the value.
+    pub fn info(&self) -> VersionInfo {
+        VersionInfo {
+            id: self.id.clone(),
+            fingerprint: self.fingerprint.clone(),
+            state: self.state,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// A store's content.
+pub struct Model {
+    /// Logical secret name (fingerprints are computed for it).
+    pub secret: String,
+    /// Every version, oldest first.
+    pub versions: Vec<ModelVersion>,
+    /// Version id in the primary slot.
+    pub primary: Option<String>,
+    /// Version id in the secondary slot.
+    pub secondary: Option<String>,
+}
+
+impl Model {
+    /// A new store holding `value` as version 1 in the primary slot.
+    pub fn new(secret: &str, value: &SecretValue) -> Model {
+        Model {
+            secret: secret.to_string(),
+            versions: vec![ModelVersion {
+                id: "1".into(),
+                fingerprint: value.fingerprint(secret),
+                state: VersionState::Enabled,
+                created_at: Utc::now(),
+                value: Some(value.clone()),
+            }],
+            primary: Some("1".into()),
+            secondary: None,
+        }
+    }
+
+    /// The version with this id.
+    pub fn version(&self, id: &str) -> Option<&ModelVersion> {
+        self.versions.iter().find(|v| v.id == id)
+    }
+
+    /// Checks what a backend loaded: `Err(detail)` names the first inconsistency.
+    pub fn check(&self, expected_secret: &str) -> Result<(), String> {
+        if self.secret != expected_secret {
+            return Err(format!(
+                "it holds secret `{}`, the playbook names `{expected_secret}`",
+                self.secret
+            ));
+        }
+        for v in &self.versions {
+            match (&v.value, v.state) {
+                (None, VersionState::Enabled | VersionState::Disabled) => {
+                    return Err(format!("version {} has no value", v.id));
+                }
+                (Some(_), VersionState::Destroyed) => {
+                    return Err(format!("destroyed version {} still has a value", v.id));
+                }
+                (Some(val), _) if val.fingerprint(&self.secret) != v.fingerprint => {
+                    return Err(format!(
+                        "version {} does not match its fingerprint {}",
+                        v.id, v.fingerprint
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for (slot, id) in [("primary", &self.primary), ("secondary", &self.secondary)] {
+            if let Some(id) = id
+                && self.version(id).is_none()
+            {
+                return Err(format!(
+                    "the {slot} slot names version {id}, which does not exist"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Slots and versions, without values.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        StoreSnapshot {
+            versions: self.versions.iter().map(ModelVersion::info).collect(),
+            primary: self.primary.clone(),
+            secondary: self.secondary.clone(),
+        }
+    }
+
+    /// The value of an enabled version.
+    pub fn read_value(&self, store: &str, version: &str) -> Result<SecretValue, StoreError> {
+        let v = self
+            .version(version)
+            .ok_or_else(|| StoreError::NoSuchVersion {
+                store: store.into(),
+                version: version.into(),
+            })?;
+        match (&v.value, v.state) {
+            (Some(val), VersionState::Enabled) => Ok(val.clone()),
+            (_, state) => Err(StoreError::NotReadable {
+                store: store.into(),
+                version: version.into(),
+                state,
+            }),
+        }
+    }
+
+    /// Adds an enabled version in no slot.
+    pub fn add_version(&mut self, value: &SecretValue) -> VersionInfo {
+        let next = self
+            .versions
+            .iter()
+            .filter_map(|v| v.id.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let v = ModelVersion {
+            id: next.to_string(),
+            fingerprint: value.fingerprint(&self.secret),
+            state: VersionState::Enabled,
+            created_at: Utc::now(),
+            value: Some(value.clone()),
+        };
+        let info = v.info();
+        self.versions.push(v);
+        info
+    }
+
+    /// Points the slots; returns whether anything changed.
+    pub fn set_slots(
+        &mut self,
+        store: &str,
+        primary: &str,
+        secondary: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        for id in std::iter::once(primary).chain(secondary) {
+            let v = self.version(id).ok_or_else(|| StoreError::NoSuchVersion {
+                store: store.into(),
+                version: id.into(),
+            })?;
+            if v.state != VersionState::Enabled {
+                return Err(StoreError::Refused {
+                    store: store.into(),
+                    detail: format!("version {id} is {:?} and cannot be put in a slot", v.state),
+                });
+            }
+        }
+        if secondary == Some(primary) {
+            return Err(StoreError::Refused {
+                store: store.into(),
+                detail: format!("version {primary} cannot fill both slots"),
+            });
+        }
+        let changed =
+            self.primary.as_deref() != Some(primary) || self.secondary.as_deref() != secondary;
+        self.primary = Some(primary.to_string());
+        self.secondary = secondary.map(str::to_string);
+        Ok(changed)
+    }
+
+    /// Changes a version's state; returns whether anything changed.
+    pub fn set_state(
+        &mut self,
+        store: &str,
+        version: &str,
+        state: VersionState,
+    ) -> Result<bool, StoreError> {
+        if state != VersionState::Enabled
+            && (self.primary.as_deref() == Some(version)
+                || self.secondary.as_deref() == Some(version))
+        {
+            return Err(StoreError::Refused {
+                store: store.into(),
+                detail: format!(
+                    "version {version} is in a slot; take it out of the slot before it is {state:?}"
+                ),
+            });
+        }
+        let v = self
+            .versions
+            .iter_mut()
+            .find(|v| v.id == version)
+            .ok_or_else(|| StoreError::NoSuchVersion {
+                store: store.into(),
+                version: version.into(),
+            })?;
+        if v.state == state {
+            return Ok(false);
+        }
+        if v.state == VersionState::Destroyed {
+            return Err(StoreError::Refused {
+                store: store.into(),
+                detail: format!("version {version} is destroyed; it cannot be {state:?}"),
+            });
+        }
+        v.state = state;
+        if state == VersionState::Destroyed {
+            v.value = None;
+        }
+        Ok(true)
+    }
+}
