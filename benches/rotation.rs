@@ -96,7 +96,7 @@ fn main() {
     rt.block_on(async {
         let (dir, _tmp) = demo::scratch(None).expect("scratch dir");
         let pb = demo::demo_playbook(None, &dir).expect("embedded playbook");
-        let (r, err) = demo::run(pb, Arc::new(NullSink), workers, interval)
+        let (r, err) = demo::run(pb, None, Arc::new(NullSink), workers, interval)
             .await
             .expect("demo run");
         if let Some(e) = err {

@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod crash;
+mod kubernetes;
 mod kubernetes_lock;
 mod lab;
 mod playbook_errors;

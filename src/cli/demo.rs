@@ -16,6 +16,14 @@ pub struct Args {
     /// state are redirected to the scratch directory).
     #[arg(long)]
     pub playbook: Option<PathBuf>,
+    /// Run the Kubernetes demo instead: start a lab (a local Kubernetes API server whose pods
+    /// are real processes) and rotate `playbooks/k8s-demo.yaml` through it.
+    #[arg(long)]
+    pub lab: bool,
+    /// With `--lab`: a lab topology file instead of the embedded
+    /// `playbooks/lab-demo.topology.yaml`.
+    #[arg(long, requires = "lab")]
+    pub topology: Option<PathBuf>,
     /// Scratch directory (default: a temporary one, removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -32,13 +40,35 @@ pub(super) async fn run(a: Args, out: &Arc<Output>) -> CliResult {
         message: format!("cannot create the demo directory: {e}"),
         exit: Exit::Internal,
     })?;
-    let pb = crate::demo::demo_playbook(a.playbook.as_deref(), &dir)?;
-    out.line(&format!(
-        "rotor demo: {} consumers on loopback, state in {}",
-        pb.consumers.len(),
-        dir.display()
-    ));
-    let (report, err) = crate::demo::run(pb, out.clone(), a.workers, a.interval).await?;
+    let (report, err) = if a.lab {
+        let pb = crate::demo::lab_playbook(a.playbook.as_deref(), &dir)?;
+        let topology = crate::demo::lab_topology(a.topology.as_deref()).map_err(|e| CliError {
+            message: format!("lab topology {e}"),
+            exit: Exit::Usage,
+        })?;
+        out.line(&format!(
+            "rotor demo --lab: {} Kubernetes consumers on a local lab, state in {}",
+            pb.consumers.len(),
+            dir.display()
+        ));
+        crate::demo::run_lab(pb, topology, &dir, out.clone(), a.workers, a.interval)
+            .await
+            .map_err(|e| match e {
+                crate::demo::LabDemoError::Engine(e) => CliError::from(e),
+                other => CliError {
+                    message: other.to_string(),
+                    exit: Exit::Internal,
+                },
+            })?
+    } else {
+        let pb = crate::demo::demo_playbook(a.playbook.as_deref(), &dir)?;
+        out.line(&format!(
+            "rotor demo: {} consumers on loopback, state in {}",
+            pb.consumers.len(),
+            dir.display()
+        ));
+        crate::demo::run(pb, None, out.clone(), a.workers, a.interval).await?
+    };
     let restarts: Vec<String> = report
         .restarts
         .iter()

@@ -14,13 +14,19 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::cluster::Cluster;
 use crate::engine::journal::Mode;
 use crate::engine::{Engine, EngineError, RunOptions, StageTiming};
 use crate::events::EventSink;
+use crate::lab::{Lab, LabError, LabOptions, Topology};
 use crate::playbook::{self, Playbook, StoreSpec};
 
 /// The embedded demo playbook.
 pub const LOCAL_DEMO: &str = include_str!("../../playbooks/local-demo.yaml");
+/// The embedded Kubernetes demo playbook (`rotor demo --lab`).
+pub const K8S_DEMO: &str = include_str!("../../playbooks/k8s-demo.yaml");
+/// The lab topology the Kubernetes demo runs on.
+pub const LAB_DEMO_TOPOLOGY: &str = include_str!("../../playbooks/lab-demo.topology.yaml");
 
 /// What the demo measured. The CLI prints it as the last line of output.
 #[derive(Debug, Clone, Serialize)]
@@ -62,14 +68,89 @@ pub fn demo_playbook(file: Option<&Path>, dir: &Path) -> Result<Playbook, playbo
     Ok(pb)
 }
 
-/// Runs the demo in `dir`: init, fleet up, load, rotate, load stop, fleet down.
+/// Loads the Kubernetes demo playbook (embedded, or `file`) with its state under `dir`. Its
+/// store, lock and journal stay in the cluster, which `rotor demo --lab` starts.
+pub fn lab_playbook(file: Option<&Path>, dir: &Path) -> Result<Playbook, playbook::PlaybookError> {
+    let mut pb = match file {
+        Some(f) => playbook::load_file(f)?,
+        None => playbook::load_str(K8S_DEMO, "<embedded>/playbooks/k8s-demo.yaml", dir)?,
+    };
+    pb.state_dir = dir.join("state");
+    Ok(pb)
+}
+
+/// The lab topology for `rotor demo --lab`: `file`, or the embedded demo topology.
+pub fn lab_topology(file: Option<&Path>) -> Result<Topology, LabError> {
+    match file {
+        Some(f) => Topology::load(f),
+        None => Topology::parse(
+            LAB_DEMO_TOPOLOGY,
+            Path::new("<embedded>/playbooks/lab-demo.topology.yaml"),
+        ),
+    }
+}
+
+/// Why `rotor demo --lab` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum LabDemoError {
+    #[error("the lab could not start: {0}")]
+    Lab(#[from] LabError),
+    #[error("cannot reach the lab: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Runs the Kubernetes demo: starts a lab in `dir/lab` with `topology` (its endpoints files
+/// where the load generator looks for them), then runs [`run`] through the Kubernetes path,
+/// and shuts the lab down (every pod process stopped) whatever happened.
+pub async fn run_lab(
+    pb: Playbook,
+    topology: Topology,
+    dir: &Path,
+    events: Arc<dyn EventSink>,
+    workers: usize,
+    interval: Duration,
+) -> Result<(DemoReport, Option<EngineError>), LabDemoError> {
+    let mut opts = LabOptions::new(topology, dir.join("lab"));
+    opts.fleet_dir = pb.state_dir.join("fleet");
+    let lab = Lab::start(opts).await?;
+    events.emit(&crate::events::Event::Note {
+        message: format!(
+            "lab API server at {} (kubeconfig {})",
+            lab.url(),
+            lab.kubeconfig_path().display()
+        ),
+    });
+    let namespace = pb
+        .cluster
+        .as_ref()
+        .map(|c| c.namespace.clone())
+        .unwrap_or_else(|| lab.namespace().to_string());
+    let result = async {
+        let cluster =
+            Cluster::from_kubeconfig_file(lab.kubeconfig_path(), Some("rotor-lab"), &namespace)
+                .await?;
+        Ok::<_, LabDemoError>(run(pb, Some(&cluster), events, workers, interval).await?)
+    }
+    .await;
+    lab.shutdown().await;
+    result
+}
+
+/// Runs the demo in `dir`: init, fleet up, load, rotate, load stop, fleet down. `cluster` is
+/// the connected cluster when the playbook uses one.
 pub async fn run(
     pb: Playbook,
+    cluster: Option<&Cluster>,
     events: Arc<dyn EventSink>,
     workers: usize,
     interval: Duration,
 ) -> Result<(DemoReport, Option<EngineError>), EngineError> {
-    let engine = Engine::open(pb.clone(), events.clone()).await?;
+    let engine = match cluster {
+        Some(c) => Engine::open_with(pb.clone(), events.clone(), Some(c))?,
+        None => Engine::open(pb.clone(), events.clone()).await?,
+    };
     engine.init().await?;
     let result = async {
         engine.up().await?;

@@ -159,20 +159,21 @@ pub fn open(
     events: Option<std::sync::Arc<dyn crate::events::EventSink>>,
 ) -> Result<Box<dyn RotationLock>, ClusterError> {
     use crate::playbook::LockKind;
-    match pb.cluster.as_ref().map(|c| c.lock) {
-        Some(LockKind::Lease) => {
+    match pb.cluster.as_ref() {
+        Some(spec) if spec.lock == LockKind::Lease => {
             let cluster = cluster.ok_or_else(|| ClusterError::Connect {
                 detail:
                     "the playbook keeps its lock in a Lease, but no cluster connection was opened"
                         .into(),
             })?;
-            let lock = lease::LeaseLock::new(cluster, &pb.secret, pb.environment.as_str());
+            let lock = lease::LeaseLock::new(cluster, &pb.secret, pb.environment.as_str())
+                .with_duration(spec.lease_duration);
             Ok(Box::new(match events {
                 Some(e) => lock.with_events(e),
                 None => lock,
             }))
         }
-        Some(LockKind::File) | None => Ok(Box::new(FileLock::new(&pb.state_dir))),
+        _ => Ok(Box::new(FileLock::new(&pb.state_dir))),
     }
 }
 

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::consumer::{Consumer, ConsumerError, Slots};
+use crate::consumer::{Consumer, ConsumerError, RolloutReport, Slots};
 use crate::events::{Event, EventSink};
 use crate::playbook::Playbook;
 use crate::protocol::{self, Direction, State, Transition, Which};
@@ -1264,8 +1264,14 @@ impl<'e> Run<'e> {
         }
     }
 
-    /// Rolls every consumer `t` rolls onto its view of `state`, in playbook order.
+    /// Rolls every consumer `t` rolls onto its view of `state`, in playbook order, at most
+    /// `concurrency` at a time. After a failure no further consumer is started; the ones
+    /// already rolling finish (a rollout is never abandoned half-way), then the first failure
+    /// in playbook order is returned.
     async fn roll(&mut self, t: Transition, dir: Direction, state: State) -> Result<(), StepError> {
+        use futures_util::StreamExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
         let consumers: Vec<Arc<dyn Consumer>> = self
             .e
             .consumers
@@ -1273,20 +1279,68 @@ impl<'e> Run<'e> {
             .filter(|c| t.rolls(c.role()))
             .cloned()
             .collect();
-        for c in consumers {
-            let slots = self.slots_for(state, c.role()).await?;
-            let report = c
-                .apply(&slots, self.events.as_ref())
-                .await
-                .map_err(|source| StepError::Rollout {
-                    consumer: c.name().to_string(),
-                    source,
-                })?;
-            *self.restarts.entry(c.name().to_string()).or_default() += report.restarts;
-            self.waited += report.waited;
-            failpoint::hit(t, dir, &format!("rolled.{}", c.name()));
+        // One store read per role, not per consumer.
+        let mut by_role: Vec<(protocol::Role, Slots)> = Vec::new();
+        for c in &consumers {
+            if !by_role.iter().any(|(r, _)| *r == c.role()) {
+                by_role.push((c.role(), self.slots_for(state, c.role()).await?));
+            }
         }
-        Ok(())
+        let failed = AtomicBool::new(false);
+        let events = self.events.clone();
+        let jobs = consumers.iter().enumerate().map(|(i, c)| {
+            let slots = &by_role
+                .iter()
+                .find(|(r, _)| *r == c.role())
+                .expect("slots computed for every role")
+                .1;
+            let failed = &failed;
+            let events = events.clone();
+            async move {
+                if failed.load(Ordering::SeqCst) {
+                    return (i, None);
+                }
+                let result = c.apply(slots, events.as_ref()).await;
+                if result.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                } else {
+                    failpoint::hit(t, dir, &format!("rolled.{}", c.name()));
+                }
+                (i, Some(result))
+            }
+        });
+        let wave_started = Instant::now();
+        let mut results: Vec<(usize, Option<Result<RolloutReport, ConsumerError>>)> =
+            futures_util::stream::iter(jobs)
+                .buffer_unordered(self.e.pb.concurrency.max(1))
+                .collect()
+                .await;
+        let wave = wave_started.elapsed();
+        results.sort_by_key(|(i, _)| *i);
+        let mut first_error = None;
+        let mut waited = Duration::ZERO;
+        for (i, result) in results {
+            let c = &consumers[i];
+            match result {
+                Some(Ok(report)) => {
+                    *self.restarts.entry(c.name().to_string()).or_default() += report.restarts;
+                    waited += report.waited;
+                }
+                Some(Err(source)) if first_error.is_none() => {
+                    first_error = Some(StepError::Rollout {
+                        consumer: c.name().to_string(),
+                        source,
+                    });
+                }
+                Some(Err(_)) | None => {}
+            }
+        }
+        // Rollouts that overlap wait at the same time: never count more than the wave took.
+        self.waited += waited.min(wave);
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// T1: generate B (or find the one a crashed run already added) and add it to the store.

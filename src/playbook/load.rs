@@ -115,7 +115,9 @@ const GENERATE_FIELDS: &[&str] = &["length", "alphabet"];
 const STORE_FIELDS: &[&str] = &["kind", "path", "namespace", "name"];
 const STORE_KINDS: &[&str] = &["local", "kubernetes"];
 const STORE_KINDS_LATER: &[&str] = &["gcp"];
-const CLUSTER_FIELDS: &[&str] = &["context", "namespace", "lock", "journal"];
+/// How long a Lease lives without renewal unless `cluster.lease_duration` says otherwise.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(30);
+const CLUSTER_FIELDS: &[&str] = &["context", "namespace", "lock", "journal", "lease_duration"];
 const WORKLOAD_FIELDS: &[&str] = &["kind", "name", "namespace"];
 /// Fields only a `process` consumer takes.
 const PROCESS_ONLY: &[&str] = &["instances", "command", "env", "host", "health_path"];
@@ -780,6 +782,7 @@ impl Cx<'_> {
                 namespace,
                 lock: LockKind::Lease,
                 journal: JournalKind::File,
+                lease_duration: DEFAULT_LEASE_DURATION,
             }),
             None => None,
         };
@@ -857,11 +860,27 @@ impl Cx<'_> {
                 _ => JournalKind::File,
             },
         };
+        let lease_duration = match f.get("lease_duration") {
+            None => DEFAULT_LEASE_DURATION,
+            Some(node) => {
+                let d = self.duration(node, "cluster.lease_duration")?;
+                if !(Duration::from_secs(3)..=Duration::from_secs(3600)).contains(&d) {
+                    return Err(self.err(
+                        node.pos,
+                        "cluster.lease_duration",
+                        format!("{} is out of range (3s to 1h)", humantime::format_duration(d)),
+                        "set how long a Lease outlives a rotor that stopped renewing it, e.g. 30s (renewals run every third of it)",
+                    ));
+                }
+                d
+            }
+        };
         Ok(Some(ClusterSpec {
             context,
             namespace,
             lock,
             journal,
+            lease_duration,
         }))
     }
 

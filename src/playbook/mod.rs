@@ -93,6 +93,8 @@ pub struct ClusterSpec {
     pub lock: LockKind,
     /// Where the journal lives.
     pub journal: JournalKind,
+    /// How long the Lease outlives a rotor that stopped renewing it (renewed every third).
+    pub lease_duration: std::time::Duration,
 }
 
 /// Single-flight lock backends.
