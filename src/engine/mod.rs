@@ -462,21 +462,32 @@ impl Engine {
             _ => State::S0,
         };
         let (a, b) = self.values_from_snapshot(&snap, state).await?;
+        let pick = |w: Which| -> Option<SecretValue> {
+            match w {
+                Which::A => a.clone(),
+                Which::B => b.clone(),
+            }
+        };
+        let mut jobs = Vec::new();
         for c in &self.consumers {
             let plan = protocol::consumer_slots(state, c.role());
-            let pick = |w: Which| -> Option<SecretValue> {
-                match w {
-                    Which::A => a.clone(),
-                    Which::B => b.clone(),
-                }
-            };
             let primary = pick(plan.primary)
                 .ok_or_else(|| EngineError::NotStable("the store has no primary value".into()))?;
             let slots = Slots {
                 primary,
                 secondary: plan.secondary.and_then(pick),
             };
-            c.start(&slots, self.events.as_ref()).await?;
+            let events = self.events.clone();
+            jobs.push(async move { c.start(&slots, events.as_ref()).await });
+        }
+        // The same budget as a wave: at most `concurrency` consumers start at once.
+        use futures_util::StreamExt;
+        let results: Vec<Result<(), ConsumerError>> = futures_util::stream::iter(jobs)
+            .buffered(self.pb.concurrency.max(1))
+            .collect()
+            .await;
+        for r in results {
+            r?;
         }
         Ok(())
     }

@@ -438,11 +438,9 @@ fn selectors(q: &HashMap<String, String>) -> Result<(LabelSelector, FieldSelecto
 
 fn do_list(s: &Shared, t: &Target, q: &HashMap<String, String>, as_table: bool) -> Answer {
     let (l, f) = selectors(q)?;
-    let (items, rv) = s.store.list(t.res, t.ns.as_deref());
-    let items: Vec<Value> = items
-        .into_iter()
-        .filter(|o| l.matches(&super::objects::labels_of(o)) && f.matches(o))
-        .collect();
+    let (items, rv) = s.store.list_where(t.res, t.ns.as_deref(), |o| {
+        l.matches(&super::objects::labels_of(o)) && f.matches(o)
+    });
     if as_table {
         return Ok((StatusCode::OK, table::table(t.res, &items, rv)));
     }

@@ -319,16 +319,16 @@ impl Controller {
 
     /// One pass over every workload; true when some Deployment rollout is still in progress.
     pub fn reconcile_all(&mut self) -> bool {
-        let (pods, _) = self.store.list(pods_res(), None);
-        let mut by_owner: HashMap<String, Vec<Value>> = HashMap::new();
+        let pods = self.store.list_shared(pods_res(), None);
+        let mut by_owner: HashMap<String, Vec<Arc<Value>>> = HashMap::new();
         for p in pods {
             if let Some(u) = controller_uid(&p) {
                 by_owner.entry(u.to_string()).or_default().push(p);
             }
         }
         let rs_res = resources::get("replicasets");
-        let (rsets, _) = self.store.list(rs_res, None);
-        let mut rs_by_owner: HashMap<String, Vec<Value>> = HashMap::new();
+        let rsets = self.store.list_shared(rs_res, None);
+        let mut rs_by_owner: HashMap<String, Vec<Arc<Value>>> = HashMap::new();
         for r in rsets {
             if let Some(u) = controller_uid(&r) {
                 rs_by_owner.entry(u.to_string()).or_default().push(r);
@@ -337,7 +337,7 @@ impl Controller {
         let mut live_uids: HashSet<String> = HashSet::new();
         self.in_progress = false;
         let empty = Vec::new();
-        let (deploys, _) = self.store.list(resources::get("deployments"), None);
+        let deploys = self.store.list_shared(resources::get("deployments"), None);
         for d in &deploys {
             live_uids.insert(uid_of(d).to_string());
             let rss = rs_by_owner.get(uid_of(d)).unwrap_or(&empty);
@@ -346,12 +346,12 @@ impl Controller {
             }
             self.deployment(d, rss, &by_owner);
         }
-        let (stss, _) = self.store.list(resources::get("statefulsets"), None);
+        let stss = self.store.list_shared(resources::get("statefulsets"), None);
         for s in &stss {
             live_uids.insert(uid_of(s).to_string());
             self.statefulset(s, by_owner.get(uid_of(s)).unwrap_or(&empty));
         }
-        let (dss, _) = self.store.list(resources::get("daemonsets"), None);
+        let dss = self.store.list_shared(resources::get("daemonsets"), None);
         for d in &dss {
             live_uids.insert(uid_of(d).to_string());
             self.daemonset(d, by_owner.get(uid_of(d)).unwrap_or(&empty));
@@ -375,7 +375,12 @@ impl Controller {
         self.in_progress
     }
 
-    fn deployment(&mut self, d: &Value, rss: &[Value], by_owner: &HashMap<String, Vec<Value>>) {
+    fn deployment(
+        &mut self,
+        d: &Value,
+        rss: &[Arc<Value>],
+        by_owner: &HashMap<String, Vec<Arc<Value>>>,
+    ) {
         let rs_res = resources::get("replicasets");
         let name = name_of(d).to_string();
         let ns = namespace_of(d).to_string();
@@ -388,7 +393,7 @@ impl Controller {
         let rs_name = format!("{name}-{hash}");
         // The ReplicaSet of the current template.
         let new_rs = match rss.iter().find(|r| name_of(r) == rs_name) {
-            Some(r) => r.clone(),
+            Some(r) => Value::clone(r),
             None => {
                 let revision = rss
                     .iter()
@@ -444,13 +449,14 @@ impl Controller {
                 });
         }
         let empty = Vec::new();
-        let mut rs_all: Vec<&Value> = rss.iter().collect();
+        let mut rs_all: Vec<&Value> = rss.iter().map(|r| &**r).collect();
         if !rss.iter().any(|x| name_of(x) == rs_name) {
             rs_all.push(&new_rs);
         }
         let all: Vec<&Value> = rs_all
             .iter()
             .flat_map(|r| by_owner.get(uid_of(r)).unwrap_or(&empty).iter())
+            .map(|p| &**p)
             .collect();
         let live: Vec<&Value> = all.iter().copied().filter(|p| !is_terminating(p)).collect();
         let is_new = |p: &Value| {
@@ -539,6 +545,7 @@ impl Controller {
                 .get(uid_of(r))
                 .unwrap_or(&empty)
                 .iter()
+                .map(|p| &**p)
                 .filter(|p| !is_terminating(p))
                 .collect();
             let n = ps.len() as i64;
@@ -665,7 +672,7 @@ impl Controller {
         self.write_status(resources::get("deployments"), d, status);
     }
 
-    fn statefulset(&mut self, s: &Value, pods: &[Value]) {
+    fn statefulset(&mut self, s: &Value, pods: &[Arc<Value>]) {
         let res = resources::get("statefulsets");
         let name = name_of(s).to_string();
         let desired = s
@@ -696,7 +703,7 @@ impl Controller {
                 .unwrap_or_default()
         };
         let healthy = |p: &Value| !is_terminating(p) && is_ready(p);
-        let all_pods: Vec<&Value> = pods.iter().collect();
+        let all_pods: Vec<&Value> = pods.iter().map(|p| &**p).collect();
         // Create missing pods (in order unless Parallel).
         for i in 0..desired {
             match by_ord.get(&i) {
@@ -743,7 +750,11 @@ impl Controller {
                 self.delete_pod(p);
             }
         }
-        let live: Vec<&Value> = pods.iter().filter(|p| !is_terminating(p)).collect();
+        let live: Vec<&Value> = pods
+            .iter()
+            .map(|p| &**p)
+            .filter(|p| !is_terminating(p))
+            .collect();
         let ready = live.iter().filter(|p| is_ready(p)).count() as i64;
         let updated = live.iter().filter(|p| rev_of(p) == update_rev).count() as i64;
         let mut current_rev = s
@@ -769,7 +780,7 @@ impl Controller {
         self.write_status(res, s, status);
     }
 
-    fn daemonset(&mut self, d: &Value, pods: &[Value]) {
+    fn daemonset(&mut self, d: &Value, pods: &[Arc<Value>]) {
         let res = resources::get("daemonsets");
         let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
         let hash = template_hash(&template);
@@ -783,7 +794,11 @@ impl Controller {
             true,
         )
         .max(1);
-        let live: Vec<&Value> = pods.iter().filter(|p| !is_terminating(p)).collect();
+        let live: Vec<&Value> = pods
+            .iter()
+            .map(|p| &**p)
+            .filter(|p| !is_terminating(p))
+            .collect();
         let on_node = |n: &str| {
             live.iter()
                 .copied()

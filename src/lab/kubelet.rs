@@ -149,7 +149,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
     let mut pods: HashMap<String, PodHandle> = HashMap::new();
     let pods_res = resources::get("pods");
     loop {
-        let (list, _) = ctx.store.list(pods_res, None);
+        let list = ctx.store.list_shared(pods_res, None);
         let mut seen = BTreeSet::new();
         for p in &list {
             let uid = p
@@ -164,7 +164,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
                 }
                 None => {
                     let (stop, rx) = watch::channel(None);
-                    let done = tokio::spawn(run_pod(ctx.clone(), p.clone(), rx));
+                    let done = tokio::spawn(run_pod(ctx.clone(), Value::clone(p), rx));
                     pods.insert(uid, PodHandle { stop, done });
                 }
                 Some(h) if is_terminating(p) && h.stop.borrow().is_none() => {

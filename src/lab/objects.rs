@@ -41,7 +41,7 @@ pub(crate) struct Listeners {
 
 struct Inner {
     rv: u64,
-    objects: HashMap<&'static str, BTreeMap<(String, String), Value>>,
+    objects: HashMap<&'static str, BTreeMap<(String, String), Arc<Value>>>,
     history: VecDeque<Arc<Event>>,
     /// The resourceVersion below which history was dropped.
     oldest: u64,
@@ -125,17 +125,30 @@ pub(crate) fn meta_mut(v: &mut Value) -> &mut serde_json::Map<String, Value> {
     m.as_object_mut().expect("object")
 }
 
-/// Equality ignoring `metadata.resourceVersion` and `metadata.managedFields`.
+/// Equality ignoring `metadata.resourceVersion` and `metadata.managedFields`, without copies.
 fn same_content(a: &Value, b: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-            m.remove("managedFields");
-        }
-        v
+    const IGNORED: [&str; 2] = ["resourceVersion", "managedFields"];
+    let (Some(x), Some(y)) = (a.as_object(), b.as_object()) else {
+        return a == b;
     };
-    strip(a) == strip(b)
+    let meta_eq = |m: &Value, n: &Value| -> bool {
+        let (Some(m), Some(n)) = (m.as_object(), n.as_object()) else {
+            return m == n;
+        };
+        let kept = |o: &serde_json::Map<String, Value>| {
+            o.keys().filter(|k| !IGNORED.contains(&k.as_str())).count()
+        };
+        kept(m) == kept(n)
+            && m.iter()
+                .filter(|(k, _)| !IGNORED.contains(&k.as_str()))
+                .all(|(k, v)| n.get(k) == Some(v))
+    };
+    x.len() == y.len()
+        && x.iter().all(|(k, v)| match y.get(k) {
+            None => false,
+            Some(w) if k == "metadata" => meta_eq(v, w),
+            Some(w) => v == w,
+        })
 }
 
 impl Store {
@@ -167,14 +180,42 @@ impl Store {
             .objects
             .get(res.plural)
             .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
-            .cloned()
+            .map(|v| Value::clone(v))
     }
 
     /// Every object of `res` (in `ns` when given), sorted by namespace and name, and the
     /// resourceVersion of the snapshot.
     pub fn list(&self, res: &'static Resource, ns: Option<&str>) -> (Vec<Value>, u64) {
+        self.list_where(res, ns, |_| true)
+    }
+
+    /// Like [`Store::list`], keeping only objects `keep` accepts; only those are copied (a
+    /// label-selected list of 1,000 pods copies one).
+    pub fn list_where(
+        &self,
+        res: &'static Resource,
+        ns: Option<&str>,
+        keep: impl Fn(&Value) -> bool,
+    ) -> (Vec<Value>, u64) {
         let inner = self.lock();
         let items = inner
+            .objects
+            .get(res.plural)
+            .map(|m| {
+                m.iter()
+                    .filter(|((n, _), v)| ns.is_none_or(|ns| ns == n) && keep(v))
+                    .map(|(_, v)| Value::clone(v))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (items, inner.rv)
+    }
+
+    /// Every object of `res` (in `ns` when given) without copying them: the controller's and
+    /// the kubelet's view, taken many times a second.
+    pub fn list_shared(&self, res: &'static Resource, ns: Option<&str>) -> Vec<Arc<Value>> {
+        let inner = self.lock();
+        inner
             .objects
             .get(res.plural)
             .map(|m| {
@@ -183,8 +224,7 @@ impl Store {
                     .map(|(_, v)| v.clone())
                     .collect()
             })
-            .unwrap_or_default();
-        (items, inner.rv)
+            .unwrap_or_default()
     }
 
     fn emit(&self, inner: &mut Inner, res: &'static Resource, kind: &'static str, obj: &Value) {
@@ -250,7 +290,7 @@ impl Store {
             .objects
             .entry(res.plural)
             .or_default()
-            .insert(key, obj.clone());
+            .insert(key, Arc::new(obj.clone()));
         self.emit(&mut inner, res, "ADDED", &obj);
         Ok(obj)
     }
@@ -302,7 +342,7 @@ impl Store {
             );
         }
         if same_content(&new, &current) {
-            return Ok(current);
+            return Ok(Value::clone(&current));
         }
         inner.rv += 1;
         let rv = inner.rv;
@@ -311,7 +351,7 @@ impl Store {
             .objects
             .entry(res.plural)
             .or_default()
-            .insert(key, new.clone());
+            .insert(key, Arc::new(new.clone()));
         self.emit(&mut inner, res, "MODIFIED", &new);
         Ok(new)
     }
@@ -330,9 +370,9 @@ impl Store {
             return Err(ApiError::not_found(res, name));
         };
         if current.pointer("/metadata/deletionTimestamp").is_some() {
-            return Ok(current.clone());
+            return Ok(Value::clone(current));
         }
-        let mut new = current.clone();
+        let mut new = Value::clone(current);
         inner.rv += 1;
         let rv = inner.rv;
         {
@@ -345,7 +385,7 @@ impl Store {
             .objects
             .entry(res.plural)
             .or_default()
-            .insert(key, new.clone());
+            .insert(key, Arc::new(new.clone()));
         self.emit(&mut inner, res, "MODIFIED", &new);
         Ok(new)
     }
@@ -354,13 +394,14 @@ impl Store {
     pub fn remove(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Value, ApiError> {
         let mut inner = self.lock();
         let key = (ns.to_string(), name.to_string());
-        let Some(mut obj) = inner
+        let Some(obj) = inner
             .objects
             .get_mut(res.plural)
             .and_then(|m| m.remove(&key))
         else {
             return Err(ApiError::not_found(res, name));
         };
+        let mut obj = Arc::unwrap_or_clone(obj);
         inner.rv += 1;
         let rv = inner.rv;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(rv.to_string()));
@@ -406,7 +447,7 @@ impl Store {
             .map(|m| {
                 m.iter()
                     .filter(|((n, _), _)| ns.is_none_or(|ns| ns == n))
-                    .map(|(_, v)| v.clone())
+                    .map(|(_, v)| Value::clone(v))
                     .collect()
             })
             .unwrap_or_default();
