@@ -11,11 +11,12 @@
 //! Run: `cargo bench --bench k8s_scale` (options: `-- --budget 64 --sizes 10,100,1000`).
 #![allow(clippy::print_stdout)]
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rotor::cluster::Cluster;
 use rotor::engine::journal::Mode;
@@ -124,41 +125,123 @@ struct Figures {
     requests: u64,
     peak_rolling: usize,
     peak_in_flight: u64,
+    /// CPU seconds (user + system) rotor's threads used during the rotation.
+    rotor_cpu: f64,
+    /// CPU seconds the lab's threads (API server, controller, kubelet, pods) used.
+    lab_cpu: f64,
 }
 
-async fn run(n: usize, budget: usize) -> Figures {
+/// User + system CPU seconds per thread of this process, by thread id, with the thread's
+/// name (`/proc/self/task/*/stat`, clock ticks of 10 ms). The lab and rotor run on runtimes
+/// whose threads are named apart, so their CPU can be told apart.
+fn thread_cpu() -> BTreeMap<u64, (String, f64)> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(tid) = e.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n).to_string();
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // utime and stime are fields 14 and 15 of the line; `rest` starts at field 3.
+        let cpu = (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64;
+        out.insert(tid, (name, cpu / 100.0));
+    }
+    out
+}
+
+/// CPU seconds used between two [`thread_cpu`] snapshots by threads whose name starts with
+/// `prefix`.
+fn cpu_between(
+    before: &BTreeMap<u64, (String, f64)>,
+    after: &BTreeMap<u64, (String, f64)>,
+    prefix: &str,
+) -> f64 {
+    after
+        .iter()
+        .filter(|(_, (name, _))| name.starts_with(prefix))
+        .map(|(tid, (_, c))| c - before.get(tid).map_or(0.0, |(_, b)| *b))
+        .sum()
+}
+
+/// Runtimes whose worker and blocking threads never idle out during a run, so per-thread
+/// CPU accounting sees all of their work.
+fn runtime(name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .thread_keep_alive(Duration::from_secs(3600))
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// One fleet size: the lab (API server, controller, kubelet and the pods) on `lab_rt`, rotor
+/// (engine, kube client, probes) on `rotor_rt`.
+fn run(
+    lab_rt: &tokio::runtime::Runtime,
+    rotor_rt: &tokio::runtime::Runtime,
+    n: usize,
+    budget: usize,
+) -> Figures {
     let dir = tempfile::Builder::new()
         .prefix("rotor-scale-")
         .tempdir()
         .expect("tempdir");
     let topo = Topology::parse(&topology(n), Path::new("<bench>")).expect("topology");
-    let lab = Lab::start(LabOptions::new(topo, dir.path().join("lab")))
-        .await
+    let lab = lab_rt
+        .block_on(Lab::start(LabOptions::new(topo, dir.path().join("lab"))))
         .expect("lab");
     let pb =
         rotor::playbook::load_str(&playbook(n, budget), "<bench>", dir.path()).expect("playbook");
-    let cluster = Cluster::from_kubeconfig_file(lab.kubeconfig_path(), Some("rotor-lab"), NS)
-        .await
-        .expect("cluster");
-    let setup = Engine::open_with(
-        pb.clone(),
-        Arc::new(rotor::events::NullSink),
-        Some(&cluster),
-    )
-    .expect("engine");
-    setup.init().await.expect("init");
-    setup.up().await.expect("up");
+    let kubeconfig = lab.kubeconfig_path().to_path_buf();
     let rolling = Arc::new(Rolling::default());
-    let engine = Engine::open_with(pb, rolling.clone(), Some(&cluster)).expect("engine");
+    let sink = rolling.clone();
     let before = lab.stats();
-    let started = Instant::now();
-    let opts = RunOptions {
-        mode: Mode::Operator,
-        yes: true,
-        ..RunOptions::default()
-    };
-    let report = engine.rotate(&opts).await.expect("rotation");
-    let seconds = started.elapsed().as_secs_f64();
+    // Driven from a thread named like rotor's runtime, so the engine's own polling counts as
+    // rotor's CPU.
+    let (report, seconds, cpu_before) = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("rotor-main".into())
+            .spawn_scoped(scope, || {
+                rotor_rt.block_on(async move {
+                    let cluster = Cluster::from_kubeconfig_file(&kubeconfig, Some("rotor-lab"), NS)
+                        .await
+                        .expect("cluster");
+                    let setup = Engine::open_with(
+                        pb.clone(),
+                        Arc::new(rotor::events::NullSink),
+                        Some(&cluster),
+                    )
+                    .expect("engine");
+                    setup.init().await.expect("init");
+                    setup.up().await.expect("up");
+                    let engine = Engine::open_with(pb, sink, Some(&cluster)).expect("engine");
+                    let cpu_before = thread_cpu();
+                    let started = Instant::now();
+                    let opts = RunOptions {
+                        mode: Mode::Operator,
+                        yes: true,
+                        ..RunOptions::default()
+                    };
+                    let report = engine.rotate(&opts).await.expect("rotation");
+                    (report, started.elapsed().as_secs_f64(), cpu_before)
+                })
+            })
+            .expect("thread")
+            .join()
+            .expect("rotation thread")
+    });
+    let cpu_after = thread_cpu();
     let after = lab.stats();
     let stages: Vec<String> = report
         .stages
@@ -167,7 +250,7 @@ async fn run(n: usize, budget: usize) -> Figures {
         .collect();
     println!("  {n} consumers: {}", stages.join(", "));
     assert_eq!(format!("{:?}", report.state), "S5");
-    lab.shutdown().await;
+    lab_rt.block_on(lab.shutdown());
     Figures {
         n,
         seconds,
@@ -176,6 +259,8 @@ async fn run(n: usize, budget: usize) -> Figures {
         peak_rolling: rolling.peak.load(Ordering::SeqCst),
         // The lab's gauge is cumulative over its life; setup runs at the same budget.
         peak_in_flight: after.peak_in_flight,
+        rotor_cpu: cpu_between(&cpu_before, &cpu_after, "rotor"),
+        lab_cpu: cpu_between(&cpu_before, &cpu_after, "lab"),
     }
 }
 
@@ -194,14 +279,11 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("--sizes takes numbers"))
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let lab_rt = runtime("lab");
+    let rotor_rt = runtime("rotor");
     let mut all = Vec::new();
     for &n in &sizes {
-        let f = rt.block_on(run(n, budget));
+        let f = run(&lab_rt, &rotor_rt, n, budget);
         println!(
             "  {n} consumers done in {:.2}s ({} rollouts)",
             f.seconds, f.rollouts
@@ -209,27 +291,39 @@ fn main() {
         all.push(f);
     }
     let base = all.iter().find(|f| f.n == 100).map(|f| f.seconds);
+    // With a budget of B, a wave of n consumers needs at least ceil(n / B) rollout windows:
+    // the ratio a lab with unlimited CPU would show.
+    let windows = |n: usize| n.div_ceil(budget.max(1)) as f64;
     println!("\nfull rotation S0→S5 on the lab, concurrency budget {budget} per wave");
     println!(
-        "{:>10} {:>10} {:>9} {:>22} {:>13} {:>15} {:>10}",
+        "{:>9} {:>9} {:>9} {:>13} {:>9} {:>9} {:>11} {:>11} {:>8} {:>7} {:>8}",
         "consumers",
         "wall (s)",
         "rollouts",
-        "API req per rollout",
-        "peak rolling",
-        "peak in flight",
-        "vs 100"
+        "API req/roll",
+        "peak roll",
+        "peak API",
+        "rotor CPU s",
+        "ms/consumer",
+        "lab CPU s",
+        "vs 100",
+        "floor"
     );
     for f in &all {
         println!(
-            "{:>10} {:>10.2} {:>9} {:>22.1} {:>13} {:>15} {:>10}",
+            "{:>9} {:>9.2} {:>9} {:>13.1} {:>9} {:>9} {:>11.2} {:>11.2} {:>8.1} {:>7} {:>8}",
             f.n,
             f.seconds,
             f.rollouts,
             f.requests as f64 / f.rollouts.max(1) as f64,
             f.peak_rolling,
             f.peak_in_flight,
+            f.rotor_cpu,
+            1000.0 * f.rotor_cpu / f.n as f64,
+            f.lab_cpu,
             base.map(|b| format!("{:.2}x", f.seconds / b))
+                .unwrap_or_else(|| "-".into()),
+            base.map(|_| format!("{:.2}x", windows(f.n) / windows(100)))
                 .unwrap_or_else(|| "-".into()),
         );
     }

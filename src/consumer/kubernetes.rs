@@ -42,8 +42,9 @@ use crate::playbook::{
 use crate::protocol::Role;
 use crate::secret::{Fingerprint, SecretValue};
 
-/// How often a rollout is polled.
-const POLL: Duration = Duration::from_millis(200);
+/// How often a rollout is polled at first, and at most.
+const POLL: Duration = Duration::from_millis(100);
+const POLL_MAX: Duration = Duration::from_millis(500);
 /// How often one Secret write is re-decided after losing a race.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -525,6 +526,7 @@ impl KubernetesConsumer {
         d: &Desired<'_>,
     ) -> Result<usize, ConsumerError> {
         let deadline = Instant::now() + self.timings.rollout_timeout;
+        let mut poll = POLL;
         let mut gone: BTreeSet<String> = BTreeSet::new();
         loop {
             let view = self.view().await?;
@@ -589,7 +591,10 @@ impl KubernetesConsumer {
                     pods: behind,
                 });
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(poll).await;
+            // Back off: a long rollout is polled less often, so hundreds of consumers rolling
+            // at once do not flood the API server.
+            poll = (poll * 3 / 2).min(POLL_MAX);
         }
     }
 

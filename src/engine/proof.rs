@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+
 use super::{Run, StepError};
 use crate::consumer::{Consumer, Instance};
 use crate::playbook::ConsumerSpec;
@@ -96,55 +98,21 @@ impl Run<'_> {
         for w in accept.iter().chain(reject) {
             values.push((*w, self.value_for_proof(*w).await?));
         }
-        let timeout = self.e.pb.timings.probe_timeout;
+        // Consumers are proven concurrently, within the playbook's concurrency budget; the
+        // first failure in playbook order is the one reported.
+        let counts: Vec<Result<usize, StepError>> = futures_util::stream::iter(
+            self.e
+                .consumers
+                .iter()
+                .filter(|c| c.role().validates())
+                .map(|c| self.prove_validator(c, &values, accept)),
+        )
+        .buffered(self.e.pb.concurrency.max(1))
+        .collect()
+        .await;
         let mut count = 0;
-        for c in self.e.consumers.iter().filter(|c| c.role().validates()) {
-            let spec = self.spec(c);
-            for inst in self.serving(c).await? {
-                let addr = inst.addr.ok_or_else(|| StepError::Proof {
-                    consumer: c.name().into(),
-                    instance: inst.id.clone(),
-                    detail: "instance has no address to probe".into(),
-                })?;
-                for p in &spec.probes {
-                    for (w, v) in &values {
-                        let want = if accept.contains(w) {
-                            Verdict::Accepted
-                        } else {
-                            Verdict::Rejected
-                        };
-                        let got = probe::present(p, addr, v, timeout).await.map_err(|e| {
-                            StepError::Proof {
-                                consumer: c.name().into(),
-                                instance: inst.id.clone(),
-                                detail: e.to_string(),
-                            }
-                        })?;
-                        if got != want {
-                            return Err(StepError::Proof {
-                                consumer: c.name().into(),
-                                instance: inst.id.clone(),
-                                detail: format!(
-                                    "{} at {addr}: expected it to {} {w:?} ({}), it {}",
-                                    probe::describe(p),
-                                    if want == Verdict::Accepted {
-                                        "accept"
-                                    } else {
-                                        "reject"
-                                    },
-                                    self.fp_str(*w),
-                                    if got == Verdict::Accepted {
-                                        "accepted it"
-                                    } else {
-                                        "rejected it"
-                                    },
-                                ),
-                            });
-                        }
-                    }
-                }
-                count += 1;
-            }
+        for n in counts {
+            count += n?;
         }
         let list = |ws: &[Which]| {
             ws.iter()
@@ -157,6 +125,65 @@ impl Run<'_> {
             d.push_str(&format!(" and reject {{{}}}", list(reject)));
         }
         Ok(d)
+    }
+
+    /// One validating consumer: every serving instance, every probe, every value; returns
+    /// how many instances were proven.
+    async fn prove_validator(
+        &self,
+        c: &Arc<dyn Consumer>,
+        values: &[(Which, crate::secret::SecretValue)],
+        accept: &[Which],
+    ) -> Result<usize, StepError> {
+        let timeout = self.e.pb.timings.probe_timeout;
+        let spec = self.spec(c);
+        let mut count = 0;
+        for inst in self.serving(c).await? {
+            let addr = inst.addr.ok_or_else(|| StepError::Proof {
+                consumer: c.name().into(),
+                instance: inst.id.clone(),
+                detail: "instance has no address to probe".into(),
+            })?;
+            for p in &spec.probes {
+                for (w, v) in values {
+                    let want = if accept.contains(w) {
+                        Verdict::Accepted
+                    } else {
+                        Verdict::Rejected
+                    };
+                    let got = probe::present(p, addr, v, timeout).await.map_err(|e| {
+                        StepError::Proof {
+                            consumer: c.name().into(),
+                            instance: inst.id.clone(),
+                            detail: e.to_string(),
+                        }
+                    })?;
+                    if got != want {
+                        return Err(StepError::Proof {
+                            consumer: c.name().into(),
+                            instance: inst.id.clone(),
+                            detail: format!(
+                                "{} at {addr}: expected it to {} {w:?} ({}), it {}",
+                                probe::describe(p),
+                                if want == Verdict::Accepted {
+                                    "accept"
+                                } else {
+                                    "reject"
+                                },
+                                self.fp_str(*w),
+                                if got == Verdict::Accepted {
+                                    "accepted it"
+                                } else {
+                                    "rejected it"
+                                },
+                            ),
+                        });
+                    }
+                }
+            }
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// A value for a probe: from the store while it is readable; a value that the store has

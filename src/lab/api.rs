@@ -7,6 +7,7 @@
 //! injection at the request boundary, statistics. Must never: log request or object bodies
 //! (Secrets pass through here).
 
+use super::objects::Ptr as _;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -343,7 +344,7 @@ async fn handle(
 
 fn scale_of(obj: &Value) -> Value {
     let sel = obj
-        .pointer("/spec/selector/matchLabels")
+        .ptr("/spec/selector/matchLabels")
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
@@ -357,8 +358,8 @@ fn scale_of(obj: &Value) -> Value {
         "kind": "Scale", "apiVersion": "autoscaling/v1",
         "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
                      "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"]},
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
-        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": sel},
+        "spec": {"replicas": obj.ptr("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "status": {"replicas": obj.ptr("/status/replicas").cloned().unwrap_or(json!(0)), "selector": sel},
     })
 }
 
@@ -390,7 +391,7 @@ fn scale(s: &Shared, t: &Target, verb: &str, ct: &str, body: &[u8]) -> Result<Va
             return Err(ApiError::conflict(t.res, &name));
         }
         let mut out = cur.clone();
-        out["spec"]["replicas"] = new.pointer("/spec/replicas").cloned().unwrap_or(json!(1));
+        out["spec"]["replicas"] = new.ptr("/spec/replicas").cloned().unwrap_or(json!(1));
         Ok(out)
     })?;
     Ok(scale_of(&v))
@@ -438,9 +439,11 @@ fn selectors(q: &HashMap<String, String>) -> Result<(LabelSelector, FieldSelecto
 
 fn do_list(s: &Shared, t: &Target, q: &HashMap<String, String>, as_table: bool) -> Answer {
     let (l, f) = selectors(q)?;
-    let (items, rv) = s.store.list_where(t.res, t.ns.as_deref(), |o| {
-        l.matches(&super::objects::labels_of(o)) && f.matches(o)
-    });
+    let (items, rv) = s
+        .store
+        .list_where(t.res, t.ns.as_deref(), l.required_pair(), |o| {
+            l.matches_obj(o) && f.matches(o)
+        });
     if as_table {
         return Ok((StatusCode::OK, table::table(t.res, &items, rv)));
     }
@@ -473,7 +476,7 @@ fn do_watch(s: &Arc<Shared>, t: &Target, q: &HashMap<String, String>) -> Respons
             || ns
                 .as_deref()
                 .is_none_or(|n| super::objects::namespace_of(o) == n))
-            && l.matches(&super::objects::labels_of(o))
+            && l.matches_obj(o)
             && f.matches(o)
     };
     let initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
@@ -628,24 +631,15 @@ fn normalize(res: &'static Resource, obj: &mut Value) -> Result<(), ApiError> {
     }
     if res.workload {
         super::controller::default_workload(res, obj);
-        let sel = LabelSelector::from_spec(obj.pointer("/spec/selector"));
-        let labels: std::collections::BTreeMap<String, String> = obj
-            .pointer("/spec/template/metadata/labels")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if obj.pointer("/spec/selector").is_none() {
+        let sel = LabelSelector::from_spec(obj.ptr("/spec/selector"));
+        if obj.ptr("/spec/selector").is_none() {
             return Err(ApiError::invalid(
                 res,
                 &name,
                 "spec.selector: Required value".into(),
             ));
         }
-        if !sel.matches(&labels) {
+        if !sel.matches_obj(obj.ptr("/spec/template").unwrap_or(&Value::Null)) {
             return Err(ApiError::invalid(
                 res,
                 &name,
@@ -655,7 +649,7 @@ fn normalize(res: &'static Resource, obj: &mut Value) -> Result<(), ApiError> {
             ));
         }
         if obj
-            .pointer("/spec/template/spec/containers")
+            .ptr("/spec/template/spec/containers")
             .and_then(Value::as_array)
             .is_none_or(Vec::is_empty)
         {
@@ -860,7 +854,7 @@ fn delete_one(
             .get(res, ns, name)
             .ok_or_else(|| ApiError::not_found(res, name))?;
         let grace = grace.unwrap_or_else(|| {
-            cur.pointer("/spec/terminationGracePeriodSeconds")
+            cur.ptr("/spec/terminationGracePeriodSeconds")
                 .and_then(Value::as_i64)
                 .unwrap_or(30)
         });
@@ -897,7 +891,7 @@ fn do_delete(
         .get(t.res, &ns, &name)
         .ok_or_else(|| ApiError::not_found(t.res, &name))?;
     if let Some(want) = opts
-        .pointer("/preconditions/resourceVersion")
+        .ptr("/preconditions/resourceVersion")
         .and_then(Value::as_str)
         && Some(want) != rv_of(&cur)
     {
@@ -911,15 +905,15 @@ fn do_delete(
         );
         return Err(e);
     }
-    if let Some(want) = opts.pointer("/preconditions/uid").and_then(Value::as_str)
-        && Some(want) != cur.pointer("/metadata/uid").and_then(Value::as_str)
+    if let Some(want) = opts.ptr("/preconditions/uid").and_then(Value::as_str)
+        && Some(want) != cur.ptr("/metadata/uid").and_then(Value::as_str)
     {
         let mut e = ApiError::conflict(t.res, &name);
         e.message = format!(
             "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in \
              precondition: {want}, UID in object meta: {}",
             t.res.qualified(),
-            cur.pointer("/metadata/uid")
+            cur.ptr("/metadata/uid")
                 .and_then(Value::as_str)
                 .unwrap_or("")
         );
@@ -947,7 +941,7 @@ fn do_delete_collection(
     let mut out = Vec::new();
     for o in items
         .into_iter()
-        .filter(|o| l.matches(&super::objects::labels_of(o)) && f.matches(o))
+        .filter(|o| l.matches_obj(o) && f.matches(o))
     {
         if !dry_run {
             let ns = super::objects::namespace_of(&o).to_string();

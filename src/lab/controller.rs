@@ -7,6 +7,7 @@
 //! Owns: which pods should exist, workload and ReplicaSet status. Must never: run processes or
 //! touch pod status (the kubelet's), or read Secret data.
 
+use super::objects::Ptr as _;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::objects::{Store, labels_of, name_of, namespace_of, now_rfc3339};
+use super::objects::{Store, label, name_of, namespace_of, now_rfc3339};
 use super::resources::{self, Resource};
 
 const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -62,7 +63,7 @@ pub(crate) fn default_workload(res: &Resource, obj: &mut Value) {
         "deployments" => {
             set_default(obj, "/spec/replicas", json!(1));
             set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
-            if obj.pointer("/spec/strategy/type") == Some(&json!("RollingUpdate")) {
+            if obj.ptr("/spec/strategy/type") == Some(&json!("RollingUpdate")) {
                 set_default(obj, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
                 set_default(
                     obj,
@@ -77,7 +78,7 @@ pub(crate) fn default_workload(res: &Resource, obj: &mut Value) {
             set_default(obj, "/spec/replicas", json!(1));
             set_default(obj, "/spec/podManagementPolicy", json!("OrderedReady"));
             set_default(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
-            if obj.pointer("/spec/updateStrategy/type") == Some(&json!("RollingUpdate")) {
+            if obj.ptr("/spec/updateStrategy/type") == Some(&json!("RollingUpdate")) {
                 set_default(
                     obj,
                     "/spec/updateStrategy/rollingUpdate/partition",
@@ -88,7 +89,7 @@ pub(crate) fn default_workload(res: &Resource, obj: &mut Value) {
         }
         "daemonsets" => {
             set_default(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
-            if obj.pointer("/spec/updateStrategy/type") == Some(&json!("RollingUpdate")) {
+            if obj.ptr("/spec/updateStrategy/type") == Some(&json!("RollingUpdate")) {
                 set_default(
                     obj,
                     "/spec/updateStrategy/rollingUpdate/maxUnavailable",
@@ -148,11 +149,11 @@ pub(crate) fn scaled(v: Option<&Value>, total: i64, default: &str, round_up: boo
 }
 
 pub(crate) fn is_terminating(pod: &Value) -> bool {
-    pod.pointer("/metadata/deletionTimestamp").is_some()
+    pod.ptr("/metadata/deletionTimestamp").is_some()
 }
 
 pub(crate) fn is_ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions")
+    pod.ptr("/status/conditions")
         .and_then(Value::as_array)
         .is_some_and(|cs| {
             cs.iter()
@@ -161,19 +162,17 @@ pub(crate) fn is_ready(pod: &Value) -> bool {
 }
 
 fn uid_of(v: &Value) -> &str {
-    v.pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or("")
+    v.ptr("/metadata/uid").and_then(Value::as_str).unwrap_or("")
 }
 
 fn generation_of(v: &Value) -> i64 {
-    v.pointer("/metadata/generation")
+    v.ptr("/metadata/generation")
         .and_then(Value::as_i64)
         .unwrap_or(1)
 }
 
 fn controller_uid(v: &Value) -> Option<&str> {
-    v.pointer("/metadata/ownerReferences")
+    v.ptr("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .and_then(|rs| rs.iter().find(|r| r["controller"] == true).or(rs.first()))
         .and_then(|r| r["uid"].as_str())
@@ -204,6 +203,29 @@ pub(crate) struct Controller {
     progress: HashMap<String, Progress>,
     /// Whether the last pass saw an unfinished Deployment rollout.
     in_progress: bool,
+    /// Per workload uid: the resourceVersions it and its dependents had when last reconciled
+    /// to a settled state. A workload whose signature is unchanged is skipped, so a pass
+    /// costs work only for the workloads that changed (a real controller's work queue).
+    settled: HashMap<String, u64>,
+    /// Per unfinished Deployment uid: its signature and when it was last reconciled. Unchanged,
+    /// it is revisited only every [`REVISIT`] (its progress deadline has second granularity).
+    unfinished: HashMap<String, (u64, Instant)>,
+    /// Per Deployment uid: (generation, pod-template-hash), so the template is hashed once.
+    hashes: HashMap<String, (i64, String)>,
+}
+
+/// How often an unchanged, unfinished rollout is re-examined for its progress deadline.
+const REVISIT: Duration = Duration::from_millis(250);
+
+/// A hash of the resourceVersions of `objs`: changes whenever any of them is written.
+fn signature<'a>(objs: impl Iterator<Item = &'a Value>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for o in objs {
+        super::objects::rv_of(o).hash(&mut h);
+        uid_of(o).hash(&mut h);
+    }
+    h.finish()
 }
 
 fn pods_res() -> &'static Resource {
@@ -217,6 +239,9 @@ impl Controller {
             nodes,
             progress: HashMap::new(),
             in_progress: false,
+            settled: HashMap::new(),
+            unfinished: HashMap::new(),
+            hashes: HashMap::new(),
         }
     }
 
@@ -224,15 +249,29 @@ impl Controller {
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let store = self.store.clone();
         loop {
+            let started = Instant::now();
+            // A pass over thousands of objects is milliseconds of CPU: it runs on a blocking
+            // thread so the API server and the kubelet keep the runtime's workers.
+            let Ok((me, busy)) = tokio::task::spawn_blocking(move || {
+                let busy = self.reconcile_all();
+                (self, busy)
+            })
+            .await
+            else {
+                return;
+            };
+            self = me;
             // Time only matters (progress deadlines) while a rollout is in progress.
-            let tick = if self.reconcile_all() {
-                Duration::from_millis(500)
+            let tick = if busy {
+                REVISIT
             } else {
                 Duration::from_secs(30)
             };
+            // Batch the changes that arrive meanwhile, in proportion to what a pass costs.
+            let batch = Duration::from_millis(10).max(started.elapsed());
             tokio::select! {
                 _ = store.listeners.controller.notified() => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(batch).await;
                 }
                 _ = tokio::time::sleep(tick) => {}
                 _ = shutdown.changed() => return,
@@ -242,7 +281,7 @@ impl Controller {
 
     fn delete_pod(&self, pod: &Value) {
         let grace = pod
-            .pointer("/spec/terminationGracePeriodSeconds")
+            .ptr("/spec/terminationGracePeriodSeconds")
             .and_then(Value::as_i64)
             .unwrap_or(30);
         let _ = self
@@ -260,7 +299,7 @@ impl Controller {
         node: &str,
     ) {
         let mut labels = template
-            .pointer("/metadata/labels")
+            .ptr("/metadata/labels")
             .cloned()
             .unwrap_or(json!({}));
         for (k, v) in extra {
@@ -272,7 +311,7 @@ impl Controller {
             "labels": labels,
             "ownerReferences": owner_ref(owner, owner_res),
         });
-        if let Some(a) = template.pointer("/metadata/annotations") {
+        if let Some(a) = template.ptr("/metadata/annotations") {
             meta["annotations"] = a.clone();
         }
         let mut spec = template.get("spec").cloned().unwrap_or(json!({}));
@@ -291,12 +330,19 @@ impl Controller {
 
     /// The node with the fewest of `pods`.
     fn pick_node(&self, pods: &[&Value]) -> String {
+        let nodes: Vec<&str> = pods
+            .iter()
+            .filter_map(|p| p.ptr("/spec/nodeName").and_then(Value::as_str))
+            .collect();
+        self.least_used(&nodes)
+    }
+
+    /// The node named least often in `placed`.
+    fn least_used(&self, placed: &[&str]) -> String {
         let mut counts: BTreeMap<&str, usize> =
             self.nodes.iter().map(|n| (n.as_str(), 0)).collect();
-        for p in pods {
-            if let Some(n) = p.pointer("/spec/nodeName").and_then(Value::as_str)
-                && let Some(c) = counts.get_mut(n)
-            {
+        for n in placed {
+            if let Some(c) = counts.get_mut(n) {
                 *c += 1;
             }
         }
@@ -308,6 +354,10 @@ impl Controller {
     }
 
     fn write_status(&self, res: &'static Resource, obj: &Value, status: Value) {
+        // The controller is the only writer of status: equal to the snapshot means no change.
+        if obj.get("status") == Some(&status) {
+            return;
+        }
         let _ = self
             .store
             .update(res, namespace_of(obj), name_of(obj), |cur| {
@@ -344,17 +394,58 @@ impl Controller {
             for r in rss {
                 live_uids.insert(uid_of(r).to_string());
             }
+            let sig = signature(std::iter::once(&**d).chain(rss.iter().flat_map(|r| {
+                std::iter::once(&**r).chain(
+                    by_owner
+                        .get(uid_of(r))
+                        .unwrap_or(&empty)
+                        .iter()
+                        .map(|p| &**p),
+                )
+            })));
+            if self.settled.get(uid_of(d)) == Some(&sig) {
+                continue;
+            }
+            if let Some((s, at)) = self.unfinished.get(uid_of(d))
+                && *s == sig
+                && at.elapsed() < REVISIT
+            {
+                self.in_progress = true;
+                continue;
+            }
+            let before = self.in_progress;
+            self.in_progress = false;
             self.deployment(d, rss, &by_owner);
+            // Unfinished rollouts are revisited while their progress deadline runs.
+            if self.in_progress {
+                self.settled.remove(uid_of(d));
+                self.unfinished
+                    .insert(uid_of(d).to_string(), (sig, Instant::now()));
+            } else {
+                self.unfinished.remove(uid_of(d));
+                self.settled.insert(uid_of(d).to_string(), sig);
+            }
+            self.in_progress |= before;
         }
         let stss = self.store.list_shared(resources::get("statefulsets"), None);
         for s in &stss {
             live_uids.insert(uid_of(s).to_string());
-            self.statefulset(s, by_owner.get(uid_of(s)).unwrap_or(&empty));
+            let pods = by_owner.get(uid_of(s)).unwrap_or(&empty);
+            let sig = signature(std::iter::once(&**s).chain(pods.iter().map(|p| &**p)));
+            if self.settled.get(uid_of(s)) != Some(&sig) {
+                self.statefulset(s, pods);
+                self.settled.insert(uid_of(s).to_string(), sig);
+            }
         }
         let dss = self.store.list_shared(resources::get("daemonsets"), None);
         for d in &dss {
             live_uids.insert(uid_of(d).to_string());
-            self.daemonset(d, by_owner.get(uid_of(d)).unwrap_or(&empty));
+            let pods = by_owner.get(uid_of(d)).unwrap_or(&empty);
+            let sig = signature(std::iter::once(&**d).chain(pods.iter().map(|p| &**p)));
+            if self.settled.get(uid_of(d)) != Some(&sig) {
+                self.daemonset(d, pods);
+                self.settled.insert(uid_of(d).to_string(), sig);
+            }
         }
         // Garbage collection: dependents whose owner is gone.
         for (owner, ps) in &by_owner {
@@ -372,6 +463,9 @@ impl Controller {
             }
         }
         self.progress.retain(|uid, _| live_uids.contains(uid));
+        self.settled.retain(|uid, _| live_uids.contains(uid));
+        self.unfinished.retain(|uid, _| live_uids.contains(uid));
+        self.hashes.retain(|uid, _| live_uids.contains(uid));
         self.in_progress
     }
 
@@ -384,30 +478,35 @@ impl Controller {
         let rs_res = resources::get("replicasets");
         let name = name_of(d).to_string();
         let ns = namespace_of(d).to_string();
-        let desired = d
-            .pointer("/spec/replicas")
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
-        let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
-        let hash = template_hash(&template);
+        let desired = d.ptr("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+        let generation = generation_of(d);
+        let hash = match self.hashes.get(uid_of(d)) {
+            Some((g, h)) if *g == generation => h.clone(),
+            _ => {
+                let h = template_hash(d.ptr("/spec/template").unwrap_or(&json!({})));
+                self.hashes
+                    .insert(uid_of(d).to_string(), (generation, h.clone()));
+                h
+            }
+        };
         let rs_name = format!("{name}-{hash}");
         // The ReplicaSet of the current template.
-        let new_rs = match rss.iter().find(|r| name_of(r) == rs_name) {
-            Some(r) => Value::clone(r),
+        let new_rs: Arc<Value> = match rss.iter().find(|r| name_of(r) == rs_name) {
+            Some(r) => r.clone(),
             None => {
                 let revision = rss
                     .iter()
                     .filter_map(|r| {
-                        r.pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
+                        r.ptr("/metadata/annotations/deployment.kubernetes.io~1revision")
                             .and_then(Value::as_str)
                             .and_then(|s| s.parse::<i64>().ok())
                     })
                     .max()
                     .unwrap_or(0)
                     + 1;
-                let mut tpl = template.clone();
+                let mut tpl = d.ptr("/spec/template").cloned().unwrap_or(json!({}));
                 tpl["metadata"]["labels"]["pod-template-hash"] = json!(hash);
-                let mut selector = d.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+                let mut selector = d.ptr("/spec/selector").cloned().unwrap_or(json!({}));
                 selector["matchLabels"]["pod-template-hash"] = json!(hash);
                 let mut labels = tpl["metadata"]["labels"].clone();
                 labels["pod-template-hash"] = json!(hash);
@@ -428,17 +527,16 @@ impl Controller {
                     "status": {"replicas": 0},
                 });
                 match self.store.create(rs_res, rs) {
-                    Ok(r) => r,
+                    Ok(r) => Arc::new(r),
                     Err(_) => return,
                 }
             }
         };
         let revision = new_rs
-            .pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
+            .ptr("/metadata/annotations/deployment.kubernetes.io~1revision")
             .cloned()
             .unwrap_or(json!("1"));
-        if d.pointer("/metadata/annotations/deployment.kubernetes.io~1revision") != Some(&revision)
-        {
+        if d.ptr("/metadata/annotations/deployment.kubernetes.io~1revision") != Some(&revision) {
             let _ = self
                 .store
                 .update(resources::get("deployments"), &ns, &name, |cur| {
@@ -459,22 +557,24 @@ impl Controller {
             .map(|p| &**p)
             .collect();
         let live: Vec<&Value> = all.iter().copied().filter(|p| !is_terminating(p)).collect();
-        let is_new = |p: &Value| {
-            labels_of(p).get("pod-template-hash").map(String::as_str) == Some(hash.as_str())
-        };
+        let is_new = |p: &Value| label(p, "pod-template-hash") == Some(hash.as_str());
         let new: Vec<&Value> = live.iter().copied().filter(|p| is_new(p)).collect();
         let old: Vec<&Value> = live.iter().copied().filter(|p| !is_new(p)).collect();
         let new_ready = new.iter().filter(|p| is_ready(p)).count() as i64;
         let ready = live.iter().filter(|p| is_ready(p)).count() as i64;
         let total = live.len() as i64;
         let new_count = new.len() as i64;
-        let paused = d.pointer("/spec/paused") == Some(&json!(true));
-        let recreate = d.pointer("/spec/strategy/type") == Some(&json!("Recreate"));
+        let paused = d.ptr("/spec/paused") == Some(&json!(true));
+        let recreate = d.ptr("/spec/strategy/type") == Some(&json!("Recreate"));
         let make = |this: &Controller, n: i64| {
-            let mut placed: Vec<Value> = live.iter().map(|p| (*p).clone()).collect();
+            let mut chosen: Vec<String> = Vec::new();
             for _ in 0..n {
-                let refs: Vec<&Value> = placed.iter().collect();
-                let node = this.pick_node(&refs);
+                let placed: Vec<&str> = live
+                    .iter()
+                    .filter_map(|p| p.ptr("/spec/nodeName").and_then(Value::as_str))
+                    .chain(chosen.iter().map(String::as_str))
+                    .collect();
+                let node = this.least_used(&placed);
                 let pod_name = format!("{rs_name}-{}", random_suffix());
                 this.create_pod(
                     &new_rs,
@@ -484,7 +584,7 @@ impl Controller {
                     &[],
                     &node,
                 );
-                placed.push(json!({"spec": {"nodeName": node}}));
+                chosen.push(node);
             }
         };
         if !paused && recreate {
@@ -494,7 +594,7 @@ impl Controller {
                 make(self, desired - new_count);
             }
         } else if !paused {
-            let ru = d.pointer("/spec/strategy/rollingUpdate");
+            let ru = d.ptr("/spec/strategy/rollingUpdate");
             let surge = scaled(ru.and_then(|r| r.get("maxSurge")), desired, "25%", true);
             let mut unavail = scaled(
                 ru.and_then(|r| r.get("maxUnavailable")),
@@ -555,6 +655,16 @@ impl Controller {
             } else {
                 n
             };
+            let status = json!({
+                "replicas": n, "fullyLabeledReplicas": n, "readyReplicas": rd,
+                "availableReplicas": rd, "observedGeneration": generation_of(r),
+            });
+            // Only the controller writes these: equal to the snapshot means nothing to do.
+            if r.ptr("/spec/replicas").and_then(Value::as_i64) == Some(spec_replicas)
+                && r.get("status") == Some(&status)
+            {
+                continue;
+            }
             let _ = self
                 .store
                 .update(rs_res, namespace_of(r), name_of(r), |cur| {
@@ -568,7 +678,6 @@ impl Controller {
                 });
         }
         // Deployment status and conditions.
-        let generation = generation_of(d);
         let counts = (live.len(), new.len(), ready as usize);
         let now = Instant::now();
         let p = self
@@ -586,7 +695,7 @@ impl Controller {
         }
         let since = now.duration_since(p.last);
         let deadline = d
-            .pointer("/spec/progressDeadlineSeconds")
+            .ptr("/spec/progressDeadlineSeconds")
             .and_then(Value::as_i64)
             .unwrap_or(600)
             .max(0) as u64;
@@ -594,7 +703,7 @@ impl Controller {
         if !complete && !paused {
             self.in_progress = true;
         }
-        let ru = d.pointer("/spec/strategy/rollingUpdate");
+        let ru = d.ptr("/spec/strategy/rollingUpdate");
         let unavail = if recreate {
             0
         } else {
@@ -637,10 +746,7 @@ impl Controller {
                 format!("ReplicaSet \"{rs_name}\" is progressing."),
             )
         };
-        let old_conds = d
-            .pointer("/status/conditions")
-            .cloned()
-            .unwrap_or(json!([]));
+        let old_conds = d.ptr("/status/conditions").cloned().unwrap_or(json!([]));
         let conditions = vec![
             condition(
                 &old_conds,
@@ -675,16 +781,13 @@ impl Controller {
     fn statefulset(&mut self, s: &Value, pods: &[Arc<Value>]) {
         let res = resources::get("statefulsets");
         let name = name_of(s).to_string();
-        let desired = s
-            .pointer("/spec/replicas")
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
-        let template = s.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let desired = s.ptr("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+        let template = s.ptr("/spec/template").cloned().unwrap_or(json!({}));
         let update_rev = format!("{name}-{}", template_hash(&template));
-        let parallel = s.pointer("/spec/podManagementPolicy") == Some(&json!("Parallel"));
-        let on_delete = s.pointer("/spec/updateStrategy/type") == Some(&json!("OnDelete"));
+        let parallel = s.ptr("/spec/podManagementPolicy") == Some(&json!("Parallel"));
+        let on_delete = s.ptr("/spec/updateStrategy/type") == Some(&json!("OnDelete"));
         let partition = s
-            .pointer("/spec/updateStrategy/rollingUpdate/partition")
+            .ptr("/spec/updateStrategy/rollingUpdate/partition")
             .and_then(Value::as_i64)
             .unwrap_or(0);
         let mut by_ord: BTreeMap<i64, &Value> = BTreeMap::new();
@@ -697,10 +800,9 @@ impl Controller {
             }
         }
         let rev_of = |p: &Value| {
-            labels_of(p)
-                .get("controller-revision-hash")
-                .cloned()
+            label(p, "controller-revision-hash")
                 .unwrap_or_default()
+                .to_string()
         };
         let healthy = |p: &Value| !is_terminating(p) && is_ready(p);
         let all_pods: Vec<&Value> = pods.iter().map(|p| &**p).collect();
@@ -758,7 +860,7 @@ impl Controller {
         let ready = live.iter().filter(|p| is_ready(p)).count() as i64;
         let updated = live.iter().filter(|p| rev_of(p) == update_rev).count() as i64;
         let mut current_rev = s
-            .pointer("/status/currentRevision")
+            .ptr("/status/currentRevision")
             .and_then(Value::as_str)
             .unwrap_or(&update_rev)
             .to_string();
@@ -782,13 +884,21 @@ impl Controller {
 
     fn daemonset(&mut self, d: &Value, pods: &[Arc<Value>]) {
         let res = resources::get("daemonsets");
-        let template = d.pointer("/spec/template").cloned().unwrap_or(json!({}));
-        let hash = template_hash(&template);
         let generation = generation_of(d);
+        let hash = match self.hashes.get(uid_of(d)) {
+            Some((g, h)) if *g == generation => h.clone(),
+            _ => {
+                let h = template_hash(d.ptr("/spec/template").unwrap_or(&json!({})));
+                self.hashes
+                    .insert(uid_of(d).to_string(), (generation, h.clone()));
+                h
+            }
+        };
+        let template = d.ptr("/spec/template").cloned().unwrap_or(json!({}));
         let desired = self.nodes.len() as i64;
-        let on_delete = d.pointer("/spec/updateStrategy/type") == Some(&json!("OnDelete"));
+        let on_delete = d.ptr("/spec/updateStrategy/type") == Some(&json!("OnDelete"));
         let max_unavail = scaled(
-            d.pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable"),
+            d.ptr("/spec/updateStrategy/rollingUpdate/maxUnavailable"),
             desired,
             "1",
             true,
@@ -802,9 +912,9 @@ impl Controller {
         let on_node = |n: &str| {
             live.iter()
                 .copied()
-                .find(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(n))
+                .find(|p| p.ptr("/spec/nodeName").and_then(Value::as_str) == Some(n))
         };
-        let is_new = |p: &Value| labels_of(p).get("controller-revision-hash") == Some(&hash);
+        let is_new = |p: &Value| label(p, "controller-revision-hash") == Some(hash.as_str());
         for n in &self.nodes {
             if on_node(n).is_none() {
                 let pod_name = format!("{}-{}", name_of(d), random_suffix());
@@ -824,7 +934,7 @@ impl Controller {
         // Pods on nodes the lab does not have.
         for p in &live {
             let n = p
-                .pointer("/spec/nodeName")
+                .ptr("/spec/nodeName")
                 .and_then(Value::as_str)
                 .unwrap_or("");
             if !self.nodes.iter().any(|x| x == n) {

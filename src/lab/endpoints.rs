@@ -1,7 +1,7 @@
 //! The endpoints files: `<fleet dir>/<workload>/endpoints.json` =
 //! `{"generation": N, "endpoints": ["127.0.0.5:8080", …]}`, the Ready, non-terminating pods of
-//! each workload, sorted; written atomically (temp file, fsync, rename) only when the list
-//! changes, with the generation incremented on each write. Same format as
+//! each workload, sorted; written atomically (temp file, rename; no fsync: the lab is
+//! ephemeral and readers only need never to see a torn file) only when the list changes, with the generation incremented on each write. Same format as
 //! `consumer::process`'s `Endpoints`, which the demo service and the load generator read.
 //!
 //! Owns: those files. Must never: write anything else into the fleet dir.
@@ -28,8 +28,8 @@ pub struct EndpointsFile {
 struct State {
     /// workload -> pod name -> address of the serving pods.
     serving: BTreeMap<String, BTreeMap<String, SocketAddr>>,
-    /// What was last written per workload.
-    written: BTreeMap<String, Vec<SocketAddr>>,
+    /// What was last written per workload, with its generation.
+    written: BTreeMap<String, (u64, Vec<SocketAddr>)>,
 }
 
 /// The endpoints writer.
@@ -65,33 +65,44 @@ impl Endpoints {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        if st.written.get(workload) == Some(&list) {
+        let last = st.written.get(workload);
+        if last.is_some_and(|(_, l)| *l == list) {
             return;
         }
-        if let Err(e) = write(&self.fleet_dir.join(workload), &list) {
-            tracing::warn!(workload, error = %e, "lab: cannot write endpoints.json");
-            return;
+        let known = last.map(|(g, _)| *g);
+        match write(&self.fleet_dir.join(workload), known, &list) {
+            Ok(generation) => {
+                st.written.insert(workload.to_string(), (generation, list));
+            }
+            Err(e) => tracing::warn!(workload, error = %e, "lab: cannot write endpoints.json"),
         }
-        st.written.insert(workload.to_string(), list);
     }
 }
 
-fn write(dir: &Path, endpoints: &[SocketAddr]) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
+/// Writes the file (generation `known` + 1, or the file's own + 1 the first time this lab
+/// writes it); returns the generation written.
+fn write(dir: &Path, known: Option<u64>, endpoints: &[SocketAddr]) -> std::io::Result<u64> {
     let path = dir.join("endpoints.json");
-    let current: EndpointsFile = match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => EndpointsFile::default(),
-        Err(e) => return Err(e),
+    let generation = match known {
+        Some(g) => g,
+        None => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            let current: EndpointsFile = match std::fs::read(&path) {
+                Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => EndpointsFile::default(),
+                Err(e) => return Err(e),
+            };
+            if current.endpoints == endpoints {
+                return Ok(current.generation);
+            }
+            current.generation
+        }
     };
-    if current.endpoints == endpoints {
-        return Ok(());
-    }
     let next = EndpointsFile {
-        generation: current.generation + 1,
+        generation: generation + 1,
         endpoints: endpoints.to_vec(),
     };
     let bytes = serde_json::to_vec_pretty(&next).map_err(std::io::Error::other)?;
@@ -100,7 +111,6 @@ fn write(dir: &Path, endpoints: &[SocketAddr]) -> std::io::Result<()> {
         .suffix(".part")
         .tempfile_in(dir)?;
     tmp.write_all(&bytes)?;
-    tmp.as_file().sync_all()?;
     tmp.persist(&path).map_err(|e| e.error)?;
-    Ok(())
+    Ok(next.generation)
 }

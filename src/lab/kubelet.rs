@@ -6,7 +6,8 @@
 //! Owns: pod processes (by pid, never by name), pod IPs, pod status, pod log files. Must
 //! never: log environment values or Secret data (only names), or decide which pods exist.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use super::objects::Ptr as _;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::ffi::OsStringExt;
@@ -150,26 +151,23 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
     let pods_res = resources::get("pods");
     loop {
         let list = ctx.store.list_shared(pods_res, None);
-        let mut seen = BTreeSet::new();
+        // Borrowed from `list`: a pass allocates only for pods it has not seen before.
+        let mut seen: HashSet<&str> = HashSet::with_capacity(list.len());
         for p in &list {
-            let uid = p
-                .pointer("/metadata/uid")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            seen.insert(uid.clone());
-            match pods.get(&uid) {
+            let uid = p.ptr("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+            seen.insert(uid);
+            match pods.get(uid) {
                 None if is_terminating(p) => {
                     let _ = ctx.store.remove(pods_res, namespace_of(p), name_of(p));
                 }
                 None => {
                     let (stop, rx) = watch::channel(None);
                     let done = tokio::spawn(run_pod(ctx.clone(), Value::clone(p), rx));
-                    pods.insert(uid, PodHandle { stop, done });
+                    pods.insert(uid.to_string(), PodHandle { stop, done });
                 }
                 Some(h) if is_terminating(p) && h.stop.borrow().is_none() => {
                     let grace = p
-                        .pointer("/metadata/deletionGracePeriodSeconds")
+                        .ptr("/metadata/deletionGracePeriodSeconds")
                         .and_then(Value::as_i64)
                         .unwrap_or(30);
                     let _ = h.stop.send(Some(grace));
@@ -178,13 +176,18 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
             }
         }
         pods.retain(|uid, h| {
-            if !seen.contains(uid) && h.stop.borrow().is_none() {
+            if !seen.contains(uid.as_str()) && h.stop.borrow().is_none() {
                 let _ = h.stop.send(Some(0));
             }
             !h.done.is_finished()
         });
+        drop(seen);
+        drop(list);
         tokio::select! {
-            _ = ctx.store.listeners.kubelet.notified() => {}
+            // A short batching window: a rollout of hundreds of pods changes many at once.
+            _ = ctx.store.listeners.kubelet.notified() => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = shutdown.changed() => break,
         }
@@ -202,14 +205,14 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
 /// The workload a pod belongs to (the Deployment for ReplicaSet-owned pods).
 pub(crate) fn workload_of(store: &Store, pod: &Value) -> Option<String> {
     let owner = pod
-        .pointer("/metadata/ownerReferences")
+        .ptr("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .and_then(|a| a.first())?;
     let name = owner["name"].as_str()?;
     if owner["kind"] == "ReplicaSet" {
         let rs = store.get(resources::get("replicasets"), namespace_of(pod), name)?;
         return rs
-            .pointer("/metadata/ownerReferences/0/name")
+            .ptr("/metadata/ownerReferences/0/name")
             .and_then(Value::as_str)
             .map(String::from)
             .or_else(|| Some(name.to_string()));
@@ -219,7 +222,7 @@ pub(crate) fn workload_of(store: &Store, pod: &Value) -> Option<String> {
 
 /// The first container's first containerPort (8080 when none).
 pub(crate) fn pod_port(pod: &Value) -> u16 {
-    pod.pointer("/spec/containers/0/ports/0/containerPort")
+    pod.ptr("/spec/containers/0/ports/0/containerPort")
         .and_then(Value::as_u64)
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or(8080)
@@ -318,7 +321,7 @@ fn resolve_env(
             }
             continue;
         }
-        if let Some(path) = vf.pointer("/fieldRef/fieldPath").and_then(Value::as_str) {
+        if let Some(path) = vf.ptr("/fieldRef/fieldPath").and_then(Value::as_str) {
             let v = match path {
                 "metadata.name" => name_of(pod).to_string(),
                 "metadata.namespace" => ns.to_string(),
@@ -591,7 +594,7 @@ async fn start(
 
 async fn probe(ctx: &Ctx, pod: &Value, ip: Ipv4Addr, port: u16) -> bool {
     let c = &pod["spec"]["containers"][0];
-    let (path, pport) = match c.pointer("/readinessProbe/httpGet") {
+    let (path, pport) = match c.ptr("/readinessProbe/httpGet") {
         Some(h) => (
             h["path"].as_str().unwrap_or("/").to_string(),
             h["port"]

@@ -28,6 +28,7 @@ mod selector;
 mod table;
 mod topology;
 
+use self::objects::Ptr as _;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -190,7 +191,7 @@ impl Lab {
                 continue;
             }
             let ns = o
-                .pointer("/metadata/namespace")
+                .ptr("/metadata/namespace")
                 .and_then(Value::as_str)
                 .or(topo.namespace.as_deref())
                 .unwrap_or("default")

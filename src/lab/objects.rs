@@ -6,7 +6,7 @@
 //! read-modify-write, watch events. Must never: interpret a patch, decide HTTP semantics or
 //! log object contents (Secret data lives here; only kinds and names may be logged).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Value, json};
@@ -14,6 +14,36 @@ use tokio::sync::{Notify, broadcast};
 
 use super::error::ApiError;
 use super::resources::Resource;
+
+/// `Value::pointer` without its per-segment allocations: the controller, the kubelet and
+/// every label-selected list read a handful of fields from each of thousands of objects many
+/// times a second. Segments holding `~` escapes take the standard path.
+pub(crate) trait Ptr {
+    fn ptr(&self, pointer: &str) -> Option<&Value>;
+}
+
+impl Ptr for Value {
+    fn ptr(&self, pointer: &str) -> Option<&Value> {
+        if pointer.contains('~') {
+            return self.pointer(pointer);
+        }
+        let rest = pointer.strip_prefix('/')?;
+        let mut cur = self;
+        for seg in rest.split('/') {
+            cur = match cur {
+                Value::Object(m) => m.get(seg)?,
+                Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(cur)
+    }
+}
+
+/// One label's value, without copying the label map.
+pub(crate) fn label<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get("metadata")?.get("labels")?.get(key)?.as_str()
+}
 
 /// How many past events a watch can resume from.
 const HISTORY: usize = 50_000;
@@ -25,7 +55,8 @@ pub(crate) struct Event {
     pub resource: &'static Resource,
     /// `ADDED`, `MODIFIED` or `DELETED`.
     pub kind: &'static str,
-    pub object: Value,
+    /// Shared with the store's copy: an event costs no clone.
+    pub object: Arc<Value>,
 }
 
 /// What a change is interesting to.
@@ -39,12 +70,57 @@ pub(crate) struct Listeners {
     pub endpoints: Notify,
 }
 
+/// Objects of one resource by (namespace, name).
+type Objects = BTreeMap<(String, String), Arc<Value>>;
+/// Per resource: (label key, value) → the (namespace, name) of the objects carrying it.
+type LabelIndex = HashMap<(String, String), BTreeSet<(String, String)>>;
+
 struct Inner {
     rv: u64,
-    objects: HashMap<&'static str, BTreeMap<(String, String), Arc<Value>>>,
+    objects: HashMap<&'static str, Objects>,
+    /// Label index: a selected list (`app=svc-7` among 1,000 pods) reads only its matches,
+    /// as kube-apiserver's watch cache does with its indexers.
+    labels: HashMap<&'static str, LabelIndex>,
     history: VecDeque<Arc<Event>>,
     /// The resourceVersion below which history was dropped.
     oldest: u64,
+}
+
+fn label_pairs(v: &Value) -> impl Iterator<Item = (String, String)> + '_ {
+    v.get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|m| m.iter())
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+}
+
+impl Inner {
+    /// Stores `obj` under `key`, keeping the label index in step.
+    fn put(&mut self, res: &'static Resource, key: (String, String), obj: Arc<Value>) {
+        self.take(res, &key);
+        let index = self.labels.entry(res.plural).or_default();
+        for pair in label_pairs(&obj) {
+            index.entry(pair).or_default().insert(key.clone());
+        }
+        self.objects.entry(res.plural).or_default().insert(key, obj);
+    }
+
+    /// Removes the object under `key`, keeping the label index in step.
+    fn take(&mut self, res: &'static Resource, key: &(String, String)) -> Option<Arc<Value>> {
+        let old = self.objects.get_mut(res.plural)?.remove(key)?;
+        if let Some(index) = self.labels.get_mut(res.plural) {
+            for pair in label_pairs(&old) {
+                if let Some(set) = index.get_mut(&pair) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        index.remove(&pair);
+                    }
+                }
+            }
+        }
+        Some(old)
+    }
 }
 
 /// The store. Cheap to share behind an `Arc`.
@@ -81,35 +157,23 @@ pub(crate) fn new_uid() -> String {
 
 /// `metadata.name`, or "".
 pub(crate) fn name_of(v: &Value) -> &str {
-    v.pointer("/metadata/name")
+    v.ptr("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("")
 }
 
 /// `metadata.namespace`, or "".
 pub(crate) fn namespace_of(v: &Value) -> &str {
-    v.pointer("/metadata/namespace")
+    v.ptr("/metadata/namespace")
         .and_then(Value::as_str)
         .unwrap_or("")
 }
 
 /// `metadata.resourceVersion` parsed, if any.
 pub(crate) fn rv_of(v: &Value) -> Option<&str> {
-    v.pointer("/metadata/resourceVersion")
+    v.ptr("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-}
-
-/// `metadata.labels` as a map.
-pub(crate) fn labels_of(v: &Value) -> BTreeMap<String, String> {
-    v.pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A mutable `metadata` object (created when missing).
@@ -158,6 +222,7 @@ impl Store {
             inner: Mutex::new(Inner {
                 rv: 1,
                 objects: HashMap::new(),
+                labels: HashMap::new(),
                 history: VecDeque::new(),
                 oldest: 1,
             }),
@@ -186,7 +251,7 @@ impl Store {
     /// Every object of `res` (in `ns` when given), sorted by namespace and name, and the
     /// resourceVersion of the snapshot.
     pub fn list(&self, res: &'static Resource, ns: Option<&str>) -> (Vec<Value>, u64) {
-        self.list_where(res, ns, |_| true)
+        self.list_where(res, ns, None, |_| true)
     }
 
     /// Like [`Store::list`], keeping only objects `keep` accepts; only those are copied (a
@@ -195,19 +260,33 @@ impl Store {
         &self,
         res: &'static Resource,
         ns: Option<&str>,
+        label: Option<(&str, &str)>,
         keep: impl Fn(&Value) -> bool,
     ) -> (Vec<Value>, u64) {
         let inner = self.lock();
-        let items = inner
-            .objects
-            .get(res.plural)
-            .map(|m| {
-                m.iter()
-                    .filter(|((n, _), v)| ns.is_none_or(|ns| ns == n) && keep(v))
-                    .map(|(_, v)| Value::clone(v))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let Some(m) = inner.objects.get(res.plural) else {
+            return (Vec::new(), inner.rv);
+        };
+        let in_ns = |n: &String| ns.is_none_or(|ns| ns == n);
+        let items = match label {
+            // Only the objects carrying the label, in (namespace, name) order.
+            Some((k, v)) => inner
+                .labels
+                .get(res.plural)
+                .and_then(|i| i.get(&(k.to_string(), v.to_string())))
+                .into_iter()
+                .flatten()
+                .filter(|key| in_ns(&key.0))
+                .filter_map(|key| m.get(key))
+                .filter(|v| keep(v))
+                .map(|v| Value::clone(v))
+                .collect(),
+            None => m
+                .iter()
+                .filter(|((n, _), v)| in_ns(n) && keep(v))
+                .map(|(_, v)| Value::clone(v))
+                .collect(),
+        };
         (items, inner.rv)
     }
 
@@ -227,12 +306,12 @@ impl Store {
             .unwrap_or_default()
     }
 
-    fn emit(&self, inner: &mut Inner, res: &'static Resource, kind: &'static str, obj: &Value) {
+    fn emit(&self, inner: &mut Inner, res: &'static Resource, kind: &'static str, obj: Arc<Value>) {
         let ev = Arc::new(Event {
             rv: inner.rv,
             resource: res,
             kind,
-            object: obj.clone(),
+            object: obj,
         });
         inner.history.push_back(ev.clone());
         while inner.history.len() > HISTORY {
@@ -286,13 +365,11 @@ impl Store {
             m.insert("generation".into(), json!(1));
             m.remove("deletionTimestamp");
         }
-        inner
-            .objects
-            .entry(res.plural)
-            .or_default()
-            .insert(key, Arc::new(obj.clone()));
-        self.emit(&mut inner, res, "ADDED", &obj);
-        Ok(obj)
+        let shared = Arc::new(obj);
+        inner.put(res, key, shared.clone());
+        self.emit(&mut inner, res, "ADDED", shared.clone());
+        drop(inner);
+        Ok(Value::clone(&shared))
     }
 
     /// Atomic read-modify-write: `f` gets the current object and returns the new one. System
@@ -342,18 +419,17 @@ impl Store {
             );
         }
         if same_content(&new, &current) {
+            drop(inner);
             return Ok(Value::clone(&current));
         }
         inner.rv += 1;
         let rv = inner.rv;
         meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
-        inner
-            .objects
-            .entry(res.plural)
-            .or_default()
-            .insert(key, Arc::new(new.clone()));
-        self.emit(&mut inner, res, "MODIFIED", &new);
-        Ok(new)
+        let shared = Arc::new(new);
+        inner.put(res, key, shared.clone());
+        self.emit(&mut inner, res, "MODIFIED", shared.clone());
+        drop(inner);
+        Ok(Value::clone(&shared))
     }
 
     /// Marks an object as terminating (sets `deletionTimestamp`), for pods.
@@ -369,7 +445,7 @@ impl Store {
         let Some(current) = inner.objects.get(res.plural).and_then(|m| m.get(&key)) else {
             return Err(ApiError::not_found(res, name));
         };
-        if current.pointer("/metadata/deletionTimestamp").is_some() {
+        if current.ptr("/metadata/deletionTimestamp").is_some() {
             return Ok(Value::clone(current));
         }
         let mut new = Value::clone(current);
@@ -381,32 +457,28 @@ impl Store {
             m.insert("deletionGracePeriodSeconds".into(), json!(grace_seconds));
             m.insert("resourceVersion".into(), json!(rv.to_string()));
         }
-        inner
-            .objects
-            .entry(res.plural)
-            .or_default()
-            .insert(key, Arc::new(new.clone()));
-        self.emit(&mut inner, res, "MODIFIED", &new);
-        Ok(new)
+        let shared = Arc::new(new);
+        inner.put(res, key, shared.clone());
+        self.emit(&mut inner, res, "MODIFIED", shared.clone());
+        drop(inner);
+        Ok(Value::clone(&shared))
     }
 
     /// Removes an object for good.
     pub fn remove(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Value, ApiError> {
         let mut inner = self.lock();
         let key = (ns.to_string(), name.to_string());
-        let Some(obj) = inner
-            .objects
-            .get_mut(res.plural)
-            .and_then(|m| m.remove(&key))
-        else {
+        let Some(obj) = inner.take(res, &key) else {
             return Err(ApiError::not_found(res, name));
         };
         let mut obj = Arc::unwrap_or_clone(obj);
         inner.rv += 1;
         let rv = inner.rv;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(rv.to_string()));
-        self.emit(&mut inner, res, "DELETED", &obj);
-        Ok(obj)
+        let shared = Arc::new(obj);
+        self.emit(&mut inner, res, "DELETED", shared.clone());
+        drop(inner);
+        Ok(Value::clone(&shared))
     }
 
     /// Events after `from` (all retained history when `from` is None is NOT replayed: callers
@@ -452,5 +524,62 @@ impl Store {
             })
             .unwrap_or_default();
         (items, inner.rv, rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::resources;
+
+    fn pod(name: &str, app: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": "ns", "labels": {"app": app}}})
+    }
+
+    fn names(items: &[Value]) -> Vec<&str> {
+        items.iter().map(name_of).collect()
+    }
+
+    #[test]
+    fn label_index_follows_create_update_and_remove() {
+        let store = Store::new();
+        let ns = resources::get("namespaces");
+        store
+            .create(
+                ns,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}}),
+            )
+            .unwrap();
+        let pods = resources::get("pods");
+        for (n, app) in [("a", "x"), ("b", "y"), ("c", "x")] {
+            store.create(pods, pod(n, app)).unwrap();
+        }
+        let sel = |app: &str| {
+            store
+                .list_where(pods, Some("ns"), Some(("app", app)), |_| true)
+                .0
+        };
+        assert_eq!(names(&sel("x")), ["a", "c"]);
+        store
+            .update(pods, "ns", "a", |cur| {
+                let mut n = cur.clone();
+                n["metadata"]["labels"]["app"] = json!("y");
+                Ok(n)
+            })
+            .unwrap();
+        assert_eq!(names(&sel("x")), ["c"]);
+        assert_eq!(names(&sel("y")), ["a", "b"]);
+        store.remove(pods, "ns", "b").unwrap();
+        assert_eq!(names(&sel("y")), ["a"]);
+        assert!(
+            store
+                .list_where(pods, Some("other"), Some(("app", "y")), |_| true)
+                .0
+                .is_empty()
+        );
+        // The keep filter still applies to indexed candidates.
+        let kept = store.list_where(pods, Some("ns"), Some(("app", "y")), |o| name_of(o) != "a");
+        assert!(kept.0.is_empty());
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Owns: parsing and matching. Must never: touch the store.
 
-use std::collections::BTreeMap;
+use super::objects::Ptr as _;
 
 use serde_json::Value;
 
@@ -124,14 +124,33 @@ impl LabelSelector {
         LabelSelector(reqs)
     }
 
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    #[cfg(test)]
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.matches_with(|k| labels.get(k).map(String::as_str))
+    }
+
+    /// One `key=value` requirement every match must meet, for an index lookup.
+    pub fn required_pair(&self) -> Option<(&str, &str)> {
+        self.0.iter().find_map(|r| match r {
+            Req::Eq(k, v) => Some((k.as_str(), v.as_str())),
+            Req::In(k, vs) if vs.len() == 1 => Some((k.as_str(), vs[0].as_str())),
+            _ => None,
+        })
+    }
+
+    /// Whether the object's `metadata.labels` match (read in place, nothing copied).
+    pub fn matches_obj(&self, obj: &Value) -> bool {
+        self.matches_with(|k| super::objects::label(obj, k))
+    }
+
+    fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.0.iter().all(|r| match r {
-            Req::Eq(k, v) => labels.get(k) == Some(v),
-            Req::Ne(k, v) => labels.get(k) != Some(v),
-            Req::In(k, vs) => labels.get(k).is_some_and(|l| vs.contains(l)),
-            Req::NotIn(k, vs) => labels.get(k).is_none_or(|l| !vs.contains(l)),
-            Req::Exists(k) => labels.contains_key(k),
-            Req::NotExists(k) => !labels.contains_key(k),
+            Req::Eq(k, v) => get(k) == Some(v.as_str()),
+            Req::Ne(k, v) => get(k) != Some(v.as_str()),
+            Req::In(k, vs) => get(k).is_some_and(|l| vs.iter().any(|v| v == l)),
+            Req::NotIn(k, vs) => get(k).is_none_or(|l| !vs.iter().any(|v| v == l)),
+            Req::Exists(k) => get(k).is_some(),
+            Req::NotExists(k) => get(k).is_none(),
         })
     }
 }
@@ -160,15 +179,19 @@ impl FieldSelector {
             ) {
                 return Err(format!("field label not supported: {k}"));
             }
-            terms.push((k.to_string(), eq, v.trim().to_string()));
+            // Stored as a JSON pointer, ready for matching.
+            terms.push((
+                format!("/{}", k.replace('.', "/")),
+                eq,
+                v.trim().to_string(),
+            ));
         }
         Ok(FieldSelector(terms))
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(k, eq, v)| {
-            let ptr = format!("/{}", k.replace('.', "/"));
-            let actual = obj.pointer(&ptr).and_then(Value::as_str).unwrap_or("");
+        self.0.iter().all(|(ptr, eq, v)| {
+            let actual = obj.ptr(ptr).and_then(Value::as_str).unwrap_or("");
             (actual == v) == *eq
         })
     }
@@ -177,6 +200,7 @@ impl FieldSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

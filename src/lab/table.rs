@@ -3,13 +3,14 @@
 //!
 //! Owns: columns and cells. Must never: include `data` of any object.
 
+use super::objects::Ptr as _;
 use serde_json::{Value, json};
 
 use super::resources::Resource;
 
 fn age(obj: &Value) -> String {
     let Some(ts) = obj
-        .pointer("/metadata/creationTimestamp")
+        .ptr("/metadata/creationTimestamp")
         .and_then(Value::as_str)
         .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
     else {
@@ -27,7 +28,7 @@ fn age(obj: &Value) -> String {
 }
 
 fn int(obj: &Value, ptr: &str) -> i64 {
-    obj.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
+    obj.ptr(ptr).and_then(Value::as_i64).unwrap_or(0)
 }
 
 fn col(name: &str, ty: &str, priority: i32) -> Value {
@@ -36,20 +37,17 @@ fn col(name: &str, ty: &str, priority: i32) -> Value {
 }
 
 fn pod_status(p: &Value) -> String {
-    if p.pointer("/metadata/deletionTimestamp").is_some() {
+    if p.ptr("/metadata/deletionTimestamp").is_some() {
         return "Terminating".into();
     }
-    if let Some(cs) = p
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-    {
+    if let Some(cs) = p.ptr("/status/containerStatuses").and_then(Value::as_array) {
         for c in cs {
-            if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
+            if let Some(r) = c.ptr("/state/waiting/reason").and_then(Value::as_str) {
                 return r.to_string();
             }
         }
     }
-    p.pointer("/status/phase")
+    p.ptr("/status/phase")
         .and_then(Value::as_str)
         .unwrap_or("Pending")
         .to_string()
@@ -101,12 +99,12 @@ pub(crate) fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
             ],
             Box::new(|o: &Value| {
                 let cs = o
-                    .pointer("/status/containerStatuses")
+                    .ptr("/status/containerStatuses")
                     .and_then(Value::as_array)
                     .cloned()
                     .unwrap_or_default();
                 let total = o
-                    .pointer("/spec/containers")
+                    .ptr("/spec/containers")
                     .and_then(Value::as_array)
                     .map_or(0, Vec::len);
                 let ready = cs.iter().filter(|c| c["ready"] == true).count();
@@ -196,7 +194,7 @@ pub(crate) fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
             ],
             Box::new(|o: &Value| {
                 vec![json!(
-                    o.pointer("/spec/holderIdentity")
+                    o.ptr("/spec/holderIdentity")
                         .and_then(Value::as_str)
                         .unwrap_or("")
                 )]
@@ -228,12 +226,12 @@ pub(crate) fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
             c.insert(age_at.min(c.len()), json!(age(o)));
             if res.plural == "pods" {
                 c.push(json!(
-                    o.pointer("/status/podIP")
+                    o.ptr("/status/podIP")
                         .and_then(Value::as_str)
                         .unwrap_or("<none>")
                 ));
                 c.push(json!(
-                    o.pointer("/spec/nodeName")
+                    o.ptr("/spec/nodeName")
                         .and_then(Value::as_str)
                         .unwrap_or("<none>")
                 ));

@@ -20,6 +20,7 @@
 //! Owns: parsing and validating the file with file:line:column errors. Must never: start
 //! anything.
 
+use super::objects::Ptr as _;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -182,10 +183,7 @@ impl Topology {
                      StatefulSet, DaemonSet; coordination.k8s.io/v1 Lease",
                 ));
             }
-            if v.pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .is_none()
-            {
+            if v.ptr("/metadata/name").and_then(Value::as_str).is_none() {
                 return Err(err(
                     line,
                     column,
@@ -199,7 +197,7 @@ impl Topology {
             objects
                 .iter()
                 .find(|o| o["kind"] == "Namespace")
-                .and_then(|o| o.pointer("/metadata/name"))
+                .and_then(|o| o.ptr("/metadata/name"))
                 .and_then(Value::as_str)
                 .map(String::from)
         });
