@@ -355,3 +355,58 @@ async fn without_yes_a_rotation_pauses_before_narrowing() {
     env.assert_no_failures(&report);
     env.finish().await;
 }
+
+/// The most consumers rolling at once in a JSON event stream.
+fn peak_rolling(stdout: &str) -> usize {
+    let (mut now, mut peak) = (0usize, 0usize);
+    for l in stdout.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
+            continue;
+        };
+        match v["event"].as_str() {
+            Some("rollout_started") => {
+                now += 1;
+                peak = peak.max(now);
+            }
+            Some("rollout_finished") => now = now.saturating_sub(1),
+            _ => {}
+        }
+    }
+    peak
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_flag_overrides_the_playbook_budget() {
+    let env = Env::new();
+    env.up().await;
+    // Out of range: a usage error, nothing changes.
+    let before = env.store();
+    let bad = env.rotor(&["rotate", "--yes", "--concurrency", "0"]).await;
+    bad.assert_code(2);
+    assert!(bad.stderr.contains("--concurrency"), "{}", bad.stderr);
+    assert_eq!(env.store(), before);
+    // The playbook says 1: one consumer rolls at a time.
+    let one = env
+        .rotor(&["--output", "json", "rotate", "--yes", "--until", "S2"])
+        .await;
+    one.assert_code(0);
+    assert_eq!(peak_rolling(&one.stdout), 1);
+    env.rotor(&["rollback"]).await.assert_code(0);
+    // With --concurrency 3, the validators of T2 roll together.
+    let three = env
+        .rotor(&[
+            "--output",
+            "json",
+            "rotate",
+            "--yes",
+            "--until",
+            "S2",
+            "--concurrency",
+            "3",
+        ])
+        .await;
+    three.assert_code(0);
+    assert!(peak_rolling(&three.stdout) >= 2, "{}", three.stdout);
+    env.rotor(&["rollback"]).await.assert_code(0);
+    env.finish().await;
+}

@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// that the run that held it is really gone; a live lock is never taken.
     #[arg(long)]
     pub force: bool,
+    /// How many consumers of one wave may roll (and be proven) at once; overrides the
+    /// playbook's `concurrency` for this run (1 to 1024).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: Option<u16>,
 }
 
 /// `rotor rollback` arguments.
@@ -42,6 +46,10 @@ pub struct RollbackArgs {
     /// that the run that held it is really gone; a live lock is never taken.
     #[arg(long)]
     pub force: bool,
+    /// How many consumers of one wave may roll (and be proven) at once; overrides the
+    /// playbook's `concurrency` for this run (1 to 1024).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: Option<u16>,
 }
 
 struct Ask(Arc<Output>);
@@ -69,6 +77,19 @@ fn options(
     }
 }
 
+/// The playbook with the command line's `--concurrency`, if given.
+fn load_with(
+    path: &std::path::Path,
+    state_dir: Option<PathBuf>,
+    concurrency: Option<u16>,
+) -> Result<crate::playbook::Playbook, super::CliError> {
+    let mut pb = load(path, state_dir)?;
+    if let Some(n) = concurrency {
+        pb.concurrency = usize::from(n);
+    }
+    Ok(pb)
+}
+
 fn finish(out: &Output, report: &RunReport) -> Exit {
     if out.format() == Format::Json {
         out.json(&serde_json::json!({"event": "report", "report": report}));
@@ -82,14 +103,14 @@ fn finish(out: &Output, report: &RunReport) -> Exit {
 }
 
 pub(super) async fn rotate(a: RunArgs, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
-    let pb = load(&a.playbook, state_dir)?;
+    let pb = load_with(&a.playbook, state_dir, a.concurrency)?;
     let opts = options(out, a.yes, a.until, a.rollback_to, a.force);
     let report = engine(pb, out).await?.rotate(&opts).await?;
     Ok(finish(out, &report))
 }
 
 pub(super) async fn resume(a: RunArgs, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
-    let pb = load(&a.playbook, state_dir)?;
+    let pb = load_with(&a.playbook, state_dir, a.concurrency)?;
     let opts = options(out, a.yes, a.until, a.rollback_to, a.force);
     let report = engine(pb, out).await?.resume(&opts).await?;
     Ok(finish(out, &report))
@@ -100,7 +121,7 @@ pub(super) async fn rollback(
     state_dir: Option<PathBuf>,
     out: &Arc<Output>,
 ) -> CliResult {
-    let pb = load(&a.playbook, state_dir)?;
+    let pb = load_with(&a.playbook, state_dir, a.concurrency)?;
     let opts = options(out, true, None, a.to, a.force);
     let report = engine(pb, out).await?.rollback(&opts).await?;
     Ok(finish(out, &report))
