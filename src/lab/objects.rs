@@ -241,11 +241,15 @@ impl Store {
     }
 
     pub fn get(&self, res: &'static Resource, ns: &str, name: &str) -> Option<Value> {
-        self.lock()
+        let key = (ns.to_string(), name.to_string());
+        // Only the Arc is taken under the lock; the copy is made outside it.
+        let shared = self
+            .lock()
             .objects
             .get(res.plural)
-            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
-            .map(|v| Value::clone(v))
+            .and_then(|m| m.get(&key))
+            .cloned();
+        shared.map(|v| Value::clone(&v))
     }
 
     /// Every object of `res` (in `ns` when given), sorted by namespace and name, and the
@@ -263,31 +267,35 @@ impl Store {
         label: Option<(&str, &str)>,
         keep: impl Fn(&Value) -> bool,
     ) -> (Vec<Value>, u64) {
-        let inner = self.lock();
-        let Some(m) = inner.objects.get(res.plural) else {
-            return (Vec::new(), inner.rv);
+        let (shared, rv) = {
+            let inner = self.lock();
+            let Some(m) = inner.objects.get(res.plural) else {
+                return (Vec::new(), inner.rv);
+            };
+            let in_ns = |n: &String| ns.is_none_or(|ns| ns == n);
+            let shared: Vec<Arc<Value>> = match label {
+                // Only the objects carrying the label, in (namespace, name) order.
+                Some((k, v)) => inner
+                    .labels
+                    .get(res.plural)
+                    .and_then(|i| i.get(&(k.to_string(), v.to_string())))
+                    .into_iter()
+                    .flatten()
+                    .filter(|key| in_ns(&key.0))
+                    .filter_map(|key| m.get(key))
+                    .filter(|v| keep(v))
+                    .cloned()
+                    .collect(),
+                None => m
+                    .iter()
+                    .filter(|((n, _), v)| in_ns(n) && keep(v))
+                    .map(|(_, v)| v.clone())
+                    .collect(),
+            };
+            (shared, inner.rv)
         };
-        let in_ns = |n: &String| ns.is_none_or(|ns| ns == n);
-        let items = match label {
-            // Only the objects carrying the label, in (namespace, name) order.
-            Some((k, v)) => inner
-                .labels
-                .get(res.plural)
-                .and_then(|i| i.get(&(k.to_string(), v.to_string())))
-                .into_iter()
-                .flatten()
-                .filter(|key| in_ns(&key.0))
-                .filter_map(|key| m.get(key))
-                .filter(|v| keep(v))
-                .map(|v| Value::clone(v))
-                .collect(),
-            None => m
-                .iter()
-                .filter(|((n, _), v)| in_ns(n) && keep(v))
-                .map(|(_, v)| Value::clone(v))
-                .collect(),
-        };
-        (items, inner.rv)
+        // Copies are made outside the lock.
+        (shared.iter().map(|v| Value::clone(v)).collect(), rv)
     }
 
     /// Every object of `res` (in `ns` when given) without copying them: the controller's and
@@ -511,19 +519,22 @@ impl Store {
         res: &'static Resource,
         ns: Option<&str>,
     ) -> (Vec<Value>, u64, broadcast::Receiver<Arc<Event>>) {
-        let inner = self.lock();
-        let rx = self.events.subscribe();
-        let items = inner
-            .objects
-            .get(res.plural)
-            .map(|m| {
-                m.iter()
-                    .filter(|((n, _), _)| ns.is_none_or(|ns| ns == n))
-                    .map(|(_, v)| Value::clone(v))
-                    .collect()
-            })
-            .unwrap_or_default();
-        (items, inner.rv, rx)
+        let (shared, rv, rx) = {
+            let inner = self.lock();
+            let rx = self.events.subscribe();
+            let shared: Vec<Arc<Value>> = inner
+                .objects
+                .get(res.plural)
+                .map(|m| {
+                    m.iter()
+                        .filter(|((n, _), _)| ns.is_none_or(|ns| ns == n))
+                        .map(|(_, v)| v.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (shared, inner.rv, rx)
+        };
+        (shared.iter().map(|v| Value::clone(v)).collect(), rv, rx)
     }
 }
 
