@@ -45,6 +45,8 @@ use crate::secret::{Fingerprint, SecretValue};
 /// How often a rollout is polled at first, and at most.
 const POLL: Duration = Duration::from_millis(100);
 const POLL_MAX: Duration = Duration::from_millis(500);
+/// Between two polls that read the workload only, how often its pods are listed too.
+const PODS_EVERY: u32 = 4;
 /// How often one Secret write is re-decided after losing a race.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -528,8 +530,23 @@ impl KubernetesConsumer {
         let deadline = Instant::now() + self.timings.rollout_timeout;
         let mut poll = POLL;
         let mut gone: BTreeSet<String> = BTreeSet::new();
+        let mut polls: u32 = 0;
         loop {
             let view = self.view().await?;
+            // The pod list (the heaviest read) is taken when the workload says it has rolled
+            // out (the convergence gate), when it stalled or the deadline passed (to name the
+            // pods), and otherwise every few polls (crash loops, replaced instances).
+            let settled = view.rolled_out() && view.annotation.as_deref() == Some(expected);
+            let fresh = settled
+                || view.stalled.is_some()
+                || Instant::now() >= deadline
+                || polls.is_multiple_of(PODS_EVERY);
+            polls += 1;
+            if !fresh {
+                tokio::time::sleep(poll).await;
+                poll = (poll * 3 / 2).min(POLL_MAX);
+                continue;
+            }
             let pods = self.pods(&view.selector).await?;
             for p in old_pods {
                 if !gone.contains(p) && !pods.iter().any(|q| &q.name == p) {
