@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::{Run, StepError};
 use crate::consumer::{Consumer, Instance};
@@ -98,9 +98,10 @@ impl Run<'_> {
         for w in accept.iter().chain(reject) {
             values.push((*w, self.value_for_proof(*w).await?));
         }
-        // Consumers are proven concurrently, within the playbook's concurrency budget; the
-        // first failure in playbook order is the one reported.
-        let counts: Vec<Result<usize, StepError>> = futures_util::stream::iter(
+        // Consumers are proven concurrently, within the playbook's concurrency budget, and in
+        // order: the first failure in playbook order is reported and the probes still in
+        // flight are dropped (a failing fleet is not probed to the end before rolling back).
+        let counts: Vec<usize> = futures_util::stream::iter(
             self.e
                 .consumers
                 .iter()
@@ -108,12 +109,9 @@ impl Run<'_> {
                 .map(|c| self.prove_validator(c, &values, accept)),
         )
         .buffered(self.e.pb.concurrency.max(1))
-        .collect()
-        .await;
-        let mut count = 0;
-        for n in counts {
-            count += n?;
-        }
+        .try_collect()
+        .await?;
+        let count: usize = counts.iter().sum();
         let list = |ws: &[Which]| {
             ws.iter()
                 .map(|w| self.fp_str(*w))
