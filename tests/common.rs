@@ -55,6 +55,33 @@ pub struct Env {
     watcher: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A scratch directory (name starting with `prefix`) holding the playbook `file` written from
+/// `yaml`, its path, and the playbook loaded from it.
+pub fn scratch_playbook(
+    prefix: &str,
+    file: &str,
+    yaml: String,
+) -> (tempfile::TempDir, PathBuf, Playbook) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let playbook = dir.path().join(file);
+    std::fs::write(&playbook, yaml).unwrap();
+    let pb = rotor::playbook::load_file(&playbook).expect("test playbook loads");
+    (dir, playbook, pb)
+}
+
+/// A finished rotor run as [`Out`], its stdout and stderr kept in `outputs` for the leak check.
+pub fn record(outputs: &Mutex<Vec<String>>, out: std::process::Output) -> Out {
+    let o = Out {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let mut all = outputs.lock().unwrap();
+    all.push(o.stdout.clone());
+    all.push(o.stderr.clone());
+    o
+}
+
 pub fn rotor_exe() -> &'static str {
     env!("CARGO_BIN_EXE_rotor")
 }
@@ -73,13 +100,7 @@ impl Env {
     }
 
     pub fn with(edit: impl FnOnce(String) -> String) -> Env {
-        let dir = tempfile::Builder::new()
-            .prefix("rotor-test-")
-            .tempdir()
-            .unwrap();
-        let playbook = dir.path().join("demo.yaml");
-        std::fs::write(&playbook, demo_yaml(edit)).unwrap();
-        let pb = rotor::playbook::load_file(&playbook).expect("test playbook loads");
+        let (dir, playbook, pb) = scratch_playbook("rotor-test-", "demo.yaml", demo_yaml(edit));
         let values = Arc::new(Mutex::new(BTreeSet::new()));
         let watching = Arc::new(AtomicBool::new(true));
         let store = match &pb.store {
@@ -141,15 +162,7 @@ impl Env {
     }
 
     pub fn record(&self, out: std::process::Output) -> Out {
-        let o = Out {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        let mut all = self.outputs.lock().unwrap();
-        all.push(o.stdout.clone());
-        all.push(o.stderr.clone());
-        o
+        record(&self.outputs, out)
     }
 
     /// `init` + `up`.

@@ -16,7 +16,7 @@ use rotor::demo::load::{Load, LoadReport};
 use rotor::lab::{CrashMode, Fault, ImageSpec, Lab, LabHandle, LabOptions};
 use rotor::playbook::Playbook;
 
-use crate::common::{Out, rotor_exe, wait_for, walk};
+use crate::common::{Out, record, rotor_exe, scratch_playbook, wait_for, walk};
 
 const NS: &str = "demo";
 const STORE: &str = "service-secret-store";
@@ -54,13 +54,8 @@ impl K8sEnv {
     }
 
     async fn with(edit: impl FnOnce(String) -> String) -> K8sEnv {
-        let dir = tempfile::Builder::new()
-            .prefix("rotor-k8s-test-")
-            .tempdir()
-            .unwrap();
-        let playbook = dir.path().join("k8s-demo.yaml");
-        std::fs::write(&playbook, k8s_yaml(edit)).unwrap();
-        let pb = rotor::playbook::load_file(&playbook).expect("test playbook loads");
+        let (dir, playbook, pb) =
+            scratch_playbook("rotor-k8s-test-", "k8s-demo.yaml", k8s_yaml(edit));
         let mut topo = rotor::demo::lab_topology(None).unwrap();
         topo.images.insert(
             "rotor-demo-service".into(),
@@ -142,15 +137,7 @@ impl K8sEnv {
     }
 
     fn record(&self, out: std::process::Output) -> Out {
-        let o = Out {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        let mut all = self.outputs.lock().unwrap();
-        all.push(o.stdout.clone());
-        all.push(o.stderr.clone());
-        o
+        record(&self.outputs, out)
     }
 
     async fn up(&self) {
@@ -226,6 +213,30 @@ impl K8sEnv {
             .cloned()
     }
 
+    /// Every object of kind `K` in the namespace as (label, JSON text), for the leak check.
+    async fn dump<K>(&self, kind: &str) -> Vec<(String, String)>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + serde::Serialize,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        self.api::<K>()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| {
+                (
+                    format!("{kind} {:?}", o.meta().name),
+                    serde_json::to_string(&o).unwrap(),
+                )
+            })
+            .collect()
+    }
+
     /// Shuts the lab down and checks that no value leaked into any output, state file, pod log
     /// or API object other than the Secrets.
     async fn finish(mut self) {
@@ -243,31 +254,10 @@ impl K8sEnv {
             .enumerate()
             .map(|(i, t)| (format!("output #{i}"), t.clone()))
             .collect();
-        let lp = ListParams::default();
-        for cm in self.api::<ConfigMap>().list(&lp).await.unwrap() {
-            texts.push((
-                format!("configmap {:?}", cm.metadata.name),
-                serde_json::to_string(&cm).unwrap(),
-            ));
-        }
-        for l in self.api::<Lease>().list(&lp).await.unwrap() {
-            texts.push((
-                format!("lease {:?}", l.metadata.name),
-                serde_json::to_string(&l).unwrap(),
-            ));
-        }
-        for d in self.api::<Deployment>().list(&lp).await.unwrap() {
-            texts.push((
-                format!("deployment {:?}", d.metadata.name),
-                serde_json::to_string(&d).unwrap(),
-            ));
-        }
-        for p in self.api::<Pod>().list(&lp).await.unwrap() {
-            texts.push((
-                format!("pod {:?}", p.metadata.name),
-                serde_json::to_string(&p).unwrap(),
-            ));
-        }
+        texts.extend(self.dump::<ConfigMap>("configmap").await);
+        texts.extend(self.dump::<Lease>("lease").await);
+        texts.extend(self.dump::<Deployment>("deployment").await);
+        texts.extend(self.dump::<Pod>("pod").await);
         self.lab.take().unwrap().shutdown().await;
         for f in walk(self.dir.path()) {
             if let Ok(t) = std::fs::read(&f) {

@@ -65,11 +65,8 @@ impl Call {
         name: &str,
     ) -> Call {
         Call {
-            verb,
-            resource,
-            group,
-            namespace: namespace.to_string(),
             name: Some(name.to_string()),
+            ..Call::collection(verb, resource, group, namespace)
         }
     }
 

@@ -36,8 +36,7 @@ use super::{
 use crate::cluster::{Call, Cluster, ClusterError, retry};
 use crate::events::{Event, EventSink};
 use crate::playbook::{
-    ConsumerKind, ConsumerSpec, KubernetesSpec, Pickup, Playbook, SlotNames, SlotRef, Timings,
-    WorkloadKind,
+    ConsumerKind, ConsumerSpec, KubernetesSpec, Pickup, Playbook, SlotNames, Timings, WorkloadKind,
 };
 use crate::protocol::Role;
 use crate::secret::{Fingerprint, SecretValue};
@@ -542,71 +541,68 @@ impl KubernetesConsumer {
                 || Instant::now() >= deadline
                 || polls.is_multiple_of(PODS_EVERY);
             polls += 1;
-            if !fresh {
-                tokio::time::sleep(poll).await;
-                poll = (poll * 3 / 2).min(POLL_MAX);
-                continue;
-            }
-            let pods = self.pods(&view.selector).await?;
-            for p in old_pods {
-                if !gone.contains(p) && !pods.iter().any(|q| &q.name == p) {
-                    gone.insert(p.clone());
-                    events.emit(&Event::InstanceReplaced {
+            if fresh {
+                let pods = self.pods(&view.selector).await?;
+                for p in old_pods {
+                    if !gone.contains(p) && !pods.iter().any(|q| &q.name == p) {
+                        gone.insert(p.clone());
+                        events.emit(&Event::InstanceReplaced {
+                            consumer: self.name.clone(),
+                            old: Some(p.clone()),
+                            new: format!("{} pod", self.spec.workload.name),
+                            primary: d.primary.clone(),
+                            secondary: d.secondary.clone(),
+                        });
+                    }
+                }
+                if let Some(message) = &view.stalled {
+                    let stuck = pods
+                        .iter()
+                        .find(|p| p.annotation.as_deref() == Some(expected) && !p.ready);
+                    return Err(ConsumerError::NotReady {
                         consumer: self.name.clone(),
-                        old: Some(p.clone()),
-                        new: format!("{} pod", self.spec.workload.name),
-                        primary: d.primary.clone(),
-                        secondary: d.secondary.clone(),
+                        instance: stuck
+                            .map_or_else(|| self.spec.workload.name.clone(), |p| p.name.clone()),
+                        timeout: self.timings.rollout_timeout,
+                        detail: format!(
+                            "ProgressDeadlineExceeded: {message}{}",
+                            stuck
+                                .and_then(|p| p.waiting.as_ref())
+                                .map(|w| format!("; {w}"))
+                                .unwrap_or_default()
+                        ),
                     });
                 }
-            }
-            if let Some(message) = &view.stalled {
-                let stuck = pods
-                    .iter()
-                    .find(|p| p.annotation.as_deref() == Some(expected) && !p.ready);
-                return Err(ConsumerError::NotReady {
-                    consumer: self.name.clone(),
-                    instance: stuck
-                        .map_or_else(|| self.spec.workload.name.clone(), |p| p.name.clone()),
-                    timeout: self.timings.rollout_timeout,
-                    detail: format!(
-                        "ProgressDeadlineExceeded: {message}{}",
-                        stuck
-                            .and_then(|p| p.waiting.as_ref())
-                            .map(|w| format!("; {w}"))
-                            .unwrap_or_default()
-                    ),
-                });
-            }
-            if let Some(p) = pods.iter().find(|p| {
-                p.annotation.as_deref() == Some(expected)
-                    && !p.ready
-                    && !p.terminating
-                    && p.age > self.timings.readiness_timeout
-            }) {
-                return Err(ConsumerError::NotReady {
-                    consumer: self.name.clone(),
-                    instance: p.name.clone(),
-                    timeout: self.timings.readiness_timeout,
-                    detail: p
-                        .waiting
-                        .clone()
-                        .unwrap_or_else(|| "the pod never became Ready".into()),
-                });
-            }
-            let behind = Self::left_behind(&view, &pods, expected);
-            if view.rolled_out()
-                && view.annotation.as_deref() == Some(expected)
-                && behind.is_empty()
-            {
-                return Ok(old_pods.len());
-            }
-            if Instant::now() >= deadline {
-                return Err(ConsumerError::LeftBehind {
-                    consumer: self.name.clone(),
-                    timeout: self.timings.rollout_timeout,
-                    pods: behind,
-                });
+                if let Some(p) = pods.iter().find(|p| {
+                    p.annotation.as_deref() == Some(expected)
+                        && !p.ready
+                        && !p.terminating
+                        && p.age > self.timings.readiness_timeout
+                }) {
+                    return Err(ConsumerError::NotReady {
+                        consumer: self.name.clone(),
+                        instance: p.name.clone(),
+                        timeout: self.timings.readiness_timeout,
+                        detail: p
+                            .waiting
+                            .clone()
+                            .unwrap_or_else(|| "the pod never became Ready".into()),
+                    });
+                }
+                let behind = Self::left_behind(&view, &pods, expected);
+                if view.rolled_out()
+                    && view.annotation.as_deref() == Some(expected)
+                    && behind.is_empty()
+                {
+                    return Ok(old_pods.len());
+                }
+                if Instant::now() >= deadline {
+                    return Err(ConsumerError::LeftBehind {
+                        consumer: self.name.clone(),
+                        timeout: self.timings.rollout_timeout,
+                        pods: behind,
+                    });
+                }
             }
             tokio::time::sleep(poll).await;
             // Back off: a long rollout is polled less often, so hundreds of consumers rolling
@@ -620,23 +616,10 @@ impl KubernetesConsumer {
         primary: &Fingerprint,
         secondary: Option<&Fingerprint>,
     ) -> BTreeMap<String, Fingerprint> {
-        let n = &self.slot_names;
-        let mut names = BTreeMap::from([(n.primary.clone(), primary.clone())]);
-        if let (Some(name), Some(s)) = (&n.secondary, secondary) {
-            names.insert(name.clone(), s.clone());
-        }
-        for (alias, r) in &n.aliases {
-            match (r, secondary) {
-                (SlotRef::Primary, _) => {
-                    names.insert(alias.clone(), primary.clone());
-                }
-                (SlotRef::Secondary, Some(s)) => {
-                    names.insert(alias.clone(), s.clone());
-                }
-                (SlotRef::Secondary, None) => {}
-            }
-        }
-        names
+        super::by_name(&self.slot_names, primary, secondary)
+            .into_iter()
+            .map(|(name, fp)| (name, fp.clone()))
+            .collect()
     }
 }
 

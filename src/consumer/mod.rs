@@ -52,17 +52,7 @@ impl<'a> Desired<'a> {
         let takes_secondary =
             names.secondary.is_some() || names.aliases.values().any(|r| *r == SlotRef::Secondary);
         let secondary = slots.secondary.as_ref().filter(|_| takes_secondary);
-        let mut values: Vec<(String, &SecretValue)> = vec![(names.primary.clone(), &slots.primary)];
-        if let (Some(name), Some(v)) = (&names.secondary, secondary) {
-            values.push((name.clone(), v));
-        }
-        for (alias, r) in &names.aliases {
-            match (r, secondary) {
-                (SlotRef::Primary, _) => values.push((alias.clone(), &slots.primary)),
-                (SlotRef::Secondary, Some(v)) => values.push((alias.clone(), v)),
-                (SlotRef::Secondary, None) => {}
-            }
-        }
+        let values = by_name(names, &slots.primary, secondary);
         let by_name = values
             .iter()
             .map(|(k, v)| (k.clone(), v.fingerprint(secret)))
@@ -74,6 +64,24 @@ impl<'a> Desired<'a> {
             values,
         }
     }
+}
+
+/// What each declared name carries, given what the primary and secondary slots carry (values,
+/// fingerprints, …): the primary name, the secondary name when there is a secondary, then the
+/// aliases in order; a secondary alias is left out when there is no secondary.
+pub fn by_name<T: Clone>(names: &SlotNames, primary: T, secondary: Option<T>) -> Vec<(String, T)> {
+    let mut out = vec![(names.primary.clone(), primary.clone())];
+    if let (Some(name), Some(v)) = (&names.secondary, &secondary) {
+        out.push((name.clone(), v.clone()));
+    }
+    for (alias, r) in &names.aliases {
+        match (r, &secondary) {
+            (SlotRef::Primary, _) => out.push((alias.clone(), primary.clone())),
+            (SlotRef::Secondary, Some(v)) => out.push((alias.clone(), v.clone())),
+            (SlotRef::Secondary, None) => {}
+        }
+    }
+    out
 }
 
 /// Every slot and alias name a consumer declares.

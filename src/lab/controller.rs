@@ -353,6 +353,20 @@ impl Controller {
             .unwrap_or_else(|| "lab-node-1".into())
     }
 
+    /// The pod-template hash of workload `w`, computed once per generation.
+    fn hash_of(&mut self, w: &Value) -> String {
+        let generation = generation_of(w);
+        match self.hashes.get(uid_of(w)) {
+            Some((g, h)) if *g == generation => h.clone(),
+            _ => {
+                let h = template_hash(w.ptr("/spec/template").unwrap_or(&json!({})));
+                self.hashes
+                    .insert(uid_of(w).to_string(), (generation, h.clone()));
+                h
+            }
+        }
+    }
+
     fn write_status(&self, res: &'static Resource, obj: &Value, status: Value) {
         // The controller is the only writer of status: equal to the snapshot means no change.
         if obj.get("status") == Some(&status) {
@@ -480,15 +494,7 @@ impl Controller {
         let ns = namespace_of(d).to_string();
         let desired = d.ptr("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
         let generation = generation_of(d);
-        let hash = match self.hashes.get(uid_of(d)) {
-            Some((g, h)) if *g == generation => h.clone(),
-            _ => {
-                let h = template_hash(d.ptr("/spec/template").unwrap_or(&json!({})));
-                self.hashes
-                    .insert(uid_of(d).to_string(), (generation, h.clone()));
-                h
-            }
-        };
+        let hash = self.hash_of(d);
         let rs_name = format!("{name}-{hash}");
         // The ReplicaSet of the current template.
         let new_rs: Arc<Value> = match rss.iter().find(|r| name_of(r) == rs_name) {
@@ -885,15 +891,7 @@ impl Controller {
     fn daemonset(&mut self, d: &Value, pods: &[Arc<Value>]) {
         let res = resources::get("daemonsets");
         let generation = generation_of(d);
-        let hash = match self.hashes.get(uid_of(d)) {
-            Some((g, h)) if *g == generation => h.clone(),
-            _ => {
-                let h = template_hash(d.ptr("/spec/template").unwrap_or(&json!({})));
-                self.hashes
-                    .insert(uid_of(d).to_string(), (generation, h.clone()));
-                h
-            }
-        };
+        let hash = self.hash_of(d);
         let template = d.ptr("/spec/template").cloned().unwrap_or(json!({}));
         let desired = self.nodes.len() as i64;
         let on_delete = d.ptr("/spec/updateStrategy/type") == Some(&json!("OnDelete"));

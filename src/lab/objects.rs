@@ -96,6 +96,19 @@ fn label_pairs(v: &Value) -> impl Iterator<Item = (String, String)> + '_ {
 }
 
 impl Inner {
+    /// Every object of `res` (in `ns` when given), shared, in (namespace, name) order.
+    fn shared(&self, res: &'static Resource, ns: Option<&str>) -> Vec<Arc<Value>> {
+        self.objects
+            .get(res.plural)
+            .map(|m| {
+                m.iter()
+                    .filter(|((n, _), _)| ns.is_none_or(|ns| ns == n))
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Stores `obj` under `key`, keeping the label index in step.
     fn put(&mut self, res: &'static Resource, key: (String, String), obj: Arc<Value>) {
         self.take(res, &key);
@@ -301,17 +314,7 @@ impl Store {
     /// Every object of `res` (in `ns` when given) without copying them: the controller's and
     /// the kubelet's view, taken many times a second.
     pub fn list_shared(&self, res: &'static Resource, ns: Option<&str>) -> Vec<Arc<Value>> {
-        let inner = self.lock();
-        inner
-            .objects
-            .get(res.plural)
-            .map(|m| {
-                m.iter()
-                    .filter(|((n, _), _)| ns.is_none_or(|ns| ns == n))
-                    .map(|(_, v)| v.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.lock().shared(res, ns)
     }
 
     fn emit(&self, inner: &mut Inner, res: &'static Resource, kind: &'static str, obj: Arc<Value>) {
@@ -522,17 +525,7 @@ impl Store {
         let (shared, rv, rx) = {
             let inner = self.lock();
             let rx = self.events.subscribe();
-            let shared: Vec<Arc<Value>> = inner
-                .objects
-                .get(res.plural)
-                .map(|m| {
-                    m.iter()
-                        .filter(|((n, _), _)| ns.is_none_or(|ns| ns == n))
-                        .map(|(_, v)| v.clone())
-                        .collect()
-                })
-                .unwrap_or_default();
-            (shared, inner.rv, rx)
+            (inner.shared(res, ns), inner.rv, rx)
         };
         (shared.iter().map(|v| Value::clone(v)).collect(), rv, rx)
     }
