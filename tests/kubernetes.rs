@@ -18,13 +18,14 @@ use rotor::playbook::Playbook;
 
 use crate::common::{Out, record, rotor_exe, scratch_playbook, wait_for, walk};
 
-const NS: &str = "demo";
+pub(crate) const NS: &str = "demo";
 const STORE: &str = "service-secret-store";
 const JOURNAL: &str = "rotor-journal-service-secret-development";
 const LEASE: &str = "rotor-service-secret-development";
 
-/// The Kubernetes demo on a lab of its own, driven through the `rotor` binary.
-struct K8sEnv {
+/// The Kubernetes demo on a lab of its own, driven through the `rotor` binary. The lab also
+/// serves the Secret Manager API, so a playbook with a `gcp` store runs here too.
+pub(crate) struct K8sEnv {
     dir: tempfile::TempDir,
     playbook: PathBuf,
     pb: Playbook,
@@ -36,14 +37,12 @@ struct K8sEnv {
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// The demo playbook with test timings: no grace, a short Lease so takeover tests are quick.
-fn k8s_yaml(edit: impl FnOnce(String) -> String) -> String {
-    let y = rotor::demo::K8S_DEMO
-        .replace("grace: 1s ", "grace: 0s ")
-        .replace(
-            "  journal: configmap",
-            "  lease_duration: 4s\n  journal: configmap",
-        );
+/// A demo playbook with test timings: no grace, a short lock so takeover tests are quick.
+pub(crate) fn test_yaml(base: &str, edit: impl FnOnce(String) -> String) -> String {
+    let y = base.replace("grace: 1s ", "grace: 0s ").replace(
+        "  journal: configmap",
+        "  lease_duration: 4s\n  journal: configmap",
+    );
     assert!(y.contains("lease_duration: 4s") && y.contains("grace: 0s"));
     edit(y)
 }
@@ -54,8 +53,12 @@ impl K8sEnv {
     }
 
     async fn with(edit: impl FnOnce(String) -> String) -> K8sEnv {
-        let (dir, playbook, pb) =
-            scratch_playbook("rotor-k8s-test-", "k8s-demo.yaml", k8s_yaml(edit));
+        K8sEnv::from_yaml("k8s-demo.yaml", test_yaml(rotor::demo::K8S_DEMO, edit)).await
+    }
+
+    /// The lab demo topology with `yaml` (a playbook for it) in a scratch directory.
+    pub(crate) async fn from_yaml(file: &str, yaml: String) -> K8sEnv {
+        let (dir, playbook, pb) = scratch_playbook("rotor-k8s-test-", file, yaml);
         let mut topo = rotor::demo::lab_topology(None).unwrap();
         topo.images.insert(
             "rotor-demo-service".into(),
@@ -74,7 +77,8 @@ impl K8sEnv {
         let client = kube::Client::try_from(cfg).unwrap();
         let values = Arc::new(Mutex::new(BTreeSet::new()));
         let watching = Arc::new(AtomicBool::new(true));
-        // Every value that ever sits in the store Secret, so the leak check knows them all.
+        // Every value that ever sits in a Secret of the namespace (the store Secret, the
+        // workloads' Secrets), so the leak check knows them all.
         let watcher = {
             let (values, watching) = (values.clone(), watching.clone());
             let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
@@ -99,11 +103,15 @@ impl K8sEnv {
         }
     }
 
-    fn lab(&self) -> &LabHandle {
+    pub(crate) fn playbook(&self) -> &Playbook {
+        &self.pb
+    }
+
+    pub(crate) fn lab(&self) -> &LabHandle {
         self.lab.as_ref().unwrap()
     }
 
-    fn api<K>(&self) -> Api<K>
+    pub(crate) fn api<K>(&self) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         <K as kube::Resource>::DynamicType: Default,
@@ -112,11 +120,12 @@ impl K8sEnv {
     }
 
     /// `rotor <args> <playbook>` with the lab's kubeconfig.
-    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
+    pub(crate) fn command(&self, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(rotor_exe());
         cmd.args(args).arg(&self.playbook);
         cmd.current_dir(self.dir.path());
         cmd.env("KUBECONFIG", self.lab().kubeconfig_path());
+        cmd.env("ROTOR_GCP_ENDPOINT", self.lab().url());
         cmd.env_remove("ROTOR_FAILPOINT");
         cmd.env_remove("ROTOR_CONTEXT");
         for (k, v) in env {
@@ -127,32 +136,32 @@ impl K8sEnv {
         cmd
     }
 
-    async fn rotor(&self, args: &[&str]) -> Out {
+    pub(crate) async fn rotor(&self, args: &[&str]) -> Out {
         self.rotor_env(args, &[]).await
     }
 
-    async fn rotor_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+    pub(crate) async fn rotor_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
         let out = self.command(args, env).output().await.unwrap();
         self.record(out)
     }
 
-    fn record(&self, out: std::process::Output) -> Out {
+    pub(crate) fn record(&self, out: std::process::Output) -> Out {
         record(&self.outputs, out)
     }
 
-    async fn up(&self) {
+    pub(crate) async fn up(&self) {
         self.rotor(&["init"]).await.assert_code(0);
         self.rotor(&["up"]).await.assert_code(0);
     }
 
-    fn load(&self) -> Load {
+    pub(crate) fn load(&self) -> Load {
         let paths = rotor::demo::load::paths(&self.pb);
         assert_eq!(paths.len(), 3, "three signer→validator paths");
         Load::start(paths, 1, Duration::from_millis(3))
     }
 
     #[track_caller]
-    fn assert_no_failures(&self, r: &LoadReport) {
+    pub(crate) fn assert_no_failures(&self, r: &LoadReport) {
         assert_eq!(
             r.failed_requests, 0,
             "failed requests: {:#?}",
@@ -164,7 +173,7 @@ impl K8sEnv {
     }
 
     /// The journal ConfigMap's journal, as JSON.
-    async fn journal(&self) -> serde_json::Value {
+    pub(crate) async fn journal(&self) -> serde_json::Value {
         let cm: ConfigMap = self.api().get(JOURNAL).await.unwrap();
         let text = cm.data.unwrap_or_default().remove("journal.json").unwrap();
         serde_json::from_str(&text).unwrap()
@@ -203,7 +212,7 @@ impl K8sEnv {
     }
 
     /// The pod-template annotation rotor set on a Deployment.
-    async fn template_annotation(&self, deployment: &str) -> Option<String> {
+    pub(crate) async fn template_annotation(&self, deployment: &str) -> Option<String> {
         let d: Deployment = self.api().get(deployment).await.unwrap();
         d.spec?
             .template
@@ -239,7 +248,7 @@ impl K8sEnv {
 
     /// Shuts the lab down and checks that no value leaked into any output, state file, pod log
     /// or API object other than the Secrets.
-    async fn finish(mut self) {
+    pub(crate) async fn finish(mut self) {
         self.watching.store(false, Ordering::Relaxed);
         if let Some(w) = self.watcher.take() {
             w.await.unwrap();
@@ -289,16 +298,22 @@ impl K8sEnv {
 }
 
 async fn collect_values(secrets: &Api<Secret>, values: &Mutex<BTreeSet<String>>) {
-    let Ok(s) = secrets.get(STORE).await else {
+    let Ok(list) = secrets.list(&ListParams::default()).await else {
         return;
     };
     let mut set = values.lock().unwrap();
-    for v in s.data.unwrap_or_default().into_values() {
-        set.insert(String::from_utf8_lossy(&v.0).into_owned());
+    for s in list {
+        for v in s.data.unwrap_or_default().into_values() {
+            let text = String::from_utf8_lossy(&v.0).into_owned();
+            // The topology's placeholders are not generated values.
+            if !text.starts_with("lab-placeholder") {
+                set.insert(text);
+            }
+        }
     }
 }
 
-fn stages(out: &Out) -> Vec<String> {
+pub(crate) fn stages(out: &Out) -> Vec<String> {
     out.last_json()["report"]["stages"]
         .as_array()
         .unwrap()

@@ -3,6 +3,8 @@
 mod cli;
 mod common;
 mod crash;
+mod gcp;
+mod gcp_lab;
 mod kubernetes;
 mod kubernetes_lock;
 mod lab;

@@ -55,6 +55,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         "export KUBECONFIG={}",
         lab.kubeconfig_path().display()
     ));
+    say(&format!(
+        "export {}={}   # the Secret Manager API v1 on the same address",
+        rotor::store::gcp::ENDPOINT_ENV,
+        lab.url()
+    ));
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

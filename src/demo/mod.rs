@@ -112,9 +112,15 @@ pub async fn run_lab(
     workers: usize,
     interval: Duration,
 ) -> Result<(DemoReport, Option<EngineError>), LabDemoError> {
+    let mut pb = pb;
     let mut opts = LabOptions::new(topology, dir.join("lab"));
     opts.fleet_dir = pb.state_dir.join("fleet");
     let lab = Lab::start(opts).await?;
+    // A Secret Manager store lives in the lab too (it serves that API on the same address).
+    if let StoreSpec::Gcp(spec) = &mut pb.store {
+        spec.endpoint = Some(lab.url());
+        spec.credentials = crate::playbook::GcpCredentials::Anonymous;
+    }
     events.emit(&crate::events::Event::Note {
         message: format!(
             "lab API server at {} (kubeconfig {})",

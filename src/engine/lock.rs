@@ -21,7 +21,9 @@
 //!   duration and an operator forced a takeover). From then on the guard never writes the
 //!   lock again, and the engine stops before its next journal write or step.
 
+pub mod gcp;
 pub mod lease;
+pub mod remote;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -104,6 +106,9 @@ pub enum LockError {
     /// The cluster refused or failed a lock call.
     #[error("lock: {0}")]
     Cluster(Box<ClusterError>),
+    /// The store that keeps the lock refused or failed a call.
+    #[error("lock: {0}")]
+    Store(Box<crate::store::StoreError>),
     /// I/O failure.
     #[error("lock {path}: {source}")]
     Io {
@@ -151,14 +156,26 @@ pub trait RotationLock: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// The lock the playbook names: its cluster's Lease (`cluster.lock: lease`), else the file
-/// lock in its state directory. `events` hears about takeovers and lost leases.
+/// The lock the playbook names: for a Secret Manager store an annotation on the secret, else its
+/// cluster's Lease (`cluster.lock: lease`), else the file lock in its state directory. `events` hears about takeovers and lost leases.
 pub fn open(
     pb: &crate::playbook::Playbook,
     cluster: Option<&crate::cluster::Cluster>,
     events: Option<std::sync::Arc<dyn crate::events::EventSink>>,
 ) -> Result<Box<dyn RotationLock>, ClusterError> {
-    use crate::playbook::LockKind;
+    use crate::playbook::{LockKind, StoreSpec};
+    if let StoreSpec::Gcp(spec) = &pb.store {
+        let duration = pb
+            .cluster
+            .as_ref()
+            .map_or(remote::DEFAULT_DURATION, |c| c.lease_duration);
+        let store = std::sync::Arc::new(crate::store::gcp::GcpStore::new(spec, &pb.secret));
+        let lock = gcp::GcpLock::new(store).with_duration(duration);
+        return Ok(Box::new(match events {
+            Some(e) => lock.with_events(e),
+            None => lock,
+        }));
+    }
     match pb.cluster.as_ref() {
         Some(spec) if spec.lock == LockKind::Lease => {
             let cluster = cluster.ok_or_else(|| ClusterError::Connect {

@@ -1183,7 +1183,9 @@ impl<'e> Run<'e> {
                 self.e.store.set_state(&a, VersionState::Destroyed).await?;
                 self.store_event(format!("version {a} ({}) destroyed", self.fp_str(Which::A)));
                 failpoint::hit(t, dir, "store");
-                self.prove_store(State::S5).await
+                let proof = self.prove_store(State::S5).await?;
+                self.e.store.rotation_finished().await?;
+                Ok(proof)
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The HTTP API: discovery, CRUD, patch, watch and the `/status` subresources of the resource
 //! table, speaking the Kubernetes wire protocol (JSON only, no authentication: any bearer
 //! token is accepted and ignored), plus the lab's admin endpoints `/lab/v1/faults` and
-//! `/lab/v1/stats`.
+//! `/lab/v1/stats`. `/v1/...` goes to the Secret Manager (`super::secretmanager`).
 //!
 //! Owns: URL parsing, verbs, preconditions, defaulting and validation of written objects, fault
 //! injection at the request boundary, statistics. Must never: log request or object bodies
@@ -19,7 +19,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use base64::Engine;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// `<lab dir>/logs`, for `pods/log`.
     pub logs_dir: std::path::PathBuf,
+    /// The Secret Manager API under `/v1/`.
+    pub secret_manager: super::secretmanager::SecretManagerLab,
 }
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -50,6 +52,19 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(list_faults).post(add_fault).delete(clear_faults),
         )
         .route("/lab/v1/stats", get(stats))
+        .route(
+            "/lab/v1/secretmanager/stats",
+            get(super::secretmanager::admin_stats),
+        )
+        .route(
+            "/lab/v1/secretmanager/access-log",
+            get(super::secretmanager::admin_access_log),
+        )
+        .route(
+            "/lab/v1/secretmanager/secrets",
+            get(super::secretmanager::admin_secrets),
+        )
+        .route("/v1/{*path}", any(super::secretmanager::handle))
         .fallback(handle)
         .with_state(shared)
 }

@@ -14,6 +14,15 @@
 //! - `{"kind": "forbid", "verb": "patch", "resource": "secrets", "namespace": "demo",
 //!   "user": "system:serviceaccount:demo:rotor"}`: 403 with the RBAC message.
 //!
+//! - `{"kind": "gcp", "method": "access", "secret": "db-password", "effect": "unavailable",
+//!   "count": 2}`: the next `count` matching Secret Manager calls (or each with `probability`)
+//!   answer 429 RESOURCE_EXHAUSTED with Google's quota message (`resource_exhausted`), 503
+//!   UNAVAILABLE (`unavailable`), 500 INTERNAL (`internal`), or wait `delay_ms` (default 1000)
+//!   and then proceed (`delay`). `method` is one of create, get, list, update, delete,
+//!   add_version, get_version, list_versions, access, enable, disable, destroy,
+//!   get_iam_policy, set_iam_policy, test_iam_permissions or `*`; `secret` (default any) is a
+//!   secret id (`db-password`), a full name (`projects/p/secrets/db-password`) or `*`.
+//!
 //! `verb` is one of get, list, watch, create, update, patch, delete, deletecollection or `*`;
 //! `resource` is a plural, optionally with `/status`, or `*`.
 //!
@@ -48,6 +57,68 @@ pub enum ApiEffect {
     Timeout,
     /// Hang `hang_ms`, then serve the request normally.
     Delay,
+}
+
+/// What a Secret Manager (`gcp`) fault answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GcpEffect {
+    /// 429 RESOURCE_EXHAUSTED, with Google's quota message and `ErrorInfo` details.
+    ResourceExhausted,
+    /// 503 UNAVAILABLE "The service is currently unavailable."
+    Unavailable,
+    /// 500 INTERNAL "Internal error encountered."
+    Internal,
+    /// Wait `delay_ms` (default 1000), then serve the call normally.
+    Delay,
+}
+
+/// A Secret Manager method, as faults and statistics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GcpMethod {
+    Create,
+    Get,
+    List,
+    Update,
+    Delete,
+    AddVersion,
+    GetVersion,
+    ListVersions,
+    Access,
+    Enable,
+    Disable,
+    Destroy,
+    GetIamPolicy,
+    SetIamPolicy,
+    TestIamPermissions,
+    /// Any method (`"*"`); only meaningful in a fault.
+    #[serde(rename = "*")]
+    Any,
+}
+
+impl GcpMethod {
+    /// The snake_case name (`add_version`), as in faults and `/lab/v1/secretmanager/stats`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GcpMethod::Create => "create",
+            GcpMethod::Get => "get",
+            GcpMethod::List => "list",
+            GcpMethod::Update => "update",
+            GcpMethod::Delete => "delete",
+            GcpMethod::AddVersion => "add_version",
+            GcpMethod::GetVersion => "get_version",
+            GcpMethod::ListVersions => "list_versions",
+            GcpMethod::Access => "access",
+            GcpMethod::Enable => "enable",
+            GcpMethod::Disable => "disable",
+            GcpMethod::Destroy => "destroy",
+            GcpMethod::GetIamPolicy => "get_iam_policy",
+            GcpMethod::SetIamPolicy => "set_iam_policy",
+            GcpMethod::TestIamPermissions => "test_iam_permissions",
+            GcpMethod::Any => "*",
+        }
+    }
 }
 
 /// One fault.
@@ -93,6 +164,38 @@ pub enum Fault {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<String>,
     },
+    /// Matching Secret Manager calls fail or wait.
+    Gcp {
+        method: GcpMethod,
+        /// A secret id, a full secret name or `*`; absent means any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
+        effect: GcpEffect,
+        /// For `delay`; default 1000.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delay_ms: Option<u64>,
+        /// Apply to the next `count` matching calls only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
+        /// Apply to each matching call with this probability (0..=1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        probability: Option<f64>,
+    },
+}
+
+/// Whether a `gcp` fault's `secret` names `secret` (a full name, possibly empty for list
+/// calls).
+fn secret_matches(pattern: &Option<String>, secret: &str) -> bool {
+    match pattern.as_deref() {
+        None | Some("*") => true,
+        Some(p) => {
+            !secret.is_empty()
+                && (p == secret
+                    || secret
+                        .rsplit_once("/secrets/")
+                        .is_some_and(|(_, id)| id == p))
+        }
+    }
 }
 
 /// A request as the fault matcher sees it.
@@ -223,6 +326,43 @@ impl Faults {
             faults.remove(i);
         }
         Some(inj)
+    }
+}
+
+impl Faults {
+    /// The `gcp` fault that applies to a Secret Manager call on `secret` (a full secret name,
+    /// empty for list calls), consuming one use of a counted fault: the effect and the delay.
+    pub(crate) fn check_gcp(&self, method: GcpMethod, secret: &str) -> Option<(GcpEffect, u64)> {
+        let mut faults = self.lock();
+        let mut hit = None;
+        for (i, (f, used)) in faults.iter_mut().enumerate() {
+            if let Fault::Gcp {
+                method: m,
+                secret: pattern,
+                effect,
+                delay_ms,
+                count,
+                probability,
+            } = f
+                && (*m == GcpMethod::Any || *m == method)
+                && secret_matches(pattern, secret)
+            {
+                if let Some(p) = probability
+                    && rand::random::<f64>() >= *p
+                {
+                    continue;
+                }
+                *used += 1;
+                let spent = count.is_some_and(|c| *used >= c);
+                hit = Some((i, spent, (*effect, delay_ms.unwrap_or(1_000))));
+                break;
+            }
+        }
+        let (i, spent, out) = hit?;
+        if spent {
+            faults.remove(i);
+        }
+        Some(out)
     }
 }
 

@@ -8,7 +8,8 @@
 //! resource table), `controller` (Deployments, StatefulSets, DaemonSets, ReplicaSets),
 //! `kubelet` (pod processes, readiness, restarts, termination), `endpoints` (the fleet's
 //! `endpoints.json` files), `inprocess` (in-process pods), `faults` (fault injection and
-//! statistics), `topology` (the topology file).
+//! statistics), `topology` (the topology file), `secretmanager` (Google Cloud Secret
+//! Manager's REST API v1 on the same address).
 //!
 //! Owns: everything under the lab's `dir` and the endpoints files under `fleet_dir`, and the
 //! processes it starts (stopped by pid on shutdown). Must never: log Secret data or pod
@@ -24,6 +25,7 @@ mod kubelet;
 mod objects;
 mod patch;
 mod resources;
+mod secretmanager;
 mod selector;
 mod table;
 mod topology;
@@ -42,7 +44,11 @@ use tokio::sync::watch;
 
 pub use endpoints::EndpointsFile;
 pub use error::LabError;
-pub use faults::{ApiEffect, CrashMode, Fault, Faults, Stats};
+pub use faults::{ApiEffect, CrashMode, Fault, Faults, GcpEffect, GcpMethod, Stats};
+pub use secretmanager::{
+    AccessRecord, SecretManagerLab, SecretManagerStats, SecretSnapshot, VersionSnapshot,
+    VersionState,
+};
 pub use topology::{INPROCESS_IMAGE, ImageSpec, NodeSpec, Topology};
 
 /// The default drain: time between a pod leaving the endpoints and its SIGTERM.
@@ -232,6 +238,7 @@ impl Lab {
             addr,
             shutdown: rx.clone(),
             logs_dir: opts.dir.join("logs"),
+            secret_manager: SecretManagerLab::new(addr),
         });
         let mut tasks = Vec::new();
         let app = api::router(shared.clone());
@@ -324,6 +331,12 @@ impl LabHandle {
     /// Request statistics so far.
     pub fn stats(&self) -> Stats {
         self.shared.stats.snapshot()
+    }
+
+    /// The Secret Manager API served on the same address: its endpoint, statistics, access
+    /// log, and the secrets' state without going through HTTP.
+    pub fn secret_manager(&self) -> &SecretManagerLab {
+        &self.shared.secret_manager
     }
 
     /// Stops the controllers, terminates every pod (SIGTERM, then SIGKILL after at most 5s)

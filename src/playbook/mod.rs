@@ -141,6 +141,37 @@ pub enum StoreSpec {
         /// Secret name.
         name: String,
     },
+    /// A Google Cloud Secret Manager secret: slots as version aliases, history and rotation
+    /// metadata in annotations.
+    Gcp(GcpStoreSpec),
+}
+
+/// Where a Secret Manager store lives and how rotor talks to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcpStoreSpec {
+    /// Project id.
+    pub project: String,
+    /// Secret id in the project.
+    pub name: String,
+    /// API endpoint (`https://secretmanager.googleapis.com` unless overridden by the playbook or
+    /// `ROTOR_GCP_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// How rotor authenticates.
+    pub credentials: GcpCredentials,
+    /// How long one call is retried on 429/503 before the step fails.
+    pub retry_deadline: Duration,
+    /// Least time between two writes to the secret (quota pacing).
+    pub write_interval: Duration,
+}
+
+/// Credentials for Secret Manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcpCredentials {
+    /// Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's user
+    /// credentials, or the metadata server (workload identity on GKE, Cloud Run's identity).
+    Default,
+    /// No credentials: only for emulators and the lab.
+    Anonymous,
 }
 
 /// Waits and deadlines of a rotation.

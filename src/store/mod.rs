@@ -5,6 +5,7 @@
 //! factory that opens the backend a playbook names. One file per backend. Must never: log or
 //! return a value except from [`Store::read_value`].
 
+pub mod gcp;
 pub mod kubernetes;
 pub mod local;
 mod model;
@@ -151,6 +152,16 @@ pub enum StoreError {
         #[source]
         source: Box<crate::cluster::ClusterError>,
     },
+    /// A remote store refused or failed a call (after retries where that made sense).
+    #[error("store {store}: {detail}\n  help: {help}")]
+    Remote {
+        /// The store's description.
+        store: String,
+        /// What failed, with the backend's own status and message (never a value).
+        detail: String,
+        /// What to do.
+        help: String,
+    },
     /// I/O failure.
     #[error("store {store}: {action}: {source}")]
     Io {
@@ -192,6 +203,18 @@ pub trait Store: Send + Sync {
     /// Changes a version's state. Enabled↔Disabled both ways; Destroyed is final and removes
     /// the value. A version in a slot cannot be disabled or destroyed.
     async fn set_state(&self, version: &str, state: VersionState) -> Result<(), StoreError>;
+
+    /// When the backend's own schedule says the next rotation is due (Secret Manager's
+    /// `rotation.next_rotation_time`); `None` when it keeps no schedule.
+    async fn next_rotation(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Records that a rotation reached S5 (last rotation time, the backend's schedule
+    /// advanced by one period). Idempotent.
+    async fn rotation_finished(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Opens the store a playbook names; `cluster` is the connection when the playbook uses one.
@@ -209,6 +232,7 @@ pub fn open(
             name,
             &playbook.secret,
         )),
+        StoreSpec::Gcp(spec) => Box::new(gcp::GcpStore::new(spec, &playbook.secret)),
     })
 }
 

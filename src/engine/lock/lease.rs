@@ -9,27 +9,13 @@
 //! - annotation `rotor.dev/holder`: the rest of the [`Holder`] as JSON (command, rotation,
 //!   stage, since), so a refused run can say what the holder is doing.
 //!
-//! Rules:
-//! - A lease is live until `renewTime + leaseDurationSeconds` (by this machine's clock). A live
-//!   lease is never taken, not even with `--force`. An expired one is taken over only with
-//!   `--force`: the operator confirms that the run that held it is really gone.
-//! - Every write is a replace carrying the resourceVersion that was read (or a create). A 409
-//!   means someone else wrote in between: rotor re-reads and decides again; it never
-//!   overwrites what it did not read.
-//! - While held, a background task renews the lease every `leaseDuration / 3` and writes a new
-//!   stage as soon as [`LockGuard::set_stage`] records it. If a renewal finds another holder
-//!   (this run failed to renew for a whole lease duration and an operator forced a takeover),
-//!   the guard is *lost*: the task emits an event and stops, [`LockGuard::lost`] names the new
-//!   holder, `set_stage` and `release` never touch the lease again, and the engine stops before
-//!   its next step or journal write.
-//! - Release clears `holderIdentity` (guarded by resourceVersion) so the next run need not wait
-//!   for the lease to expire. A guard dropped without release stops renewing, and the lease
-//!   lapses after its duration.
+//! The rules (live claims never taken, `--force` only after expiry, guarded writes, renewal
+//! every third of the duration, lost guards, release) are [`super::remote`]'s; this module maps
+//! a [`Holder`] onto a Lease and reads and writes it with the resourceVersion it read.
 //!
 //! Must never: write a lease it does not hold, or hold anything but who holds it.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,23 +23,19 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
 
-use super::{Holder, LockError, LockGuard, RotationLock};
+use super::remote::{Backend, MAX_RACES, RecordLock, Write};
+use super::{Holder, LockError};
 use crate::cluster::{Call, Cluster, ClusterError, retry};
-use crate::events::{Event, EventSink};
 
 /// Annotation holding the [`Holder`] as JSON.
 pub const HOLDER_ANNOTATION: &str = "rotor.dev/holder";
 /// Label every object rotor creates carries.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "rotor");
 /// How long a lease lives without renewal.
-pub const DEFAULT_DURATION: Duration = Duration::from_secs(30);
+pub const DEFAULT_DURATION: Duration = super::remote::DEFAULT_DURATION;
 const GROUP: &str = "coordination.k8s.io";
 const RESOURCE: &str = "leases";
-/// How many 409s in a row one decision tolerates before giving up.
-const MAX_RACES: usize = 8;
 
 /// `rotor-<secret>-<environment>`.
 pub fn lease_name(secret: &str, environment: &str) -> String {
@@ -61,141 +43,120 @@ pub fn lease_name(secret: &str, environment: &str) -> String {
 }
 
 /// The Lease lock of one secret and environment.
-pub struct LeaseLock {
-    ctx: Arc<Ctx>,
-}
-
-/// What the lock and its renewal task share.
-struct Ctx {
-    api: Api<Lease>,
-    namespace: String,
-    name: String,
-    duration: Duration,
-    events: Option<Arc<dyn EventSink>>,
-}
+pub type LeaseLock = RecordLock<LeaseBackend>;
 
 impl LeaseLock {
     /// The lock `rotor-<secret>-<environment>` in the cluster's namespace.
     pub fn new(cluster: &Cluster, secret: &str, environment: &str) -> LeaseLock {
         let namespace = cluster.namespace().to_string();
-        LeaseLock {
-            ctx: Arc::new(Ctx {
-                api: Api::namespaced(cluster.client(), &namespace),
-                namespace,
-                name: lease_name(secret, environment),
-                duration: DEFAULT_DURATION,
-                events: None,
-            }),
-        }
-    }
-
-    /// Sets the lease duration (at least 3 s; renewals run every third of it).
-    pub fn with_duration(mut self, duration: Duration) -> LeaseLock {
-        self.ctx_mut().duration = duration.max(Duration::from_secs(3));
-        self
-    }
-
-    /// Reports takeovers, failed renewals and a lost lease to `events` (besides the log).
-    pub fn with_events(mut self, events: Arc<dyn EventSink>) -> LeaseLock {
-        self.ctx_mut().events = Some(events);
-        self
-    }
-
-    fn ctx_mut(&mut self) -> &mut Ctx {
-        Arc::get_mut(&mut self.ctx).expect("configured before use")
+        RecordLock::with_backend(LeaseBackend {
+            api: Api::namespaced(cluster.client(), &namespace),
+            namespace,
+            name: lease_name(secret, environment),
+        })
     }
 
     /// The Lease's name.
     pub fn name(&self) -> &str {
-        &self.ctx.name
+        &self.backend().name
     }
 }
 
-impl Ctx {
+/// A Lease as a lock record.
+pub struct LeaseBackend {
+    api: Api<Lease>,
+    namespace: String,
+    name: String,
+}
+
+impl LeaseBackend {
     fn call(&self, verb: &'static str) -> Call {
         Call::new(verb, RESOURCE, GROUP, &self.namespace, &self.name)
     }
+}
 
-    async fn get(&self) -> Result<Option<Lease>, ClusterError> {
-        retry(&self.call("get"), || self.api.get_opt(&self.name)).await
+fn seconds(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
+}
+
+#[async_trait]
+impl Backend for LeaseBackend {
+    type Record = Lease;
+
+    async fn get(&self) -> Result<Option<Lease>, LockError> {
+        Ok(retry(&self.call("get"), || self.api.get_opt(&self.name)).await?)
     }
 
-    async fn create(&self, lease: &Lease) -> Result<Lease, ClusterError> {
+    async fn put(&self, next: &Lease, create: bool) -> Result<Lease, Write> {
         let pp = PostParams::default();
-        retry(&self.call("create"), || self.api.create(&pp, lease)).await
-    }
-
-    /// Replace guarded by the resourceVersion in `lease.metadata`.
-    async fn replace(&self, lease: &Lease) -> Result<Lease, ClusterError> {
-        let pp = PostParams::default();
-        retry(&self.call("update"), || {
-            self.api.replace(&self.name, &pp, lease)
-        })
-        .await
-    }
-
-    fn note(&self, message: String) {
-        tracing::warn!(lease = %self.name, "{message}");
-        if let Some(events) = &self.events {
-            events.emit(&Event::Note { message });
-        }
-    }
-
-    fn seconds(&self) -> i32 {
-        i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX)
-    }
-
-    /// One renewal (or stage update) of the lease this guard holds.
-    async fn renew(&self, shared: &Mutex<Shared>, holder: &Holder) -> Result<(), Renewal> {
-        let mut last = shared.lock().expect("lease mutex").last.clone();
-        for _ in 0..MAX_RACES {
-            let next = renewed(&last, holder, Utc::now(), self.seconds());
-            match self.replace(&next).await {
-                Ok(written) => {
-                    shared.lock().expect("lease mutex").last = written;
-                    return Ok(());
-                }
-                Err(e) if e.is_conflict() || e.is_not_found() => match self.get().await {
-                    // Still ours (a retried write landed, or someone edited labels): go again.
-                    Ok(Some(now)) if same_claim(&now, &last) => last = now,
-                    Ok(now) => return Err(Renewal::Lost(foreign(now.as_ref()))),
-                    Err(e) => return Err(Renewal::Failed(e)),
-                },
-                Err(e) => return Err(Renewal::Failed(e)),
+        let r = if create {
+            retry(&self.call("create"), || self.api.create(&pp, next)).await
+        } else {
+            // Replace guarded by the resourceVersion in `next.metadata`.
+            retry(&self.call("update"), || {
+                self.api.replace(&self.name, &pp, next)
+            })
+            .await
+        };
+        r.map_err(|e| {
+            if e.is_conflict() || e.is_not_found() {
+                Write::Raced
+            } else {
+                Write::Failed(e.into())
             }
-        }
-        Err(Renewal::Failed(self.races()))
+        })
     }
 
-    fn races(&self) -> ClusterError {
+    fn holder_of(&self, r: &Lease) -> Option<Holder> {
+        holder_of(r)
+    }
+
+    fn claim(
+        &self,
+        current: Option<&Lease>,
+        holder: &Holder,
+        now: DateTime<Utc>,
+        duration: Duration,
+    ) -> Lease {
+        claim(
+            current,
+            &self.name,
+            &self.namespace,
+            holder,
+            now,
+            seconds(duration),
+        )
+    }
+
+    fn renewed(
+        &self,
+        last: &Lease,
+        holder: &Holder,
+        now: DateTime<Utc>,
+        duration: Duration,
+    ) -> Lease {
+        renewed(last, holder, now, seconds(duration))
+    }
+
+    fn released(&self, last: &Lease, now: DateTime<Utc>) -> Lease {
+        released(last, now)
+    }
+
+    fn same_claim(&self, a: &Lease, b: &Lease) -> bool {
+        same_claim(a, b)
+    }
+
+    fn describe(&self) -> String {
+        self.call("get").target()
+    }
+
+    fn races(&self) -> LockError {
         ClusterError::Conflict {
             target: self.call("update").target(),
             message: format!("still changing after {MAX_RACES} attempts"),
         }
+        .into()
     }
-}
-
-/// Why a renewal did not happen.
-enum Renewal {
-    /// Someone else holds the lease now.
-    Lost(Holder),
-    /// The API server did not take it (retried already); the next tick tries again.
-    Failed(ClusterError),
-}
-
-/// The holder to report when the lease is no longer ours.
-fn foreign(lease: Option<&Lease>) -> Holder {
-    lease.and_then(holder_of).unwrap_or_else(|| {
-        let now = Utc::now();
-        Holder {
-            identity: "nobody (the lease was released or deleted by someone else)".into(),
-            command: "-".into(),
-            rotation: None,
-            stage: "-".into(),
-            since: now,
-            expires: now,
-        }
-    })
 }
 
 // ---- pure decisions -----------------------------------------------------------------------
@@ -246,31 +207,6 @@ pub fn holder_of(lease: &Lease) -> Option<Holder> {
             expires,
         },
     })
-}
-
-/// What `acquire` does with a lease it read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Take it: it is free, or expired and `force` was given (`from` is the previous holder).
-    Take {
-        /// The holder whose expired lease is taken over.
-        from: Option<Holder>,
-    },
-    /// Someone holds it and renews it.
-    Held(Holder),
-    /// Its holder stopped renewing it; taking it over needs `force`.
-    Expired(Holder),
-}
-
-/// The acquisition rule: free → take; live → held (even with `force`); expired → take only with
-/// `force`.
-pub fn decide(lease: &Lease, now: DateTime<Utc>, force: bool) -> Decision {
-    match holder_of(lease) {
-        None => Decision::Take { from: None },
-        Some(h) if now < h.expires => Decision::Held(h),
-        Some(h) if force => Decision::Take { from: Some(h) },
-        Some(h) => Decision::Expired(h),
-    }
 }
 
 fn annotations(lease: &Lease, holder: Option<&Holder>) -> Option<BTreeMap<String, String>> {
@@ -364,223 +300,14 @@ pub fn same_claim(a: &Lease, b: &Lease) -> bool {
         && ka == key(b)
 }
 
-// ---- the lock -----------------------------------------------------------------------------
-
-#[async_trait]
-impl RotationLock for LeaseLock {
-    async fn acquire(&self, holder: Holder, force: bool) -> Result<Box<dyn LockGuard>, LockError> {
-        let ctx = &self.ctx;
-        // The claim this call wrote last, to recognise it if a retried write landed twice.
-        let mut attempted: Option<Lease> = None;
-        for _ in 0..MAX_RACES {
-            let now = Utc::now();
-            let current = ctx.get().await?;
-            if let (Some(cur), Some(mine)) = (&current, &attempted)
-                && same_claim(cur, mine)
-            {
-                return Ok(self.guard(cur.clone(), holder));
-            }
-            let from = match current.as_ref().map(|l| decide(l, now, force)) {
-                None => None,
-                Some(Decision::Take { from }) => from,
-                Some(Decision::Held(h)) => return Err(LockError::Held(h)),
-                Some(Decision::Expired(h)) => return Err(LockError::Expired(Box::new(h))),
-            };
-            let next = claim(
-                current.as_ref(),
-                &ctx.name,
-                &ctx.namespace,
-                &holder,
-                now,
-                ctx.seconds(),
-            );
-            attempted = Some(next.clone());
-            let written = match &current {
-                None => ctx.create(&next).await,
-                Some(_) => ctx.replace(&next).await,
-            };
-            match written {
-                Ok(lease) => {
-                    if let Some(prev) = from {
-                        ctx.note(format!(
-                            "took over lease {} with --force from {} ({}, at stage {}), whose lease expired at {}",
-                            ctx.name,
-                            prev.identity,
-                            prev.command,
-                            prev.stage,
-                            prev.expires.format("%Y-%m-%d %H:%M:%S UTC")
-                        ));
-                    }
-                    let mut h = holder;
-                    h.since = now;
-                    return Ok(self.guard(lease, h));
-                }
-                // Someone else wrote first: read again and decide again.
-                Err(e) if e.is_conflict() || e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ctx.races().into())
-    }
-
-    async fn holder(&self) -> Result<Option<Holder>, LockError> {
-        Ok(self.ctx.get().await?.as_ref().and_then(holder_of))
-    }
-
-    fn describe(&self) -> String {
-        self.ctx.call("get").target()
-    }
-}
-
-impl LeaseLock {
-    fn guard(&self, lease: Lease, holder: Holder) -> Box<dyn LockGuard> {
-        let shared = Arc::new(Mutex::new(Shared {
-            last: lease,
-            lost: None,
-        }));
-        let (stage_tx, stage_rx) = watch::channel(holder);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(renew_loop(
-            self.ctx.clone(),
-            shared.clone(),
-            stage_rx,
-            stop_rx,
-        ));
-        Box::new(LeaseGuard {
-            ctx: self.ctx.clone(),
-            stage: stage_tx,
-            shared,
-            stop: Mutex::new(Some(stop_tx)),
-            task: Mutex::new(Some(task)),
-        })
-    }
-}
-
-/// State the guard and its renewal task share.
-struct Shared {
-    /// The lease as this run last wrote it (carries the resourceVersion for the next write).
-    last: Lease,
-    /// Who took the lease over, once a renewal found out.
-    lost: Option<Holder>,
-}
-
-/// A held lease.
-struct LeaseGuard {
-    ctx: Arc<Ctx>,
-    stage: watch::Sender<Holder>,
-    shared: Arc<Mutex<Shared>>,
-    stop: Mutex<Option<oneshot::Sender<()>>>,
-    task: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// Renews every `duration / 3`, and at once when the stage changes, until told to stop or
-/// until the lease is lost.
-async fn renew_loop(
-    ctx: Arc<Ctx>,
-    shared: Arc<Mutex<Shared>>,
-    mut stage: watch::Receiver<Holder>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let period = ctx.duration / 3;
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            changed = stage.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(period) => {}
-        }
-        let holder = stage.borrow_and_update().clone();
-        match ctx.renew(&shared, &holder).await {
-            Ok(()) => {}
-            Err(Renewal::Lost(by)) => {
-                ctx.note(format!(
-                    "lost lease {}: {} ({}) holds it now; this run stops before its next step and writes nothing more",
-                    ctx.name, by.identity, by.command
-                ));
-                shared.lock().expect("lease mutex").lost = Some(by);
-                return;
-            }
-            Err(Renewal::Failed(e)) => {
-                let expires = holder_of(&shared.lock().expect("lease mutex").last)
-                    .map(|h| h.expires.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-                    .unwrap_or_default();
-                ctx.note(format!(
-                    "could not renew lease {} (it lapses at {expires} unless a later renewal succeeds): {e}",
-                    ctx.name
-                ));
-            }
-        }
-    }
-}
-
-impl LeaseGuard {
-    /// Stops the renewal task and waits for a renewal in flight, so nothing writes after.
-    async fn stop(&self) {
-        if let Some(tx) = self.stop.lock().expect("lease mutex").take() {
-            let _ = tx.send(());
-        }
-        let task = self.task.lock().expect("lease mutex").take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
-    }
-}
-
-#[async_trait]
-impl LockGuard for LeaseGuard {
-    fn set_stage(&self, rotation: Option<&str>, stage: &str) {
-        if self.lost().is_some() {
-            return;
-        }
-        self.stage.send_modify(|h| {
-            if let Some(r) = rotation {
-                h.rotation = Some(r.to_string());
-            }
-            h.stage = stage.to_string();
-        });
-    }
-
-    fn lost(&self) -> Option<Holder> {
-        self.shared.lock().expect("lease mutex").lost.clone()
-    }
-
-    async fn release(self: Box<Self>) -> Result<(), LockError> {
-        self.stop().await;
-        let (mut last, lost) = {
-            let s = self.shared.lock().expect("lease mutex");
-            (s.last.clone(), s.lost.clone())
-        };
-        if lost.is_some() {
-            // Not ours any more: leave it to its holder.
-            return Ok(());
-        }
-        for _ in 0..MAX_RACES {
-            match self.ctx.replace(&released(&last, Utc::now())).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_not_found() => return Ok(()),
-                Err(e) if e.is_conflict() => match self.ctx.get().await? {
-                    Some(now) if same_claim(&now, &last) => last = now,
-                    // Taken over (or released) by someone else meanwhile: not ours to clear.
-                    _ => return Ok(()),
-                },
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(self.ctx.races().into())
-    }
-}
-
-impl Drop for LeaseGuard {
-    fn drop(&mut self) {
-        // Fallback when release was not called: stop renewing; the lease lapses on its own.
-        if let Some(task) = self.task.lock().expect("lease mutex").take() {
-            task.abort();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::remote::{self, Decision};
     use super::*;
+
+    fn decide(l: &Lease, now: DateTime<Utc>, force: bool) -> Decision {
+        remote::decide(holder_of(l), now, force)
+    }
 
     fn me(stage: &str) -> Holder {
         let mut h = Holder::me("rotate");

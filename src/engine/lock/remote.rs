@@ -1,0 +1,457 @@
+//! A lock kept in a remote record that is only ever written guarded by the version read just
+//! before (a Kubernetes Lease and its resourceVersion, a Secret Manager secret and its etag).
+//!
+//! Owns the rules every such lock shares, once:
+//! - A claim is live until its expiry (by this machine's clock). A live claim is never taken,
+//!   not even with `--force`; an expired one is taken over only with `--force` (the operator
+//!   confirms that the run that held it is really gone).
+//! - Every write carries the version that was read (or creates the record). A lost race means
+//!   someone else wrote in between: rotor re-reads and decides again; it never overwrites what
+//!   it did not read.
+//! - While held, a background task renews the claim every `duration / 3` and writes a new stage
+//!   as soon as [`LockGuard::set_stage`] records it. If a renewal finds another holder (this run
+//!   failed to renew for a whole duration and an operator forced a takeover), the guard is
+//!   *lost*: the task emits an event and stops, [`LockGuard::lost`] names the new holder,
+//!   `set_stage` and `release` never touch the record again, and the engine stops before its
+//!   next step or journal write.
+//! - Release clears the claim (guarded the same way) so the next run need not wait for it to
+//!   expire. A guard dropped without release stops renewing, and the claim lapses.
+//!
+//! A [`Backend`] supplies the record's reads and guarded writes and the pure mapping between a
+//! record and a [`Holder`]. Must never: write a record it does not hold, or hold anything but
+//! who holds it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::{Holder, LockError, LockGuard, RotationLock};
+use crate::events::{Event, EventSink};
+
+/// How long a claim lives without renewal unless configured otherwise.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(30);
+/// How many lost races in a row one decision tolerates before giving up.
+pub const MAX_RACES: usize = 8;
+
+/// Why a guarded write did not happen.
+pub enum Write {
+    /// Someone else wrote first (version mismatch, or the record vanished): read again.
+    Raced,
+    /// The write failed for another reason.
+    Failed(LockError),
+}
+
+/// Where a lock record lives and how a holder maps onto it.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The record as read, carrying the version its next write is guarded by.
+    type Record: Clone + Send + Sync + 'static;
+
+    /// The record, or `None` when there is none yet.
+    async fn get(&self) -> Result<Option<Self::Record>, LockError>;
+    /// Writes `next`: creates it when `current` was `None`, else replaces it guarded by the
+    /// version `next` carries.
+    async fn put(&self, next: &Self::Record, create: bool) -> Result<Self::Record, Write>;
+    /// Who holds the record (expiry included), or `None` when it is free.
+    fn holder_of(&self, r: &Self::Record) -> Option<Holder>;
+    /// `current` (or a new record) as claimed by `holder` at `now` for `duration`.
+    fn claim(
+        &self,
+        current: Option<&Self::Record>,
+        holder: &Holder,
+        now: DateTime<Utc>,
+        duration: Duration,
+    ) -> Self::Record;
+    /// `last` (the holder's own last write) renewed at `now` with `holder`'s current stage.
+    fn renewed(
+        &self,
+        last: &Self::Record,
+        holder: &Holder,
+        now: DateTime<Utc>,
+        duration: Duration,
+    ) -> Self::Record;
+    /// `last` given back: no holder.
+    fn released(&self, last: &Self::Record, now: DateTime<Utc>) -> Self::Record;
+    /// Whether `a` and `b` record the same acquisition (the holder's token).
+    fn same_claim(&self, a: &Self::Record, b: &Self::Record) -> bool;
+    /// Where the record lives (`leases/rotor-x in namespace demo`).
+    fn describe(&self) -> String;
+    /// The error when races never end.
+    fn races(&self) -> LockError;
+}
+
+/// What `acquire` does with a record it read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Take it: it is free, or expired and `force` was given (`from` is the previous holder).
+    Take {
+        /// The holder whose expired claim is taken over.
+        from: Option<Holder>,
+    },
+    /// Someone holds it and renews it.
+    Held(Holder),
+    /// Its holder stopped renewing it; taking it over needs `force`.
+    Expired(Holder),
+}
+
+/// The acquisition rule: free → take; live → held (even with `force`); expired → take only with
+/// `force`.
+pub fn decide(holder: Option<Holder>, now: DateTime<Utc>, force: bool) -> Decision {
+    match holder {
+        None => Decision::Take { from: None },
+        Some(h) if now < h.expires => Decision::Held(h),
+        Some(h) if force => Decision::Take { from: Some(h) },
+        Some(h) => Decision::Expired(h),
+    }
+}
+
+/// A lock in a remote record.
+pub struct RecordLock<B: Backend> {
+    ctx: Arc<Ctx<B>>,
+}
+
+/// What the lock and its renewal task share.
+struct Ctx<B: Backend> {
+    backend: B,
+    duration: Duration,
+    events: Option<Arc<dyn EventSink>>,
+}
+
+impl<B: Backend> RecordLock<B> {
+    /// A lock in `backend`'s record, with the default duration.
+    pub fn with_backend(backend: B) -> RecordLock<B> {
+        RecordLock {
+            ctx: Arc::new(Ctx {
+                backend,
+                duration: DEFAULT_DURATION,
+                events: None,
+            }),
+        }
+    }
+
+    /// Sets the claim's duration (at least 3 s; renewals run every third of it).
+    pub fn with_duration(mut self, duration: Duration) -> RecordLock<B> {
+        self.ctx_mut().duration = duration.max(Duration::from_secs(3));
+        self
+    }
+
+    /// Reports takeovers, failed renewals and a lost claim to `events` (besides the log).
+    pub fn with_events(mut self, events: Arc<dyn EventSink>) -> RecordLock<B> {
+        self.ctx_mut().events = Some(events);
+        self
+    }
+
+    fn ctx_mut(&mut self) -> &mut Ctx<B> {
+        Arc::get_mut(&mut self.ctx).expect("configured before use")
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.ctx.backend
+    }
+
+    fn guard(&self, record: B::Record, holder: Holder) -> Box<dyn LockGuard> {
+        let shared = Arc::new(Mutex::new(Shared {
+            last: record,
+            lost: None,
+        }));
+        let (stage_tx, stage_rx) = watch::channel(holder);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let task = tokio::spawn(renew_loop(
+            self.ctx.clone(),
+            shared.clone(),
+            stage_rx,
+            stop_rx,
+        ));
+        Box::new(Guard {
+            ctx: self.ctx.clone(),
+            stage: stage_tx,
+            shared,
+            stop: Mutex::new(Some(stop_tx)),
+            task: Mutex::new(Some(task)),
+        })
+    }
+}
+
+impl<B: Backend> Ctx<B> {
+    fn note(&self, message: String) {
+        tracing::warn!(lock = %self.backend.describe(), "{message}");
+        if let Some(events) = &self.events {
+            events.emit(&Event::Note { message });
+        }
+    }
+
+    /// One renewal (or stage update) of the record this guard holds.
+    async fn renew(
+        &self,
+        shared: &Mutex<Shared<B::Record>>,
+        holder: &Holder,
+    ) -> Result<(), Renewal> {
+        let b = &self.backend;
+        let mut last = shared.lock().expect("lock mutex").last.clone();
+        for _ in 0..MAX_RACES {
+            let next = b.renewed(&last, holder, Utc::now(), self.duration);
+            match b.put(&next, false).await {
+                Ok(written) => {
+                    shared.lock().expect("lock mutex").last = written;
+                    return Ok(());
+                }
+                Err(Write::Raced) => match b.get().await {
+                    // Still ours (a retried write landed, or someone edited other fields): go
+                    // again.
+                    Ok(Some(now)) if b.same_claim(&now, &last) => last = now,
+                    Ok(now) => {
+                        return Err(Renewal::Lost(foreign(
+                            now.as_ref().and_then(|r| b.holder_of(r)),
+                        )));
+                    }
+                    Err(e) => return Err(Renewal::Failed(e)),
+                },
+                Err(Write::Failed(e)) => return Err(Renewal::Failed(e)),
+            }
+        }
+        Err(Renewal::Failed(b.races()))
+    }
+}
+
+/// Why a renewal did not happen.
+enum Renewal {
+    /// Someone else holds the record now.
+    Lost(Holder),
+    /// The write did not go through (retried already); the next tick tries again.
+    Failed(LockError),
+}
+
+/// The holder to report when the record is no longer ours.
+fn foreign(holder: Option<Holder>) -> Holder {
+    holder.unwrap_or_else(|| {
+        let now = Utc::now();
+        Holder {
+            identity: "nobody (the lock was released or deleted by someone else)".into(),
+            command: "-".into(),
+            rotation: None,
+            stage: "-".into(),
+            since: now,
+            expires: now,
+        }
+    })
+}
+
+#[async_trait]
+impl<B: Backend> RotationLock for RecordLock<B> {
+    async fn acquire(&self, holder: Holder, force: bool) -> Result<Box<dyn LockGuard>, LockError> {
+        let ctx = &self.ctx;
+        let b = &ctx.backend;
+        // The claim this call wrote last, to recognise it if a retried write landed twice.
+        let mut attempted: Option<B::Record> = None;
+        for _ in 0..MAX_RACES {
+            let now = Utc::now();
+            let current = b.get().await?;
+            if let (Some(cur), Some(mine)) = (&current, &attempted)
+                && b.same_claim(cur, mine)
+            {
+                return Ok(self.guard(cur.clone(), holder));
+            }
+            let from = match current.as_ref().map(|r| decide(b.holder_of(r), now, force)) {
+                None => None,
+                Some(Decision::Take { from }) => from,
+                Some(Decision::Held(h)) => return Err(LockError::Held(h)),
+                Some(Decision::Expired(h)) => return Err(LockError::Expired(Box::new(h))),
+            };
+            let next = b.claim(current.as_ref(), &holder, now, ctx.duration);
+            attempted = Some(next.clone());
+            match b.put(&next, current.is_none()).await {
+                Ok(record) => {
+                    if let Some(prev) = from {
+                        ctx.note(format!(
+                            "took over the lock {} with --force from {} ({}, at stage {}), whose claim expired at {}",
+                            b.describe(),
+                            prev.identity,
+                            prev.command,
+                            prev.stage,
+                            prev.expires.format("%Y-%m-%d %H:%M:%S UTC")
+                        ));
+                    }
+                    let mut h = holder;
+                    h.since = now;
+                    return Ok(self.guard(record, h));
+                }
+                // Someone else wrote first: read again and decide again.
+                Err(Write::Raced) => continue,
+                Err(Write::Failed(e)) => return Err(e),
+            }
+        }
+        Err(b.races())
+    }
+
+    async fn holder(&self) -> Result<Option<Holder>, LockError> {
+        let b = &self.ctx.backend;
+        Ok(b.get().await?.as_ref().and_then(|r| b.holder_of(r)))
+    }
+
+    fn describe(&self) -> String {
+        self.ctx.backend.describe()
+    }
+}
+
+/// State the guard and its renewal task share.
+struct Shared<R> {
+    /// The record as this run last wrote it (carries the version for the next write).
+    last: R,
+    /// Who took the lock over, once a renewal found out.
+    lost: Option<Holder>,
+}
+
+/// A held claim.
+struct Guard<B: Backend> {
+    ctx: Arc<Ctx<B>>,
+    stage: watch::Sender<Holder>,
+    shared: Arc<Mutex<Shared<B::Record>>>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Renews every `duration / 3`, and at once when the stage changes, until told to stop or
+/// until the claim is lost.
+async fn renew_loop<B: Backend>(
+    ctx: Arc<Ctx<B>>,
+    shared: Arc<Mutex<Shared<B::Record>>>,
+    mut stage: watch::Receiver<Holder>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let period = ctx.duration / 3;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            changed = stage.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(period) => {}
+        }
+        let holder = stage.borrow_and_update().clone();
+        match ctx.renew(&shared, &holder).await {
+            Ok(()) => {}
+            Err(Renewal::Lost(by)) => {
+                ctx.note(format!(
+                    "lost the lock {}: {} ({}) holds it now; this run stops before its next step and writes nothing more",
+                    ctx.backend.describe(),
+                    by.identity,
+                    by.command
+                ));
+                shared.lock().expect("lock mutex").lost = Some(by);
+                return;
+            }
+            Err(Renewal::Failed(e)) => {
+                let expires = ctx
+                    .backend
+                    .holder_of(&shared.lock().expect("lock mutex").last)
+                    .map(|h| h.expires.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                    .unwrap_or_default();
+                ctx.note(format!(
+                    "could not renew the lock {} (it lapses at {expires} unless a later renewal succeeds): {e}",
+                    ctx.backend.describe()
+                ));
+            }
+        }
+    }
+}
+
+impl<B: Backend> Guard<B> {
+    /// Stops the renewal task and waits for a renewal in flight, so nothing writes after.
+    async fn stop(&self) {
+        if let Some(tx) = self.stop.lock().expect("lock mutex").take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.lock().expect("lock mutex").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+#[async_trait]
+impl<B: Backend> LockGuard for Guard<B> {
+    fn set_stage(&self, rotation: Option<&str>, stage: &str) {
+        if self.lost().is_some() {
+            return;
+        }
+        self.stage.send_modify(|h| {
+            if let Some(r) = rotation {
+                h.rotation = Some(r.to_string());
+            }
+            h.stage = stage.to_string();
+        });
+    }
+
+    fn lost(&self) -> Option<Holder> {
+        self.shared.lock().expect("lock mutex").lost.clone()
+    }
+
+    async fn release(self: Box<Self>) -> Result<(), LockError> {
+        self.stop().await;
+        let (mut last, lost) = {
+            let s = self.shared.lock().expect("lock mutex");
+            (s.last.clone(), s.lost.clone())
+        };
+        if lost.is_some() {
+            // Not ours any more: leave it to its holder.
+            return Ok(());
+        }
+        let b = &self.ctx.backend;
+        for _ in 0..MAX_RACES {
+            match b.put(&b.released(&last, Utc::now()), false).await {
+                Ok(_) => return Ok(()),
+                Err(Write::Raced) => match b.get().await? {
+                    Some(now) if b.same_claim(&now, &last) => last = now,
+                    // Taken over, released or deleted by someone else meanwhile: not ours.
+                    _ => return Ok(()),
+                },
+                Err(Write::Failed(e)) => return Err(e),
+            }
+        }
+        Err(b.races())
+    }
+}
+
+impl<B: Backend> Drop for Guard<B> {
+    fn drop(&mut self) {
+        // Fallback when release was not called: stop renewing; the claim lapses on its own.
+        if let Some(task) = self.task.lock().expect("lock mutex").take() {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(expires: &str) -> Holder {
+        let mut h = Holder::me("rotate");
+        h.stage = "T3 promote forward".into();
+        h.expires = expires.parse().unwrap();
+        h
+    }
+
+    #[test]
+    fn live_claims_are_held_expired_ones_need_force() {
+        let live: DateTime<Utc> = "2026-01-02T03:00:29Z".parse().unwrap();
+        let dead: DateTime<Utc> = "2026-01-02T03:00:31Z".parse().unwrap();
+        let h = || Some(holder("2026-01-02T03:00:30Z"));
+        assert!(
+            matches!(decide(h(), live, false), Decision::Held(h) if h.stage == "T3 promote forward")
+        );
+        assert!(
+            matches!(decide(h(), live, true), Decision::Held(_)),
+            "force never takes a live claim"
+        );
+        assert!(matches!(decide(h(), dead, false), Decision::Expired(_)));
+        assert!(matches!(
+            decide(h(), dead, true),
+            Decision::Take { from: Some(_) }
+        ));
+        assert_eq!(decide(None, live, false), Decision::Take { from: None });
+    }
+}

@@ -1,0 +1,323 @@
+//! rotor with a Google Cloud Secret Manager store end to end on the lab, which serves the
+//! Secret Manager API v1 beside the Kubernetes API: `playbooks/gcp-k8s.yaml` (the value's home
+//! is the secret `projects/rotor-lab/secrets/service-secret`, slots are its version aliases, the
+//! lock is its `rotor-lock` annotation; consumers are the demo's three Deployments) rotated by
+//! the real `rotor` binary under load, with rollbacks, races and 429/503 storms.
+
+use std::time::Duration;
+
+use rotor::lab::{Fault, GcpEffect, GcpMethod, SecretSnapshot, VersionState};
+
+use crate::common::wait_for;
+use crate::kubernetes::{K8sEnv, stages, test_yaml};
+
+const SECRET: &str = "projects/rotor-lab/secrets/service-secret";
+const PLAYBOOK: &str = include_str!("../playbooks/gcp-k8s.yaml");
+
+async fn gcp_env(edit: impl FnOnce(String) -> String) -> K8sEnv {
+    K8sEnv::from_yaml("gcp-k8s.yaml", test_yaml(PLAYBOOK, edit)).await
+}
+
+fn secret(env: &K8sEnv) -> SecretSnapshot {
+    env.lab()
+        .secret_manager()
+        .secret(SECRET)
+        .expect("the secret exists")
+}
+
+fn alias(s: &SecretSnapshot, name: &str) -> Option<i64> {
+    s.version_aliases.get(name).copied()
+}
+
+fn state(s: &SecretSnapshot, n: i64) -> VersionState {
+    s.versions.iter().find(|v| v.number == n).unwrap().state
+}
+
+/// The fingerprint rotor recorded for the version in the primary alias.
+fn primary_fp(env: &K8sEnv) -> String {
+    let s = secret(env);
+    let n = alias(&s, "rotor-primary").expect("a primary alias");
+    s.annotations[&format!("rotor-fp-{n}")].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_full_rotation_under_load_has_no_failed_request() {
+    let env = gcp_env(|y| y).await;
+    env.up().await;
+    let s = secret(&env);
+    assert_eq!(alias(&s, "rotor-primary"), Some(1));
+    assert_eq!(alias(&s, "rotor-secondary"), None);
+    assert_eq!(s.annotations["rotor-secret"], "service-secret");
+    assert!(s.annotations["rotor-fp-1"].starts_with("sha256:"));
+    let a = primary_fp(&env);
+    env.rotor(&["check"]).await.assert_code(0);
+    let load = env.load();
+    let log = env.lab().secret_manager().access_log();
+    let out = env.rotor(&["--output", "json", "rotate", "--yes"]).await;
+    out.assert_code(0);
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    assert_eq!(
+        stages(&out),
+        [
+            "T1.forward",
+            "T2.forward",
+            "T3.forward",
+            "T4.forward",
+            "T5.forward"
+        ]
+    );
+    let s = secret(&env);
+    assert_eq!(alias(&s, "rotor-primary"), Some(2), "{s:?}");
+    assert_eq!(alias(&s, "rotor-secondary"), None, "{s:?}");
+    assert_eq!(state(&s, 1), VersionState::Destroyed);
+    assert_eq!(state(&s, 2), VersionState::Enabled);
+    let b = primary_fp(&env);
+    assert_ne!(a, b);
+    // History: the destroyed version's fingerprint stays; the lock was given back.
+    assert_eq!(s.annotations["rotor-fp-1"], a);
+    assert!(!s.annotations.contains_key("rotor-lock"), "{s:?}");
+    assert!(s.annotations.contains_key("rotor-last-rotation"));
+    // Every Deployment runs the new value alone.
+    for d in ["auth", "backend", "analytics"] {
+        assert_eq!(env.template_annotation(d).await.unwrap(), b, "{d}");
+    }
+    // Version 1 was read while enabled only; nothing was read once it was disabled.
+    let accesses = &env.lab().secret_manager().access_log()[log.len()..];
+    assert!(!accesses.is_empty(), "rotor never accessed a version");
+    for r in accesses {
+        assert_eq!(r.state, "ENABLED", "{r:?}");
+        assert!(r.ok, "{r:?}");
+    }
+    env.rotor(&["check"]).await.assert_code(0);
+    assert_eq!(env.journal().await["state"], "S5");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_rollback_from_each_stage_returns_to_s0_under_load() {
+    let env = gcp_env(|y| y).await;
+    env.up().await;
+    let a = primary_fp(&env);
+    let load = env.load();
+    for until in ["S1", "S2", "S3", "S4"] {
+        env.rotor(&["rotate", "--yes", "--until", until])
+            .await
+            .assert_code(0);
+        let j = env.journal().await;
+        assert_eq!(j["state"], until);
+        let b_version: i64 = j["new"]["version"].as_str().unwrap().parse().unwrap();
+        let s = secret(&env);
+        match until {
+            "S1" | "S2" => {
+                assert_eq!(alias(&s, "rotor-primary"), Some(1));
+                assert_eq!(alias(&s, "rotor-secondary"), Some(b_version));
+            }
+            "S3" => {
+                assert_eq!(alias(&s, "rotor-primary"), Some(b_version));
+                assert_eq!(alias(&s, "rotor-secondary"), Some(1));
+            }
+            _ => {
+                assert_eq!(alias(&s, "rotor-primary"), Some(b_version));
+                assert_eq!(alias(&s, "rotor-secondary"), None);
+                assert_eq!(state(&s, 1), VersionState::Disabled);
+            }
+        }
+        env.rotor(&["rollback"]).await.assert_code(0);
+        let j = env.journal().await;
+        assert_eq!(j["state"], "S0", "after rollback from {until}");
+        assert_eq!(j["status"], "rolled_back");
+        let s = secret(&env);
+        assert_eq!(
+            alias(&s, "rotor-primary"),
+            Some(1),
+            "after rollback from {until}"
+        );
+        assert_eq!(
+            alias(&s, "rotor-secondary"),
+            None,
+            "after rollback from {until}"
+        );
+        assert_eq!(state(&s, 1), VersionState::Enabled);
+        assert_eq!(
+            state(&s, b_version),
+            VersionState::Destroyed,
+            "B is destroyed by T1's inverse"
+        );
+        assert_eq!(primary_fp(&env), a);
+        for d in ["auth", "backend", "analytics"] {
+            assert_eq!(
+                env.template_annotation(d).await.unwrap(),
+                a,
+                "{d} after {until}"
+            );
+        }
+        env.rotor(&["check"]).await.assert_code(0);
+    }
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_two_rotors_race_one_holds_the_annotation_lock_the_other_names_it() {
+    let env = gcp_env(|y| y).await;
+    env.up().await;
+    let first = env
+        .command(&["rotate", "--yes"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the first rotor to reach T2",
+        Duration::from_secs(60),
+        async || {
+            secret(&env)
+                .annotations
+                .get("rotor-lock")
+                .is_some_and(|h| h.contains("T2"))
+        },
+    )
+    .await;
+    let second = env.rotor(&["rotate", "--yes"]).await;
+    second.assert_code(4);
+    assert!(
+        second
+            .stderr
+            .contains("another rotation of this secret is running"),
+        "{}",
+        second.stderr
+    );
+    assert!(second.stderr.contains("(rotate)"), "{}", second.stderr);
+    assert!(second.stderr.contains("at stage T"), "{}", second.stderr);
+    let first = env.record(first.wait_with_output().await.unwrap());
+    first.assert_code(0);
+    assert_eq!(env.journal().await["state"], "S5");
+    env.finish().await;
+}
+
+/// Two lock claims written from the same etag: exactly one lands, the other is refused by the
+/// etag and re-decides into "held".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_lock_claims_from_one_etag_let_exactly_one_win() {
+    use rotor::engine::lock::gcp::GcpLock;
+    use rotor::engine::lock::{Holder, LockError, RotationLock};
+    use rotor::store::Store as _;
+    let env = gcp_env(|y| y).await;
+    env.up().await;
+    let spec = match &env.playbook().store {
+        rotor::playbook::StoreSpec::Gcp(s) => {
+            let mut s = s.clone();
+            s.endpoint = Some(env.lab().url());
+            s
+        }
+        other => panic!("{other:?}"),
+    };
+    let store = || std::sync::Arc::new(rotor::store::gcp::GcpStore::new(&spec, "service-secret"));
+    assert!(store().exists().await.unwrap());
+    let (a, b) = (GcpLock::new(store()), GcpLock::new(store()));
+    let mut ha = Holder::me("rotate");
+    ha.identity = "a@host pid 1".into();
+    let mut hb = Holder::me("rotate");
+    hb.identity = "b@host pid 2".into();
+    let (ra, rb) = tokio::join!(a.acquire(ha, false), b.acquire(hb, false));
+    let (won, lost) = match (ra, rb) {
+        (Ok(g), Err(e)) | (Err(e), Ok(g)) => (g, e),
+        (Ok(_), Ok(_)) => panic!("both rotors took the lock"),
+        (Err(x), Err(y)) => panic!("nobody took the lock: {x} / {y}"),
+    };
+    let LockError::Held(h) = lost else {
+        panic!("the loser should name the holder: {lost}")
+    };
+    assert!(h.identity.ends_with("pid 1") || h.identity.ends_with("pid 2"));
+    assert!(lost_text_names(&LockError::Held(h)));
+    won.release().await.unwrap();
+    assert!(!secret(&env).annotations.contains_key("rotor-lock"));
+    // No rotation ran (one value only), so there is nothing for the leak check to look for.
+}
+
+fn lost_text_names(e: &rotor::engine::lock::LockError) -> bool {
+    let t = e.to_string();
+    t.contains("another rotation of this secret is running") && t.contains("@host pid")
+}
+
+/// 429 and 503 on a third of every Secret Manager call: rotor retries with back-off and
+/// completes, with no failed request; every retried call is in the lab's statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_429_and_503_storms_are_retried_and_the_rotation_completes() {
+    let env = gcp_env(|y| y).await;
+    env.up().await;
+    let before = env.lab().secret_manager().stats().total;
+    for effect in [GcpEffect::ResourceExhausted, GcpEffect::Unavailable] {
+        env.lab().faults().add(Fault::Gcp {
+            method: GcpMethod::Any,
+            secret: None,
+            effect,
+            delay_ms: None,
+            count: None,
+            probability: Some(0.2),
+        });
+    }
+    let load = env.load();
+    let out = env.rotor(&["rotate", "--yes"]).await;
+    let report = load.stop().await;
+    env.lab().faults().clear();
+    out.assert_code(0);
+    env.assert_no_failures(&report);
+    let stats = env.lab().secret_manager().stats();
+    assert!(stats.total > before, "{stats:?}");
+    let s = secret(&env);
+    assert_eq!(alias(&s, "rotor-primary"), Some(2));
+    assert_eq!(state(&s, 1), VersionState::Destroyed);
+    assert_eq!(
+        s.versions.len(),
+        2,
+        "a retried add must not add the value twice: {s:?}"
+    );
+    env.finish().await;
+}
+
+/// A storm that outlasts the retry deadline: the step fails naming the method and what to do,
+/// the rotation rolls back to S0 by itself, and the next run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_storm_beyond_the_deadline_fails_the_step_and_rolls_back() {
+    let env = gcp_env(|y| y.replace("retry_deadline: 60s", "retry_deadline: 2s")).await;
+    env.up().await;
+    let a = primary_fp(&env);
+    // Every versions.add is throttled: T1 cannot publish B.
+    env.lab().faults().add(Fault::Gcp {
+        method: GcpMethod::AddVersion,
+        secret: None,
+        effect: GcpEffect::ResourceExhausted,
+        delay_ms: None,
+        count: None,
+        probability: None,
+    });
+    let load = env.load();
+    let out = env.rotor(&["rotate", "--yes"]).await;
+    out.assert_code(3);
+    for needle in [
+        "versions.add",
+        "RESOURCE_EXHAUSTED",
+        "retry_deadline",
+        "rolled back to S0",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}: {}", out.stderr);
+    }
+    let tried = env.lab().secret_manager().stats().requests["add_version"];
+    assert!(tried >= 3, "retried with back-off: {tried} attempts");
+    let s = secret(&env);
+    assert_eq!(s.versions.len(), 1, "{s:?}");
+    assert_eq!(alias(&s, "rotor-primary"), Some(1));
+    assert_eq!(alias(&s, "rotor-secondary"), None);
+    assert!(!s.annotations.contains_key("rotor-lock"), "{s:?}");
+    assert_eq!(primary_fp(&env), a);
+    env.lab().faults().clear();
+    env.rotor(&["rotate", "--yes"]).await.assert_code(0);
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    assert_ne!(primary_fp(&env), a);
+    env.rotor(&["check"]).await.assert_code(0);
+    env.finish().await;
+}
