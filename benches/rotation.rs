@@ -48,10 +48,7 @@ async fn naive(workers: usize, interval: Duration, window: Duration) -> Naive {
         .await
         .expect("destroy");
     // Restart every instance of every consumer at once.
-    let slots = rotor::consumer::Slots {
-        primary: value,
-        secondary: None,
-    };
+    let slots = rotor::consumer::Slots::new(value, None);
     let mut restarts = 0;
     let stops = engine.consumers().iter().map(|c| c.stop());
     for n in futures_util::future::join_all(stops).await {

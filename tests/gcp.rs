@@ -321,3 +321,134 @@ async fn gcp_storm_beyond_the_deadline_fails_the_step_and_rolls_back() {
     env.rotor(&["check"]).await.assert_code(0);
     env.finish().await;
 }
+
+/// An exec consumer standing in for Cloud Run: its `apply` command gets version references,
+/// never values, and the "platform" (tests/fixtures/gcp/fake_cloudrun.py) resolves them through
+/// the Secret Manager API itself, as Cloud Run's `--update-secrets` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_exec_consumer_points_a_service_at_versions_never_values() {
+    let dir = tempfile::Builder::new().prefix("rotor-gcp-exec-").tempdir().unwrap();
+    let topo = rotor::lab::Topology::default();
+    let lab = rotor::lab::Lab::start(rotor::lab::LabOptions::new(topo, dir.path().join("lab")))
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hook = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gcp/fake_cloudrun.py");
+    let yaml = format!(
+        r#"secret: service-secret
+environment: development
+store:
+  kind: gcp
+  project: rotor-lab
+  name: service-secret
+  credentials: anonymous
+timings: {{grace: 0s, retention: 0s, rollout_timeout: 30s}}
+consumers:
+  - name: api
+    role: validator
+    kind: exec
+    apply: [python3, "{hook}", "--update-secrets={{secret_refs}}", "--remove-secrets={{unset_names}}", "--tag=v{{primary_version}}"]
+    targets: ["127.0.0.1:{port}"]
+    slots: {{primary: SERVICE_SECRET, secondary: SERVICE_SECRET_PREVIOUS}}
+    probes: [{{type: header, path: /api/ping, header: X-Service-Secret}}]
+"#
+    );
+    let playbook = dir.path().join("run.yaml");
+    std::fs::write(&playbook, yaml).unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(crate::common::rotor_exe());
+        cmd.args(args)
+            .arg(&playbook)
+            .env("ROTOR_GCP_ENDPOINT", lab.url())
+            .env("FAKE_RUN_ENDPOINT", lab.url())
+            .env("FAKE_RUN_PROJECT", "rotor-lab")
+            .env("FAKE_RUN_DIR", dir.path())
+            .env("FAKE_RUN_PORT", port.to_string())
+            .env("FAKE_RUN_SERVICE", env!("CARGO_BIN_EXE_rotor-demo-service"))
+            .stdin(std::process::Stdio::null());
+        let out = cmd.output().unwrap();
+        crate::common::Out {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    run(&["init"]).assert_code(0);
+    run(&["up"]).assert_code(0);
+    let rotate = run(&["rotate", "--yes"]);
+    rotate.assert_code(0);
+    // Up, T2 (widen) and T4 (narrow): a validator-only consumer is pointed three times.
+    let calls: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("calls.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let argv: Vec<Vec<String>> = calls
+        .iter()
+        .map(|c| serde_json::from_value(c["argv"].clone()).unwrap())
+        .collect();
+    assert_eq!(
+        argv,
+        [
+            [
+                "--update-secrets=SERVICE_SECRET=service-secret:1",
+                "--remove-secrets=SERVICE_SECRET_PREVIOUS",
+                "--tag=v1"
+            ],
+            [
+                "--update-secrets=SERVICE_SECRET=service-secret:1,SERVICE_SECRET_PREVIOUS=service-secret:2",
+                "--remove-secrets=",
+                "--tag=v1"
+            ],
+            [
+                "--update-secrets=SERVICE_SECRET=service-secret:2",
+                "--remove-secrets=SERVICE_SECRET_PREVIOUS",
+                "--tag=v2"
+            ],
+        ]
+        .map(|a| a.map(String::from).to_vec())
+    );
+    assert_eq!(calls[1]["env"]["ROTOR_PRIMARY_VERSION"], "1");
+    assert_eq!(calls[1]["env"]["ROTOR_SECONDARY_VERSION"], "2");
+    assert_eq!(calls[2]["env"]["ROTOR_SECONDARY_VERSION"], "");
+    let s = lab.secret_manager().secret(SECRET).unwrap();
+    assert_eq!(alias(&s, "rotor-primary"), Some(2));
+    assert_eq!(
+        calls[2]["env"]["ROTOR_PRIMARY_FINGERPRINT"],
+        s.annotations["rotor-fp-2"].as_str()
+    );
+    // The service now holds version 2 alone; no value reached the hook's argv or environment.
+    let held: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/fingerprints"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        held["names"]["SERVICE_SECRET"].as_str(),
+        Some(s.annotations["rotor-fp-2"].as_str()),
+        "{held}"
+    );
+    let v2 = String::from_utf8(
+        lab.secret_manager()
+            .payload(&format!("{SECRET}/versions/2"))
+            .unwrap(),
+    )
+    .unwrap();
+    let recorded = std::fs::read_to_string(dir.path().join("calls.jsonl")).unwrap();
+    assert!(!recorded.contains(&v2), "a value reached the apply command");
+    for out in [&rotate.stdout, &rotate.stderr] {
+        assert!(!out.contains(&v2), "a value reached rotor's output");
+    }
+    if let Ok(pid) = std::fs::read_to_string(dir.path().join("pid")) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid.trim().parse().unwrap()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    lab.shutdown().await;
+}

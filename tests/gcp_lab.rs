@@ -571,6 +571,28 @@ async fn rust_client_round_trip() {
         ),
         ("DISABLED", false, "FAILED_PRECONDITION")
     );
+
+    // Delete: a stale etag is refused, the current one deletes.
+    let stale = c
+        .delete_secret()
+        .set_name(&secret)
+        .set_etag(&etag0)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&stale).0, Code::FailedPrecondition, "{stale:?}");
+    c.delete_secret()
+        .set_name(&secret)
+        .set_etag(&updated.etag)
+        .send()
+        .await
+        .unwrap();
+    let gone = c.get_secret().set_name(&secret).send().await.unwrap_err();
+    assert_eq!(
+        code(&gone),
+        (Code::NotFound, format!("Secret [{secret}] not found."))
+    );
+    assert!(sm.secret(&secret).is_none());
     l.stop().await;
 }
 

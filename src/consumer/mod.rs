@@ -5,6 +5,7 @@
 //! instance at a time for restarts, in place for hot reloads) and reports what each instance
 //! holds. Must never: put a value in argv, a log line or an error.
 
+pub mod exec;
 pub mod kubernetes;
 pub mod process;
 
@@ -28,6 +29,23 @@ pub struct Slots {
     pub primary: SecretValue,
     /// The secondary value, if any.
     pub secondary: Option<SecretValue>,
+    /// The store's version reference of the primary (`"3"`), for consumers that read the store
+    /// themselves (an exec consumer updating a Cloud Run service to `secret:3`).
+    pub primary_version: Option<String>,
+    /// The store's version reference of the secondary.
+    pub secondary_version: Option<String>,
+}
+
+impl Slots {
+    /// Values without version references.
+    pub fn new(primary: SecretValue, secondary: Option<SecretValue>) -> Slots {
+        Slots {
+            primary,
+            secondary,
+            primary_version: None,
+            secondary_version: None,
+        }
+    }
 }
 
 /// What instances of a consumer must hold, computed from the slots and the names it declares.
@@ -245,6 +263,16 @@ pub enum ConsumerError {
         detail: String,
     },
     /// Reading what an instance holds failed.
+    #[error("consumer {consumer}: `{program}` {detail}")]
+    Hook {
+        /// Consumer name.
+        consumer: String,
+        /// argv[0] of the hook.
+        program: String,
+        /// What happened (exit status and the last lines it printed, or the deadline).
+        detail: String,
+    },
+    /// An instance could not be observed.
     #[error("consumer {consumer}: instance {instance}: {detail}")]
     Observe {
         /// Consumer name.
@@ -347,5 +375,6 @@ pub fn open(
             k,
             cluster.ok_or_else(crate::store::no_cluster)?,
         )),
+        ConsumerKind::Exec(e) => Arc::new(exec::ExecConsumer::new(playbook, spec, e)),
     })
 }

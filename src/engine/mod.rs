@@ -462,7 +462,7 @@ impl Engine {
             _ => State::S0,
         };
         let (a, b) = self.values_from_snapshot(&snap, state).await?;
-        let pick = |w: Which| -> Option<SecretValue> {
+        let pick = |w: Which| -> Option<(String, SecretValue)> {
             match w {
                 Which::A => a.clone(),
                 Which::B => b.clone(),
@@ -471,11 +471,14 @@ impl Engine {
         let mut jobs = Vec::new();
         for c in &self.consumers {
             let plan = protocol::consumer_slots(state, c.role());
-            let primary = pick(plan.primary)
+            let (primary_version, primary) = pick(plan.primary)
                 .ok_or_else(|| EngineError::NotStable("the store has no primary value".into()))?;
+            let secondary = plan.secondary.and_then(pick);
             let slots = Slots {
                 primary,
-                secondary: plan.secondary.and_then(pick),
+                primary_version: Some(primary_version),
+                secondary_version: secondary.as_ref().map(|(id, _)| id.clone()),
+                secondary: secondary.map(|(_, v)| v),
             };
             let events = self.events.clone();
             jobs.push(async move { c.start(&slots, events.as_ref()).await });
@@ -506,10 +509,10 @@ impl Engine {
         &self,
         snap: &StoreSnapshot,
         state: State,
-    ) -> Result<(Option<SecretValue>, Option<SecretValue>), EngineError> {
+    ) -> Result<(Option<(String, SecretValue)>, Option<(String, SecretValue)>), EngineError> {
         let read = |id: Option<String>| async {
             match id {
-                Some(id) => self.store.read_value(&id).await.map(Some),
+                Some(id) => self.store.read_value(&id).await.map(|v| Some((id, v))),
                 None => Ok(None),
             }
         };
@@ -791,7 +794,12 @@ impl<'e> Run<'e> {
             Some(w) => Some(self.value(w).await?),
             None => None,
         };
-        Ok(Slots { primary, secondary })
+        Ok(Slots {
+            primary,
+            secondary,
+            primary_version: Some(self.version(plan.primary)?),
+            secondary_version: plan.secondary.map(|w| self.version(w)).transpose()?,
+        })
     }
 
     // ---- driving ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use self::node::{Node, Pos, Scalar, Value};
 use super::{
-    ClusterSpec, ConsumerKind, ConsumerSpec, Environment, ExecVia, GcpCredentials, GcpStoreSpec,
+    ClusterSpec, ConsumerKind, ConsumerSpec, EXEC_TEMPLATE_FIELDS, Environment, ExecSpec, ExecVia, GcpCredentials, GcpStoreSpec,
     Generate, JournalKind, KubernetesSpec, LockKind, Pickup, Playbook, ProbeSpec, ProcessSpec,
     RoundtripSpec, SlotNames, SlotRef, StoreSpec, Timings, WorkloadKind, WorkloadRef,
 };
@@ -148,6 +148,8 @@ const WORKLOAD_FIELDS: &[&str] = &["kind", "name", "namespace"];
 const PROCESS_ONLY: &[&str] = &["instances", "command", "env", "host", "health_path"];
 /// Fields only a `kubernetes` consumer takes.
 const KUBERNETES_ONLY: &[&str] = &["workload", "secret", "port"];
+/// Fields only an `exec` consumer takes.
+const EXEC_ONLY: &[&str] = &["apply", "targets"];
 /// Largest `concurrency`.
 const MAX_CONCURRENCY: i128 = 1024;
 const TIMING_FIELDS: &[&str] = &[
@@ -176,9 +178,15 @@ const CONSUMER_FIELDS: &[&str] = &[
     "slots",
     "probes",
     "roundtrips",
+    "apply",
+    "targets",
 ];
-const CONSUMER_KINDS: &[&str] = &["process", "kubernetes"];
-const CONSUMER_KINDS_LATER: &[&str] = &["exec"];
+/// Each consumer kind with the fields only it takes.
+const CONSUMER_KINDS: &[(&str, &[&str])] = &[
+    ("process", PROCESS_ONLY),
+    ("kubernetes", KUBERNETES_ONLY),
+    ("exec", EXEC_ONLY),
+];
 const SLOT_FIELDS: &[&str] = &["primary", "secondary", "aliases"];
 const PROBE_TYPES: &[&str] = &["header", "jwt", "exec"];
 const PROBE_FIELDS: &[&str] = &[
@@ -1278,42 +1286,42 @@ impl Cx<'_> {
             _ => Role::Both,
         };
 
-        const KIND_HELP: &str = "use `process` (local processes started by rotor) or `kubernetes` (a Deployment, StatefulSet or DaemonSet)";
+        const KIND_HELP: &str = "use `process` (local processes started by rotor), `kubernetes` (a Deployment, StatefulSet or DaemonSet) or `exec` (a command that points the consumer at the store's versions)";
         let node = self.require(&f, "kind", KIND_HELP)?;
         let kind = self.text(node, &f.sub("kind"), KIND_HELP)?;
-        if !CONSUMER_KINDS.contains(&kind) {
-            let message = if CONSUMER_KINDS_LATER.contains(&kind) {
-                format!("consumer kind `{kind}` is not supported yet")
-            } else {
-                format!("unknown consumer kind `{kind}`")
-            };
-            return Err(self.err(node.pos, f.sub("kind"), message, KIND_HELP));
-        }
-        let process = kind == "process";
-        let (foreign, takes) = if process {
-            (KUBERNETES_ONLY, PROCESS_ONLY)
-        } else {
-            (PROCESS_ONLY, KUBERNETES_ONLY)
+        let Some((_, takes)) = CONSUMER_KINDS.iter().find(|(k, _)| *k == kind) else {
+            return Err(self.err(
+                node.pos,
+                f.sub("kind"),
+                format!("unknown consumer kind `{kind}`"),
+                KIND_HELP,
+            ));
         };
-        for field in foreign {
-            if let Some((key, _)) = f.entry(field) {
-                return Err(self.err(
-                    key.pos,
-                    f.sub(field),
-                    format!("a `{kind}` consumer has no `{field}`"),
-                    format!(
-                        "remove `{field}`; a `{kind}` consumer takes {}",
-                        backticked(takes)
-                    ),
-                ));
+        for (_, only) in CONSUMER_KINDS.iter().filter(|(k, _)| *k != kind) {
+            for field in *only {
+                if takes.contains(field) {
+                    continue;
+                }
+                if let Some((key, _)) = f.entry(field) {
+                    let a = if kind.starts_with('e') { "an" } else { "a" };
+                    return Err(self.err(
+                        key.pos,
+                        f.sub(field),
+                        format!("{a} `{kind}` consumer has no `{field}`"),
+                        format!(
+                            "remove `{field}`; {a} `{kind}` consumer takes {}",
+                            backticked(takes)
+                        ),
+                    ));
+                }
             }
         }
 
         let slots = self.slots(&f, role)?;
-        let kind_spec = if process {
-            ConsumerKind::Process(self.process(&f, &slots)?)
-        } else {
-            ConsumerKind::Kubernetes(self.kubernetes(&f, namespace)?)
+        let kind_spec = match kind {
+            "process" => ConsumerKind::Process(self.process(&f, &slots)?),
+            "kubernetes" => ConsumerKind::Kubernetes(self.kubernetes(&f, namespace)?),
+            _ => ConsumerKind::Exec(self.exec(&f)?),
         };
 
         let pickup = match f.get("pickup") {
@@ -1425,6 +1433,78 @@ impl Cx<'_> {
             host,
             health_path,
         })
+    }
+
+    /// The fields of an `exec` consumer.
+    fn exec(&self, f: &Fields<'_>) -> Result<ExecSpec> {
+        let fields = EXEC_TEMPLATE_FIELDS
+            .iter()
+            .map(|n| format!("{{{n}}}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let help = format!(
+            "give the program and its arguments as a list, e.g. [\"./update.sh\", \"{{primary_version}}\"]; template fields: {fields}"
+        );
+        let node = self.require(f, "apply", &help)?;
+        let path = f.sub("apply");
+        let apply = self.command(node, &path, &help)?;
+        for (i, arg) in apply.iter().enumerate() {
+            let mut rest = arg.as_str();
+            while let Some(open) = rest.find('{') {
+                let after = &rest[open + 1..];
+                let Some(close) = after.find('}') else { break };
+                let field = &after[..close];
+                // `${VAR}` and `${VAR:+…}` belong to a shell, not to rotor.
+                let shell = rest[..open].ends_with('$');
+                if !shell && !EXEC_TEMPLATE_FIELDS.contains(&field) {
+                    let item = match &node.value {
+                        Value::Seq(items) => items.get(i).map_or(node.pos, |n| n.pos),
+                        _ => node.pos,
+                    };
+                    return Err(self.err(
+                        item,
+                        format!("{path}[{i}]"),
+                        format!("unknown template field `{{{field}}}`"),
+                        format!("use one of {fields}; a value never reaches the command"),
+                    ));
+                }
+                rest = &after[close + 1..];
+            }
+        }
+        const TARGETS_HELP: &str = "list where the consumer serves as host:port, for its probes, e.g. [\"api.example.com:443\"]";
+        let mut targets = Vec::new();
+        {
+            let node = self.require(f, "targets", TARGETS_HELP)?;
+            let path = f.sub("targets");
+            let Value::Seq(items) = &node.value else {
+                return Err(self.type_error(node, &path, "a list of host:port", TARGETS_HELP));
+            };
+            if items.is_empty() {
+                return Err(self.err(
+                    node.pos,
+                    &path,
+                    "no targets: rotor could not prove anything about this consumer",
+                    TARGETS_HELP,
+                ));
+            }
+            for (i, item) in items.iter().enumerate() {
+                let p = format!("{path}[{i}]");
+                let text = self.text(item, &p, TARGETS_HELP)?;
+                let ok = text
+                    .rsplit_once(':')
+                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok {
+                    return Err(self.err(
+                        item.pos,
+                        p,
+                        format!("`{text}` is not host:port"),
+                        TARGETS_HELP,
+                    ));
+                }
+                targets.push(text.to_string());
+            }
+        }
+        Ok(ExecSpec { apply, targets })
     }
 
     /// The fields of a `kubernetes` consumer.

@@ -265,7 +265,34 @@ pub enum ConsumerKind {
     Process(ProcessSpec),
     /// A Kubernetes workload reading a Secret.
     Kubernetes(KubernetesSpec),
+    /// A command that points the consumer at the store's versions (a Cloud Run service updated
+    /// to `secret:3`); it never receives a value.
+    Exec(ExecSpec),
 }
+
+/// An exec consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// The command run at every rollout, argv with template fields (`{primary_version}`, …,
+    /// see [`EXEC_TEMPLATE_FIELDS`]) replaced; it exits 0 once the consumer serves the new versions.
+    pub apply: Vec<String>,
+    /// `host:port` of each place the consumer serves, for probes (resolved at probe time).
+    pub targets: Vec<String>,
+}
+
+/// The template fields an exec consumer's `apply` may use (each also reaches the command as
+/// `ROTOR_<FIELD>` in its environment).
+pub const EXEC_TEMPLATE_FIELDS: &[&str] = &[
+    "secret",
+    "consumer",
+    "store_secret",
+    "primary_version",
+    "secondary_version",
+    "primary_fingerprint",
+    "secondary_fingerprint",
+    "secret_refs",
+    "unset_names",
+];
 
 /// A Kubernetes workload consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -238,10 +238,7 @@ fn value(prefix: &str) -> SecretValue {
 }
 
 fn slots(primary: &SecretValue, secondary: Option<&SecretValue>) -> Slots {
-    Slots {
-        primary: primary.clone(),
-        secondary: secondary.cloned(),
-    }
+    Slots::new(primary.clone(), secondary.cloned())
 }
 
 fn sha(v: &SecretValue) -> String {

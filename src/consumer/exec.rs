@@ -1,0 +1,314 @@
+//! The exec consumer: a command that points a consumer at the store's versions, for consumers
+//! that read the store themselves (a Cloud Run service updated with
+//! `gcloud run services update … --update-secrets=SERVICE_SECRET=service-secret:3`).
+//!
+//! Owns: running the `apply` command at every rollout with its template fields filled in and the
+//! same fields in its environment (`ROTOR_SECRET`, `ROTOR_CONSUMER`, `ROTOR_STORE_SECRET`,
+//! `ROTOR_PRIMARY_VERSION`, `ROTOR_SECONDARY_VERSION`, `ROTOR_PRIMARY_FINGERPRINT`,
+//! `ROTOR_SECONDARY_FINGERPRINT`, `ROTOR_SECRET_REFS`, `ROTOR_UNSET_NAMES`), under the rollout
+//! deadline (its process group is killed when it passes); remembering what it last applied in
+//! `<state_dir>/exec/<consumer>.json` (fingerprints and version references only); and listing
+//! its `targets` as instances for the probes.
+//!
+//! - `secret_refs`: `NAME=SECRET:VERSION` for every name the consumer declares that has a value
+//!   now, comma-separated (`SERVICE_SECRET=service-secret:3,SERVICE_SECRET_PREVIOUS=service-secret:2`),
+//!   the form Cloud Run's `--update-secrets` takes;
+//! - `unset_names`: the declared names with no value now (the secondary name outside S1–S3),
+//!   comma-separated, for `--remove-secrets`; empty when there are none.
+//!
+//! Must never: give the command a value (argv, environment or stdin), or put its output in an
+//! error unshortened (the last lines only; the command never saw a value).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Consumer, ConsumerError, Desired, Held, HeldSource, Instance, RolloutReport, Slots,
+    configured_held,
+};
+use crate::events::{Event, EventSink};
+use crate::playbook::{ExecSpec, Pickup, Playbook, SlotNames, StoreSpec, Timings};
+use crate::protocol::Role;
+use crate::secret::Fingerprint;
+
+/// Lines of the command's stderr kept for an error.
+const TAIL_LINES: usize = 12;
+
+/// What the consumer was last pointed at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Applied {
+    primary: Fingerprint,
+    secondary: Option<Fingerprint>,
+    primary_version: Option<String>,
+    secondary_version: Option<String>,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+/// An exec consumer.
+pub struct ExecConsumer {
+    name: String,
+    role: Role,
+    secret: String,
+    /// The store's own name for the secret (`service-secret` in Secret Manager).
+    store_secret: String,
+    slot_names: SlotNames,
+    spec: ExecSpec,
+    timings: Timings,
+    state_file: PathBuf,
+}
+
+impl ExecConsumer {
+    /// The consumer `spec` of `playbook`.
+    pub fn new(playbook: &Playbook, spec: &crate::playbook::ConsumerSpec, exec: &ExecSpec) -> Self {
+        let store_secret = match &playbook.store {
+            StoreSpec::Gcp(g) => g.name.clone(),
+            _ => playbook.secret.clone(),
+        };
+        ExecConsumer {
+            name: spec.name.clone(),
+            role: spec.role,
+            secret: playbook.secret.clone(),
+            store_secret,
+            slot_names: spec.slots.clone(),
+            spec: exec.clone(),
+            timings: playbook.timings.clone(),
+            state_file: playbook
+                .state_dir
+                .join("exec")
+                .join(format!("{}.json", spec.name)),
+        }
+    }
+
+    /// The template fields for `slots` (never a value).
+    fn fields(&self, d: &Desired<'_>, slots: &Slots) -> BTreeMap<&'static str, String> {
+        let secondary_version = slots
+            .secondary_version
+            .clone()
+            .filter(|_| d.secondary.is_some());
+        let versions = super::by_name(
+            &self.slot_names,
+            slots.primary_version.clone().unwrap_or_default(),
+            secondary_version.clone(),
+        );
+        let refs: Vec<String> = versions
+            .iter()
+            .map(|(name, v)| format!("{name}={}:{v}", self.store_secret))
+            .collect();
+        let unset: Vec<&str> = super::slot_names(&self.slot_names)
+            .into_iter()
+            .filter(|n| !versions.iter().any(|(m, _)| m == n))
+            .collect();
+        BTreeMap::from([
+            ("secret", self.secret.clone()),
+            ("consumer", self.name.clone()),
+            ("store_secret", self.store_secret.clone()),
+            (
+                "primary_version",
+                slots.primary_version.clone().unwrap_or_default(),
+            ),
+            ("secondary_version", secondary_version.unwrap_or_default()),
+            ("primary_fingerprint", d.primary.to_string()),
+            (
+                "secondary_fingerprint",
+                d.secondary.as_ref().map(ToString::to_string).unwrap_or_default(),
+            ),
+            ("secret_refs", refs.join(",")),
+            ("unset_names", unset.join(",")),
+        ])
+    }
+
+    fn hook_error(&self, detail: String) -> ConsumerError {
+        ConsumerError::Hook {
+            consumer: self.name.clone(),
+            program: self.spec.apply.first().cloned().unwrap_or_default(),
+            detail,
+        }
+    }
+
+    /// Runs `apply` with `fields`; `Ok` when it exits 0 within the rollout deadline.
+    async fn run(&self, fields: &BTreeMap<&'static str, String>) -> Result<(), ConsumerError> {
+        let argv: Vec<String> = self
+            .spec
+            .apply
+            .iter()
+            .map(|a| {
+                fields
+                    .iter()
+                    .fold(a.clone(), |acc, (k, v)| acc.replace(&format!("{{{k}}}"), v))
+            })
+            .collect();
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| self.hook_error("the apply command is empty".into()))?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        for (k, v) in fields {
+            cmd.env(format!("ROTOR_{}", k.to_ascii_uppercase()), v);
+        }
+        let child = cmd.spawn().map_err(|e| ConsumerError::Spawn {
+            consumer: self.name.clone(),
+            program: program.clone(),
+            detail: e.to_string(),
+        })?;
+        let pid = child.id();
+        let limit = self.timings.rollout_timeout;
+        match tokio::time::timeout(limit, child.wait_with_output()).await {
+            Err(_) => {
+                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                Err(self.hook_error(format!(
+                    "did not finish within the rollout timeout ({limit:?}); it was killed"
+                )))
+            }
+            Ok(Err(e)) => Err(self.hook_error(format!("could not be waited for: {e}"))),
+            Ok(Ok(out)) if out.status.success() => Ok(()),
+            Ok(Ok(out)) => {
+                let text = String::from_utf8_lossy(&out.stderr);
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n    ");
+                Err(self.hook_error(format!(
+                    "exited with {}{}",
+                    out.status,
+                    if tail.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; its last output:\n    {tail}")
+                    }
+                )))
+            }
+        }
+    }
+
+    fn load(&self) -> Option<Applied> {
+        let text = std::fs::read(&self.state_file).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn save(&self, applied: &Applied) -> Result<(), ConsumerError> {
+        let io = |e: std::io::Error| {
+            self.hook_error(format!("cannot record it in {}: {e}", self.state_file.display()))
+        };
+        if let Some(dir) = self.state_file.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let json = serde_json::to_vec_pretty(applied).expect("serializes");
+        crate::store::local::atomic_write(&self.state_file, &json, 0o600).map_err(io)
+    }
+}
+
+#[async_trait]
+impl Consumer for ExecConsumer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn role(&self) -> Role {
+        self.role
+    }
+
+    fn pickup(&self) -> Pickup {
+        Pickup::Restart
+    }
+
+    async fn apply(
+        &self,
+        slots: &Slots,
+        events: &dyn EventSink,
+    ) -> Result<RolloutReport, ConsumerError> {
+        let d = Desired::new(&self.slot_names, &self.secret, slots);
+        let fields = self.fields(&d, slots);
+        events.emit(&Event::RolloutStarted {
+            consumer: self.name.clone(),
+            instances: self.spec.targets.len().max(1),
+        });
+        let started = Instant::now();
+        self.run(&fields).await?;
+        let waited = started.elapsed();
+        self.save(&Applied {
+            primary: d.primary.clone(),
+            secondary: d.secondary.clone(),
+            primary_version: slots.primary_version.clone(),
+            secondary_version: slots.secondary_version.clone().filter(|_| d.secondary.is_some()),
+            at: chrono::Utc::now(),
+        })?;
+        events.emit(&Event::RolloutFinished {
+            consumer: self.name.clone(),
+            restarts: 1,
+        });
+        Ok(RolloutReport {
+            restarts: 1,
+            waited,
+        })
+    }
+
+    async fn desired_instances(&self) -> Result<usize, ConsumerError> {
+        Ok(self.spec.targets.len())
+    }
+
+    async fn instances(&self) -> Result<Vec<Instance>, ConsumerError> {
+        let applied = self.load();
+        let mut out = Vec::with_capacity(self.spec.targets.len());
+        for t in &self.spec.targets {
+            let addr = tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(t))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .and_then(|mut a| a.next());
+            let addr = addr.ok_or_else(|| ConsumerError::Observe {
+                consumer: self.name.clone(),
+                instance: t.clone(),
+                detail: "the target does not resolve to an address".into(),
+            })?;
+            out.push(Instance {
+                id: t.clone(),
+                addr: Some(addr),
+                primary: applied.as_ref().map(|a| a.primary.clone()),
+                secondary: applied.as_ref().and_then(|a| a.secondary.clone()),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn held(&self, instance: &Instance) -> Result<(Held, HeldSource), ConsumerError> {
+        let Some(primary) = &instance.primary else {
+            return Err(ConsumerError::Observe {
+                consumer: self.name.clone(),
+                instance: instance.id.clone(),
+                detail: format!(
+                    "rotor has not applied this consumer yet ({} is missing); run `rotor up` once",
+                    self.state_file.display()
+                ),
+            });
+        };
+        let names = super::by_name(&self.slot_names, primary.clone(), instance.secondary.clone())
+            .into_iter()
+            .collect();
+        Ok((
+            configured_held(self.role, names, primary.clone(), instance.secondary.clone()),
+            HeldSource::Configured,
+        ))
+    }
+
+    async fn start(&self, slots: &Slots, events: &dyn EventSink) -> Result<(), ConsumerError> {
+        self.apply(slots, events).await.map(|_| ())
+    }
+
+    /// rotor does not run the consumer: nothing to stop.
+    async fn stop(&self) -> Result<usize, ConsumerError> {
+        Ok(0)
+    }
+}
