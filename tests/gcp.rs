@@ -327,7 +327,10 @@ async fn gcp_storm_beyond_the_deadline_fails_the_step_and_rolls_back() {
 /// the Secret Manager API itself, as Cloud Run's `--update-secrets` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcp_exec_consumer_points_a_service_at_versions_never_values() {
-    let dir = tempfile::Builder::new().prefix("rotor-gcp-exec-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("rotor-gcp-exec-")
+        .tempdir()
+        .unwrap();
     let topo = rotor::lab::Topology::default();
     let lab = rotor::lab::Lab::start(rotor::lab::LabOptions::new(topo, dir.path().join("lab")))
         .await
@@ -337,7 +340,10 @@ async fn gcp_exec_consumer_points_a_service_at_versions_never_values() {
         .local_addr()
         .unwrap()
         .port();
-    let hook = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gcp/fake_cloudrun.py");
+    let hook = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/gcp/fake_cloudrun.py"
+    );
     let yaml = format!(
         r#"secret: service-secret
 environment: development

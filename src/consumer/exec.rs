@@ -115,7 +115,10 @@ impl ExecConsumer {
             ("primary_fingerprint", d.primary.to_string()),
             (
                 "secondary_fingerprint",
-                d.secondary.as_ref().map(ToString::to_string).unwrap_or_default(),
+                d.secondary
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
             ),
             ("secret_refs", refs.join(",")),
             ("unset_names", unset.join(",")),
@@ -200,7 +203,10 @@ impl ExecConsumer {
 
     fn save(&self, applied: &Applied) -> Result<(), ConsumerError> {
         let io = |e: std::io::Error| {
-            self.hook_error(format!("cannot record it in {}: {e}", self.state_file.display()))
+            self.hook_error(format!(
+                "cannot record it in {}: {e}",
+                self.state_file.display()
+            ))
         };
         if let Some(dir) = self.state_file.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
@@ -242,7 +248,10 @@ impl Consumer for ExecConsumer {
             primary: d.primary.clone(),
             secondary: d.secondary.clone(),
             primary_version: slots.primary_version.clone(),
-            secondary_version: slots.secondary_version.clone().filter(|_| d.secondary.is_some()),
+            secondary_version: slots
+                .secondary_version
+                .clone()
+                .filter(|_| d.secondary.is_some()),
             at: chrono::Utc::now(),
         })?;
         events.emit(&Event::RolloutFinished {
@@ -294,11 +303,20 @@ impl Consumer for ExecConsumer {
                 ),
             });
         };
-        let names = super::by_name(&self.slot_names, primary.clone(), instance.secondary.clone())
-            .into_iter()
-            .collect();
+        let names = super::by_name(
+            &self.slot_names,
+            primary.clone(),
+            instance.secondary.clone(),
+        )
+        .into_iter()
+        .collect();
         Ok((
-            configured_held(self.role, names, primary.clone(), instance.secondary.clone()),
+            configured_held(
+                self.role,
+                names,
+                primary.clone(),
+                instance.secondary.clone(),
+            ),
             HeldSource::Configured,
         ))
     }

@@ -22,9 +22,10 @@ use sha2::{Digest, Sha256};
 
 use self::node::{Node, Pos, Scalar, Value};
 use super::{
-    ClusterSpec, ConsumerKind, ConsumerSpec, EXEC_TEMPLATE_FIELDS, Environment, ExecSpec, ExecVia, GcpCredentials, GcpStoreSpec,
-    Generate, JournalKind, KubernetesSpec, LockKind, Pickup, Playbook, ProbeSpec, ProcessSpec,
-    RoundtripSpec, SlotNames, SlotRef, StoreSpec, Timings, WorkloadKind, WorkloadRef,
+    ClusterSpec, ConsumerKind, ConsumerSpec, EXEC_TEMPLATE_FIELDS, Environment, ExecSpec, ExecVia,
+    GcpCredentials, GcpStoreSpec, Generate, JournalKind, KubernetesSpec, LockKind, Pickup,
+    Playbook, ProbeSpec, ProcessSpec, RoundtripSpec, SlotNames, SlotRef, StoreSpec, Timings,
+    WorkloadKind, WorkloadRef,
 };
 use crate::protocol::Role;
 use crate::secret::Alphabet;
@@ -1150,7 +1151,7 @@ impl Cx<'_> {
             endpoint,
             credentials,
             retry_deadline: Duration::from_secs(60),
-            write_interval: Duration::from_millis(100),
+            write_interval: Duration::from_millis(500),
         };
         if let Some(node) = f.get("retry_deadline") {
             spec.retry_deadline = self.duration(node, "store.retry_deadline")?;
@@ -1170,7 +1171,7 @@ impl Cx<'_> {
                     node.pos,
                     "store.write_interval",
                     "the write interval is longer than 60s",
-                    "give at most 60s (the default is 100ms)",
+                    "give at most 60s (the default is 500ms: Google allows 2 writes per second per secret)",
                 ));
             }
         }
@@ -1490,9 +1491,9 @@ impl Cx<'_> {
             for (i, item) in items.iter().enumerate() {
                 let p = format!("{path}[{i}]");
                 let text = self.text(item, &p, TARGETS_HELP)?;
-                let ok = text
-                    .rsplit_once(':')
-                    .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                let ok = text.rsplit_once(':').is_some_and(|(h, port)| {
+                    !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
                 if !ok {
                     return Err(self.err(
                         item.pos,
