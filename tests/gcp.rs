@@ -458,3 +458,93 @@ consumers:
     }
     lab.shutdown().await;
 }
+
+/// Application Default Credentials: with `GOOGLE_APPLICATION_CREDENTIALS` naming a
+/// service-account key (and no `credentials: anonymous`), every call rotor makes carries a JWT
+/// signed with that key; a key file that is not there is reported as a credentials problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_service_account_key_from_the_environment_signs_every_call() {
+    let dir = tempfile::Builder::new()
+        .prefix("rotor-gcp-adc-")
+        .tempdir()
+        .unwrap();
+    let lab = rotor::lab::Lab::start(rotor::lab::LabOptions::new(
+        rotor::lab::Topology::default(),
+        dir.path().join("lab"),
+    ))
+    .await
+    .unwrap();
+    let pem = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("openssl generates the test key");
+    assert!(
+        pem.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pem.stderr)
+    );
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "rotor-lab",
+        "private_key_id": "k-123",
+        "private_key": String::from_utf8(pem.stdout).unwrap(),
+        "client_email": "rotor@rotor-lab.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "http://127.0.0.1:9/token",
+    });
+    let key_file = dir.path().join("key.json");
+    std::fs::write(&key_file, key.to_string()).unwrap();
+    let playbook = dir.path().join("run.yaml");
+    std::fs::write(
+        &playbook,
+        "secret: service-secret\nenvironment: development\nstore: {kind: gcp, project: rotor-lab, name: service-secret}\n\
+         consumers:\n  - {name: api, role: validator, kind: exec, apply: [\"true\"], targets: [\"127.0.0.1:9\"],\n     \
+         slots: {primary: SERVICE_SECRET, secondary: SERVICE_SECRET_PREVIOUS}, probes: [{type: header, path: /api/ping, header: X-Service-Secret}]}\n",
+    )
+    .unwrap();
+    let run = |args: &[&str], creds: &std::path::Path| {
+        let out = std::process::Command::new(crate::common::rotor_exe())
+            .args(args)
+            .arg(&playbook)
+            .env("ROTOR_GCP_ENDPOINT", lab.url())
+            .env("GOOGLE_APPLICATION_CREDENTIALS", creds)
+            .env("HOME", dir.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        crate::common::Out {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    run(&["init"], &key_file).assert_code(0);
+    run(&["status"], &key_file).assert_code(0);
+    let callers = lab.secret_manager().stats().callers;
+    assert_eq!(
+        callers.keys().collect::<Vec<_>>(),
+        ["jwt iss=rotor@rotor-lab.iam.gserviceaccount.com kid=k-123"],
+        "{callers:?}"
+    );
+    assert!(lab.secret_manager().secret(SECRET).is_some());
+    let missing = run(&["status"], &dir.path().join("no-such-key.json"));
+    assert_ne!(missing.code(), Some(0));
+    for needle in [
+        "cannot set up the Secret Manager client",
+        "no-such-key.json",
+        "help: set up Application Default Credentials",
+    ] {
+        assert!(
+            missing.stderr.contains(needle),
+            "{needle}: {}",
+            missing.stderr
+        );
+    }
+    lab.shutdown().await;
+}

@@ -247,6 +247,11 @@ impl EngineError {
             EngineError::Active { .. } | EngineError::NoRotation | EngineError::Irreversible(_) => {
                 Exit::Usage
             }
+            // Nothing to rotate yet: `rotor init` first.
+            EngineError::Store(StoreError::Missing { .. }) => Exit::Usage,
+            EngineError::Lock(LockError::Store(e)) if matches!(**e, StoreError::Missing { .. }) => {
+                Exit::Usage
+            }
             EngineError::NotStable(_) => Exit::Drift,
             EngineError::RolledBack { .. } => Exit::RolledBack,
             EngineError::Stuck { .. } | EngineError::Step { .. } => Exit::NeedsOperator,
@@ -1192,7 +1197,15 @@ impl<'e> Run<'e> {
                 self.store_event(format!("version {a} ({}) destroyed", self.fp_str(Which::A)));
                 failpoint::hit(t, dir, "store");
                 let proof = self.prove_store(State::S5).await?;
-                self.e.store.rotation_finished().await?;
+                // Bookkeeping only (last rotation time, the backend's own schedule): A is gone
+                // already, so a failure here is reported, never turned into a failed T5.
+                if let Err(e) = self.e.store.rotation_finished().await {
+                    self.emit(Event::Note {
+                        message: format!(
+                            "could not record the finished rotation in the store: {e}"
+                        ),
+                    });
+                }
                 Ok(proof)
             }
         }

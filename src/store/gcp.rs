@@ -343,7 +343,10 @@ impl GcpStore {
                 }
                 b.build().await.map_err(|e| StoreError::Remote {
                     store: self.describe(),
-                    detail: format!("cannot set up the Secret Manager client: {e}"),
+                    detail: format!(
+                        "cannot set up the Secret Manager client: {}",
+                        crate::consumer::error_chain(&e)
+                    ),
                     help: "set up Application Default Credentials (`gcloud auth application-default login`, GOOGLE_APPLICATION_CREDENTIALS, or workload identity); docs/gcp.md".into(),
                 })
             })
@@ -673,9 +676,9 @@ impl GcpStore {
             .set_data(data.clone())
             .set_data_crc32c(crc(&data));
         let mut backoff = Backoff::new(self.spec.retry_deadline);
-        self.pace().await;
         loop {
             backoff.attempts += 1;
+            self.pace().await;
             let e = match client
                 .add_secret_version()
                 .set_parent(&parent)

@@ -213,6 +213,37 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Who a request says it is, from its `Authorization` header, never the credential itself:
+/// `anonymous`, `jwt iss=<issuer> kid=<key id>` for a self-signed JWT (a service-account key),
+/// or `bearer` for an opaque access token. The JWT's signature is not checked.
+fn caller(headers: &HeaderMap) -> String {
+    use base64::Engine as _;
+    let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return "anonymous".into();
+    };
+    let Some(token) = auth.strip_prefix("Bearer ") else {
+        return "other".into();
+    };
+    let part = |i: usize| -> Option<Value> {
+        let seg = token.split('.').nth(i)?;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(seg)
+            .ok()?;
+        serde_json::from_slice(&raw).ok()
+    };
+    match (part(0), part(1)) {
+        (Some(h), Some(c)) => format!(
+            "jwt iss={} kid={}",
+            c["iss"].as_str().unwrap_or("?"),
+            h["kid"].as_str().unwrap_or("?")
+        ),
+        _ => "bearer".into(),
+    }
+}
+
 /// Every `/v1/...` request.
 pub(crate) async fn handle(
     State(s): State<Arc<Shared>>,
@@ -227,6 +258,7 @@ pub(crate) async fn handle(
         .map(|ua| ua.split(' ').next().unwrap_or(ua).to_string())
         .unwrap_or_else(|| "unknown".into());
     let sm = &s.secret_manager;
+    sm.lock().count_caller(caller(&headers));
     let call = match route(&method, uri.path()) {
         Routed::Call(c) => c,
         Routed::Unimplemented(what) => {

@@ -61,6 +61,10 @@ pub struct SecretManagerStats {
     pub requests: BTreeMap<String, u64>,
     /// `:access` calls by version name (with its number), whatever their outcome.
     pub accesses: BTreeMap<String, u64>,
+    /// Calls by who made them, from the `Authorization` header (never the credential):
+    /// `anonymous`, `jwt iss=<client_email> kid=<private_key_id>` (a service-account key), or
+    /// `bearer` (an access token).
+    pub callers: BTreeMap<String, u64>,
 }
 
 /// A version, as [`SecretManagerLab::secret`] shows it (no payload).
@@ -95,6 +99,7 @@ pub(super) struct State {
     total: u64,
     requests: BTreeMap<String, u64>,
     accesses: BTreeMap<String, u64>,
+    callers: BTreeMap<String, u64>,
     log: Vec<AccessRecord>,
     last_etag: i64,
 }
@@ -117,6 +122,10 @@ impl State {
         for s in self.secrets.values_mut() {
             s.tick(now, &mut || next_etag(last));
         }
+    }
+
+    fn count_caller(&mut self, caller: String) {
+        *self.callers.entry(caller).or_default() += 1;
     }
 
     fn count(&mut self, method: &str) {
@@ -201,6 +210,7 @@ impl SecretManagerLab {
             total: st.total,
             requests: st.requests.clone(),
             accesses: st.accesses.clone(),
+            callers: st.callers.clone(),
         }
     }
 
