@@ -24,6 +24,8 @@ pub enum Exit {
     Declined = 7,
     /// The demo or benchmark saw failed requests.
     FailedRequests = 8,
+    /// `rotate --if-due`: nothing is due yet (nothing was changed).
+    NotDue = 9,
 }
 
 impl From<Exit> for ExitCode {

@@ -548,3 +548,59 @@ async fn gcp_service_account_key_from_the_environment_signs_every_call() {
     }
     lab.shutdown().await;
 }
+
+/// Secret Manager's own schedule: `status` and `rotate --if-due` read `next_rotation_time`,
+/// and a rotation that reaches S5 moves it one `rotation_period` ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_rotation_schedule_is_read_and_advanced() {
+    let env = gcp_env(|y| y).await;
+    env.up().await;
+    let url = format!("{}/v1/{SECRET}", env.lab().url());
+    let http = reqwest::Client::new();
+    let at = chrono::Utc::now() + chrono::Duration::minutes(10);
+    let resp = http
+        .patch(format!("{url}?updateMask=topics,rotation"))
+        .json(&serde_json::json!({
+            "topics": [{"name": "projects/rotor-lab/topics/rotations"}],
+            "rotation": {"nextRotationTime": at.to_rfc3339(), "rotationPeriod": "86400s"},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    let status = env.rotor(&["--output", "json", "status"]).await;
+    status.assert_code(0);
+    let next = status.last_json()["next_rotation"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let next: chrono::DateTime<chrono::Utc> = next.parse().unwrap();
+    assert!((next - at).num_seconds().abs() <= 1, "{next} vs {at}");
+    let not_due = env.rotor(&["rotate", "--if-due"]).await;
+    not_due.assert_code(9);
+    assert!(
+        not_due
+            .stdout
+            .contains("Secret Manager schedules the next rotation"),
+        "{}",
+        not_due.stdout
+    );
+    let started = chrono::Utc::now();
+    env.rotor(&["rotate", "--yes"]).await.assert_code(0);
+    let secret: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    let advanced: chrono::DateTime<chrono::Utc> = secret["rotation"]["nextRotationTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expected = started + chrono::Duration::days(1);
+    assert!(
+        (advanced - expected).num_seconds().abs() <= 60,
+        "next rotation {advanced}, expected about {expected}"
+    );
+    assert!(
+        secret["annotations"]["rotor-last-rotation"].is_string(),
+        "{secret}"
+    );
+    env.finish().await;
+}

@@ -410,3 +410,79 @@ async fn concurrency_flag_overrides_the_playbook_budget() {
     env.rotor(&["rollback"]).await.assert_code(0);
     env.finish().await;
 }
+
+/// The store file with the primary's `created_at` moved `days` into the past (the scheduled
+/// mode reads the primary's age from the store).
+fn age_primary(env: &Env, days: i64) {
+    let rotor::playbook::StoreSpec::Local { path } = &env.pb.store else {
+        panic!("a local store")
+    };
+    let mut s = env.store();
+    let id = s["primary"].as_str().unwrap().to_string();
+    let when = chrono::Utc::now() - chrono::Duration::days(days);
+    for v in s["versions"].as_array_mut().unwrap() {
+        if v["id"] == id.as_str() {
+            v["created_at"] = serde_json::json!(when.to_rfc3339());
+        }
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&s).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_due_rotates_old_primaries_resumes_first_and_leaves_fresh_ones() {
+    let env = Env::with(|y| format!("max_age: 90d\n{y}"));
+    env.up().await;
+    let a = env.store_primary();
+    // Fresh primary: not due, exit 9, nothing changes.
+    let before = env.store();
+    let fresh = env.rotor(&["--output", "json", "rotate", "--if-due"]).await;
+    fresh.assert_code(9);
+    assert!(fresh.stdout.contains(r#""due":"no""#), "{}", fresh.stdout);
+    assert!(
+        fresh.stdout.contains("is 0s old, max_age 90d"),
+        "{}",
+        fresh.stdout
+    );
+    assert_eq!(env.store(), before);
+    // A rotation in progress is resumed first, even though the primary is fresh; no terminal,
+    // so T4 and T5 go ahead without --yes.
+    env.rotor(&["rotate", "--yes", "--until", "S2"])
+        .await
+        .assert_code(0);
+    let resumed = env.rotor(&["rotate", "--if-due"]).await;
+    resumed.assert_code(0);
+    assert!(
+        resumed.stdout.contains("is in progress at S2"),
+        "{}",
+        resumed.stdout
+    );
+    let j = env.journal();
+    assert_eq!(
+        (j["state"].as_str(), j["status"].as_str()),
+        (Some("S5"), Some("completed"))
+    );
+    let b = env.store_primary();
+    assert_ne!(a, b);
+    // An old primary: due, rotated in scheduled mode, no prompt.
+    age_primary(&env, 91);
+    let old = env.rotor(&["rotate", "--if-due"]).await;
+    old.assert_code(0);
+    assert!(old.stdout.contains("older than max_age"), "{}", old.stdout);
+    let j = env.journal();
+    assert_eq!(j["state"], "S5");
+    assert_eq!(j["mode"], "scheduled");
+    assert_ne!(env.store_primary(), b);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_due_without_a_schedule_is_a_usage_error() {
+    let env = Env::new();
+    env.up().await;
+    let before = env.store();
+    let out = env.rotor(&["rotate", "--if-due"]).await;
+    out.assert_code(2);
+    assert!(out.stderr.contains("max_age: 90d"), "{}", out.stderr);
+    assert_eq!(env.store(), before);
+    env.finish().await;
+}

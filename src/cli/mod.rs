@@ -44,7 +44,7 @@ pub enum Command {
     /// Show what a rotation would do: waves, restarts, proofs. Changes nothing.
     Plan(plan::Args),
     /// Rotate the secret: S0 → S5 (or `--until`), rolling back automatically on failure.
-    Rotate(rotate::RunArgs),
+    Rotate(rotate::RotateArgs),
     /// Continue an interrupted or paused rotation from its journal.
     Resume(rotate::RunArgs),
     /// Walk the rotation in progress back to S0 (or `--to`).

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use super::{CliResult, engine, load};
 use crate::engine::journal::Mode;
-use crate::engine::{Confirm, RunOptions, RunOutcome, RunReport};
+use std::io::IsTerminal as _;
+
+use crate::engine::{Confirm, Due, RunOptions, RunOutcome, RunReport};
 use crate::exit::Exit;
 use crate::output::{Format, Output, render_report};
 use crate::protocol::State;
@@ -32,6 +34,19 @@ pub struct RunArgs {
     /// playbook's `concurrency` for this run (1 to 1024).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: Option<u16>,
+}
+
+/// `rotor rotate` arguments.
+#[derive(Debug, clap::Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Scheduled mode: rotate only when the primary is older than the playbook's `max_age` (or
+    /// Secret Manager's `next_rotation_time` has passed), resuming a rotation in progress
+    /// first. Without a terminal it never asks (T4 and T5 proceed as with `--yes`). Exits 9
+    /// when nothing is due.
+    #[arg(long)]
+    pub if_due: bool,
 }
 
 /// `rotor rollback` arguments.
@@ -102,10 +117,43 @@ fn finish(out: &Output, report: &RunReport) -> Exit {
     }
 }
 
-pub(super) async fn rotate(a: RunArgs, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
+pub(super) async fn rotate(
+    r: RotateArgs,
+    state_dir: Option<PathBuf>,
+    out: &Arc<Output>,
+) -> CliResult {
+    let a = r.run;
     let pb = load_with(&a.playbook, state_dir, a.concurrency)?;
-    let opts = options(out, a.yes, a.until, a.rollback_to, a.force);
-    let report = engine(pb, out).await?.rotate(&opts).await?;
+    if !r.if_due {
+        let opts = options(out, a.yes, a.until, a.rollback_to, a.force);
+        let report = engine(pb, out).await?.rotate(&opts).await?;
+        return Ok(finish(out, &report));
+    }
+    // Scheduled: nobody is there to answer, so policy (this flag) confirms T4 and T5.
+    let yes = a.yes || !std::io::stdin().is_terminal();
+    let mut opts = options(out, yes, a.until, a.rollback_to, a.force);
+    opts.mode = Mode::Scheduled;
+    let engine = engine(pb, out).await?;
+    let due = engine.due(chrono::Utc::now()).await?;
+    out.result(
+        &serde_json::json!({"event": "due", "due": &due}),
+        || match &due {
+            Due::InProgress { rotation, state } => {
+                format!("rotation {rotation} is in progress at {state}: resuming it")
+            }
+            Due::Yes { reason } => format!("due: {reason}"),
+            Due::No { reason, next } => format!(
+                "not due: {reason}{}",
+                next.map(|n| format!("; due at {}", n.format("%Y-%m-%d %H:%M:%S UTC")))
+                    .unwrap_or_default()
+            ),
+        },
+    );
+    let report = match due {
+        Due::No { .. } => return Ok(Exit::NotDue),
+        Due::InProgress { .. } => engine.resume(&opts).await?,
+        Due::Yes { .. } => engine.rotate(&opts).await?,
+    };
     Ok(finish(out, &report))
 }
 

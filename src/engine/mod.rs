@@ -30,7 +30,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::consumer::{Consumer, ConsumerError, RolloutReport, Slots};
@@ -164,6 +164,11 @@ pub enum EngineError {
         /// Its status.
         status: Status,
     },
+    /// `--if-due` with nothing that says when a rotation is due.
+    #[error(
+        "rotor cannot tell whether a rotation is due: the playbook has no `max_age` and the store keeps no rotation schedule\n  help: add e.g. `max_age: 90d` to the playbook (or set a rotation schedule on the Secret Manager secret)"
+    )]
+    NoSchedule,
     /// Nothing to resume or roll back.
     #[error("no rotation of this secret is in progress\n  help: start one with `rotor rotate`")]
     NoRotation,
@@ -244,9 +249,10 @@ impl EngineError {
             | EngineError::Journal(JournalError::LockLost { .. } | JournalError::Conflict { .. }) => {
                 Exit::NeedsOperator
             }
-            EngineError::Active { .. } | EngineError::NoRotation | EngineError::Irreversible(_) => {
-                Exit::Usage
-            }
+            EngineError::Active { .. }
+            | EngineError::NoRotation
+            | EngineError::NoSchedule
+            | EngineError::Irreversible(_) => Exit::Usage,
             // Nothing to rotate yet: `rotor init` first.
             EngineError::Store(StoreError::Missing { .. }) => Exit::Usage,
             EngineError::Lock(LockError::Store(e)) if matches!(**e, StoreError::Missing { .. }) => {
@@ -258,6 +264,45 @@ impl EngineError {
             _ => Exit::Internal,
         }
     }
+}
+
+/// A duration as people write ages: `90d`, `12d 3h`, `5h 2m`, `40s`.
+pub fn span(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, minutes, seconds) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (days, hours, minutes) {
+        (0, 0, 0) => format!("{seconds}s"),
+        (0, 0, m) => format!("{m}m"),
+        (0, h, 0) => format!("{h}h"),
+        (0, h, m) => format!("{h}h {m}m"),
+        (d, 0, _) => format!("{d}d"),
+        (d, h, _) => format!("{d}d {h}h"),
+    }
+}
+
+/// What a scheduled run (`rotor rotate --if-due`) finds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "due", rename_all = "snake_case")]
+pub enum Due {
+    /// A rotation is in progress: it is resumed first.
+    InProgress {
+        /// Its id.
+        rotation: String,
+        /// Where it stands.
+        state: State,
+    },
+    /// The primary must be rotated now.
+    Yes {
+        /// Why (age against `max_age`, or Secret Manager's schedule).
+        reason: String,
+    },
+    /// Nothing to do yet.
+    No {
+        /// The primary's age and the limits that apply.
+        reason: String,
+        /// When it becomes due.
+        next: Option<DateTime<Utc>>,
+    },
 }
 
 /// How a run ended (when it did not fail).
@@ -528,6 +573,62 @@ impl Engine {
             State::S4 | State::S5 => (None, snap.primary.clone()),
         };
         Ok((read(a_id).await?, read(b_id).await?))
+    }
+
+    /// Whether a scheduled run has something to do at `now`: a rotation in progress (resume it
+    /// first), a primary older than `max_age` or past Secret Manager's `next_rotation_time`, or
+    /// nothing yet (with when it will be due).
+    pub async fn due(&self, now: DateTime<Utc>) -> Result<Due, EngineError> {
+        if let Some(j) = self.journals.load().await?
+            && j.status.is_active()
+        {
+            return Ok(Due::InProgress {
+                rotation: j.id.clone(),
+                state: j.state,
+            });
+        }
+        let schedule = self.store.next_rotation().await?;
+        if self.pb.max_age.is_none() && schedule.is_none() {
+            return Err(EngineError::NoSchedule);
+        }
+        let snap = self.store.snapshot().await?;
+        let primary = snap
+            .primary_version()
+            .ok_or_else(|| EngineError::NotStable("the store has no primary value".into()))?;
+        let age = (now - primary.created_at).max(chrono::Duration::zero());
+        let age_text = span(std::time::Duration::from_secs(
+            u64::try_from(age.num_seconds()).unwrap_or(0),
+        ));
+        let mut next: Option<DateTime<Utc>> = None;
+        let mut why = format!(
+            "primary {} (version {}) is {age_text} old",
+            primary.fingerprint, primary.id
+        );
+        if let Some(max) = self.pb.max_age {
+            let at = primary.created_at
+                + chrono::Duration::from_std(max).unwrap_or(chrono::Duration::MAX);
+            let max_text = span(max);
+            if now >= at {
+                return Ok(Due::Yes {
+                    reason: format!("{why}, older than max_age {max_text}"),
+                });
+            }
+            why.push_str(&format!(", max_age {max_text}"));
+            next = Some(at);
+        }
+        if let Some(at) = schedule {
+            let at_text = at.format("%Y-%m-%d %H:%M:%S UTC");
+            if now >= at {
+                return Ok(Due::Yes {
+                    reason: format!("Secret Manager's next_rotation_time {at_text} has passed"),
+                });
+            }
+            why.push_str(&format!(
+                ", Secret Manager schedules the next rotation at {at_text}"
+            ));
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        Ok(Due::No { reason: why, next })
     }
 
     /// Starts a rotation from S0.
@@ -1541,6 +1642,27 @@ impl<'e> Run<'e> {
             Err(e) => Err(EngineError::NotStable(format!(
                 "the fleet is not at S0: {e}"
             ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::span;
+    use std::time::Duration;
+
+    #[test]
+    fn spans_read_like_ages() {
+        let cases = [
+            (40, "40s"),
+            (300, "5m"),
+            (7200, "2h"),
+            (3600 + 120, "1h 2m"),
+            (90 * 86_400, "90d"),
+            (12 * 86_400 + 3 * 3600 + 59, "12d 3h"),
+        ];
+        for (secs, text) in cases {
+            assert_eq!(span(Duration::from_secs(secs)), text);
         }
     }
 }

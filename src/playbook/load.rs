@@ -109,6 +109,7 @@ const TOP_FIELDS: &[&str] = &[
     "state_dir",
     "timings",
     "concurrency",
+    "max_age",
     "cluster",
     "consumers",
 ];
@@ -735,6 +736,25 @@ impl Cx<'_> {
             }
         };
 
+        let max_age = match top.get("max_age") {
+            None => None,
+            Some(node) => {
+                let d = self.duration(node, "max_age")?;
+                if d < Duration::from_secs(3600) {
+                    return Err(self.err(
+                        node.pos,
+                        "max_age",
+                        format!(
+                            "max_age {} is shorter than 1h",
+                            humantime::format_duration(d)
+                        ),
+                        "give the longest a value may stay primary, e.g. `max_age: 90d`",
+                    ));
+                }
+                Some(d)
+            }
+        };
+
         // consumers
         let node = self.require(
             &top,
@@ -845,6 +865,7 @@ impl Cx<'_> {
             consumers,
             cluster,
             concurrency,
+            max_age,
         })
     }
 

@@ -79,6 +79,8 @@ pub struct Playbook {
     pub cluster: Option<ClusterSpec>,
     /// How many consumers of one wave roll at the same time (at least 1).
     pub concurrency: usize,
+    /// A primary older than this is due for rotation (`rotor rotate --if-due`).
+    pub max_age: Option<Duration>,
 }
 
 /// How rotor reaches a Kubernetes cluster and what it keeps there.

@@ -148,6 +148,7 @@ impl Fleet {
             consumers: vec![consumer],
             cluster: None,
             concurrency: 1,
+            max_age: None,
         };
         Fleet { dir, pb }
     }
