@@ -73,7 +73,7 @@ async fn init_refuses_an_existing_store_and_changes_nothing() {
     env.rotor(&["init"]).await.assert_code(0);
     let before = env.store();
     let out = env.rotor(&["init"]).await;
-    assert_ne!(out.code(), Some(0));
+    out.assert_code(2);
     assert!(out.stderr.contains("already exists"), "{}", out.stderr);
     assert_eq!(before, env.store());
     env.finish().await;

@@ -216,6 +216,30 @@ async fn gcp_lock_claims_from_one_etag_let_exactly_one_win() {
     };
     let store = || std::sync::Arc::new(rotor::store::gcp::GcpStore::new(&spec, "service-secret"));
     assert!(store().exists().await.unwrap());
+    // Two claims built from one read (one etag): exactly one write lands.
+    {
+        use rotor::engine::lock::remote::{Backend as _, Write};
+        let lock = GcpLock::new(store());
+        let b = lock.backend();
+        let read = b.get().await.unwrap().expect("the secret exists");
+        let now = chrono::Utc::now();
+        let mut x = Holder::me("rotate");
+        x.identity = "x@host pid 7".into();
+        let mut y = Holder::me("rotate");
+        y.identity = "y@host pid 8".into();
+        let cx = b.claim(Some(&read), &x, now, Duration::from_secs(30));
+        let cy = b.claim(Some(&read), &y, now, Duration::from_secs(30));
+        let won = b.put(&cx, false).await.ok().expect("the first claim lands");
+        assert!(
+            matches!(b.put(&cy, false).await, Err(Write::Raced)),
+            "the stale etag is refused"
+        );
+        assert_eq!(b.holder_of(&won).unwrap().identity, "x@host pid 7");
+        b.put(&b.released(&won, now), false)
+            .await
+            .ok()
+            .expect("released");
+    }
     let (a, b) = (GcpLock::new(store()), GcpLock::new(store()));
     let mut ha = Holder::me("rotate");
     ha.identity = "a@host pid 1".into();
@@ -384,7 +408,14 @@ consumers:
         }
     };
     run(&["init"]).assert_code(0);
-    run(&["up"]).assert_code(0);
+    let v1 = String::from_utf8(
+        lab.secret_manager()
+            .payload(&format!("{SECRET}/versions/1"))
+            .unwrap(),
+    )
+    .unwrap();
+    let up = run(&["up"]);
+    up.assert_code(0);
     let rotate = run(&["rotate", "--yes"]);
     rotate.assert_code(0);
     // Up, T2 (widen) and T4 (narrow): a validator-only consumer is pointed three times.
@@ -439,16 +470,25 @@ consumers:
         Some(s.annotations["rotor-fp-2"].as_str()),
         "{held}"
     );
-    let v2 = String::from_utf8(
-        lab.secret_manager()
-            .payload(&format!("{SECRET}/versions/2"))
-            .unwrap(),
-    )
-    .unwrap();
     let recorded = std::fs::read_to_string(dir.path().join("calls.jsonl")).unwrap();
-    assert!(!recorded.contains(&v2), "a value reached the apply command");
-    for out in [&rotate.stdout, &rotate.stderr] {
-        assert!(!out.contains(&v2), "a value reached rotor's output");
+    for n in [1, 2] {
+        // Version 1 is destroyed by now: its value is what the service held before.
+        let value = match n {
+            1 => v1.clone(),
+            _ => String::from_utf8(
+                lab.secret_manager()
+                    .payload(&format!("{SECRET}/versions/2"))
+                    .unwrap(),
+            )
+            .unwrap(),
+        };
+        assert!(
+            !recorded.contains(&value),
+            "value {n} reached the apply command"
+        );
+        for out in [&up.stdout, &up.stderr, &rotate.stdout, &rotate.stderr] {
+            assert!(!out.contains(&value), "value {n} reached rotor's output");
+        }
     }
     if let Ok(pid) = std::fs::read_to_string(dir.path().join("pid")) {
         let _ = nix::sys::signal::kill(
@@ -550,10 +590,10 @@ async fn gcp_service_account_key_from_the_environment_signs_every_call() {
 }
 
 /// Secret Manager's own schedule: `status` and `rotate --if-due` read `next_rotation_time`,
-/// and a rotation that reaches S5 moves it one `rotation_period` ahead.
+/// and a rotation that reaches S5 sets it to now + the playbook's `max_age`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcp_rotation_schedule_is_read_and_advanced() {
-    let env = gcp_env(|y| y).await;
+    let env = gcp_env(|y| format!("max_age: 30d\n{y}")).await;
     env.up().await;
     let url = format!("{}/v1/{SECRET}", env.lab().url());
     let http = reqwest::Client::new();
@@ -593,7 +633,8 @@ async fn gcp_rotation_schedule_is_read_and_advanced() {
         .unwrap()
         .parse()
         .unwrap();
-    let expected = started + chrono::Duration::days(1);
+    // rotor writes the next time from max_age (Google never returns rotation_period).
+    let expected = started + chrono::Duration::days(30);
     assert!(
         (advanced - expected).num_seconds().abs() <= 60,
         "next rotation {advanced}, expected about {expected}"
@@ -602,5 +643,50 @@ async fn gcp_rotation_schedule_is_read_and_advanced() {
         secret["annotations"]["rotor-last-rotation"].is_string(),
         "{secret}"
     );
+    env.finish().await;
+}
+
+/// A secret that services already use, adopted by pointing `rotor-primary` at the version in
+/// use: `init` refuses to add a value beside it (and says how to adopt), and the rotation
+/// records the adopted version's fingerprint before it disables it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_an_adopted_secret_rotates_and_keeps_its_history() {
+    let env = gcp_env(|y| y).await;
+    let value = "adopted-value-0123456789abcdefghijklmnopqrstuv";
+    env.lab()
+        .secret_manager()
+        .seed(SECRET, &[value.as_bytes()])
+        .unwrap();
+    let init = env.rotor(&["init"]).await;
+    init.assert_code(2);
+    assert!(
+        init.stderr
+            .contains("--update-version-aliases=rotor-primary=1"),
+        "{}",
+        init.stderr
+    );
+    assert_eq!(secret(&env).versions.len(), 1, "init added nothing");
+    let resp = reqwest::Client::new()
+        .patch(format!(
+            "{}/v1/{SECRET}?updateMask=versionAliases",
+            env.lab().url()
+        ))
+        .json(&serde_json::json!({"versionAliases": {"rotor-primary": "1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    env.rotor(&["up"]).await.assert_code(0);
+    let load = env.load();
+    env.rotor(&["rotate", "--yes"]).await.assert_code(0);
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    let s = secret(&env);
+    assert_eq!(alias(&s, "rotor-primary"), Some(2));
+    assert_eq!(state(&s, 1), VersionState::Destroyed);
+    let adopted = rotor::secret::SecretValue::new(value.into()).fingerprint("service-secret");
+    assert_eq!(s.annotations["rotor-fp-1"], adopted.as_str(), "{s:?}");
+    assert!(s.annotations.contains_key("rotor-fp-2"));
+    env.rotor(&["check"]).await.assert_code(0);
     env.finish().await;
 }

@@ -915,7 +915,7 @@ async fn wire_details() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    // Rotation needs a topic and a time; durations come back as "Ns".
+    // Rotation needs a topic and a time; `rotationPeriod` is input-only (never returned).
     let next = (chrono::Utc::now() + chrono::TimeDelta::hours(2))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let bad = patch(
@@ -936,7 +936,8 @@ async fn wire_details() {
     .await
     .unwrap();
     let s3: Value = r.json().await.unwrap();
-    assert_eq!(s3["rotation"]["rotationPeriod"], "86400s", "{s3}");
+    assert_eq!(s3["rotation"]["nextRotationTime"], next.as_str(), "{s3}");
+    assert!(s3["rotation"].get("rotationPeriod").is_none(), "{s3}");
     assert_eq!(s3["topics"], json!([{"name": "projects/p/topics/rotate"}]));
     // Delete with a stale etag is refused; with the current one it goes.
     let r = h

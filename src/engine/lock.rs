@@ -169,7 +169,10 @@ pub fn open(
             .cluster
             .as_ref()
             .map_or(remote::DEFAULT_DURATION, |c| c.lease_duration);
-        let store = std::sync::Arc::new(crate::store::gcp::GcpStore::new(spec, &pb.secret));
+        // A renewal that keeps failing must give up well before the claim lapses.
+        let mut spec = spec.clone();
+        spec.retry_deadline = spec.retry_deadline.min(duration / 3);
+        let store = std::sync::Arc::new(crate::store::gcp::GcpStore::new(&spec, &pb.secret));
         let lock = gcp::GcpLock::new(store).with_duration(duration);
         return Ok(Box::new(match events {
             Some(e) => lock.with_events(e),

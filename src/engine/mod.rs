@@ -253,8 +253,10 @@ impl EngineError {
             | EngineError::NoRotation
             | EngineError::NoSchedule
             | EngineError::Irreversible(_) => Exit::Usage,
-            // Nothing to rotate yet: `rotor init` first.
-            EngineError::Store(StoreError::Missing { .. }) => Exit::Usage,
+            // Nothing to rotate yet (`rotor init` first), or `init` on a store that has values.
+            EngineError::Store(StoreError::Missing { .. } | StoreError::Refused { .. }) => {
+                Exit::Usage
+            }
             EngineError::Lock(LockError::Store(e)) if matches!(**e, StoreError::Missing { .. }) => {
                 Exit::Usage
             }
@@ -1300,7 +1302,13 @@ impl<'e> Run<'e> {
                 let proof = self.prove_store(State::S5).await?;
                 // Bookkeeping only (last rotation time, the backend's own schedule): A is gone
                 // already, so a failure here is reported, never turned into a failed T5.
-                if let Err(e) = self.e.store.rotation_finished().await {
+                let next_due = self
+                    .e
+                    .pb
+                    .max_age
+                    .and_then(|m| chrono::Duration::from_std(m).ok())
+                    .map(|m| Utc::now() + m);
+                if let Err(e) = self.e.store.rotation_finished(next_due).await {
                     self.emit(Event::Note {
                         message: format!(
                             "could not record the finished rotation in the store: {e}"

@@ -63,8 +63,10 @@ const HISTORY: u64 = 100;
 /// First back-off and its cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Deadline of one attempt.
+/// Deadline of one attempt (never longer than the retry deadline).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Least time between two state changes of one version.
+const STATE_CHANGE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One Secret Manager method, with the permission it needs and the least predefined role that
 /// grants it.
@@ -262,7 +264,9 @@ fn state_of(v: &sm::SecretVersion) -> VersionState {
             VersionState::Destroyed
         }
         sm::secret_version::State::Disabled => VersionState::Disabled,
-        _ => VersionState::Destroyed,
+        sm::secret_version::State::Destroyed => VersionState::Destroyed,
+        // A state this client does not know: neither readable nor gone, as far as rotor goes.
+        _ => VersionState::Disabled,
     }
 }
 
@@ -291,6 +295,8 @@ pub struct GcpStore {
     logical: String,
     client: tokio::sync::OnceCell<SecretManagerService>,
     last_write: tokio::sync::Mutex<Option<Instant>>,
+    /// When each version last changed state.
+    state_changes: tokio::sync::Mutex<HashMap<String, Instant>>,
     /// Fingerprints of enabled versions that carried no annotation, computed once.
     computed: Mutex<HashMap<String, Fingerprint>>,
 }
@@ -309,6 +315,7 @@ impl GcpStore {
             logical: secret.to_string(),
             client: tokio::sync::OnceCell::new(),
             last_write: tokio::sync::Mutex::new(None),
+            state_changes: tokio::sync::Mutex::new(HashMap::new()),
             computed: Mutex::new(HashMap::new()),
         }
     }
@@ -335,7 +342,7 @@ impl GcpStore {
                 let mut b = SecretManagerService::builder()
                     .with_endpoint(self.endpoint.clone())
                     .with_retry_policy(google_cloud_gax::retry_policy::NeverRetry)
-                    .with_attempt_timeout(ATTEMPT_TIMEOUT);
+                    .with_attempt_timeout(ATTEMPT_TIMEOUT.min(self.spec.retry_deadline));
                 if self.spec.credentials == GcpCredentials::Anonymous {
                     b = b.with_credentials(
                         google_cloud_auth::credentials::anonymous::Builder::new().build(),
@@ -437,6 +444,21 @@ impl GcpStore {
             }
         }
         *last = Some(Instant::now());
+    }
+
+    /// Like [`GcpStore::pace`], and at least a second after the previous state change of the
+    /// same version (Google allows one per second per version).
+    async fn pace_version(&self, version: &str) {
+        self.pace().await;
+        let mut last = self.state_changes.lock().await;
+        if let Some(at) = last.get(version) {
+            let next = *at + STATE_CHANGE_INTERVAL;
+            let now = Instant::now();
+            if next > now {
+                tokio::time::sleep(next - now).await;
+            }
+        }
+        last.insert(version.to_string(), Instant::now());
     }
 
     /// The secret, or `None` when it does not exist.
@@ -713,6 +735,14 @@ impl GcpStore {
     async fn annotate(&self, id: &str, fp: &Fingerprint, alias: bool) -> Result<(), StoreError> {
         let newest: u64 = id.parse().unwrap_or(0);
         let logical = self.logical.clone();
+        // Only a destroyed version's fingerprint may go: the others still hold values.
+        let destroyed: std::collections::HashSet<u64> = self
+            .versions()
+            .await?
+            .iter()
+            .filter(|v| state_of(v) == VersionState::Destroyed)
+            .filter_map(|v| number_of(&v.name))
+            .collect();
         let mask: &[&str] = if alias {
             &["annotations", "version_aliases"]
         } else {
@@ -725,7 +755,7 @@ impl GcpStore {
             s.annotations.retain(|k, _| {
                 k.strip_prefix(ANN_FP_PREFIX)
                     .and_then(|n| n.parse::<u64>().ok())
-                    .is_none_or(|n| n + HISTORY > newest)
+                    .is_none_or(|n| n + HISTORY > newest || !destroyed.contains(&n))
             });
             if alias {
                 s.version_aliases
@@ -903,9 +933,46 @@ impl Store for GcpStore {
                 });
             }
         }
+        // Every version in a slot carries its fingerprint (an adopted one gets it now, while it
+        // is enabled and readable), so it stays in the history once disabled.
+        let secret = self.load_secret().await?;
+        let mut fps: Vec<(String, Fingerprint)> = Vec::new();
+        for id in std::iter::once(primary).chain(secondary) {
+            if !secret.annotations.contains_key(&fp_key(id)) {
+                fps.push((
+                    fp_key(id),
+                    self.access(id).await?.fingerprint(&self.logical),
+                ));
+            }
+        }
         let number = |id: &str| id.parse::<i64>().unwrap_or(0);
-        self.update(&["version_aliases"], |s| {
-            let before = s.version_aliases.clone();
+        let rotor_aliases = |s: &sm::Secret| {
+            (
+                s.version_aliases.get(ALIAS_PRIMARY).copied(),
+                s.version_aliases.get(ALIAS_SECONDARY).copied(),
+            )
+        };
+        let first = rotor_aliases(&secret);
+        let store = self.describe();
+        self.update(&["version_aliases", "annotations"], |s| {
+            // Re-deciding after an etag race: if someone else moved rotor's aliases meanwhile,
+            // that is theirs to explain, not ours to overwrite.
+            let now = rotor_aliases(s);
+            let target = (Some(number(primary)), secondary.map(number));
+            if now != first && now != target {
+                return Err(StoreError::Conflict {
+                    store: store.clone(),
+                    detail: format!(
+                        "the aliases {ALIAS_PRIMARY}/{ALIAS_SECONDARY} moved from {first:?} to {now:?} while rotor was setting them to {target:?}"
+                    ),
+                });
+            }
+            let before = (s.version_aliases.clone(), s.annotations.clone());
+            for (k, fp) in &fps {
+                s.annotations
+                    .entry(k.clone())
+                    .or_insert_with(|| fp.as_str().to_string());
+            }
             s.version_aliases
                 .insert(ALIAS_PRIMARY.into(), number(primary));
             match secondary {
@@ -916,7 +983,7 @@ impl Store for GcpStore {
                     s.version_aliases.remove(ALIAS_SECONDARY);
                 }
             }
-            Ok(s.version_aliases != before)
+            Ok((s.version_aliases.clone(), s.annotations.clone()) != before)
         })
         .await
     }
@@ -938,6 +1005,12 @@ impl Store for GcpStore {
             }
             if state != VersionState::Enabled {
                 let s = self.load_secret().await?;
+                // Its fingerprint goes into the history now, while it can still be read.
+                if current == VersionState::Enabled && !s.annotations.contains_key(&fp_key(version))
+                {
+                    let fp = self.access(version).await?.fingerprint(&self.logical);
+                    self.annotate(version, &fp, false).await?;
+                }
                 for (slot, a) in [("primary", ALIAS_PRIMARY), ("secondary", ALIAS_SECONDARY)] {
                     if alias(&s, a).as_deref() == Some(version) {
                         return Err(StoreError::Refused {
@@ -950,7 +1023,7 @@ impl Store for GcpStore {
                 }
             }
             let etag = v.etag.clone();
-            self.pace().await;
+            self.pace_version(version).await;
             let op = match state {
                 VersionState::Enabled => Op::Enable,
                 VersionState::Disabled => Op::Disable,
@@ -1014,15 +1087,27 @@ impl Store for GcpStore {
             .map(|t| time_of(Some(t))))
     }
 
-    async fn rotation_finished(&self) -> Result<(), StoreError> {
+    async fn rotation_finished(&self, next_due: Option<DateTime<Utc>>) -> Result<(), StoreError> {
         let now = Utc::now();
-        let scheduled = self
+        // Secret Manager's schedule is advanced only where the secret has one (it needs a
+        // Pub/Sub topic, which is the owner's to set up). `rotation_period` is input-only: Google
+        // moves a periodic schedule itself when it notifies, so rotor writes the next time only
+        // when the playbook's `max_age` says when it is, and otherwise clears a one-time schedule
+        // that has passed, so it does not call for a rotation again and again.
+        let current = self
             .load_secret()
             .await?
             .rotation
             .as_ref()
-            .is_some_and(|r| r.rotation_period.is_some());
-        let mask: &[&str] = if scheduled {
+            .and_then(|r| r.next_rotation_time.as_ref())
+            .map(|t| time_of(Some(t)));
+        let next = match (current, next_due) {
+            (None, _) => None,
+            (Some(_), Some(due)) => Some(Some(due)),
+            (Some(at), None) if at <= now => Some(None),
+            (Some(_), None) => None,
+        };
+        let mask: &[&str] = if next.is_some() {
             &["annotations", "rotation.next_rotation_time"]
         } else {
             &["annotations"]
@@ -1030,11 +1115,9 @@ impl Store for GcpStore {
         self.update(mask, |s| {
             s.annotations
                 .insert(ANN_LAST_ROTATION.into(), now.to_rfc3339());
-            if let Some(r) = s.rotation.as_mut()
-                && let Some(p) = r.rotation_period.as_ref()
-            {
-                let next = now + chrono::Duration::seconds(p.seconds());
-                r.next_rotation_time = google_cloud_wkt::Timestamp::new(next.timestamp(), 0).ok();
+            if let (Some(next), Some(r)) = (next, s.rotation.as_mut()) {
+                r.next_rotation_time =
+                    next.and_then(|t| google_cloud_wkt::Timestamp::new(t.timestamp(), 0).ok());
             }
             Ok(true)
         })

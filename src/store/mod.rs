@@ -210,9 +210,10 @@ pub trait Store: Send + Sync {
         Ok(None)
     }
 
-    /// Records that a rotation reached S5 (last rotation time, the backend's schedule
-    /// advanced by one period). Idempotent.
-    async fn rotation_finished(&self) -> Result<(), StoreError> {
+    /// Records that a rotation reached S5 (last rotation time; the backend's own schedule set to
+    /// `next_due` when the playbook's `max_age` gives one). Idempotent.
+    async fn rotation_finished(&self, next_due: Option<DateTime<Utc>>) -> Result<(), StoreError> {
+        let _ = next_due;
         Ok(())
     }
 }

@@ -48,13 +48,23 @@ impl From<StoreError> for LockError {
     }
 }
 
-/// Who holds the lock recorded on `secret`, if anyone.
+/// Who holds the lock recorded on `secret`, if anyone. An annotation rotor cannot read is
+/// somebody's claim all the same: it counts as held by an unknown holder whose claim expired,
+/// so only `--force` takes it.
 pub fn holder_of(secret: &Secret) -> Option<Holder> {
-    secret
-        .annotations
-        .get(LOCK_ANNOTATION)
-        .and_then(|json| serde_json::from_str::<Holder>(json).ok())
-        .filter(|h| !h.identity.is_empty())
+    let json = secret.annotations.get(LOCK_ANNOTATION)?;
+    match serde_json::from_str::<Holder>(json) {
+        Ok(h) if h.identity.is_empty() => None,
+        Ok(h) => Some(h),
+        Err(_) => Some(Holder {
+            identity: format!("unknown (the `{LOCK_ANNOTATION}` annotation is not rotor's)"),
+            command: "unknown".into(),
+            rotation: None,
+            stage: "unknown".into(),
+            since: DateTime::UNIX_EPOCH,
+            expires: DateTime::UNIX_EPOCH,
+        }),
+    }
 }
 
 fn with_holder(base: &Secret, holder: Option<&Holder>) -> Secret {

@@ -405,9 +405,7 @@ impl Secret {
             if let Some(t) = &r.next {
                 rot.insert("nextRotationTime".into(), json!(ts(t)));
             }
-            if let Some(p) = &r.period {
-                rot.insert("rotationPeriod".into(), json!(dur(p)));
-            }
+            // `rotationPeriod` is input-only: Google never returns it.
             m.insert("rotation".into(), Value::Object(rot));
         }
         if !self.aliases.is_empty() {
