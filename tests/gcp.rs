@@ -283,11 +283,33 @@ async fn gcp_429_and_503_storms_are_retried_and_the_rotation_completes() {
             probability: Some(0.2),
         });
     }
+    // The first versions.add lands but its answer is lost: rotor must find it, not add again.
+    env.lab().faults().add(Fault::Gcp {
+        method: GcpMethod::AddVersion,
+        secret: None,
+        effect: GcpEffect::LostAnswer,
+        delay_ms: None,
+        count: Some(1),
+        probability: None,
+    });
     let load = env.load();
     let out = env.rotor(&["rotate", "--yes"]).await;
     let report = load.stop().await;
+    let lost_answer_spent = !env.lab().faults().list().iter().any(|f| {
+        matches!(
+            f,
+            Fault::Gcp {
+                effect: GcpEffect::LostAnswer,
+                ..
+            }
+        )
+    });
     env.lab().faults().clear();
     out.assert_code(0);
+    assert!(
+        lost_answer_spent,
+        "the add whose answer was lost never happened"
+    );
     env.assert_no_failures(&report);
     let stats = env.lab().secret_manager().stats();
     assert!(stats.total > before, "{stats:?}");

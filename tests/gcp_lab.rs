@@ -936,7 +936,16 @@ async fn wire_details() {
     .await
     .unwrap();
     let s3: Value = r.json().await.unwrap();
-    assert_eq!(s3["rotation"]["nextRotationTime"], next.as_str(), "{s3}");
+    let got: chrono::DateTime<chrono::Utc> = s3["rotation"]["nextRotationTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        got,
+        next.parse::<chrono::DateTime<chrono::Utc>>().unwrap(),
+        "{s3}"
+    );
     assert!(s3["rotation"].get("rotationPeriod").is_none(), "{s3}");
     assert_eq!(s3["topics"], json!([{"name": "projects/p/topics/rotate"}]));
     // Delete with a stale etag is refused; with the current one it goes.

@@ -17,8 +17,8 @@
 //! - `{"kind": "gcp", "method": "access", "secret": "db-password", "effect": "unavailable",
 //!   "count": 2}`: the next `count` matching Secret Manager calls (or each with `probability`)
 //!   answer 429 RESOURCE_EXHAUSTED with Google's quota message (`resource_exhausted`), 503
-//!   UNAVAILABLE (`unavailable`), 500 INTERNAL (`internal`), or wait `delay_ms` (default 1000)
-//!   and then proceed (`delay`). `method` is one of create, get, list, update, delete,
+//!   UNAVAILABLE (`unavailable`), 500 INTERNAL (`internal`), wait `delay_ms` (default 1000)
+//!   and then proceed (`delay`), or serve the call and answer 503 anyway (`lost_answer`). `method` is one of create, get, list, update, delete,
 //!   add_version, get_version, list_versions, access, enable, disable, destroy,
 //!   get_iam_policy, set_iam_policy, test_iam_permissions or `*`; `secret` (default any) is a
 //!   secret id (`db-password`), a full name (`projects/p/secrets/db-password`) or `*`.
@@ -71,6 +71,9 @@ pub enum GcpEffect {
     Internal,
     /// Wait `delay_ms` (default 1000), then serve the call normally.
     Delay,
+    /// Serve the call (it takes effect), then answer 503 UNAVAILABLE: a reply lost on the way
+    /// back, so the caller cannot tell whether its write happened.
+    LostAnswer,
 }
 
 /// A Secret Manager method, as faults and statistics name it.

@@ -289,6 +289,7 @@ pub(crate) async fn handle(
     let _g = InFlight(&s.stats);
     sm.lock().count(m.as_str());
     let secret = call.secret(&p);
+    let mut lost_answer = false;
     if let Some((effect, delay_ms)) = s.faults.check_gcp(m, &secret) {
         tracing::info!(
             method = m.as_str(),
@@ -310,6 +311,10 @@ pub(crate) async fn handle(
             }
             GcpEffect::Unavailable => Some(RpcError::unavailable()),
             GcpEffect::Internal => Some(RpcError::internal()),
+            GcpEffect::LostAnswer => {
+                lost_answer = true;
+                None
+            }
         };
         if let Some(e) = err {
             if let Call::Access { secret, id } = &call {
@@ -336,6 +341,8 @@ pub(crate) async fn handle(
         ops::run(&mut st, &call, &p, &body, now)
     };
     match result {
+        // The call took effect, but the caller hears 503 (a reply lost on the way back).
+        Ok(_) if lost_answer => RpcError::unavailable().into_response(),
         Ok(v) => json_response(StatusCode::OK, &v),
         Err(e) => {
             tracing::debug!(
