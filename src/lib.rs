@@ -12,6 +12,7 @@ pub mod demo;
 pub mod engine;
 pub mod events;
 pub mod exit;
+pub mod graph;
 pub mod jwt;
 pub mod lab;
 pub mod output;

@@ -11,6 +11,7 @@ async fn help_lists_every_command() {
     let text = String::from_utf8_lossy(&out.stdout);
     for cmd in [
         "plan", "rotate", "resume", "rollback", "status", "check", "init", "up", "down", "demo",
+        "graph",
     ] {
         assert!(
             text.contains(&format!("  {cmd} ")),
@@ -77,4 +78,53 @@ async fn init_refuses_an_existing_store_and_changes_nothing() {
     assert!(out.stderr.contains("already exists"), "{}", out.stderr);
     assert_eq!(before, env.store());
     env.finish().await;
+}
+
+#[test]
+fn graph_maps_several_playbooks_and_names_multi_name_readers() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
+    let run = |format: &str| {
+        let out = std::process::Command::new(crate::common::rotor_exe())
+            .args(["graph", "--format", format])
+            .arg(root.join("k8s-demo.yaml"))
+            .arg(root.join("gcp-cloudrun.yaml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let m = run("mermaid");
+    assert!(m.starts_with("flowchart LR\n"), "{m}");
+    // Two secrets (one per playbook), five consumers, one edge each.
+    assert!(
+        m.contains(
+            "s0[(\"service-secret<br/>development<br/>kubernetes:demo/service-secret-store\")]"
+        ),
+        "{m}"
+    );
+    assert!(m.contains("s1[(\"service-secret<br/>production<br/>gcp:projects/my-project/secrets/service-secret\")]"), "{m}");
+    assert!(m.contains("c0[\"auth<br/>Deployment demo/auth\"]"), "{m}");
+    assert!(m.contains("s1 -- \"validator<br/>primary: SERVICE_SECRET, SECRET_KEY<br/>secondary: SERVICE_SECRET_PREVIOUS\" --> c4"), "{m}");
+    assert_eq!(m.matches(" --> ").count(), 5, "{m}");
+    // auth, backend and admin-api read one value under two names.
+    for line in [
+        "%% auth reads service-secret/development under 2 names: SERVICE_SECRET, SECRET_KEY",
+        "%% backend reads service-secret/development under 2 names: SERVICE_SECRET, JWT_SECRET_KEY",
+        "%% admin-api reads service-secret/production under 2 names: SERVICE_SECRET, SECRET_KEY",
+    ] {
+        assert!(m.contains(line), "{line}\n{m}");
+    }
+    assert!(!m.contains("analytics reads"), "{m}");
+    let d = run("dot");
+    assert!(d.starts_with("digraph rotor {"), "{d}");
+    assert_eq!(d.matches(" -> ").count(), 5, "{d}");
+    assert!(
+        d.contains("c0 [shape=box, label=\"auth\\nDeployment demo/auth\", color=red, penwidth=2];"),
+        "{d}"
+    );
+    assert!(d.contains("// admin-api reads"), "{d}");
 }

@@ -4,6 +4,7 @@
 mod check;
 mod demo;
 mod fleet;
+mod graph;
 mod plan;
 mod rotate;
 mod status;
@@ -59,6 +60,8 @@ pub enum Command {
     Up(fleet::Args),
     /// Stop the process consumers rotor started.
     Down(fleet::Args),
+    /// Draw which secrets reach which consumers under which names (Mermaid or DOT).
+    Graph(graph::Args),
     /// Run the embedded demo: a local fleet rotated under load, with a report.
     Demo(demo::Args),
     /// The demo fleet's HTTP service (used by the demo playbook).
@@ -97,6 +100,7 @@ pub fn main() -> ExitCode {
             Command::Up(a) => fleet::up(a, state_dir, &out).await,
             Command::Down(a) => fleet::down(a, state_dir, &out).await,
             Command::Failpoints(a) => fleet::failpoints(a, state_dir, &out).await,
+            Command::Graph(a) => graph::run(a, state_dir, &out).await,
             Command::Demo(a) => demo::run(a, &out).await,
             Command::DemoService(_) => unreachable!("handled above"),
         }
