@@ -121,6 +121,29 @@ fn graph_maps_several_playbooks_and_names_multi_name_readers() {
     assert!(!m.contains("analytics reads"), "{m}");
     let d = run("dot");
     assert!(d.starts_with("digraph rotor {"), "{d}");
+    // An independent DOT parser (pydot, from PyPI) reads it: 7 nodes, 5 edges.
+    let pydot = crate::common::pip_install("pydot", "pytools-pydot", "pydot/__init__.py");
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, pydot; [g] = pydot.graph_from_dot_data(sys.stdin.read()); \
+             print(len(g.get_nodes()), len(g.get_edges()))",
+        ])
+        .env("PYTHONPATH", &pydot)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(d.as_bytes()).unwrap();
+    let parsed = child.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&parsed.stdout).trim(), "7 5", "{d}");
     assert_eq!(d.matches(" -> ").count(), 5, "{d}");
     assert!(
         d.contains("c0 [shape=box, label=\"auth\\nDeployment demo/auth\", color=red, penwidth=2];"),

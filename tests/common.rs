@@ -331,3 +331,46 @@ pub async fn wait_for(what: &str, deadline: Duration, mut cond: impl AsyncFnMut(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A PyPI package installed once under `target/<dir>` (pip `--target`, under a file lock so
+/// parallel tests share one install; a stamp marks a finished one), checked by `probe`, a path
+/// inside it. Returns the directory (for PYTHONPATH, or its `bin/`).
+pub fn pip_install(package: &str, dir: &str, probe: &str) -> PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let root = target.join(dir);
+    let stamp = root.join(".rotor-installed");
+    std::fs::create_dir_all(&target).unwrap();
+    let lock = std::fs::File::create(target.join(format!(".{dir}.lock"))).unwrap();
+    let _l = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    if stamp.is_file() {
+        return root;
+    }
+    if root.exists() {
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+    let out = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
+        .arg(&root)
+        .arg(package)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pip install {package} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        root.join(probe).is_file(),
+        "{package} did not install {probe} under {}",
+        root.display()
+    );
+    std::fs::write(&stamp, b"ok\n").unwrap();
+    root
+}

@@ -81,44 +81,11 @@ fn http() -> reqwest::Client {
 /// `google-cloud-secret-manager` from PyPI under `target/pytools-gcp` (once, under a file
 /// lock; a stamp file marks a finished install).
 fn python_gcp() -> PathBuf {
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    let root = target.join("pytools-gcp");
-    let stamp = root.join(".rotor-installed");
-    std::fs::create_dir_all(&target).unwrap();
-    let lock = std::fs::File::create(target.join(".pytools-gcp.lock")).unwrap();
-    let _l = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
-    if stamp.is_file() {
-        return root;
-    }
-    if root.exists() {
-        std::fs::remove_dir_all(&root).unwrap();
-    }
-    let out = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--target",
-        ])
-        .arg(&root)
-        .arg("google-cloud-secret-manager")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pip install google-cloud-secret-manager failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        root.join("google/cloud/secretmanager/__init__.py")
-            .is_file(),
-        "google-cloud-secret-manager did not install under {}",
-        root.display()
-    );
-    std::fs::write(&stamp, b"ok\n").unwrap();
-    root
+    crate::common::pip_install(
+        "google-cloud-secret-manager",
+        "pytools-gcp",
+        "google/cloud/secretmanager/__init__.py",
+    )
 }
 
 #[track_caller]

