@@ -15,6 +15,7 @@ pub mod exit;
 pub mod graph;
 pub mod jwt;
 pub mod lab;
+pub mod manifests;
 pub mod output;
 pub mod playbook;
 pub mod probe;

@@ -151,3 +151,140 @@ fn graph_maps_several_playbooks_and_names_multi_name_readers() {
     );
     assert!(d.contains("// admin-api reads"), "{d}");
 }
+
+fn manifests(playbook: &str) -> (Option<i32>, String, String) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
+    let out = std::process::Command::new(crate::common::rotor_exe())
+        .args([
+            "manifests",
+            "--image",
+            "registry.example/rotor:1.0",
+            "--playbook",
+        ])
+        .arg(root.join(playbook))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn yaml_docs(yaml: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_multiple::<serde_json::Value>(yaml).unwrap()
+}
+
+#[test]
+fn manifests_grant_only_what_the_playbook_names_and_run_if_due() {
+    use k8s_openapi::api::batch::v1::CronJob;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let (code, yaml, err) = manifests("k8s-demo.yaml");
+    assert_eq!(code, Some(0), "{err}");
+    let docs = yaml_docs(&yaml);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "ConfigMap",
+            "CronJob"
+        ]
+    );
+    let role: Role = serde_json::from_value(docs[1].clone()).unwrap();
+    assert_eq!(role.metadata.namespace.as_deref(), Some("demo"));
+    let rules: Vec<(String, Vec<String>, Vec<String>)> = role
+        .rules
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            (
+                r.resources.unwrap().join(","),
+                r.verbs,
+                r.resource_names.unwrap_or_default(),
+            )
+        })
+        .collect();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        rules,
+        [
+            (
+                "secrets".into(),
+                s(&["get", "update"]),
+                s(&[
+                    "analytics-secrets",
+                    "auth-secrets",
+                    "backend-secrets",
+                    "service-secret-store"
+                ])
+            ),
+            (
+                "deployments".into(),
+                s(&["get", "patch"]),
+                s(&["analytics", "auth", "backend"])
+            ),
+            ("pods".into(), s(&["list"]), vec![]),
+            (
+                "leases".into(),
+                s(&["get", "update"]),
+                s(&["rotor-service-secret-development"])
+            ),
+            ("leases".into(), s(&["create"]), vec![]),
+            (
+                "configmaps".into(),
+                s(&["get", "update"]),
+                s(&["rotor-journal-service-secret-development"])
+            ),
+            ("configmaps".into(), s(&["create"]), vec![]),
+        ]
+    );
+    let binding: RoleBinding = serde_json::from_value(docs[2].clone()).unwrap();
+    assert_eq!(binding.role_ref.name, "rotor-service-secret-development");
+    assert_eq!(
+        binding.subjects.unwrap()[0].name,
+        "rotor-service-secret-development"
+    );
+    let cm: ConfigMap = serde_json::from_value(docs[3].clone()).unwrap();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/k8s-demo.yaml"),
+    )
+    .unwrap();
+    assert_eq!(cm.data.unwrap()["playbook.yaml"], text);
+    let cron: CronJob = serde_json::from_value(docs[4].clone()).unwrap();
+    let spec = cron.spec.unwrap();
+    assert_eq!(spec.schedule, "17 3 * * *");
+    assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+    let pod = spec.job_template.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("rotor-service-secret-development")
+    );
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("registry.example/rotor:1.0"));
+    let script = c.command.as_ref().unwrap().join(" ");
+    assert!(
+        script.contains("rotor --output json rotate --if-due /etc/rotor/playbook.yaml"),
+        "{script}"
+    );
+    assert!(script.contains("-eq 9 ] && exit 0"), "{script}");
+
+    // A Secret Manager store: the lock is on the secret (no Lease rules); workload identity.
+    let (code, yaml, err) = manifests("gcp-k8s.yaml");
+    assert_eq!(code, Some(0), "{err}");
+    let docs = yaml_docs(&yaml);
+    assert_eq!(
+        docs[0]["metadata"]["annotations"]["iam.gke.io/gcp-service-account"],
+        "rotor@rotor-lab.iam.gserviceaccount.com"
+    );
+    assert!(!yaml.contains("leases"), "{yaml}");
+
+    // Local processes cannot be run from a cluster: refused, nothing printed.
+    let (code, yaml, err) = manifests("local-demo.yaml");
+    assert_eq!(code, Some(2));
+    assert!(yaml.is_empty());
+    assert!(err.contains("is a local process"), "{err}");
+}

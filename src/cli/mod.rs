@@ -5,6 +5,7 @@ mod check;
 mod demo;
 mod fleet;
 mod graph;
+mod manifests;
 mod plan;
 mod rotate;
 mod status;
@@ -62,6 +63,8 @@ pub enum Command {
     Down(fleet::Args),
     /// Draw which secrets reach which consumers under which names (Mermaid or DOT).
     Graph(graph::Args),
+    /// Print a CronJob, ServiceAccount, Role and RoleBinding that run the playbook on a schedule.
+    Manifests(manifests::Args),
     /// Run the embedded demo: a local fleet rotated under load, with a report.
     Demo(demo::Args),
     /// The demo fleet's HTTP service (used by the demo playbook).
@@ -101,6 +104,7 @@ pub fn main() -> ExitCode {
             Command::Down(a) => fleet::down(a, state_dir, &out).await,
             Command::Failpoints(a) => fleet::failpoints(a, state_dir, &out).await,
             Command::Graph(a) => graph::run(a, state_dir, &out).await,
+            Command::Manifests(a) => manifests::run(a, state_dir, &out).await,
             Command::Demo(a) => demo::run(a, &out).await,
             Command::DemoService(_) => unreachable!("handled above"),
         }
