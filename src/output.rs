@@ -366,7 +366,7 @@ pub fn render_report(r: &RunReport) -> String {
         .map(|s| format!("{:?} {} {:.2}s", s.transition, s.direction, s.seconds))
         .collect();
     let restarts: Vec<String> = r.restarts.iter().map(|(c, n)| format!("{c} {n}")).collect();
-    format!(
+    let mut text = format!(
         "rotation {} at {} ({:?}) in {:.2}s\n  stages: {}\n  restarts: {}",
         r.rotation,
         r.state,
@@ -374,5 +374,12 @@ pub fn render_report(r: &RunReport) -> String {
         r.wall_seconds,
         stages.join(", "),
         restarts.join(", ")
-    )
+    );
+    if let Some(t) = r.time_to_revoke_seconds {
+        text.push_str(&format!(
+            "\n  time to revoke: {t:.2}s (start → the old value rejected by every validator instance), {} rollout waves",
+            r.waves
+        ));
+    }
+    text
 }

@@ -486,3 +486,119 @@ async fn if_due_without_a_schedule_is_a_usage_error() {
     assert_eq!(env.store(), before);
     env.finish().await;
 }
+
+/// A playbook whose grace (1h) and retention (7d) an ordinary rotation would wait for.
+fn slow_yaml(y: String) -> String {
+    let y = y
+        .replace("grace: 0s ", "grace: 1h ")
+        .replace("retention: 0s ", "retention: 7d ");
+    assert!(y.contains("grace: 1h") && y.contains("retention: 7d"));
+    y
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emergency_rekey_under_load_revokes_in_three_waves_with_no_failed_request() {
+    let env = Env::with(slow_yaml);
+    env.up().await;
+    let a = env.store_primary();
+    let load = env.load();
+    let out = env
+        .rotor(&[
+            "--output",
+            "json",
+            "rekey",
+            "--emergency",
+            "--reason",
+            "key printed in CI logs",
+            "--incident",
+            "INC-42",
+        ])
+        .await;
+    out.assert_code(0);
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    let r = &out.last_json()["report"];
+    assert_eq!(r["state"], "S5", "{r}");
+    assert_eq!(r["waves"], 3, "{r}");
+    let revoke = r["time_to_revoke_seconds"]
+        .as_f64()
+        .expect("time to revoke reported");
+    let wall = r["wall_seconds"].as_f64().unwrap();
+    assert!(revoke > 0.0 && revoke <= wall, "{revoke} of {wall}");
+    // Neither the hour of grace nor the week of retention was waited for.
+    assert!(wall < 120.0, "{wall}");
+    let j = env.journal();
+    assert_eq!(j["mode"], "emergency");
+    assert_eq!(j["reason"], "key printed in CI logs (incident INC-42)");
+    assert_eq!(j["state"], "S5");
+    // The old value is destroyed in the store, its fingerprint kept.
+    let s = env.store();
+    let old = s["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["fingerprint"] == a.as_str())
+        .unwrap();
+    assert_eq!(old["state"], "destroyed", "{old}");
+    assert!(old.get("value").is_none());
+    env.rotor(&["check"]).await.assert_code(0);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emergency_rekey_takes_over_a_rotation_in_progress_without_waiting_for_grace() {
+    let env = Env::with(slow_yaml);
+    env.up().await;
+    env.rotor(&["rotate", "--yes", "--until", "S3"])
+        .await
+        .assert_code(0);
+    let id = env.journal()["id"].as_str().unwrap().to_string();
+    let out = env
+        .rotor(&[
+            "--output",
+            "json",
+            "rekey",
+            "--emergency",
+            "--reason",
+            "laptop stolen",
+        ])
+        .await;
+    out.assert_code(0);
+    let r = &out.last_json()["report"];
+    assert_eq!(r["rotation"], id.as_str(), "the same rotation, continued");
+    let stages: Vec<&str> = r["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["transition"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["T4", "T5"]);
+    assert_eq!(r["waves"], 1);
+    assert!(r["time_to_revoke_seconds"].as_f64().is_some(), "{r}");
+    let j = env.journal();
+    assert_eq!(
+        (j["mode"].as_str(), j["state"].as_str()),
+        (Some("emergency"), Some("S5"))
+    );
+    assert_eq!(j["reason"], "laptop stolen");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_needs_emergency_and_a_reason() {
+    let env = Env::new();
+    env.up().await;
+    let before = env.store();
+    let no_flag = env.rotor(&["rekey", "--reason", "x"]).await;
+    no_flag.assert_code(2);
+    assert!(no_flag.stderr.contains("--emergency"), "{}", no_flag.stderr);
+    let blank = env.rotor(&["rekey", "--emergency", "--reason", " "]).await;
+    blank.assert_code(2);
+    assert!(
+        blank.stderr.contains("--reason is empty"),
+        "{}",
+        blank.stderr
+    );
+    assert_eq!(env.store(), before);
+    env.finish().await;
+}

@@ -51,6 +51,9 @@ pub enum Command {
     Resume(rotate::RunArgs),
     /// Walk the rotation in progress back to S0 (or `--to`).
     Rollback(rotate::RollbackArgs),
+    /// After a leak: rotate now with grace 0 and destroy the old value once every validator
+    /// rejects it (`--emergency --reason TEXT`); takes over a rotation in progress.
+    Rekey(rotate::RekeyArgs),
     /// Show the rotation's state, last step and lock holder.
     Status(status::Args),
     /// Compare what every consumer instance holds with the store; exit 5 on drift.
@@ -97,6 +100,7 @@ pub fn main() -> ExitCode {
             Command::Rotate(a) => rotate::rotate(a, state_dir, &out).await,
             Command::Resume(a) => rotate::resume(a, state_dir, &out).await,
             Command::Rollback(a) => rotate::rollback(a, state_dir, &out).await,
+            Command::Rekey(a) => rotate::rekey(a, state_dir, &out).await,
             Command::Status(a) => status::run(a, state_dir, &out).await,
             Command::Check(a) => check::run(a, state_dir, &out).await,
             Command::Init(a) => fleet::init(a, state_dir, &out).await,

@@ -49,6 +49,30 @@ pub struct RotateArgs {
     pub if_due: bool,
 }
 
+/// `rotor rekey` arguments.
+#[derive(Debug, clap::Args)]
+pub struct RekeyArgs {
+    /// The playbook (YAML).
+    pub playbook: PathBuf,
+    /// Required: this is the after-a-leak path (grace 0, the old value destroyed right after
+    /// every validator rejects it, no questions).
+    #[arg(long, required = true)]
+    pub emergency: bool,
+    /// Why, for the journal and the audit log (never put a value here).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    /// The incident id, recorded with the reason.
+    #[arg(long, value_name = "ID")]
+    pub incident: Option<String>,
+    /// Take over the lock if its holder stopped renewing it (an expired Lease). A live lock is
+    /// never taken: stop the run that holds it first.
+    #[arg(long)]
+    pub force: bool,
+    /// How many consumers of one wave may roll (and be proven) at once (1 to 1024).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: Option<u16>,
+}
+
 /// `rotor rollback` arguments.
 #[derive(Debug, clap::Args)]
 pub struct RollbackArgs {
@@ -89,6 +113,7 @@ fn options(
         rollback_to,
         confirm: Arc::new(Ask(out.clone())),
         force,
+        reason: String::new(),
     }
 }
 
@@ -161,6 +186,29 @@ pub(super) async fn resume(a: RunArgs, state_dir: Option<PathBuf>, out: &Arc<Out
     let pb = load_with(&a.playbook, state_dir, a.concurrency)?;
     let opts = options(out, a.yes, a.until, a.rollback_to, a.force);
     let report = engine(pb, out).await?.resume(&opts).await?;
+    Ok(finish(out, &report))
+}
+
+pub(super) async fn rekey(
+    a: RekeyArgs,
+    state_dir: Option<PathBuf>,
+    out: &Arc<Output>,
+) -> CliResult {
+    let pb = load_with(&a.playbook, state_dir, a.concurrency)?;
+    if a.reason.trim().is_empty() {
+        return Err(super::CliError {
+            message: "--reason is empty\n  help: say why, e.g. --reason \"key printed in CI logs\""
+                .into(),
+            exit: Exit::Usage,
+        });
+    }
+    let mut opts = options(out, true, None, State::S0, a.force);
+    opts.mode = Mode::Emergency;
+    opts.reason = match &a.incident {
+        Some(i) => format!("{} (incident {i})", a.reason.trim()),
+        None => a.reason.trim().to_string(),
+    };
+    let report = engine(pb, out).await?.rekey(&opts).await?;
     Ok(finish(out, &report))
 }
 

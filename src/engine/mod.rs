@@ -74,12 +74,15 @@ pub struct RunOptions {
     pub confirm: Arc<dyn Confirm>,
     /// Take over a lock whose holder stopped renewing it (an expired Lease); never a live one.
     pub force: bool,
+    /// Why (an emergency's reason and incident), recorded in the journal and the audit log.
+    pub reason: String,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             mode: Mode::Operator,
+            reason: String::new(),
             yes: false,
             until: None,
             rollback_to: State::S0,
@@ -353,6 +356,11 @@ pub struct RunReport {
     pub waited_seconds: f64,
     /// Wall time of the run in seconds.
     pub wall_seconds: f64,
+    /// Start of this run → the old value rejected by every validator instance (T4's proof),
+    /// when this run got there.
+    pub time_to_revoke_seconds: Option<f64>,
+    /// Rollout waves this run made (forward T2, T3, T4).
+    pub waves: usize,
 }
 
 /// The engine for one playbook.
@@ -688,6 +696,8 @@ impl Engine {
             },
             opts.until.unwrap_or(State::S5),
         );
+        let mut journal = journal;
+        journal.reason = opts.reason.clone();
         let audit = self.audit()?;
         let mut run = Run::new(self, journal, guard, audit, opts.clone());
         // Prove S0 before touching anything: every validator accepts A, every signer sends A.
@@ -695,6 +705,57 @@ impl Engine {
         run.save().await?;
         run.emit_start("rotate");
         run.forward_to(opts.until.unwrap_or(State::S5)).await
+    }
+
+    /// Emergency rekey after a leak: grace 0, T5 right after T4's negative proof, no questions.
+    /// A rotation in progress is taken over from where it stands and driven forward to S5
+    /// (a rollback in progress is finished first, then a new rotation starts).
+    pub async fn rekey(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
+        let mut opts = opts.clone();
+        opts.mode = Mode::Emergency;
+        opts.until = Some(State::S5);
+        let guard = self.lock.acquire(Holder::me("rekey"), opts.force).await?;
+        let result = async {
+            match self.journals.load().await? {
+                Some(j) if j.status.is_active() => {
+                    let rolling_back = matches!(j.status, Status::RollingBack)
+                        || (j.status == Status::Failed
+                            && j.steps
+                                .last()
+                                .is_some_and(|s| s.direction == Direction::Inverse));
+                    if rolling_back {
+                        let back = self.resume_locked(guard.as_ref(), &opts).await?;
+                        if back.state != State::S0 {
+                            return Ok(back);
+                        }
+                        return self.rotate_locked(guard.as_ref(), &opts).await;
+                    }
+                    self.takeover_locked(guard.as_ref(), &opts).await
+                }
+                _ => self.rotate_locked(guard.as_ref(), &opts).await,
+            }
+        }
+        .await;
+        self.release(guard).await;
+        result
+    }
+
+    /// The rotation in progress, continued forward in emergency mode.
+    async fn takeover_locked(
+        &self,
+        guard: &dyn LockGuard,
+        opts: &RunOptions,
+    ) -> Result<RunReport, EngineError> {
+        let mut journal = self.active_journal().await?;
+        journal.mode = Mode::Emergency;
+        journal.reason = opts.reason.clone();
+        journal.target = State::S5;
+        let audit = self.audit()?;
+        let mut run = Run::new(self, journal, guard, audit, opts.clone());
+        run.emit_start("rekey");
+        run.reconcile().await?;
+        run.save().await?;
+        run.forward_to(State::S5).await
     }
 
     /// Continues the rotation in progress from its journal.
@@ -776,6 +837,8 @@ struct Run<'e> {
     events: Arc<dyn EventSink>,
     opts: RunOptions,
     started: Instant,
+    /// When (since `started`) this run's T4 proof showed the old value rejected everywhere.
+    revoked: Option<Duration>,
     stages: Vec<StageTiming>,
     restarts: BTreeMap<String, usize>,
     waited: Duration,
@@ -806,6 +869,7 @@ impl<'e> Run<'e> {
             events,
             opts,
             started: Instant::now(),
+            revoked: None,
             stages: Vec::new(),
             restarts: e
                 .consumers
@@ -858,6 +922,19 @@ impl<'e> Run<'e> {
             restarts: self.restarts.clone(),
             waited_seconds: self.waited.as_secs_f64(),
             wall_seconds: self.started.elapsed().as_secs_f64(),
+            time_to_revoke_seconds: self.revoked.map(|d| d.as_secs_f64()),
+            waves: self
+                .stages
+                .iter()
+                .filter(|s| {
+                    s.direction == Direction::Forward
+                        && s.outcome == "ok"
+                        && matches!(
+                            s.transition,
+                            Transition::T2 | Transition::T3 | Transition::T4
+                        )
+                })
+                .count(),
         }
     }
 
@@ -1073,6 +1150,9 @@ impl<'e> Run<'e> {
                 });
                 self.journal.end(Outcome::Ok, detail);
                 self.save().await?;
+                if (t, dir) == (Transition::T4, Direction::Forward) {
+                    self.revoked = Some(self.started.elapsed());
+                }
                 self.guard.set_stage(None, &self.journal.state.to_string());
                 self.stages.push(StageTiming {
                     transition: t,
