@@ -531,6 +531,27 @@ async fn emergency_rekey_under_load_revokes_in_three_waves_with_no_failed_reques
     assert_eq!(j["mode"], "emergency");
     assert_eq!(j["reason"], "key printed in CI logs (incident INC-42)");
     assert_eq!(j["state"], "S5");
+    // Every audit record of the run says who, in which mode and why.
+    let audit = std::fs::read_to_string(env.pb.state_dir.join("audit.log")).unwrap();
+    let records: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["rotation"] == j["id"])
+        .collect();
+    assert!(records.len() > 10, "{audit}");
+    for r in &records {
+        assert_eq!(r["mode"], "emergency", "{r}");
+        assert_eq!(
+            r["reason"], "key printed in CI logs (incident INC-42)",
+            "{r}"
+        );
+        assert!(r["who"].as_str().unwrap().contains(" pid "), "{r}");
+    }
+    assert!(
+        records
+            .iter()
+            .any(|r| r["record"]["event"] == "step_finished" && r["record"]["transition"] == "T4")
+    );
     // The old value is destroyed in the store, its fingerprint kept.
     let s = env.store();
     let old = s["versions"]

@@ -376,14 +376,22 @@ pub struct Engine {
 /// Appends every event to `<state_dir>/audit.log` as a JSON line.
 struct Audit {
     file: Mutex<std::fs::File>,
+    /// `user@host pid N`, as the lock names a holder.
+    who: String,
     rotation: Mutex<Option<String>>,
+    /// The rotation's mode and reason, once known.
+    context: Mutex<Option<(Mode, String)>>,
 }
 
 impl EventSink for Audit {
     fn emit(&self, event: &Event) {
+        let context = self.context.lock().expect("audit mutex").clone();
         let line = serde_json::json!({
             "at": Utc::now().to_rfc3339(),
+            "who": self.who,
             "rotation": *self.rotation.lock().expect("audit mutex"),
+            "mode": context.as_ref().map(|(m, _)| *m),
+            "reason": context.as_ref().map(|(_, r)| r.as_str()).filter(|r| !r.is_empty()),
             "record": event,
         });
         let mut f = self.file.lock().expect("audit mutex");
@@ -498,7 +506,9 @@ impl Engine {
             .map_err(|e| EngineError::Io(format!("{}: {e}", path.display())))?;
         Ok(Arc::new(Audit {
             file: Mutex::new(file),
+            who: Holder::me("-").identity,
             rotation: Mutex::new(None),
+            context: Mutex::new(None),
         }))
     }
 
@@ -859,6 +869,7 @@ impl<'e> Run<'e> {
         opts: RunOptions,
     ) -> Run<'e> {
         *audit.rotation.lock().expect("audit mutex") = Some(journal.id.clone());
+        *audit.context.lock().expect("audit mutex") = Some((journal.mode, journal.reason.clone()));
         guard.set_stage(Some(&journal.id), &journal.state.to_string());
         let events = e.sink(&audit);
         Run {
