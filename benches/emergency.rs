@@ -1,0 +1,170 @@
+//! Benchmark: time to revoke of `rotor rekey --emergency` against the floor of three rollout
+//! waves, on the demo fleet (3 consumers × 2 instances) under load, in one run.
+//!
+//! 1. Starts the fleet and a load on every signer→validator path.
+//! 2. Measures single rollouts: every consumer rolled once, in playbook order and at the
+//!    playbook's concurrency, exactly as a wave of the engine rolls them (there and back: an
+//!    extra accepted value, then without it), and takes the mean.
+//! 3. Runs the emergency rekey and prints its time to revoke (start → the old value rejected
+//!    by every validator instance), the ratio to 3 × a single rollout, the failed requests, and
+//!    each consumer's rollouts against the protocol's minimum (validator 2, signer 1, both 3).
+//!
+//! Run: `cargo bench --bench emergency` (options: `-- --workers N --interval 5ms`).
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use rotor::consumer::Slots;
+use rotor::demo::{self, load};
+use rotor::engine::journal::Mode;
+use rotor::engine::{Engine, RunOptions};
+use rotor::events::NullSink;
+use rotor::protocol::Role;
+use rotor::secret::SecretValue;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// Rolls every consumer onto `slots` as one wave of the engine would (playbook order, the
+/// playbook's concurrency); returns the wave's wall time and each consumer's.
+async fn wave(engine: &Engine, slots: &Slots) -> (f64, Vec<f64>) {
+    let started = Instant::now();
+    let jobs = engine.consumers().iter().map(|c| async move {
+        let t = Instant::now();
+        c.apply(slots, &NullSink).await.expect("rollout");
+        t.elapsed().as_secs_f64()
+    });
+    let each: Vec<f64> = futures_util::stream::iter(jobs)
+        .buffered(engine.playbook().concurrency.max(1))
+        .collect()
+        .await;
+    (started.elapsed().as_secs_f64(), each)
+}
+
+fn minimum(role: Role) -> usize {
+    match role {
+        Role::Validator => 2,
+        Role::Signer => 1,
+        Role::Both => 3,
+    }
+}
+
+fn main() {
+    // The demo playbook starts `{rotor} demo-service`; point it at the real binary.
+    // SAFETY: single-threaded here, before the runtime starts.
+    unsafe { std::env::set_var("ROTOR_EXE", env!("CARGO_BIN_EXE_rotor")) };
+    let workers: usize = arg("--workers").and_then(|w| w.parse().ok()).unwrap_or(2);
+    let interval = arg("--interval")
+        .and_then(|i| humantime::parse_duration(&i).ok())
+        .unwrap_or(Duration::from_millis(5));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (dir, _tmp) = demo::scratch(None).expect("scratch dir");
+        let pb = demo::demo_playbook(None, &dir).expect("embedded playbook");
+        let engine = Engine::open(pb.clone(), Arc::new(NullSink))
+            .await
+            .expect("engine");
+        engine.init().await.expect("init");
+        engine.up().await.expect("up");
+        let running = load::Load::start(load::paths(&pb), workers, interval);
+        let snap = engine.store().snapshot().await.expect("snapshot");
+        let a = engine
+            .store()
+            .read_value(snap.primary.as_deref().expect("primary"))
+            .await
+            .expect("read");
+        // Single rollouts: there (an extra accepted value no signer sends) and back.
+        let extra = SecretValue::generate(pb.generate.alphabet, pb.generate.length).expect("gen");
+        let mut singles = Vec::new();
+        let mut per_consumer = vec![0.0; engine.consumers().len()];
+        for _ in 0..2 {
+            for slots in [
+                Slots::new(a.clone(), Some(extra.clone())),
+                Slots::new(a.clone(), None),
+            ] {
+                let (t, each) = wave(&engine, &slots).await;
+                singles.push(t);
+                for (sum, e) in per_consumer.iter_mut().zip(each) {
+                    *sum += e / 4.0;
+                }
+            }
+        }
+        let single = singles.iter().sum::<f64>() / singles.len() as f64;
+        // The protocol's own floor at concurrency 1: T2 and T4 roll the validating consumers,
+        // T3 the sending ones, each one after the other.
+        let protocol_floor: f64 = pb
+            .consumers
+            .iter()
+            .zip(&per_consumer)
+            .map(|(c, t)| {
+                let waves = usize::from(c.role.validates()) * 2 + usize::from(c.role.signs());
+                waves as f64 * t
+            })
+            .sum();
+        let opts = RunOptions {
+            mode: Mode::Emergency,
+            yes: true,
+            reason: "benchmark".into(),
+            ..RunOptions::default()
+        };
+        let report = engine.rekey(&opts).await.expect("rekey");
+        let load = running.stop().await;
+        let _ = engine.down().await;
+        let revoke = report.time_to_revoke_seconds.expect("time to revoke");
+        println!(
+            "emergency rekey of the demo fleet (3 consumers × 2 instances, concurrency {}), {workers} workers per path, {interval:?} between requests",
+            pb.concurrency
+        );
+        println!(
+            "single rollout (every consumer once, mean of {}): {:.2}s  [{}]",
+            singles.len(),
+            single,
+            singles
+                .iter()
+                .map(|s| format!("{s:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!("{:<44} {:>10}", "", "seconds");
+        println!("{:<44} {:>10.2}", "time to revoke (rekey --emergency)", revoke);
+        println!("{:<44} {:>10.2}", "3 × single rollout (the floor)", 3.0 * single);
+        println!("{:<44} {:>9.2}x", "ratio (target ≤ 1.10x)", revoke / (3.0 * single));
+        println!(
+            "{:<44} {:>10.2}",
+            "protocol floor (each wave's own consumers)", protocol_floor
+        );
+        println!("{:<44} {:>9.2}x", "ratio to the protocol floor", revoke / protocol_floor);
+        println!("{:<44} {:>10.2}", "rekey wall time (T1–T5)", report.wall_seconds);
+        println!("{:<44} {:>10}", "rollout waves", report.waves);
+        println!(
+            "{:<44} {:>10}",
+            "failed requests during the rekey",
+            format!("{} / {}", load.failed_requests, load.requests)
+        );
+        println!("{:<12} {:<10} {:>9} {:>9} {:>9}", "consumer", "role", "restarts", "rollouts", "minimum");
+        for c in &pb.consumers {
+            let instances = match &c.kind {
+                rotor::playbook::ConsumerKind::Process(p) => p.instances,
+                _ => 1,
+            };
+            let restarts = report.restarts.get(&c.name).copied().unwrap_or(0);
+            println!(
+                "{:<12} {:<10} {:>9} {:>9} {:>9}",
+                c.name,
+                c.role.to_string(),
+                restarts,
+                restarts / instances.max(1),
+                minimum(c.role)
+            );
+        }
+        for s in &report.stages {
+            println!("  {:?} {}: {:.2}s", s.transition, s.direction, s.seconds);
+        }
+    });
+}
