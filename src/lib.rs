@@ -16,6 +16,7 @@ pub mod graph;
 pub mod jwt;
 pub mod lab;
 pub mod manifests;
+pub mod notify;
 pub mod output;
 pub mod playbook;
 pub mod probe;

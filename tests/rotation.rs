@@ -1,5 +1,6 @@
 //! Rotations of the local demo fleet under continuous load.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{Env, version, wait_for};
@@ -621,5 +622,144 @@ async fn rekey_needs_emergency_and_a_reason() {
         blank.stderr
     );
     assert_eq!(env.store(), before);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_hears_every_stage_and_the_metrics_file_parses() {
+    use axum::routing::post;
+    let heard: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let app = {
+        let heard = heard.clone();
+        axum::Router::new().route(
+            "/hook",
+            post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let heard = heard.clone();
+                async move {
+                    heard.lock().unwrap().push(body);
+                    "ok"
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let env = Env::with(|y| {
+        format!(
+            "notify: {{webhook_env: ROTOR_TEST_WEBHOOK, metrics_file: metrics/rotor.prom}}\n{y}"
+        )
+    });
+    env.up().await;
+    let a = env.store_primary();
+    let values = |s: serde_json::Value| -> Vec<String> {
+        s["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["value"].as_str().map(String::from))
+            .collect()
+    };
+    let mut secrets = values(env.store());
+    env.rotor_env(&["rotate", "--yes"], &[("ROTOR_TEST_WEBHOOK", &url)])
+        .await
+        .assert_code(0);
+    secrets.extend(values(env.store()));
+    assert!(secrets.len() >= 2);
+    let texts: Vec<String> = heard
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| b["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        texts[0].starts_with("rotor: rotate of service-secret (development) started"),
+        "{texts:#?}"
+    );
+    for t in [
+        "T1 publish",
+        "T2 widen",
+        "T3 switch",
+        "T4 narrow",
+        "T5 finalize",
+    ] {
+        assert!(
+            texts
+                .iter()
+                .any(|m| m.contains(&format!(": {t} forward ok in "))),
+            "{t}: {texts:#?}"
+        );
+    }
+    assert!(
+        texts.last().unwrap().contains("run completed at S5"),
+        "{texts:#?}"
+    );
+    assert!(
+        texts.iter().any(|m| m.contains(&a)),
+        "fingerprints, not values: {texts:#?}"
+    );
+    for v in &secrets {
+        assert!(
+            !texts.iter().any(|m| m.contains(v.as_str())),
+            "a value reached the webhook"
+        );
+    }
+    // The metrics file, read by Prometheus' own parser (prometheus_client from PyPI).
+    let prom = crate::common::pip_install(
+        "prometheus_client",
+        "pytools-prometheus",
+        "prometheus_client/parser.py",
+    );
+    let file = env.path().join("metrics/rotor.prom");
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json; from prometheus_client.parser import text_string_to_metric_families as p; \
+             print(json.dumps({s.name: [s.labels, s.value] for f in p(open(sys.argv[1]).read()) for s in f.samples}))",
+        ])
+        .arg(&file)
+        .env("PYTHONPATH", &prom)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let labels = serde_json::json!({"secret": "service-secret", "environment": "development"});
+    for name in [
+        "rotor_primary_age_seconds",
+        "rotor_last_rotation_timestamp_seconds",
+        "rotor_last_rotation_duration_seconds",
+        "rotor_rotation_failures_total",
+        "rotor_rotation_in_progress",
+    ] {
+        assert_eq!(m[name][0], labels, "{name}: {m}");
+    }
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(
+        (m["rotor_last_rotation_timestamp_seconds"][1]
+            .as_f64()
+            .unwrap()
+            - now)
+            .abs()
+            < 120.0,
+        "{m}"
+    );
+    assert!(
+        m["rotor_last_rotation_duration_seconds"][1]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{m}"
+    );
+    assert!(
+        m["rotor_primary_age_seconds"][1].as_f64().unwrap() < 120.0,
+        "{m}"
+    );
+    assert_eq!(m["rotor_rotation_failures_total"][1], 0.0, "{m}");
+    assert_eq!(m["rotor_rotation_in_progress"][1], 0.0, "{m}");
+    server.abort();
     env.finish().await;
 }

@@ -371,6 +371,10 @@ pub struct Engine {
     events: Arc<dyn EventSink>,
     lock: Box<dyn RotationLock>,
     journals: Box<dyn JournalStore>,
+    /// The webhook, when the playbook names one (its messages are awaited after each run).
+    webhook: Option<Arc<crate::notify::Webhook>>,
+    /// The Prometheus textfile, when the playbook names one.
+    metrics: Option<crate::notify::MetricsFile>,
 }
 
 /// Appends every event to `<state_dir>/audit.log` as a JSON line.
@@ -409,6 +413,27 @@ impl Engine {
         lock: Box<dyn RotationLock>,
     ) -> Engine {
         let journals = Box::new(JournalFile::new(&pb.state_dir));
+        let label = format!("{} ({})", pb.secret, pb.environment.as_str());
+        let webhook = pb.notify.webhook_env.as_ref().and_then(|var| {
+            match std::env::var(var).ok().filter(|u| !u.trim().is_empty()) {
+                Some(url) => Some(Arc::new(crate::notify::Webhook::new(url, label.clone()))),
+                None => {
+                    events.emit(&Event::Note {
+                        message: format!(
+                            "notify.webhook_env names {var}, which is not set: no webhook notifications this run"
+                        ),
+                    });
+                    None
+                }
+            }
+        });
+        let events: Arc<dyn EventSink> = match &webhook {
+            Some(w) => Arc::new(crate::events::Tee(vec![events, w.clone()])),
+            None => events,
+        };
+        let metrics = pb.notify.metrics_file.as_ref().map(|p| {
+            crate::notify::MetricsFile::new(p.clone(), &pb.secret, pb.environment.as_str())
+        });
         Engine {
             pb,
             store,
@@ -416,6 +441,31 @@ impl Engine {
             events,
             lock,
             journals,
+            webhook,
+            metrics,
+        }
+    }
+
+    /// After a run: the webhook's messages delivered (or given up on), the metrics file
+    /// rewritten. Never fails the run.
+    async fn finished(&self, result: &Result<RunReport, EngineError>) {
+        if let Some(m) = &self.metrics {
+            let age = match self.store.snapshot().await {
+                Ok(snap) => snap
+                    .primary_version()
+                    .map(|v| (Utc::now() - v.created_at).num_milliseconds() as f64 / 1000.0),
+                Err(_) => None,
+            };
+            let in_progress =
+                matches!(self.journals.load().await, Ok(Some(j)) if j.status.is_active());
+            if let Err(e) = m.write(&m.after(result, age, in_progress)) {
+                self.events.emit(&Event::Note {
+                    message: format!("could not write the metrics file: {e}"),
+                });
+            }
+        }
+        if let Some(w) = &self.webhook {
+            w.flush().await;
         }
     }
 
@@ -656,6 +706,7 @@ impl Engine {
         let guard = self.lock.acquire(Holder::me("rotate"), opts.force).await?;
         let result = self.rotate_locked(guard.as_ref(), opts).await;
         self.release(guard).await;
+        self.finished(&result).await;
         result
     }
 
@@ -747,6 +798,7 @@ impl Engine {
         }
         .await;
         self.release(guard).await;
+        self.finished(&result).await;
         result
     }
 
@@ -773,6 +825,7 @@ impl Engine {
         let guard = self.lock.acquire(Holder::me("resume"), opts.force).await?;
         let result = self.resume_locked(guard.as_ref(), opts).await;
         self.release(guard).await;
+        self.finished(&result).await;
         result
     }
 
@@ -810,6 +863,7 @@ impl Engine {
             .await?;
         let result = self.rollback_locked(guard.as_ref(), opts).await;
         self.release(guard).await;
+        self.finished(&result).await;
         result
     }
 

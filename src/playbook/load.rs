@@ -23,9 +23,9 @@ use sha2::{Digest, Sha256};
 use self::node::{Node, Pos, Scalar, Value};
 use super::{
     ClusterSpec, ConsumerKind, ConsumerSpec, EXEC_TEMPLATE_FIELDS, Environment, ExecSpec, ExecVia,
-    GcpCredentials, GcpStoreSpec, Generate, JournalKind, KubernetesSpec, LockKind, Pickup,
-    Playbook, ProbeSpec, ProcessSpec, RoundtripSpec, SlotNames, SlotRef, StoreSpec, Timings,
-    WorkloadKind, WorkloadRef,
+    GcpCredentials, GcpStoreSpec, Generate, JournalKind, KubernetesSpec, LockKind, NotifySpec,
+    Pickup, Playbook, ProbeSpec, ProcessSpec, RoundtripSpec, SlotNames, SlotRef, StoreSpec,
+    Timings, WorkloadKind, WorkloadRef,
 };
 use crate::protocol::Role;
 use crate::secret::Alphabet;
@@ -110,6 +110,7 @@ const TOP_FIELDS: &[&str] = &[
     "timings",
     "concurrency",
     "max_age",
+    "notify",
     "cluster",
     "consumers",
 ];
@@ -755,6 +756,8 @@ impl Cx<'_> {
             }
         };
 
+        let notify = self.notify(&top, base_dir)?;
+
         // consumers
         let node = self.require(
             &top,
@@ -866,6 +869,7 @@ impl Cx<'_> {
             cluster,
             concurrency,
             max_age,
+            notify,
         })
     }
 
@@ -1195,6 +1199,36 @@ impl Cx<'_> {
                     "give at most 60s (the default is 500ms: Google allows 2 writes per second per secret)",
                 ));
             }
+        }
+        Ok(spec)
+    }
+
+    fn notify(&self, top: &Fields<'_>, base_dir: &Path) -> Result<NotifySpec> {
+        let mut spec = NotifySpec::default();
+        let Some(node) = top.get("notify") else {
+            return Ok(spec);
+        };
+        let f = self.fields(
+            node,
+            "notify",
+            node.pos,
+            "write `notify:` with `webhook_env` and/or `metrics_file` under it",
+        )?;
+        self.only(&f, &["webhook_env", "metrics_file"], "notify")?;
+        if let Some(node) = f.get("webhook_env") {
+            spec.webhook_env = Some(self.env_name(
+                node,
+                "notify.webhook_env",
+                "ROTOR_WEBHOOK_URL (the variable that holds the URL; the URL itself stays out of the playbook)",
+            )?);
+        }
+        if let Some(node) = f.get("metrics_file") {
+            const HELP: &str = "give a file for node-exporter's textfile collector, e.g. /var/lib/node_exporter/textfile/rotor-service-secret.prom";
+            let text = self.text(node, "notify.metrics_file", HELP)?;
+            if text.trim().is_empty() {
+                return Err(self.err(node.pos, "notify.metrics_file", "the path is empty", HELP));
+            }
+            spec.metrics_file = Some(base_dir.join(text));
         }
         Ok(spec)
     }

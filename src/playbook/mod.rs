@@ -81,6 +81,18 @@ pub struct Playbook {
     pub concurrency: usize,
     /// A primary older than this is due for rotation (`rotor rotate --if-due`).
     pub max_age: Option<Duration>,
+    /// Where runs are reported besides the audit log.
+    pub notify: NotifySpec,
+}
+
+/// Notifications and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotifySpec {
+    /// The environment variable holding the webhook URL (a Slack webhook URL is a credential,
+    /// so it never sits in the playbook).
+    pub webhook_env: Option<String>,
+    /// The Prometheus textfile rotor rewrites after every run.
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// How rotor reaches a Kubernetes cluster and what it keeps there.

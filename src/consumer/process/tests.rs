@@ -149,6 +149,7 @@ impl Fleet {
             cluster: None,
             concurrency: 1,
             max_age: None,
+            notify: Default::default(),
         };
         Fleet { dir, pb }
     }

@@ -1,0 +1,317 @@
+//! Notifications and metrics: a webhook (Slack-compatible JSON `{"text": …}`) told when a run
+//! starts, at every stage change, on a failed step, and when the run ends (completed, rolled
+//! back, failed, paused); and a Prometheus text-format file for node-exporter's textfile
+//! collector (age of the primary, last rotation time and duration, failures, rotation in
+//! progress), rewritten atomically after every run.
+//!
+//! Owns: turning events into one-line messages, sending them without blocking the rotation
+//! (each POST in its own task, awaited with a deadline when the run ends), and the metrics file.
+//! Must never: put a value in a message or a metric (events carry fingerprints only), or fail a
+//! rotation because a notification could not be delivered (that is logged).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::engine::{EngineError, RunOutcome, RunReport};
+use crate::events::{Event, EventSink};
+use crate::exit::Exit;
+
+/// How long the end of a run waits for messages still being delivered.
+const FLUSH: Duration = Duration::from_secs(5);
+
+/// The webhook sink.
+pub struct Webhook {
+    url: String,
+    label: String,
+    client: reqwest::Client,
+    pending: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Webhook {
+    /// Posts to `url` about secret `label` (`service-secret (production)`).
+    pub fn new(url: String, label: String) -> Webhook {
+        let client = reqwest::Client::builder()
+            .timeout(FLUSH)
+            .build()
+            .unwrap_or_default();
+        Webhook {
+            url,
+            label,
+            client,
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The message for `event`, if it is one a channel should hear about.
+    pub fn message(label: &str, event: &Event) -> Option<String> {
+        Some(match event {
+            Event::RunStarted {
+                rotation,
+                command,
+                state,
+                target,
+                ..
+            } => format!(
+                "rotor: {command} of {label} started (rotation {rotation}, {state} → {target})"
+            ),
+            Event::StepFinished {
+                transition,
+                direction,
+                outcome,
+                state,
+                seconds,
+            } if outcome == "ok" => {
+                format!("rotor: {label}: {transition} {direction} ok in {seconds:.1}s → {state}")
+            }
+            Event::StepFailed {
+                transition,
+                direction,
+                error,
+            } => format!("rotor: {label}: {transition} {direction} FAILED: {error}"),
+            Event::RunFinished {
+                outcome,
+                state,
+                detail,
+            } => format!("rotor: {label}: run {outcome} at {state}: {detail}"),
+            _ => return None,
+        })
+    }
+
+    /// Waits (up to a few seconds) for messages still being delivered.
+    pub async fn flush(&self) {
+        let pending: Vec<_> = std::mem::take(&mut *self.pending.lock().expect("webhook mutex"));
+        for p in pending {
+            let _ = tokio::time::timeout(FLUSH, p).await;
+        }
+    }
+}
+
+impl EventSink for Webhook {
+    fn emit(&self, event: &Event) {
+        let Some(text) = Webhook::message(&self.label, event) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (client, url) = (self.client.clone(), self.url.clone());
+        let task = rt.spawn(async move {
+            let sent = client
+                .post(&url)
+                .json(&serde_json::json!({ "text": text }))
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => tracing::warn!(status = %r.status(), "webhook refused a notification"),
+                Err(e) => tracing::warn!(error = %e, "webhook unreachable"),
+            }
+        });
+        self.pending.lock().expect("webhook mutex").push(task);
+    }
+}
+
+/// One secret's metrics, as written to the textfile.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metrics {
+    /// Age of the store's primary, when the store could be read.
+    pub primary_age_seconds: Option<f64>,
+    /// When the last rotation reached S5.
+    pub last_rotation: Option<DateTime<Utc>>,
+    /// How long that run took.
+    pub last_rotation_seconds: Option<f64>,
+    /// Runs that failed or rolled back, ever (kept across runs through the file itself).
+    pub failures: u64,
+    /// Whether a rotation is in progress (journal active).
+    pub in_progress: bool,
+}
+
+/// The metrics file of one secret.
+pub struct MetricsFile {
+    path: PathBuf,
+    secret: String,
+    environment: String,
+}
+
+impl MetricsFile {
+    /// `path` for `secret` in `environment`.
+    pub fn new(path: PathBuf, secret: &str, environment: &str) -> MetricsFile {
+        MetricsFile {
+            path,
+            secret: secret.into(),
+            environment: environment.into(),
+        }
+    }
+
+    fn labels(&self) -> String {
+        format!(
+            "secret=\"{}\",environment=\"{}\"",
+            self.secret, self.environment
+        )
+    }
+
+    /// What the file says now (defaults when it is missing or not rotor's).
+    pub fn read(&self) -> Metrics {
+        let mut m = Metrics::default();
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            return m;
+        };
+        let labels = format!("{{{}}}", self.labels());
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.split_once(&labels) else {
+                continue;
+            };
+            let Ok(v) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            match name {
+                "rotor_rotation_failures_total" => m.failures = v as u64,
+                "rotor_last_rotation_timestamp_seconds" => {
+                    m.last_rotation = DateTime::from_timestamp(v as i64, 0);
+                }
+                "rotor_last_rotation_duration_seconds" => m.last_rotation_seconds = Some(v),
+                _ => {}
+            }
+        }
+        m
+    }
+
+    /// The file's text for `m`.
+    pub fn render(&self, m: &Metrics) -> String {
+        let l = self.labels();
+        let mut out = String::new();
+        let mut gauge = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+            if let Some(v) = value {
+                out.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{l}}} {v}\n"
+                ));
+            }
+        };
+        gauge(
+            "rotor_primary_age_seconds",
+            "gauge",
+            "Age of the store's primary value.",
+            m.primary_age_seconds,
+        );
+        gauge(
+            "rotor_last_rotation_timestamp_seconds",
+            "gauge",
+            "When the last rotation reached S5 (Unix time).",
+            m.last_rotation.map(|t| t.timestamp() as f64),
+        );
+        gauge(
+            "rotor_last_rotation_duration_seconds",
+            "gauge",
+            "Wall time of the run that completed the last rotation.",
+            m.last_rotation_seconds,
+        );
+        gauge(
+            "rotor_rotation_failures_total",
+            "counter",
+            "Runs that failed or rolled back.",
+            Some(m.failures as f64),
+        );
+        gauge(
+            "rotor_rotation_in_progress",
+            "gauge",
+            "1 while a rotation of this secret is in progress.",
+            Some(if m.in_progress { 1.0 } else { 0.0 }),
+        );
+        out
+    }
+
+    /// Writes `m` atomically (temp file, rename), so the collector never reads half a file.
+    pub fn write(&self, m: &Metrics) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        crate::store::local::atomic_write(&self.path, self.render(m).as_bytes(), 0o644)
+    }
+
+    /// The metrics after a run that ended with `result`, over what the file said before.
+    pub fn after(
+        &self,
+        result: &Result<RunReport, EngineError>,
+        primary_age_seconds: Option<f64>,
+        in_progress: bool,
+    ) -> Metrics {
+        let mut m = self.read();
+        m.primary_age_seconds = primary_age_seconds;
+        m.in_progress = in_progress;
+        match result {
+            Ok(r) if r.outcome == RunOutcome::Completed => {
+                m.last_rotation = Some(Utc::now());
+                m.last_rotation_seconds = Some(r.wall_seconds);
+            }
+            Ok(_) => {}
+            // A rotation that failed or rolled back; not a command that did not apply (nothing
+            // to resume, a lock held by another run, a usage error).
+            Err(e)
+                if matches!(
+                    e.exit(),
+                    Exit::RolledBack | Exit::NeedsOperator | Exit::Internal
+                ) =>
+            {
+                m.failures += 1;
+            }
+            Err(_) => {}
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_round_trip_through_the_file_and_count_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = MetricsFile::new(dir.path().join("rotor.prom"), "s", "production");
+        let m = Metrics {
+            primary_age_seconds: Some(12.5),
+            last_rotation: DateTime::from_timestamp(1_800_000_000, 0),
+            last_rotation_seconds: Some(5.75),
+            failures: 2,
+            in_progress: false,
+        };
+        f.write(&m).unwrap();
+        let back = f.read();
+        assert_eq!(back.failures, 2);
+        assert_eq!(back.last_rotation, m.last_rotation);
+        assert_eq!(back.last_rotation_seconds, Some(5.75));
+        let text = std::fs::read_to_string(dir.path().join("rotor.prom")).unwrap();
+        assert!(text.contains(
+            "rotor_rotation_failures_total{secret=\"s\",environment=\"production\"} 2\n"
+        ));
+        let failed: Result<RunReport, EngineError> = Err(EngineError::Io("disk full".into()));
+        assert_eq!(f.after(&failed, None, false).failures, 3);
+        let not_applicable: Result<RunReport, EngineError> = Err(EngineError::NoRotation);
+        assert_eq!(f.after(&not_applicable, None, false).failures, 2);
+    }
+
+    #[test]
+    fn messages_name_the_secret_and_skip_chatter() {
+        let m = Webhook::message(
+            "s (production)",
+            &Event::RunFinished {
+                outcome: "completed".into(),
+                state: crate::protocol::State::S5,
+                detail: "primary sha256:0123456789ab".into(),
+            },
+        )
+        .unwrap();
+        assert!(
+            m.starts_with("rotor: s (production): run completed at S5"),
+            "{m}"
+        );
+        assert!(m.ends_with(": primary sha256:0123456789ab"), "{m}");
+        let note = Event::Note {
+            message: "x".into(),
+        };
+        assert!(Webhook::message("s", &note).is_none());
+    }
+}
