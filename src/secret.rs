@@ -117,6 +117,15 @@ impl Alphabet {
         }
     }
 
+    /// Its name as the playbook spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alphabet::Alphanumeric => "alphanumeric",
+            Alphabet::Base64url => "base64url",
+            Alphabet::Hex => "hex",
+        }
+    }
+
     /// True when every character of `value` belongs to this alphabet.
     pub fn admits(self, value: &SecretValue) -> bool {
         let set = self.chars();

@@ -288,3 +288,64 @@ fn manifests_grant_only_what_the_playbook_names_and_run_if_due() {
     assert!(yaml.is_empty());
     assert!(err.contains("is a local process"), "{err}");
 }
+
+/// The value policy in `check`: a weak value in the store, and one value in two environments.
+#[test]
+fn check_reports_weak_values_and_values_shared_between_environments() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |env: &str| {
+        let y = crate::common::demo_yaml(|y| {
+            y.replace("environment: development", &format!("environment: {env}"))
+                .replace("path: demo-store.json", &format!("path: {env}-store.json"))
+        });
+        let p = dir.path().join(format!("{env}.yaml"));
+        std::fs::write(&p, y).unwrap();
+        p
+    };
+    let (dev, staging) = (write("development"), write("staging"));
+    let rotor = |args: &[&str], files: &[&std::path::Path]| {
+        let out = std::process::Command::new(crate::common::rotor_exe())
+            .args(args)
+            .args(files)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(rotor(&["init"], &[&dev]).0, Some(0));
+    // Staging gets a copy of development's store: the same value in both environments.
+    std::fs::copy(
+        dir.path().join("development-store.json"),
+        dir.path().join("staging-store.json"),
+    )
+    .unwrap();
+    let (code, stdout, _) = rotor(&["check"], &[&dev, &staging]);
+    assert_eq!(code, Some(5), "{stdout}");
+    assert!(
+        stdout.contains("holds the same value sha256:")
+            && stdout.contains("in development and staging"),
+        "{stdout}"
+    );
+    // A weak value in development's store (consistent fingerprint, so the store loads).
+    let path = dir.path().join("development-store.json");
+    let mut store: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let weak = rotor::secret::SecretValue::new("ChangeMe".into());
+    let v = &mut store["versions"][0];
+    v["value"] = serde_json::json!("ChangeMe");
+    v["fingerprint"] = serde_json::json!(weak.fingerprint("service-secret").as_str());
+    std::fs::write(&path, serde_json::to_vec(&store).unwrap()).unwrap();
+    let (code, stdout, _) = rotor(&["check"], &[&dev]);
+    assert_eq!(code, Some(5), "{stdout}");
+    for needle in [
+        "policy: the store's primary",
+        "is 8 characters, the policy for development asks for at least 48",
+        "is a known weak or development value",
+    ] {
+        assert!(stdout.contains(needle), "{needle}\n{stdout}");
+    }
+    assert!(!stdout.contains("ChangeMe"), "a value in check's output");
+}

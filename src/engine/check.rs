@@ -52,6 +52,42 @@ pub struct DriftReport {
 }
 
 impl Engine {
+    /// The store's slot values judged by the policy (`super::policy`), and values the store
+    /// held before under another version.
+    async fn policy_problems(
+        &self,
+        snap: &crate::store::StoreSnapshot,
+    ) -> Result<Vec<String>, EngineError> {
+        let weak = super::policy::load_weak(&self.pb).map_err(EngineError::Io)?;
+        let mut out = Vec::new();
+        for (slot, id) in [("primary", &snap.primary), ("secondary", &snap.secondary)] {
+            let Some(v) = id.as_deref().and_then(|i| snap.version(i)) else {
+                continue;
+            };
+            if v.state != crate::store::VersionState::Enabled {
+                continue;
+            }
+            let value = self.store.read_value(&v.id).await?;
+            for why in super::policy::violations(&self.pb, &value, &weak) {
+                out.push(format!(
+                    "policy: the store's {slot} {} (version {}) is {why}",
+                    v.fingerprint, v.id
+                ));
+            }
+            if let Some(earlier) = snap
+                .versions
+                .iter()
+                .find(|o| o.id != v.id && o.fingerprint == v.fingerprint)
+            {
+                out.push(format!(
+                    "policy: the store's {slot} {} (version {}) was already used by version {}",
+                    v.fingerprint, v.id, earlier.id
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// Compares the store with every consumer instance.
     pub async fn check(&self) -> Result<DriftReport, EngineError> {
         let snap = self.store.snapshot().await?;
@@ -211,6 +247,7 @@ impl Engine {
             }
         }
         problems.dedup();
+        problems.extend(self.policy_problems(&snap).await?);
         Ok(DriftReport {
             state,
             rotation: journal.map(|j| j.id),

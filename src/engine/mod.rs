@@ -21,6 +21,7 @@ pub mod failpoint;
 pub mod journal;
 pub mod lock;
 pub mod plan;
+pub mod policy;
 mod proof;
 
 use std::collections::BTreeMap;
@@ -1644,12 +1645,14 @@ impl<'e> Run<'e> {
         }
         let snap = self.e.store.snapshot().await?;
         let g = &self.e.pb.generate;
+        let weak = policy::load_weak(&self.e.pb).map_err(StepError::Foreign)?;
         let value = loop {
             let v = SecretValue::generate(g.alphabet, g.length)?;
-            // Policy: never reuse a value the store has held.
+            // Policy: never reuse a value the store has held, never a weak one.
             if snap
                 .by_fingerprint(&v.fingerprint(&self.e.pb.secret))
                 .is_none()
+                && policy::violations(&self.e.pb, &v, &weak).is_empty()
             {
                 break v;
             }

@@ -24,8 +24,8 @@ use self::node::{Node, Pos, Scalar, Value};
 use super::{
     ClusterSpec, ConsumerKind, ConsumerSpec, EXEC_TEMPLATE_FIELDS, Environment, ExecSpec, ExecVia,
     GcpCredentials, GcpStoreSpec, Generate, JournalKind, KubernetesSpec, LockKind, NotifySpec,
-    Pickup, Playbook, ProbeSpec, ProcessSpec, RoundtripSpec, SlotNames, SlotRef, StoreSpec,
-    Timings, WorkloadKind, WorkloadRef,
+    Pickup, Playbook, PolicySpec, ProbeSpec, ProcessSpec, RoundtripSpec, SlotNames, SlotRef,
+    StoreSpec, Timings, WorkloadKind, WorkloadRef,
 };
 use crate::protocol::Role;
 use crate::secret::Alphabet;
@@ -111,6 +111,7 @@ const TOP_FIELDS: &[&str] = &[
     "concurrency",
     "max_age",
     "notify",
+    "policy",
     "cluster",
     "consumers",
 ];
@@ -757,6 +758,29 @@ impl Cx<'_> {
         };
 
         let notify = self.notify(&top, base_dir)?;
+        let mut policy = PolicySpec::default();
+        if let Some(node) = top.get("policy") {
+            let f = self.fields(
+                node,
+                "policy",
+                node.pos,
+                "write `policy:` with `weak_values_file` under it",
+            )?;
+            self.only(&f, &["weak_values_file"], "policy")?;
+            if let Some(node) = f.get("weak_values_file") {
+                const HELP: &str = "give a file of known weak values, one per line, relative to the playbook, e.g. weak-values.txt";
+                let text = self.text(node, "policy.weak_values_file", HELP)?;
+                if text.trim().is_empty() {
+                    return Err(self.err(
+                        node.pos,
+                        "policy.weak_values_file",
+                        "the path is empty",
+                        HELP,
+                    ));
+                }
+                policy.weak_values_file = Some(base_dir.join(text));
+            }
+        }
 
         // consumers
         let node = self.require(
@@ -870,6 +894,7 @@ impl Cx<'_> {
             concurrency,
             max_age,
             notify,
+            policy,
         })
     }
 

@@ -83,6 +83,15 @@ pub struct Playbook {
     pub max_age: Option<Duration>,
     /// Where runs are reported besides the audit log.
     pub notify: NotifySpec,
+    /// Value policy beyond length and alphabet.
+    pub policy: PolicySpec,
+}
+
+/// Value policy beyond `generate`'s length and alphabet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicySpec {
+    /// Extra known weak or development values, one per line (`#` comments).
+    pub weak_values_file: Option<PathBuf>,
 }
 
 /// Notifications and metrics.

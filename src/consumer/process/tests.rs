@@ -150,6 +150,7 @@ impl Fleet {
             concurrency: 1,
             max_age: None,
             notify: Default::default(),
+            policy: Default::default(),
         };
         Fleet { dir, pb }
     }
