@@ -763,3 +763,119 @@ async fn webhook_hears_every_stage_and_the_metrics_file_parses() {
     server.abort();
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_due_over_a_directory_rotates_only_the_due_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).unwrap();
+    for name in ["alpha", "beta"] {
+        let y = crate::common::demo_yaml(|y| {
+            format!(
+                "max_age: 90d\n{}",
+                y.replace("service-secret", name)
+                    .replace("demo-store.json", &format!("{name}-store.json"))
+            )
+        });
+        std::fs::write(books.join(format!("{name}.yaml")), y).unwrap();
+    }
+    let rotor = |args: &[&str]| {
+        let out = std::process::Command::new(crate::common::rotor_exe())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        crate::common::Out {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let book = |n: &str| books.join(format!("{n}.yaml")).display().to_string();
+    // Whatever happens below, the fleets `up` starts are stopped again (by rotor, by pid).
+    struct Down(Vec<String>);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            for b in &self.0 {
+                let _ = std::process::Command::new(crate::common::rotor_exe())
+                    .args(["down", b])
+                    .output();
+            }
+        }
+    }
+    let _down = Down(vec![book("alpha"), book("beta")]);
+    for n in ["alpha", "beta"] {
+        rotor(&["init", &book(n)]).assert_code(0);
+        rotor(&["up", &book(n)]).assert_code(0);
+    }
+    // Nothing is due yet.
+    let dir_arg = books.display().to_string();
+    rotor(&["rotate", "--if-due", &dir_arg]).assert_code(9);
+    // alpha's primary is old: only alpha rotates.
+    let store = |n: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(books.join(format!("{n}-store.json"))).unwrap(),
+        )
+        .unwrap()
+    };
+    let mut alpha = store("alpha");
+    alpha["versions"][0]["created_at"] =
+        serde_json::json!((chrono::Utc::now() - chrono::Duration::days(91)).to_rfc3339());
+    std::fs::write(
+        books.join("alpha-store.json"),
+        serde_json::to_vec(&alpha).unwrap(),
+    )
+    .unwrap();
+    let beta_before = store("beta");
+    let out = rotor(&[
+        "--output",
+        "json",
+        "rotate",
+        "--if-due",
+        "--parallel",
+        "2",
+        &dir_arg,
+    ]);
+    out.assert_code(0);
+    let summary = out.last_json();
+    assert_eq!(summary["event"], "summary", "{summary}");
+    let exits: Vec<(String, u64)> = summary["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["playbook"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+                r["exit"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut exits = exits;
+    exits.sort();
+    assert_eq!(
+        exits,
+        [("alpha.yaml".to_string(), 0), ("beta.yaml".to_string(), 9)]
+    );
+    assert_eq!(store("alpha")["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(store("beta"), beta_before, "beta was not due");
+    // Two playbooks of one secret and environment: refused before anything runs.
+    std::fs::copy(books.join("alpha.yaml"), books.join("alpha-copy.yaml")).unwrap();
+    let dup = rotor(&["rotate", "--if-due", &dir_arg]);
+    dup.assert_code(2);
+    assert!(
+        dup.stderr
+            .contains("one rotation per secret and environment"),
+        "{}",
+        dup.stderr
+    );
+    std::fs::remove_file(books.join("alpha-copy.yaml")).unwrap();
+    for n in ["alpha", "beta"] {
+        rotor(&["down", &book(n)]).assert_code(0);
+    }
+}

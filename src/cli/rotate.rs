@@ -44,9 +44,12 @@ pub struct RotateArgs {
     /// Scheduled mode: rotate only when the primary is older than the playbook's `max_age` (or
     /// Secret Manager's `next_rotation_time` has passed), resuming a rotation in progress
     /// first. Without a terminal it never asks (T4 and T5 proceed as with `--yes`). Exits 9
-    /// when nothing is due.
+    /// when nothing is due. PLAYBOOK may be a directory of playbooks (see `--parallel`).
     #[arg(long)]
     pub if_due: bool,
+    /// With `--if-due` and a directory of playbooks: how many secrets rotate at once.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "if_due")]
+    pub parallel: usize,
 }
 
 /// `rotor rekey` arguments.
@@ -148,27 +151,36 @@ pub(super) async fn rotate(
     out: &Arc<Output>,
 ) -> CliResult {
     let a = r.run;
+    if r.if_due && a.playbook.is_dir() {
+        return rotate_dir(&a, r.parallel, state_dir, out).await;
+    }
     let pb = load_with(&a.playbook, state_dir, a.concurrency)?;
     if !r.if_due {
         let opts = options(out, a.yes, a.until, a.rollback_to, a.force);
         let report = engine(pb, out).await?.rotate(&opts).await?;
         return Ok(finish(out, &report));
     }
+    if_due(pb, &a, out).await
+}
+
+/// One scheduled run of one playbook.
+async fn if_due(pb: crate::playbook::Playbook, a: &RunArgs, out: &Arc<Output>) -> CliResult {
     // Scheduled: nobody is there to answer, so policy (this flag) confirms T4 and T5.
     let yes = a.yes || !std::io::stdin().is_terminal();
     let mut opts = options(out, yes, a.until, a.rollback_to, a.force);
     opts.mode = Mode::Scheduled;
+    let label = format!("{} ({})", pb.secret, pb.environment.as_str());
     let engine = engine(pb, out).await?;
     let due = engine.due(chrono::Utc::now()).await?;
     out.result(
-        &serde_json::json!({"event": "due", "due": &due}),
+        &serde_json::json!({"event": "due", "secret": label, "due": &due}),
         || match &due {
             Due::InProgress { rotation, state } => {
-                format!("rotation {rotation} is in progress at {state}: resuming it")
+                format!("{label}: rotation {rotation} is in progress at {state}: resuming it")
             }
-            Due::Yes { reason } => format!("due: {reason}"),
+            Due::Yes { reason } => format!("{label}: due: {reason}"),
             Due::No { reason, next } => format!(
-                "not due: {reason}{}",
+                "{label}: not due: {reason}{}",
                 next.map(|n| format!("; due at {}", n.format("%Y-%m-%d %H:%M:%S UTC")))
                     .unwrap_or_default()
             ),
@@ -180,6 +192,99 @@ pub(super) async fn rotate(
         Due::Yes { .. } => engine.rotate(&opts).await?,
     };
     Ok(finish(out, &report))
+}
+
+/// `--if-due` over every playbook (`*.yaml`, `*.yml`) of a directory: at most `parallel`
+/// secrets at once, one run per secret and environment. Exit: the worst failure if any run
+/// failed, else 0 if something rotated, else 9.
+async fn rotate_dir(
+    a: &RunArgs,
+    parallel: usize,
+    state_dir: Option<PathBuf>,
+    out: &Arc<Output>,
+) -> CliResult {
+    let usage = |message: String| super::CliError {
+        message,
+        exit: Exit::Usage,
+    };
+    if state_dir.is_some() {
+        return Err(usage(
+            "--state-dir names one state directory; over a directory of playbooks each keeps its own\n  help: drop --state-dir, or run one playbook".into(),
+        ));
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&a.playbook)
+        .map_err(|e| usage(format!("cannot read {}: {e}", a.playbook.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(usage(format!(
+            "{} holds no playbook (*.yaml)",
+            a.playbook.display()
+        )));
+    }
+    // Every playbook loads before anything runs: a bad one changes nothing anywhere.
+    let mut pbs = Vec::with_capacity(files.len());
+    let mut seen = std::collections::BTreeMap::new();
+    for f in &files {
+        let pb = load_with(f, None, a.concurrency)?;
+        let key = (pb.secret.clone(), pb.environment.as_str().to_string());
+        if let Some(other) = seen.insert(key.clone(), f.clone()) {
+            return Err(usage(format!(
+                "{} and {} both rotate {} ({}): one rotation per secret and environment\n  help: keep one playbook per secret and environment in the directory",
+                other.display(),
+                f.display(),
+                key.0,
+                key.1
+            )));
+        }
+        pbs.push((f.clone(), pb));
+    }
+    use futures_util::StreamExt as _;
+    let results: Vec<(PathBuf, Result<Exit, super::CliError>)> =
+        futures_util::stream::iter(pbs.into_iter().map(|(f, pb)| async move {
+            let r = if_due(pb, a, out).await;
+            (f, r)
+        }))
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    let mut summary = Vec::new();
+    let mut worst: Option<Exit> = None;
+    let mut rotated = false;
+    for (f, r) in &results {
+        let (exit, message) = match r {
+            Ok(e) => (*e, None),
+            Err(e) => (e.exit, Some(e.message.clone())),
+        };
+        if exit == Exit::Ok {
+            rotated = true;
+        } else if exit != Exit::NotDue {
+            if let Some(m) = &message {
+                out.error(&format!("{}: {m}", f.display()), exit as u8);
+            }
+            worst = Some(worst.map_or(exit, |w| if (exit as u8) > (w as u8) { exit } else { w }));
+        }
+        summary.push(serde_json::json!({"playbook": f, "exit": exit as u8, "error": message}));
+    }
+    out.result(
+        &serde_json::json!({"event": "summary", "results": summary}),
+        || {
+            results
+                .iter()
+                .map(|(f, r)| {
+                    let code = match r {
+                        Ok(e) => *e as u8,
+                        Err(e) => e.exit as u8,
+                    };
+                    format!("{}: exit {code}", f.display())
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    );
+    Ok(worst.unwrap_or(if rotated { Exit::Ok } else { Exit::NotDue }))
 }
 
 pub(super) async fn resume(a: RunArgs, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
