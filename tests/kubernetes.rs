@@ -644,3 +644,77 @@ async fn demo_lab_command_reports_zero_failed_requests() {
     assert!(!logs.is_empty(), "the lab wrote no pod log");
     assert!(dir.path().join("state").join("audit.log").exists());
 }
+
+/// Restarts `deployment` (a pod-template annotation, as `kubectl rollout restart` does) and
+/// waits until every pod runs the new template and is Ready.
+async fn restart_and_wait(env: &K8sEnv, deployment: &str) {
+    use kube::api::{Patch, PatchParams};
+    let api: Api<Deployment> = env.api();
+    let now = chrono::Utc::now().to_rfc3339();
+    let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"test/restartedAt": now}}}}});
+    let d = api
+        .patch(deployment, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let generation = d.metadata.generation.unwrap();
+    wait_for(
+        &format!("{deployment} to roll"),
+        Duration::from_secs(60),
+        async || {
+            let d = api.get(deployment).await.unwrap();
+            let s = d.status.unwrap_or_default();
+            let want = d.spec.and_then(|s| s.replicas).unwrap_or(1);
+            s.observed_generation.unwrap_or(0) >= generation
+                && s.updated_replicas.unwrap_or(0) == want
+                && s.ready_replicas.unwrap_or(0) == want
+                && s.replicas.unwrap_or(0) == want
+        },
+    )
+    .await;
+}
+
+/// The founding incident on purpose: auth reads the primary as SERVICE_SECRET and SECRET_KEY,
+/// and someone set SECRET_KEY by hand; backend sends a value auth does not accept. `check`
+/// names both, then passes again once the fleet is repaired with `rotor up`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_check_names_split_names_and_rejected_signers_on_a_broken_fleet() {
+    use kube::api::{Patch, PatchParams};
+    let env = K8sEnv::new().await;
+    env.up().await;
+    env.rotor(&["check"]).await.assert_code(0);
+    let secrets: Api<Secret> = env.api();
+    let hand_set = "hand-set-value-0123456789abcdefghijklmnopqrstuvwxyz";
+    let set = |name: &'static str, key: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            let patch = serde_json::json!({"stringData": {key: hand_set}});
+            secrets
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+    };
+    set("auth-secrets", "SECRET_KEY").await;
+    set("backend-secrets", "SERVICE_SECRET").await;
+    restart_and_wait(&env, "auth").await;
+    restart_and_wait(&env, "backend").await;
+    let out = env.rotor(&["check"]).await;
+    out.assert_code(5);
+    for needle in [
+        "SERVICE_SECRET and SECRET_KEY name the primary slot but hold different values",
+        "a value this store never had",
+        "would reject what backend",
+    ] {
+        assert!(out.stdout.contains(needle), "{needle}\n{}", out.stdout);
+    }
+    assert!(!out.stdout.contains(hand_set) && !out.stderr.contains(hand_set));
+    // rotor refuses to rotate from there. `up` writes the right values back into the Secrets
+    // (the pod templates already carry the right fingerprints, so it rolls nothing); once the
+    // pods restart, the fleet is whole again.
+    env.rotor(&["rotate", "--yes"]).await.assert_code(5);
+    env.rotor(&["up"]).await.assert_code(0);
+    restart_and_wait(&env, "auth").await;
+    restart_and_wait(&env, "backend").await;
+    env.rotor(&["check"]).await.assert_code(0);
+    env.finish().await;
+}
