@@ -141,6 +141,16 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// Whether the rotation is on its way back: rolling back, or failed during an inverse.
+    pub fn rolling_back(&self) -> bool {
+        self.status == Status::RollingBack
+            || (self.status == Status::Failed
+                && self
+                    .steps
+                    .last()
+                    .is_some_and(|s| s.direction == Direction::Inverse))
+    }
+
     /// A fresh journal at S0.
     #[allow(clippy::too_many_arguments)]
     pub fn new(

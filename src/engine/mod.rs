@@ -780,12 +780,7 @@ impl Engine {
         let result = async {
             match self.journals.load().await? {
                 Some(j) if j.status.is_active() => {
-                    let rolling_back = matches!(j.status, Status::RollingBack)
-                        || (j.status == Status::Failed
-                            && j.steps
-                                .last()
-                                .is_some_and(|s| s.direction == Direction::Inverse));
-                    if rolling_back {
+                    if j.rolling_back() {
                         let back = self.resume_locked(guard.as_ref(), &opts).await?;
                         if back.state != State::S0 {
                             return Ok(back);
@@ -837,12 +832,7 @@ impl Engine {
     ) -> Result<RunReport, EngineError> {
         let journal = self.active_journal().await?;
         let audit = self.audit()?;
-        let rolling_back = matches!(journal.status, Status::RollingBack)
-            || (journal.status == Status::Failed
-                && journal
-                    .steps
-                    .last()
-                    .is_some_and(|s| s.direction == Direction::Inverse));
+        let rolling_back = journal.rolling_back();
         let target = journal.target;
         let mut run = Run::new(self, journal, guard, audit, opts.clone());
         run.emit_start("resume");

@@ -335,7 +335,7 @@ impl GcpStore {
     }
 
     /// The client, built on first use.
-    pub async fn client(&self) -> Result<&SecretManagerService, StoreError> {
+    async fn client(&self) -> Result<&SecretManagerService, StoreError> {
         self.client
             .get_or_try_init(|| async {
                 install_crypto();
@@ -361,7 +361,7 @@ impl GcpStore {
     }
 
     /// Runs `f` until it succeeds, fails for good, or the retry deadline passes.
-    pub async fn call<T, F, Fut>(&self, op: Op, resource: &str, mut f: F) -> Result<T, CallError>
+    async fn call<T, F, Fut>(&self, op: Op, resource: &str, mut f: F) -> Result<T, CallError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, GaxError>>,
@@ -610,15 +610,7 @@ impl GcpStore {
         if state_of(v) != VersionState::Enabled {
             return Ok(None);
         }
-        if let Some(fp) = self.computed.lock().expect("fp cache").get(&id) {
-            return Ok(Some(fp.clone()));
-        }
-        let fp = self.access(&id).await?.fingerprint(&self.logical);
-        self.computed
-            .lock()
-            .expect("fp cache")
-            .insert(id, fp.clone());
-        Ok(Some(fp))
+        self.enabled_fingerprint(&id).await.map(Some)
     }
 
     /// Applies `decide` to a fresh read of the secret and writes the fields in `mask` guarded by
@@ -628,7 +620,6 @@ impl GcpStore {
     where
         F: FnMut(&mut sm::Secret) -> Result<bool, StoreError>,
     {
-        let client = self.client().await?;
         let name = self.secret_name();
         for _ in 0..RACES {
             let mut s = self.load_secret().await?;
@@ -637,17 +628,7 @@ impl GcpStore {
             }
             let sent = s.etag.clone();
             self.pace().await;
-            let mask = google_cloud_wkt::FieldMask::default().set_paths(mask.iter().copied());
-            match self
-                .call(Op::UpdateSecret, &name, || {
-                    client
-                        .update_secret()
-                        .set_secret(s.clone())
-                        .set_update_mask(mask.clone())
-                        .send()
-                })
-                .await
-            {
+            match self.patch(&s, mask).await? {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is(Code::FailedPrecondition) => {
                     // Someone wrote in between (or a retried write of ours landed): read again.
@@ -664,6 +645,41 @@ impl GcpStore {
             store: self.describe(),
             detail: format!("the secret's etag kept changing over {RACES} attempts"),
         })
+    }
+
+    /// Writes the fields `mask` names from `secret`, guarded by the etag it carries (the one
+    /// read). A mismatch comes back as the call error FAILED_PRECONDITION, for the caller to
+    /// re-read and re-decide; the store's update and the lock annotation both write this way.
+    pub async fn patch(
+        &self,
+        secret: &sm::Secret,
+        mask: &[&str],
+    ) -> Result<Result<sm::Secret, CallError>, StoreError> {
+        let client = self.client().await?;
+        let name = self.secret_name();
+        let mask = google_cloud_wkt::FieldMask::default().set_paths(mask.iter().copied());
+        Ok(self
+            .call(Op::UpdateSecret, &name, || {
+                client
+                    .update_secret()
+                    .set_secret(secret.clone())
+                    .set_update_mask(mask.clone())
+                    .send()
+            })
+            .await)
+    }
+
+    /// The fingerprint of enabled version `id`, computed from its value once per run.
+    async fn enabled_fingerprint(&self, id: &str) -> Result<Fingerprint, StoreError> {
+        if let Some(fp) = self.computed.lock().expect("fp cache").get(id) {
+            return Ok(fp.clone());
+        }
+        let fp = self.access(id).await?.fingerprint(&self.logical);
+        self.computed
+            .lock()
+            .expect("fp cache")
+            .insert(id.to_string(), fp.clone());
+        Ok(fp)
     }
 
     /// The version that holds `value` among those numbered above `above`, if a write whose
@@ -939,10 +955,7 @@ impl Store for GcpStore {
         let mut fps: Vec<(String, Fingerprint)> = Vec::new();
         for id in std::iter::once(primary).chain(secondary) {
             if !secret.annotations.contains_key(&fp_key(id)) {
-                fps.push((
-                    fp_key(id),
-                    self.access(id).await?.fingerprint(&self.logical),
-                ));
+                fps.push((fp_key(id), self.enabled_fingerprint(id).await?));
             }
         }
         let number = |id: &str| id.parse::<i64>().unwrap_or(0);
@@ -1008,7 +1021,7 @@ impl Store for GcpStore {
                 // Its fingerprint goes into the history now, while it can still be read.
                 if current == VersionState::Enabled && !s.annotations.contains_key(&fp_key(version))
                 {
-                    let fp = self.access(version).await?.fingerprint(&self.logical);
+                    let fp = self.enabled_fingerprint(version).await?;
                     self.annotate(version, &fp, false).await?;
                 }
                 for (slot, a) in [("primary", ALIAS_PRIMARY), ("secondary", ALIAS_SECONDARY)] {

@@ -22,7 +22,7 @@ use google_cloud_secretmanager_v1::model::Secret;
 use super::remote::{Backend, MAX_RACES, RecordLock, Write};
 use super::{Holder, LockError};
 use crate::store::StoreError;
-use crate::store::gcp::{GcpStore, Op};
+use crate::store::gcp::GcpStore;
 
 /// The annotation holding the lock.
 pub const LOCK_ANNOTATION: &str = "rotor-lock";
@@ -107,28 +107,12 @@ impl Backend for GcpLockBackend {
                 .into(),
             ));
         }
-        let client = self
-            .store
-            .client()
-            .await
-            .map_err(|e| Write::Failed(e.into()))?;
-        let name = self.store.secret_name();
-        let mask = google_cloud_wkt::FieldMask::default().set_paths(["annotations"]);
-        match self
-            .store
-            .call(Op::UpdateSecret, &name, || {
-                client
-                    .update_secret()
-                    .set_secret(next.clone())
-                    .set_update_mask(mask.clone())
-                    .send()
-            })
-            .await
-        {
-            Ok(s) => Ok(s),
+        match self.store.patch(next, &["annotations"]).await {
+            Ok(Ok(s)) => Ok(s),
             // An etag mismatch: someone wrote in between.
-            Err(e) if e.code() == Some(Code::FailedPrecondition) => Err(Write::Raced),
-            Err(e) => Err(Write::Failed(self.store.fail(&e).into())),
+            Ok(Err(e)) if e.code() == Some(Code::FailedPrecondition) => Err(Write::Raced),
+            Ok(Err(e)) => Err(Write::Failed(self.store.fail(&e).into())),
+            Err(e) => Err(Write::Failed(e.into())),
         }
     }
 
