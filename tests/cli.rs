@@ -83,19 +83,20 @@ async fn init_refuses_an_existing_store_and_changes_nothing() {
 #[test]
 fn graph_maps_several_playbooks_and_names_multi_name_readers() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
+    let (k8s, gcp) = (root.join("k8s-demo.yaml"), root.join("gcp-cloudrun.yaml"));
     let run = |format: &str| {
-        let out = std::process::Command::new(crate::common::rotor_exe())
-            .args(["graph", "--format", format])
-            .arg(root.join("k8s-demo.yaml"))
-            .arg(root.join("gcp-cloudrun.yaml"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = crate::common::run_rotor(
+            &[
+                "graph",
+                "--format",
+                format,
+                k8s.to_str().unwrap(),
+                gcp.to_str().unwrap(),
+            ],
+            &[],
         );
-        String::from_utf8(out.stdout).unwrap()
+        out.assert_code(0);
+        out.stdout
     };
     let m = run("mermaid");
     assert!(m.starts_with("flowchart LR\n"), "{m}");
@@ -123,27 +124,14 @@ fn graph_maps_several_playbooks_and_names_multi_name_readers() {
     assert!(d.starts_with("digraph rotor {"), "{d}");
     // An independent DOT parser (pydot, from PyPI) reads it: 7 nodes, 5 edges.
     let pydot = crate::common::pip_install("pydot", "pytools-pydot", "pydot/__init__.py");
-    let mut child = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sys, pydot; [g] = pydot.graph_from_dot_data(sys.stdin.read()); \
-             print(len(g.get_nodes()), len(g.get_edges()))",
-        ])
-        .env("PYTHONPATH", &pydot)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child.stdin.take().unwrap().write_all(d.as_bytes()).unwrap();
-    let parsed = child.wait_with_output().unwrap();
-    assert!(
-        parsed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&parsed.stderr)
+    let parsed = crate::common::python(
+        &pydot,
+        "import sys, pydot; [g] = pydot.graph_from_dot_data(sys.stdin.read()); \
+         print(len(g.get_nodes()), len(g.get_edges()))",
+        &[],
+        &d,
     );
-    assert_eq!(String::from_utf8_lossy(&parsed.stdout).trim(), "7 5", "{d}");
+    assert_eq!(parsed.trim(), "7 5", "{d}");
     assert_eq!(d.matches(" -> ").count(), 5, "{d}");
     assert!(
         d.contains("c0 [shape=box, label=\"auth\\nDeployment demo/auth\", color=red, penwidth=2];"),
@@ -152,22 +140,19 @@ fn graph_maps_several_playbooks_and_names_multi_name_readers() {
     assert!(d.contains("// admin-api reads"), "{d}");
 }
 
-fn manifests(playbook: &str) -> (Option<i32>, String, String) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
-    let out = std::process::Command::new(crate::common::rotor_exe())
-        .args([
+fn manifests(playbook: &str) -> crate::common::Out {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("playbooks")
+        .join(playbook);
+    crate::common::run_rotor(
+        &[
             "manifests",
             "--image",
             "registry.example/rotor:1.0",
             "--playbook",
-        ])
-        .arg(root.join(playbook))
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+            path.to_str().unwrap(),
+        ],
+        &[],
     )
 }
 
@@ -180,9 +165,9 @@ fn manifests_grant_only_what_the_playbook_names_and_run_if_due() {
     use k8s_openapi::api::batch::v1::CronJob;
     use k8s_openapi::api::core::v1::ConfigMap;
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-    let (code, yaml, err) = manifests("k8s-demo.yaml");
-    assert_eq!(code, Some(0), "{err}");
-    let docs = yaml_docs(&yaml);
+    let out = manifests("k8s-demo.yaml");
+    out.assert_code(0);
+    let docs = yaml_docs(&out.stdout);
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
@@ -273,9 +258,9 @@ fn manifests_grant_only_what_the_playbook_names_and_run_if_due() {
     assert!(script.contains("-eq 9 ] && exit 0"), "{script}");
 
     // A Secret Manager store: the lock is on the secret (no Lease rules); workload identity.
-    let (code, yaml, err) = manifests("gcp-k8s.yaml");
-    assert_eq!(code, Some(0), "{err}");
-    let docs = yaml_docs(&yaml);
+    let out = manifests("gcp-k8s.yaml");
+    out.assert_code(0);
+    let (yaml, docs) = (&out.stdout, yaml_docs(&out.stdout));
     assert_eq!(
         docs[0]["metadata"]["annotations"]["iam.gke.io/gcp-service-account"],
         "rotor@rotor-lab.iam.gserviceaccount.com"
@@ -283,10 +268,10 @@ fn manifests_grant_only_what_the_playbook_names_and_run_if_due() {
     assert!(!yaml.contains("leases"), "{yaml}");
 
     // Local processes cannot be run from a cluster: refused, nothing printed.
-    let (code, yaml, err) = manifests("local-demo.yaml");
-    assert_eq!(code, Some(2));
-    assert!(yaml.is_empty());
-    assert!(err.contains("is a local process"), "{err}");
+    let out = manifests("local-demo.yaml");
+    out.assert_code(2);
+    assert!(out.stdout.is_empty());
+    assert!(out.stderr.contains("is a local process"), "{}", out.stderr);
 }
 
 /// The value policy in `check`: a weak value in the store, and one value in two environments.
@@ -304,16 +289,10 @@ fn check_reports_weak_values_and_values_shared_between_environments() {
     };
     let (dev, staging) = (write("development"), write("staging"));
     let rotor = |args: &[&str], files: &[&std::path::Path]| {
-        let out = std::process::Command::new(crate::common::rotor_exe())
-            .args(args)
-            .args(files)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let mut all = args.to_vec();
+        all.extend(files.iter().map(|f| f.to_str().unwrap()));
+        let out = crate::common::run_rotor(&all, &[]);
+        (out.code(), out.stdout, out.stderr)
     };
     assert_eq!(rotor(&["init"], &[&dev]).0, Some(0));
     // Staging gets a copy of development's store: the same value in both environments.

@@ -71,11 +71,7 @@ pub fn scratch_playbook(
 
 /// A finished rotor run as [`Out`], its stdout and stderr kept in `outputs` for the leak check.
 pub fn record(outputs: &Mutex<Vec<String>>, out: std::process::Output) -> Out {
-    let o = Out {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let o = Out::from(out);
     let mut all = outputs.lock().unwrap();
     all.push(o.stdout.clone());
     all.push(o.stderr.clone());
@@ -373,4 +369,53 @@ pub fn pip_install(package: &str, dir: &str, probe: &str) -> PathBuf {
     );
     std::fs::write(&stamp, b"ok\n").unwrap();
     root
+}
+
+impl From<std::process::Output> for Out {
+    fn from(out: std::process::Output) -> Out {
+        Out {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// `rotor ARGS…` with `env` added and stdin closed, for tests outside an [`Env`].
+pub fn run_rotor(args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut cmd = std::process::Command::new(rotor_exe());
+    cmd.args(args).stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Out::from(cmd.output().unwrap())
+}
+
+/// Python `code` with `pythonpath` (a [`pip_install`] directory), `args`, and `stdin` on its
+/// standard input; its standard output. Panics with its standard error if it fails.
+pub fn python(pythonpath: &Path, code: &str, args: &[&str], stdin: &str) -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .env("PYTHONPATH", pythonpath)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use rotor::lab::{Fault, GcpEffect, GcpMethod, SecretSnapshot, VersionState};
 
-use crate::common::wait_for;
 use crate::kubernetes::{K8sEnv, stages, test_yaml};
 
 const SECRET: &str = "projects/rotor-lab/secrets/service-secret";
@@ -31,6 +30,23 @@ fn alias(s: &SecretSnapshot, name: &str) -> Option<i64> {
 
 fn state(s: &SecretSnapshot, n: i64) -> VersionState {
     s.versions.iter().find(|v| v.number == n).unwrap().state
+}
+
+/// A Secret Manager fault on every secret.
+fn fault(
+    method: GcpMethod,
+    effect: GcpEffect,
+    count: Option<u64>,
+    probability: Option<f64>,
+) -> Fault {
+    Fault::Gcp {
+        method,
+        secret: None,
+        effect,
+        delay_ms: None,
+        count,
+        probability,
+    }
 }
 
 /// The fingerprint rotor recorded for the version in the primary alias.
@@ -163,37 +179,13 @@ async fn gcp_rollback_from_each_stage_returns_to_s0_under_load() {
 async fn gcp_two_rotors_race_one_holds_the_annotation_lock_the_other_names_it() {
     let env = gcp_env(|y| y).await;
     env.up().await;
-    let first = env
-        .command(&["rotate", "--yes"], &[])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(
-        "the first rotor to reach T2",
-        Duration::from_secs(60),
-        async || {
-            secret(&env)
-                .annotations
-                .get("rotor-lock")
-                .is_some_and(|h| h.contains("T2"))
-        },
-    )
+    env.two_rotors_race(async || {
+        secret(&env)
+            .annotations
+            .get("rotor-lock")
+            .is_some_and(|h| h.contains("T2"))
+    })
     .await;
-    let second = env.rotor(&["rotate", "--yes"]).await;
-    second.assert_code(4);
-    assert!(
-        second
-            .stderr
-            .contains("another rotation of this secret is running"),
-        "{}",
-        second.stderr
-    );
-    assert!(second.stderr.contains("(rotate)"), "{}", second.stderr);
-    assert!(second.stderr.contains("at stage T"), "{}", second.stderr);
-    let first = env.record(first.wait_with_output().await.unwrap());
-    first.assert_code(0);
-    assert_eq!(env.journal().await["state"], "S5");
     env.finish().await;
 }
 
@@ -274,24 +266,17 @@ async fn gcp_429_and_503_storms_are_retried_and_the_rotation_completes() {
     env.up().await;
     let before = env.lab().secret_manager().stats().total;
     for effect in [GcpEffect::ResourceExhausted, GcpEffect::Unavailable] {
-        env.lab().faults().add(Fault::Gcp {
-            method: GcpMethod::Any,
-            secret: None,
-            effect,
-            delay_ms: None,
-            count: None,
-            probability: Some(0.2),
-        });
+        env.lab()
+            .faults()
+            .add(fault(GcpMethod::Any, effect, None, Some(0.2)));
     }
     // The first versions.add lands but its answer is lost: rotor must find it, not add again.
-    env.lab().faults().add(Fault::Gcp {
-        method: GcpMethod::AddVersion,
-        secret: None,
-        effect: GcpEffect::LostAnswer,
-        delay_ms: None,
-        count: Some(1),
-        probability: None,
-    });
+    env.lab().faults().add(fault(
+        GcpMethod::AddVersion,
+        GcpEffect::LostAnswer,
+        Some(1),
+        None,
+    ));
     let load = env.load();
     let out = env.rotor(&["rotate", "--yes"]).await;
     let report = load.stop().await;
@@ -332,14 +317,12 @@ async fn gcp_storm_beyond_the_deadline_fails_the_step_and_rolls_back() {
     env.up().await;
     let a = primary_fp(&env);
     // Every versions.add is throttled: T1 cannot publish B.
-    env.lab().faults().add(Fault::Gcp {
-        method: GcpMethod::AddVersion,
-        secret: None,
-        effect: GcpEffect::ResourceExhausted,
-        delay_ms: None,
-        count: None,
-        probability: None,
-    });
+    env.lab().faults().add(fault(
+        GcpMethod::AddVersion,
+        GcpEffect::ResourceExhausted,
+        None,
+        None,
+    ));
     let load = env.load();
     let out = env.rotor(&["rotate", "--yes"]).await;
     out.assert_code(3);
@@ -411,23 +394,19 @@ consumers:
     );
     let playbook = dir.path().join("run.yaml");
     std::fs::write(&playbook, yaml).unwrap();
+    let (url, port, fake_dir) = (lab.url(), port.to_string(), dir.path().to_str().unwrap());
+    let env = [
+        ("ROTOR_GCP_ENDPOINT", url.as_str()),
+        ("FAKE_RUN_ENDPOINT", url.as_str()),
+        ("FAKE_RUN_PROJECT", "rotor-lab"),
+        ("FAKE_RUN_DIR", fake_dir),
+        ("FAKE_RUN_PORT", port.as_str()),
+        ("FAKE_RUN_SERVICE", env!("CARGO_BIN_EXE_rotor-demo-service")),
+    ];
     let run = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(crate::common::rotor_exe());
-        cmd.args(args)
-            .arg(&playbook)
-            .env("ROTOR_GCP_ENDPOINT", lab.url())
-            .env("FAKE_RUN_ENDPOINT", lab.url())
-            .env("FAKE_RUN_PROJECT", "rotor-lab")
-            .env("FAKE_RUN_DIR", dir.path())
-            .env("FAKE_RUN_PORT", port.to_string())
-            .env("FAKE_RUN_SERVICE", env!("CARGO_BIN_EXE_rotor-demo-service"))
-            .stdin(std::process::Stdio::null());
-        let out = cmd.output().unwrap();
-        crate::common::Out {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        let mut all = args.to_vec();
+        all.push(playbook.to_str().unwrap());
+        crate::common::run_rotor(&all, &env)
     };
     run(&["init"]).assert_code(0);
     let v1 = String::from_utf8(
@@ -571,20 +550,18 @@ async fn gcp_service_account_key_from_the_environment_signs_every_call() {
     )
     .unwrap();
     let run = |args: &[&str], creds: &std::path::Path| {
-        let out = std::process::Command::new(crate::common::rotor_exe())
-            .args(args)
-            .arg(&playbook)
-            .env("ROTOR_GCP_ENDPOINT", lab.url())
-            .env("GOOGLE_APPLICATION_CREDENTIALS", creds)
-            .env("HOME", dir.path())
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        crate::common::Out {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        let mut all = args.to_vec();
+        all.push(playbook.to_str().unwrap());
+        let env = [
+            ("ROTOR_GCP_ENDPOINT", lab.url()),
+            (
+                "GOOGLE_APPLICATION_CREDENTIALS",
+                creds.display().to_string(),
+            ),
+            ("HOME", dir.path().display().to_string()),
+        ];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        crate::common::run_rotor(&all, &env)
     };
     run(&["init"], &key_file).assert_code(0);
     run(&["status"], &key_file).assert_code(0);

@@ -103,6 +103,38 @@ impl K8sEnv {
         }
     }
 
+    /// Starts a rotation, waits until `at_t2` says its lock records stage T2, then checks that
+    /// a second rotation is refused (exit 4) naming the holder's command and stage, and that the
+    /// first one completes.
+    pub(crate) async fn two_rotors_race(&self, at_t2: impl AsyncFnMut() -> bool) {
+        let first = self
+            .command(&["rotate", "--yes"], &[])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(
+            "the first rotor to reach T2",
+            Duration::from_secs(60),
+            at_t2,
+        )
+        .await;
+        let second = self.rotor(&["rotate", "--yes"]).await;
+        second.assert_code(4);
+        assert!(
+            second
+                .stderr
+                .contains("another rotation of this secret is running"),
+            "{}",
+            second.stderr
+        );
+        assert!(second.stderr.contains("(rotate)"), "{}", second.stderr);
+        assert!(second.stderr.contains("at stage T"), "{}", second.stderr);
+        let first = self.record(first.wait_with_output().await.unwrap());
+        first.assert_code(0);
+        assert_eq!(self.journal().await["state"], "S5");
+    }
+
     pub(crate) fn playbook(&self) -> &Playbook {
         &self.pb
     }
@@ -542,42 +574,18 @@ async fn k8s_sigkill_mid_rollout_then_resume_completes() {
 async fn k8s_two_rotors_race_one_holds_the_lease_the_other_names_it() {
     let env = K8sEnv::new().await;
     env.up().await;
-    let first = env
-        .command(&["rotate", "--yes"], &[])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(
-        "the first rotor to reach T2",
-        Duration::from_secs(60),
-        async || {
-            let l: Lease = match env.api().get(LEASE).await {
-                Ok(l) => l,
-                Err(_) => return false,
-            };
-            l.metadata
-                .annotations
-                .unwrap_or_default()
-                .get("rotor.dev/holder")
-                .is_some_and(|h| h.contains("T2"))
-        },
-    )
+    env.two_rotors_race(async || {
+        let l: Lease = match env.api().get(LEASE).await {
+            Ok(l) => l,
+            Err(_) => return false,
+        };
+        l.metadata
+            .annotations
+            .unwrap_or_default()
+            .get("rotor.dev/holder")
+            .is_some_and(|h| h.contains("T2"))
+    })
     .await;
-    let second = env.rotor(&["rotate", "--yes"]).await;
-    second.assert_code(4);
-    assert!(
-        second
-            .stderr
-            .contains("another rotation of this secret is running"),
-        "{}",
-        second.stderr
-    );
-    assert!(second.stderr.contains("(rotate)"), "{}", second.stderr);
-    assert!(second.stderr.contains("at stage T"), "{}", second.stderr);
-    let first = env.record(first.wait_with_output().await.unwrap());
-    first.assert_code(0);
-    assert_eq!(env.journal().await["state"], "S5");
     env.finish().await;
 }
 

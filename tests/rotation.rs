@@ -711,22 +711,14 @@ async fn webhook_hears_every_stage_and_the_metrics_file_parses() {
         "prometheus_client/parser.py",
     );
     let file = env.path().join("metrics/rotor.prom");
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sys, json; from prometheus_client.parser import text_string_to_metric_families as p; \
-             print(json.dumps({s.name: [s.labels, s.value] for f in p(open(sys.argv[1]).read()) for s in f.samples}))",
-        ])
-        .arg(&file)
-        .env("PYTHONPATH", &prom)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let parsed = crate::common::python(
+        &prom,
+        "import sys, json; from prometheus_client.parser import text_string_to_metric_families as p; \
+         print(json.dumps({s.name: [s.labels, s.value] for f in p(open(sys.argv[1]).read()) for s in f.samples}))",
+        &[file.to_str().unwrap()],
+        "",
     );
-    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&parsed).unwrap();
     let labels = serde_json::json!({"secret": "service-secret", "environment": "development"});
     for name in [
         "rotor_primary_age_seconds",
@@ -779,27 +771,14 @@ async fn if_due_over_a_directory_rotates_only_the_due_secrets() {
         });
         std::fs::write(books.join(format!("{name}.yaml")), y).unwrap();
     }
-    let rotor = |args: &[&str]| {
-        let out = std::process::Command::new(crate::common::rotor_exe())
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        crate::common::Out {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    };
+    let rotor = |args: &[&str]| crate::common::run_rotor(args, &[]);
     let book = |n: &str| books.join(format!("{n}.yaml")).display().to_string();
     // Whatever happens below, the fleets `up` starts are stopped again (by rotor, by pid).
     struct Down(Vec<String>);
     impl Drop for Down {
         fn drop(&mut self) {
             for b in &self.0 {
-                let _ = std::process::Command::new(crate::common::rotor_exe())
-                    .args(["down", b])
-                    .output();
+                crate::common::run_rotor(&["down", b], &[]);
             }
         }
     }
