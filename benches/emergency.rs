@@ -12,24 +12,18 @@
 //! Run: `cargo bench --bench emergency` (options: `-- --workers N --interval 5ms`).
 #![allow(clippy::print_stdout)]
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Instant;
 
 use futures_util::StreamExt as _;
 use rotor::consumer::Slots;
-use rotor::demo::{self, load};
+use rotor::demo::load;
 use rotor::engine::journal::Mode;
 use rotor::engine::{Engine, RunOptions};
 use rotor::events::NullSink;
 use rotor::protocol::Role;
 use rotor::secret::SecretValue;
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
 
 /// Rolls every consumer onto `slots` as one wave of the engine would (playbook order, the
 /// playbook's concurrency); returns the wave's wall time and each consumer's.
@@ -56,22 +50,10 @@ fn minimum(role: Role) -> usize {
 }
 
 fn main() {
-    // The demo playbook starts `{rotor} demo-service`; point it at the real binary.
-    // SAFETY: single-threaded here, before the runtime starts.
-    unsafe { std::env::set_var("ROTOR_EXE", env!("CARGO_BIN_EXE_rotor")) };
-    let workers: usize = arg("--workers").and_then(|w| w.parse().ok()).unwrap_or(2);
-    let interval = arg("--interval")
-        .and_then(|i| humantime::parse_duration(&i).ok())
-        .unwrap_or(Duration::from_millis(5));
+    let common::Opts { workers, interval } = common::setup();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let (dir, _tmp) = demo::scratch(None).expect("scratch dir");
-        let pb = demo::demo_playbook(None, &dir).expect("embedded playbook");
-        let engine = Engine::open(pb.clone(), Arc::new(NullSink))
-            .await
-            .expect("engine");
-        engine.init().await.expect("init");
-        engine.up().await.expect("up");
+        let (pb, engine, _tmp) = common::demo_fleet().await;
         let running = load::Load::start(load::paths(&pb), workers, interval);
         let snap = engine.store().snapshot().await.expect("snapshot");
         let a = engine

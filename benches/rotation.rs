@@ -6,11 +6,12 @@
 //! Run: `cargo bench --bench rotation` (options: `-- --workers N --interval 5ms`).
 #![allow(clippy::print_stdout)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rotor::demo::{self, load};
-use rotor::engine::Engine;
 use rotor::events::NullSink;
 use rotor::secret::SecretValue;
 use rotor::store::{self, VersionState};
@@ -23,13 +24,7 @@ struct Naive {
 }
 
 async fn naive(workers: usize, interval: Duration, window: Duration) -> Naive {
-    let (dir, _tmp) = demo::scratch(None).expect("scratch dir");
-    let pb = demo::demo_playbook(None, &dir).expect("embedded playbook");
-    let engine = Engine::open(pb.clone(), Arc::new(NullSink))
-        .await
-        .expect("engine");
-    engine.init().await.expect("init");
-    engine.up().await.expect("up");
+    let (pb, engine, _tmp) = common::demo_fleet().await;
     let running = load::Load::start(load::paths(&pb), workers, interval);
     // Let the load reach steady state for as long as rotor's T1 would take: a few requests.
     while running.requests() < 50 {
@@ -74,25 +69,11 @@ async fn naive(workers: usize, interval: Duration, window: Duration) -> Naive {
     }
 }
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
 fn main() {
-    // The demo playbook starts `{rotor} demo-service`; point it at the real binary.
-    // SAFETY: single-threaded here, before the runtime starts.
-    unsafe { std::env::set_var("ROTOR_EXE", env!("CARGO_BIN_EXE_rotor")) };
-    let workers: usize = arg("--workers").and_then(|w| w.parse().ok()).unwrap_or(2);
-    let interval = arg("--interval")
-        .and_then(|i| humantime::parse_duration(&i).ok())
-        .unwrap_or(Duration::from_millis(5));
+    let common::Opts { workers, interval } = common::setup();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let (dir, _tmp) = demo::scratch(None).expect("scratch dir");
-        let pb = demo::demo_playbook(None, &dir).expect("embedded playbook");
+        let (pb, _dir, _tmp) = common::demo_playbook();
         let (r, err) = demo::run(pb, None, Arc::new(NullSink), workers, interval)
             .await
             .expect("demo run");

@@ -419,3 +419,17 @@ pub fn python(pythonpath: &Path, code: &str, args: &[&str], stdin: &str) -> Stri
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A lab with `topology` in a new scratch directory named `prefix…` (its options adjusted by
+/// `tune`), and the directory, which must outlive it.
+pub async fn scratch_lab(
+    prefix: &str,
+    topology: rotor::lab::Topology,
+    tune: impl FnOnce(&mut rotor::lab::LabOptions),
+) -> (tempfile::TempDir, rotor::lab::LabHandle) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let mut opts = rotor::lab::LabOptions::new(topology, dir.path().join("lab"));
+    tune(&mut opts);
+    let lab = rotor::lab::Lab::start(opts).await.unwrap();
+    (dir, lab)
+}

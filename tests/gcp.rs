@@ -356,14 +356,8 @@ async fn gcp_storm_beyond_the_deadline_fails_the_step_and_rolls_back() {
 /// the Secret Manager API itself, as Cloud Run's `--update-secrets` does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcp_exec_consumer_points_a_service_at_versions_never_values() {
-    let dir = tempfile::Builder::new()
-        .prefix("rotor-gcp-exec-")
-        .tempdir()
-        .unwrap();
-    let topo = rotor::lab::Topology::default();
-    let lab = rotor::lab::Lab::start(rotor::lab::LabOptions::new(topo, dir.path().join("lab")))
-        .await
-        .unwrap();
+    let (dir, lab) =
+        crate::common::scratch_lab("rotor-gcp-exec-", Default::default(), |_| {}).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -505,16 +499,7 @@ consumers:
 /// signed with that key; a key file that is not there is reported as a credentials problem.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcp_service_account_key_from_the_environment_signs_every_call() {
-    let dir = tempfile::Builder::new()
-        .prefix("rotor-gcp-adc-")
-        .tempdir()
-        .unwrap();
-    let lab = rotor::lab::Lab::start(rotor::lab::LabOptions::new(
-        rotor::lab::Topology::default(),
-        dir.path().join("lab"),
-    ))
-    .await
-    .unwrap();
+    let (dir, lab) = crate::common::scratch_lab("rotor-gcp-adc-", Default::default(), |_| {}).await;
     let pem = std::process::Command::new("openssl")
         .args([
             "genpkey",

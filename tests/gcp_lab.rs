@@ -11,7 +11,7 @@ use google_cloud_secretmanager_v1::client::SecretManagerService;
 use google_cloud_secretmanager_v1::model::{
     Replication, Secret, SecretPayload, UpdateSecretRequest, replication, secret_version,
 };
-use rotor::lab::{Lab, LabHandle, LabOptions, Topology, VersionState};
+use rotor::lab::{LabHandle, Topology, VersionState};
 use serde_json::{Value, json};
 
 const PROJECT: &str = "lab-project";
@@ -23,14 +23,8 @@ struct GcpLab {
 
 impl GcpLab {
     async fn start(yaml: &str) -> GcpLab {
-        let dir = tempfile::Builder::new()
-            .prefix("rotor-gcp-lab-test-")
-            .tempdir()
-            .unwrap();
         let topo = Topology::parse(yaml, Path::new("gcp.topology.yaml")).unwrap();
-        let lab = Lab::start(LabOptions::new(topo, dir.path().join("lab")))
-            .await
-            .unwrap();
+        let (dir, lab) = crate::common::scratch_lab("rotor-gcp-lab-test-", topo, |_| {}).await;
         GcpLab {
             lab: Some(lab),
             _dir: dir,

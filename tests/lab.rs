@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use rotor::lab::{ApiEffect, CrashMode, Fault, ImageSpec, Lab, LabHandle, LabOptions, Topology};
+use rotor::lab::{ApiEffect, CrashMode, Fault, ImageSpec, LabHandle, Topology};
 use serde_json::{Value, json};
 
 const NS: &str = "demo";
@@ -24,18 +24,15 @@ struct TestLab {
 
 impl TestLab {
     async fn start(yaml: &str) -> TestLab {
-        let dir = tempfile::Builder::new()
-            .prefix("rotor-lab-test-")
-            .tempdir()
-            .unwrap();
         let mut topo = Topology::parse(yaml, Path::new("test.topology.yaml")).unwrap();
         topo.images.insert(
             "rotor-demo-service".into(),
             ImageSpec::Command(vec![env!("CARGO_BIN_EXE_rotor-demo-service").into()]),
         );
-        let mut opts = LabOptions::new(topo, dir.path().join("lab"));
-        opts.drain = Some(Duration::from_millis(50));
-        let lab = Lab::start(opts).await.unwrap();
+        let (dir, lab) = crate::common::scratch_lab("rotor-lab-test-", topo, |o| {
+            o.drain = Some(Duration::from_millis(50));
+        })
+        .await;
         let kc = kube::config::Kubeconfig::read_from(lab.kubeconfig_path()).unwrap();
         let cfg =
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
