@@ -222,6 +222,15 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
+/// The client a request says it is, for the statistics: the first word of its User-Agent.
+pub(crate) fn client_of(headers: &HeaderMap) -> String {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.split(' ').next().unwrap_or(ua).to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 async fn handle(
     State(s): State<Arc<Shared>>,
     method: Method,
@@ -230,11 +239,7 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let client = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.split(' ').next().unwrap_or(ua).to_string())
-        .unwrap_or_else(|| "unknown".into());
+    let client = client_of(&headers);
     let t = match route(uri.path()) {
         Route::Json(mut v) => {
             s.stats.begin("discovery", "get", &client);

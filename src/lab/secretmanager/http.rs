@@ -252,11 +252,7 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let client = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.split(' ').next().unwrap_or(ua).to_string())
-        .unwrap_or_else(|| "unknown".into());
+    let client = crate::lab::api::client_of(&headers);
     let sm = &s.secret_manager;
     sm.lock().count_caller(caller(&headers));
     let call = match route(&method, uri.path()) {
