@@ -26,6 +26,9 @@ pub enum Exit {
     FailedRequests = 8,
     /// `rotate --if-due`: nothing is due yet (nothing was changed).
     NotDue = 9,
+    /// An emergency rekey took the rotation over: this run stopped at a stable state and the
+    /// rekey finishes it.
+    HandedOver = 10,
 }
 
 impl From<Exit> for ExitCode {

@@ -607,6 +607,181 @@ async fn emergency_rekey_takes_over_a_rotation_in_progress_without_waiting_for_g
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emergency_rekey_asks_a_running_rotation_to_hand_over_instead_of_waiting_for_grace() {
+    let env = Env::with(slow_yaml);
+    env.up().await;
+    let load = env.load();
+    // An ordinary rotation, running, waiting out its hour of grace at S3.
+    let running =
+        tokio::process::Command::from(env.command(&["--output", "json", "rotate", "--yes"], &[]))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let holder = env.pb.state_dir.join("lock.json");
+    wait_for(
+        "the rotation to wait out its grace",
+        Duration::from_secs(60),
+        async || {
+            std::fs::read_to_string(&holder)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|h| h["stage"] == "grace")
+        },
+    )
+    .await;
+    let id = env.journal()["id"].as_str().unwrap().to_string();
+    let out = env
+        .rotor(&[
+            "--output",
+            "json",
+            "rekey",
+            "--emergency",
+            "--reason",
+            "token in a screenshot",
+        ])
+        .await;
+    out.assert_code(0);
+    // The running rotation stopped at S3 and said to whom it handed over.
+    let ran = env.record(running.wait_with_output().await.unwrap());
+    ran.assert_code(10);
+    assert!(
+        ran.stdout
+            .contains("handed over at S3 promoted to an emergency rekey by")
+            && ran.stdout.contains("token in a screenshot"),
+        "{ran:?}"
+    );
+    assert!(
+        out.stdout.contains("asked") && out.stdout.contains("to stop at its next stable state"),
+        "{}",
+        out.stdout
+    );
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    let r = &out.last_json()["report"];
+    assert_eq!(r["rotation"], id.as_str(), "the same rotation, taken over");
+    let stages: Vec<&str> = r["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["transition"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["T4", "T5"]);
+    // Neither the hour of grace nor the week of retention was waited for.
+    assert!(r["wall_seconds"].as_f64().unwrap() < 120.0, "{r}");
+    let j = env.journal();
+    assert_eq!(
+        (j["mode"].as_str(), j["state"].as_str()),
+        (Some("emergency"), Some("S5"))
+    );
+    // The request was addressed to the run that handed over; the rekey cleared it.
+    assert!(!env.pb.state_dir.join("handover.json").exists());
+    env.rotor(&["check"]).await.assert_code(0);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_cut_rolls_once_and_reports_the_failures_it_caused() {
+    let env = Env::with(slow_yaml);
+    env.up().await;
+    let a = env.store_primary();
+    let load = env.load();
+    let out = env
+        .rotor(&[
+            "--output",
+            "json",
+            "rekey",
+            "--emergency",
+            "--reason",
+            "key on pastebin",
+            "--hard-cut",
+            "--yes",
+        ])
+        .await;
+    out.assert_code(0);
+    let seen = load.stop().await;
+    let r = &out.last_json()["report"];
+    assert_eq!(r["state"], "S5", "{r}");
+    assert_eq!(r["waves"], 1, "{r}");
+    // Every consumer restarted exactly once per instance (2 instances each).
+    for c in ["auth", "backend", "analytics"] {
+        assert_eq!(r["restarts"][c], 2, "{c}: {r}");
+    }
+    // The cut broke requests, and says so: the callers' own count and rotor's sample agree
+    // that there were failures.
+    assert!(seen.failed_requests > 0, "{seen:?}");
+    let h = &r["hard_cut"];
+    let failed = h["failed_round_trips"].as_u64().unwrap();
+    let sampled = h["sampled_round_trips"].as_u64().unwrap();
+    assert!(failed > 0 && sampled > failed, "{h}");
+    assert!(h["window_seconds"].as_f64().unwrap() > 0.0, "{h}");
+    assert!(
+        out.stdout.contains("sampled round trips failed during the"),
+        "{}",
+        out.stdout
+    );
+    let j = env.journal();
+    assert_eq!(j["hard_cut"], true);
+    assert_eq!(j["mode"], "emergency");
+    // The old value is gone, and the fleet is consistent on the new one.
+    let s = env.store();
+    let old = s["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["fingerprint"] == a.as_str())
+        .unwrap();
+    assert_eq!(old["state"], "destroyed", "{old}");
+    env.rotor(&["check"]).await.assert_code(0);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_cut_asks_twice_and_without_a_terminal_needs_yes() {
+    let env = Env::new();
+    env.up().await;
+    let before = env.store();
+    let args = [
+        "rekey",
+        "--emergency",
+        "--reason",
+        "drill",
+        "--hard-cut",
+        env.playbook.to_str().unwrap(),
+    ];
+    let no_tty = env.rotor(&args[..5]).await;
+    no_tty.assert_code(7);
+    assert!(
+        no_tty.stderr.contains("not a terminal")
+            && no_tty.stderr.contains("--hard-cut not confirmed"),
+        "{}",
+        no_tty.stderr
+    );
+    // At a terminal: yes to the first question, no to the second.
+    let answered = crate::common::python(
+        env.path(),
+        r#"
+import json, os, subprocess, sys
+master, slave = os.openpty()
+os.write(master, b"y\nn\n")
+p = subprocess.run(sys.argv[1:], stdin=slave, capture_output=True, text=True)
+print(json.dumps({"code": p.returncode, "stderr": p.stderr}))
+"#,
+        &[&[crate::common::rotor_exe()][..], &args[..]].concat(),
+        "",
+    );
+    let answered: serde_json::Value = serde_json::from_str(&answered).unwrap();
+    assert_eq!(answered["code"], 7, "{answered}");
+    let stderr = answered["stderr"].as_str().unwrap();
+    assert!(
+        stderr.contains("Cut? [y/N]") && stderr.contains("Once more:"),
+        "{stderr}"
+    );
+    assert_eq!(env.store(), before, "nothing changed");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rekey_needs_emergency_and_a_reason() {
     let env = Env::new();
     env.up().await;

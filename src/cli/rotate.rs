@@ -74,6 +74,19 @@ pub struct RekeyArgs {
     /// How many consumers of one wave may roll (and be proven) at once (1 to 1024).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: Option<u16>,
+    /// When an ordinary rotation is running, rekey asks it to stop at its next stable state
+    /// and hand the rotation over (it does not wait for grace), and waits this long for it.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub handover_timeout: std::time::Duration,
+    /// One wave instead of three: every consumer at once onto the new value alone. Requests
+    /// between a signer and a validator fail until the wave ends; rotor samples round trips
+    /// during it and reports the failures. Asks twice unless --yes; refused without a
+    /// terminal unless --yes.
+    #[arg(long)]
+    pub hard_cut: bool,
+    /// With --hard-cut: do not ask (scripts, no terminal).
+    #[arg(long, short, requires = "hard_cut")]
+    pub yes: bool,
 }
 
 /// `rotor rollback` arguments.
@@ -116,7 +129,7 @@ fn options(
         rollback_to,
         confirm: Arc::new(Ask(out.clone())),
         force,
-        reason: String::new(),
+        ..RunOptions::default()
     }
 }
 
@@ -141,6 +154,7 @@ fn finish(out: &Output, report: &RunReport) -> Exit {
     }
     match report.outcome {
         RunOutcome::Declined => Exit::Declined,
+        RunOutcome::HandedOver => Exit::HandedOver,
         _ => Exit::Ok,
     }
 }
@@ -307,14 +321,29 @@ pub(super) async fn rekey(
             exit: Exit::Usage,
         });
     }
+    if a.hard_cut && !a.yes && !confirm_hard_cut(out) {
+        return Err(super::CliError {
+            message: "--hard-cut not confirmed; nothing was changed\n  help: without --hard-cut, `rotor rekey --emergency` revokes in three waves with no failed request; to cut without questions pass --yes".into(),
+            exit: Exit::Declined,
+        });
+    }
     let mut opts = options(out, true, None, State::S0, a.force);
     opts.mode = Mode::Emergency;
+    opts.hard_cut = a.hard_cut;
+    opts.handover_timeout = a.handover_timeout;
     opts.reason = match &a.incident {
         Some(i) => format!("{} (incident {i})", a.reason.trim()),
         None => a.reason.trim().to_string(),
     };
     let report = engine(pb, out).await?.rekey(&opts).await?;
     Ok(finish(out, &report))
+}
+
+/// Asks twice: a hard cut causes failed requests on purpose.
+fn confirm_hard_cut(out: &Output) -> bool {
+    out.ask(
+        "--hard-cut rolls every consumer at once onto the new value alone: requests between services fail until the wave ends. Cut?",
+    ) && out.ask("Once more: accept failed requests for the length of one rollout wave?")
 }
 
 pub(super) async fn rollback(

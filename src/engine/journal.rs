@@ -138,6 +138,9 @@ pub struct Journal {
     pub reached: BTreeMap<State, DateTime<Utc>>,
     /// Every step, in order.
     pub steps: Vec<Step>,
+    /// `rekey --hard-cut`: T2 and T3 only move the store and T4 rolls every consumer at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hard_cut: bool,
 }
 
 impl Journal {
@@ -182,6 +185,7 @@ impl Journal {
             new: None,
             reached: BTreeMap::from([(State::S0, now)]),
             steps: Vec::new(),
+            hard_cut: false,
         }
     }
 

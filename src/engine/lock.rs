@@ -16,6 +16,10 @@
 //!   from a background task.
 //! - [`LockGuard::release`] must be called at the end of every run; `Drop` is only a
 //!   best-effort fallback (the file lock unlocks, a lease stops renewing and lapses).
+//! - [`LockGuard::handover`] turns `Some` when an emergency rekey asked (through
+//!   [`RotationLock::request_handover`]) for the rotation; the engine stops at its next stable
+//!   state and releases the lock, and the rekey takes it. The request is written beside the
+//!   holder (a file lock's `handover.json`, the remote record's holder JSON), never over it.
 //! - [`LockGuard::lost`] turns `Some` when a backend learns that another run took the lock
 //!   over (only possible for leases, after this run failed to renew it for a whole lease
 //!   duration and an operator forced a takeover). From then on the guard never writes the
@@ -53,6 +57,28 @@ pub struct Holder {
     pub since: DateTime<Utc>,
     /// When the lock lapses if not renewed (renewed at every stage change).
     pub expires: DateTime<Utc>,
+    /// An emergency rekey asked this holder to stop at its next stable state and give the
+    /// lock up, so the rekey can take the rotation over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<Handover>,
+}
+
+/// An emergency rekey's request that the run holding the lock hand its rotation over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    /// The rekey's identity (`user@host pid 1234`).
+    pub by: String,
+    /// The rekey's reason (and incident).
+    pub reason: String,
+    /// When it asked.
+    pub at: DateTime<Utc>,
+}
+
+impl Holder {
+    /// Whether `self` and `other` describe the same acquisition (same identity, same start).
+    pub fn same_claim(&self, other: &Holder) -> bool {
+        self.identity == other.identity && self.since == other.since
+    }
 }
 
 impl Holder {
@@ -71,6 +97,7 @@ impl Holder {
             stage: "starting".into(),
             since: now,
             expires: now + chrono::Duration::minutes(10),
+            handover: None,
         }
     }
 }
@@ -139,6 +166,12 @@ pub trait LockGuard: Send + Sync {
         None
     }
 
+    /// An emergency rekey's request to hand the rotation over, once this guard saw one. The
+    /// engine then stops at its next stable state and releases the lock.
+    fn handover(&self) -> Option<Handover> {
+        None
+    }
+
     /// Gives the lock back so the next run need not wait for it to expire. Never touches a
     /// lock that was lost to another run.
     async fn release(self: Box<Self>) -> Result<(), LockError>;
@@ -152,6 +185,10 @@ pub trait RotationLock: Send + Sync {
     async fn acquire(&self, holder: Holder, force: bool) -> Result<Box<dyn LockGuard>, LockError>;
     /// Who holds it now, if anyone.
     async fn holder(&self) -> Result<Option<Holder>, LockError>;
+    /// Asks `seen`, the run holding the lock, to hand its rotation over (see
+    /// [`LockGuard::handover`]). `Ok(false)` when `seen` no longer holds it (ask again after
+    /// reading the new holder). Never takes the lock and never changes its expiry.
+    async fn request_handover(&self, seen: &Holder, req: &Handover) -> Result<bool, LockError>;
     /// Where the lock lives (`/x/state/lock`, `leases/rotor-auth-prod in namespace demo`).
     fn describe(&self) -> String;
 }
@@ -218,6 +255,10 @@ impl FileLock {
         self.dir.join("lock.json")
     }
 
+    fn handover_path(&self) -> PathBuf {
+        self.dir.join("handover.json")
+    }
+
     fn io(&self, source: std::io::Error) -> LockError {
         LockError::Io {
             path: self.lock_path().display().to_string(),
@@ -254,6 +295,7 @@ impl FileLock {
 struct FileGuard {
     file: File,
     holder_path: PathBuf,
+    handover_path: PathBuf,
     holder: Mutex<Holder>,
 }
 
@@ -275,6 +317,14 @@ impl LockGuard for FileGuard {
         h.stage = stage.to_string();
         h.expires = Utc::now() + chrono::Duration::minutes(10);
         self.write(&h);
+    }
+
+    fn handover(&self) -> Option<Handover> {
+        let bytes = fs::read(&self.handover_path).ok()?;
+        let req: Handover = serde_json::from_slice(&bytes).ok()?;
+        // Only a request made to this acquisition counts (not one left by a rekey that gave up).
+        let holder = self.holder.lock().expect("holder mutex");
+        (req.at >= holder.since).then_some(req)
     }
 
     async fn release(self: Box<Self>) -> Result<(), LockError> {
@@ -302,13 +352,27 @@ impl RotationLock for FileLock {
             Err(fs::TryLockError::WouldBlock) => return Err(self.held_error()),
             Err(fs::TryLockError::Error(e)) => return Err(self.io(e)),
         }
+        // A request addressed to an earlier holder is void.
+        let _ = fs::remove_file(self.handover_path());
         let guard = FileGuard {
             file,
             holder_path: self.holder_path(),
+            handover_path: self.handover_path(),
             holder: Mutex::new(holder.clone()),
         };
         guard.write(&holder);
         Ok(Box::new(guard))
+    }
+
+    async fn request_handover(&self, seen: &Holder, req: &Handover) -> Result<bool, LockError> {
+        match self.holder().await? {
+            Some(h) if h.same_claim(seen) => {
+                let bytes = serde_json::to_vec_pretty(req).expect("handover serializes");
+                atomic_write(&self.handover_path(), &bytes, 0o600).map_err(|e| self.io(e))?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn holder(&self) -> Result<Option<Holder>, LockError> {
@@ -327,6 +391,7 @@ impl RotationLock for FileLock {
                     stage: "unknown".into(),
                     since: Utc::now(),
                     expires: Utc::now(),
+                    handover: None,
                 })),
             },
             Err(fs::TryLockError::Error(e)) => Err(self.io(e)),

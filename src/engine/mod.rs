@@ -18,6 +18,7 @@
 
 pub mod check;
 pub mod failpoint;
+pub mod hardcut;
 pub mod journal;
 pub mod lock;
 pub mod plan;
@@ -77,6 +78,12 @@ pub struct RunOptions {
     pub force: bool,
     /// Why (an emergency's reason and incident), recorded in the journal and the audit log.
     pub reason: String,
+    /// An emergency rekey that finds an ordinary rotation running asks it to hand over at its
+    /// next stable state and waits this long for it to do so.
+    pub handover_timeout: Duration,
+    /// Emergency only: one wave (every consumer at once onto the new value alone), accepting
+    /// the failed requests it causes, which rotor samples and reports.
+    pub hard_cut: bool,
 }
 
 impl Default for RunOptions {
@@ -89,6 +96,8 @@ impl Default for RunOptions {
             rollback_to: State::S0,
             confirm: Arc::new(Decline),
             force: false,
+            handover_timeout: Duration::from_secs(600),
+            hard_cut: false,
         }
     }
 }
@@ -167,6 +176,14 @@ pub enum EngineError {
         state: State,
         /// Its status.
         status: Status,
+    },
+    /// An emergency rekey asked the running rotation to hand over, and it did not in time.
+    #[error("{} ({}, at stage {}) was asked to hand its rotation over to this emergency rekey but still holds the lock after {}\n  help: if that run is stuck or gone, stop it (its process or pod); a lease it held lapses on its own, then rerun with `--force`", .holder.identity, .holder.command, .holder.stage, span(*.waited))]
+    HandoverTimeout {
+        /// The run that kept the lock.
+        holder: Box<Holder>,
+        /// How long this run waited.
+        waited: Duration,
     },
     /// `--if-due` with nothing that says when a rotation is due.
     #[error(
@@ -248,7 +265,8 @@ impl EngineError {
         match self {
             EngineError::Lock(
                 LockError::Held(_) | LockError::HeldUnknown { .. } | LockError::Expired(_),
-            ) => Exit::LockHeld,
+            )
+            | EngineError::HandoverTimeout { .. } => Exit::LockHeld,
             EngineError::Lock(LockError::Lost(_))
             | EngineError::Journal(JournalError::LockLost { .. } | JournalError::Conflict { .. }) => {
                 Exit::NeedsOperator
@@ -323,6 +341,9 @@ pub enum RunOutcome {
     Declined,
     /// Rolled back to the requested state on request.
     RolledBack,
+    /// An emergency rekey asked for the rotation; this run stopped at a stable state and gave
+    /// it the lock.
+    HandedOver,
 }
 
 /// Duration of one step.
@@ -357,6 +378,9 @@ pub struct RunReport {
     pub waited_seconds: f64,
     /// Wall time of the run in seconds.
     pub wall_seconds: f64,
+    /// A hard cut's sampled round trips during its one wave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hard_cut: Option<hardcut::HardCutReport>,
     /// Start of this run → the old value rejected by every validator instance (T4's proof),
     /// when this run got there.
     pub time_to_revoke_seconds: Option<f64>,
@@ -760,6 +784,7 @@ impl Engine {
         );
         let mut journal = journal;
         journal.reason = opts.reason.clone();
+        journal.hard_cut = opts.hard_cut;
         let audit = self.audit()?;
         let mut run = Run::new(self, journal, guard, audit, opts.clone());
         // Prove S0 before touching anything: every validator accepts A, every signer sends A.
@@ -776,7 +801,7 @@ impl Engine {
         let mut opts = opts.clone();
         opts.mode = Mode::Emergency;
         opts.until = Some(State::S5);
-        let guard = self.lock.acquire(Holder::me("rekey"), opts.force).await?;
+        let guard = self.acquire_for_rekey(&opts).await?;
         let result = async {
             match self.journals.load().await? {
                 Some(j) if j.status.is_active() => {
@@ -798,6 +823,55 @@ impl Engine {
         result
     }
 
+    /// The lock for a rekey. An ordinary run holding it is asked to hand over at its next
+    /// stable state (it stops, releases, and this run takes the rotation over from its
+    /// journal); another rekey holding it, or a run that does not hand over within
+    /// `opts.handover_timeout`, is an error.
+    async fn acquire_for_rekey(
+        &self,
+        opts: &RunOptions,
+    ) -> Result<Box<dyn LockGuard>, EngineError> {
+        let me = Holder::me("rekey");
+        let started = Instant::now();
+        let mut asked: Option<Holder> = None;
+        loop {
+            let holder = match self.lock.acquire(me.clone(), opts.force).await {
+                Ok(g) => return Ok(g),
+                Err(LockError::Held(h)) if h.command != "rekey" => h,
+                Err(e) => return Err(e.into()),
+            };
+            if !asked.as_ref().is_some_and(|a| a.same_claim(&holder)) {
+                let req = lock::Handover {
+                    by: me.identity.clone(),
+                    reason: opts.reason.clone(),
+                    at: Utc::now(),
+                };
+                if self.lock.request_handover(&holder, &req).await? {
+                    self.events.emit(&Event::Waiting {
+                        reason: format!(
+                            "handover: asked {} ({}, at stage {}) to stop at its next stable state and hand the rotation over",
+                            holder.identity, holder.command, holder.stage
+                        ),
+                        seconds: opts
+                            .handover_timeout
+                            .saturating_sub(started.elapsed())
+                            .as_secs_f64(),
+                    });
+                    asked = Some(holder.clone());
+                }
+            }
+            let waited = started.elapsed();
+            if waited >= opts.handover_timeout {
+                return Err(EngineError::HandoverTimeout {
+                    holder: Box::new(holder),
+                    waited,
+                });
+            }
+            // The holder stops between steps; look again shortly.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The rotation in progress, continued forward in emergency mode.
     async fn takeover_locked(
         &self,
@@ -808,6 +882,7 @@ impl Engine {
         journal.mode = Mode::Emergency;
         journal.reason = opts.reason.clone();
         journal.target = State::S5;
+        journal.hard_cut |= opts.hard_cut;
         let audit = self.audit()?;
         let mut run = Run::new(self, journal, guard, audit, opts.clone());
         run.emit_start("rekey");
@@ -899,6 +974,10 @@ struct Run<'e> {
     waited: Duration,
     /// Values read for proofs, so a negative proof can present A after T4 disabled it.
     proof_cache: Mutex<BTreeMap<Which, SecretValue>>,
+    /// Forward rollout waves this run made.
+    waves: usize,
+    /// What a hard cut's wave did to sampled round trips.
+    hard_cut: Option<hardcut::HardCutReport>,
 }
 
 fn stage_name(t: Transition, dir: Direction) -> String {
@@ -934,6 +1013,8 @@ impl<'e> Run<'e> {
                 .collect(),
             waited: Duration::ZERO,
             proof_cache: Mutex::new(BTreeMap::new()),
+            waves: 0,
+            hard_cut: None,
         }
     }
 
@@ -979,18 +1060,8 @@ impl<'e> Run<'e> {
             waited_seconds: self.waited.as_secs_f64(),
             wall_seconds: self.started.elapsed().as_secs_f64(),
             time_to_revoke_seconds: self.revoked.map(|d| d.as_secs_f64()),
-            waves: self
-                .stages
-                .iter()
-                .filter(|s| {
-                    s.direction == Direction::Forward
-                        && s.outcome == "ok"
-                        && matches!(
-                            s.transition,
-                            Transition::T2 | Transition::T3 | Transition::T4
-                        )
-                })
-                .count(),
+            waves: self.waves,
+            hard_cut: self.hard_cut.clone(),
         }
     }
 
@@ -1054,6 +1125,9 @@ impl<'e> Run<'e> {
             if let Some(h) = self.guard.lost() {
                 return Err(LockError::Lost(Box::new(h)).into());
             }
+            if let Some(req) = self.guard.handover() {
+                return self.hand_over(req).await;
+            }
             let state = self.journal.state;
             if state >= until {
                 return self.finish_forward().await;
@@ -1092,6 +1166,35 @@ impl<'e> Run<'e> {
         }
     }
 
+    /// Stops at the current stable state for an emergency rekey that asked for the rotation.
+    async fn hand_over(&mut self, req: lock::Handover) -> Result<RunReport, EngineError> {
+        let detail = format!(
+            "handed over at {} to an emergency rekey by {} ({}); it continues the rotation from here",
+            self.journal.state, req.by, req.reason
+        );
+        self.emit(Event::Note {
+            message: detail.clone(),
+        });
+        self.pause(RunOutcome::HandedOver, detail).await
+    }
+
+    /// Sleeps `d`, or less when an emergency rekey asks for the rotation or the lock is lost
+    /// meanwhile; returns how long it slept.
+    async fn wait(&self, d: Duration) -> Duration {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + d;
+        while tokio::time::Instant::now() < deadline {
+            if self.guard.handover().is_some() || self.guard.lost().is_some() {
+                break;
+            }
+            let step = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(Duration::from_millis(200));
+            tokio::time::sleep(step).await;
+        }
+        started.elapsed()
+    }
+
     async fn pause(
         &mut self,
         outcome: RunOutcome,
@@ -1121,8 +1224,13 @@ impl<'e> Run<'e> {
                     seconds: remaining.as_secs_f64(),
                 });
                 self.guard.set_stage(None, "grace");
-                tokio::time::sleep(remaining).await;
-                self.waited += remaining;
+                self.waited += self.wait(remaining).await;
+                if let Some(h) = self.guard.lost() {
+                    return Err(LockError::Lost(Box::new(h)).into());
+                }
+                if let Some(req) = self.guard.handover() {
+                    return self.hand_over(req).await.map(Some);
+                }
             }
         }
         if t == Transition::T5 && !emergency {
@@ -1176,7 +1284,7 @@ impl<'e> Run<'e> {
             .e
             .consumers
             .iter()
-            .filter(|c| t.rolls(c.role()))
+            .filter(|c| hardcut::rolls(self.journal.hard_cut, t, dir, c.role()))
             .map(|c| c.name().to_string())
             .collect();
         self.journal.status = match dir {
@@ -1383,6 +1491,9 @@ impl<'e> Run<'e> {
                 failpoint::hit(t, dir, "store");
                 self.prove_store(State::S1).await
             }
+            Transition::T2 if self.journal.hard_cut => {
+                Ok("no rollout: a hard cut rolls every consumer once, at T4".into())
+            }
             Transition::T2 => {
                 self.roll(t, dir, State::S2).await?;
                 self.soak().await;
@@ -1397,6 +1508,12 @@ impl<'e> Run<'e> {
                     self.fp_str(Which::A)
                 ));
                 failpoint::hit(t, dir, "store");
+                if self.journal.hard_cut {
+                    let d = self.prove_store(State::S3).await?;
+                    return Ok(format!(
+                        "{d}; no rollout: a hard cut rolls every consumer once, at T4"
+                    ));
+                }
                 self.roll(t, dir, State::S3).await?;
                 self.soak().await;
                 let mut d = self.prove_validators(&[Which::A, Which::B], &[]).await?;
@@ -1405,19 +1522,28 @@ impl<'e> Run<'e> {
                 Ok(d)
             }
             Transition::T4 => {
-                self.roll(t, dir, State::S4).await?;
+                if self.journal.hard_cut {
+                    self.cut().await?;
+                } else {
+                    self.roll(t, dir, State::S4).await?;
+                }
                 self.soak().await;
                 let (a, b) = (self.version(Which::A)?, self.version(Which::B)?);
                 // The negative proof needs A, so it runs before A is disabled; A is disabled
                 // only after it passed. A re-run that finds A already disabled therefore knows
                 // the negative proof passed, and proves acceptance of B again.
                 let a_state = self.e.store.snapshot().await?.version(&a).map(|v| v.state);
-                let proof = if a_state == Some(VersionState::Enabled) {
+                let mut proof = if a_state == Some(VersionState::Enabled) {
                     self.prove_validators(&[Which::B], &[Which::A]).await?
                 } else {
                     let d = self.prove_validators(&[Which::B], &[]).await?;
                     format!("{d} (A was rejected everywhere before it was disabled)")
                 };
+                if self.journal.hard_cut {
+                    // The signers switched in this same wave: prove them here.
+                    proof.push_str("; ");
+                    proof.push_str(&self.prove_signers(Which::B).await?);
+                }
                 self.e.store.set_slots(&b, None).await?;
                 self.e.store.set_state(&a, VersionState::Disabled).await?;
                 self.store_event(format!("version {a} ({}) disabled", self.fp_str(Which::A)));
@@ -1454,6 +1580,44 @@ impl<'e> Run<'e> {
                 Ok(proof)
             }
         }
+    }
+
+    /// A hard cut's one wave: every consumer onto S4's view at once, with round trips sampled
+    /// for as long as it rolls.
+    async fn cut(&mut self) -> Result<(), StepError> {
+        let pb = &self.e.pb;
+        let sampler = hardcut::Sampler::start(
+            &self.e.consumers,
+            |name| {
+                pb.consumer(name)
+                    .map(|c| c.roundtrips.clone())
+                    .unwrap_or_default()
+            },
+            pb.timings.probe_timeout,
+        );
+        let rolled = self
+            .roll(Transition::T4, Direction::Forward, State::S4)
+            .await;
+        let report = sampler.stop().await;
+        self.emit(Event::Note {
+            message: format!(
+                "hard cut: {} of {} sampled round trips failed during the {:.2}s wave ({} could not reach a restarting signer){}",
+                report.failed_round_trips,
+                report.sampled_round_trips,
+                report.window_seconds,
+                report.unreachable,
+                if report.unsampled.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; not sampled (no round trip in the playbook): {}",
+                        report.unsampled.join(", ")
+                    )
+                }
+            ),
+        });
+        self.hard_cut = Some(report);
+        rolled
     }
 
     async fn inverse(&mut self, t: Transition) -> Result<String, StepError> {
@@ -1555,7 +1719,7 @@ impl<'e> Run<'e> {
             .e
             .consumers
             .iter()
-            .filter(|c| t.rolls(c.role()))
+            .filter(|c| hardcut::rolls(self.journal.hard_cut, t, dir, c.role()))
             .cloned()
             .collect();
         // One store read per role, not per consumer.
@@ -1618,7 +1782,12 @@ impl<'e> Run<'e> {
         self.waited += waited.min(wave);
         match first_error {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => {
+                if dir == Direction::Forward && !consumers.is_empty() {
+                    self.waves += 1;
+                }
+                Ok(())
+            }
         }
     }
 

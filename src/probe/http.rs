@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
 
-use super::{ProbeError, Verdict};
+use super::{ProbeError, Trip, Verdict};
 use crate::jwt;
 use crate::playbook::{ProbeSpec, RoundtripSpec};
 use crate::secret::SecretValue;
@@ -129,28 +129,50 @@ pub(super) async fn roundtrip(
     target: SocketAddr,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
+    match trip(spec, signer, target, timeout).await {
+        Trip::Passed => Ok(()),
+        Trip::Refused(detail) | Trip::Unreachable(detail) => Err(ProbeError::Failed {
+            probe: format!(
+                "roundtrip to {} GET {}",
+                spec.to,
+                spec.path.replace("{target}", &target.to_string())
+            ),
+            target: signer.to_string(),
+            detail,
+        }),
+    }
+}
+
+/// One round trip, classified.
+pub(super) async fn trip(
+    spec: &RoundtripSpec,
+    signer: SocketAddr,
+    target: SocketAddr,
+    timeout: Duration,
+) -> Trip {
     let path = spec.path.replace("{target}", &target.to_string());
-    let failed = |detail: String| ProbeError::Failed {
-        probe: format!("roundtrip to {} GET {path}", spec.to),
-        target: signer.to_string(),
-        detail,
+    let client = match client() {
+        Ok(c) => c,
+        Err(e) => return Trip::Unreachable(e),
     };
-    let client = client().map_err(failed)?;
-    let response = client
+    let response = match client
         .get(format!("http://{signer}{path}"))
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| failed(transport_detail(&e, timeout)))?;
+    {
+        Ok(r) => r,
+        Err(e) => return Trip::Unreachable(transport_detail(&e, timeout)),
+    };
     let status = response.status().as_u16();
     if status == spec.expect {
-        return Ok(());
+        return Trip::Passed;
     }
     let body = match response.text().await {
         Ok(b) => b.chars().take(BODY_EXCERPT).collect::<String>(),
         Err(e) => format!("(body unreadable: {})", transport_detail(&e, timeout)),
     };
-    Err(failed(format!("signer answered {status}: {body}")))
+    Trip::Refused(format!("signer answered {status}: {body}"))
 }
 
 #[cfg(test)]

@@ -63,6 +63,28 @@ pub async fn roundtrip(
     http::roundtrip(spec, signer, target, timeout).await
 }
 
+/// How one round trip went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trip {
+    /// The signer answered with the expected status: the validator accepted what it sent.
+    Passed,
+    /// The signer answered with another status (the validator refused, or the signer could not
+    /// reach it); the detail says which.
+    Refused(String),
+    /// The signer itself could not be reached (an instance restarting, a timeout).
+    Unreachable(String),
+}
+
+/// Like [`roundtrip`], but classifies the outcome instead of failing (for sampling traffic).
+pub async fn trip(
+    spec: &RoundtripSpec,
+    signer: SocketAddr,
+    target: SocketAddr,
+    timeout: Duration,
+) -> Trip {
+    http::trip(spec, signer, target, timeout).await
+}
+
 /// A short description of a probe for messages.
 pub fn describe(spec: &ProbeSpec) -> String {
     match spec {

@@ -63,6 +63,7 @@ pub fn holder_of(secret: &Secret) -> Option<Holder> {
             stage: "unknown".into(),
             since: DateTime::UNIX_EPOCH,
             expires: DateTime::UNIX_EPOCH,
+            handover: None,
         }),
     }
 }
@@ -145,6 +146,10 @@ impl Backend for GcpLockBackend {
             h.since = prev.since;
         }
         with_holder(last, Some(&h))
+    }
+
+    fn noted(&self, current: &Secret, holder: &Holder) -> Secret {
+        with_holder(current, Some(holder))
     }
 
     fn released(&self, last: &Secret, _now: DateTime<Utc>) -> Secret {

@@ -138,6 +138,12 @@ impl Backend for LeaseBackend {
         renewed(last, holder, now, seconds(duration))
     }
 
+    fn noted(&self, current: &Lease, holder: &Holder) -> Lease {
+        let mut lease = current.clone();
+        lease.metadata.annotations = annotations(&lease, Some(holder));
+        lease
+    }
+
     fn released(&self, last: &Lease, now: DateTime<Utc>) -> Lease {
         released(last, now)
     }
@@ -205,6 +211,7 @@ pub fn holder_of(lease: &Lease) -> Option<Holder> {
             stage: "unknown".into(),
             since: acquired.unwrap_or(DateTime::UNIX_EPOCH),
             expires,
+            handover: None,
         },
     })
 }

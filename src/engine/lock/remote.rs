@@ -14,6 +14,10 @@
 //!   *lost*: the task emits an event and stops, [`LockGuard::lost`] names the new holder,
 //!   `set_stage` and `release` never touch the record again, and the engine stops before its
 //!   next step or journal write.
+//! - An emergency rekey may ask the holder to hand over: it writes a [`Handover`] into the
+//!   holder's description (guarded, same claim only, expiry untouched). The holder's next
+//!   renewal races with that write, re-reads, sees the request and keeps it; the engine then
+//!   stops at its next stable state and releases.
 //! - Release clears the claim (guarded the same way) so the next run need not wait for it to
 //!   expire. A guard dropped without release stops renewing, and the claim lapses.
 //!
@@ -29,7 +33,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::{Holder, LockError, LockGuard, RotationLock};
+use super::{Handover, Holder, LockError, LockGuard, RotationLock};
 use crate::events::{Event, EventSink};
 
 /// How long a claim lives without renewal unless configured otherwise.
@@ -74,6 +78,9 @@ pub trait Backend: Send + Sync + 'static {
         now: DateTime<Utc>,
         duration: Duration,
     ) -> Self::Record;
+    /// `current` with its holder description replaced by `holder`, and nothing else changed
+    /// (no renewal): how a handover request is written.
+    fn noted(&self, current: &Self::Record, holder: &Holder) -> Self::Record;
     /// `last` given back: no holder.
     fn released(&self, last: &Self::Record, now: DateTime<Utc>) -> Self::Record;
     /// Whether `a` and `b` record the same acquisition (the holder's token).
@@ -158,6 +165,7 @@ impl<B: Backend> RecordLock<B> {
         let shared = Arc::new(Mutex::new(Shared {
             last: record,
             lost: None,
+            handover: None,
         }));
         let (stage_tx, stage_rx) = watch::channel(holder);
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -194,16 +202,24 @@ impl<B: Backend> Ctx<B> {
         let b = &self.backend;
         let mut last = shared.lock().expect("lock mutex").last.clone();
         for _ in 0..MAX_RACES {
-            let next = b.renewed(&last, holder, Utc::now(), self.duration);
+            // A handover request, once seen, stays in the record for others to read.
+            let mut holder = holder.clone();
+            holder.handover = shared.lock().expect("lock mutex").handover.clone();
+            let next = b.renewed(&last, &holder, Utc::now(), self.duration);
             match b.put(&next, false).await {
                 Ok(written) => {
                     shared.lock().expect("lock mutex").last = written;
                     return Ok(());
                 }
                 Err(Write::Raced) => match b.get().await {
-                    // Still ours (a retried write landed, or someone edited other fields): go
-                    // again.
-                    Ok(Some(now)) if b.same_claim(&now, &last) => last = now,
+                    // Still ours (a retried write landed, a rekey asked for a handover, or
+                    // someone edited other fields): go again.
+                    Ok(Some(now)) if b.same_claim(&now, &last) => {
+                        if let Some(req) = b.holder_of(&now).and_then(|h| h.handover) {
+                            shared.lock().expect("lock mutex").handover = Some(req);
+                        }
+                        last = now;
+                    }
                     Ok(now) => {
                         return Err(Renewal::Lost(foreign(
                             now.as_ref().and_then(|r| b.holder_of(r)),
@@ -237,6 +253,7 @@ fn foreign(holder: Option<Holder>) -> Holder {
             stage: "-".into(),
             since: now,
             expires: now,
+            handover: None,
         }
     })
 }
@@ -293,6 +310,28 @@ impl<B: Backend> RotationLock for RecordLock<B> {
         Ok(b.get().await?.as_ref().and_then(|r| b.holder_of(r)))
     }
 
+    async fn request_handover(&self, seen: &Holder, req: &Handover) -> Result<bool, LockError> {
+        let b = &self.ctx.backend;
+        for _ in 0..MAX_RACES {
+            let Some(current) = b.get().await? else {
+                return Ok(false);
+            };
+            let Some(mut h) = b.holder_of(&current).filter(|h| h.same_claim(seen)) else {
+                return Ok(false);
+            };
+            if h.handover.is_some() {
+                return Ok(true);
+            }
+            h.handover = Some(req.clone());
+            match b.put(&b.noted(&current, &h), false).await {
+                Ok(_) => return Ok(true),
+                Err(Write::Raced) => continue,
+                Err(Write::Failed(e)) => return Err(e),
+            }
+        }
+        Err(b.races())
+    }
+
     fn describe(&self) -> String {
         self.ctx.backend.describe()
     }
@@ -304,6 +343,8 @@ struct Shared<R> {
     last: R,
     /// Who took the lock over, once a renewal found out.
     lost: Option<Holder>,
+    /// A rekey's request to hand over, once a renewal found it.
+    handover: Option<Handover>,
 }
 
 /// A held claim.
@@ -387,6 +428,10 @@ impl<B: Backend> LockGuard for Guard<B> {
 
     fn lost(&self) -> Option<Holder> {
         self.shared.lock().expect("lock mutex").lost.clone()
+    }
+
+    fn handover(&self) -> Option<Handover> {
+        self.shared.lock().expect("lock mutex").handover.clone()
     }
 
     async fn release(self: Box<Self>) -> Result<(), LockError> {
