@@ -97,6 +97,16 @@ fn main() {
         };
         let report = engine.rekey(&opts).await.expect("rekey");
         let load = running.stop().await;
+        // Then a hard cut of the same fleet, under a fresh load: one wave, failures accepted.
+        let running = load::Load::start(load::paths(&pb), workers, interval);
+        let cut = engine
+            .rekey(&RunOptions {
+                hard_cut: true,
+                ..opts.clone()
+            })
+            .await
+            .expect("hard cut");
+        let cut_load = running.stop().await;
         let _ = engine.down().await;
         let revoke = report.time_to_revoke_seconds.expect("time to revoke");
         println!(
@@ -148,5 +158,43 @@ fn main() {
         for s in &report.stages {
             println!("  {:?} {}: {:.2}s", s.transition, s.direction, s.seconds);
         }
+        let sample = cut.hard_cut.clone().expect("a hard cut reports its sample");
+        println!();
+        println!("{:<44} {:>10}", "rekey --emergency --hard-cut", "");
+        println!(
+            "{:<44} {:>10.2}",
+            "time to revoke",
+            cut.time_to_revoke_seconds.expect("time to revoke")
+        );
+        println!(
+            "{:<44} {:>9.2}x",
+            "ratio to the three-wave rekey above",
+            cut.time_to_revoke_seconds.unwrap_or_default() / revoke
+        );
+        println!("{:<44} {:>10}", "rollout waves", cut.waves);
+        println!("{:<44} {:>10.2}", "the wave (s)", sample.window_seconds);
+        println!(
+            "{:<44} {:>10}",
+            "failed requests (the load's own count)",
+            format!("{} / {}", cut_load.failed_requests, cut_load.requests)
+        );
+        println!(
+            "{:<44} {:>10}",
+            "failed round trips (rotor's report)",
+            format!(
+                "{} / {}",
+                sample.failed_round_trips, sample.sampled_round_trips
+            )
+        );
+        println!(
+            "{:<44} {:>9.1}%",
+            "failure rate: load / rotor's sample",
+            100.0 * cut_load.failed_requests as f64 / cut_load.requests.max(1) as f64
+        );
+        println!(
+            "{:<44} {:>9.1}%",
+            "",
+            100.0 * sample.failed_round_trips as f64 / sample.sampled_round_trips.max(1) as f64
+        );
     });
 }

@@ -224,6 +224,63 @@ async fn a_guard_that_lost_its_lease_never_writes_it_again() {
     env.stop().await;
 }
 
+#[tokio::test]
+async fn a_rekey_asks_the_holder_to_hand_over_and_the_holder_sees_it() {
+    use rotor::engine::lock::Handover;
+    let env = Env::start().await;
+    let a = LeaseLock::new(&env.cluster, "auth", "prod").with_duration(Duration::from_secs(3));
+    let b = LeaseLock::new(&env.cluster, "auth", "prod");
+    let g = a.acquire(holder("rotate", "job-a"), false).await.unwrap();
+    g.set_stage(Some("r-1"), "grace");
+    let seen = match b.acquire(holder("rekey", "job-b"), false).await {
+        Err(LockError::Held(h)) => *h,
+        Err(e) => panic!("expected Held, got {e}"),
+        Ok(_) => panic!("a live lease was taken"),
+    };
+    let expires_before = env.lease().await.spec.unwrap().renew_time;
+    let req = Handover {
+        by: "job-b".into(),
+        reason: "leak".into(),
+        at: chrono::Utc::now(),
+    };
+    // A request addressed to an earlier acquisition is not delivered.
+    let mut stale = seen.clone();
+    stale.since -= chrono::Duration::seconds(60);
+    assert!(!b.request_handover(&stale, &req).await.unwrap());
+    assert!(b.request_handover(&seen, &req).await.unwrap());
+    // The request never renews or takes the claim.
+    let lease = env.lease().await;
+    let spec = lease.spec.as_ref().unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("job-a"));
+    assert!(spec.renew_time >= expires_before);
+    assert!(
+        lease.metadata.annotations.as_ref().unwrap()["rotor.dev/holder"].contains("\"handover\"")
+    );
+    // The holder's next renewal finds it, keeps it, and goes on holding the lease.
+    eventually("the holder sees the request", || async {
+        g.handover().is_some()
+    })
+    .await;
+    assert_eq!(g.handover().unwrap().by, "job-b");
+    assert!(g.lost().is_none());
+    eventually("a renewal that keeps the request lands", || async {
+        b.holder().await.unwrap().is_some_and(|h| {
+            h.identity == "job-a"
+                && h.handover.is_some()
+                && h.expires > req.at + chrono::Duration::seconds(2)
+        })
+    })
+    .await;
+    // It releases; the rekey takes the lease, and the request is gone with the old claim.
+    g.release().await.unwrap();
+    let g2 = b.acquire(holder("rekey", "job-b"), false).await.unwrap();
+    let h = b.holder().await.unwrap().unwrap();
+    assert_eq!(h.identity, "job-b");
+    assert!(h.handover.is_none());
+    g2.release().await.unwrap();
+    env.stop().await;
+}
+
 fn journal(id: &str) -> Journal {
     Journal::new(
         id.to_string(),

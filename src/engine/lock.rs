@@ -109,7 +109,7 @@ pub enum LockError {
     #[error("another rotation of this secret is running: {} ({}) holds the lock since {}, at stage {}{}\n  help: wait for it to finish, or check it with `rotor status`",
         .0.identity, .0.command, .0.since.format("%Y-%m-%d %H:%M:%S UTC"), .0.stage,
         .0.rotation.as_ref().map(|r| format!(", rotation {r}")).unwrap_or_default())]
-    Held(Holder),
+    Held(Box<Holder>),
     /// Someone holds it but did not say who (holder file missing or unreadable).
     #[error(
         "another process holds the lock {path} (holder unknown)\n  help: wait for it to finish; `fuser {path}` shows the process"
@@ -284,7 +284,7 @@ impl FileLock {
 
     fn held_error(&self) -> LockError {
         match self.read_holder() {
-            Some(h) => LockError::Held(h),
+            Some(h) => LockError::Held(Box::new(h)),
             None => LockError::HeldUnknown {
                 path: self.lock_path().display().to_string(),
             },
@@ -383,7 +383,7 @@ impl RotationLock for FileLock {
                 Ok(None)
             }
             Err(fs::TryLockError::WouldBlock) => match self.held_error() {
-                LockError::Held(h) => Ok(Some(h)),
+                LockError::Held(h) => Ok(Some(*h)),
                 _ => Ok(Some(Holder {
                     identity: "unknown".into(),
                     command: "unknown".into(),

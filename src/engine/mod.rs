@@ -837,7 +837,7 @@ impl Engine {
         loop {
             let holder = match self.lock.acquire(me.clone(), opts.force).await {
                 Ok(g) => return Ok(g),
-                Err(LockError::Held(h)) if h.command != "rekey" => h,
+                Err(LockError::Held(h)) if h.command != "rekey" => *h,
                 Err(e) => return Err(e.into()),
             };
             if !asked.as_ref().is_some_and(|a| a.same_claim(&holder)) {

@@ -276,7 +276,7 @@ impl<B: Backend> RotationLock for RecordLock<B> {
             let from = match current.as_ref().map(|r| decide(b.holder_of(r), now, force)) {
                 None => None,
                 Some(Decision::Take { from }) => from,
-                Some(Decision::Held(h)) => return Err(LockError::Held(h)),
+                Some(Decision::Held(h)) => return Err(LockError::Held(Box::new(h))),
                 Some(Decision::Expired(h)) => return Err(LockError::Expired(Box::new(h))),
             };
             let next = b.claim(current.as_ref(), &holder, now, ctx.duration);
