@@ -1,10 +1,12 @@
 //! Benchmark: time to revoke of `rotor rekey --emergency` against the floor of three rollout
-//! waves, on the demo fleet (3 consumers × 2 instances) under load, in one run.
+//! waves, on the demo fleet plus a signer-only consumer (4 consumers × 2 instances) under load,
+//! in one run; then a hard cut of the same fleet.
 //!
 //! 1. Starts the fleet and a load on every signer→validator path.
 //! 2. Measures single rollouts: every consumer rolled once, in playbook order and at the
-//!    playbook's concurrency, exactly as a wave of the engine rolls them (there and back: an
-//!    extra accepted value, then without it), and takes the mean.
+//!    playbook's concurrency, exactly as a wave of the engine rolls them (each onto a new
+//!    primary, both values accepted everywhere, so every consumer restarts and no request
+//!    fails), and takes the mean of four.
 //! 3. Runs the emergency rekey and prints its time to revoke (start → the old value rejected
 //!    by every validator instance), the ratio to 3 × a single rollout, the failed requests, and
 //!    each consumer's rollouts against the protocol's minimum (validator 2, signer 1, both 3).
@@ -41,6 +43,21 @@ async fn wave(engine: &Engine, slots: &Slots) -> (f64, Vec<f64>) {
     (started.elapsed().as_secs_f64(), each)
 }
 
+/// A signer-only consumer beside the demo fleet, so every role's restarts are measured.
+const SIGNER: &str = r#"  - name: reporter
+    role: signer
+    kind: process
+    instances: 2
+    command: ["{rotor}", "demo-service", "--name", "reporter", "--secret-name", "service-secret",
+              "--primary-env", "SERVICE_SECRET", "--peer", "auth=header"]
+    slots:
+      primary: SERVICE_SECRET
+    fingerprints_path: /fingerprints
+    roundtrips:
+      - to: auth
+        path: "/relay/auth?target={target}"
+"#;
+
 fn minimum(role: Role) -> usize {
     match role {
         Role::Validator => 2,
@@ -53,7 +70,7 @@ fn main() {
     let common::Opts { workers, interval } = common::setup();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let (pb, engine, _tmp) = common::demo_fleet().await;
+        let (pb, engine, _tmp) = common::demo_fleet_with(SIGNER).await;
         let running = load::Load::start(load::paths(&pb), workers, interval);
         let snap = engine.store().snapshot().await.expect("snapshot");
         let a = engine
@@ -61,22 +78,27 @@ fn main() {
             .read_value(snap.primary.as_deref().expect("primary"))
             .await
             .expect("read");
-        // Single rollouts: there (an extra accepted value no signer sends) and back.
+        // Single rollouts in which every consumer restarts: widen to {A, X} first (validators
+        // accept X before anyone sends it), then swap which one is sent, four times (every
+        // consumer holds a new primary each time, and both values stay accepted everywhere),
+        // then narrow back to A. Only the four swaps are measured.
         let extra = SecretValue::generate(pb.generate.alphabet, pb.generate.length).expect("gen");
         let mut singles = Vec::new();
         let mut per_consumer = vec![0.0; engine.consumers().len()];
-        for _ in 0..2 {
-            for slots in [
-                Slots::new(a.clone(), Some(extra.clone())),
-                Slots::new(a.clone(), None),
-            ] {
-                let (t, each) = wave(&engine, &slots).await;
-                singles.push(t);
-                for (sum, e) in per_consumer.iter_mut().zip(each) {
-                    *sum += e / 4.0;
-                }
+        wave(&engine, &Slots::new(a.clone(), Some(extra.clone()))).await;
+        for i in 0..4 {
+            let slots = if i % 2 == 0 {
+                Slots::new(extra.clone(), Some(a.clone()))
+            } else {
+                Slots::new(a.clone(), Some(extra.clone()))
+            };
+            let (t, each) = wave(&engine, &slots).await;
+            singles.push(t);
+            for (sum, e) in per_consumer.iter_mut().zip(each) {
+                *sum += e / 4.0;
             }
         }
+        wave(&engine, &Slots::new(a.clone(), None)).await;
         let single = singles.iter().sum::<f64>() / singles.len() as f64;
         // The protocol's own floor at concurrency 1: T2 and T4 roll the validating consumers,
         // T3 the sending ones, each one after the other.
@@ -110,7 +132,7 @@ fn main() {
         let _ = engine.down().await;
         let revoke = report.time_to_revoke_seconds.expect("time to revoke");
         println!(
-            "emergency rekey of the demo fleet (3 consumers × 2 instances, concurrency {}), {workers} workers per path, {interval:?} between requests",
+            "emergency rekey of the demo fleet plus a signer-only consumer (4 consumers × 2 instances, concurrency {}), {workers} workers per path, {interval:?} between requests",
             pb.concurrency
         );
         println!(

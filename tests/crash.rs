@@ -129,3 +129,58 @@ async fn crash_during_rollback_then_resume() {
     env.assert_no_failures(&report);
     env.finish().await;
 }
+
+/// A scheduled run (`rotate --if-due`, no terminal) killed in the middle of T3's rollout: the
+/// next scheduled run resumes it first (even though it would not be due any more) and finishes
+/// it, with no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_run_killed_mid_rotation_is_resumed_by_the_next_scheduled_run() {
+    let env = Env::with(|y| format!("max_age: 90d\n{y}"));
+    env.up().await;
+    let load = env.load();
+    // Make the primary old enough to be due: a new store value is 0 s old, so age it.
+    let rotor::playbook::StoreSpec::Local { path } = &env.pb.store else {
+        panic!("a local store")
+    };
+    let mut s = env.store();
+    let id = s["primary"].as_str().unwrap().to_string();
+    for v in s["versions"].as_array_mut().unwrap() {
+        if v["id"] == id.as_str() {
+            v["created_at"] =
+                serde_json::json!((chrono::Utc::now() - chrono::Duration::days(91)).to_rfc3339());
+        }
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&s).unwrap()).unwrap();
+    let fp = failpoints(&env, "forward")
+        .await
+        .into_iter()
+        .find(|f| f.starts_with("T3.forward.rolled."))
+        .expect("a failpoint after T3 rolled its first consumer");
+    crash(&env, &["rotate", "--if-due"], &fp).await;
+    let j = env.journal();
+    assert_eq!(
+        (j["mode"].as_str(), j["state"].as_str()),
+        (Some("scheduled"), Some("S2"))
+    );
+    let next = env.rotor(&["--output", "json", "rotate", "--if-due"]).await;
+    next.assert_code(0);
+    assert!(
+        next.stdout.contains(r#""due":"in_progress""#)
+            && next.stdout.contains(r#""command":"resume","state":"S2""#),
+        "{}",
+        next.stdout
+    );
+    let j = env.journal();
+    assert_eq!(
+        (j["state"].as_str(), j["status"].as_str()),
+        (Some("S5"), Some("completed"))
+    );
+    assert_eq!(
+        env.store_primary(),
+        j["new"]["fingerprint"].as_str().unwrap()
+    );
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    env.rotor(&["check"]).await.assert_code(0);
+    env.finish().await;
+}

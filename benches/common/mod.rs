@@ -44,8 +44,26 @@ pub fn demo_playbook() -> (Playbook, PathBuf, Option<tempfile::TempDir>) {
 }
 
 /// The demo fleet initialized and running, with its engine.
+#[allow(dead_code)] // each bench compiles this module; not every bench uses every helper
 pub async fn demo_fleet() -> (Playbook, Engine, Option<tempfile::TempDir>) {
     let (pb, _dir, guard) = demo_playbook();
+    start(pb, guard).await
+}
+
+/// The demo fleet with `extra` appended to its playbook (more consumers), running.
+#[allow(dead_code)]
+pub async fn demo_fleet_with(extra: &str) -> (Playbook, Engine, Option<tempfile::TempDir>) {
+    let (dir, guard) = demo::scratch(None).expect("scratch dir");
+    let file = dir.join("fleet.yaml");
+    std::fs::write(&file, format!("{}{extra}", demo::LOCAL_DEMO)).expect("write playbook");
+    let pb = demo::demo_playbook(Some(&file), &dir).expect("bench playbook");
+    start(pb, guard).await
+}
+
+async fn start(
+    pb: Playbook,
+    guard: Option<tempfile::TempDir>,
+) -> (Playbook, Engine, Option<tempfile::TempDir>) {
     let engine = Engine::open(pb.clone(), Arc::new(NullSink))
         .await
         .expect("engine");
