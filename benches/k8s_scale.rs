@@ -8,6 +8,10 @@
 //! rolled in one wave), peak consumers rolling at once, peak API requests in flight, and the
 //! wall-time ratio against the 100-consumer fleet.
 //!
+//! Before each fleet size it also measures the lab's own floor: the same rollouts driven with
+//! one merge patch per workload and one watch, no rotor (no Secret writes, pod lists, probes or
+//! proofs), so rotor's share of the wall time can be told from the simulated cluster's.
+//!
 //! Run: `cargo bench --bench k8s_scale` (options: `-- --budget 64 --sizes 10,100,1000`).
 #![allow(clippy::print_stdout)]
 
@@ -264,6 +268,106 @@ fn run(
     }
 }
 
+/// The lab's own floor for n workloads: the same 2,001 rollouts as a rotation (two waves of
+/// all n, one of a single workload) with no rotor at all: one merge patch per workload, one
+/// watch on the Deployments to see them finish. No Secret writes, pod lists, probes or proofs.
+fn lab_floor(
+    lab_rt: &tokio::runtime::Runtime,
+    rotor_rt: &tokio::runtime::Runtime,
+    n: usize,
+    budget: usize,
+) -> f64 {
+    use futures_util::{StreamExt as _, TryStreamExt as _};
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+    let dir = tempfile::Builder::new()
+        .prefix("rotor-scale-floor-")
+        .tempdir()
+        .expect("tempdir");
+    let topo = Topology::parse(&topology(n), Path::new("<bench>")).expect("topology");
+    let lab = lab_rt
+        .block_on(Lab::start(LabOptions::new(topo, dir.path().join("lab"))))
+        .expect("lab");
+    let kubeconfig = lab.kubeconfig_path().to_path_buf();
+    let done = |d: &Deployment, generation: i64| {
+        let st = d.status.clone().unwrap_or_default();
+        st.observed_generation.unwrap_or(0) >= generation
+            && st.replicas == Some(1)
+            && st.updated_replicas == Some(1)
+            && st.ready_replicas == Some(1)
+            && st.available_replicas == Some(1)
+    };
+    let seconds = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("rotor-floor".into())
+            .spawn_scoped(scope, || {
+                rotor_rt.block_on(async move {
+                    let cluster = Cluster::from_kubeconfig_file(&kubeconfig, Some("rotor-lab"), NS)
+                        .await
+                        .expect("cluster");
+                    let api: Api<Deployment> = Api::namespaced(cluster.client(), NS);
+                    // Every workload running before the clock starts.
+                    let all: Vec<usize> = (0..n).collect();
+                    let wave = async |ids: &[usize], tag: &str| {
+                        let pp = PatchParams::default();
+                        let gens: BTreeMap<String, i64> = futures_util::stream::iter(ids.iter().map(
+                            |i| {
+                                let (api, pp) = (&api, &pp);
+                                async move {
+                                    let body = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"bench.rotor.dev/wave": tag}}}}});
+                                    let d = api
+                                        .patch(&format!("svc-{i}"), pp, &Patch::Merge(&body))
+                                        .await
+                                        .expect("patch");
+                                    (format!("svc-{i}"), d.metadata.generation.unwrap_or(0))
+                                }
+                            },
+                        ))
+                        .buffer_unordered(budget.max(1))
+                        .collect()
+                        .await;
+                        let list = api.list(&ListParams::default()).await.expect("list");
+                        let mut pending: std::collections::BTreeSet<String> = gens.keys().cloned().collect();
+                        for d in &list.items {
+                            let name = d.metadata.name.clone().unwrap_or_default();
+                            if gens.get(&name).is_some_and(|g| done(d, *g)) {
+                                pending.remove(&name);
+                            }
+                        }
+                        let rv = list.metadata.resource_version.unwrap_or_default();
+                        let mut events = api
+                            .watch(&WatchParams::default(), &rv)
+                            .await
+                            .expect("watch")
+                            .boxed();
+                        while !pending.is_empty() {
+                            match events.try_next().await.expect("watch event") {
+                                Some(WatchEvent::Modified(d) | WatchEvent::Added(d)) => {
+                                    let name = d.metadata.name.clone().unwrap_or_default();
+                                    if gens.get(&name).is_some_and(|g| done(&d, *g)) {
+                                        pending.remove(&name);
+                                    }
+                                }
+                                Some(_) => {}
+                                None => panic!("watch ended with {} pending", pending.len()),
+                            }
+                        }
+                    };
+                    let started = Instant::now();
+                    wave(&all, "1").await;
+                    wave(&all[..1], "2").await;
+                    wave(&all, "3").await;
+                    started.elapsed().as_secs_f64()
+                })
+            })
+            .expect("thread")
+            .join()
+            .expect("floor thread")
+    });
+    lab_rt.block_on(lab.shutdown());
+    seconds
+}
+
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.iter()
         .position(|a| a == name)
@@ -282,7 +386,9 @@ fn main() {
     let lab_rt = runtime("lab");
     let rotor_rt = runtime("rotor");
     let mut all = Vec::new();
+    let mut floors = Vec::new();
     for &n in &sizes {
+        floors.push((n, lab_floor(&lab_rt, &rotor_rt, n, budget)));
         let f = run(&lab_rt, &rotor_rt, n, budget);
         println!(
             "  {n} consumers done in {:.2}s ({} rollouts)",
@@ -291,6 +397,16 @@ fn main() {
         all.push(f);
     }
     let base = all.iter().find(|f| f.n == 100).map(|f| f.seconds);
+    println!(
+        "\nthe lab alone, same rollouts (two waves of all, one of one), one patch per workload and one watch, no rotor:"
+    );
+    for (n, s) in &floors {
+        println!(
+            "{n:>9} workloads {s:>7.2}s{}",
+            base.map(|b| format!("  = {:.2}x the rotation of 100 above", s / b))
+                .unwrap_or_default()
+        );
+    }
     // With a budget of B, a wave of n consumers needs at least ceil(n / B) rollout windows:
     // the ratio a lab with unlimited CPU would show.
     let windows = |n: usize| n.div_ceil(budget.max(1)) as f64;
