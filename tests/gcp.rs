@@ -192,7 +192,7 @@ async fn gcp_two_rotors_race_one_holds_the_annotation_lock_the_other_names_it() 
 /// Two lock claims written from the same etag: exactly one lands, the other is refused by the
 /// etag and re-decides into "held".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gcp_lock_claims_from_one_etag_let_exactly_one_win() {
+async fn gcp_lock_claims_from_one_etag_let_exactly_one_win_and_carry_a_handover_request() {
     use rotor::engine::lock::gcp::GcpLock;
     use rotor::engine::lock::{Holder, LockError, RotationLock};
     use rotor::store::Store as _;
@@ -250,6 +250,37 @@ async fn gcp_lock_claims_from_one_etag_let_exactly_one_win() {
     assert!(lost_text_names(&LockError::Held(h)));
     won.release().await.unwrap();
     assert!(!secret(&env).annotations.contains_key("rotor-lock"));
+    // An emergency rekey's handover request reaches the holder through the annotation, with
+    // the etag read just before, and never takes the claim.
+    let holder_lock = GcpLock::new(store()).with_duration(Duration::from_secs(3));
+    let mut hr = Holder::me("rotate");
+    hr.identity = "r@host pid 3".into();
+    let g = holder_lock.acquire(hr, false).await.unwrap();
+    let rekey = GcpLock::new(store());
+    let seen = rekey.holder().await.unwrap().expect("held");
+    let req = rotor::engine::lock::Handover {
+        by: "k@host pid 4".into(),
+        reason: "leak".into(),
+        at: chrono::Utc::now(),
+    };
+    assert!(rekey.request_handover(&seen, &req).await.unwrap());
+    assert!(secret(&env).annotations["rotor-lock"].contains("k@host pid 4"));
+    crate::common::wait_for(
+        "the holder sees the request",
+        Duration::from_secs(10),
+        async || g.handover().is_some(),
+    )
+    .await;
+    assert_eq!(
+        rekey.holder().await.unwrap().unwrap().identity,
+        "r@host pid 3"
+    );
+    g.release().await.unwrap();
+    let mut hk = Holder::me("rekey");
+    hk.identity = "k@host pid 4".into();
+    let g = rekey.acquire(hk, false).await.unwrap();
+    assert!(rekey.holder().await.unwrap().unwrap().handover.is_none());
+    g.release().await.unwrap();
     // No rotation ran (one value only), so there is nothing for the leak check to look for.
 }
 
