@@ -322,6 +322,14 @@ pub fn render_status(j: Option<&Journal>, holder: Option<&Holder>) -> String {
             h.stage
         )),
     }
+    if let Some(req) = holder.and_then(|h| h.handover.as_ref()) {
+        s.push_str(&format!(
+            "\n  handover: asked by {} at {} ({}); it stops at its next stable state",
+            req.by,
+            req.at.format("%Y-%m-%d %H:%M:%S UTC"),
+            req.reason
+        ));
+    }
     s
 }
 

@@ -184,3 +184,37 @@ async fn a_scheduled_run_killed_mid_rotation_is_resumed_by_the_next_scheduled_ru
     env.rotor(&["check"]).await.assert_code(0);
     env.finish().await;
 }
+
+/// An emergency rekey killed mid-rotation stays an emergency when a plain `rotor resume`
+/// continues it: no hour of grace, no week of retention, no question without a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_emergency_rekey_resumes_as_an_emergency() {
+    let env = Env::with(|y| {
+        y.replace("grace: 0s ", "grace: 1h ")
+            .replace("retention: 0s ", "retention: 7d ")
+    });
+    env.up().await;
+    let load = env.load();
+    let fp = failpoints(&env, "forward")
+        .await
+        .into_iter()
+        .find(|f| f.starts_with("T3.forward.rolled."))
+        .expect("a failpoint after T3 rolled its first consumer");
+    crash(&env, &["rekey", "--emergency", "--reason", "drill"], &fp).await;
+    assert_eq!(env.journal()["mode"], "emergency");
+    // In operator mode this would sit out the hour of grace: bound it so a regression fails.
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        env.rotor(&["--output", "json", "resume"]),
+    )
+    .await
+    .expect("resume waited for grace: the emergency was not kept");
+    out.assert_code(0);
+    let r = &out.last_json()["report"];
+    assert_eq!(r["state"], "S5", "{r}");
+    assert!(r["wall_seconds"].as_f64().unwrap() < 120.0, "{r}");
+    assert!(r["time_to_revoke_seconds"].as_f64().is_some(), "{r}");
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    env.finish().await;
+}

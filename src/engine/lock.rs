@@ -277,9 +277,15 @@ impl FileLock {
             .map_err(|e| self.io(e))
     }
 
+    /// The holder file, with a handover request addressed to this holder.
     fn read_holder(&self) -> Option<Holder> {
         let bytes = fs::read(self.holder_path()).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let mut h: Holder = serde_json::from_slice(&bytes).ok()?;
+        h.handover = fs::read(self.handover_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Handover>(&b).ok())
+            .filter(|req| req.at >= h.since);
+        Some(h)
     }
 
     fn held_error(&self) -> LockError {
@@ -433,5 +439,42 @@ mod tests {
         // Dropping without release still frees the lock (fallback).
         drop(g);
         assert!(lock.holder().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_handover_request_reaches_the_holder_and_dies_with_its_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = FileLock::new(dir.path());
+        let g = lock.acquire(Holder::me("rotate"), false).await.unwrap();
+        g.set_stage(Some("r-1"), "grace");
+        let seen = lock.holder().await.unwrap().unwrap();
+        let req = Handover {
+            by: "oncall@laptop pid 9".into(),
+            reason: "leak".into(),
+            at: Utc::now(),
+        };
+        // Addressed to an earlier acquisition: not delivered.
+        let mut stale = seen.clone();
+        stale.since -= chrono::Duration::seconds(5);
+        assert!(!lock.request_handover(&stale, &req).await.unwrap());
+        assert!(g.handover().is_none());
+        assert!(lock.request_handover(&seen, &req).await.unwrap());
+        assert_eq!(g.handover().unwrap().by, "oncall@laptop pid 9");
+        let shown = lock.holder().await.unwrap().unwrap();
+        assert_eq!(
+            shown.handover.as_ref().map(|r| r.reason.as_str()),
+            Some("leak")
+        );
+        let status = crate::output::render_status(None, Some(&shown));
+        assert!(
+            status.contains("handover: asked by oncall@laptop pid 9"),
+            "{status}"
+        );
+        g.release().await.unwrap();
+        // The next holder starts with no request.
+        let g = lock.acquire(Holder::me("rekey"), false).await.unwrap();
+        assert!(g.handover().is_none());
+        assert!(lock.holder().await.unwrap().unwrap().handover.is_none());
+        g.release().await.unwrap();
     }
 }

@@ -909,6 +909,12 @@ impl Engine {
         let audit = self.audit()?;
         let rolling_back = journal.rolling_back();
         let target = journal.target;
+        // An emergency stays an emergency whoever resumes it: no grace, no retention, no
+        // questions.
+        let mut opts = opts.clone();
+        if journal.mode == Mode::Emergency {
+            opts.mode = Mode::Emergency;
+        }
         let mut run = Run::new(self, journal, guard, audit, opts.clone());
         run.emit_start("resume");
         run.reconcile().await?;
