@@ -281,6 +281,50 @@ async fn a_rekey_asks_the_holder_to_hand_over_and_the_holder_sees_it() {
     env.stop().await;
 }
 
+#[tokio::test]
+async fn a_claim_that_cannot_be_renewed_lapses_and_the_run_stops_writing() {
+    use rotor::lab::{ApiEffect, Fault};
+    let env = Env::start().await;
+    let a = LeaseLock::new(&env.cluster, "auth", "prod").with_duration(Duration::from_secs(3));
+    let g = a.acquire(holder("rotate", "job-a"), false).await.unwrap();
+    let written = env.lease().await.metadata.resource_version;
+    // The API server refuses every Lease update from now on: renewals fail.
+    let faults = env.lab.as_ref().unwrap().faults();
+    faults.add(Fault::Api {
+        verb: "update".into(),
+        resource: "leases".into(),
+        namespace: None,
+        name: None,
+        effect: ApiEffect::Internal,
+        hang_ms: None,
+        count: None,
+        probability: None,
+    });
+    assert!(g.lost().is_none(), "a fresh claim has not lapsed");
+    // After a whole duration without a renewal the guard says the claim lapsed.
+    eventually("the claim lapses", || async { g.lost().is_some() }).await;
+    let h = g.lost().unwrap();
+    assert!(h.identity.contains("lapsed"), "{}", h.identity);
+    let text = LockError::Lost(Box::new(h)).to_string();
+    assert!(text.contains("no longer holds the lock"), "{text}");
+    // From then on the guard writes nothing, not even a stage.
+    faults.clear();
+    g.set_stage(None, "T4 narrow forward");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(env.lease().await.metadata.resource_version, written);
+    // Its release still clears the record, since nobody took it meanwhile.
+    g.release().await.unwrap();
+    assert_eq!(env.lease().await.spec.unwrap().holder_identity, None);
+    let b = LeaseLock::new(&env.cluster, "auth", "prod");
+    b.acquire(holder("resume", "job-b"), false)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    env.stop().await;
+}
+
 fn journal(id: &str) -> Journal {
     Journal::new(
         id.to_string(),

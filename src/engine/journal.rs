@@ -310,7 +310,7 @@ pub enum JournalError {
     },
     /// This run lost its lock, so it must not write the journal any more.
     #[error(
-        "journal not written: this run lost the lock of this secret to {holder}\n  help: this run could not renew its lease in time and someone forced a takeover; check `rotor status` and let the run that holds the lock finish"
+        "journal not written: this run no longer holds the lock of this secret: {holder}\n  help: this run could not renew its claim in time (the API that keeps the lock failed or was too slow); check `rotor status`, then `rotor resume` once no other run holds the lock"
     )]
     LockLost {
         /// Who holds the lock now.

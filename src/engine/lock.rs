@@ -125,8 +125,8 @@ pub enum LockError {
         .0.rotation.as_ref().map(|r| format!(", rotation {r}")).unwrap_or_default(),
         .0.expires.format("%Y-%m-%d %H:%M:%S UTC"))]
     Expired(Box<Holder>),
-    /// This run lost its lock to another run.
-    #[error("this run lost the lock of this secret: {} ({}) took it over{}; this run stopped without writing anything more\n  help: this run could not renew its lease in time and someone forced a takeover; check `rotor status` and let the run that holds the lock finish",
+    /// This run lost its lock: another run took it over, or its own claim lapsed unrenewed.
+    #[error("this run no longer holds the lock of this secret: {} ({}){}; this run stopped without writing anything more\n  help: this run could not renew its claim in time (the API that keeps the lock failed or was too slow); check `rotor status`, then `rotor resume` once no other run holds the lock",
         .0.identity, .0.command,
         .0.rotation.as_ref().map(|r| format!(" (rotation {r})")).unwrap_or_default())]
     Lost(Box<Holder>),
@@ -161,7 +161,8 @@ pub trait LockGuard: Send + Sync {
     /// the lock is [lost](LockGuard::lost).
     fn set_stage(&self, rotation: Option<&str>, stage: &str);
 
-    /// The run that took this lock over, once this guard learned it lost the lock.
+    /// The run that took this lock over, once this guard learned it lost the lock; or, for a
+    /// remote lock whose claim went unrenewed for a whole duration, a holder that says so.
     fn lost(&self) -> Option<Holder> {
         None
     }

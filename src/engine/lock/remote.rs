@@ -18,6 +18,11 @@
 //!   holder's description (guarded, same claim only, expiry untouched). The holder's next
 //!   renewal races with that write, re-reads, sees the request and keeps it; the engine then
 //!   stops at its next stable state and releases.
+//! - A claim this run could not renew for a whole duration has *lapsed*, by this run's own
+//!   clock (measured from before the last write that landed): anyone may take it over with
+//!   `--force` from then on, so the guard reports it lost (a synthetic holder says it lapsed),
+//!   stops renewing, and the engine stops before its next step or journal write. Its release
+//!   still clears the record if nobody took it meanwhile.
 //! - Release clears the claim (guarded the same way) so the next run need not wait for it to
 //!   expire. A guard dropped without release stops renewing, and the claim lapses.
 //!
@@ -26,7 +31,7 @@
 //! who holds it.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -161,9 +166,12 @@ impl<B: Backend> RecordLock<B> {
         &self.ctx.backend
     }
 
-    fn guard(&self, record: B::Record, holder: Holder) -> Box<dyn LockGuard> {
+    /// A guard over `record`, whose claim was written no earlier than `written`.
+    fn guard(&self, record: B::Record, holder: Holder, written: Instant) -> Box<dyn LockGuard> {
         let shared = Arc::new(Mutex::new(Shared {
             last: record,
+            renewed: written,
+            lapsed: false,
             lost: None,
             handover: None,
         }));
@@ -200,6 +208,7 @@ impl<B: Backend> Ctx<B> {
         holder: &Holder,
     ) -> Result<(), Renewal> {
         let b = &self.backend;
+        let started = Instant::now();
         let mut last = shared.lock().expect("lock mutex").last.clone();
         for _ in 0..MAX_RACES {
             // A handover request, once seen, stays in the record for others to read.
@@ -208,7 +217,9 @@ impl<B: Backend> Ctx<B> {
             let next = b.renewed(&last, &holder, Utc::now(), self.duration);
             match b.put(&next, false).await {
                 Ok(written) => {
-                    shared.lock().expect("lock mutex").last = written;
+                    let mut s = shared.lock().expect("lock mutex");
+                    s.last = written;
+                    s.renewed = started;
                     return Ok(());
                 }
                 Err(Write::Raced) => match b.get().await {
@@ -264,14 +275,15 @@ impl<B: Backend> RotationLock for RecordLock<B> {
         let ctx = &self.ctx;
         let b = &ctx.backend;
         // The claim this call wrote last, to recognise it if a retried write landed twice.
-        let mut attempted: Option<B::Record> = None;
+        let mut attempted: Option<(B::Record, Instant)> = None;
         for _ in 0..MAX_RACES {
             let now = Utc::now();
+            let at = Instant::now();
             let current = b.get().await?;
-            if let (Some(cur), Some(mine)) = (&current, &attempted)
+            if let (Some(cur), Some((mine, written))) = (&current, &attempted)
                 && b.same_claim(cur, mine)
             {
-                return Ok(self.guard(cur.clone(), holder));
+                return Ok(self.guard(cur.clone(), holder, *written));
             }
             let from = match current.as_ref().map(|r| decide(b.holder_of(r), now, force)) {
                 None => None,
@@ -280,7 +292,7 @@ impl<B: Backend> RotationLock for RecordLock<B> {
                 Some(Decision::Expired(h)) => return Err(LockError::Expired(Box::new(h))),
             };
             let next = b.claim(current.as_ref(), &holder, now, ctx.duration);
-            attempted = Some(next.clone());
+            attempted = Some((next.clone(), at));
             match b.put(&next, current.is_none()).await {
                 Ok(record) => {
                     if let Some(prev) = from {
@@ -295,7 +307,7 @@ impl<B: Backend> RotationLock for RecordLock<B> {
                     }
                     let mut h = holder;
                     h.since = now;
-                    return Ok(self.guard(record, h));
+                    return Ok(self.guard(record, h, at));
                 }
                 // Someone else wrote first: read again and decide again.
                 Err(Write::Raced) => continue,
@@ -341,7 +353,11 @@ impl<B: Backend> RotationLock for RecordLock<B> {
 struct Shared<R> {
     /// The record as this run last wrote it (carries the version for the next write).
     last: R,
-    /// Who took the lock over, once a renewal found out.
+    /// When (by this process's clock) the last write of the claim that landed started.
+    renewed: Instant,
+    /// The claim went unrenewed for a whole duration (`lost` then says so).
+    lapsed: bool,
+    /// Who took the lock over, once a renewal found out (or a synthetic holder for a lapse).
     lost: Option<Holder>,
     /// A rekey's request to hand over, once a renewal found it.
     handover: Option<Handover>,
@@ -385,6 +401,14 @@ async fn renew_loop<B: Backend>(
                 return;
             }
             Err(Renewal::Failed(e)) => {
+                if let Some(h) = lapse(&ctx, &shared) {
+                    ctx.note(format!(
+                        "the claim on the lock {} lapsed: {}; this run stops before its next step and writes nothing more (last error: {e})",
+                        ctx.backend.describe(),
+                        h.identity
+                    ));
+                    return;
+                }
                 let expires = ctx
                     .backend
                     .holder_of(&shared.lock().expect("lock mutex").last)
@@ -397,6 +421,29 @@ async fn renew_loop<B: Backend>(
             }
         }
     }
+}
+
+/// Marks the claim lapsed when it went unrenewed for a whole duration; returns the synthetic
+/// holder [`LockGuard::lost`] reports then.
+fn lapse<B: Backend>(ctx: &Ctx<B>, shared: &Mutex<Shared<B::Record>>) -> Option<Holder> {
+    let mut s = shared.lock().expect("lock mutex");
+    if s.lost.is_none() && s.renewed.elapsed() >= ctx.duration {
+        let now = Utc::now();
+        s.lapsed = true;
+        s.lost = Some(Holder {
+            identity: format!(
+                "nobody yet (this run could not renew its claim for {}s, so it lapsed and may be taken over)",
+                ctx.duration.as_secs()
+            ),
+            command: "-".into(),
+            rotation: None,
+            stage: "-".into(),
+            since: now,
+            expires: now,
+            handover: None,
+        });
+    }
+    s.lost.clone()
 }
 
 impl<B: Backend> Guard<B> {
@@ -427,7 +474,7 @@ impl<B: Backend> LockGuard for Guard<B> {
     }
 
     fn lost(&self) -> Option<Holder> {
-        self.shared.lock().expect("lock mutex").lost.clone()
+        lapse(&self.ctx, &self.shared)
     }
 
     fn handover(&self) -> Option<Handover> {
@@ -436,14 +483,15 @@ impl<B: Backend> LockGuard for Guard<B> {
 
     async fn release(self: Box<Self>) -> Result<(), LockError> {
         self.stop().await;
-        let (mut last, lost) = {
+        let (mut last, taken) = {
             let s = self.shared.lock().expect("lock mutex");
-            (s.last.clone(), s.lost.clone())
+            (s.last.clone(), s.lost.is_some() && !s.lapsed)
         };
-        if lost.is_some() {
+        if taken {
             // Not ours any more: leave it to its holder.
             return Ok(());
         }
+        // A lapsed claim is cleared only if it is still ours (the guarded write below).
         let b = &self.ctx.backend;
         for _ in 0..MAX_RACES {
             match b.put(&b.released(&last, Utc::now()), false).await {
