@@ -262,6 +262,9 @@ async fn gcp_lock_claims_from_one_etag_let_exactly_one_win_and_carry_a_handover_
         by: "k@host pid 4".into(),
         reason: "leak".into(),
         at: chrono::Utc::now(),
+        to: seen.identity.clone(),
+        to_since: seen.since,
+        until: chrono::Utc::now() + chrono::Duration::minutes(10),
     };
     assert!(rekey.request_handover(&seen, &req).await.unwrap());
     assert!(secret(&env).annotations["rotor-lock"].contains("k@host pid 4"));

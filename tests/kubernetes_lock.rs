@@ -242,6 +242,9 @@ async fn a_rekey_asks_the_holder_to_hand_over_and_the_holder_sees_it() {
         by: "job-b".into(),
         reason: "leak".into(),
         at: chrono::Utc::now(),
+        to: seen.identity.clone(),
+        to_since: seen.since,
+        until: chrono::Utc::now() + chrono::Duration::minutes(10),
     };
     // A request addressed to an earlier acquisition is not delivered.
     let mut stale = seen.clone();
@@ -271,6 +274,14 @@ async fn a_rekey_asks_the_holder_to_hand_over_and_the_holder_sees_it() {
         })
     })
     .await;
+    // Withdrawn (a rekey that gave up), the holder's next renewal drops it and goes on.
+    b.withdraw_handover(&req).await.unwrap();
+    eventually("the holder sees the withdrawal", || async {
+        g.handover().is_none()
+    })
+    .await;
+    assert!(b.holder().await.unwrap().unwrap().handover.is_none());
+    assert!(g.lost().is_none());
     // It releases; the rekey takes the lease, and the request is gone with the old claim.
     g.release().await.unwrap();
     let g2 = b.acquire(holder("rekey", "job-b"), false).await.unwrap();

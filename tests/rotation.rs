@@ -736,6 +736,153 @@ async fn hard_cut_rolls_once_and_reports_the_failures_it_caused() {
     env.finish().await;
 }
 
+/// A hard cut interrupted before its wave (at T3's store switch) or in the middle of it (after
+/// its first consumer rolled) rolls back to a consistent S0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_cut_interrupted_before_or_during_its_wave_rolls_back_to_s0() {
+    let env = Env::new();
+    env.up().await;
+    let a = env.store_primary();
+    let out = env.rotor(&["--output", "json", "failpoints"]).await;
+    let all: Vec<String> = serde_json::from_value(out.last_json()).unwrap();
+    let wave = all
+        .iter()
+        .find(|f| f.starts_with("T4.forward.rolled."))
+        .expect("a failpoint after the cut rolled its first consumer")
+        .clone();
+    for fp in ["T3.forward.store".to_string(), wave] {
+        let cut = env
+            .rotor_env(
+                &[
+                    "rekey",
+                    "--emergency",
+                    "--reason",
+                    "drill",
+                    "--hard-cut",
+                    "--yes",
+                ],
+                &[("ROTOR_FAILPOINT", fp.as_str())],
+            )
+            .await;
+        assert_eq!(cut.signal(), Some(9), "rotor did not die at {fp}: {cut:#?}");
+        assert_eq!(env.journal()["hard_cut"], true);
+        let back = env.rotor(&["rollback"]).await;
+        back.assert_code(0);
+        let j = env.journal();
+        assert_eq!(
+            (j["state"].as_str(), j["status"].as_str()),
+            (Some("S0"), Some("rolled_back")),
+            "after {fp}"
+        );
+        assert_eq!(env.store_primary(), a, "after {fp}");
+        let check = env.rotor(&["check"]).await;
+        assert_eq!(check.code(), Some(0), "drift after {fp}: {}", check.stdout);
+    }
+    env.finish().await;
+}
+
+/// A rekey that stops waiting takes its request back: the rotation it asked goes on to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rekey_that_gives_up_leaves_the_running_rotation_undisturbed() {
+    let env = Env::with(|y| y.replace("soak: 0s", "soak: 3s"));
+    env.up().await;
+    let running =
+        tokio::process::Command::from(env.command(&["--output", "json", "rotate", "--yes"], &[]))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let holder = env.pb.state_dir.join("lock.json");
+    wait_for(
+        "the rotation to soak in T2",
+        Duration::from_secs(60),
+        async || std::fs::read_to_string(&holder).is_ok_and(|t| t.contains("T2 widen forward")),
+    )
+    .await;
+    let gave_up = env
+        .rotor(&[
+            "rekey",
+            "--emergency",
+            "--reason",
+            "drill",
+            "--handover-timeout",
+            "1s",
+        ])
+        .await;
+    gave_up.assert_code(4);
+    assert!(
+        gave_up
+            .stderr
+            .contains("was asked to hand its rotation over"),
+        "{}",
+        gave_up.stderr
+    );
+    assert!(
+        !env.pb.state_dir.join("handover.json").exists(),
+        "request withdrawn"
+    );
+    let ran = env.record(running.wait_with_output().await.unwrap());
+    ran.assert_code(0);
+    assert_eq!(ran.last_json()["report"]["state"], "S5", "{ran:?}");
+    env.finish().await;
+}
+
+/// An operator's rotation waiting at its T4 question (at a terminal, unanswered) hands over to
+/// an emergency rekey without an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_waiting_at_a_question_hands_over_without_an_answer() {
+    let env = Env::new();
+    env.up().await;
+    // `rotor rotate` with its stdin on a terminal nobody types into.
+    let script = r#"
+import json, os, subprocess, sys
+master, slave = os.openpty()
+p = subprocess.run(sys.argv[1:], stdin=slave, capture_output=True, text=True)
+print(json.dumps({"code": p.returncode, "stdout": p.stdout, "stderr": p.stderr}))
+"#;
+    let asking = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(crate::common::rotor_exe())
+        .args(["--output", "json", "rotate"])
+        .arg(&env.playbook)
+        .current_dir(env.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the T4 question", Duration::from_secs(60), async || {
+        std::fs::read_to_string(env.pb.state_dir.join("journal.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|j| j["state"] == "S3")
+    })
+    .await;
+    let out = env
+        .rotor(&[
+            "--output",
+            "json",
+            "rekey",
+            "--emergency",
+            "--reason",
+            "drill",
+        ])
+        .await;
+    out.assert_code(0);
+    assert_eq!(out.last_json()["report"]["state"], "S5");
+    let done = asking.wait_with_output().await.unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(r["code"], 10, "{r}");
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("handed over at S3 promoted"),
+        "{r}"
+    );
+    env.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hard_cut_asks_twice_and_without_a_terminal_needs_yes() {
     let env = Env::new();

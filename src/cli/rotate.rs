@@ -272,7 +272,8 @@ async fn rotate_dir(
             Ok(e) => (*e, None),
             Err(e) => (e.exit, Some(e.message.clone())),
         };
-        if exit == Exit::Ok {
+        // A run an emergency rekey took over is not a failure of this job: the rekey finishes it.
+        if exit == Exit::Ok || exit == Exit::HandedOver {
             rotated = true;
         } else if exit != Exit::NotDue {
             if let Some(m) = &message {

@@ -72,6 +72,19 @@ pub struct Handover {
     pub reason: String,
     /// When it asked.
     pub at: DateTime<Utc>,
+    /// The claim it is addressed to: the holder's identity…
+    pub to: String,
+    /// …and the time that holder took the lock.
+    pub to_since: DateTime<Utc>,
+    /// When the rekey stops waiting: a request past it is void (a rekey that gave up or died).
+    pub until: DateTime<Utc>,
+}
+
+impl Handover {
+    /// Whether this request is addressed to `holder`'s claim and still stands at `now`.
+    pub fn is_for(&self, holder: &Holder, now: DateTime<Utc>) -> bool {
+        self.to == holder.identity && self.to_since == holder.since && now < self.until
+    }
 }
 
 impl Holder {
@@ -190,6 +203,8 @@ pub trait RotationLock: Send + Sync {
     /// [`LockGuard::handover`]). `Ok(false)` when `seen` no longer holds it (ask again after
     /// reading the new holder). Never takes the lock and never changes its expiry.
     async fn request_handover(&self, seen: &Holder, req: &Handover) -> Result<bool, LockError>;
+    /// Takes back a request this run made (a rekey that stops waiting), if it still stands.
+    async fn withdraw_handover(&self, req: &Handover) -> Result<(), LockError>;
     /// Where the lock lives (`/x/state/lock`, `leases/rotor-auth-prod in namespace demo`).
     fn describe(&self) -> String;
 }
@@ -285,7 +300,7 @@ impl FileLock {
         h.handover = fs::read(self.handover_path())
             .ok()
             .and_then(|b| serde_json::from_slice::<Handover>(&b).ok())
-            .filter(|req| req.at >= h.since);
+            .filter(|req| req.is_for(&h, Utc::now()));
         Some(h)
     }
 
@@ -329,9 +344,9 @@ impl LockGuard for FileGuard {
     fn handover(&self) -> Option<Handover> {
         let bytes = fs::read(&self.handover_path).ok()?;
         let req: Handover = serde_json::from_slice(&bytes).ok()?;
-        // Only a request made to this acquisition counts (not one left by a rekey that gave up).
+        // Only a standing request addressed to this acquisition counts.
         let holder = self.holder.lock().expect("holder mutex");
-        (req.at >= holder.since).then_some(req)
+        req.is_for(&holder, Utc::now()).then_some(req)
     }
 
     async fn release(self: Box<Self>) -> Result<(), LockError> {
@@ -361,6 +376,8 @@ impl RotationLock for FileLock {
         }
         // A request addressed to an earlier holder is void.
         let _ = fs::remove_file(self.handover_path());
+        let mut holder = holder;
+        holder.since = Utc::now();
         let guard = FileGuard {
             file,
             holder_path: self.holder_path(),
@@ -369,6 +386,18 @@ impl RotationLock for FileLock {
         };
         guard.write(&holder);
         Ok(Box::new(guard))
+    }
+
+    async fn withdraw_handover(&self, req: &Handover) -> Result<(), LockError> {
+        let path = self.handover_path();
+        let mine = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Handover>(&b).ok())
+            .is_some_and(|r| &r == req);
+        if mine {
+            fs::remove_file(&path).map_err(|e| self.io(e))?;
+        }
+        Ok(())
     }
 
     async fn request_handover(&self, seen: &Holder, req: &Handover) -> Result<bool, LockError> {
@@ -453,6 +482,9 @@ mod tests {
             by: "oncall@laptop pid 9".into(),
             reason: "leak".into(),
             at: Utc::now(),
+            to: seen.identity.clone(),
+            to_since: seen.since,
+            until: Utc::now() + chrono::Duration::minutes(10),
         };
         // Addressed to an earlier acquisition: not delivered.
         let mut stale = seen.clone();
@@ -471,6 +503,13 @@ mod tests {
             status.contains("handover: asked by oncall@laptop pid 9"),
             "{status}"
         );
+        // Withdrawn, it no longer stands; a request past its deadline is void.
+        lock.withdraw_handover(&req).await.unwrap();
+        assert!(g.handover().is_none());
+        let mut old = req.clone();
+        old.until = Utc::now() - chrono::Duration::seconds(1);
+        assert!(lock.request_handover(&seen, &old).await.unwrap());
+        assert!(g.handover().is_none(), "an expired request is void");
         g.release().await.unwrap();
         // The next holder starts with no request.
         let g = lock.acquire(Holder::me("rekey"), false).await.unwrap();

@@ -833,43 +833,68 @@ impl Engine {
     ) -> Result<Box<dyn LockGuard>, EngineError> {
         let me = Holder::me("rekey");
         let started = Instant::now();
-        let mut asked: Option<Holder> = None;
-        loop {
-            let holder = match self.lock.acquire(me.clone(), opts.force).await {
-                Ok(g) => return Ok(g),
-                Err(LockError::Held(h)) if h.command != "rekey" => *h,
-                Err(e) => return Err(e.into()),
+        let until = Utc::now()
+            + chrono::Duration::from_std(opts.handover_timeout).unwrap_or(chrono::Duration::MAX);
+        let mut asked: Option<lock::Handover> = None;
+        let result = loop {
+            let err = match self.lock.acquire(me.clone(), opts.force).await {
+                Ok(g) => break Ok(g),
+                Err(e) => e,
             };
-            if !asked.as_ref().is_some_and(|a| a.same_claim(&holder)) {
-                let req = lock::Handover {
-                    by: me.identity.clone(),
-                    reason: opts.reason.clone(),
-                    at: Utc::now(),
-                };
-                if self.lock.request_handover(&holder, &req).await? {
-                    self.events.emit(&Event::Waiting {
-                        reason: format!(
-                            "handover: asked {} ({}, at stage {}) to stop at its next stable state and hand the rotation over",
-                            holder.identity, holder.command, holder.stage
-                        ),
-                        seconds: opts
-                            .handover_timeout
-                            .saturating_sub(started.elapsed())
-                            .as_secs_f64(),
-                    });
-                    asked = Some(holder.clone());
+            match &err {
+                LockError::Held(h) if h.command != "rekey" => {
+                    let addressed = asked
+                        .as_ref()
+                        .is_some_and(|r| r.to == h.identity && r.to_since == h.since);
+                    if !addressed {
+                        let req = lock::Handover {
+                            by: me.identity.clone(),
+                            reason: opts.reason.clone(),
+                            at: Utc::now(),
+                            to: h.identity.clone(),
+                            to_since: h.since,
+                            until,
+                        };
+                        match self.lock.request_handover(h, &req).await {
+                            Ok(true) => {
+                                self.events.emit(&Event::Waiting {
+                                    reason: format!(
+                                        "handover: asked {} ({}, at stage {}) to stop at its next stable state and hand the rotation over",
+                                        h.identity, h.command, h.stage
+                                    ),
+                                    seconds: opts
+                                        .handover_timeout
+                                        .saturating_sub(started.elapsed())
+                                        .as_secs_f64(),
+                                });
+                                asked = Some(req);
+                            }
+                            Ok(false) => {}
+                            Err(e) => break Err(e.into()),
+                        }
+                    }
                 }
+                // Between two holders the file lock is briefly held with no holder file.
+                LockError::HeldUnknown { .. } => {}
+                _ => break Err(err.into()),
             }
             let waited = started.elapsed();
             if waited >= opts.handover_timeout {
-                return Err(EngineError::HandoverTimeout {
-                    holder: Box::new(holder),
-                    waited,
+                break Err(match err {
+                    LockError::Held(h) => EngineError::HandoverTimeout { holder: h, waited },
+                    other => other.into(),
                 });
             }
             // The holder stops between steps; look again shortly.
             tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if result.is_err()
+            && let Some(req) = &asked
+        {
+            // Take the request back, so the run that holds the lock goes on undisturbed.
+            let _ = self.lock.withdraw_handover(req).await;
         }
+        result
     }
 
     /// The rotation in progress, continued forward in emergency mode.
@@ -882,10 +907,16 @@ impl Engine {
         journal.mode = Mode::Emergency;
         journal.reason = opts.reason.clone();
         journal.target = State::S5;
+        let continuing_cut = journal.hard_cut && !opts.hard_cut;
         journal.hard_cut |= opts.hard_cut;
         let audit = self.audit()?;
         let mut run = Run::new(self, journal, guard, audit, opts.clone());
         run.emit_start("rekey");
+        if continuing_cut {
+            run.emit(Event::Note {
+                message: "this rotation is a hard cut (started with --hard-cut): it continues as one, so T4 rolls every consumer at once and requests fail until that wave ends".into(),
+            });
+        }
         run.reconcile().await?;
         run.save().await?;
         run.forward_to(State::S5).await
@@ -915,8 +946,14 @@ impl Engine {
         if journal.mode == Mode::Emergency {
             opts.mode = Mode::Emergency;
         }
+        let hard_cut = journal.hard_cut;
         let mut run = Run::new(self, journal, guard, audit, opts.clone());
         run.emit_start("resume");
+        if hard_cut && !rolling_back {
+            run.emit(Event::Note {
+                message: "this rotation is a hard cut (started with --hard-cut): it continues as one, so T4 rolls every consumer at once and requests fail until that wave ends".into(),
+            });
+        }
         run.reconcile().await?;
         if rolling_back {
             run.rollback_to(target, "resume").await
@@ -1131,12 +1168,12 @@ impl<'e> Run<'e> {
             if let Some(h) = self.guard.lost() {
                 return Err(LockError::Lost(Box::new(h)).into());
             }
-            if let Some(req) = self.guard.handover() {
-                return self.hand_over(req).await;
-            }
             let state = self.journal.state;
             if state >= until {
                 return self.finish_forward().await;
+            }
+            if let Some(req) = self.handover_requested() {
+                return self.hand_over(req).await;
             }
             let t = state
                 .next_transition()
@@ -1172,6 +1209,40 @@ impl<'e> Run<'e> {
         }
     }
 
+    /// A standing request from an emergency rekey for this rotation (never honoured by a rekey
+    /// itself).
+    fn handover_requested(&self) -> Option<lock::Handover> {
+        if self.opts.mode == Mode::Emergency {
+            return None;
+        }
+        self.guard.handover()
+    }
+
+    /// Asks the operator; an emergency rekey's request, before or while the question waits
+    /// for an answer, wins (`Err`): the rotation is handed over at this stable state.
+    async fn ask(&self, question: String) -> Result<bool, lock::Handover> {
+        if let Some(req) = self.handover_requested() {
+            return Err(req);
+        }
+        let confirm = self.opts.confirm.clone();
+        let (tx, mut answer) = tokio::sync::oneshot::channel();
+        // A plain thread, not a runtime task: a question left unanswered must not keep the
+        // process alive once the run handed over.
+        std::thread::spawn(move || {
+            let _ = tx.send(confirm.confirm(&question));
+        });
+        loop {
+            tokio::select! {
+                a = &mut answer => return Ok(a.unwrap_or(false)),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if let Some(req) = self.handover_requested() {
+                        return Err(req);
+                    }
+                }
+            }
+        }
+    }
+
     /// Stops at the current stable state for an emergency rekey that asked for the rotation.
     async fn hand_over(&mut self, req: lock::Handover) -> Result<RunReport, EngineError> {
         let detail = format!(
@@ -1190,7 +1261,7 @@ impl<'e> Run<'e> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + d;
         while tokio::time::Instant::now() < deadline {
-            if self.guard.handover().is_some() || self.guard.lost().is_some() {
+            if self.handover_requested().is_some() || self.guard.lost().is_some() {
                 break;
             }
             let step = deadline
@@ -1234,7 +1305,7 @@ impl<'e> Run<'e> {
                 if let Some(h) = self.guard.lost() {
                     return Err(LockError::Lost(Box::new(h)).into());
                 }
-                if let Some(req) = self.guard.handover() {
+                if let Some(req) = self.handover_requested() {
                     return self.hand_over(req).await.map(Some);
                 }
             }
@@ -1272,12 +1343,16 @@ impl<'e> Run<'e> {
                     self.journal.old.fingerprint
                 ),
             };
-            if !self.opts.confirm.confirm(&question) {
-                let detail = format!(
-                    "{t} not confirmed; paused at {} (pass --yes to skip confirmations, `rotor resume` to continue)",
-                    self.journal.state
-                );
-                return self.pause(RunOutcome::Declined, detail).await.map(Some);
+            match self.ask(question).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let detail = format!(
+                        "{t} not confirmed; paused at {} (pass --yes to skip confirmations, `rotor resume` to continue)",
+                        self.journal.state
+                    );
+                    return self.pause(RunOutcome::Declined, detail).await.map(Some);
+                }
+                Err(req) => return self.hand_over(req).await.map(Some),
             }
         }
         Ok(None)
@@ -1667,7 +1742,14 @@ impl<'e> Run<'e> {
                 ));
                 failpoint::hit(t, dir, "store");
                 self.soak().await;
-                let mut d = self.prove_validators(&[Which::A, Which::B], &[]).await?;
+                // A hard cut never widened the validators before its cut (T2 moved nothing), so
+                // some may accept A alone here: A is what must be accepted on the way back.
+                let accept: &[Which] = if self.journal.hard_cut {
+                    &[Which::A]
+                } else {
+                    &[Which::A, Which::B]
+                };
+                let mut d = self.prove_validators(accept, &[]).await?;
                 d.push_str("; ");
                 d.push_str(&self.prove_signers(Which::A).await?);
                 Ok(d)

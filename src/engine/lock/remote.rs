@@ -211,9 +211,14 @@ impl<B: Backend> Ctx<B> {
         let started = Instant::now();
         let mut last = shared.lock().expect("lock mutex").last.clone();
         for _ in 0..MAX_RACES {
-            // A handover request, once seen, stays in the record for others to read.
+            // A standing handover request, once seen, stays in the record for others to read.
             let mut holder = holder.clone();
-            holder.handover = shared.lock().expect("lock mutex").handover.clone();
+            holder.handover = shared
+                .lock()
+                .expect("lock mutex")
+                .handover
+                .clone()
+                .filter(|r| Utc::now() < r.until);
             let next = b.renewed(&last, &holder, Utc::now(), self.duration);
             match b.put(&next, false).await {
                 Ok(written) => {
@@ -226,9 +231,9 @@ impl<B: Backend> Ctx<B> {
                     // Still ours (a retried write landed, a rekey asked for a handover, or
                     // someone edited other fields): go again.
                     Ok(Some(now)) if b.same_claim(&now, &last) => {
-                        if let Some(req) = b.holder_of(&now).and_then(|h| h.handover) {
-                            shared.lock().expect("lock mutex").handover = Some(req);
-                        }
+                        // The request as the record has it now (set, or withdrawn).
+                        shared.lock().expect("lock mutex").handover =
+                            b.holder_of(&now).and_then(|h| h.handover);
                         last = now;
                     }
                     Ok(now) => {
@@ -337,6 +342,28 @@ impl<B: Backend> RotationLock for RecordLock<B> {
             h.handover = Some(req.clone());
             match b.put(&b.noted(&current, &h), false).await {
                 Ok(_) => return Ok(true),
+                Err(Write::Raced) => continue,
+                Err(Write::Failed(e)) => return Err(e),
+            }
+        }
+        Err(b.races())
+    }
+
+    async fn withdraw_handover(&self, req: &Handover) -> Result<(), LockError> {
+        let b = &self.ctx.backend;
+        for _ in 0..MAX_RACES {
+            let Some(current) = b.get().await? else {
+                return Ok(());
+            };
+            let Some(mut h) = b
+                .holder_of(&current)
+                .filter(|h| h.handover.as_ref() == Some(req))
+            else {
+                return Ok(());
+            };
+            h.handover = None;
+            match b.put(&b.noted(&current, &h), false).await {
+                Ok(_) => return Ok(()),
                 Err(Write::Raced) => continue,
                 Err(Write::Failed(e)) => return Err(e),
             }
@@ -478,7 +505,8 @@ impl<B: Backend> LockGuard for Guard<B> {
     }
 
     fn handover(&self) -> Option<Handover> {
-        self.shared.lock().expect("lock mutex").handover.clone()
+        let req = self.shared.lock().expect("lock mutex").handover.clone()?;
+        (Utc::now() < req.until).then_some(req)
     }
 
     async fn release(self: Box<Self>) -> Result<(), LockError> {
