@@ -100,9 +100,12 @@ impl Output {
             let _ = writeln!(err, "{question} [not a terminal: declining; pass --yes]");
             return false;
         }
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "{question} [y/N] ");
-        let _ = err.flush();
+        {
+            // Not held while waiting for the answer: other output must not queue behind it.
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "{question} [y/N] ");
+            let _ = err.flush();
+        }
         let mut answer = String::new();
         if std::io::stdin().read_line(&mut answer).is_err() {
             return false;

@@ -250,6 +250,11 @@ async fn a_rekey_asks_the_holder_to_hand_over_and_the_holder_sees_it() {
     let mut stale = seen.clone();
     stale.since -= chrono::Duration::seconds(60);
     assert!(!b.request_handover(&stale, &req).await.unwrap());
+    // A request past its deadline (a rekey that died) is void, and a new one replaces it.
+    let mut dead = req.clone();
+    dead.by = "job-dead".into();
+    dead.until = chrono::Utc::now() - chrono::Duration::seconds(1);
+    assert!(b.request_handover(&seen, &dead).await.unwrap());
     assert!(b.request_handover(&seen, &req).await.unwrap());
     // The request never renews or takes the claim.
     let lease = env.lease().await;

@@ -843,10 +843,13 @@ impl Engine {
             };
             match &err {
                 LockError::Held(h) if h.command != "rekey" => {
+                    // Ask (again) whenever the holder has no request standing: a new holder, or
+                    // one whose request was withdrawn or lapsed (another rekey that gave up).
+                    let standing = h.handover.as_ref().is_some_and(|r| Utc::now() < r.until);
                     let addressed = asked
                         .as_ref()
                         .is_some_and(|r| r.to == h.identity && r.to_since == h.since);
-                    if !addressed {
+                    if !(addressed && standing) {
                         let req = lock::Handover {
                             by: me.identity.clone(),
                             reason: opts.reason.clone(),
@@ -880,6 +883,14 @@ impl Engine {
             }
             let waited = started.elapsed();
             if waited >= opts.handover_timeout {
+                if let Some(req) = &asked {
+                    // The holder may have taken the request up at the last moment: take it
+                    // back, then look once more.
+                    let _ = self.lock.withdraw_handover(req).await;
+                    if let Ok(g) = self.lock.acquire(me.clone(), opts.force).await {
+                        break Ok(g);
+                    }
+                }
                 break Err(match err {
                     LockError::Held(h) => EngineError::HandoverTimeout { holder: h, waited },
                     other => other.into(),
@@ -1215,7 +1226,12 @@ impl<'e> Run<'e> {
         if self.opts.mode == Mode::Emergency {
             return None;
         }
-        self.guard.handover()
+        // Not in the last stretch before the rekey stops waiting: it would find the lock
+        // released just after it gave up, and nobody would continue the rotation.
+        self.guard.handover().filter(|r| {
+            let margin = ((r.until - r.at) / 4).min(chrono::Duration::seconds(30));
+            Utc::now() + margin < r.until
+        })
     }
 
     /// Asks the operator; an emergency rekey's request, before or while the question waits

@@ -336,7 +336,8 @@ impl<B: Backend> RotationLock for RecordLock<B> {
             let Some(mut h) = b.holder_of(&current).filter(|h| h.same_claim(seen)) else {
                 return Ok(false);
             };
-            if h.handover.is_some() {
+            // A request still standing says the same thing; one past its deadline is void.
+            if h.handover.as_ref().is_some_and(|r| Utc::now() < r.until) {
                 return Ok(true);
             }
             h.handover = Some(req.clone());
