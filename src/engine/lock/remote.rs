@@ -416,7 +416,30 @@ async fn renew_loop<B: Backend>(
             () = tokio::time::sleep(period) => {}
         }
         let holder = stage.borrow_and_update().clone();
-        match ctx.renew(&shared, &holder).await {
+        // No renewal attempt starts (or goes on retrying) once the claim has lapsed.
+        let lapses_at = {
+            let s = shared.lock().expect("lock mutex");
+            if s.lost.is_some() {
+                return;
+            }
+            tokio::time::Instant::from_std(s.renewed + ctx.duration)
+        };
+        let outcome = tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(lapses_at) => None,
+            r = ctx.renew(&shared, &holder) => Some(r),
+        };
+        let Some(outcome) = outcome else {
+            if let Some(h) = lapse(&ctx, &shared) {
+                ctx.note(format!(
+                    "the claim on the lock {} lapsed: {}; this run stops before its next step and writes nothing more",
+                    ctx.backend.describe(),
+                    h.identity
+                ));
+            }
+            return;
+        };
+        match outcome {
             Ok(()) => {}
             Err(Renewal::Lost(by)) => {
                 ctx.note(format!(
