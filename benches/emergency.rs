@@ -58,6 +58,27 @@ const SIGNER: &str = r#"  - name: reporter
         path: "/relay/auth?target={target}"
 "#;
 
+/// One line of the figures: a label and a right-aligned value.
+fn row(label: &str, value: impl std::fmt::Display) {
+    println!("{label:<44} {value:>10}");
+}
+
+fn secs(s: f64) -> String {
+    format!("{s:.2}")
+}
+
+fn times(x: f64) -> String {
+    format!("{x:.2}x")
+}
+
+fn of(part: u64, whole: u64) -> String {
+    format!("{part} / {whole}")
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    format!("{:.1}%", 100.0 * part as f64 / whole.max(1) as f64)
+}
+
 fn minimum(role: Role) -> usize {
     match role {
         Role::Validator => 2,
@@ -145,21 +166,17 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        println!("{:<44} {:>10}", "", "seconds");
-        println!("{:<44} {:>10.2}", "time to revoke (rekey --emergency)", revoke);
-        println!("{:<44} {:>10.2}", "3 × single rollout (the floor)", 3.0 * single);
-        println!("{:<44} {:>9.2}x", "ratio (target ≤ 1.10x)", revoke / (3.0 * single));
-        println!(
-            "{:<44} {:>10.2}",
-            "protocol floor (each wave's own consumers)", protocol_floor
-        );
-        println!("{:<44} {:>9.2}x", "ratio to the protocol floor", revoke / protocol_floor);
-        println!("{:<44} {:>10.2}", "rekey wall time (T1–T5)", report.wall_seconds);
-        println!("{:<44} {:>10}", "rollout waves", report.waves);
-        println!(
-            "{:<44} {:>10}",
+        row("", "seconds");
+        row("time to revoke (rekey --emergency)", secs(revoke));
+        row("3 × single rollout (the floor)", secs(3.0 * single));
+        row("ratio (target ≤ 1.10x)", times(revoke / (3.0 * single)));
+        row("protocol floor (each wave's own consumers)", secs(protocol_floor));
+        row("ratio to the protocol floor", times(revoke / protocol_floor));
+        row("rekey wall time (T1–T5)", secs(report.wall_seconds));
+        row("rollout waves", report.waves);
+        row(
             "failed requests during the rekey",
-            format!("{} / {}", load.failed_requests, load.requests)
+            of(load.failed_requests, load.requests),
         );
         println!("{:<12} {:<10} {:>9} {:>9} {:>9}", "consumer", "role", "restarts", "rollouts", "minimum");
         for c in &pb.consumers {
@@ -182,41 +199,24 @@ fn main() {
         }
         let sample = cut.hard_cut.clone().expect("a hard cut reports its sample");
         println!();
-        println!("{:<44} {:>10}", "rekey --emergency --hard-cut", "");
-        println!(
-            "{:<44} {:>10.2}",
-            "time to revoke",
-            cut.time_to_revoke_seconds.expect("time to revoke")
-        );
-        println!(
-            "{:<44} {:>9.2}x",
-            "ratio to the three-wave rekey above",
-            cut.time_to_revoke_seconds.unwrap_or_default() / revoke
-        );
-        println!("{:<44} {:>10}", "rollout waves", cut.waves);
-        println!("{:<44} {:>10.2}", "the wave (s)", sample.window_seconds);
-        println!(
-            "{:<44} {:>10}",
+        row("rekey --emergency --hard-cut", "");
+        let cut_revoke = cut.time_to_revoke_seconds.expect("time to revoke");
+        row("time to revoke", secs(cut_revoke));
+        row("ratio to the three-wave rekey above", times(cut_revoke / revoke));
+        row("rollout waves", cut.waves);
+        row("the wave (s)", secs(sample.window_seconds));
+        row(
             "failed requests (the load's own count)",
-            format!("{} / {}", cut_load.failed_requests, cut_load.requests)
+            of(cut_load.failed_requests, cut_load.requests),
         );
-        println!(
-            "{:<44} {:>10}",
+        row(
             "failed round trips (rotor's report)",
-            format!(
-                "{} / {}",
-                sample.failed_round_trips, sample.sampled_round_trips
-            )
+            of(sample.failed_round_trips, sample.sampled_round_trips),
         );
-        println!(
-            "{:<44} {:>9.1}%",
+        row(
             "failure rate: load / rotor's sample",
-            100.0 * cut_load.failed_requests as f64 / cut_load.requests.max(1) as f64
+            percent(cut_load.failed_requests, cut_load.requests),
         );
-        println!(
-            "{:<44} {:>9.1}%",
-            "",
-            100.0 * sample.failed_round_trips as f64 / sample.sampled_round_trips.max(1) as f64
-        );
+        row("", percent(sample.failed_round_trips, sample.sampled_round_trips));
     });
 }

@@ -26,7 +26,7 @@ use rotor::cluster::Cluster;
 use rotor::engine::journal::Mode;
 use rotor::engine::{Engine, RunOptions};
 use rotor::events::{Event, EventSink};
-use rotor::lab::{INPROCESS_IMAGE, Lab, LabOptions, Topology};
+use rotor::lab::{INPROCESS_IMAGE, Lab, LabHandle, LabOptions, Topology};
 
 const NS: &str = "bench";
 
@@ -189,14 +189,8 @@ fn runtime(name: &str) -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// One fleet size: the lab (API server, controller, kubelet and the pods) on `lab_rt`, rotor
-/// (engine, kube client, probes) on `rotor_rt`.
-fn run(
-    lab_rt: &tokio::runtime::Runtime,
-    rotor_rt: &tokio::runtime::Runtime,
-    n: usize,
-    budget: usize,
-) -> Figures {
+/// A lab of `n` workloads on `lab_rt`, in a scratch directory kept while the guard lives.
+fn start_lab(lab_rt: &tokio::runtime::Runtime, n: usize) -> (tempfile::TempDir, LabHandle) {
     let dir = tempfile::Builder::new()
         .prefix("rotor-scale-")
         .tempdir()
@@ -205,15 +199,19 @@ fn run(
     let lab = lab_rt
         .block_on(Lab::start(LabOptions::new(topo, dir.path().join("lab"))))
         .expect("lab");
-    let pb =
-        rotor::playbook::load_str(&playbook(n, budget), "<bench>", dir.path()).expect("playbook");
+    (dir, lab)
+}
+
+/// Runs `f` with a client of `lab` on rotor's runtime, from a thread named `rotor-…` so its
+/// CPU counts as rotor's.
+fn on_rotor<T, F, Fut>(rotor_rt: &tokio::runtime::Runtime, lab: &LabHandle, f: F) -> T
+where
+    T: Send,
+    F: FnOnce(Cluster) -> Fut + Send,
+    Fut: std::future::Future<Output = T>,
+{
     let kubeconfig = lab.kubeconfig_path().to_path_buf();
-    let rolling = Arc::new(Rolling::default());
-    let sink = rolling.clone();
-    let before = lab.stats();
-    // Driven from a thread named like rotor's runtime, so the engine's own polling counts as
-    // rotor's CPU.
-    let (report, seconds, cpu_before) = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("rotor-main".into())
             .spawn_scoped(scope, || {
@@ -221,29 +219,50 @@ fn run(
                     let cluster = Cluster::from_kubeconfig_file(&kubeconfig, Some("rotor-lab"), NS)
                         .await
                         .expect("cluster");
-                    let setup = Engine::open_with(
-                        pb.clone(),
-                        Arc::new(rotor::events::NullSink),
-                        Some(&cluster),
-                    )
-                    .expect("engine");
-                    setup.init().await.expect("init");
-                    setup.up().await.expect("up");
-                    let engine = Engine::open_with(pb, sink, Some(&cluster)).expect("engine");
-                    let cpu_before = thread_cpu();
-                    let started = Instant::now();
-                    let opts = RunOptions {
-                        mode: Mode::Operator,
-                        yes: true,
-                        ..RunOptions::default()
-                    };
-                    let report = engine.rotate(&opts).await.expect("rotation");
-                    (report, started.elapsed().as_secs_f64(), cpu_before)
+                    f(cluster).await
                 })
             })
             .expect("thread")
             .join()
-            .expect("rotation thread")
+            .expect("rotor thread")
+    })
+}
+
+/// One fleet size: the lab (API server, controller, kubelet and the pods) on `lab_rt`, rotor
+/// (engine, kube client, probes) on `rotor_rt`.
+fn run(
+    lab_rt: &tokio::runtime::Runtime,
+    rotor_rt: &tokio::runtime::Runtime,
+    n: usize,
+    budget: usize,
+) -> Figures {
+    let (dir, lab) = start_lab(lab_rt, n);
+    let pb =
+        rotor::playbook::load_str(&playbook(n, budget), "<bench>", dir.path()).expect("playbook");
+    let rolling = Arc::new(Rolling::default());
+    let sink = rolling.clone();
+    let before = lab.stats();
+    // Driven from a thread named like rotor's runtime, so the engine's own polling counts as
+    // rotor's CPU.
+    let (report, seconds, cpu_before) = on_rotor(rotor_rt, &lab, async |cluster: Cluster| {
+        let setup = Engine::open_with(
+            pb.clone(),
+            Arc::new(rotor::events::NullSink),
+            Some(&cluster),
+        )
+        .expect("engine");
+        setup.init().await.expect("init");
+        setup.up().await.expect("up");
+        let engine = Engine::open_with(pb, sink, Some(&cluster)).expect("engine");
+        let cpu_before = thread_cpu();
+        let started = Instant::now();
+        let opts = RunOptions {
+            mode: Mode::Operator,
+            yes: true,
+            ..RunOptions::default()
+        };
+        let report = engine.rotate(&opts).await.expect("rotation");
+        (report, started.elapsed().as_secs_f64(), cpu_before)
     });
     let cpu_after = thread_cpu();
     let after = lab.stats();
@@ -280,15 +299,7 @@ fn lab_floor(
     use futures_util::{StreamExt as _, TryStreamExt as _};
     use k8s_openapi::api::apps::v1::Deployment;
     use kube::api::{Api, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
-    let dir = tempfile::Builder::new()
-        .prefix("rotor-scale-floor-")
-        .tempdir()
-        .expect("tempdir");
-    let topo = Topology::parse(&topology(n), Path::new("<bench>")).expect("topology");
-    let lab = lab_rt
-        .block_on(Lab::start(LabOptions::new(topo, dir.path().join("lab"))))
-        .expect("lab");
-    let kubeconfig = lab.kubeconfig_path().to_path_buf();
+    let (_dir, lab) = start_lab(lab_rt, n);
     let done = |d: &Deployment, generation: i64| {
         let st = d.status.clone().unwrap_or_default();
         st.observed_generation.unwrap_or(0) >= generation
@@ -297,20 +308,13 @@ fn lab_floor(
             && st.ready_replicas == Some(1)
             && st.available_replicas == Some(1)
     };
-    let seconds = std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("rotor-floor".into())
-            .spawn_scoped(scope, || {
-                rotor_rt.block_on(async move {
-                    let cluster = Cluster::from_kubeconfig_file(&kubeconfig, Some("rotor-lab"), NS)
-                        .await
-                        .expect("cluster");
-                    let api: Api<Deployment> = Api::namespaced(cluster.client(), NS);
-                    // Every workload running before the clock starts.
-                    let all: Vec<usize> = (0..n).collect();
-                    let wave = async |ids: &[usize], tag: &str| {
-                        let pp = PatchParams::default();
-                        let gens: BTreeMap<String, i64> = futures_util::stream::iter(ids.iter().map(
+    let seconds = on_rotor(rotor_rt, &lab, async |cluster: Cluster| {
+        let api: Api<Deployment> = Api::namespaced(cluster.client(), NS);
+        // Every workload running before the clock starts.
+        let all: Vec<usize> = (0..n).collect();
+        let wave = async |ids: &[usize], tag: &str| {
+            let pp = PatchParams::default();
+            let gens: BTreeMap<String, i64> = futures_util::stream::iter(ids.iter().map(
                             |i| {
                                 let (api, pp) = (&api, &pp);
                                 async move {
@@ -326,43 +330,38 @@ fn lab_floor(
                         .buffer_unordered(budget.max(1))
                         .collect()
                         .await;
-                        let list = api.list(&ListParams::default()).await.expect("list");
-                        let mut pending: std::collections::BTreeSet<String> = gens.keys().cloned().collect();
-                        for d in &list.items {
-                            let name = d.metadata.name.clone().unwrap_or_default();
-                            if gens.get(&name).is_some_and(|g| done(d, *g)) {
-                                pending.remove(&name);
-                            }
+            let list = api.list(&ListParams::default()).await.expect("list");
+            let mut pending: std::collections::BTreeSet<String> = gens.keys().cloned().collect();
+            for d in &list.items {
+                let name = d.metadata.name.clone().unwrap_or_default();
+                if gens.get(&name).is_some_and(|g| done(d, *g)) {
+                    pending.remove(&name);
+                }
+            }
+            let rv = list.metadata.resource_version.unwrap_or_default();
+            let mut events = api
+                .watch(&WatchParams::default(), &rv)
+                .await
+                .expect("watch")
+                .boxed();
+            while !pending.is_empty() {
+                match events.try_next().await.expect("watch event") {
+                    Some(WatchEvent::Modified(d) | WatchEvent::Added(d)) => {
+                        let name = d.metadata.name.clone().unwrap_or_default();
+                        if gens.get(&name).is_some_and(|g| done(&d, *g)) {
+                            pending.remove(&name);
                         }
-                        let rv = list.metadata.resource_version.unwrap_or_default();
-                        let mut events = api
-                            .watch(&WatchParams::default(), &rv)
-                            .await
-                            .expect("watch")
-                            .boxed();
-                        while !pending.is_empty() {
-                            match events.try_next().await.expect("watch event") {
-                                Some(WatchEvent::Modified(d) | WatchEvent::Added(d)) => {
-                                    let name = d.metadata.name.clone().unwrap_or_default();
-                                    if gens.get(&name).is_some_and(|g| done(&d, *g)) {
-                                        pending.remove(&name);
-                                    }
-                                }
-                                Some(_) => {}
-                                None => panic!("watch ended with {} pending", pending.len()),
-                            }
-                        }
-                    };
-                    let started = Instant::now();
-                    wave(&all, "1").await;
-                    wave(&all[..1], "2").await;
-                    wave(&all, "3").await;
-                    started.elapsed().as_secs_f64()
-                })
-            })
-            .expect("thread")
-            .join()
-            .expect("floor thread")
+                    }
+                    Some(_) => {}
+                    None => panic!("watch ended with {} pending", pending.len()),
+                }
+            }
+        };
+        let started = Instant::now();
+        wave(&all, "1").await;
+        wave(&all[..1], "2").await;
+        wave(&all, "3").await;
+        started.elapsed().as_secs_f64()
     });
     lab_rt.block_on(lab.shutdown());
     seconds

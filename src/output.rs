@@ -394,15 +394,9 @@ pub fn render_report(r: &RunReport) -> String {
     }
     if let Some(h) = &r.hard_cut {
         text.push_str(&format!(
-            "\n  hard cut: {} of {} round trips rotor sampled during the {:.2}s wave failed ({} could not reach a restarting signer); your callers saw failures over the same window",
-            h.failed_round_trips, h.sampled_round_trips, h.window_seconds, h.unreachable
+            "\n  hard cut: {}; your callers saw failures over the same window",
+            h.summary()
         ));
-        if !h.unsampled.is_empty() {
-            text.push_str(&format!(
-                "\n  not sampled (no round trip in the playbook): {}",
-                h.unsampled.join(", ")
-            ));
-        }
     }
     text
 }

@@ -82,6 +82,22 @@ pub fn rotor_exe() -> &'static str {
     env!("CARGO_BIN_EXE_rotor")
 }
 
+/// A demo playbook whose grace (1h) and retention (7d) an ordinary rotation would wait for.
+pub fn slow_yaml(y: String) -> String {
+    let y = y
+        .replace("grace: 0s ", "grace: 1h ")
+        .replace("retention: 0s ", "retention: 7d ");
+    assert!(y.contains("grace: 1h") && y.contains("retention: 7d"));
+    y
+}
+
+/// What a child of [`Env::at_a_terminal`] reported.
+pub async fn terminal_result(child: tokio::process::Child) -> serde_json::Value {
+    let out = child.wait_with_output().await.unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
 /// The demo playbook with test timings (no grace, short drain), edited by `edit`.
 pub fn demo_yaml(edit: impl FnOnce(String) -> String) -> String {
     let y = rotor::demo::LOCAL_DEMO
@@ -198,6 +214,111 @@ impl Env {
             .as_str()
             .unwrap()
             .to_string()
+    }
+
+    /// `rotor <args> <playbook>` started in the background, its output piped.
+    pub fn spawn(&self, args: &[&str]) -> tokio::process::Child {
+        tokio::process::Command::from(self.command(args, &[]))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `rotor <args> <playbook>` with its stdin on a terminal into which `typed` is typed (and
+    /// nothing more), through Python's pty; the child prints `{"code", "stdout", "stderr"}`
+    /// as JSON (read it with [`terminal_result`]).
+    pub fn at_a_terminal(&self, args: &[&str], typed: &str) -> tokio::process::Child {
+        const SCRIPT: &str = r#"
+import json, os, subprocess, sys
+master, slave = os.openpty()
+os.write(master, sys.argv[1].encode())
+p = subprocess.run(sys.argv[2:], stdin=slave, capture_output=True, text=True)
+print(json.dumps({"code": p.returncode, "stdout": p.stdout, "stderr": p.stderr}))
+"#;
+        tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(SCRIPT)
+            .arg(typed)
+            .arg(rotor_exe())
+            .args(args)
+            .arg(&self.playbook)
+            .current_dir(self.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The stage the lock's holder file names, if a run holds the lock.
+    pub fn lock_stage(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.pb.state_dir.join("lock.json")).ok()?;
+        let holder: serde_json::Value = serde_json::from_str(&text).ok()?;
+        holder["stage"].as_str().map(str::to_string)
+    }
+
+    /// `rotor --output json rekey --emergency --reason <reason> <extra…>`.
+    pub async fn rekey(&self, reason: &str, extra: &[&str]) -> Out {
+        let mut args = vec![
+            "--output",
+            "json",
+            "rekey",
+            "--emergency",
+            "--reason",
+            reason,
+        ];
+        args.extend_from_slice(extra);
+        self.rotor(&args).await
+    }
+
+    /// The test failpoints of `direction` (`forward`, `inverse`) that `rotor failpoints` lists.
+    pub async fn failpoints(&self, direction: &str) -> Vec<String> {
+        let out = self.rotor(&["--output", "json", "failpoints"]).await;
+        out.assert_code(0);
+        let all: Vec<String> = serde_json::from_value(out.last_json()).unwrap();
+        let picked: Vec<String> = all
+            .into_iter()
+            .filter(|f| f.contains(&format!(".{direction}.")))
+            .collect();
+        assert!(picked.len() >= 15, "too few failpoints: {picked:?}");
+        picked
+    }
+
+    /// The first forward failpoint whose name starts with `prefix` (`T3.forward.rolled.`).
+    pub async fn failpoint(&self, prefix: &str) -> String {
+        self.failpoints("forward")
+            .await
+            .into_iter()
+            .find(|f| f.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no failpoint starts with {prefix}"))
+    }
+
+    /// The store file with the primary's `created_at` moved `days` into the past (the scheduled
+    /// mode reads the primary's age from the store).
+    pub fn age_primary(&self, days: i64) {
+        let rotor::playbook::StoreSpec::Local { path } = &self.pb.store else {
+            panic!("a local store")
+        };
+        let mut s = self.store();
+        let id = s["primary"].as_str().unwrap().to_string();
+        let when = chrono::Utc::now() - chrono::Duration::days(days);
+        for v in s["versions"].as_array_mut().unwrap() {
+            if v["id"] == id.as_str() {
+                v["created_at"] = serde_json::json!(when.to_rfc3339());
+            }
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(&s).unwrap()).unwrap();
+    }
+
+    /// The store's record of the version with fingerprint `fp`.
+    pub fn version_with(&self, fp: &str) -> serde_json::Value {
+        self.store()["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["fingerprint"] == fp)
+            .unwrap_or_else(|| panic!("no version {fp} in the store"))
+            .clone()
     }
 
     /// Asserts no request failed and some went through on every path.

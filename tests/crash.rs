@@ -1,19 +1,7 @@
 //! rotor killed with SIGKILL at every step boundary (test failpoints), under continuous load:
 //! `resume` completes, and separately `rollback` returns to S0, with no failed request.
 
-use crate::common::Env;
-
-async fn failpoints(env: &Env, direction: &str) -> Vec<String> {
-    let out = env.rotor(&["--output", "json", "failpoints"]).await;
-    out.assert_code(0);
-    let all: Vec<String> = serde_json::from_value(out.last_json()).unwrap();
-    let picked: Vec<String> = all
-        .into_iter()
-        .filter(|f| f.contains(&format!(".{direction}.")))
-        .collect();
-    assert!(picked.len() >= 15, "too few failpoints: {picked:?}");
-    picked
-}
+use crate::common::{Env, slow_yaml};
 
 /// Runs `args` with the failpoint armed and asserts rotor died by SIGKILL there.
 async fn crash(env: &Env, args: &[&str], fp: &str) {
@@ -28,7 +16,7 @@ async fn crash_then_resume(part: usize) {
     let env = Env::new();
     env.up().await;
     let load = env.load();
-    let fps = failpoints(&env, "forward").await;
+    let fps = env.failpoints("forward").await;
     let half = fps.len() / 2;
     let fps = if part == 0 {
         &fps[..half]
@@ -75,7 +63,7 @@ async fn crash_at_forward_boundaries_then_rollback() {
     let env = Env::new();
     env.up().await;
     let load = env.load();
-    for fp in failpoints(&env, "forward").await {
+    for fp in env.failpoints("forward").await {
         let a = env.store_primary();
         crash(&env, &["rotate", "--yes"], &fp).await;
         let out = env.rotor(&["rollback"]).await;
@@ -111,7 +99,7 @@ async fn crash_during_rollback_then_resume() {
     let env = Env::new();
     env.up().await;
     let load = env.load();
-    for fp in failpoints(&env, "inverse").await {
+    for fp in env.failpoints("inverse").await {
         let a = env.store_primary();
         env.rotor(&["rotate", "--yes", "--until", "S4"])
             .await
@@ -139,23 +127,8 @@ async fn a_scheduled_run_killed_mid_rotation_is_resumed_by_the_next_scheduled_ru
     env.up().await;
     let load = env.load();
     // Make the primary old enough to be due: a new store value is 0 s old, so age it.
-    let rotor::playbook::StoreSpec::Local { path } = &env.pb.store else {
-        panic!("a local store")
-    };
-    let mut s = env.store();
-    let id = s["primary"].as_str().unwrap().to_string();
-    for v in s["versions"].as_array_mut().unwrap() {
-        if v["id"] == id.as_str() {
-            v["created_at"] =
-                serde_json::json!((chrono::Utc::now() - chrono::Duration::days(91)).to_rfc3339());
-        }
-    }
-    std::fs::write(path, serde_json::to_vec_pretty(&s).unwrap()).unwrap();
-    let fp = failpoints(&env, "forward")
-        .await
-        .into_iter()
-        .find(|f| f.starts_with("T3.forward.rolled."))
-        .expect("a failpoint after T3 rolled its first consumer");
+    env.age_primary(91);
+    let fp = env.failpoint("T3.forward.rolled.").await;
     crash(&env, &["rotate", "--if-due"], &fp).await;
     let j = env.journal();
     assert_eq!(
@@ -189,17 +162,10 @@ async fn a_scheduled_run_killed_mid_rotation_is_resumed_by_the_next_scheduled_ru
 /// continues it: no hour of grace, no week of retention, no question without a terminal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_emergency_rekey_resumes_as_an_emergency() {
-    let env = Env::with(|y| {
-        y.replace("grace: 0s ", "grace: 1h ")
-            .replace("retention: 0s ", "retention: 7d ")
-    });
+    let env = Env::with(slow_yaml);
     env.up().await;
     let load = env.load();
-    let fp = failpoints(&env, "forward")
-        .await
-        .into_iter()
-        .find(|f| f.starts_with("T3.forward.rolled."))
-        .expect("a failpoint after T3 rolled its first consumer");
+    let fp = env.failpoint("T3.forward.rolled.").await;
     crash(&env, &["rekey", "--emergency", "--reason", "drill"], &fp).await;
     assert_eq!(env.journal()["mode"], "emergency");
     // In operator mode this would sit out the hour of grace: bound it so a regression fails.

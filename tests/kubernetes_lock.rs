@@ -237,7 +237,7 @@ async fn a_rekey_asks_the_holder_to_hand_over_and_the_holder_sees_it() {
         Err(e) => panic!("expected Held, got {e}"),
         Ok(_) => panic!("a live lease was taken"),
     };
-    let expires_before = env.lease().await.spec.unwrap().renew_time;
+    let claimed = env.lease().await.spec.unwrap();
     let req = Handover {
         by: "job-b".into(),
         reason: "leak".into(),
@@ -260,7 +260,9 @@ async fn a_rekey_asks_the_holder_to_hand_over_and_the_holder_sees_it() {
     let lease = env.lease().await;
     let spec = lease.spec.as_ref().unwrap();
     assert_eq!(spec.holder_identity.as_deref(), Some("job-a"));
-    assert!(spec.renew_time >= expires_before);
+    // Same acquisition, same number of holders: the request did not claim the lease.
+    assert_eq!(spec.acquire_time, claimed.acquire_time);
+    assert_eq!(spec.lease_transitions, claimed.lease_transitions);
     assert!(
         lease.metadata.annotations.as_ref().unwrap()["rotor.dev/holder"].contains("\"handover\"")
     );

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{Env, version, wait_for};
+use crate::common::{Env, slow_yaml, terminal_result, version, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_rotation_under_load_has_no_failed_request() {
@@ -152,11 +152,7 @@ async fn a_second_rotate_is_refused_with_the_holders_stage() {
     let env = Env::with(|y| y.replace("grace: 0s ", "grace: 10m "));
     env.up().await;
     let load = env.load();
-    let mut first = tokio::process::Command::from(env.command(&["rotate", "--yes"], &[]))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut first = env.spawn(&["rotate", "--yes"]);
     wait_for(
         "the first rotor to reach grace",
         Duration::from_secs(120),
@@ -412,23 +408,6 @@ async fn concurrency_flag_overrides_the_playbook_budget() {
     env.finish().await;
 }
 
-/// The store file with the primary's `created_at` moved `days` into the past (the scheduled
-/// mode reads the primary's age from the store).
-fn age_primary(env: &Env, days: i64) {
-    let rotor::playbook::StoreSpec::Local { path } = &env.pb.store else {
-        panic!("a local store")
-    };
-    let mut s = env.store();
-    let id = s["primary"].as_str().unwrap().to_string();
-    let when = chrono::Utc::now() - chrono::Duration::days(days);
-    for v in s["versions"].as_array_mut().unwrap() {
-        if v["id"] == id.as_str() {
-            v["created_at"] = serde_json::json!(when.to_rfc3339());
-        }
-    }
-    std::fs::write(path, serde_json::to_vec_pretty(&s).unwrap()).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn if_due_rotates_old_primaries_resumes_first_and_leaves_fresh_ones() {
     let env = Env::with(|y| format!("max_age: 90d\n{y}"));
@@ -465,7 +444,7 @@ async fn if_due_rotates_old_primaries_resumes_first_and_leaves_fresh_ones() {
     let b = env.store_primary();
     assert_ne!(a, b);
     // An old primary: due, rotated in scheduled mode, no prompt.
-    age_primary(&env, 91);
+    env.age_primary(91);
     let old = env.rotor(&["rotate", "--if-due"]).await;
     old.assert_code(0);
     assert!(old.stdout.contains("older than max_age"), "{}", old.stdout);
@@ -488,15 +467,6 @@ async fn if_due_without_a_schedule_is_a_usage_error() {
     env.finish().await;
 }
 
-/// A playbook whose grace (1h) and retention (7d) an ordinary rotation would wait for.
-fn slow_yaml(y: String) -> String {
-    let y = y
-        .replace("grace: 0s ", "grace: 1h ")
-        .replace("retention: 0s ", "retention: 7d ");
-    assert!(y.contains("grace: 1h") && y.contains("retention: 7d"));
-    y
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emergency_rekey_under_load_revokes_in_three_waves_with_no_failed_request() {
     let env = Env::with(slow_yaml);
@@ -504,16 +474,7 @@ async fn emergency_rekey_under_load_revokes_in_three_waves_with_no_failed_reques
     let a = env.store_primary();
     let load = env.load();
     let out = env
-        .rotor(&[
-            "--output",
-            "json",
-            "rekey",
-            "--emergency",
-            "--reason",
-            "key printed in CI logs",
-            "--incident",
-            "INC-42",
-        ])
+        .rekey("key printed in CI logs", &["--incident", "INC-42"])
         .await;
     out.assert_code(0);
     let report = load.stop().await;
@@ -554,13 +515,7 @@ async fn emergency_rekey_under_load_revokes_in_three_waves_with_no_failed_reques
             .any(|r| r["record"]["event"] == "step_finished" && r["record"]["transition"] == "T4")
     );
     // The old value is destroyed in the store, its fingerprint kept.
-    let s = env.store();
-    let old = s["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["fingerprint"] == a.as_str())
-        .unwrap();
+    let old = env.version_with(&a);
     assert_eq!(old["state"], "destroyed", "{old}");
     assert!(old.get("value").is_none());
     env.rotor(&["check"]).await.assert_code(0);
@@ -575,16 +530,7 @@ async fn emergency_rekey_takes_over_a_rotation_in_progress_without_waiting_for_g
         .await
         .assert_code(0);
     let id = env.journal()["id"].as_str().unwrap().to_string();
-    let out = env
-        .rotor(&[
-            "--output",
-            "json",
-            "rekey",
-            "--emergency",
-            "--reason",
-            "laptop stolen",
-        ])
-        .await;
+    let out = env.rekey("laptop stolen", &[]).await;
     out.assert_code(0);
     let r = &out.last_json()["report"];
     assert_eq!(r["rotation"], id.as_str(), "the same rotation, continued");
@@ -612,35 +558,15 @@ async fn emergency_rekey_asks_a_running_rotation_to_hand_over_instead_of_waiting
     env.up().await;
     let load = env.load();
     // An ordinary rotation, running, waiting out its hour of grace at S3.
-    let running =
-        tokio::process::Command::from(env.command(&["--output", "json", "rotate", "--yes"], &[]))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-    let holder = env.pb.state_dir.join("lock.json");
+    let running = env.spawn(&["--output", "json", "rotate", "--yes"]);
     wait_for(
         "the rotation to wait out its grace",
         Duration::from_secs(60),
-        async || {
-            std::fs::read_to_string(&holder)
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .is_some_and(|h| h["stage"] == "grace")
-        },
+        async || env.lock_stage().as_deref() == Some("grace"),
     )
     .await;
     let id = env.journal()["id"].as_str().unwrap().to_string();
-    let out = env
-        .rotor(&[
-            "--output",
-            "json",
-            "rekey",
-            "--emergency",
-            "--reason",
-            "token in a screenshot",
-        ])
-        .await;
+    let out = env.rekey("token in a screenshot", &[]).await;
     out.assert_code(0);
     // The running rotation stopped at S3 and said to whom it handed over.
     let ran = env.record(running.wait_with_output().await.unwrap());
@@ -686,18 +612,7 @@ async fn hard_cut_rolls_once_and_reports_the_failures_it_caused() {
     env.up().await;
     let a = env.store_primary();
     let load = env.load();
-    let out = env
-        .rotor(&[
-            "--output",
-            "json",
-            "rekey",
-            "--emergency",
-            "--reason",
-            "key on pastebin",
-            "--hard-cut",
-            "--yes",
-        ])
-        .await;
+    let out = env.rekey("key on pastebin", &["--hard-cut", "--yes"]).await;
     out.assert_code(0);
     let seen = load.stop().await;
     let r = &out.last_json()["report"];
@@ -724,13 +639,7 @@ async fn hard_cut_rolls_once_and_reports_the_failures_it_caused() {
     assert_eq!(j["hard_cut"], true);
     assert_eq!(j["mode"], "emergency");
     // The old value is gone, and the fleet is consistent on the new one.
-    let s = env.store();
-    let old = s["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["fingerprint"] == a.as_str())
-        .unwrap();
+    let old = env.version_with(&a);
     assert_eq!(old["state"], "destroyed", "{old}");
     env.rotor(&["check"]).await.assert_code(0);
     env.finish().await;
@@ -743,13 +652,7 @@ async fn a_hard_cut_interrupted_before_or_during_its_wave_rolls_back_to_s0() {
     let env = Env::new();
     env.up().await;
     let a = env.store_primary();
-    let out = env.rotor(&["--output", "json", "failpoints"]).await;
-    let all: Vec<String> = serde_json::from_value(out.last_json()).unwrap();
-    let wave = all
-        .iter()
-        .find(|f| f.starts_with("T4.forward.rolled."))
-        .expect("a failpoint after the cut rolled its first consumer")
-        .clone();
+    let wave = env.failpoint("T4.forward.rolled.").await;
     for fp in ["T3.forward.store".to_string(), wave] {
         let cut = env
             .rotor_env(
@@ -786,29 +689,14 @@ async fn a_hard_cut_interrupted_before_or_during_its_wave_rolls_back_to_s0() {
 async fn a_rekey_that_gives_up_leaves_the_running_rotation_undisturbed() {
     let env = Env::with(|y| y.replace("soak: 0s", "soak: 3s"));
     env.up().await;
-    let running =
-        tokio::process::Command::from(env.command(&["--output", "json", "rotate", "--yes"], &[]))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-    let holder = env.pb.state_dir.join("lock.json");
+    let running = env.spawn(&["--output", "json", "rotate", "--yes"]);
     wait_for(
         "the rotation to soak in T2",
         Duration::from_secs(60),
-        async || std::fs::read_to_string(&holder).is_ok_and(|t| t.contains("T2 widen forward")),
+        async || env.lock_stage().as_deref() == Some("T2 widen forward"),
     )
     .await;
-    let gave_up = env
-        .rotor(&[
-            "rekey",
-            "--emergency",
-            "--reason",
-            "drill",
-            "--handover-timeout",
-            "1s",
-        ])
-        .await;
+    let gave_up = env.rekey("drill", &["--handover-timeout", "1s"]).await;
     gave_up.assert_code(4);
     assert!(
         gave_up
@@ -834,23 +722,7 @@ async fn a_rotation_waiting_at_a_question_hands_over_without_an_answer() {
     let env = Env::new();
     env.up().await;
     // `rotor rotate` with its stdin on a terminal nobody types into.
-    let script = r#"
-import json, os, subprocess, sys
-master, slave = os.openpty()
-p = subprocess.run(sys.argv[1:], stdin=slave, capture_output=True, text=True)
-print(json.dumps({"code": p.returncode, "stdout": p.stdout, "stderr": p.stderr}))
-"#;
-    let asking = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(crate::common::rotor_exe())
-        .args(["--output", "json", "rotate"])
-        .arg(&env.playbook)
-        .current_dir(env.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let asking = env.at_a_terminal(&["--output", "json", "rotate"], "");
     wait_for("the T4 question", Duration::from_secs(60), async || {
         std::fs::read_to_string(env.pb.state_dir.join("journal.json"))
             .ok()
@@ -858,20 +730,10 @@ print(json.dumps({"code": p.returncode, "stdout": p.stdout, "stderr": p.stderr})
             .is_some_and(|j| j["state"] == "S3")
     })
     .await;
-    let out = env
-        .rotor(&[
-            "--output",
-            "json",
-            "rekey",
-            "--emergency",
-            "--reason",
-            "drill",
-        ])
-        .await;
+    let out = env.rekey("drill", &[]).await;
     out.assert_code(0);
     assert_eq!(out.last_json()["report"]["state"], "S5");
-    let done = asking.wait_with_output().await.unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    let r = terminal_result(asking).await;
     assert_eq!(r["code"], 10, "{r}");
     assert!(
         r["stdout"]
@@ -888,15 +750,8 @@ async fn hard_cut_asks_twice_and_without_a_terminal_needs_yes() {
     let env = Env::new();
     env.up().await;
     let before = env.store();
-    let args = [
-        "rekey",
-        "--emergency",
-        "--reason",
-        "drill",
-        "--hard-cut",
-        env.playbook.to_str().unwrap(),
-    ];
-    let no_tty = env.rotor(&args[..5]).await;
+    let args = ["rekey", "--emergency", "--reason", "drill", "--hard-cut"];
+    let no_tty = env.rotor(&args).await;
     no_tty.assert_code(7);
     assert!(
         no_tty.stderr.contains("not a terminal")
@@ -905,19 +760,7 @@ async fn hard_cut_asks_twice_and_without_a_terminal_needs_yes() {
         no_tty.stderr
     );
     // At a terminal: yes to the first question, no to the second.
-    let answered = crate::common::python(
-        env.path(),
-        r#"
-import json, os, subprocess, sys
-master, slave = os.openpty()
-os.write(master, b"y\nn\n")
-p = subprocess.run(sys.argv[1:], stdin=slave, capture_output=True, text=True)
-print(json.dumps({"code": p.returncode, "stderr": p.stderr}))
-"#,
-        &[&[crate::common::rotor_exe()][..], &args[..]].concat(),
-        "",
-    );
-    let answered: serde_json::Value = serde_json::from_str(&answered).unwrap();
+    let answered = terminal_result(env.at_a_terminal(&args, "y\nn\n")).await;
     assert_eq!(answered["code"], 7, "{answered}");
     let stderr = answered["stderr"].as_str().unwrap();
     assert!(

@@ -41,6 +41,26 @@ pub struct HardCutReport {
     pub unsampled: Vec<String>,
 }
 
+impl HardCutReport {
+    /// One line for people: the failures, the sample, the wave, what was not sampled.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} of {} sampled round trips failed during the {:.2}s wave ({} could not reach a restarting signer)",
+            self.failed_round_trips,
+            self.sampled_round_trips,
+            self.window_seconds,
+            self.unreachable
+        );
+        if !self.unsampled.is_empty() {
+            s.push_str(&format!(
+                "; not sampled (no round trip in the playbook): {}",
+                self.unsampled.join(", ")
+            ));
+        }
+        s
+    }
+}
+
 /// Whether a forward or inverse `t` rolls `role`, for a hard cut (`hard_cut`) or the ordinary
 /// three waves.
 pub fn rolls(hard_cut: bool, t: Transition, dir: Direction, role: Role) -> bool {

@@ -81,9 +81,14 @@ pub struct Handover {
 }
 
 impl Handover {
-    /// Whether this request is addressed to `holder`'s claim and still stands at `now`.
-    pub fn is_for(&self, holder: &Holder, now: DateTime<Utc>) -> bool {
-        self.to == holder.identity && self.to_since == holder.since && now < self.until
+    /// Whether the rekey is still waiting for this request to be taken up.
+    pub fn stands(&self) -> bool {
+        Utc::now() < self.until
+    }
+
+    /// Whether this request is addressed to `holder`'s claim and still stands.
+    pub fn is_for(&self, holder: &Holder) -> bool {
+        self.to == holder.identity && self.to_since == holder.since && self.stands()
     }
 }
 
@@ -300,7 +305,7 @@ impl FileLock {
         h.handover = fs::read(self.handover_path())
             .ok()
             .and_then(|b| serde_json::from_slice::<Handover>(&b).ok())
-            .filter(|req| req.is_for(&h, Utc::now()));
+            .filter(|req| req.is_for(&h));
         Some(h)
     }
 
@@ -346,7 +351,7 @@ impl LockGuard for FileGuard {
         let req: Handover = serde_json::from_slice(&bytes).ok()?;
         // Only a standing request addressed to this acquisition counts.
         let holder = self.holder.lock().expect("holder mutex");
-        req.is_for(&holder, Utc::now()).then_some(req)
+        req.is_for(&holder).then_some(req)
     }
 
     async fn release(self: Box<Self>) -> Result<(), LockError> {

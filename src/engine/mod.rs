@@ -845,7 +845,7 @@ impl Engine {
                 LockError::Held(h) if h.command != "rekey" => {
                     // Ask (again) whenever the holder has no request standing: a new holder, or
                     // one whose request was withdrawn or lapsed (another rekey that gave up).
-                    let standing = h.handover.as_ref().is_some_and(|r| Utc::now() < r.until);
+                    let standing = h.handover.as_ref().is_some_and(lock::Handover::stands);
                     let addressed = asked
                         .as_ref()
                         .is_some_and(|r| r.to == h.identity && r.to_since == h.since);
@@ -924,9 +924,7 @@ impl Engine {
         let mut run = Run::new(self, journal, guard, audit, opts.clone());
         run.emit_start("rekey");
         if continuing_cut {
-            run.emit(Event::Note {
-                message: "this rotation is a hard cut (started with --hard-cut): it continues as one, so T4 rolls every consumer at once and requests fail until that wave ends".into(),
-            });
+            run.note_continuing_cut();
         }
         run.reconcile().await?;
         run.save().await?;
@@ -961,9 +959,7 @@ impl Engine {
         let mut run = Run::new(self, journal, guard, audit, opts.clone());
         run.emit_start("resume");
         if hard_cut && !rolling_back {
-            run.emit(Event::Note {
-                message: "this rotation is a hard cut (started with --hard-cut): it continues as one, so T4 rolls every consumer at once and requests fail until that wave ends".into(),
-            });
+            run.note_continuing_cut();
         }
         run.reconcile().await?;
         if rolling_back {
@@ -1175,16 +1171,12 @@ impl<'e> Run<'e> {
         self.save().await?;
         // A dirty forward step is simply re-run: steps converge.
         loop {
-            // A lost lock (lease taken over after this run failed to renew it) stops the run.
-            if let Some(h) = self.guard.lost() {
-                return Err(LockError::Lost(Box::new(h)).into());
-            }
             let state = self.journal.state;
             if state >= until {
                 return self.finish_forward().await;
             }
-            if let Some(req) = self.handover_requested() {
-                return self.hand_over(req).await;
+            if let Some(stop) = self.interrupted().await? {
+                return Ok(stop);
             }
             let t = state
                 .next_transition()
@@ -1259,6 +1251,26 @@ impl<'e> Run<'e> {
         }
     }
 
+    /// Whether this run must stop before its next step: its lock is lost (taken over, or its
+    /// claim lapsed: an error), or an emergency rekey asked for the rotation (handed over at
+    /// this stable state).
+    async fn interrupted(&mut self) -> Result<Option<RunReport>, EngineError> {
+        if let Some(h) = self.guard.lost() {
+            return Err(LockError::Lost(Box::new(h)).into());
+        }
+        match self.handover_requested() {
+            Some(req) => self.hand_over(req).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Says that the rotation continues as the hard cut it was started as.
+    fn note_continuing_cut(&self) {
+        self.emit(Event::Note {
+            message: "this rotation is a hard cut (started with --hard-cut): it continues as one, so T4 rolls every consumer at once and requests fail until that wave ends".into(),
+        });
+    }
+
     /// Stops at the current stable state for an emergency rekey that asked for the rotation.
     async fn hand_over(&mut self, req: lock::Handover) -> Result<RunReport, EngineError> {
         let detail = format!(
@@ -1318,11 +1330,8 @@ impl<'e> Run<'e> {
                 });
                 self.guard.set_stage(None, "grace");
                 self.waited += self.wait(remaining).await;
-                if let Some(h) = self.guard.lost() {
-                    return Err(LockError::Lost(Box::new(h)).into());
-                }
-                if let Some(req) = self.handover_requested() {
-                    return self.hand_over(req).await.map(Some);
+                if let Some(stop) = self.interrupted().await? {
+                    return Ok(Some(stop));
                 }
             }
         }
@@ -1697,21 +1706,7 @@ impl<'e> Run<'e> {
             .await;
         let report = sampler.stop().await;
         self.emit(Event::Note {
-            message: format!(
-                "hard cut: {} of {} sampled round trips failed during the {:.2}s wave ({} could not reach a restarting signer){}",
-                report.failed_round_trips,
-                report.sampled_round_trips,
-                report.window_seconds,
-                report.unreachable,
-                if report.unsampled.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "; not sampled (no round trip in the playbook): {}",
-                        report.unsampled.join(", ")
-                    )
-                }
-            ),
+            message: format!("hard cut: {}", report.summary()),
         });
         self.hard_cut = Some(report);
         rolled

@@ -218,7 +218,7 @@ impl<B: Backend> Ctx<B> {
                 .expect("lock mutex")
                 .handover
                 .clone()
-                .filter(|r| Utc::now() < r.until);
+                .filter(Handover::stands);
             let next = b.renewed(&last, &holder, Utc::now(), self.duration);
             match b.put(&next, false).await {
                 Ok(written) => {
@@ -261,17 +261,22 @@ enum Renewal {
 /// The holder to report when the record is no longer ours.
 fn foreign(holder: Option<Holder>) -> Holder {
     holder.unwrap_or_else(|| {
-        let now = Utc::now();
-        Holder {
-            identity: "nobody (the lock was released or deleted by someone else)".into(),
-            command: "-".into(),
-            rotation: None,
-            stage: "-".into(),
-            since: now,
-            expires: now,
-            handover: None,
-        }
+        nobody("nobody (the lock was released or deleted by someone else)".into())
     })
+}
+
+/// A holder that is no run: what a lost guard reports when nobody holds the record.
+fn nobody(identity: String) -> Holder {
+    let now = Utc::now();
+    Holder {
+        identity,
+        command: "-".into(),
+        rotation: None,
+        stage: "-".into(),
+        since: now,
+        expires: now,
+        handover: None,
+    }
 }
 
 #[async_trait]
@@ -337,7 +342,7 @@ impl<B: Backend> RotationLock for RecordLock<B> {
                 return Ok(false);
             };
             // A request still standing says the same thing; one past its deadline is void.
-            if h.handover.as_ref().is_some_and(|r| Utc::now() < r.until) {
+            if h.handover.as_ref().is_some_and(Handover::stands) {
                 return Ok(true);
             }
             h.handover = Some(req.clone());
@@ -430,13 +435,7 @@ async fn renew_loop<B: Backend>(
             r = ctx.renew(&shared, &holder) => Some(r),
         };
         let Some(outcome) = outcome else {
-            if let Some(h) = lapse(&ctx, &shared) {
-                ctx.note(format!(
-                    "the claim on the lock {} lapsed: {}; this run stops before its next step and writes nothing more",
-                    ctx.backend.describe(),
-                    h.identity
-                ));
-            }
+            lapse(&ctx, &shared);
             return;
         };
         match outcome {
@@ -452,14 +451,6 @@ async fn renew_loop<B: Backend>(
                 return;
             }
             Err(Renewal::Failed(e)) => {
-                if let Some(h) = lapse(&ctx, &shared) {
-                    ctx.note(format!(
-                        "the claim on the lock {} lapsed: {}; this run stops before its next step and writes nothing more (last error: {e})",
-                        ctx.backend.describe(),
-                        h.identity
-                    ));
-                    return;
-                }
                 let expires = ctx
                     .backend
                     .holder_of(&shared.lock().expect("lock mutex").last)
@@ -469,32 +460,37 @@ async fn renew_loop<B: Backend>(
                     "could not renew the lock {} (it lapses at {expires} unless a later renewal succeeds): {e}",
                     ctx.backend.describe()
                 ));
+                if lapse(&ctx, &shared).is_some() {
+                    return;
+                }
             }
         }
     }
 }
 
-/// Marks the claim lapsed when it went unrenewed for a whole duration; returns the synthetic
-/// holder [`LockGuard::lost`] reports then.
+/// Marks the claim lapsed (and says so, once) when it went unrenewed for a whole duration;
+/// returns who [`LockGuard::lost`] reports: the run that took the lock, or a synthetic holder
+/// for a lapse.
 fn lapse<B: Backend>(ctx: &Ctx<B>, shared: &Mutex<Shared<B::Record>>) -> Option<Holder> {
-    let mut s = shared.lock().expect("lock mutex");
-    if s.lost.is_none() && s.renewed.elapsed() >= ctx.duration {
-        let now = Utc::now();
+    let lapsed = {
+        let mut s = shared.lock().expect("lock mutex");
+        if s.lost.is_some() || s.renewed.elapsed() < ctx.duration {
+            return s.lost.clone();
+        }
+        let h = nobody(format!(
+            "nobody yet (this run could not renew its claim for {}s, so it lapsed and may be taken over)",
+            ctx.duration.as_secs()
+        ));
         s.lapsed = true;
-        s.lost = Some(Holder {
-            identity: format!(
-                "nobody yet (this run could not renew its claim for {}s, so it lapsed and may be taken over)",
-                ctx.duration.as_secs()
-            ),
-            command: "-".into(),
-            rotation: None,
-            stage: "-".into(),
-            since: now,
-            expires: now,
-            handover: None,
-        });
-    }
-    s.lost.clone()
+        s.lost = Some(h.clone());
+        h
+    };
+    ctx.note(format!(
+        "the claim on the lock {} lapsed: {}; this run stops before its next step and writes nothing more",
+        ctx.backend.describe(),
+        lapsed.identity
+    ));
+    Some(lapsed)
 }
 
 impl<B: Backend> Guard<B> {
@@ -530,7 +526,7 @@ impl<B: Backend> LockGuard for Guard<B> {
 
     fn handover(&self) -> Option<Handover> {
         let req = self.shared.lock().expect("lock mutex").handover.clone()?;
-        (Utc::now() < req.until).then_some(req)
+        req.stands().then_some(req)
     }
 
     async fn release(self: Box<Self>) -> Result<(), LockError> {
