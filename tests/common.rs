@@ -284,6 +284,15 @@ print(json.dumps({"code": p.returncode, "stdout": p.stdout, "stderr": p.stderr})
         picked
     }
 
+    /// Runs `args` with the failpoint `fp` armed and asserts rotor died by SIGKILL there,
+    /// leaving a rotation that is not complete.
+    pub async fn crash(&self, args: &[&str], fp: &str) {
+        let out = self.rotor_env(args, &[("ROTOR_FAILPOINT", fp)]).await;
+        assert_eq!(out.signal(), Some(9), "rotor did not die at {fp}: {out:#?}");
+        let j = self.journal();
+        assert_ne!(j["status"], "completed", "{fp}");
+    }
+
     /// The first forward failpoint whose name starts with `prefix` (`T3.forward.rolled.`).
     pub async fn failpoint(&self, prefix: &str) -> String {
         self.failpoints("forward")

@@ -3,14 +3,6 @@
 
 use crate::common::{Env, slow_yaml};
 
-/// Runs `args` with the failpoint armed and asserts rotor died by SIGKILL there.
-async fn crash(env: &Env, args: &[&str], fp: &str) {
-    let out = env.rotor_env(args, &[("ROTOR_FAILPOINT", fp)]).await;
-    assert_eq!(out.signal(), Some(9), "rotor did not die at {fp}: {out:#?}");
-    let j = env.journal();
-    assert_ne!(j["status"], "completed", "{fp}");
-}
-
 /// After a crash in a forward step, `resume` finishes the rotation.
 async fn crash_then_resume(part: usize) {
     let env = Env::new();
@@ -24,7 +16,7 @@ async fn crash_then_resume(part: usize) {
         &fps[half..]
     };
     for fp in fps {
-        crash(&env, &["rotate", "--yes"], fp).await;
+        env.crash(&["rotate", "--yes"], fp).await;
         let out = env.rotor(&["resume", "--yes"]).await;
         out.assert_code(0);
         let j = env.journal();
@@ -65,7 +57,7 @@ async fn crash_at_forward_boundaries_then_rollback() {
     let load = env.load();
     for fp in env.failpoints("forward").await {
         let a = env.store_primary();
-        crash(&env, &["rotate", "--yes"], &fp).await;
+        env.crash(&["rotate", "--yes"], &fp).await;
         let out = env.rotor(&["rollback"]).await;
         if fp == "T5.forward.begin" || !fp.starts_with("T5") {
             out.assert_code(0);
@@ -104,7 +96,7 @@ async fn crash_during_rollback_then_resume() {
         env.rotor(&["rotate", "--yes", "--until", "S4"])
             .await
             .assert_code(0);
-        crash(&env, &["rollback"], &fp).await;
+        env.crash(&["rollback"], &fp).await;
         let out = env.rotor(&["resume", "--yes"]).await;
         out.assert_code(0);
         let j = env.journal();
@@ -129,7 +121,7 @@ async fn a_scheduled_run_killed_mid_rotation_is_resumed_by_the_next_scheduled_ru
     // Make the primary old enough to be due: a new store value is 0 s old, so age it.
     env.age_primary(91);
     let fp = env.failpoint("T3.forward.rolled.").await;
-    crash(&env, &["rotate", "--if-due"], &fp).await;
+    env.crash(&["rotate", "--if-due"], &fp).await;
     let j = env.journal();
     assert_eq!(
         (j["mode"].as_str(), j["state"].as_str()),
@@ -166,7 +158,8 @@ async fn a_killed_emergency_rekey_resumes_as_an_emergency() {
     env.up().await;
     let load = env.load();
     let fp = env.failpoint("T3.forward.rolled.").await;
-    crash(&env, &["rekey", "--emergency", "--reason", "drill"], &fp).await;
+    env.crash(&["rekey", "--emergency", "--reason", "drill"], &fp)
+        .await;
     assert_eq!(env.journal()["mode"], "emergency");
     // In operator mode this would sit out the hour of grace: bound it so a regression fails.
     let out = tokio::time::timeout(

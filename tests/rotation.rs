@@ -654,20 +654,18 @@ async fn a_hard_cut_interrupted_before_or_during_its_wave_rolls_back_to_s0() {
     let a = env.store_primary();
     let wave = env.failpoint("T4.forward.rolled.").await;
     for fp in ["T3.forward.store".to_string(), wave] {
-        let cut = env
-            .rotor_env(
-                &[
-                    "rekey",
-                    "--emergency",
-                    "--reason",
-                    "drill",
-                    "--hard-cut",
-                    "--yes",
-                ],
-                &[("ROTOR_FAILPOINT", fp.as_str())],
-            )
-            .await;
-        assert_eq!(cut.signal(), Some(9), "rotor did not die at {fp}: {cut:#?}");
+        env.crash(
+            &[
+                "rekey",
+                "--emergency",
+                "--reason",
+                "drill",
+                "--hard-cut",
+                "--yes",
+            ],
+            &fp,
+        )
+        .await;
         assert_eq!(env.journal()["hard_cut"], true);
         let back = env.rotor(&["rollback"]).await;
         back.assert_code(0);
