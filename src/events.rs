@@ -67,6 +67,20 @@ pub enum Event {
         /// Secondary it holds now.
         secondary: Option<Fingerprint>,
     },
+    /// One instance met its gate: proven (or not) for the state its rollout enters, at its own
+    /// address, before it took traffic (or, for a running instance, before it was kept).
+    InstanceGated {
+        /// Consumer.
+        consumer: String,
+        /// Instance.
+        instance: String,
+        /// True when it passed.
+        passed: bool,
+        /// What was proven, or what failed (fingerprints only).
+        detail: String,
+        /// How long the proof took, in milliseconds.
+        millis: f64,
+    },
     /// A consumer rollout finished.
     RolloutFinished {
         /// Consumer.

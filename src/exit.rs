@@ -29,6 +29,9 @@ pub enum Exit {
     /// An emergency rekey took the rotation over: this run stopped at a stable state and the
     /// rekey finishes it.
     HandedOver = 10,
+    /// A validator instance accepted a canary (a value rotor never issued): the pre-flight
+    /// refused to start, nothing was changed.
+    FailsOpen = 11,
 }
 
 impl From<Exit> for ExitCode {

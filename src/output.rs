@@ -224,6 +224,27 @@ impl EventSink for Output {
                 self.println(detail);
             }
             Event::Note { message } => self.println(&format!("  {message}")),
+            // A failed gate says why (the step's failure follows); passes only move the bar.
+            Event::InstanceGated {
+                consumer,
+                instance,
+                passed: false,
+                detail,
+                ..
+            } => {
+                let msg = format!("  {consumer}: instance {instance} failed its gate: {detail}");
+                self.println(&msg);
+            }
+            Event::InstanceGated {
+                consumer,
+                instance,
+                millis,
+                ..
+            } => {
+                if self.tty {
+                    self.bar_message(format!("{consumer}: {instance} proven in {millis:.0} ms"));
+                }
+            }
             Event::RolloutStarted { .. } | Event::RolloutFinished { .. } => {}
         }
     }

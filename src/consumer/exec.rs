@@ -28,8 +28,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Consumer, ConsumerError, Desired, Held, HeldSource, Instance, RolloutReport, Slots,
-    configured_held,
+    Consumer, ConsumerError, Desired, Gate, Held, HeldSource, Instance, RolloutReport, Slots,
+    configured_held, pass_gate,
 };
 use crate::events::{Event, EventSink};
 use crate::playbook::{ExecSpec, Pickup, Playbook, SlotNames, StoreSpec, Timings};
@@ -230,9 +230,13 @@ impl Consumer for ExecConsumer {
         Pickup::Restart
     }
 
+    /// Runs the command, records what it applied, then proves every target through `gate`
+    /// before the next consumer moves (rotor cannot hold traffic back from a target it does not
+    /// run, so the proof comes right after the change; a failure starts the rollback).
     async fn apply(
         &self,
         slots: &Slots,
+        gate: &dyn Gate,
         events: &dyn EventSink,
     ) -> Result<RolloutReport, ConsumerError> {
         let d = Desired::new(&self.slot_names, &self.secret, slots);
@@ -254,6 +258,11 @@ impl Consumer for ExecConsumer {
                 .filter(|_| d.secondary.is_some()),
             at: chrono::Utc::now(),
         })?;
+        for target in self.instances().await? {
+            if let Some(addr) = target.addr {
+                pass_gate(gate, &self.name, &target.id, addr, events).await?;
+            }
+        }
         events.emit(&Event::RolloutFinished {
             consumer: self.name.clone(),
             restarts: 1,
@@ -321,8 +330,13 @@ impl Consumer for ExecConsumer {
         ))
     }
 
-    async fn start(&self, slots: &Slots, events: &dyn EventSink) -> Result<(), ConsumerError> {
-        self.apply(slots, events).await.map(|_| ())
+    async fn start(
+        &self,
+        slots: &Slots,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
+    ) -> Result<(), ConsumerError> {
+        self.apply(slots, gate, events).await.map(|_| ())
     }
 
     /// rotor does not run the consumer: nothing to stop.

@@ -30,8 +30,8 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::{
-    Consumer, ConsumerError, Desired, Held, HeldSource, Instance, RolloutReport, Slots,
-    configured_held, report_held,
+    Consumer, ConsumerError, Desired, Gate, Held, HeldSource, Instance, RolloutReport, Slots,
+    configured_held, pass_gate, report_held,
 };
 use crate::cluster::{Call, Cluster, ClusterError, retry};
 use crate::events::{Event, EventSink};
@@ -46,6 +46,8 @@ const POLL: Duration = Duration::from_millis(100);
 const POLL_MAX: Duration = Duration::from_millis(500);
 /// Between two polls that read the workload only, how often its pods are listed too.
 const PODS_EVERY: u32 = 4;
+/// The pod condition rotor's readiness gate waits for: True once rotor proved the pod.
+pub const GATE_CONDITION: &str = "rotor.dev/proven";
 /// How often one Secret write is re-decided after losing a race.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -90,6 +92,8 @@ struct WorkloadView {
     selector: String,
     /// First containerPort of the template.
     first_port: Option<u16>,
+    /// Condition types of the template's readiness gates.
+    gates: Vec<String>,
 }
 
 impl WorkloadView {
@@ -115,6 +119,12 @@ struct PodView {
     age: Duration,
     /// `CrashLoopBackOff: …`, `exited 1`, …
     waiting: Option<String>,
+    /// Every container is ready (the `ContainersReady` condition): what a gate waits for.
+    containers_ready: bool,
+    /// The pod's spec lists rotor's readiness gate.
+    gated: bool,
+    /// The status of rotor's gate condition (`True`, `False`), if set.
+    proven: Option<String>,
 }
 
 fn selector_string(sel: &LabelSelector) -> String {
@@ -136,13 +146,19 @@ fn selector_string(sel: &LabelSelector) -> String {
     parts.join(",")
 }
 
-fn template_facts(t: &PodTemplateSpec, key: &str) -> (Option<String>, Option<u16>) {
+fn template_facts(t: &PodTemplateSpec, key: &str) -> (Option<String>, Option<u16>, Vec<String>) {
     let annotation = t
         .metadata
         .as_ref()
         .and_then(|m| m.annotations.as_ref())
         .and_then(|a| a.get(key).cloned());
-    (annotation, first_port(t.spec.as_ref()))
+    let gates = t
+        .spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .map(|g| g.iter().map(|g| g.condition_type.clone()).collect())
+        .unwrap_or_default();
+    (annotation, first_port(t.spec.as_ref()), gates)
 }
 
 fn first_port(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<u16> {
@@ -155,7 +171,7 @@ fn first_port(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<u16>
 fn deployment_view(d: Deployment, key: &str) -> WorkloadView {
     let spec = d.spec.unwrap_or_default();
     let status = d.status.unwrap_or_default();
-    let (annotation, first_port) = template_facts(&spec.template, key);
+    let (annotation, first_port, gates) = template_facts(&spec.template, key);
     let stalled = status.conditions.iter().flatten().find_map(|c| {
         (c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
             .then(|| c.message.clone().unwrap_or_default())
@@ -173,13 +189,14 @@ fn deployment_view(d: Deployment, key: &str) -> WorkloadView {
         annotation,
         selector: selector_string(&spec.selector),
         first_port,
+        gates,
     }
 }
 
 fn statefulset_view(s: StatefulSet, key: &str) -> WorkloadView {
     let spec = s.spec.unwrap_or_default();
     let status = s.status.unwrap_or_default();
-    let (annotation, first_port) = template_facts(&spec.template, key);
+    let (annotation, first_port, gates) = template_facts(&spec.template, key);
     WorkloadView {
         generation: s.metadata.generation.unwrap_or(0),
         observed: status.observed_generation.unwrap_or(0),
@@ -194,13 +211,14 @@ fn statefulset_view(s: StatefulSet, key: &str) -> WorkloadView {
         annotation,
         selector: selector_string(&spec.selector),
         first_port,
+        gates,
     }
 }
 
 fn daemonset_view(d: DaemonSet, key: &str) -> WorkloadView {
     let spec = d.spec.unwrap_or_default();
     let status = d.status.unwrap_or_default();
-    let (annotation, first_port) = template_facts(&spec.template, key);
+    let (annotation, first_port, gates) = template_facts(&spec.template, key);
     WorkloadView {
         generation: d.metadata.generation.unwrap_or(0),
         observed: status.observed_generation.unwrap_or(0),
@@ -214,16 +232,34 @@ fn daemonset_view(d: DaemonSet, key: &str) -> WorkloadView {
         annotation,
         selector: selector_string(&spec.selector),
         first_port,
+        gates,
     }
 }
 
 fn pod_view(p: Pod, key: &str) -> PodView {
     let status = p.status.unwrap_or_default();
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let condition = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == t)
+            .map(|c| c.status.clone())
+    };
+    let ready = condition("Ready").as_deref() == Some("True");
+    let containers_ready = match condition("ContainersReady") {
+        Some(s) => s == "True",
+        None => {
+            let cs = status.container_statuses.iter().flatten();
+            ready || (cs.clone().count() > 0 && cs.clone().all(|c| c.ready))
+        }
+    };
+    let proven = condition(GATE_CONDITION);
+    let gated = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|g| g.iter().any(|g| g.condition_type == GATE_CONDITION));
     let waiting = status
         .container_statuses
         .iter()
@@ -263,6 +299,9 @@ fn pod_view(p: Pod, key: &str) -> PodView {
         port: first_port(p.spec.as_ref()),
         age,
         waiting,
+        containers_ready,
+        gated,
+        proven,
     }
 }
 
@@ -367,12 +406,21 @@ impl KubernetesConsumer {
         r.map_err(|e| self.cluster_error(e))
     }
 
-    /// Sets the template annotation (a merge patch: idempotent, so safe to retry).
-    async fn patch_template(&self, value: &str) -> Result<(), ConsumerError> {
+    /// Sets the template annotation and adds rotor's readiness gate to the template's gates
+    /// (a merge patch: idempotent, so safe to retry; the gates a template already lists stay).
+    async fn patch_template(&self, value: &str, gates: &[String]) -> Result<(), ConsumerError> {
         let name = &self.spec.workload.name;
         let call = self.workload_call("patch");
-        let body =
-            json!({"spec": {"template": {"metadata": {"annotations": {&self.annotation: value}}}}});
+        let mut gates: Vec<serde_json::Value> = gates
+            .iter()
+            .filter(|g| g.as_str() != GATE_CONDITION)
+            .map(|g| json!({"conditionType": g}))
+            .collect();
+        gates.push(json!({"conditionType": GATE_CONDITION}));
+        let body = json!({"spec": {"template": {
+            "metadata": {"annotations": {&self.annotation: value}},
+            "spec": {"readinessGates": gates},
+        }}});
         let pp = PatchParams::default();
         let patch = Patch::Merge(&body);
         let c = self.client.clone();
@@ -413,6 +461,96 @@ impl KubernetesConsumer {
             .collect();
         pods.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(pods)
+    }
+
+    /// Sets rotor's gate condition on pod `name` through `pods/status` (a strategic merge patch:
+    /// conditions merge by type, so the kubelet's own conditions stay).
+    async fn set_proven(&self, name: &str, proven: bool, message: &str) -> Result<(), ConsumerError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), self.ns());
+        let call = Call::new("patch", "pods/status", "", self.ns(), name);
+        let body = json!({"status": {"conditions": [{
+            "type": GATE_CONDITION,
+            "status": if proven { "True" } else { "False" },
+            "reason": if proven { "Proven" } else { "ProofFailed" },
+            "message": message.chars().take(512).collect::<String>(),
+            "lastTransitionTime": jiff::Timestamp::now().to_string(),
+        }]}});
+        let pp = PatchParams::default();
+        let patch = Patch::Strategic(&body);
+        retry(&call, || api.patch_status(name, &pp, &patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.cluster_error(e))
+    }
+
+    /// Where rotor reaches pod `p` directly.
+    fn pod_addr(&self, view: &WorkloadView, p: &PodView) -> Option<SocketAddr> {
+        Some(SocketAddr::new(p.ip?, self.port(view.first_port, p.port)?))
+    }
+
+    /// Proves one pod whose containers are ready through `gate`, at its own IP, then opens its
+    /// readiness gate; a pod that fails keeps its gate closed (condition False: never Ready,
+    /// never an endpoint) and the rollout fails.
+    async fn prove_pod(
+        &self,
+        view: &WorkloadView,
+        p: &PodView,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
+    ) -> Result<(), ConsumerError> {
+        let Some(addr) = self.pod_addr(view, p) else {
+            return Err(ConsumerError::Gate {
+                consumer: self.name.clone(),
+                instance: p.name.clone(),
+                detail: "the pod has no IP or port to prove it at".into(),
+            });
+        };
+        match pass_gate(gate, &self.name, &p.name, addr, events).await {
+            Ok(()) => self.set_proven(&p.name, true, "proven by rotor").await,
+            Err(e) => {
+                let _ = self
+                    .set_proven(&p.name, false, "failed rotor's proof (see rotor's output)")
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Ready pods on template `expected` that fail `gate` (they hold the right fingerprints but
+    /// no longer do what they must): their gate is closed, so they leave the endpoints at once,
+    /// and they are deleted, so their workload starts replacements that the rollout proves.
+    async fn replace_failing(
+        &self,
+        view: &WorkloadView,
+        pods: &[PodView],
+        expected: &str,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
+    ) -> Result<usize, ConsumerError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), self.ns());
+        let mut replaced = 0;
+        for p in pods
+            .iter()
+            .filter(|p| p.ready && !p.terminating && p.annotation.as_deref() == Some(expected))
+        {
+            let Some(addr) = self.pod_addr(view, p) else {
+                continue;
+            };
+            if pass_gate(gate, &self.name, &p.name, addr, events).await.is_ok() {
+                continue;
+            }
+            if p.gated {
+                self.set_proven(&p.name, false, "failed rotor's proof; replaced")
+                    .await?;
+            }
+            let call = Call::new("delete", "pods", "", self.ns(), &p.name);
+            let dp = kube::api::DeleteParams::default();
+            retry(&call, || api.delete(&p.name, &dp))
+                .await
+                .map_err(|e| self.cluster_error(e))?;
+            replaced += 1;
+        }
+        Ok(replaced)
     }
 
     /// Writes the slot keys of the workload's Secret; returns whether it changed.
@@ -523,6 +661,7 @@ impl KubernetesConsumer {
         &self,
         expected: &str,
         old_pods: &BTreeSet<String>,
+        gate: &dyn Gate,
         events: &dyn EventSink,
         d: &Desired<'_>,
     ) -> Result<usize, ConsumerError> {
@@ -536,13 +675,25 @@ impl KubernetesConsumer {
             // out (the convergence gate), when it stalled or the deadline passed (to name the
             // pods), and otherwise every few polls (crash loops, replaced instances).
             let settled = view.rolled_out() && view.annotation.as_deref() == Some(expected);
+            // A gated template's pods wait for rotor: list them on every poll.
+            let gating = view.gates.iter().any(|g| g == GATE_CONDITION);
             let fresh = settled
+                || gating
                 || view.stalled.is_some()
                 || Instant::now() >= deadline
                 || polls.is_multiple_of(PODS_EVERY);
             polls += 1;
             if fresh {
                 let pods = self.pods(&view.selector).await?;
+                for p in pods.iter().filter(|p| {
+                    p.gated
+                        && p.containers_ready
+                        && !p.terminating
+                        && p.proven.as_deref() != Some("True")
+                        && p.annotation.as_deref() == Some(expected)
+                }) {
+                    self.prove_pod(&view, p, gate, events).await?;
+                }
                 for p in old_pods {
                     if !gone.contains(p) && !pods.iter().any(|q| &q.name == p) {
                         gone.insert(p.clone());
@@ -637,9 +788,15 @@ impl Consumer for KubernetesConsumer {
         Pickup::Restart
     }
 
+    /// Writes the Secret, patches the template (annotation and rotor's readiness gate), then
+    /// proves every new pod at its own IP as soon as its containers are ready and opens its gate
+    /// through `pods/status`: an unproven pod never becomes Ready, never joins the endpoints and
+    /// never counts as available, so the rollout stalls at `maxUnavailable` and the old pods keep
+    /// serving. Ready pods of the wanted template that fail `gate` are taken out and replaced.
     async fn apply(
         &self,
         slots: &Slots,
+        gate: &dyn Gate,
         events: &dyn EventSink,
     ) -> Result<RolloutReport, ConsumerError> {
         let started = Instant::now();
@@ -649,7 +806,13 @@ impl Consumer for KubernetesConsumer {
         self.write_secret(&d).await?;
         let view = self.view().await?;
         let pods = self.pods(&view.selector).await?;
+        let gated = view.gates.iter().any(|g| g == GATE_CONDITION);
+        let replaced = self
+            .replace_failing(&view, &pods, &expected, gate, events)
+            .await?;
         if view.annotation.as_deref() == Some(expected.as_str())
+            && gated
+            && replaced == 0
             && view.rolled_out()
             && Self::left_behind(&view, &pods, &expected).is_empty()
         {
@@ -664,11 +827,11 @@ impl Consumer for KubernetesConsumer {
             consumer: self.name.clone(),
             instances: usize::try_from(view.desired).unwrap_or(0),
         });
-        if view.annotation.as_deref() != Some(expected.as_str()) {
-            self.patch_template(&expected).await?;
+        if view.annotation.as_deref() != Some(expected.as_str()) || !gated {
+            self.patch_template(&expected, &view.gates).await?;
         }
         let wait_started = Instant::now();
-        let restarts = self.wait(&expected, &old, events, &d).await?;
+        let restarts = self.wait(&expected, &old, gate, events, &d).await? + replaced;
         let waited = wait_started.elapsed();
         events.emit(&Event::RolloutFinished {
             consumer: self.name.clone(),
@@ -739,8 +902,13 @@ impl Consumer for KubernetesConsumer {
         Ok((held, HeldSource::Configured))
     }
 
-    async fn start(&self, slots: &Slots, events: &dyn EventSink) -> Result<(), ConsumerError> {
-        self.apply(slots, events).await.map(|_| ())
+    async fn start(
+        &self,
+        slots: &Slots,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
+    ) -> Result<(), ConsumerError> {
+        self.apply(slots, gate, events).await.map(|_| ())
     }
 
     /// Rotor does not own the workload: nothing to stop.

@@ -286,6 +286,17 @@ pub enum ConsumerError {
         /// Why.
         detail: String,
     },
+    /// A new (or running) instance failed its proof for the state the rollout enters; it never
+    /// took traffic (a new one was stopped, a running one was left for a replacement).
+    #[error("consumer {consumer}: instance {instance} failed its gate: {detail}")]
+    Gate {
+        /// Consumer name.
+        consumer: String,
+        /// Instance id.
+        instance: String,
+        /// What was presented and what the instance did (fingerprints only).
+        detail: String,
+    },
     /// Records or endpoints on disk.
     #[error("consumer {consumer}: {action}: {source}")]
     Io {
@@ -303,11 +314,62 @@ impl ConsumerError {
     /// The instance the error is about, if any.
     pub fn instance(&self) -> Option<&str> {
         match self {
-            ConsumerError::NotReady { instance, .. } | ConsumerError::Observe { instance, .. } => {
-                Some(instance)
-            }
+            ConsumerError::NotReady { instance, .. }
+            | ConsumerError::Observe { instance, .. }
+            | ConsumerError::Gate { instance, .. } => Some(instance),
             _ => None,
         }
+    }
+}
+
+/// Proves one instance, at its own address, for the state a rollout enters: a validator accepts
+/// every value it must and rejects every value it must (always including a fresh canary); a
+/// signer sends what it must and its round trips pass from that instance. A consumer asks its
+/// gate before an instance takes traffic, and about every running instance it would keep.
+#[async_trait]
+pub trait Gate: Send + Sync {
+    /// `Ok(what was proven)` or `Err(what failed)`; both name values by fingerprint only.
+    async fn prove(&self, instance: &str, addr: SocketAddr) -> Result<String, String>;
+}
+
+/// Asks `gate` about one instance of `consumer` and reports the outcome as an
+/// [`Event::InstanceGated`]; a failure becomes [`ConsumerError::Gate`].
+pub async fn pass_gate(
+    gate: &dyn Gate,
+    consumer: &str,
+    instance: &str,
+    addr: SocketAddr,
+    events: &dyn EventSink,
+) -> Result<(), ConsumerError> {
+    let started = std::time::Instant::now();
+    let result = gate.prove(instance, addr).await;
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    let (passed, detail) = match &result {
+        Ok(d) => (true, d.clone()),
+        Err(d) => (false, d.clone()),
+    };
+    events.emit(&crate::events::Event::InstanceGated {
+        consumer: consumer.to_string(),
+        instance: instance.to_string(),
+        passed,
+        detail,
+        millis,
+    });
+    result.map(|_| ()).map_err(|detail| ConsumerError::Gate {
+        consumer: consumer.to_string(),
+        instance: instance.to_string(),
+        detail,
+    })
+}
+
+/// A gate that proves nothing (unit tests of a backend's mechanics, and tools that only start
+/// processes).
+pub struct Ungated;
+
+#[async_trait]
+impl Gate for Ungated {
+    async fn prove(&self, _instance: &str, _addr: SocketAddr) -> Result<String, String> {
+        Ok("not gated".into())
     }
 }
 
@@ -328,10 +390,12 @@ pub trait Consumer: Send + Sync {
     /// How it picks a change up.
     fn pickup(&self) -> Pickup;
 
-    /// Converges every instance onto `slots`.
+    /// Converges every instance onto `slots`. No instance takes traffic before `gate` proved it;
+    /// a running instance that holds `slots` but fails `gate` is replaced like a stale one.
     async fn apply(
         &self,
         slots: &Slots,
+        gate: &dyn Gate,
         events: &dyn EventSink,
     ) -> Result<RolloutReport, ConsumerError>;
 
@@ -346,7 +410,12 @@ pub trait Consumer: Send + Sync {
     async fn held(&self, instance: &Instance) -> Result<(Held, HeldSource), ConsumerError>;
 
     /// Starts the consumer's instances holding `slots` if none run (fleet bring-up).
-    async fn start(&self, slots: &Slots, events: &dyn EventSink) -> Result<(), ConsumerError>;
+    async fn start(
+        &self,
+        slots: &Slots,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
+    ) -> Result<(), ConsumerError>;
 
     /// Stops every instance this consumer started.
     async fn stop(&self) -> Result<usize, ConsumerError>;

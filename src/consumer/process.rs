@@ -33,8 +33,8 @@ use tokio::sync::watch;
 
 use self::disk::{Layout, Record};
 use super::{
-    Consumer, ConsumerError, Desired, Held, HeldSource, Instance, RolloutReport, Slots,
-    configured_held, error_chain, report_held, slot_names,
+    Consumer, ConsumerError, Desired, Gate, Held, HeldSource, Instance, RolloutReport, Slots,
+    configured_held, error_chain, pass_gate, report_held, slot_names,
 };
 use crate::events::{Event, EventSink};
 use crate::playbook::{ConsumerSpec, Pickup, Playbook, ProcessSpec, SlotNames, Timings};
@@ -227,6 +227,7 @@ impl ProcessConsumer {
             ("ROTOR_FLEET_DIR", self.fleet_dir.clone().into_os_string()),
             ("ROTOR_CONSUMER", OsString::from(&self.name)),
             ("ROTOR_INSTANCE", OsString::from(&id)),
+            ("ROTOR_SECRET", OsString::from(&self.secret)),
         ];
         let env = child_env(
             std::env::vars_os(),
@@ -361,7 +362,7 @@ impl ProcessConsumer {
 
     /// Stops an instance (no drain) and removes its record.
     async fn discard(&self, rec: &Record) -> Result<(), ConsumerError> {
-        os::terminate(rec.pid, rec.pid_start_ticks).await;
+        os::terminate(rec.pid, rec.pid_start_ticks, os::stop_signal(self.spec.stop_signal)).await;
         self.layout
             .remove_record(&rec.id)
             .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
@@ -477,6 +478,7 @@ impl ProcessConsumer {
     async fn converge(
         &self,
         slots: &Slots,
+        gate: &dyn Gate,
         events: &dyn EventSink,
         deadline: Instant,
     ) -> Result<RolloutReport, ConsumerError> {
@@ -497,11 +499,19 @@ impl ProcessConsumer {
         let mut report = RolloutReport::default();
         let mut fleet = self.reconcile(&mut report.waited).await?;
 
-        let stale: Vec<String> = fleet
-            .iter()
-            .filter(|r| !d.matches(r))
-            .map(|r| r.id.clone())
-            .collect();
+        // Stale: holds other values, or holds the right ones but fails its proof (an instance
+        // that broke after it was proven, or one published before gates existed). A failing
+        // instance keeps serving until a proven replacement is published.
+        let mut stale = Vec::new();
+        for r in &fleet {
+            if !d.matches(r)
+                || pass_gate(gate, &self.name, &r.id, r.addr, events)
+                    .await
+                    .is_err()
+            {
+                stale.push(r.id.clone());
+            }
+        }
         let mut matching = fleet.len() - stale.len();
         // Every stale instance is replaced while fewer than `want` match; then top up.
         let starts = stale.len().min(want.saturating_sub(matching))
@@ -519,7 +529,7 @@ impl ProcessConsumer {
                 report.waited += self.retire(&mut fleet, &old, true).await?;
                 continue;
             }
-            let new = self.start_ready(&d, deadline, &mut report).await?;
+            let new = self.start_ready(&d, gate, events, deadline, &mut report).await?;
             let new_id = new.id.clone();
             self.publish(&mut fleet, new)?;
             matching += 1;
@@ -527,7 +537,7 @@ impl ProcessConsumer {
             self.replaced(events, Some(old), new_id, &d);
         }
         while matching < want {
-            let new = self.start_ready(&d, deadline, &mut report).await?;
+            let new = self.start_ready(&d, gate, events, deadline, &mut report).await?;
             let new_id = new.id.clone();
             self.publish(&mut fleet, new)?;
             matching += 1;
@@ -548,10 +558,14 @@ impl ProcessConsumer {
         Ok(report)
     }
 
-    /// Starts one instance and waits until it is ready (counted as a restart).
+    /// Starts one instance, waits until it is ready, then proves it through `gate` at its own
+    /// address while it is still unpublished (counted as a restart). An instance that fails
+    /// the gate is stopped and never published.
     async fn start_ready(
         &self,
         d: &Desired<'_>,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
         deadline: Instant,
         report: &mut RolloutReport,
     ) -> Result<Record, ConsumerError> {
@@ -566,6 +580,10 @@ impl ProcessConsumer {
         let ready = self.wait_ready(&rec, deadline).await;
         report.waited += t.elapsed();
         ready?;
+        if let Err(e) = pass_gate(gate, &self.name, &rec.id, rec.addr, events).await {
+            self.discard(&rec).await?;
+            return Err(e);
+        }
         Ok(rec)
     }
 
@@ -640,11 +658,13 @@ impl Consumer for ProcessConsumer {
     async fn apply(
         &self,
         slots: &Slots,
+        gate: &dyn Gate,
         events: &dyn EventSink,
     ) -> Result<RolloutReport, ConsumerError> {
         let limit = self.timings.rollout_timeout;
         let deadline = Instant::now() + limit;
-        let result = match tokio::time::timeout(limit, self.converge(slots, events, deadline)).await
+        let result = match tokio::time::timeout(limit, self.converge(slots, gate, events, deadline))
+            .await
         {
             Ok(r) => r,
             Err(_elapsed) => Err(self.rollout_timeout()),
@@ -689,8 +709,13 @@ impl Consumer for ProcessConsumer {
         Ok((held, HeldSource::Configured))
     }
 
-    async fn start(&self, slots: &Slots, events: &dyn EventSink) -> Result<(), ConsumerError> {
-        self.apply(slots, events).await.map(|_| ())
+    async fn start(
+        &self,
+        slots: &Slots,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
+    ) -> Result<(), ConsumerError> {
+        self.apply(slots, gate, events).await.map(|_| ())
     }
 
     /// Unpublishes every instance, stops them all (no drain) and removes their records.
@@ -718,7 +743,7 @@ impl Consumer for ProcessConsumer {
             .map_err(self.io("writing endpoints.json"))?;
         let mut stopped = 0;
         for rec in &records {
-            if os::terminate(rec.pid, rec.pid_start_ticks).await {
+            if os::terminate(rec.pid, rec.pid_start_ticks, os::stop_signal(self.spec.stop_signal)).await {
                 stopped += 1;
             }
             self.layout

@@ -2,8 +2,10 @@
 //!
 //! Owns: comparing, per consumer instance and per name, the fingerprint it holds with the one
 //! the store (and the rotation's state) says it should hold; flagging names that map to two
-//! values, values the store never had, and validators that would reject what a signer sends.
-//! Reads only.
+//! values, values the store never had, and validators that would reject what a signer sends;
+//! and proving every instance: a validator accepts what the store says it must and rejects a
+//! fresh canary (else it "fails open"), a signer's round trips pass. Reads only: probes and
+//! round trips change nothing.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +14,8 @@ use serde::Serialize;
 use super::{Engine, EngineError};
 use crate::consumer::HeldSource;
 use crate::playbook::SlotRef;
-use crate::protocol::{Role, State, Which, consumer_slots};
+use super::gate::{Labeled, canary, prove_validating};
+use crate::protocol::{Role, State, Which, accepts, consumer_slots};
 use crate::secret::Fingerprint;
 
 /// What one instance holds.
@@ -52,6 +55,58 @@ pub struct DriftReport {
 }
 
 impl Engine {
+    /// Proves one running instance for `state`: a validator accepts what the store says it must
+    /// and rejects a fresh canary; a signer's round trips pass to every serving instance of the
+    /// validators it calls. Returns the problems found.
+    async fn prove_instance(
+        &self,
+        spec: &crate::playbook::ConsumerSpec,
+        state: State,
+        inst: &crate::consumer::Instance,
+        values: &BTreeMap<Which, Labeled>,
+        serving: &BTreeMap<String, Vec<crate::consumer::Instance>>,
+    ) -> Vec<String> {
+        let timeout = self.pb.timings.probe_timeout;
+        let Some(addr) = inst.addr else {
+            return vec![format!("{} {}: has no address to prove it at", spec.name, inst.id)];
+        };
+        let mut out = Vec::new();
+        if spec.role.validates() {
+            let accept: Vec<Labeled> = accepts(state, spec.role)
+                .into_iter()
+                .filter_map(|w| values.get(&w).cloned())
+                .collect();
+            match canary(&self.pb.generate) {
+                Err(e) => out.push(format!("cannot make a canary value: {e}")),
+                Ok(c) => {
+                    if let Err(r) = prove_validating(spec, addr, &accept, &[c], timeout).await {
+                        out.push(format!(
+                            "{} {}: {}{}",
+                            spec.name,
+                            inst.id,
+                            if r.fails_open { "fails open: " } else { "" },
+                            r.detail
+                        ));
+                    }
+                }
+            }
+        }
+        if spec.role.signs() {
+            for r in &spec.roundtrips {
+                for to in serving.get(&r.to).into_iter().flatten() {
+                    let Some(to_addr) = to.addr else { continue };
+                    if let Err(e) = crate::probe::roundtrip(r, addr, to_addr, timeout).await {
+                        out.push(format!(
+                            "{} {}: round trip to {} {} failed: {e}",
+                            spec.name, inst.id, r.to, to.id
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The store's slot values judged by the policy (`super::policy`), and values the store
     /// held before under another version.
     async fn policy_problems(
@@ -120,10 +175,38 @@ impl Engine {
         };
         let mut problems = Vec::new();
         let mut views = Vec::new();
+        // The values themselves, for the proofs (a disabled A is not readable: skipped).
+        let version = |w: Which| match (&journal, w) {
+            (Some(j), Which::A) => j.old.version.clone(),
+            (Some(j), Which::B) => j.new.as_ref().and_then(|n| n.version.clone()),
+            (None, Which::A) => snap.primary.clone(),
+            (None, Which::B) => None,
+        };
+        let mut values: BTreeMap<Which, Labeled> = BTreeMap::new();
+        for w in [Which::A, Which::B] {
+            if let (Some(id), Some(fp)) = (version(w), which(w))
+                && snap
+                    .version(&id)
+                    .is_some_and(|v| v.state == crate::store::VersionState::Enabled)
+            {
+                let value = self.store.read_value(&id).await?;
+                values.insert(
+                    w,
+                    Labeled {
+                        label: format!("{w:?} ({fp})"),
+                        value,
+                    },
+                );
+            }
+        }
+        let mut serving: BTreeMap<String, Vec<crate::consumer::Instance>> = BTreeMap::new();
+        for c in &self.consumers {
+            serving.insert(c.name().to_string(), c.instances().await?);
+        }
         for c in &self.consumers {
             let spec = self.pb.consumer(c.name()).expect("consumer from playbook");
             let plan = consumer_slots(state, c.role());
-            let instances = c.instances().await?;
+            let instances = serving.get(c.name()).cloned().unwrap_or_default();
             if instances.is_empty() {
                 problems.push(format!("{}: no instance is running", c.name()));
             }
@@ -220,6 +303,10 @@ impl Engine {
                         ));
                     }
                 }
+                problems.extend(
+                    self.prove_instance(spec, state, &inst, &values, &serving)
+                        .await,
+                );
                 views.push(InstanceView {
                     consumer: c.name().into(),
                     role: c.role(),

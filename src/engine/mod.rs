@@ -18,6 +18,7 @@
 
 pub mod check;
 pub mod failpoint;
+pub mod gate;
 pub mod hardcut;
 pub mod journal;
 pub mod lock;
@@ -127,6 +128,16 @@ pub enum StepError {
         /// What was expected and what happened (fingerprints only).
         detail: String,
     },
+    /// A validator instance accepted a canary: a value rotor never issued.
+    #[error("consumer {consumer}, instance {instance} fails open: {detail}")]
+    FailsOpen {
+        /// Consumer.
+        consumer: String,
+        /// Instance.
+        instance: String,
+        /// What it accepted (named, never shown).
+        detail: String,
+    },
     /// The store's real state contradicts the journal.
     #[error("{0}")]
     Foreign(String),
@@ -142,9 +153,9 @@ impl StepError {
     /// The consumer the failure is about.
     pub fn consumer(&self) -> Option<&str> {
         match self {
-            StepError::Rollout { consumer, .. } | StepError::Proof { consumer, .. } => {
-                Some(consumer)
-            }
+            StepError::Rollout { consumer, .. }
+            | StepError::Proof { consumer, .. }
+            | StepError::FailsOpen { consumer, .. } => Some(consumer),
             _ => None,
         }
     }
@@ -153,7 +164,9 @@ impl StepError {
     pub fn instance(&self) -> Option<&str> {
         match self {
             StepError::Rollout { source, .. } => source.instance(),
-            StepError::Proof { instance, .. } => Some(instance),
+            StepError::Proof { instance, .. } | StepError::FailsOpen { instance, .. } => {
+                Some(instance)
+            }
             _ => None,
         }
     }
@@ -198,6 +211,11 @@ pub enum EngineError {
         "refusing to start: {0}\n  help: inspect with `rotor check`; rotor starts only from a stable, consistent S0"
     )]
     NotStable(String),
+    /// A validator instance accepts values nobody issued: a rotation cannot prove anything.
+    #[error(
+        "refusing to start: {0}\n  help: a validator that accepts a random value proves nothing about the values it holds; fix its check (it must compare the presented value with the values it holds), redeploy it, then rerun; nothing was changed"
+    )]
+    FailsOpen(String),
     /// Rollback from S5.
     #[error(
         "rotation {0} is finalized: the old value is destroyed and cannot come back\n  help: to move away from the current value, start a new rotation"
@@ -283,6 +301,7 @@ impl EngineError {
                 Exit::Usage
             }
             EngineError::NotStable(_) => Exit::Drift,
+            EngineError::FailsOpen(_) => Exit::FailsOpen,
             EngineError::RolledBack { .. } => Exit::RolledBack,
             EngineError::Stuck { .. } | EngineError::Step { .. } => Exit::NeedsOperator,
             _ => Exit::Internal,
@@ -599,6 +618,37 @@ impl Engine {
         Ok(info.fingerprint)
     }
 
+    /// The gate of consumer `c` (see [`gate::InstanceGate`]).
+    pub(crate) fn gate(
+        &self,
+        c: &Arc<dyn Consumer>,
+        accept: Vec<gate::Labeled>,
+        reject: Vec<gate::Labeled>,
+        sends: Option<Fingerprint>,
+        round_trips: bool,
+    ) -> gate::InstanceGate {
+        gate::InstanceGate {
+            spec: self
+                .pb
+                .consumer(c.name())
+                .expect("consumers are opened from the playbook")
+                .clone(),
+            secret: self.pb.secret.clone(),
+            accept,
+            reject,
+            sends,
+            round_trips,
+            consumers: self.consumers.clone(),
+            generate: self.pb.generate.clone(),
+            timeout: self.pb.timings.probe_timeout,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
     /// Starts every consumer holding the store's current slots (fleet bring-up).
     pub async fn up(&self) -> Result<(), EngineError> {
         let snap = self.store.snapshot().await?;
@@ -625,8 +675,20 @@ impl Engine {
                 secondary_version: secondary.as_ref().map(|(id, _)| id.clone()),
                 secondary: secondary.map(|(_, v)| v),
             };
+            let label = |w: Which, v: &SecretValue| gate::Labeled {
+                label: format!("{w:?} ({})", v.fingerprint(&self.pb.secret)),
+                value: v.clone(),
+            };
+            let accept = protocol::accepts(state, c.role())
+                .into_iter()
+                .filter_map(|w| pick(w).map(|(_, v)| label(w, &v)))
+                .collect();
+            let sends = protocol::sends(state, c.role())
+                .and_then(pick)
+                .map(|(_, v)| v.fingerprint(&self.pb.secret));
+            let gate = self.gate(c, accept, Vec::new(), sends, true);
             let events = self.events.clone();
-            jobs.push(async move { c.start(&slots, events.as_ref()).await });
+            jobs.push(async move { c.start(&slots, &gate, events.as_ref()).await });
         }
         // The same budget as a wave: at most `concurrency` consumers start at once.
         use futures_util::StreamExt;
@@ -957,6 +1019,7 @@ impl Engine {
         }
         let hard_cut = journal.hard_cut;
         let mut run = Run::new(self, journal, guard, audit, opts.clone());
+        run.repair = !hard_cut;
         run.emit_start("resume");
         if hard_cut && !rolling_back {
             run.note_continuing_cut();
@@ -993,7 +1056,9 @@ impl Engine {
             return Err(EngineError::Irreversible(journal.id));
         }
         let audit = self.audit()?;
+        let hard_cut = journal.hard_cut;
         let mut run = Run::new(self, journal, guard, audit, opts.clone());
+        run.repair = !hard_cut;
         run.emit_start("rollback");
         run.reconcile().await?;
         run.rollback_to(opts.rollback_to, "rollback").await
@@ -1028,6 +1093,9 @@ struct Run<'e> {
     waves: usize,
     /// What a hard cut's wave did to sampled round trips.
     hard_cut: Option<hardcut::HardCutReport>,
+    /// A recovery run (`resume`, `rollback`): every step also proves the consumers it does not
+    /// roll, so an instance that holds the right fingerprints but fails its proof is replaced.
+    repair: bool,
 }
 
 fn stage_name(t: Transition, dir: Direction) -> String {
@@ -1065,6 +1133,7 @@ impl<'e> Run<'e> {
             proof_cache: Mutex::new(BTreeMap::new()),
             waves: 0,
             hard_cut: None,
+            repair: false,
         }
     }
 
@@ -1162,6 +1231,42 @@ impl<'e> Run<'e> {
             primary_version: Some(self.version(plan.primary)?),
             secondary_version: plan.secondary.map(|w| self.version(w)).transpose()?,
         })
+    }
+
+    /// A labeled value for a proof: `A (sha256:…)`.
+    async fn labeled(&self, w: Which) -> Result<gate::Labeled, StepError> {
+        Ok(gate::Labeled {
+            label: format!("{w:?} ({})", self.fp_str(w)),
+            value: self.value_for_proof(w).await?,
+        })
+    }
+
+    /// What each instance of `c` must prove in `state` before it takes traffic: the values it
+    /// accepts and rejects (A from S4 on, while A can still be read), what it sends, its round
+    /// trips (not in a hard cut).
+    async fn gate_for(
+        &self,
+        c: &Arc<dyn Consumer>,
+        state: State,
+    ) -> Result<gate::InstanceGate, StepError> {
+        let mut accept = Vec::new();
+        for w in protocol::accepts(state, c.role()) {
+            accept.push(self.labeled(w).await?);
+        }
+        let mut reject = Vec::new();
+        if state >= State::S4
+            && c.role().validates()
+            && let Ok(a) = self.labeled(Which::A).await
+        {
+            reject.push(a);
+        }
+        Ok(self.e.gate(
+            c,
+            accept,
+            reject,
+            protocol::sends(state, c.role()).and_then(|w| self.fp(w)),
+            !self.journal.hard_cut,
+        ))
     }
 
     // ---- driving ------------------------------------------------------------------------
@@ -1818,7 +1923,7 @@ impl<'e> Run<'e> {
             .e
             .consumers
             .iter()
-            .filter(|c| hardcut::rolls(self.journal.hard_cut, t, dir, c.role()))
+            .filter(|c| self.repair || hardcut::rolls(self.journal.hard_cut, t, dir, c.role()))
             .cloned()
             .collect();
         // One store read per role, not per consumer.
@@ -1827,6 +1932,10 @@ impl<'e> Run<'e> {
             if !by_role.iter().any(|(r, _)| *r == c.role()) {
                 by_role.push((c.role(), self.slots_for(state, c.role()).await?));
             }
+        }
+        let mut gates = Vec::new();
+        for c in &consumers {
+            gates.push(self.gate_for(c, state).await?);
         }
         let failed = AtomicBool::new(false);
         let events = self.events.clone();
@@ -1838,11 +1947,12 @@ impl<'e> Run<'e> {
                 .1;
             let failed = &failed;
             let events = events.clone();
+            let gate = &gates[i];
             async move {
                 if failed.load(Ordering::SeqCst) {
                     return (i, None);
                 }
-                let result = c.apply(slots, events.as_ref()).await;
+                let result = c.apply(slots, gate, events.as_ref()).await;
                 if result.is_err() {
                     failed.store(true, Ordering::SeqCst);
                 } else {
@@ -2053,6 +2163,7 @@ impl<'e> Run<'e> {
                 });
                 Ok(())
             }
+            Err(e @ StepError::FailsOpen { .. }) => Err(EngineError::FailsOpen(e.to_string())),
             Err(e) => Err(EngineError::NotStable(format!(
                 "the fleet is not at S0: {e}"
             ))),

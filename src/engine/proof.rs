@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::{Run, StepError};
+use super::{Run, StepError, gate};
 use crate::consumer::{Consumer, Instance};
 use crate::playbook::ConsumerSpec;
-use crate::probe::{self, Verdict};
+use crate::probe;
 use crate::protocol::{State, Which, store_slots};
 use crate::store::VersionState;
 
@@ -87,16 +87,20 @@ impl Run<'_> {
         }
     }
 
-    /// Every instance of every validating consumer accepts `accept` and rejects `reject`, with
-    /// every probe.
+    /// Every instance of every validating consumer accepts `accept` and rejects `reject` and a
+    /// fresh canary, with every probe.
     pub(super) async fn prove_validators(
         &self,
         accept: &[Which],
         reject: &[Which],
     ) -> Result<String, StepError> {
-        let mut values = Vec::new();
-        for w in accept.iter().chain(reject) {
-            values.push((*w, self.value_for_proof(*w).await?));
+        let mut yes = Vec::new();
+        for w in accept {
+            yes.push(self.labeled(*w).await?);
+        }
+        let mut no = Vec::new();
+        for w in reject {
+            no.push(self.labeled(*w).await?);
         }
         // Consumers are proven concurrently, within the playbook's concurrency budget, and in
         // order: the first failure in playbook order is reported and the probes still in
@@ -106,7 +110,7 @@ impl Run<'_> {
                 .consumers
                 .iter()
                 .filter(|c| c.role().validates())
-                .map(|c| self.prove_validator(c, &values, accept)),
+                .map(|c| self.prove_validator(c, &yes, &no)),
         )
         .buffered(self.e.pb.concurrency.max(1))
         .try_collect()
@@ -115,23 +119,24 @@ impl Run<'_> {
         let list = |ws: &[Which]| {
             ws.iter()
                 .map(|w| self.fp_str(*w))
+                .chain(std::iter::once("a canary".to_string()).filter(|_| ws == reject))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let mut d = format!("{count} validator instances accept {{{}}}", list(accept));
-        if !reject.is_empty() {
-            d.push_str(&format!(" and reject {{{}}}", list(reject)));
-        }
-        Ok(d)
+        Ok(format!(
+            "{count} validator instances accept {{{}}} and reject {{{}}}",
+            list(accept),
+            list(reject)
+        ))
     }
 
-    /// One validating consumer: every serving instance, every probe, every value; returns
-    /// how many instances were proven.
+    /// One validating consumer: every serving instance, every probe, every value, and a fresh
+    /// canary per instance; returns how many instances were proven.
     async fn prove_validator(
         &self,
         c: &Arc<dyn Consumer>,
-        values: &[(Which, crate::secret::SecretValue)],
-        accept: &[Which],
+        accept: &[gate::Labeled],
+        reject: &[gate::Labeled],
     ) -> Result<usize, StepError> {
         let timeout = self.e.pb.timings.probe_timeout;
         let spec = self.spec(c);
@@ -142,43 +147,26 @@ impl Run<'_> {
                 instance: inst.id.clone(),
                 detail: "instance has no address to probe".into(),
             })?;
-            for p in &spec.probes {
-                for (w, v) in values {
-                    let want = if accept.contains(w) {
-                        Verdict::Accepted
-                    } else {
-                        Verdict::Rejected
-                    };
-                    let got = probe::present(p, addr, v, timeout).await.map_err(|e| {
-                        StepError::Proof {
-                            consumer: c.name().into(),
-                            instance: inst.id.clone(),
-                            detail: e.to_string(),
+            let mut reject = reject.to_vec();
+            reject.push(gate::canary(&self.e.pb.generate).map_err(StepError::Foreign)?);
+            gate::prove_validating(spec, addr, accept, &reject, timeout)
+                .await
+                .map_err(|r| {
+                    let (consumer, instance, detail) = (c.name().into(), inst.id.clone(), r.detail);
+                    if r.fails_open {
+                        StepError::FailsOpen {
+                            consumer,
+                            instance,
+                            detail,
                         }
-                    })?;
-                    if got != want {
-                        return Err(StepError::Proof {
-                            consumer: c.name().into(),
-                            instance: inst.id.clone(),
-                            detail: format!(
-                                "{} at {addr}: expected it to {} {w:?} ({}), it {}",
-                                probe::describe(p),
-                                if want == Verdict::Accepted {
-                                    "accept"
-                                } else {
-                                    "reject"
-                                },
-                                self.fp_str(*w),
-                                if got == Verdict::Accepted {
-                                    "accepted it"
-                                } else {
-                                    "rejected it"
-                                },
-                            ),
-                        });
+                    } else {
+                        StepError::Proof {
+                            consumer,
+                            instance,
+                            detail,
+                        }
                     }
-                }
-            }
+                })?;
             count += 1;
         }
         Ok(count)
@@ -187,7 +175,7 @@ impl Run<'_> {
     /// A value for a probe: from the store while it is readable; a value that the store has
     /// disabled (A after T4) is re-read from nowhere, so negative proofs use the value the run
     /// read before disabling it.
-    async fn value_for_proof(&self, w: Which) -> Result<crate::secret::SecretValue, StepError> {
+    pub(super) async fn value_for_proof(&self, w: Which) -> Result<crate::secret::SecretValue, StepError> {
         if let Some(v) = self.proof_cache.lock().expect("cache").get(&w) {
             return Ok(v.clone());
         }

@@ -25,7 +25,7 @@ use super::{
     ClusterSpec, ConsumerKind, ConsumerSpec, EXEC_TEMPLATE_FIELDS, Environment, ExecSpec, ExecVia,
     GcpCredentials, GcpStoreSpec, Generate, JournalKind, KubernetesSpec, LockKind, NotifySpec,
     Pickup, Playbook, PolicySpec, ProbeSpec, ProcessSpec, RoundtripSpec, SlotNames, SlotRef,
-    StoreSpec, Timings, WorkloadKind, WorkloadRef,
+    StopSignal, StoreSpec, Timings, WorkloadKind, WorkloadRef,
 };
 use crate::protocol::Role;
 use crate::secret::Alphabet;
@@ -149,7 +149,14 @@ pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(30);
 const CLUSTER_FIELDS: &[&str] = &["context", "namespace", "lock", "journal", "lease_duration"];
 const WORKLOAD_FIELDS: &[&str] = &["kind", "name", "namespace"];
 /// Fields only a `process` consumer takes.
-const PROCESS_ONLY: &[&str] = &["instances", "command", "env", "host", "health_path"];
+const PROCESS_ONLY: &[&str] = &[
+    "instances",
+    "command",
+    "env",
+    "host",
+    "health_path",
+    "stop_signal",
+];
 /// Fields only a `kubernetes` consumer takes.
 const KUBERNETES_ONLY: &[&str] = &["workload", "secret", "port"];
 /// Fields only an `exec` consumer takes.
@@ -174,6 +181,7 @@ const CONSUMER_FIELDS: &[&str] = &[
     "env",
     "host",
     "health_path",
+    "stop_signal",
     "workload",
     "secret",
     "port",
@@ -1507,12 +1515,36 @@ impl Cx<'_> {
             Some(node) => self.http_path(node, &f.sub("health_path"), "/healthz")?,
         };
 
+        let stop_signal = match f.get("stop_signal") {
+            None => StopSignal::default(),
+            Some(node) => {
+                let path = f.sub("stop_signal");
+                let help = format!(
+                    "name the signal that stops an instance gracefully: one of {}",
+                    StopSignal::NAMES.join(", ")
+                );
+                let text = self.text(node, &path, &help)?;
+                StopSignal::parse(&text).ok_or_else(|| {
+                    self.err(
+                        node.pos,
+                        &path,
+                        format!(
+                            "`{}` is not a stop signal rotor sends",
+                            text.chars().take(40).collect::<String>()
+                        ),
+                        help.clone(),
+                    )
+                })?
+            }
+        };
+
         Ok(ProcessSpec {
             instances,
             command,
             env,
             host,
             health_path,
+            stop_signal,
         })
     }
 

@@ -400,6 +400,58 @@ pub struct ProcessSpec {
     pub host: std::net::IpAddr,
     /// Health endpoint path, answered 200 when ready.
     pub health_path: String,
+    /// The signal that asks an instance to stop gracefully (SIGTERM unless the playbook says
+    /// otherwise: nginx stops gracefully on SIGQUIT, HAProxy on SIGUSR1). SIGKILL follows if it
+    /// has not exited within 10 s.
+    pub stop_signal: StopSignal,
+}
+
+/// A graceful stop signal a process consumer's instances understand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StopSignal {
+    /// SIGTERM (the default).
+    #[default]
+    Term,
+    /// SIGINT.
+    Int,
+    /// SIGQUIT (nginx's graceful shutdown).
+    Quit,
+    /// SIGHUP.
+    Hup,
+    /// SIGUSR1 (HAProxy's soft stop).
+    Usr1,
+    /// SIGUSR2.
+    Usr2,
+    /// SIGWINCH (Apache httpd's graceful stop).
+    Winch,
+}
+
+impl StopSignal {
+    /// Every accepted spelling's canonical name, in the order errors list them.
+    pub const NAMES: &[&str] = &[
+        "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH",
+    ];
+
+    /// `SIGQUIT`, `QUIT` or `quit`.
+    pub fn parse(text: &str) -> Option<StopSignal> {
+        let t = text.trim().to_ascii_uppercase();
+        let t = t.strip_prefix("SIG").unwrap_or(&t);
+        Some(match t {
+            "TERM" => StopSignal::Term,
+            "INT" => StopSignal::Int,
+            "QUIT" => StopSignal::Quit,
+            "HUP" => StopSignal::Hup,
+            "USR1" => StopSignal::Usr1,
+            "USR2" => StopSignal::Usr2,
+            "WINCH" => StopSignal::Winch,
+            _ => return None,
+        })
+    }
+
+    /// The canonical name (`SIGQUIT`).
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
 }
 
 /// How a value is presented to one instance.

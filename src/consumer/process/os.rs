@@ -103,14 +103,28 @@ fn gone(pid: i32, start_ticks: u64, leads_group: bool) -> bool {
     !(leads_group && group_may_live(pid, start_ticks) && group_has_running_member(pid))
 }
 
-/// Stops a recorded process: SIGTERM, wait until it is gone (polled every 20 ms) up to
-/// [`TERM_GRACE`], then SIGKILL. Returns false when it was not running.
-pub(super) async fn terminate(pid: i32, start_ticks: u64) -> bool {
+/// The signal a playbook's `stop_signal` names.
+pub(super) fn stop_signal(s: crate::playbook::StopSignal) -> Signal {
+    use crate::playbook::StopSignal as S;
+    match s {
+        S::Term => Signal::SIGTERM,
+        S::Int => Signal::SIGINT,
+        S::Quit => Signal::SIGQUIT,
+        S::Hup => Signal::SIGHUP,
+        S::Usr1 => Signal::SIGUSR1,
+        S::Usr2 => Signal::SIGUSR2,
+        S::Winch => Signal::SIGWINCH,
+    }
+}
+
+/// Stops a recorded process: `stop` (its graceful stop signal), wait until it is gone (polled
+/// every 20 ms) up to [`TERM_GRACE`], then SIGKILL. Returns false when it was not running.
+pub(super) async fn terminate(pid: i32, start_ticks: u64, stop: Signal) -> bool {
     if !alive(pid, start_ticks) {
         return false;
     }
     let leads_group = leads_group(pid);
-    signal(pid, start_ticks, leads_group, Signal::SIGTERM);
+    signal(pid, start_ticks, leads_group, stop);
     if wait_gone(pid, start_ticks, leads_group, TERM_GRACE).await {
         return true;
     }

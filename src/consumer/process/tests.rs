@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::disk::{Endpoints, Layout, Record};
 use super::{ProcessConsumer, child_env, os};
-use crate::consumer::{Consumer, ConsumerError, HeldSource, Slots};
+use crate::consumer::{Consumer, ConsumerError, HeldSource, Slots, Ungated};
 use crate::events::{Event, EventSink};
 use crate::playbook::{
     ConsumerKind, ConsumerSpec, Environment, Generate, Pickup, Playbook, ProcessSpec, SlotNames,
@@ -115,6 +115,7 @@ impl Fleet {
             env,
             host: "127.0.0.1".parse().unwrap(),
             health_path: "/healthz".into(),
+            stop_signal: Default::default(),
         };
         let consumer = ConsumerSpec {
             name: "auth".into(),
@@ -219,7 +220,15 @@ impl Sink {
         }
     }
 
+    /// What happened to the fleet (gate events aside: see [`Sink::all`]).
     fn events(&self) -> Vec<(Event, Option<Endpoints>)> {
+        self.all()
+            .into_iter()
+            .filter(|(e, _)| !matches!(e, Event::InstanceGated { .. }))
+            .collect()
+    }
+
+    fn all(&self) -> Vec<(Event, Option<Endpoints>)> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -283,7 +292,7 @@ async fn start_publishes_n_instances_each_with_its_port_and_the_slot_env() {
     let c = fleet.consumer();
     let a = value("");
     let sink = Sink::default();
-    c.start(&slots(&a, None), &sink).await.unwrap();
+    c.start(&slots(&a, None), &Ungated, &sink).await.unwrap();
 
     let instances = c.instances().await.unwrap();
     assert_eq!(instances.len(), 3);
@@ -326,7 +335,12 @@ async fn start_publishes_n_instances_each_with_its_port_and_the_slot_env() {
         assert_eq!(env["EXTRA"], "extra-setting");
         assert_eq!(
             env["rotor_vars"],
-            serde_json::json!(["ROTOR_CONSUMER", "ROTOR_FLEET_DIR", "ROTOR_INSTANCE"])
+            serde_json::json!([
+                "ROTOR_CONSUMER",
+                "ROTOR_FLEET_DIR",
+                "ROTOR_INSTANCE",
+                "ROTOR_SECRET"
+            ])
         );
 
         // The instance's own report and rotor's configuration agree.
@@ -367,7 +381,7 @@ async fn apply_replaces_one_instance_at_a_time_then_is_a_no_op() {
     let fleet = Fleet::new(2, timings());
     let c = fleet.consumer();
     let (a, b) = (value(""), value(""));
-    c.start(&slots(&a, None), &Sink::default()).await.unwrap();
+    c.start(&slots(&a, None), &Ungated, &Sink::default()).await.unwrap();
     let before = fleet.records();
     let gen_before = fleet.endpoints().generation;
 
@@ -412,7 +426,7 @@ async fn apply_replaces_one_instance_at_a_time_then_is_a_no_op() {
 
     let sink = Sink::watching(&fleet.layout());
     let t = Instant::now();
-    let report = c.apply(&slots(&a, Some(&b)), &sink).await.unwrap();
+    let report = c.apply(&slots(&a, Some(&b)), &Ungated, &sink).await.unwrap();
     let took = t.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.await.unwrap();
@@ -476,7 +490,7 @@ async fn apply_replaces_one_instance_at_a_time_then_is_a_no_op() {
 
     // The same slots again: nothing restarts, nothing is written, no event.
     let sink = Sink::default();
-    let again = c.apply(&slots(&a, Some(&b)), &sink).await.unwrap();
+    let again = c.apply(&slots(&a, Some(&b)), &Ungated, &sink).await.unwrap();
     assert_eq!(again.restarts, 0);
     assert!(sink.events().is_empty());
     assert_eq!(fleet.endpoints().generation, generation);
@@ -499,7 +513,7 @@ async fn an_instance_that_never_gets_ready_fails_and_the_old_ones_keep_serving()
     let a = value("");
     fleet
         .consumer()
-        .start(&slots(&a, None), &Sink::default())
+        .start(&slots(&a, None), &Ungated, &Sink::default())
         .await
         .unwrap();
     let c = fleet.consumer_timed(Timings {
@@ -512,7 +526,7 @@ async fn an_instance_that_never_gets_ready_fails_and_the_old_ones_keep_serving()
     // Never healthy: NotReady after the readiness timeout, naming the new instance.
     let sick = value("sick-");
     let err = c
-        .apply(&slots(&sick, None), &Sink::default())
+        .apply(&slots(&sick, None), &Ungated, &Sink::default())
         .await
         .unwrap_err();
     let ConsumerError::NotReady {
@@ -547,7 +561,7 @@ async fn an_instance_that_never_gets_ready_fails_and_the_old_ones_keep_serving()
     let crash = value("crash-");
     let t = Instant::now();
     let err = c
-        .apply(&slots(&crash, None), &Sink::default())
+        .apply(&slots(&crash, None), &Ungated, &Sink::default())
         .await
         .unwrap_err();
     assert!(
@@ -582,7 +596,7 @@ async fn an_instance_that_never_gets_ready_fails_and_the_old_ones_keep_serving()
     });
     let t = Instant::now();
     let err = short
-        .apply(&slots(&sick, None), &Sink::default())
+        .apply(&slots(&sick, None), &Ungated, &Sink::default())
         .await
         .unwrap_err();
     assert!(matches!(err, ConsumerError::RolloutTimeout { .. }), "{err}");
@@ -594,12 +608,125 @@ async fn an_instance_that_never_gets_ready_fails_and_the_old_ones_keep_serving()
     assert_gone(&pids(&before));
 }
 
+/// A gate that refuses the instances it is told to (every instance when `all`), and remembers
+/// every instance it was asked about.
+#[derive(Default)]
+struct TestGate {
+    all: bool,
+    refuse: BTreeSet<String>,
+    asked: Mutex<Vec<(String, std::net::SocketAddr)>>,
+}
+
+#[async_trait::async_trait]
+impl crate::consumer::Gate for TestGate {
+    async fn prove(&self, instance: &str, addr: std::net::SocketAddr) -> Result<String, String> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((instance.to_string(), addr));
+        // The instance is up and answering at the address it is proven at.
+        get_json(addr, "/env").await;
+        if self.all || self.refuse.contains(instance) {
+            Err("rejected A, which it must accept".into())
+        } else {
+            Ok("proven".into())
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_new_instance_that_fails_its_gate_is_stopped_and_never_published() {
+    let fleet = Fleet::new(2, timings());
+    let (a, b) = (value(""), value("b-"));
+    let c = fleet.consumer();
+    c.start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let before = fleet.records();
+    let eps_before = fleet.endpoints();
+
+    let gate = TestGate {
+        all: true,
+        ..TestGate::default()
+    };
+    let sink = Sink::watching(&fleet.layout());
+    let err = c
+        .apply(&slots(&a, Some(&b)), &gate, &sink)
+        .await
+        .unwrap_err();
+    let ConsumerError::Gate { instance, .. } = &err else {
+        panic!("{err}");
+    };
+    // Proven once, at its own address, before it was published; then stopped and forgotten.
+    let asked = gate.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(&asked[0].0, instance);
+    assert!(!eps_before.endpoints.contains(&asked[0].1));
+    assert!(
+        sink.all()
+            .iter()
+            .all(|(_, eps)| eps.as_ref().is_none_or(|e| !e.endpoints.contains(&asked[0].1))),
+        "the refused instance was published"
+    );
+    let failed_pid = fleet.reported_pid(instance).unwrap();
+    assert!(os::stat(failed_pid).is_none_or(|s| s.state == 'Z'));
+    assert_eq!(fleet.records(), before);
+    assert_eq!(fleet.endpoints(), eps_before);
+    for r in &before {
+        assert!(os::alive(r.pid, r.pid_start_ticks));
+    }
+    assert!(
+        sink.all().iter().any(|(e, _)| matches!(e,
+            Event::InstanceGated { passed: false, instance: i, .. } if i == instance)),
+        "no gate event"
+    );
+    assert_eq!(c.stop().await.unwrap(), 2);
+    assert_gone(&pids(&before));
+}
+
+#[tokio::test]
+async fn a_running_instance_that_fails_its_gate_is_replaced_although_it_holds_the_slots() {
+    let fleet = Fleet::new(2, timings());
+    let a = value("");
+    let c = fleet.consumer();
+    c.start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let before = fleet.records();
+    let broken = before[0].id.clone();
+    let gate = TestGate {
+        refuse: BTreeSet::from([broken.clone()]),
+        ..TestGate::default()
+    };
+    let report = c
+        .apply(&slots(&a, None), &gate, &Sink::default())
+        .await
+        .unwrap();
+    assert_eq!(report.restarts, 1);
+    let after = fleet.records();
+    assert_eq!(after.len(), 2);
+    assert!(!after.iter().any(|r| r.id == broken));
+    assert!(after.iter().any(|r| r.id == before[1].id), "the sound one stays");
+    assert!(!os::alive(before[0].pid, before[0].pid_start_ticks));
+    // Both running instances were asked, then the replacement, before it was published.
+    let asked: Vec<String> = gate.asked.lock().unwrap().iter().map(|(i, _)| i.clone()).collect();
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    // Nothing refused now: the same apply changes nothing.
+    let again = c
+        .apply(&slots(&a, None), &gate, &Sink::default())
+        .await
+        .unwrap();
+    assert_eq!(again.restarts, 0);
+    assert_eq!(fleet.records(), after);
+    assert_eq!(c.stop().await.unwrap(), 2);
+}
+
 #[tokio::test]
 async fn dead_and_unpublished_instances_are_reconciled() {
     let fleet = Fleet::new(2, timings());
     let c = fleet.consumer();
     let a = value("");
-    c.start(&slots(&a, None), &Sink::default()).await.unwrap();
+    c.start(&slots(&a, None), &Ungated, &Sink::default()).await.unwrap();
     let before = fleet.records();
 
     // Killed behind rotor's back.
@@ -641,7 +768,7 @@ async fn dead_and_unpublished_instances_are_reconciled() {
     fleet.layout().write_record(&stray).unwrap();
 
     let sink = Sink::default();
-    let report = c.apply(&slots(&a, None), &sink).await.unwrap();
+    let report = c.apply(&slots(&a, None), &Ungated, &sink).await.unwrap();
     assert_eq!(report.restarts, 1);
     assert!(
         !os::alive(stray_pid, stray_ticks),
@@ -678,7 +805,7 @@ async fn a_new_rotor_adopts_the_fleet_and_stops_it() {
     {
         let first = fleet.consumer();
         first
-            .start(&slots(&a, None), &Sink::default())
+            .start(&slots(&a, None), &Ungated, &Sink::default())
             .await
             .unwrap();
     }
@@ -698,14 +825,14 @@ async fn a_new_rotor_adopts_the_fleet_and_stops_it() {
         adopted.iter().map(|r| r.id.clone()).collect::<Vec<_>>()
     );
     assert_eq!(
-        c.apply(&slots(&a, None), &Sink::default())
+        c.apply(&slots(&a, None), &Ungated, &Sink::default())
             .await
             .unwrap()
             .restarts,
         0
     );
     assert_eq!(
-        c.apply(&slots(&a, Some(&b)), &Sink::default())
+        c.apply(&slots(&a, Some(&b)), &Ungated, &Sink::default())
             .await
             .unwrap()
             .restarts,
@@ -722,7 +849,7 @@ async fn a_new_rotor_adopts_the_fleet_and_stops_it() {
     });
     let running = fleet.records();
     assert_eq!(
-        one.apply(&slots(&a, Some(&b)), &Sink::default())
+        one.apply(&slots(&a, Some(&b)), &Ungated, &Sink::default())
             .await
             .unwrap()
             .restarts,
@@ -833,7 +960,7 @@ async fn stopping_an_instance_also_stops_the_helpers_it_forked() {
             ),
         ];
     });
-    c.start(&slots(&value(""), None), &Sink::default())
+    c.start(&slots(&value(""), None), &Ungated, &Sink::default())
         .await
         .unwrap();
     let rec = fleet.records().remove(0);

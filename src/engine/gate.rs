@@ -1,0 +1,214 @@
+//! Gates: the proof one instance must pass, at its own address, before it takes traffic.
+//!
+//! Owns: what "proven for a state" means for one instance of one consumer, and the canary.
+//! - A validating instance accepts every value it must accept in the state its rollout enters
+//!   and rejects every value it must reject there (A from S4 on), and it rejects a **canary**: a
+//!   fresh value of the playbook's shape (alphabet, length) from the OS CSPRNG that was never
+//!   issued, never stored and is dropped after the probe. An instance that accepts the canary
+//!   fails open.
+//! - A signing instance reports (when it can) that it sends the value the state wants, and
+//!   each of its round trips passes from that instance to every serving instance of the
+//!   validators it calls. A hard cut skips the round trips: its validators switch in the same
+//!   wave, so some are still on the other value by design.
+//!
+//! The same checks serve the consumers' gates (`Consumer::apply`), the pre-flight before T1,
+//! the proofs after a wave and `rotor check`. Must never: put a value (canary included) in a
+//! message; values are named by fingerprint, the canary as "a canary".
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::consumer::{Consumer, Gate, report_held};
+use crate::playbook::{ConsumerSpec, Generate};
+use crate::probe::{self, Verdict};
+use crate::secret::{Fingerprint, SecretValue};
+
+/// A value presented in a proof, with the name messages give it.
+#[derive(Clone)]
+pub struct Labeled {
+    /// `A (sha256:…)` or `a canary`.
+    pub label: String,
+    /// The value.
+    pub value: SecretValue,
+}
+
+/// How messages name the canary.
+const CANARY: &str = "a canary value rotor never issued";
+
+/// A fresh canary of the playbook's shape: never issued, never stored.
+pub fn canary(g: &Generate) -> Result<Labeled, String> {
+    let value = SecretValue::generate(g.alphabet, g.length).map_err(|e| e.to_string())?;
+    Ok(Labeled {
+        label: CANARY.into(),
+        value,
+    })
+}
+
+/// Why a validating instance failed its proof.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// It accepted the canary: it accepts values nobody issued.
+    pub fails_open: bool,
+    /// What was presented and what it did (fingerprints only).
+    pub detail: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// Presents every value to the validating instance at `addr` with every probe of `spec`:
+/// `accept` must be accepted, `reject` rejected. `Ok` says how many presentations passed.
+pub async fn prove_validating(
+    spec: &ConsumerSpec,
+    addr: SocketAddr,
+    accept: &[Labeled],
+    reject: &[Labeled],
+    timeout: Duration,
+) -> Result<usize, Refusal> {
+    let mut n = 0;
+    for p in &spec.probes {
+        let cases = accept
+            .iter()
+            .map(|v| (v, Verdict::Accepted))
+            .chain(reject.iter().map(|v| (v, Verdict::Rejected)));
+        for (v, want) in cases {
+            let got = probe::present(p, addr, &v.value, timeout)
+                .await
+                .map_err(|e| Refusal {
+                    fails_open: false,
+                    detail: e.to_string(),
+                })?;
+            if got != want {
+                let fails_open = want == Verdict::Rejected && v.label.starts_with(CANARY);
+                return Err(Refusal {
+                    fails_open,
+                    detail: format!(
+                        "{} at {addr}: {}{}",
+                        probe::describe(p),
+                        match want {
+                            Verdict::Accepted =>
+                                format!("rejected {}, which it must accept", v.label),
+                            Verdict::Rejected =>
+                                format!("accepted {}, which it must reject", v.label),
+                        },
+                        if fails_open {
+                            " (it fails open: it accepts values nobody issued)"
+                        } else {
+                            ""
+                        }
+                    ),
+                });
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// What one consumer's instances must do in the state a rollout enters.
+pub struct InstanceGate {
+    /// The consumer's playbook entry (probes, round trips, fingerprints path).
+    pub spec: ConsumerSpec,
+    /// Secret name (fingerprint domain).
+    pub secret: String,
+    /// Values a validating instance must accept.
+    pub accept: Vec<Labeled>,
+    /// Values a validating instance must reject (the canary is added on every proof).
+    pub reject: Vec<Labeled>,
+    /// The fingerprint a signing instance must send.
+    pub sends: Option<Fingerprint>,
+    /// Run the round trips (not in a hard cut's wave).
+    pub round_trips: bool,
+    /// Every consumer of the playbook, to find round-trip targets.
+    pub consumers: Vec<Arc<dyn Consumer>>,
+    /// Shape of the canary.
+    pub generate: Generate,
+    /// Deadline of one probe.
+    pub timeout: Duration,
+    /// For the fingerprints report.
+    pub http: reqwest::Client,
+}
+
+impl InstanceGate {
+    async fn prove_sends(&self, addr: SocketAddr) -> Result<String, String> {
+        let mut out = Vec::new();
+        if let (Some(want), Some(path)) = (&self.sends, &self.spec.fingerprints_path) {
+            let held = report_held(&self.http, addr, path, self.timeout).await?;
+            if held.sends.as_ref() != Some(want) {
+                return Err(format!(
+                    "it reports sending {}, expected {want}",
+                    held.sends
+                        .map(|f| f.to_string())
+                        .unwrap_or_else(|| "nothing".into())
+                ));
+            }
+            out.push(format!("sends {want}"));
+        }
+        if !self.round_trips {
+            return Ok(out.join(", "));
+        }
+        let mut trips = 0;
+        for r in &self.spec.roundtrips {
+            let Some(target) = self.consumers.iter().find(|t| t.name() == r.to) else {
+                continue;
+            };
+            let serving = target
+                .instances()
+                .await
+                .map_err(|e| format!("listing {}: {e}", r.to))?;
+            for ti in serving {
+                let Some(to) = ti.addr else { continue };
+                if let Err(e) = probe::roundtrip(r, addr, to, self.timeout).await {
+                    // A target instance retired while the trip ran is no failure of this one.
+                    let still = target
+                        .instances()
+                        .await
+                        .map(|now| now.iter().any(|i| i.id == ti.id))
+                        .unwrap_or(true);
+                    if still {
+                        return Err(format!("round trip to {} instance {}: {e}", r.to, ti.id));
+                    }
+                    continue;
+                }
+                trips += 1;
+            }
+        }
+        out.push(format!("{trips} round trips passed"));
+        Ok(out.join(", "))
+    }
+}
+
+#[async_trait]
+impl Gate for InstanceGate {
+    async fn prove(&self, _instance: &str, addr: SocketAddr) -> Result<String, String> {
+        let mut done = Vec::new();
+        if self.spec.role.validates() {
+            let mut reject = self.reject.clone();
+            reject.push(canary(&self.generate)?);
+            prove_validating(&self.spec, addr, &self.accept, &reject, self.timeout)
+                .await
+                .map_err(|r| r.detail)?;
+            let names = |vs: &[Labeled]| {
+                vs.iter()
+                    .map(|v| v.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            done.push(format!(
+                "accepts {{{}}}, rejects {{{}}}",
+                names(&self.accept),
+                names(&reject)
+            ));
+        }
+        if self.spec.role.signs() {
+            done.push(self.prove_sends(addr).await?);
+        }
+        Ok(done.join("; "))
+    }
+}
