@@ -501,6 +501,147 @@ pub fn pip_install(package: &str, dir: &str, probe: &str) -> PathBuf {
     root
 }
 
+/// Debian `packages` fetched with `apt-get download` and unpacked with `dpkg -x` (no maintainer
+/// scripts, no system service, nothing outside the tree) once under `target/<dir>`: under a file
+/// lock, so parallel tests share one unpacking, and complete once its stamp lists exactly
+/// `packages`. When the download fails (a fresh machine has no package lists yet) it runs
+/// `apt-get update` once and tries again. Panics, with apt's or dpkg's stderr (the last few KB),
+/// when that fails, when `probe` (a path inside the tree, `usr/sbin/nginx`) is missing, or when
+/// `ldd` finds a library of `probe` neither on the machine nor in the tree (add its package to
+/// `packages`). Returns the unpacked root, for [`deb_bin`] and [`deb_library_path`].
+pub fn deb_install(packages: &[&str], dir: &str, probe: &str) -> PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let root = target.join(dir);
+    let stamp = root.join(".rotor-debs");
+    let listed = format!("{}\n", packages.join("\n"));
+    std::fs::create_dir_all(&target).unwrap();
+    let lock_path = target.join(format!(".{dir}.lock"));
+    let lock_file = std::fs::File::create(&lock_path)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", lock_path.display()));
+    let _held = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("cannot lock {}: {e}", lock_path.display()));
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == listed) {
+        return root;
+    }
+    if root.exists() {
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+    let what = packages.join(" ");
+    let downloads = tempfile::Builder::new()
+        .prefix(&format!(".{dir}-debs-"))
+        .tempdir_in(&target)
+        .unwrap();
+    let download = || apt_get(&["download"], packages, downloads.path());
+    if let Err(first) = download() {
+        if let Err(update) = apt_get(&["update"], &[], downloads.path()) {
+            panic!("apt-get download {what} failed: {first}\nand so did apt-get update: {update}");
+        }
+        if let Err(again) = download() {
+            panic!("apt-get download {what} failed, even after apt-get update: {again}");
+        }
+    }
+    std::fs::create_dir_all(&root).unwrap();
+    let mut debs: Vec<PathBuf> = walk(downloads.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    debs.sort();
+    assert!(!debs.is_empty(), "apt-get download {what} fetched no .deb");
+    for deb in &debs {
+        let out = std::process::Command::new("dpkg")
+            .arg("-x")
+            .arg(deb)
+            .arg(&root)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run dpkg: {e}"));
+        assert!(
+            out.status.success(),
+            "dpkg -x {} failed ({}): {}",
+            deb.display(),
+            out.status,
+            stderr_tail(&out.stderr)
+        );
+    }
+    let bin = root.join(probe);
+    assert!(
+        bin.is_file(),
+        "{what} did not unpack {probe} under {}",
+        root.display()
+    );
+    let ldd = std::process::Command::new("ldd")
+        .arg(&bin)
+        .env("LD_LIBRARY_PATH", deb_library_path(&root))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ldd: {e}"));
+    let listing = String::from_utf8_lossy(&ldd.stdout);
+    let missing: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains("not found"))
+        .map(str::trim)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{probe} needs libraries that neither this machine nor {what} provide: {}; \
+         add the Debian packages that ship them to the list",
+        missing.join(", ")
+    );
+    std::fs::write(&stamp, listed).unwrap();
+    root
+}
+
+/// `apt-get -q <args> <packages>` run in `dir`; on failure its status and stderr (the end).
+fn apt_get(args: &[&str], packages: &[&str], dir: &Path) -> Result<(), String> {
+    let out = std::process::Command::new("apt-get")
+        .arg("-q")
+        .args(args)
+        .args(packages)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run apt-get: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!("{}: {}", out.status, stderr_tail(&out.stderr)))
+}
+
+/// The last 4 KiB of a child's stderr, as text.
+fn stderr_tail(stderr: &[u8]) -> String {
+    const KEEP: usize = 4096;
+    let cut = stderr.len().saturating_sub(KEEP);
+    let text = String::from_utf8_lossy(&stderr[cut..]);
+    if cut > 0 {
+        format!("…{}", text.trim_end())
+    } else {
+        text.trim_end().to_string()
+    }
+}
+
+/// The executable `name` in a [`deb_install`] root (`usr/sbin`, `usr/bin`, `sbin` or `bin`).
+pub fn deb_bin(root: &Path, name: &str) -> PathBuf {
+    ["usr/sbin", "usr/bin", "sbin", "bin"]
+        .iter()
+        .map(|d| root.join(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no executable {name} under {}", root.display()))
+}
+
+/// An `LD_LIBRARY_PATH` for the shared libraries unpacked in a [`deb_install`] root: every
+/// directory there holding a `*.so` or `*.so.*` file (empty when there is none).
+pub fn deb_library_path(root: &Path) -> String {
+    let dirs: BTreeSet<PathBuf> = walk(root)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".so") || n.contains(".so."))
+        })
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    dirs.join(":")
+}
+
 impl From<std::process::Output> for Out {
     fn from(out: std::process::Output) -> Out {
         Out {

@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod crash;
+mod gates;
 mod gcp;
 mod gcp_lab;
 mod kubernetes;
@@ -10,3 +11,4 @@ mod kubernetes_lock;
 mod lab;
 mod playbook_errors;
 mod rotation;
+mod third_party;

@@ -30,12 +30,21 @@ pub(super) async fn run(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) 
         .cluster
         .as_ref()
         .is_some_and(|c| c.journal == JournalKind::ConfigMap);
+    let mut unlisted = Vec::new();
     let cluster = match &pb.cluster {
         Some(spec) if lease || configmap => Some(
             crate::cluster::Cluster::connect(spec)
                 .await
                 .map_err(EngineError::from)?,
         ),
+        // Only the instance list needs it: a cluster out of reach is reported, not fatal.
+        Some(spec) => match crate::cluster::Cluster::connect(spec).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                unlisted.push(format!("the cluster: {e}"));
+                None
+            }
+        },
         _ => None,
     };
     let journals = journal::open(&pb, cluster.as_ref()).map_err(EngineError::from)?;
@@ -57,15 +66,58 @@ pub(super) async fn run(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) 
     } else {
         None
     };
+    // Every serving instance, with its address, pid and fingerprints (reads only).
+    let mut instances = Vec::new();
+    let consumers = match crate::consumer::open_all(&pb, cluster.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            unlisted.push(format!("the consumers: {e}"));
+            Vec::new()
+        }
+    };
+    for c in consumers {
+        match c.instances().await {
+            Ok(list) => instances.extend(list.into_iter().map(|i| {
+                serde_json::json!({
+                    "consumer": c.name(),
+                    "id": i.id,
+                    "addr": i.addr,
+                    "pid": i.pid,
+                    "primary": i.primary,
+                    "secondary": i.secondary,
+                })
+            })),
+            Err(e) => unlisted.push(format!("{}: {e}", c.name())),
+        }
+    }
     let value = serde_json::json!({
         "journal": journal,
         "lock": holder,
         "journal_location": journals.describe(),
         "lock_location": lock.describe(),
         "next_rotation": next_rotation,
+        "instances": instances,
+        "unlisted": unlisted,
     });
     out.result(&value, || {
         let mut text = render_status(journal.as_ref(), holder.as_ref());
+        if !instances.is_empty() {
+            text.push_str("\ninstances:");
+            for i in &instances {
+                text.push_str(&format!(
+                    "\n  {} {} {} pid {} primary {} secondary {}",
+                    i["consumer"].as_str().unwrap_or("-"),
+                    i["id"].as_str().unwrap_or("-"),
+                    i["addr"].as_str().unwrap_or("-"),
+                    i["pid"].as_i64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    i["primary"].as_str().unwrap_or("-"),
+                    i["secondary"].as_str().unwrap_or("-"),
+                ));
+            }
+        }
+        for u in &unlisted {
+            text.push_str(&format!("\ncannot list instances of {u}"));
+        }
         if let Some(at) = next_rotation {
             text.push_str(&format!(
                 "\nSecret Manager schedule: next rotation due {}",

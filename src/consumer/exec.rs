@@ -296,6 +296,7 @@ impl Consumer for ExecConsumer {
                 addr: Some(addr),
                 primary: applied.as_ref().map(|a| a.primary.clone()),
                 secondary: applied.as_ref().and_then(|a| a.secondary.clone()),
+                pid: None,
             });
         }
         Ok(out)

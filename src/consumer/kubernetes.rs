@@ -503,6 +503,7 @@ impl KubernetesConsumer {
                 consumer: self.name.clone(),
                 instance: p.name.clone(),
                 detail: "the pod has no IP or port to prove it at".into(),
+                fails_open: false,
             });
         };
         match pass_gate(gate, &self.name, &p.name, addr, events).await {
@@ -862,6 +863,7 @@ impl Consumer for KubernetesConsumer {
                     addr,
                     primary: parsed.as_ref().map(|(p, _)| p.clone()),
                     secondary: parsed.and_then(|(_, s)| s),
+                    pid: None,
                 }
             })
             .collect())

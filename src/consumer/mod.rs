@@ -200,6 +200,9 @@ pub struct Instance {
     pub primary: Option<Fingerprint>,
     /// Secondary fingerprint.
     pub secondary: Option<Fingerprint>,
+    /// Process id, for instances rotor runs itself (process consumers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
 }
 
 /// Result of converging a consumer.
@@ -296,6 +299,8 @@ pub enum ConsumerError {
         instance: String,
         /// What was presented and what the instance did (fingerprints only).
         detail: String,
+        /// It accepted a canary.
+        fails_open: bool,
     },
     /// Records or endpoints on disk.
     #[error("consumer {consumer}: {action}: {source}")]
@@ -322,6 +327,30 @@ impl ConsumerError {
     }
 }
 
+/// Why an instance failed its proof.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// It accepted a canary (a value nobody issued): it accepts anything.
+    pub fails_open: bool,
+    /// What was presented and what it did (fingerprints only).
+    pub detail: String,
+}
+
+impl From<String> for Refusal {
+    fn from(detail: String) -> Refusal {
+        Refusal {
+            fails_open: false,
+            detail,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
 /// Proves one instance, at its own address, for the state a rollout enters: a validator accepts
 /// every value it must and rejects every value it must (always including a fresh canary); a
 /// signer sends what it must and its round trips pass from that instance. A consumer asks its
@@ -329,7 +358,7 @@ impl ConsumerError {
 #[async_trait]
 pub trait Gate: Send + Sync {
     /// `Ok(what was proven)` or `Err(what failed)`; both name values by fingerprint only.
-    async fn prove(&self, instance: &str, addr: SocketAddr) -> Result<String, String>;
+    async fn prove(&self, instance: &str, addr: SocketAddr) -> Result<String, Refusal>;
 }
 
 /// Asks `gate` about one instance of `consumer` and reports the outcome as an
@@ -346,7 +375,7 @@ pub async fn pass_gate(
     let millis = started.elapsed().as_secs_f64() * 1000.0;
     let (passed, detail) = match &result {
         Ok(d) => (true, d.clone()),
-        Err(d) => (false, d.clone()),
+        Err(r) => (false, r.detail.clone()),
     };
     events.emit(&crate::events::Event::InstanceGated {
         consumer: consumer.to_string(),
@@ -355,10 +384,11 @@ pub async fn pass_gate(
         detail,
         millis,
     });
-    result.map(|_| ()).map_err(|detail| ConsumerError::Gate {
+    result.map(|_| ()).map_err(|r| ConsumerError::Gate {
         consumer: consumer.to_string(),
         instance: instance.to_string(),
-        detail,
+        detail: r.detail,
+        fails_open: r.fails_open,
     })
 }
 
@@ -368,7 +398,7 @@ pub struct Ungated;
 
 #[async_trait]
 impl Gate for Ungated {
-    async fn prove(&self, _instance: &str, _addr: SocketAddr) -> Result<String, String> {
+    async fn prove(&self, _instance: &str, _addr: SocketAddr) -> Result<String, Refusal> {
         Ok("not gated".into())
     }
 }

@@ -688,6 +688,7 @@ impl Consumer for ProcessConsumer {
                 addr: Some(r.addr),
                 primary: Some(r.primary),
                 secondary: r.secondary,
+                pid: Some(r.pid),
             })
             .collect())
     }

@@ -63,6 +63,37 @@ pub struct ServiceArgs {
     /// (repeatable). Its instances are read from $ROTOR_FLEET_DIR/NAME/endpoints.json.
     #[arg(long = "peer", value_name = "NAME=MODE", value_parser = parse_peer)]
     pub peer: Vec<Peer>,
+    /// For tests and rehearsals: a file read on every `/api/ping`; while it holds a fault
+    /// (`reject-all`, `accept-all`, `two-keys`: rejects everything while it holds a secondary,
+    /// `two-keys-open`: accepts anything while it holds a secondary) the instance misbehaves
+    /// that way. `{instance}` in the path stands for `$ROTOR_INSTANCE` (repeatable).
+    #[arg(long = "fault-file", value_name = "PATH", hide = true)]
+    pub fault_file: Vec<String>,
+}
+
+/// A misbehaviour a rehearsal asks for (see `--fault-file`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Rejects every value.
+    RejectAll,
+    /// Accepts every value (fails open).
+    AcceptAll,
+    /// Rejects every value while it holds two (a broken two-key branch).
+    TwoKeys,
+    /// Accepts every value while it holds two.
+    TwoKeysOpen,
+}
+
+impl Fault {
+    fn parse(text: &str) -> Option<Fault> {
+        Some(match text.trim() {
+            "reject-all" => Fault::RejectAll,
+            "accept-all" => Fault::AcceptAll,
+            "two-keys" => Fault::TwoKeys,
+            "two-keys-open" => Fault::TwoKeysOpen,
+            _ => return None,
+        })
+    }
 }
 
 /// How this instance presents its primary to a peer.
@@ -136,6 +167,8 @@ pub struct AppState {
     pub peers: BTreeMap<String, PeerMode>,
     /// `$ROTOR_FLEET_DIR`, where peers' `endpoints.json` live.
     pub fleet_dir: Option<PathBuf>,
+    /// `--fault-file` paths, `{instance}` resolved.
+    pub fault_files: Vec<PathBuf>,
 }
 
 impl AppState {
@@ -184,6 +217,14 @@ impl AppState {
         let fleet_dir = lookup("ROTOR_FLEET_DIR")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from);
+        let instance = lookup("ROTOR_INSTANCE")
+            .and_then(|i| i.into_string().ok())
+            .unwrap_or_default();
+        let fault_files = args
+            .fault_file
+            .iter()
+            .map(|f| PathBuf::from(f.replace("{instance}", &instance)))
+            .collect();
         Ok(AppState {
             name: args.name.clone(),
             secret_name: args.secret_name.clone(),
@@ -193,11 +234,26 @@ impl AppState {
             aliases,
             peers: args.peer.iter().map(|p| (p.name.clone(), p.mode)).collect(),
             fleet_dir,
+            fault_files,
         })
     }
 
     fn fingerprint(&self, v: &SecretValue) -> Fingerprint {
         v.fingerprint(&self.secret_name)
+    }
+
+    /// The fault a `--fault-file` asks for now, if any.
+    fn fault(&self) -> Option<Fault> {
+        let fault = self
+            .fault_files
+            .iter()
+            .find_map(|f| Fault::parse(&std::fs::read_to_string(f).ok()?))?;
+        match fault {
+            Fault::TwoKeys | Fault::TwoKeysOpen if self.secondary.is_none() => None,
+            Fault::TwoKeys => Some(Fault::RejectAll),
+            Fault::TwoKeysOpen => Some(Fault::AcceptAll),
+            f => Some(f),
+        }
     }
 
     /// The values `/api/ping` accepts: primary, then secondary.
@@ -306,6 +362,13 @@ fn refuse(status: StatusCode, error: &str) -> Response {
 
 async fn ping(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let state = &s.state;
+    match state.fault() {
+        Some(Fault::RejectAll) => return refuse(StatusCode::FORBIDDEN, "value not accepted"),
+        Some(Fault::AcceptAll) => {
+            return (StatusCode::OK, Json(json!({"ok": true, "via": "fault"}))).into_response();
+        }
+        _ => {}
+    }
     if let Some(presented) = headers.get(&state.header) {
         let Ok(presented) = presented.to_str() else {
             return refuse(StatusCode::FORBIDDEN, "value not accepted");
@@ -638,6 +701,7 @@ mod tests {
             aliases: vec![],
             peers: peers.iter().map(|(n, m)| (n.to_string(), *m)).collect(),
             fleet_dir: None,
+            fault_files: vec![],
         }
     }
 
@@ -686,6 +750,39 @@ mod tests {
             assert_eq!(p(both, random()).await, Verdict::Rejected, "{spec:?}");
             assert_eq!(p(only_a, a.clone()).await, Verdict::Accepted, "{spec:?}");
             assert_eq!(p(only_a, b.clone()).await, Verdict::Rejected, "{spec:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fault_file_changes_what_ping_accepts_while_it_holds_a_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fault");
+        let (a, b) = (random(), random());
+        let with = |secondary: Option<&SecretValue>| AppState {
+            fault_files: vec![file.clone()],
+            ..state("analytics", &a, secondary, &[])
+        };
+        let both = spawn(with(Some(&b))).await;
+        let one = spawn(with(None)).await;
+        let p = |addr, v: SecretValue| async move {
+            probe::present(&header_probe(), addr, &v, T).await.unwrap()
+        };
+        use Verdict::{Accepted, Rejected};
+        // (fault, instance, value, verdict)
+        let cases = [
+            ("", both, a.clone(), Accepted),
+            ("", both, random(), Rejected),
+            ("two-keys", both, a.clone(), Rejected),
+            ("two-keys", one, a.clone(), Accepted),
+            ("two-keys-open", both, random(), Accepted),
+            ("two-keys-open", one, random(), Rejected),
+            ("accept-all", one, random(), Accepted),
+            ("reject-all", one, a.clone(), Rejected),
+            ("unknown words", one, a.clone(), Accepted),
+        ];
+        for (fault, addr, v, want) in cases {
+            std::fs::write(&file, fault).unwrap();
+            assert_eq!(p(addr, v).await, want, "{fault:?} at {addr}");
         }
     }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::consumer::{Consumer, Gate, report_held};
+use crate::consumer::{Consumer, Gate, Refusal, report_held};
 use crate::playbook::{ConsumerSpec, Generate};
 use crate::probe::{self, Verdict};
 use crate::secret::{Fingerprint, SecretValue};
@@ -45,21 +45,6 @@ pub fn canary(g: &Generate) -> Result<Labeled, String> {
         label: CANARY.into(),
         value,
     })
-}
-
-/// Why a validating instance failed its proof.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    /// It accepted the canary: it accepts values nobody issued.
-    pub fails_open: bool,
-    /// What was presented and what it did (fingerprints only).
-    pub detail: String,
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.detail)
-    }
 }
 
 /// Presents every value to the validating instance at `addr` with every probe of `spec`:
@@ -123,6 +108,10 @@ pub struct InstanceGate {
     pub reject: Vec<Labeled>,
     /// The fingerprint a signing instance must send.
     pub sends: Option<Fingerprint>,
+    /// The value behind `sends`, to tell a broken target from a broken signer.
+    pub sends_value: Option<Labeled>,
+    /// Every consumer's playbook entry (the round-trip targets' probes).
+    pub specs: Vec<ConsumerSpec>,
     /// Run the round trips (not in a hard cut's wave).
     pub round_trips: bool,
     /// Every consumer of the playbook, to find round-trip targets.
@@ -154,6 +143,7 @@ impl InstanceGate {
             return Ok(out.join(", "));
         }
         let mut trips = 0;
+        let mut skipped = 0;
         for r in &self.spec.roundtrips {
             let Some(target) = self.consumers.iter().find(|t| t.name() == r.to) else {
                 continue;
@@ -165,35 +155,56 @@ impl InstanceGate {
             for ti in serving {
                 let Some(to) = ti.addr else { continue };
                 if let Err(e) = probe::roundtrip(r, addr, to, self.timeout).await {
-                    // A target instance retired while the trip ran is no failure of this one.
+                    // A target instance retired while the trip ran is no failure of this one,
+                    // nor is a target that refuses the very value this instance must send
+                    // when it is presented directly: that target fails its own proof.
                     let still = target
                         .instances()
                         .await
                         .map(|now| now.iter().any(|i| i.id == ti.id))
                         .unwrap_or(true);
-                    if still {
+                    if still && !self.target_refuses(&r.to, to).await {
                         return Err(format!("round trip to {} instance {}: {e}", r.to, ti.id));
                     }
+                    skipped += 1;
                     continue;
                 }
                 trips += 1;
             }
         }
         out.push(format!("{trips} round trips passed"));
+        if skipped > 0 {
+            out.push(format!(
+                "{skipped} skipped (the target instance refuses the value itself, or left)"
+            ));
+        }
         Ok(out.join(", "))
+    }
+
+    /// True when the validator instance of `consumer` at `addr` rejects, presented directly,
+    /// the value this gate's instance must send: the target is broken, not the sender.
+    async fn target_refuses(&self, consumer: &str, addr: SocketAddr) -> bool {
+        let (Some(v), Some(spec)) = (
+            &self.sends_value,
+            self.specs.iter().find(|s| s.name == consumer),
+        ) else {
+            return false;
+        };
+        prove_validating(spec, addr, std::slice::from_ref(v), &[], self.timeout)
+            .await
+            .is_err()
     }
 }
 
 #[async_trait]
 impl Gate for InstanceGate {
-    async fn prove(&self, _instance: &str, addr: SocketAddr) -> Result<String, String> {
+    async fn prove(&self, _instance: &str, addr: SocketAddr) -> Result<String, Refusal> {
         let mut done = Vec::new();
         if self.spec.role.validates() {
             let mut reject = self.reject.clone();
-            reject.push(canary(&self.generate)?);
+            reject.push(canary(&self.generate).map_err(Refusal::from)?);
             prove_validating(&self.spec, addr, &self.accept, &reject, self.timeout)
-                .await
-                .map_err(|r| r.detail)?;
+                .await?;
             let names = |vs: &[Labeled]| {
                 vs.iter()
                     .map(|v| v.label.as_str())
@@ -207,7 +218,7 @@ impl Gate for InstanceGate {
             ));
         }
         if self.spec.role.signs() {
-            done.push(self.prove_sends(addr).await?);
+            done.push(self.prove_sends(addr).await.map_err(Refusal::from)?);
         }
         Ok(done.join("; "))
     }

@@ -301,7 +301,12 @@ impl EngineError {
                 Exit::Usage
             }
             EngineError::NotStable(_) => Exit::Drift,
-            EngineError::FailsOpen(_) => Exit::FailsOpen,
+            EngineError::FailsOpen(_)
+            | EngineError::Consumer(ConsumerError::Gate {
+                fails_open: true, ..
+            }) => Exit::FailsOpen,
+            // `up` could not prove an instance: nothing was published, an operator must look.
+            EngineError::Consumer(ConsumerError::Gate { .. }) => Exit::NeedsOperator,
             EngineError::RolledBack { .. } => Exit::RolledBack,
             EngineError::Stuck { .. } | EngineError::Step { .. } => Exit::NeedsOperator,
             _ => Exit::Internal,
@@ -624,7 +629,7 @@ impl Engine {
         c: &Arc<dyn Consumer>,
         accept: Vec<gate::Labeled>,
         reject: Vec<gate::Labeled>,
-        sends: Option<Fingerprint>,
+        sends: Option<gate::Labeled>,
         round_trips: bool,
     ) -> gate::InstanceGate {
         gate::InstanceGate {
@@ -636,7 +641,11 @@ impl Engine {
             secret: self.pb.secret.clone(),
             accept,
             reject,
-            sends,
+            sends: sends
+                .as_ref()
+                .map(|v| v.value.fingerprint(&self.pb.secret)),
+            sends_value: sends,
+            specs: self.pb.consumers.clone(),
             round_trips,
             consumers: self.consumers.clone(),
             generate: self.pb.generate.clone(),
@@ -684,8 +693,7 @@ impl Engine {
                 .filter_map(|w| pick(w).map(|(_, v)| label(w, &v)))
                 .collect();
             let sends = protocol::sends(state, c.role())
-                .and_then(pick)
-                .map(|(_, v)| v.fingerprint(&self.pb.secret));
+                .and_then(|w| pick(w).map(|(_, v)| label(w, &v)));
             let gate = self.gate(c, accept, Vec::new(), sends, true);
             let events = self.events.clone();
             jobs.push(async move { c.start(&slots, &gate, events.as_ref()).await });
@@ -1260,13 +1268,11 @@ impl<'e> Run<'e> {
         {
             reject.push(a);
         }
-        Ok(self.e.gate(
-            c,
-            accept,
-            reject,
-            protocol::sends(state, c.role()).and_then(|w| self.fp(w)),
-            !self.journal.hard_cut,
-        ))
+        let sends = match protocol::sends(state, c.role()) {
+            Some(w) => Some(self.labeled(w).await?),
+            None => None,
+        };
+        Ok(self.e.gate(c, accept, reject, sends, !self.journal.hard_cut))
     }
 
     // ---- driving ------------------------------------------------------------------------

@@ -619,7 +619,11 @@ struct TestGate {
 
 #[async_trait::async_trait]
 impl crate::consumer::Gate for TestGate {
-    async fn prove(&self, instance: &str, addr: std::net::SocketAddr) -> Result<String, String> {
+    async fn prove(
+        &self,
+        instance: &str,
+        addr: std::net::SocketAddr,
+    ) -> Result<String, crate::consumer::Refusal> {
         self.asked
             .lock()
             .unwrap()
@@ -627,7 +631,7 @@ impl crate::consumer::Gate for TestGate {
         // The instance is up and answering at the address it is proven at.
         get_json(addr, "/env").await;
         if self.all || self.refuse.contains(instance) {
-            Err("rejected A, which it must accept".into())
+            Err(String::from("rejected A, which it must accept").into())
         } else {
             Ok("proven".into())
         }
