@@ -169,11 +169,13 @@ async fn a_validator_that_fails_open_is_refused_at_preflight_and_nothing_changes
         "{}",
         out.stderr
     );
-    assert_eq!(env.store()["primary"], serde_json::from_slice::<serde_json::Value>(&store).unwrap()["primary"]);
+    assert_eq!(
+        env.store()["primary"],
+        serde_json::from_slice::<serde_json::Value>(&store).unwrap()["primary"]
+    );
     assert!(env.store()["secondary"].is_null());
     assert!(
-        !env.pb.state_dir.join("journal.json").exists()
-            || env.journal()["status"] != "running",
+        !env.pb.state_dir.join("journal.json").exists() || env.journal()["status"] != "running",
         "a journal was started"
     );
 
@@ -182,7 +184,9 @@ async fn a_validator_that_fails_open_is_refused_at_preflight_and_nothing_changes
     check.assert_code(5);
     for id in instance_ids(&env, "analytics").await {
         assert!(
-            check.stdout.contains(&format!("analytics {id}: fails open")),
+            check
+                .stdout
+                .contains(&format!("analytics {id}: fails open")),
             "{id} not named: {}",
             check.stdout
         );
@@ -202,8 +206,15 @@ async fn a_validator_that_fails_open_only_with_two_keys_is_caught_at_the_first_g
     assert!(out.stderr.contains("fails open"), "{}", out.stderr);
     // Caught while widening, never as late as T4's negative proof.
     let stages = steps(&env.journal());
-    assert!(stages.contains(&"T2.forward.failed".to_string()), "{stages:?}");
-    assert!(!stages.iter().any(|s| s.starts_with("T3.forward") || s.starts_with("T4")));
+    assert!(
+        stages.contains(&"T2.forward.failed".to_string()),
+        "{stages:?}"
+    );
+    assert!(
+        !stages
+            .iter()
+            .any(|s| s.starts_with("T3.forward") || s.starts_with("T4"))
+    );
     assert_eq!(env.journal()["state"], "S0");
     fault(&env, "analytics", None);
     env.rotor(&["check"]).await.assert_code(0);
@@ -231,7 +242,8 @@ async fn a_wholly_broken_wave_is_recovered_by_rollback_alone_once_the_cause_is_f
     check.assert_code(5);
     for id in &broken {
         assert!(
-            check.stdout.contains(&format!("analytics {id}: ")) && check.stdout.contains("which it must accept"),
+            check.stdout.contains(&format!("analytics {id}: "))
+                && check.stdout.contains("which it must accept"),
             "{id}: {}",
             check.stdout
         );

@@ -109,7 +109,10 @@ pub(super) async fn run(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) 
                     i["consumer"].as_str().unwrap_or("-"),
                     i["id"].as_str().unwrap_or("-"),
                     i["addr"].as_str().unwrap_or("-"),
-                    i["pid"].as_i64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    i["pid"]
+                        .as_i64()
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     i["primary"].as_str().unwrap_or("-"),
                     i["secondary"].as_str().unwrap_or("-"),
                 ));

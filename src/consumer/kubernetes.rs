@@ -465,7 +465,12 @@ impl KubernetesConsumer {
 
     /// Sets rotor's gate condition on pod `name` through `pods/status` (a strategic merge patch:
     /// conditions merge by type, so the kubelet's own conditions stay).
-    async fn set_proven(&self, name: &str, proven: bool, message: &str) -> Result<(), ConsumerError> {
+    async fn set_proven(
+        &self,
+        name: &str,
+        proven: bool,
+        message: &str,
+    ) -> Result<(), ConsumerError> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), self.ns());
         let call = Call::new("patch", "pods/status", "", self.ns(), name);
         let body = json!({"status": {"conditions": [{
@@ -537,7 +542,10 @@ impl KubernetesConsumer {
             let Some(addr) = self.pod_addr(view, p) else {
                 continue;
             };
-            if pass_gate(gate, &self.name, &p.name, addr, events).await.is_ok() {
+            if pass_gate(gate, &self.name, &p.name, addr, events)
+                .await
+                .is_ok()
+            {
                 continue;
             }
             if p.gated {

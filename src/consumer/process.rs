@@ -362,7 +362,12 @@ impl ProcessConsumer {
 
     /// Stops an instance (no drain) and removes its record.
     async fn discard(&self, rec: &Record) -> Result<(), ConsumerError> {
-        os::terminate(rec.pid, rec.pid_start_ticks, os::stop_signal(self.spec.stop_signal)).await;
+        os::terminate(
+            rec.pid,
+            rec.pid_start_ticks,
+            os::stop_signal(self.spec.stop_signal),
+        )
+        .await;
         self.layout
             .remove_record(&rec.id)
             .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
@@ -529,7 +534,9 @@ impl ProcessConsumer {
                 report.waited += self.retire(&mut fleet, &old, true).await?;
                 continue;
             }
-            let new = self.start_ready(&d, gate, events, deadline, &mut report).await?;
+            let new = self
+                .start_ready(&d, gate, events, deadline, &mut report)
+                .await?;
             let new_id = new.id.clone();
             self.publish(&mut fleet, new)?;
             matching += 1;
@@ -537,7 +544,9 @@ impl ProcessConsumer {
             self.replaced(events, Some(old), new_id, &d);
         }
         while matching < want {
-            let new = self.start_ready(&d, gate, events, deadline, &mut report).await?;
+            let new = self
+                .start_ready(&d, gate, events, deadline, &mut report)
+                .await?;
             let new_id = new.id.clone();
             self.publish(&mut fleet, new)?;
             matching += 1;
@@ -663,12 +672,11 @@ impl Consumer for ProcessConsumer {
     ) -> Result<RolloutReport, ConsumerError> {
         let limit = self.timings.rollout_timeout;
         let deadline = Instant::now() + limit;
-        let result = match tokio::time::timeout(limit, self.converge(slots, gate, events, deadline))
-            .await
-        {
-            Ok(r) => r,
-            Err(_elapsed) => Err(self.rollout_timeout()),
-        };
+        let result =
+            match tokio::time::timeout(limit, self.converge(slots, gate, events, deadline)).await {
+                Ok(r) => r,
+                Err(_elapsed) => Err(self.rollout_timeout()),
+            };
         if matches!(result, Err(ConsumerError::RolloutTimeout { .. })) {
             self.cleanup_after_timeout().await;
         }
@@ -744,7 +752,13 @@ impl Consumer for ProcessConsumer {
             .map_err(self.io("writing endpoints.json"))?;
         let mut stopped = 0;
         for rec in &records {
-            if os::terminate(rec.pid, rec.pid_start_ticks, os::stop_signal(self.spec.stop_signal)).await {
+            if os::terminate(
+                rec.pid,
+                rec.pid_start_ticks,
+                os::stop_signal(self.spec.stop_signal),
+            )
+            .await
+            {
                 stopped += 1;
             }
             self.layout

@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::gate::{Labeled, canary, prove_validating};
 use super::{Engine, EngineError};
 use crate::consumer::HeldSource;
 use crate::playbook::SlotRef;
-use super::gate::{Labeled, canary, prove_validating};
 use crate::protocol::{Role, State, Which, accepts, consumer_slots};
 use crate::secret::Fingerprint;
 
@@ -68,7 +68,10 @@ impl Engine {
     ) -> Vec<String> {
         let timeout = self.pb.timings.probe_timeout;
         let Some(addr) = inst.addr else {
-            return vec![format!("{} {}: has no address to prove it at", spec.name, inst.id)];
+            return vec![format!(
+                "{} {}: has no address to prove it at",
+                spec.name, inst.id
+            )];
         };
         let mut out = Vec::new();
         if spec.role.validates() {

@@ -203,8 +203,7 @@ impl Gate for InstanceGate {
         if self.spec.role.validates() {
             let mut reject = self.reject.clone();
             reject.push(canary(&self.generate).map_err(Refusal::from)?);
-            prove_validating(&self.spec, addr, &self.accept, &reject, self.timeout)
-                .await?;
+            prove_validating(&self.spec, addr, &self.accept, &reject, self.timeout).await?;
             let names = |vs: &[Labeled]| {
                 vs.iter()
                     .map(|v| v.label.as_str())

@@ -641,9 +641,7 @@ impl Engine {
             secret: self.pb.secret.clone(),
             accept,
             reject,
-            sends: sends
-                .as_ref()
-                .map(|v| v.value.fingerprint(&self.pb.secret)),
+            sends: sends.as_ref().map(|v| v.value.fingerprint(&self.pb.secret)),
             sends_value: sends,
             specs: self.pb.consumers.clone(),
             round_trips,
@@ -692,8 +690,8 @@ impl Engine {
                 .into_iter()
                 .filter_map(|w| pick(w).map(|(_, v)| label(w, &v)))
                 .collect();
-            let sends = protocol::sends(state, c.role())
-                .and_then(|w| pick(w).map(|(_, v)| label(w, &v)));
+            let sends =
+                protocol::sends(state, c.role()).and_then(|w| pick(w).map(|(_, v)| label(w, &v)));
             let gate = self.gate(c, accept, Vec::new(), sends, true);
             let events = self.events.clone();
             jobs.push(async move { c.start(&slots, &gate, events.as_ref()).await });
@@ -1272,7 +1270,9 @@ impl<'e> Run<'e> {
             Some(w) => Some(self.labeled(w).await?),
             None => None,
         };
-        Ok(self.e.gate(c, accept, reject, sends, !self.journal.hard_cut))
+        Ok(self
+            .e
+            .gate(c, accept, reject, sends, !self.journal.hard_cut))
     }
 
     // ---- driving ------------------------------------------------------------------------

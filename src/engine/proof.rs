@@ -175,7 +175,10 @@ impl Run<'_> {
     /// A value for a probe: from the store while it is readable; a value that the store has
     /// disabled (A after T4) is re-read from nowhere, so negative proofs use the value the run
     /// read before disabling it.
-    pub(super) async fn value_for_proof(&self, w: Which) -> Result<crate::secret::SecretValue, StepError> {
+    pub(super) async fn value_for_proof(
+        &self,
+        w: Which,
+    ) -> Result<crate::secret::SecretValue, StepError> {
         if let Some(v) = self.proof_cache.lock().expect("cache").get(&w) {
             return Ok(v.clone());
         }

@@ -381,7 +381,9 @@ async fn apply_replaces_one_instance_at_a_time_then_is_a_no_op() {
     let fleet = Fleet::new(2, timings());
     let c = fleet.consumer();
     let (a, b) = (value(""), value(""));
-    c.start(&slots(&a, None), &Ungated, &Sink::default()).await.unwrap();
+    c.start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
     let before = fleet.records();
     let gen_before = fleet.endpoints().generation;
 
@@ -426,7 +428,10 @@ async fn apply_replaces_one_instance_at_a_time_then_is_a_no_op() {
 
     let sink = Sink::watching(&fleet.layout());
     let t = Instant::now();
-    let report = c.apply(&slots(&a, Some(&b)), &Ungated, &sink).await.unwrap();
+    let report = c
+        .apply(&slots(&a, Some(&b)), &Ungated, &sink)
+        .await
+        .unwrap();
     let took = t.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     load.await.unwrap();
@@ -490,7 +495,10 @@ async fn apply_replaces_one_instance_at_a_time_then_is_a_no_op() {
 
     // The same slots again: nothing restarts, nothing is written, no event.
     let sink = Sink::default();
-    let again = c.apply(&slots(&a, Some(&b)), &Ungated, &sink).await.unwrap();
+    let again = c
+        .apply(&slots(&a, Some(&b)), &Ungated, &sink)
+        .await
+        .unwrap();
     assert_eq!(again.restarts, 0);
     assert!(sink.events().is_empty());
     assert_eq!(fleet.endpoints().generation, generation);
@@ -667,9 +675,9 @@ async fn a_new_instance_that_fails_its_gate_is_stopped_and_never_published() {
     assert_eq!(&asked[0].0, instance);
     assert!(!eps_before.endpoints.contains(&asked[0].1));
     assert!(
-        sink.all()
-            .iter()
-            .all(|(_, eps)| eps.as_ref().is_none_or(|e| !e.endpoints.contains(&asked[0].1))),
+        sink.all().iter().all(|(_, eps)| eps
+            .as_ref()
+            .is_none_or(|e| !e.endpoints.contains(&asked[0].1))),
         "the refused instance was published"
     );
     let failed_pid = fleet.reported_pid(instance).unwrap();
@@ -710,10 +718,19 @@ async fn a_running_instance_that_fails_its_gate_is_replaced_although_it_holds_th
     let after = fleet.records();
     assert_eq!(after.len(), 2);
     assert!(!after.iter().any(|r| r.id == broken));
-    assert!(after.iter().any(|r| r.id == before[1].id), "the sound one stays");
+    assert!(
+        after.iter().any(|r| r.id == before[1].id),
+        "the sound one stays"
+    );
     assert!(!os::alive(before[0].pid, before[0].pid_start_ticks));
     // Both running instances were asked, then the replacement, before it was published.
-    let asked: Vec<String> = gate.asked.lock().unwrap().iter().map(|(i, _)| i.clone()).collect();
+    let asked: Vec<String> = gate
+        .asked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(i, _)| i.clone())
+        .collect();
     assert_eq!(asked.len(), 3, "{asked:?}");
     // Nothing refused now: the same apply changes nothing.
     let again = c
@@ -730,7 +747,9 @@ async fn dead_and_unpublished_instances_are_reconciled() {
     let fleet = Fleet::new(2, timings());
     let c = fleet.consumer();
     let a = value("");
-    c.start(&slots(&a, None), &Ungated, &Sink::default()).await.unwrap();
+    c.start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
     let before = fleet.records();
 
     // Killed behind rotor's back.
