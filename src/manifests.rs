@@ -119,6 +119,8 @@ pub fn rules(pb: &Playbook) -> BTreeMap<String, Vec<PolicyRule>> {
             }
             if ns.pods {
                 rules.push(rule("", "pods", &["list"], &none));
+                // Opening rotor's readiness gate (`rotor.dev/proven`) on a pod it proved.
+                rules.push(rule("", "pods/status", &["patch"], &none));
             }
             if let Some(lease) = ns.lease {
                 rules.push(rule(

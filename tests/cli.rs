@@ -213,6 +213,7 @@ fn manifests_grant_only_what_the_playbook_names_and_run_if_due() {
                 s(&["analytics", "auth", "backend"])
             ),
             ("pods".into(), s(&["list"]), vec![]),
+            ("pods/status".into(), s(&["patch"]), vec![]),
             (
                 "leases".into(),
                 s(&["get", "update"]),

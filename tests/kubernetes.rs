@@ -58,8 +58,19 @@ impl K8sEnv {
 
     /// The lab demo topology with `yaml` (a playbook for it) in a scratch directory.
     pub(crate) async fn from_yaml(file: &str, yaml: String) -> K8sEnv {
+        K8sEnv::from_parts(file, yaml, |_, _| {}).await
+    }
+
+    /// Like [`K8sEnv::from_yaml`], with the topology's objects edited by `edit` (which also
+    /// gets the scratch directory) before the lab starts.
+    async fn from_parts(
+        file: &str,
+        yaml: String,
+        edit: impl FnOnce(&mut Vec<serde_json::Value>, &std::path::Path),
+    ) -> K8sEnv {
         let (dir, playbook, pb) = scratch_playbook("rotor-k8s-test-", file, yaml);
         let mut topo = rotor::demo::lab_topology(None).unwrap();
+        edit(&mut topo.objects, dir.path());
         topo.images.insert(
             "rotor-demo-service".into(),
             ImageSpec::Command(vec![env!("CARGO_BIN_EXE_rotor-demo-service").into()]),
@@ -723,6 +734,73 @@ async fn k8s_check_names_split_names_and_rejected_signers_on_a_broken_fleet() {
     env.rotor(&["up"]).await.assert_code(0);
     restart_and_wait(&env, "auth").await;
     restart_and_wait(&env, "backend").await;
+    env.rotor(&["check"]).await.assert_code(0);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_new_pods_that_fail_the_gate_stay_unready_and_the_rotation_rolls_back() {
+    // analytics pods read their fault from a file: `two-keys` breaks a pod that holds two
+    // values (it still answers its readiness probe).
+    let mut fault = PathBuf::new();
+    let env = K8sEnv::from_parts(
+        "k8s-demo.yaml",
+        test_yaml(rotor::demo::K8S_DEMO, |y| y),
+        |objects, dir| {
+            fault = dir.join("analytics-fault");
+            let analytics = objects
+                .iter_mut()
+                .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "analytics")
+                .unwrap();
+            let args = analytics["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array_mut()
+                .unwrap();
+            args.push("--fault-file".into());
+            args.push(fault.display().to_string().into());
+        },
+    )
+    .await;
+    env.up().await;
+    let a = env.store_primary().await;
+    // rotor's readiness gate is on every template it rolled, and open on every serving pod.
+    let pods: Api<Pod> = env.api();
+    let gated = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.readiness_gates.as_ref())
+            .is_some_and(|g| g.iter().any(|g| g.condition_type == "rotor.dev/proven"))
+    };
+    let proven = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "rotor.dev/proven" && c.status == "True")
+            })
+    };
+    for p in pods.list(&ListParams::default()).await.unwrap() {
+        assert!(gated(&p) && proven(&p), "{:?}", p.metadata.name);
+    }
+
+    std::fs::write(&fault, "two-keys").unwrap();
+    let load = env.load();
+    let out = env.rotor(&["rotate", "--yes"]).await;
+    let report = load.stop().await;
+    out.assert_code(3);
+    // The load went only to Ready pods: the broken analytics pod never was one.
+    env.assert_no_failures(&report);
+    assert!(
+        out.stderr.contains("T2 widen forward failed")
+            && out.stderr.contains("analytics")
+            && out.stderr.contains("failed its gate"),
+        "{}",
+        out.stderr
+    );
+    let j = env.journal().await;
+    assert_eq!((j["state"].as_str(), j["status"].as_str()), (Some("S0"), Some("rolled_back")));
+    assert_eq!(env.store_primary().await, a);
+    std::fs::write(&fault, "").unwrap();
     env.rotor(&["check"]).await.assert_code(0);
     env.finish().await;
 }

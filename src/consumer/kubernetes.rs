@@ -409,18 +409,23 @@ impl KubernetesConsumer {
     /// Sets the template annotation and adds rotor's readiness gate to the template's gates
     /// (a merge patch: idempotent, so safe to retry; the gates a template already lists stay).
     async fn patch_template(&self, value: &str, gates: &[String]) -> Result<(), ConsumerError> {
-        let name = &self.spec.workload.name;
-        let call = self.workload_call("patch");
         let mut gates: Vec<serde_json::Value> = gates
             .iter()
             .filter(|g| g.as_str() != GATE_CONDITION)
             .map(|g| json!({"conditionType": g}))
             .collect();
         gates.push(json!({"conditionType": GATE_CONDITION}));
-        let body = json!({"spec": {"template": {
+        self.patch_template_json(json!({"spec": {"template": {
             "metadata": {"annotations": {&self.annotation: value}},
             "spec": {"readinessGates": gates},
-        }}});
+        }}}))
+        .await
+    }
+
+    /// A merge patch of the workload (its pod template).
+    async fn patch_template_json(&self, body: serde_json::Value) -> Result<(), ConsumerError> {
+        let name = &self.spec.workload.name;
+        let call = self.workload_call("patch");
         let pp = PatchParams::default();
         let patch = Patch::Merge(&body);
         let c = self.client.clone();
@@ -523,8 +528,11 @@ impl KubernetesConsumer {
     }
 
     /// Ready pods on template `expected` that fail `gate` (they hold the right fingerprints but
-    /// no longer do what they must): their gate is closed, so they leave the endpoints at once,
-    /// and they are deleted, so their workload starts replacements that the rollout proves.
+    /// no longer do what they must): their gate is closed, so they leave the endpoints at once;
+    /// then, when there are any, the workload is restarted the way `kubectl rollout restart`
+    /// does it (a template annotation, `rotor.dev/restarted-at`), so every pod is replaced by
+    /// one the rollout proves. Needs no permission beyond the rollout's own (`patch` on the
+    /// workload, `patch` on `pods/status`). Returns how many failed.
     async fn replace_failing(
         &self,
         view: &WorkloadView,
@@ -533,8 +541,7 @@ impl KubernetesConsumer {
         gate: &dyn Gate,
         events: &dyn EventSink,
     ) -> Result<usize, ConsumerError> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), self.ns());
-        let mut replaced = 0;
+        let mut failed = 0;
         for p in pods
             .iter()
             .filter(|p| p.ready && !p.terminating && p.annotation.as_deref() == Some(expected))
@@ -552,14 +559,16 @@ impl KubernetesConsumer {
                 self.set_proven(&p.name, false, "failed rotor's proof; replaced")
                     .await?;
             }
-            let call = Call::new("delete", "pods", "", self.ns(), &p.name);
-            let dp = kube::api::DeleteParams::default();
-            retry(&call, || api.delete(&p.name, &dp))
-                .await
-                .map_err(|e| self.cluster_error(e))?;
-            replaced += 1;
+            failed += 1;
         }
-        Ok(replaced)
+        if failed > 0 {
+            let stamp = jiff::Timestamp::now().to_string();
+            self.patch_template_json(json!({"spec": {"template": {"metadata": {"annotations": {
+                "rotor.dev/restarted-at": stamp,
+            }}}}}))
+            .await?;
+        }
+        Ok(failed)
     }
 
     /// Writes the slot keys of the workload's Secret; returns whether it changed.
