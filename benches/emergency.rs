@@ -33,7 +33,9 @@ async fn wave(engine: &Engine, slots: &Slots) -> (f64, Vec<f64>) {
     let started = Instant::now();
     let jobs = engine.consumers().iter().map(|c| async move {
         let t = Instant::now();
-        c.apply(slots, &NullSink).await.expect("rollout");
+        c.apply(slots, &rotor::consumer::Ungated, &NullSink)
+            .await
+            .expect("rollout");
         t.elapsed().as_secs_f64()
     });
     let each: Vec<f64> = futures_util::stream::iter(jobs)

@@ -52,7 +52,7 @@ async fn naive(workers: usize, interval: Duration, window: Duration) -> Naive {
     let starts = engine
         .consumers()
         .iter()
-        .map(|c| c.start(&slots, &NullSink));
+        .map(|c| c.start(&slots, &rotor::consumer::Ungated, &NullSink));
     for r in futures_util::future::join_all(starts).await {
         r.expect("start");
     }

@@ -1097,3 +1097,754 @@ async fn kubectl_works_against_the_lab() {
     assert_eq!(v["items"][0]["spec"]["holderIdentity"], "rotor@test");
     l.stop().await;
 }
+
+// Readiness gates and the pods/status subresource.
+
+/// The readiness gate the tests' pod templates carry.
+const GATE: &str = "rotor.dev/proven";
+
+/// A workload line (see [`workload`]) whose pod template carries the readiness gate [`GATE`].
+fn gated(kind: &str, name: &str, replicas: Option<i64>, extra: Value) -> String {
+    let line = workload(kind, name, replicas, extra);
+    let mut obj: Value = serde_json::from_str(line.trim().trim_start_matches("- ")).unwrap();
+    obj["spec"]["template"]["spec"]["readinessGates"] = json!([{"conditionType": GATE}]);
+    format!("  - {}\n", serde_json::to_string(&obj).unwrap())
+}
+
+/// The pod's conditions, as JSON.
+fn conditions(p: &Pod) -> Vec<Value> {
+    let v = serde_json::to_value(p).unwrap();
+    v["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The pod's condition of type `ty`, as JSON.
+fn condition(p: &Pod, ty: &str) -> Option<Value> {
+    conditions(p).into_iter().find(|c| c["type"] == ty)
+}
+
+/// The status ("True", "False") of the pod's condition `ty`, or "" when it has none.
+fn status_of(p: &Pod, ty: &str) -> String {
+    condition(p, ty)
+        .and_then(|c| c["status"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Containers ready, the pod not Ready because of its readiness gate.
+fn held_by_gate(p: &Pod) -> bool {
+    status_of(p, "ContainersReady") == "True"
+        && condition(p, "Ready")
+            .is_some_and(|c| c["status"] == "False" && c["reason"] == "ReadinessGatesNotReady")
+}
+
+fn restarts(p: &Pod) -> i32 {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map_or(0, |cs| cs[0].restart_count)
+}
+
+/// The pods of `app` not being deleted.
+async fn live_pods(l: &TestLab, app: &str) -> Vec<Pod> {
+    pods(l, app)
+        .await
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// The addresses in `<fleet dir>/<app>/endpoints.json`, sorted (none when there is no file).
+fn endpoints(l: &TestLab, app: &str) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(l.lab().fleet_dir().join(app).join("endpoints.json")) else {
+        return Vec::new();
+    };
+    let file: Value = serde_json::from_slice(&bytes).unwrap();
+    let mut out: Vec<String> = file["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The pod's address as the endpoints file lists it.
+fn addr(p: &Pod) -> String {
+    format!("{}:8080", pod_ip(p))
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// A strategic merge patch of the status setting the gate's condition to `status`.
+fn set_gate(status: &str) -> Patch<Value> {
+    Patch::Strategic(json!({"status": {"conditions": [{"type": GATE, "status": status}]}}))
+}
+
+/// (replicas, updatedReplicas, readyReplicas, availableReplicas) of a Deployment whose
+/// status reflects its current generation.
+async fn deployment_counts(l: &TestLab, name: &str) -> Option<(i32, i32, i32, i32)> {
+    let d = l.api::<Deployment>().get(name).await.ok()?;
+    let st = d.status?;
+    (st.observed_generation == d.metadata.generation).then_some((
+        st.replicas.unwrap_or(0),
+        st.updated_replicas.unwrap_or(0),
+        st.ready_replicas.unwrap_or(0),
+        st.available_replicas.unwrap_or(0),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_gate_holds_pods_back_until_patch_status_sets_it() {
+    use futures_util::StreamExt;
+    let yaml = format!("{BASE}{}", gated("Deployment", "web", Some(2), json!({})));
+    let l = TestLab::start(&yaml).await;
+    let api: Api<Pod> = l.api();
+    let pp = PatchParams::default();
+    // The containers are ready, the pods are not: the gate's condition does not exist.
+    let held = wait_for("both pods held back by their gate", 60, || async {
+        let ps = live_pods(&l, "web").await;
+        (ps.len() == 2 && ps.iter().all(held_by_gate)).then_some(ps)
+    })
+    .await;
+    for p in &held {
+        let gates = p.spec.as_ref().unwrap().readiness_gates.clone().unwrap();
+        assert_eq!(gates.len(), 1);
+        assert_eq!(gates[0].condition_type, GATE);
+        assert!(!is_ready(p));
+        assert_eq!(
+            condition(p, "Ready").unwrap()["message"],
+            format!("corresponding condition of pod readiness gate \"{GATE}\" does not exist.")
+        );
+    }
+    assert_eq!(endpoints(&l, "web"), Vec::<String>::new());
+    let counts = wait_for("the deployment's status", 60, || async {
+        deployment_counts(&l, "web")
+            .await
+            .filter(|c| (c.0, c.1) == (2, 2))
+    })
+    .await;
+    assert_eq!(counts, (2, 2, 0, 0));
+    let d = l.api::<Deployment>().get("web").await.unwrap();
+    let avail = d
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Available")
+        .unwrap();
+    assert_eq!(
+        (avail.status.as_str(), avail.reason.as_deref()),
+        ("False", Some("MinimumReplicasUnavailable"))
+    );
+    let (a, b) = (&held[0], &held[1]);
+    let (a_name, b_name) = (
+        a.metadata.name.clone().unwrap(),
+        b.metadata.name.clone().unwrap(),
+    );
+
+    // A strategic merge patch through pods/status adds the gate's condition (merged by type:
+    // the kubelet's five stay); the watch sees the patch, then the kubelet's Ready.
+    let rv = api
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut stream = api
+        .watch(&WatchParams::default().labels("app=web"), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let patched = api
+        .patch_status(&a_name, &pp, &set_gate("True"))
+        .await
+        .unwrap();
+    assert_eq!(status_of(&patched, GATE), "True");
+    assert_eq!(conditions(&patched).len(), 6, "{:?}", conditions(&patched));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut saw_patch = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, stream.next())
+            .await
+            .expect("a MODIFIED event with the pod Ready")
+            .unwrap()
+            .unwrap();
+        let p = match ev {
+            WatchEvent::Modified(p) if p.metadata.name.as_deref() == Some(a_name.as_str()) => p,
+            WatchEvent::Modified(_) | WatchEvent::Bookmark(_) => continue,
+            other => panic!("unexpected event {other:?}"),
+        };
+        if status_of(&p, GATE) == "True" && !is_ready(&p) {
+            saw_patch = true;
+        }
+        if is_ready(&p) {
+            assert!(saw_patch, "Ready came before the gate's condition");
+            assert_eq!(status_of(&p, GATE), "True");
+            break;
+        }
+    }
+    wait_for("a alone in the endpoints", 60, || async {
+        (endpoints(&l, "web") == [addr(a)]).then_some(())
+    })
+    .await;
+    wait_for("one replica available", 60, || async {
+        deployment_counts(&l, "web")
+            .await
+            .filter(|c| *c == (2, 2, 1, 1))
+    })
+    .await;
+
+    // A JSON merge patch replaces the whole list, as on a real API server; the kubelet writes
+    // its own conditions back and keeps the gate's.
+    let merged = api
+        .patch_status(
+            &b_name,
+            &pp,
+            &Patch::Merge(json!({"status": {"conditions": [{"type": GATE, "status": "True"}]}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(conditions(&merged).len(), 1);
+    wait_for("b Ready with the kubelet's conditions back", 60, || async {
+        let p = api.get(&b_name).await.ok()?;
+        (is_ready(&p) && conditions(&p).len() == 6 && status_of(&p, GATE) == "True").then_some(())
+    })
+    .await;
+    let both = sorted(vec![addr(a), addr(b)]);
+    wait_for("both in the endpoints", 60, || async {
+        (endpoints(&l, "web") == both).then_some(())
+    })
+    .await;
+    wait_for("both replicas available", 60, || async {
+        deployment_counts(&l, "web")
+            .await
+            .filter(|c| *c == (2, 2, 2, 2))
+    })
+    .await;
+
+    // The gate turned False: a leaves Ready, the endpoints and the counts.
+    api.patch_status(&a_name, &pp, &set_gate("False"))
+        .await
+        .unwrap();
+    let p = wait_for("a not Ready", 60, || async {
+        let p = api.get(&a_name).await.ok()?;
+        (!is_ready(&p)).then_some(p)
+    })
+    .await;
+    let ready = condition(&p, "Ready").unwrap();
+    assert_eq!(ready["reason"], "ReadinessGatesNotReady");
+    assert_eq!(
+        ready["message"],
+        format!("the status of pod readiness gate \"{GATE}\" is not \"True\", but False")
+    );
+    assert_eq!(status_of(&p, "ContainersReady"), "True");
+    wait_for("b alone in the endpoints", 60, || async {
+        (endpoints(&l, "web") == [addr(b)]).then_some(())
+    })
+    .await;
+    wait_for("one replica available again", 60, || async {
+        deployment_counts(&l, "web")
+            .await
+            .filter(|c| *c == (2, 2, 1, 1))
+    })
+    .await;
+
+    // GET and PUT on pods/status: a replace with the current resourceVersion sets the gate
+    // again, the same replace once more is stale.
+    let mut cur = api.get_status(&a_name).await.unwrap();
+    for c in cur
+        .status
+        .as_mut()
+        .unwrap()
+        .conditions
+        .as_mut()
+        .unwrap()
+        .iter_mut()
+        .filter(|c| c.type_ == GATE)
+    {
+        c.status = "True".into();
+    }
+    api.replace_status(&a_name, &PostParams::default(), &cur)
+        .await
+        .unwrap();
+    let (code, reason, _) = api_code(
+        api.replace_status(&a_name, &PostParams::default(), &cur)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    wait_for("both in the endpoints again", 60, || async {
+        (endpoints(&l, "web") == both).then_some(())
+    })
+    .await;
+    assert!(is_ready(&api.get(&a_name).await.unwrap()));
+    let stats = l.lab().stats();
+    assert_eq!(stats.requests["pods/status"]["patch"], 3);
+    assert_eq!(stats.requests["pods/status"]["update"], 2);
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_patch_status_subresource_sets_a_readiness_gate() {
+    let _ = tokio::task::spawn_blocking(kubectl).await.unwrap();
+    let yaml = format!("{BASE}{}", gated("Deployment", "web", Some(1), json!({})));
+    let l = TestLab::start(&yaml).await;
+    let api: Api<Pod> = l.api();
+    let held = wait_for("the pod held back by its gate", 60, || async {
+        let ps = live_pods(&l, "web").await;
+        (ps.len() == 1 && held_by_gate(&ps[0])).then(|| ps[0].clone())
+    })
+    .await;
+    let name = held.metadata.name.clone().unwrap();
+    // `get -o wide`: the READINESS GATES column counts the gates whose condition is True.
+    let gates_column = |out: &str| {
+        let mut lines = out.lines();
+        let header = lines.next().unwrap_or_default();
+        assert!(header.trim_end().ends_with("READINESS GATES"), "{out}");
+        let row = lines.find(|r| r.starts_with(name.as_str())).unwrap_or("");
+        row.split_whitespace().last().unwrap_or("").to_string()
+    };
+    let (ok, out, err) = run_kubectl(&l, &["get", "pod", &name, "-o", "wide"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(gates_column(&out), "0/1", "{out}");
+    assert!(endpoints(&l, "web").is_empty());
+
+    let (ok, out, err) = run_kubectl(
+        &l,
+        &[
+            "patch",
+            "pod",
+            &name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"rotor.dev/proven","status":"True"}]}}"#,
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(&format!("pod/{name} patched")), "{out}");
+    wait_for("the pod Ready", 60, || async {
+        let p = api.get(&name).await.ok()?;
+        (is_ready(&p) && conditions(&p).len() == 6).then_some(())
+    })
+    .await;
+    wait_for("the pod in the endpoints", 60, || async {
+        (endpoints(&l, "web") == [addr(&held)]).then_some(())
+    })
+    .await;
+    wait_for("the replica available", 60, || async {
+        deployment_counts(&l, "web")
+            .await
+            .filter(|c| *c == (1, 1, 1, 1))
+    })
+    .await;
+    let (ok, out, err) = run_kubectl(&l, &["get", "pod", &name, "-o", "wide"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(gates_column(&out), "1/1", "{out}");
+    let (ok, out, err) = run_kubectl(
+        &l,
+        &[
+            "get",
+            "pod",
+            &name,
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "True");
+
+    // kubectl's default, a strategic merge patch, sets it False: out of Ready and the
+    // endpoints, the kubelet's conditions untouched.
+    let (ok, out, err) = run_kubectl(
+        &l,
+        &[
+            "patch",
+            "pod",
+            &name,
+            "--subresource=status",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"rotor.dev/proven","status":"False"}]}}"#,
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    wait_for("the pod out of the endpoints", 60, || async {
+        endpoints(&l, "web").is_empty().then_some(())
+    })
+    .await;
+    let p = api.get(&name).await.unwrap();
+    assert!(held_by_gate(&p), "{:?}", conditions(&p));
+    assert_eq!(conditions(&p).len(), 6);
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_whose_new_pods_never_pass_their_gate_stalls_and_old_pods_keep_serving() {
+    let yaml = format!(
+        "{BASE}{}",
+        workload(
+            "Deployment",
+            "web",
+            Some(4),
+            json!({"progressDeadlineSeconds": 4,
+                   "strategy": {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}}})
+        )
+    );
+    let l = TestLab::start(&yaml).await;
+    deployment_complete(&l, "web", 4).await;
+    let old = live_pods(&l, "web").await;
+    let old_names: Vec<String> = old
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    let old_addrs: Vec<String> = old.iter().map(addr).collect();
+    wait_for("the old pods in the endpoints", 60, || async {
+        (endpoints(&l, "web") == sorted(old_addrs.clone())).then_some(())
+    })
+    .await;
+    // The new template carries a gate nobody sets.
+    let deploys: Api<Deployment> = l.api();
+    deploys
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Strategic(
+                json!({"spec": {"template": {"spec": {"readinessGates": [{"conditionType": GATE}]}}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    // It stalls where maxSurge 1 / maxUnavailable 1 of 4 let it: three old pods Ready, two new
+    // ones running but not Ready, until the progress deadline passes. Never fewer than three
+    // Ready along the way.
+    let is_new = |p: &Pod| !old_names.contains(p.metadata.name.as_ref().unwrap());
+    let (old_ready, new) = wait_for("the rollout stalled", 90, || async {
+        let ps = live_pods(&l, "web").await;
+        let ready = ps.iter().filter(|p| is_ready(p)).count();
+        assert!(ready >= 3, "below minimum availability: {ready} Ready");
+        let d = deploys.get("web").await.ok()?;
+        let progressing = d
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "Progressing")?;
+        let new: Vec<Pod> = ps.iter().filter(|p| is_new(p)).cloned().collect();
+        let old_ready: Vec<Pod> = ps
+            .iter()
+            .filter(|p| !is_new(p) && is_ready(p))
+            .cloned()
+            .collect();
+        let stalled = progressing.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            && new.len() == 2
+            && new.iter().all(held_by_gate);
+        stalled.then_some((old_ready, new))
+    })
+    .await;
+    assert_eq!(old_ready.len(), 3);
+    assert_eq!(live_pods(&l, "web").await.len(), 5);
+    assert_eq!(
+        endpoints(&l, "web"),
+        sorted(old_ready.iter().map(addr).collect())
+    );
+    assert_eq!(deployment_counts(&l, "web").await, Some((5, 2, 3, 3)));
+    let d = deploys.get("web").await.unwrap();
+    assert_eq!(d.status.unwrap().unavailable_replicas, Some(2));
+    for p in &new {
+        assert!(!endpoints(&l, "web").contains(&addr(p)));
+    }
+
+    // Proving the new pods as they come finishes the rollout.
+    let pods_api: Api<Pod> = l.api();
+    wait_for(
+        "the rollout finished once every new pod is proven",
+        120,
+        || async {
+            for p in live_pods(&l, "web").await {
+                if is_new(&p) && status_of(&p, GATE) != "True" {
+                    let name = p.metadata.name.clone().unwrap();
+                    let _ = pods_api
+                        .patch_status(&name, &PatchParams::default(), &set_gate("True"))
+                        .await;
+                }
+            }
+            (deployment_counts(&l, "web").await == Some((4, 4, 4, 4))).then_some(())
+        },
+    )
+    .await;
+    let fresh = wait_for("only new pods left", 60, || async {
+        let ps = pods(&l, "web").await;
+        (ps.len() == 4 && ps.iter().all(|p| is_new(p) && is_ready(p))).then_some(ps)
+    })
+    .await;
+    let fresh_addrs = sorted(fresh.iter().map(addr).collect());
+    wait_for("the new pods in the endpoints", 60, || async {
+        (endpoints(&l, "web") == fresh_addrs).then_some(())
+    })
+    .await;
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubelet_keeps_gate_conditions_across_a_container_restart() {
+    use futures_util::StreamExt;
+    let yaml = format!("{BASE}{}", gated("Deployment", "web", Some(1), json!({})));
+    let l = TestLab::start(&yaml).await;
+    let api: Api<Pod> = l.api();
+    let held = wait_for("the pod held back by its gate", 60, || async {
+        let ps = live_pods(&l, "web").await;
+        (ps.len() == 1 && held_by_gate(&ps[0])).then(|| ps[0].clone())
+    })
+    .await;
+    let name = held.metadata.name.clone().unwrap();
+    // A JSON patch adds the gate's condition and an unrelated one, timestamps included.
+    let add = Patch::<Value>::Json(
+        serde_json::from_value(json!([
+            {"op": "add", "path": "/status/conditions/-", "value":
+                {"type": GATE, "status": "True", "lastTransitionTime": "2025-01-01T00:00:00Z"}},
+            {"op": "add", "path": "/status/conditions/-", "value":
+                {"type": "example.com/audited", "status": "False", "reason": "Pending"}},
+        ]))
+        .unwrap(),
+    );
+    api.patch_status(&name, &PatchParams::default(), &add)
+        .await
+        .unwrap();
+    let ready = wait_for("the pod Ready", 60, || async {
+        let p = api.get(&name).await.ok()?;
+        is_ready(&p).then_some(p)
+    })
+    .await;
+    assert_eq!(restarts(&ready), 0);
+    wait_for("the pod in the endpoints", 60, || async {
+        (endpoints(&l, "web") == [addr(&held)]).then_some(())
+    })
+    .await;
+
+    // Kill the container: every status the kubelet writes through the restart keeps both
+    // conditions as they were.
+    let rv = ready.metadata.resource_version.clone().unwrap();
+    let mut stream = api
+        .watch(
+            &WatchParams::default().fields(&format!("metadata.name={name}")),
+            &rv,
+        )
+        .await
+        .unwrap()
+        .boxed();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pod_pid(&ready)),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut saw_down = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, stream.next())
+            .await
+            .expect("the pod Ready again after its restart")
+            .unwrap()
+            .unwrap();
+        let p = match ev {
+            WatchEvent::Modified(p) => p,
+            WatchEvent::Bookmark(_) => continue,
+            other => panic!("unexpected event {other:?}"),
+        };
+        let gate = condition(&p, GATE).expect("the gate's condition kept");
+        assert_eq!(
+            (&gate["status"], &gate["lastTransitionTime"]),
+            (&json!("True"), &json!("2025-01-01T00:00:00Z"))
+        );
+        let other = condition(&p, "example.com/audited").expect("the other condition kept");
+        assert_eq!(
+            (&other["status"], &other["reason"]),
+            (&json!("False"), &json!("Pending"))
+        );
+        if restarts(&p) >= 1 && !is_ready(&p) {
+            assert_eq!(
+                condition(&p, "Ready").unwrap()["reason"],
+                "ContainersNotReady"
+            );
+            saw_down = true;
+        }
+        if restarts(&p) >= 1 && is_ready(&p) {
+            break;
+        }
+    }
+    assert!(saw_down, "the restart never showed the pod not Ready");
+    wait_for("the pod back in the endpoints", 60, || async {
+        (endpoints(&l, "web") == [addr(&held)]).then_some(())
+    })
+    .await;
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patching_pod_status_needs_patch_on_pods_status() {
+    let yaml = format!("{BASE}{}", gated("Deployment", "web", Some(1), json!({})))
+        .replace("rotor-demo-service", rotor::lab::INPROCESS_IMAGE);
+    let l = TestLab::start(&yaml).await;
+    let api: Api<Pod> = l.api();
+    let pp = PatchParams::default();
+    let held = wait_for("the pod held back by its gate", 60, || async {
+        let ps = live_pods(&l, "web").await;
+        (ps.len() == 1 && held_by_gate(&ps[0])).then(|| ps[0].clone())
+    })
+    .await;
+    let name = held.metadata.name.clone().unwrap();
+    let forbid = |resource: &str| Fault::Forbid {
+        verb: "patch".into(),
+        resource: resource.into(),
+        namespace: Some(NS.into()),
+        name: None,
+        user: None,
+    };
+    let relabel = |v: &str| Patch::Merge(json!({"metadata": {"labels": {"seen": v}}}));
+    l.lab().faults().add(forbid("pods/status"));
+    let (code, reason, msg) = api_code(
+        api.patch_status(&name, &pp, &set_gate("True"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        msg,
+        format!(
+            r#"pods "{name}" is forbidden: User "system:serviceaccount:demo:rotor" cannot patch resource "pods/status" in API group "" in the namespace "demo""#
+        )
+    );
+    // `patch` on pods is another permission; a status in such a patch is ignored.
+    let mut with_status = json!({"metadata": {"labels": {"seen": "1"}}});
+    with_status["status"] = json!({"conditions": [{"type": GATE, "status": "True"}]});
+    api.patch(&name, &pp, &Patch::Merge(with_status))
+        .await
+        .unwrap();
+    api.get_status(&name).await.unwrap();
+    let p = api.get(&name).await.unwrap();
+    assert_eq!(p.metadata.labels.as_ref().unwrap()["seen"], "1");
+    assert!(condition(&p, GATE).is_none() && !is_ready(&p));
+
+    l.lab().faults().clear();
+    l.lab().faults().add(forbid("pods"));
+    let (code, _, msg) = api_code(api.patch(&name, &pp, &relabel("2")).await.unwrap_err());
+    assert_eq!(code, 403);
+    assert!(
+        msg.contains(r#"cannot patch resource "pods" in API group """#),
+        "{msg}"
+    );
+    api.patch_status(&name, &pp, &set_gate("True"))
+        .await
+        .unwrap();
+    wait_for("the pod Ready", 60, || async {
+        let p = api.get(&name).await.ok()?;
+        is_ready(&p).then_some(())
+    })
+    .await;
+    assert_eq!(l.lab().stats().requests["pods/status"]["patch"], 2);
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulsets_and_daemonsets_count_only_pods_whose_gates_pass() {
+    let yaml = format!(
+        "nodes: [{{name: n1}}, {{name: n2}}]\n{BASE}{}{}",
+        gated("StatefulSet", "db", Some(2), json!({"serviceName": "db"})),
+        gated("DaemonSet", "agent", None, json!({}))
+    );
+    let l = TestLab::start(&yaml).await;
+    let pods_api: Api<Pod> = l.api();
+    let sts: Api<StatefulSet> = l.api();
+    let ds: Api<DaemonSet> = l.api();
+    let prove = |name: String| {
+        let api = pods_api.clone();
+        async move {
+            api.patch_status(&name, &PatchParams::default(), &set_gate("True"))
+                .await
+                .unwrap();
+        }
+    };
+    // OrderedReady: db-1 waits for db-0, which waits for its gate.
+    wait_for("db-0 held back by its gate", 60, || async {
+        let ps = live_pods(&l, "db").await;
+        (ps.len() == 1 && held_by_gate(&ps[0])).then_some(())
+    })
+    .await;
+    wait_for("the statefulset's status", 60, || async {
+        let st = sts.get("db").await.ok()?.status?;
+        (st.replicas == 1 && st.ready_replicas.unwrap_or(0) == 0).then_some(())
+    })
+    .await;
+    let agents = wait_for("both agents held back by their gate", 60, || async {
+        let ps = live_pods(&l, "agent").await;
+        (ps.len() == 2 && ps.iter().all(held_by_gate)).then_some(ps)
+    })
+    .await;
+    wait_for("the daemonset's status", 60, || async {
+        let st = ds.get("agent").await.ok()?.status?;
+        (st.current_number_scheduled == 2
+            && st.number_ready == 0
+            && st.number_available.unwrap_or(0) == 0
+            && st.number_unavailable == Some(2))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        live_pods(&l, "db").await.len(),
+        1,
+        "db-1 started before db-0 was Ready"
+    );
+    assert!(endpoints(&l, "db").is_empty() && endpoints(&l, "agent").is_empty());
+
+    prove("db-0".into()).await;
+    wait_for("db-1 held back by its gate", 60, || async {
+        let ps = live_pods(&l, "db").await;
+        let db1 = ps
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some("db-1"))?;
+        held_by_gate(db1).then_some(())
+    })
+    .await;
+    wait_for("one statefulset replica ready", 60, || async {
+        let st = sts.get("db").await.ok()?.status?;
+        (st.replicas == 2 && st.ready_replicas == Some(1) && st.available_replicas == Some(1))
+            .then_some(())
+    })
+    .await;
+    prove("db-1".into()).await;
+    prove(agents[0].metadata.name.clone().unwrap()).await;
+    wait_for("both statefulset replicas ready", 60, || async {
+        let st = sts.get("db").await.ok()?.status?;
+        (st.ready_replicas == Some(2) && st.available_replicas == Some(2)).then_some(())
+    })
+    .await;
+    wait_for("one agent ready", 60, || async {
+        let st = ds.get("agent").await.ok()?.status?;
+        (st.number_ready == 1 && st.number_unavailable == Some(1)).then_some(())
+    })
+    .await;
+    assert_eq!(endpoints(&l, "agent"), [addr(&agents[0])]);
+    prove(agents[1].metadata.name.clone().unwrap()).await;
+    wait_for("both agents ready", 60, || async {
+        let st = ds.get("agent").await.ok()?.status?;
+        (st.number_ready == 2 && st.number_available == Some(2)).then_some(())
+    })
+    .await;
+    wait_for("both agents in the endpoints", 60, || async {
+        (endpoints(&l, "agent") == sorted(agents.iter().map(addr).collect())).then_some(())
+    })
+    .await;
+    l.stop().await;
+}

@@ -64,9 +64,17 @@ async fn start(
     pb: Playbook,
     guard: Option<tempfile::TempDir>,
 ) -> (Playbook, Engine, Option<tempfile::TempDir>) {
-    let engine = Engine::open(pb.clone(), Arc::new(NullSink))
-        .await
-        .expect("engine");
+    start_with(pb, guard, Arc::new(NullSink)).await
+}
+
+/// Initializes and starts the fleet of `pb` with an engine reporting to `events`.
+#[allow(dead_code)]
+pub async fn start_with(
+    pb: Playbook,
+    guard: Option<tempfile::TempDir>,
+    events: Arc<dyn rotor::events::EventSink>,
+) -> (Playbook, Engine, Option<tempfile::TempDir>) {
+    let engine = Engine::open(pb.clone(), events).await.expect("engine");
     engine.init().await.expect("init");
     engine.up().await.expect("up");
     (pb, engine, guard)

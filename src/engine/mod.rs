@@ -85,6 +85,10 @@ pub struct RunOptions {
     /// Emergency only: one wave (every consumer at once onto the new value alone), accepting
     /// the failed requests it causes, which rotor samples and reports.
     pub hard_cut: bool,
+    /// Benchmarks only (no command sets it): roll without per-instance gates, publishing an
+    /// instance after its health check alone as rotor did before gates, to measure what the
+    /// gates prevent. The proofs after each wave still run.
+    pub ungated: bool,
 }
 
 impl Default for RunOptions {
@@ -99,6 +103,7 @@ impl Default for RunOptions {
             force: false,
             handover_timeout: Duration::from_secs(600),
             hard_cut: false,
+            ungated: false,
         }
     }
 }
@@ -1953,7 +1958,11 @@ impl<'e> Run<'e> {
                 .1;
             let failed = &failed;
             let events = events.clone();
-            let gate = &gates[i];
+            let gate: &dyn crate::consumer::Gate = if self.opts.ungated {
+                &crate::consumer::Ungated
+            } else {
+                &gates[i]
+            };
             async move {
                 if failed.load(Ordering::SeqCst) {
                     return (i, None);

@@ -2,9 +2,13 @@
 //! demo service) on its own loopback address, resolves its environment from Secrets and
 //! ConfigMaps at start, probes readiness, restarts crashed containers with backoff, reports
 //! pod status, and terminates pods (out of the endpoints, drain, SIGTERM, grace, SIGKILL).
+//! `Ready` is the containers' readiness and every readiness gate's condition True; when a
+//! client changes a gate's condition (`pods/status`), the loop asks the pod's task to write
+//! its status again, and the endpoints follow.
 //!
-//! Owns: pod processes (by pid, never by name), pod IPs, pod status, pod log files. Must
-//! never: log environment values or Secret data (only names), or decide which pods exist.
+//! Owns: pod processes (by pid, never by name), pod IPs, pod status but for conditions it does
+//! not own (kept as they are), pod log files. Must never: log environment values or Secret
+//! data (only names), or decide which pods exist.
 
 use super::objects::Ptr as _;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -21,9 +25,9 @@ use base64::Engine;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
-use super::controller::is_terminating;
+use super::controller::{is_ready, is_terminating};
 use super::endpoints::Endpoints;
 use super::faults::{CrashMode, Faults};
 use super::objects::{Store, name_of, namespace_of, now_rfc3339};
@@ -142,6 +146,8 @@ pub(crate) struct Ctx {
 struct PodHandle {
     /// Some(grace seconds) asks the pod to terminate.
     stop: watch::Sender<Option<i64>>,
+    /// Asks the pod's task to write its status again (see [`needs_resync`]).
+    resync: Arc<Notify>,
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -162,8 +168,10 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
                 }
                 None => {
                     let (stop, rx) = watch::channel(None);
-                    let done = tokio::spawn(run_pod(ctx.clone(), Value::clone(p), rx));
-                    pods.insert(uid.to_string(), PodHandle { stop, done });
+                    let resync = Arc::new(Notify::new());
+                    let done =
+                        tokio::spawn(run_pod(ctx.clone(), Value::clone(p), rx, resync.clone()));
+                    pods.insert(uid.to_string(), PodHandle { stop, resync, done });
                 }
                 Some(h) if is_terminating(p) && h.stop.borrow().is_none() => {
                     let grace = p
@@ -172,6 +180,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
                         .unwrap_or(30);
                     let _ = h.stop.send(Some(grace));
                 }
+                Some(h) if !is_terminating(p) && needs_resync(p) => h.resync.notify_one(),
                 Some(_) => {}
             }
         }
@@ -434,13 +443,108 @@ struct PodState {
     terminating: bool,
 }
 
+/// The pod conditions the kubelet owns (`PodConditionByKubelet`). It writes these and keeps
+/// every other condition as it finds it: a readiness gate's condition belongs to whoever sets
+/// it through `pods/status`.
+const KUBELET_CONDITIONS: [&str; 5] = [
+    "PodReadyToStartContainers",
+    "Initialized",
+    "Ready",
+    "ContainersReady",
+    "PodScheduled",
+];
+
+fn find_condition<'a>(conditions: &'a [Value], ty: &str) -> Option<&'a Value> {
+    conditions.iter().find(|c| c["type"] == ty)
+}
+
+/// Why the readiness gates of `spec` hold the pod back, given its `conditions`, worded as the
+/// kubelet words it; None when every gate's condition is True.
+fn gates_unready(spec: &Value, conditions: &[Value]) -> Option<String> {
+    let gates = spec.get("readinessGates").and_then(Value::as_array)?;
+    let msgs: Vec<String> = gates
+        .iter()
+        .filter_map(|g| {
+            let ty = g["conditionType"].as_str().unwrap_or("");
+            // A gate names a client's condition, never one the kubelet writes.
+            let found =
+                find_condition(conditions, ty).filter(|_| !KUBELET_CONDITIONS.contains(&ty));
+            match found {
+                None => Some(format!(
+                    "corresponding condition of pod readiness gate {ty:?} does not exist."
+                )),
+                Some(c) if c["status"] != "True" => Some(format!(
+                    "the status of pod readiness gate {ty:?} is not \"True\", but {}",
+                    c["status"].as_str().unwrap_or("")
+                )),
+                Some(_) => None,
+            }
+        })
+        .collect();
+    (!msgs.is_empty()).then(|| msgs.join(", "))
+}
+
+/// `Ready` as the kubelet derives it (`GeneratePodReadyCondition`), without its timestamp:
+/// `ContainersReady`'s status, reason and message while that is not True; else False with
+/// reason `ReadinessGatesNotReady` while the condition of some readiness gate in `spec` is
+/// missing from `conditions` or not True; else True.
+fn ready_condition(spec: &Value, conditions: &[Value], containers_ready: &Value) -> Value {
+    if containers_ready["status"] != "True" {
+        let mut c = json!({"type": "Ready", "status": containers_ready["status"]});
+        for k in ["reason", "message"] {
+            if let Some(v) = containers_ready.get(k) {
+                c[k] = v.clone();
+            }
+        }
+        return c;
+    }
+    match gates_unready(spec, conditions) {
+        Some(message) => json!({"type": "Ready", "status": "False",
+                                "reason": "ReadinessGatesNotReady", "message": message}),
+        None => json!({"type": "Ready", "status": "True"}),
+    }
+}
+
+/// Whether a running pod's stored status disagrees with what its kubelet would write: one of
+/// the kubelet's conditions is gone (a merge patch of `status.conditions` replaces the whole
+/// list), or `Ready` does not follow `ContainersReady` and the readiness gates (a gate's
+/// condition changed through `pods/status`, or a client wrote `Ready` itself).
+fn needs_resync(pod: &Value) -> bool {
+    let conditions = pod
+        .ptr("/status/conditions")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    if KUBELET_CONDITIONS
+        .iter()
+        .any(|t| find_condition(conditions, t).is_none())
+    {
+        return true;
+    }
+    let (Some(ready), Some(containers)) = (
+        find_condition(conditions, "Ready"),
+        find_condition(conditions, "ContainersReady"),
+    ) else {
+        return true;
+    };
+    let want = ready_condition(&pod["spec"], conditions, containers);
+    ["status", "reason", "message"]
+        .iter()
+        .any(|k| ready.get(*k) != want.get(*k))
+}
+
 impl PodState {
-    fn status(&self, pod: &Value) -> Value {
+    /// The status to store, given the stored pod `current`: the kubelet's own fields and
+    /// conditions, every other condition of `current` kept (first, as the kubelet's status
+    /// manager merges them), and `Ready` computed from the containers and the readiness gates.
+    fn status(&self, pod: &Value, current: &Value) -> Value {
         let r = if self.ready { "True" } else { "False" };
-        let statuses: Vec<Value> = pod["spec"]["containers"]
+        let containers: Vec<&Value> = pod["spec"]["containers"]
             .as_array()
             .into_iter()
             .flatten()
+            .collect();
+        let statuses: Vec<Value> = containers
+            .iter()
             .map(|c| {
                 json!({
                     "name": c["name"], "image": c["image"], "imageID": "",
@@ -451,6 +555,44 @@ impl PodState {
                 })
             })
             .collect();
+        let mut containers_ready =
+            json!({"type": "ContainersReady", "status": r, "lastTransitionTime": self.ready_since});
+        if !self.ready {
+            let names: Vec<&str> = containers
+                .iter()
+                .map(|c| c["name"].as_str().unwrap_or(""))
+                .collect();
+            containers_ready["reason"] = json!("ContainersNotReady");
+            containers_ready["message"] = json!(format!(
+                "containers with unready status: [{}]",
+                names.join(" ")
+            ));
+        }
+        let stored = current
+            .ptr("/status/conditions")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice);
+        let mut conditions: Vec<Value> = stored
+            .iter()
+            .filter(|c| {
+                !c["type"]
+                    .as_str()
+                    .is_some_and(|t| KUBELET_CONDITIONS.contains(&t))
+            })
+            .cloned()
+            .collect();
+        let mut ready = ready_condition(&current["spec"], &conditions, &containers_ready);
+        ready["lastTransitionTime"] = match find_condition(stored, "Ready") {
+            Some(prev) if prev["status"] == ready["status"] => prev["lastTransitionTime"].clone(),
+            _ => json!(now_rfc3339()),
+        };
+        conditions.extend([
+            json!({"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": self.started}),
+            json!({"type": "Initialized", "status": "True", "lastTransitionTime": self.started}),
+            ready,
+            containers_ready,
+            json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": self.started}),
+        ]);
         let ip = self.ip.to_string();
         json!({
             "phase": self.phase,
@@ -458,13 +600,7 @@ impl PodState {
             "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
             "startTime": self.started,
             "qosClass": "BestEffort",
-            "conditions": [
-                {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": self.started},
-                {"type": "Initialized", "status": "True", "lastTransitionTime": self.started},
-                {"type": "Ready", "status": r, "lastTransitionTime": self.ready_since},
-                {"type": "ContainersReady", "status": r, "lastTransitionTime": self.ready_since},
-                {"type": "PodScheduled", "status": "True", "lastTransitionTime": self.started},
-            ],
+            "conditions": conditions,
             "containerStatuses": statuses,
         })
     }
@@ -477,24 +613,48 @@ impl PodState {
     }
 }
 
+/// Writes the pod's status (atomically over the stored pod, so conditions set by clients in
+/// the meantime are kept) and puts the pod in or out of its workload's endpoints by the
+/// `Ready` it wrote: ready containers and every readiness gate True.
 fn publish(ctx: &Ctx, pod: &Value, st: &PodState) {
-    let status = st.status(pod);
+    let mut ready = false;
     let _ = ctx.store.update(
         resources::get("pods"),
         namespace_of(pod),
         name_of(pod),
         |cur| {
             let mut n = cur.clone();
-            n["status"] = status;
+            n["status"] = st.status(pod, cur);
+            ready = is_ready(&n);
             Ok(n)
         },
     );
-    let serving = st.ready && !st.terminating;
+    let serving = ready && !st.terminating;
     ctx.endpoints.set(
         &st.workload,
         &st.name,
         serving.then_some(SocketAddr::from((st.ip, st.port))),
     );
+}
+
+/// Waits `d`, writing the status again whenever the kubelet loop asks for a resync; true when
+/// the pod was asked to stop meanwhile.
+async fn idle(
+    ctx: &Ctx,
+    pod: &Value,
+    st: &PodState,
+    d: Duration,
+    stop: &mut watch::Receiver<Option<i64>>,
+    resync: &Notify,
+) -> bool {
+    let until = tokio::time::Instant::now() + d;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return false,
+            _ = stop.changed() => return true,
+            _ = resync.notified() => publish(ctx, pod, st),
+        }
+    }
 }
 
 /// A running container: a process or an in-process server.
@@ -609,7 +769,12 @@ async fn probe(ctx: &Ctx, pod: &Value, ip: Ipv4Addr, port: u16) -> bool {
 }
 
 /// One pod's whole life.
-async fn run_pod(ctx: Arc<Ctx>, pod: Value, mut stop: watch::Receiver<Option<i64>>) {
+async fn run_pod(
+    ctx: Arc<Ctx>,
+    pod: Value,
+    mut stop: watch::Receiver<Option<i64>>,
+    resync: Arc<Notify>,
+) {
     let ns = namespace_of(&pod).to_string();
     let name = name_of(&pod).to_string();
     let port = pod_port(&pod);
@@ -638,11 +803,8 @@ async fn run_pod(ctx: Arc<Ctx>, pod: Value, mut stop: watch::Receiver<Option<i64
     let slow = ctx.slow.get(node).copied().unwrap_or_default();
     let stopped = |s: &watch::Receiver<Option<i64>>| *s.borrow();
     let mut grace: Option<i64> = None;
-    if !slow.is_zero() {
-        tokio::select! {
-            _ = tokio::time::sleep(slow) => {}
-            _ = stop.changed() => grace = stopped(&stop),
-        }
+    if !slow.is_zero() && idle(&ctx, &pod, &st, slow, &mut stop, &resync).await {
+        grace = stopped(&stop);
     }
     let mut running: Option<Running> = None;
     let mut backoff = Duration::from_millis(250);
@@ -673,10 +835,11 @@ async fn run_pod(ctx: Arc<Ctx>, pod: Value, mut stop: watch::Receiver<Option<i64
                 st.state = json!({"waiting": {"reason": ns_.reason, "message": ns_.message}});
                 st.set_ready(false);
                 publish(&ctx, &pod, &st);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue 'life,
-                    _ = stop.changed() => { grace = stopped(&stop); break 'life; }
+                if idle(&ctx, &pod, &st, Duration::from_secs(1), &mut stop, &resync).await {
+                    grace = stopped(&stop);
+                    break 'life;
                 }
+                continue 'life;
             }
         };
         let started = if crash == Some(CrashMode::Exit) {
@@ -695,9 +858,9 @@ async fn run_pod(ctx: Arc<Ctx>, pod: Value, mut stop: watch::Receiver<Option<i64
                 st.phase = "Running";
                 st.set_ready(false);
                 publish(&ctx, &pod, &st);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => { grace = stopped(&stop); break 'life; }
+                if idle(&ctx, &pod, &st, backoff, &mut stop, &resync).await {
+                    grace = stopped(&stop);
+                    break 'life;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue 'life;
@@ -713,12 +876,16 @@ async fn run_pod(ctx: Arc<Ctx>, pod: Value, mut stop: watch::Receiver<Option<i64
         publish(&ctx, &pod, &st);
         let inprocess = matches!(child, Running::InProcess { .. });
         let mut fails = 0;
-        loop {
-            let period = if st.ready {
+        let period = |ready: bool| {
+            if ready {
                 Duration::from_millis(1000)
             } else {
                 Duration::from_millis(100)
-            };
+            }
+        };
+        // A deadline, not a fresh sleep per turn: resyncs do not postpone the probe.
+        let mut next_probe = tokio::time::Instant::now() + period(st.ready);
+        loop {
             tokio::select! {
                 code = child.wait() => {
                     st.restarts += 1;
@@ -730,14 +897,14 @@ async fn run_pod(ctx: Arc<Ctx>, pod: Value, mut stop: watch::Receiver<Option<i64
                     st.set_ready(false);
                     publish(&ctx, &pod, &st);
                     tracing::info!(namespace = %ns, pod = %name, code, "lab: container exited");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => { grace = stopped(&stop); break 'life; }
+                    if idle(&ctx, &pod, &st, backoff, &mut stop, &resync).await {
+                        grace = stopped(&stop);
+                        break 'life;
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue 'life;
                 }
-                _ = tokio::time::sleep(period) => {
+                _ = tokio::time::sleep_until(next_probe) => {
                     let ok = crash != Some(CrashMode::Unready)
                         && (inprocess || probe(&ctx, &pod, ip, port).await);
                     if ok {
@@ -753,7 +920,10 @@ async fn run_pod(ctx: Arc<Ctx>, pod: Value, mut stop: watch::Receiver<Option<i64
                             publish(&ctx, &pod, &st);
                         }
                     }
+                    next_probe = tokio::time::Instant::now() + period(st.ready);
                 }
+                // A readiness gate's condition changed, or a client wrote over the kubelet's.
+                _ = resync.notified() => publish(&ctx, &pod, &st),
                 _ = stop.changed() => {
                     grace = stopped(&stop);
                     running = Some(child);
@@ -780,4 +950,69 @@ async fn run_pod(ctx: Arc<Ctx>, pod: Value, mut stop: watch::Receiver<Option<i64
     let _ = ctx.store.remove(resources::get("pods"), &ns, &name);
     IpPool::give(ip);
     tracing::debug!(namespace = %ns, pod = %name, "lab: pod gone");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cond(ty: &str, status: &str) -> Value {
+        json!({"type": ty, "status": status})
+    }
+
+    #[test]
+    fn ready_follows_the_containers_then_every_gate() {
+        let spec = json!({"readinessGates": [{"conditionType": "a.io/x"}, {"conditionType": "b"}]});
+        let not_ready = json!({"type": "ContainersReady", "status": "False",
+            "reason": "ContainersNotReady", "message": "containers with unready status: [web]"});
+        let r = ready_condition(&spec, &[], &not_ready);
+        assert_eq!(
+            (&r["status"], &r["reason"], &r["message"]),
+            (
+                &json!("False"),
+                &json!("ContainersNotReady"),
+                &json!("containers with unready status: [web]")
+            )
+        );
+        let ok = cond("ContainersReady", "True");
+        let r = ready_condition(&spec, &[cond("b", "False")], &ok);
+        assert_eq!(r["reason"], "ReadinessGatesNotReady");
+        assert_eq!(
+            r["message"],
+            "corresponding condition of pod readiness gate \"a.io/x\" does not exist., the \
+             status of pod readiness gate \"b\" is not \"True\", but False"
+        );
+        let r = ready_condition(&spec, &[cond("a.io/x", "True"), cond("b", "True")], &ok);
+        assert_eq!(r, json!({"type": "Ready", "status": "True"}));
+        assert_eq!(ready_condition(&json!({}), &[], &ok)["status"], "True");
+    }
+
+    #[test]
+    fn a_resync_is_asked_when_ready_disagrees_or_kubelet_conditions_are_gone() {
+        let kubelet = |ready: Value| {
+            vec![
+                cond("PodReadyToStartContainers", "True"),
+                cond("Initialized", "True"),
+                ready,
+                cond("ContainersReady", "True"),
+                cond("PodScheduled", "True"),
+            ]
+        };
+        let pod = |conds: Vec<Value>| {
+            json!({"spec": {"readinessGates": [{"conditionType": "g"}]},
+                   "status": {"conditions": conds}})
+        };
+        let held = json!({"type": "Ready", "status": "False", "reason": "ReadinessGatesNotReady",
+            "message": "corresponding condition of pod readiness gate \"g\" does not exist."});
+        assert!(!needs_resync(&pod(kubelet(held.clone()))));
+        // The gate's condition arrived: Ready must follow.
+        let mut with_gate = kubelet(held);
+        with_gate.insert(0, cond("g", "True"));
+        assert!(needs_resync(&pod(with_gate)));
+        let mut proven = kubelet(cond("Ready", "True"));
+        proven.insert(0, cond("g", "True"));
+        assert!(!needs_resync(&pod(proven)));
+        // A merge patch replaced the list.
+        assert!(needs_resync(&pod(vec![cond("g", "True")])));
+    }
 }

@@ -6,10 +6,10 @@
 //! Layout: `api` (HTTP, verbs, discovery, admin endpoints), `objects` (store, resourceVersion,
 //! watch fan-out), `patch`, `selector`, `table` (server-side printing), `resources` (the
 //! resource table), `controller` (Deployments, StatefulSets, DaemonSets, ReplicaSets),
-//! `kubelet` (pod processes, readiness, restarts, termination), `endpoints` (the fleet's
-//! `endpoints.json` files), `inprocess` (in-process pods), `faults` (fault injection and
-//! statistics), `topology` (the topology file), `secretmanager` (Google Cloud Secret
-//! Manager's REST API v1 on the same address).
+//! `kubelet` (pod processes, readiness and readiness gates, restarts, termination),
+//! `endpoints` (the fleet's `endpoints.json` files), `inprocess` (in-process pods), `faults`
+//! (fault injection and statistics), `topology` (the topology file), `secretmanager` (Google
+//! Cloud Secret Manager's REST API v1 on the same address).
 //!
 //! Owns: everything under the lab's `dir` and the endpoints files under `fleet_dir`, and the
 //! processes it starts (stopped by pid on shutdown). Must never: log Secret data or pod

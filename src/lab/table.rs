@@ -53,6 +53,30 @@ fn pod_status(p: &Value) -> String {
         .to_string()
 }
 
+/// `true/total` of the pod's readiness gates (whose conditions are True), or `<none>`.
+fn readiness_gates(p: &Value) -> String {
+    let gates = p
+        .ptr("/spec/readinessGates")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    if gates.is_empty() {
+        return "<none>".into();
+    }
+    let conditions = p
+        .ptr("/status/conditions")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let met = gates
+        .iter()
+        .filter(|g| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == g["conditionType"] && c["status"] == "True")
+        })
+        .count();
+    format!("{met}/{}", gates.len())
+}
+
 type Cells = Box<dyn Fn(&Value) -> Vec<Value>>;
 
 /// The Table for `items` of `res`.
@@ -96,6 +120,8 @@ pub(crate) fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
                 col("Age", "string", 0),
                 col("IP", "string", 1),
                 col("Node", "string", 1),
+                col("Nominated Node", "string", 1),
+                col("Readiness Gates", "string", 1),
             ],
             Box::new(|o: &Value| {
                 let cs = o
@@ -235,6 +261,12 @@ pub(crate) fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
                         .and_then(Value::as_str)
                         .unwrap_or("<none>")
                 ));
+                c.push(json!(
+                    o.ptr("/status/nominatedNodeName")
+                        .and_then(Value::as_str)
+                        .unwrap_or("<none>")
+                ));
+                c.push(json!(readiness_gates(o)));
             }
             json!({
                 "cells": c,
