@@ -665,9 +665,36 @@ async fn demo_lab_command_reports_zero_failed_requests() {
 }
 
 /// Restarts `deployment` (a pod-template annotation, as `kubectl rollout restart` does) and
-/// waits until every pod runs the new template and is Ready.
+/// waits until every pod runs the new template and is Ready. The template carries rotor's
+/// readiness gate, which rotor alone would open after proving a pod; here someone opens it by
+/// hand (`pods/status`) for every pod whose containers are ready, as a pre-gate fleet would
+/// have let them serve.
 async fn restart_and_wait(env: &K8sEnv, deployment: &str) {
     use kube::api::{Patch, PatchParams};
+    let pods: Api<Pod> = env.api();
+    let open_gates = async || {
+        for p in pods
+            .list(&ListParams::default().labels(&format!("app={deployment}")))
+            .await
+            .unwrap()
+        {
+            let conditions = p.status.and_then(|s| s.conditions).unwrap_or_default();
+            let ready = |t: &str| {
+                conditions
+                    .iter()
+                    .any(|c| c.type_ == t && c.status == "True")
+            };
+            if ready("ContainersReady") && !ready("rotor.dev/proven") {
+                let body = serde_json::json!({"status": {"conditions": [
+                    {"type": "rotor.dev/proven", "status": "True"}
+                ]}});
+                let name = p.metadata.name.unwrap();
+                let _ = pods
+                    .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&body))
+                    .await;
+            }
+        }
+    };
     let api: Api<Deployment> = env.api();
     let now = chrono::Utc::now().to_rfc3339();
     let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"test/restartedAt": now}}}}});
@@ -680,6 +707,7 @@ async fn restart_and_wait(env: &K8sEnv, deployment: &str) {
         &format!("{deployment} to roll"),
         Duration::from_secs(60),
         async || {
+            open_gates().await;
             let d = api.get(deployment).await.unwrap();
             let s = d.status.unwrap_or_default();
             let want = d.spec.and_then(|s| s.replicas).unwrap_or(1);
@@ -798,7 +826,10 @@ async fn k8s_new_pods_that_fail_the_gate_stay_unready_and_the_rotation_rolls_bac
         out.stderr
     );
     let j = env.journal().await;
-    assert_eq!((j["state"].as_str(), j["status"].as_str()), (Some("S0"), Some("rolled_back")));
+    assert_eq!(
+        (j["state"].as_str(), j["status"].as_str()),
+        (Some("S0"), Some("rolled_back"))
+    );
     assert_eq!(env.store_primary().await, a);
     std::fs::write(&fault, "").unwrap();
     env.rotor(&["check"]).await.assert_code(0);

@@ -703,11 +703,13 @@ impl KubernetesConsumer {
             polls += 1;
             if fresh {
                 let pods = self.pods(&view.selector).await?;
+                // Pods rotor has not decided on yet; one whose gate rotor closed (it failed)
+                // stays closed and is replaced, never proven again.
                 for p in pods.iter().filter(|p| {
                     p.gated
                         && p.containers_ready
                         && !p.terminating
-                        && p.proven.as_deref() != Some("True")
+                        && p.proven.is_none()
                         && p.annotation.as_deref() == Some(expected)
                 }) {
                     self.prove_pod(&view, p, gate, events).await?;
@@ -742,10 +744,12 @@ impl KubernetesConsumer {
                         ),
                     });
                 }
+                // (A pod whose gate rotor closed is on its way out, not late.)
                 if let Some(p) = pods.iter().find(|p| {
                     p.annotation.as_deref() == Some(expected)
                         && !p.ready
                         && !p.terminating
+                        && p.proven.as_deref() != Some("False")
                         && p.age > self.timings.readiness_timeout
                 }) {
                     return Err(ConsumerError::NotReady {
