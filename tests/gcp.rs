@@ -423,7 +423,9 @@ consumers:
     let playbook = dir.path().join("run.yaml");
     std::fs::write(&playbook, yaml).unwrap();
     let (url, port, fake_dir) = (lab.url(), port.to_string(), dir.path().to_str().unwrap());
+    let fault = dir.path().join("fault");
     let env = [
+        ("FAKE_RUN_FAULT_FILE", fault.to_str().unwrap()),
         ("ROTOR_GCP_ENDPOINT", url.as_str()),
         ("FAKE_RUN_ENDPOINT", url.as_str()),
         ("FAKE_RUN_PROJECT", "rotor-lab"),
@@ -519,6 +521,33 @@ consumers:
             assert!(!out.contains(&value), "value {n} reached rotor's output");
         }
     }
+    // The next revision breaks once it holds two values: rotor cannot hold traffic back from a
+    // service it does not run, so it proves the target right after `apply`, and rolls back.
+    std::fs::write(&fault, "two-keys").unwrap();
+    let broken = run(&["--output", "json", "rotate", "--yes"]);
+    broken.assert_code(3);
+    let refused: Vec<serde_json::Value> = broken
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "instance_gated" && e["passed"] == false)
+        .collect();
+    assert_eq!(refused.len(), 1, "{}", broken.stdout);
+    assert_eq!(refused[0]["consumer"], "api");
+    assert!(
+        broken.stderr.contains("T2 widen forward failed"),
+        "{}",
+        broken.stderr
+    );
+    assert_eq!(
+        alias(
+            &lab.secret_manager().secret(SECRET).unwrap(),
+            "rotor-primary"
+        ),
+        Some(2)
+    );
+    std::fs::write(&fault, "").unwrap();
+    run(&["check"]).assert_code(0);
     if let Ok(pid) = std::fs::read_to_string(dir.path().join("pid")) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid.trim().parse().unwrap()),

@@ -125,14 +125,15 @@ async fn a_consumer_that_ignores_the_secondary_fails_t2_and_rolls_back() {
         "{}",
         out.stderr
     );
+    // Caught by the first new analytics instance's gate, before it took any traffic.
     assert!(
         out.stderr
-            .contains("consumer analytics, instance analytics-"),
+            .contains("consumer analytics: instance analytics-"),
         "{}",
         out.stderr
     );
     assert!(
-        out.stderr.contains("expected it to accept B"),
+        out.stderr.contains("rejected B (sha256:") && out.stderr.contains("which it must accept"),
         "{}",
         out.stderr
     );
