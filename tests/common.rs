@@ -192,6 +192,19 @@ impl Env {
         )
     }
 
+    /// The addresses process consumer `consumer` publishes now (its `endpoints.json`).
+    pub fn endpoints(&self, consumer: &str) -> Vec<String> {
+        let file = rotor::demo::load::endpoints_file(&self.pb, consumer);
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        json["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// The journal as JSON.
     pub fn journal(&self) -> serde_json::Value {
         let text = std::fs::read_to_string(self.pb.state_dir.join("journal.json")).unwrap();

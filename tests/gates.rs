@@ -7,8 +7,6 @@
 //! passes its health check and every test with one key), `accept-all` fails open,
 //! `reject-all` rejects everything.
 
-use std::path::{Path, PathBuf};
-
 use crate::common::Env;
 
 /// The demo fleet with analytics reading its faults from `faults/analytics` (every instance)
@@ -34,24 +32,6 @@ fn fault(env: &Env, target: &str, fault: Option<&str>) {
             let _ = std::fs::remove_file(path);
         }
     }
-}
-
-fn endpoints_path(env: &Env, consumer: &str) -> PathBuf {
-    env.pb
-        .state_dir
-        .join("fleet")
-        .join(consumer)
-        .join("endpoints.json")
-}
-
-fn endpoints(path: &Path) -> Vec<String> {
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    v["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e.as_str().unwrap().to_string())
-        .collect()
 }
 
 /// Ids of the published instances of `consumer`, from `rotor status --output json`.
@@ -94,8 +74,7 @@ async fn a_validator_whose_new_instances_fail_the_gate_takes_no_traffic_and_is_r
     let env = faulty_fleet();
     env.up().await;
     let a = env.store_primary();
-    let eps = endpoints_path(&env, "analytics");
-    let before = endpoints(&eps);
+    let before = env.endpoints("analytics");
     // One key: healthy. Two keys: every value rejected, /healthz still 200.
     fault(&env, "analytics", Some("two-keys"));
     env.rotor(&["check"]).await.assert_code(0);
@@ -124,7 +103,7 @@ async fn a_validator_whose_new_instances_fail_the_gate_takes_no_traffic_and_is_r
     assert_eq!(failed[0]["transition"], "T2");
     // The refused instance never joined the endpoints: the analytics instances serving now are
     // the ones that served before, and nothing else was published on the way.
-    assert_eq!(endpoints(&eps), before);
+    assert_eq!(env.endpoints("analytics"), before);
     let gated: Vec<serde_json::Value> = out
         .stdout
         .lines()

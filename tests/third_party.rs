@@ -140,16 +140,8 @@ fn primary_value(env: &Env) -> String {
         .to_string()
 }
 
-/// The addresses `consumer` publishes now.
 fn endpoints(env: &Env, consumer: &str) -> Vec<String> {
-    let file = rotor::demo::load::endpoints_file(&env.pb, consumer);
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
-    json["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e.as_str().unwrap().to_string())
-        .collect()
+    env.endpoints(consumer)
 }
 
 /// A compact JWT whose header names `alg`, HMAC-SHA256-signed with `key`, expiring in a minute

@@ -331,15 +331,6 @@ impl Consumer for ExecConsumer {
         ))
     }
 
-    async fn start(
-        &self,
-        slots: &Slots,
-        gate: &dyn Gate,
-        events: &dyn EventSink,
-    ) -> Result<(), ConsumerError> {
-        self.apply(slots, gate, events).await.map(|_| ())
-    }
-
     /// rotor does not run the consumer: nothing to stop.
     async fn stop(&self) -> Result<usize, ConsumerError> {
         Ok(0)

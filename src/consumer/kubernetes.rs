@@ -925,15 +925,6 @@ impl Consumer for KubernetesConsumer {
         Ok((held, HeldSource::Configured))
     }
 
-    async fn start(
-        &self,
-        slots: &Slots,
-        gate: &dyn Gate,
-        events: &dyn EventSink,
-    ) -> Result<(), ConsumerError> {
-        self.apply(slots, gate, events).await.map(|_| ())
-    }
-
     /// Rotor does not own the workload: nothing to stop.
     async fn stop(&self) -> Result<usize, ConsumerError> {
         Ok(0)

@@ -445,7 +445,9 @@ pub trait Consumer: Send + Sync {
         slots: &Slots,
         gate: &dyn Gate,
         events: &dyn EventSink,
-    ) -> Result<(), ConsumerError>;
+    ) -> Result<(), ConsumerError> {
+        self.apply(slots, gate, events).await.map(|_| ())
+    }
 
     /// Stops every instance this consumer started.
     async fn stop(&self) -> Result<usize, ConsumerError>;

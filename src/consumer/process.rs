@@ -718,15 +718,6 @@ impl Consumer for ProcessConsumer {
         Ok((held, HeldSource::Configured))
     }
 
-    async fn start(
-        &self,
-        slots: &Slots,
-        gate: &dyn Gate,
-        events: &dyn EventSink,
-    ) -> Result<(), ConsumerError> {
-        self.apply(slots, gate, events).await.map(|_| ())
-    }
-
     /// Unpublishes every instance, stops them all (no drain) and removes their records.
     /// Returns how many were running.
     async fn stop(&self) -> Result<usize, ConsumerError> {
