@@ -139,9 +139,23 @@ impl Alphabet {
 }
 
 /// `sha256:` + 12 hex digits of SHA-256 over `"rotor/v1\0" + secret name + "\0" + value`.
+///
+/// Deserializing accepts only that form: a fingerprint read from a file or a peer that is
+/// anything else (a value, a long text) is refused without being echoed.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Fingerprint(String);
+pub struct Fingerprint(#[serde(deserialize_with = "parse_fingerprint")] String);
+
+fn parse_fingerprint<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    match Fingerprint::parse(&text) {
+        Some(fp) => Ok(fp.0),
+        None => Err(serde::de::Error::custom(format!(
+            "a fingerprint must read `sha256:` and 12 hex digits; got {} characters that do not",
+            text.chars().count()
+        ))),
+    }
+}
 
 impl Fingerprint {
     /// Computes the fingerprint of `value` as a value of secret `secret_name`.

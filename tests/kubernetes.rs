@@ -766,10 +766,9 @@ async fn k8s_check_names_split_names_and_rejected_signers_on_a_broken_fleet() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn k8s_new_pods_that_fail_the_gate_stay_unready_and_the_rotation_rolls_back() {
-    // analytics pods read their fault from a file: `two-keys` breaks a pod that holds two
-    // values (it still answers its readiness probe).
+/// The demo on the lab with analytics pods reading their fault from the returned file
+/// (`--fault-file` of the demo service: read on every request).
+async fn analytics_with_fault() -> (K8sEnv, PathBuf) {
     let mut fault = PathBuf::new();
     let env = K8sEnv::from_parts(
         "k8s-demo.yaml",
@@ -788,6 +787,13 @@ async fn k8s_new_pods_that_fail_the_gate_stay_unready_and_the_rotation_rolls_bac
         },
     )
     .await;
+    (env, fault)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_new_pods_that_fail_the_gate_stay_unready_and_the_rotation_rolls_back() {
+    // `two-keys` breaks a pod that holds two values (it still answers its readiness probe).
+    let (env, fault) = analytics_with_fault().await;
     env.up().await;
     let a = env.store_primary().await;
     // rotor's readiness gate is on every template it rolled, and open on every serving pod.
@@ -833,5 +839,48 @@ async fn k8s_new_pods_that_fail_the_gate_stay_unready_and_the_rotation_rolls_bac
     assert_eq!(env.store_primary().await, a);
     std::fs::write(&fault, "").unwrap();
     env.rotor(&["check"]).await.assert_code(0);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_a_pod_that_fails_its_proof_serves_until_a_proven_one_replaces_it() {
+    let (env, fault) = analytics_with_fault().await;
+    env.up().await;
+    let pods: Api<Pod> = env.api();
+    let ready_analytics = async || -> Vec<String> {
+        let mut names: Vec<String> = pods
+            .list(&ListParams::default().labels("app=analytics"))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .map(|p| p.metadata.name.unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = ready_analytics().await;
+    assert_eq!(before.len(), 2);
+    // The running analytics pods start accepting anything (they fail open), and so does every
+    // pod started while the cause lasts.
+    std::fs::write(&fault, "accept-all").unwrap();
+    let up = env.rotor(&["up"]).await;
+    up.assert_code(11);
+    assert!(up.stderr.contains("fails open"), "{}", up.stderr);
+    // rotor never took a Ready pod out by itself: the same pods still serve.
+    assert_eq!(ready_analytics().await, before);
+    // The cause is fixed: `up` alone replaces them with proven pods; the fleet rotates again.
+    std::fs::write(&fault, "").unwrap();
+    env.rotor(&["up"]).await.assert_code(0);
+    let after = ready_analytics().await;
+    assert_eq!(after.len(), 2);
+    env.rotor(&["check"]).await.assert_code(0);
+    env.rotor(&["rotate", "--yes"]).await.assert_code(0);
     env.finish().await;
 }

@@ -125,6 +125,20 @@ impl ExecConsumer {
         ])
     }
 
+    /// Proves every target through `gate`.
+    async fn prove_targets(
+        &self,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
+    ) -> Result<(), ConsumerError> {
+        for target in self.instances().await? {
+            if let Some(addr) = target.addr {
+                pass_gate(gate, &self.name, &target.id, addr, events).await?;
+            }
+        }
+        Ok(())
+    }
+
     fn hook_error(&self, detail: String) -> ConsumerError {
         ConsumerError::Hook {
             consumer: self.name.clone(),
@@ -240,6 +254,21 @@ impl Consumer for ExecConsumer {
         events: &dyn EventSink,
     ) -> Result<RolloutReport, ConsumerError> {
         let d = Desired::new(&self.slot_names, &self.secret, slots);
+        let secondary_version = slots
+            .secondary_version
+            .clone()
+            .filter(|_| d.secondary.is_some());
+        // Already pointed there (a repeated step, a resume or rollback proving every consumer):
+        // the command is not run again unless a target fails its proof.
+        if let Some(prev) = self.load()
+            && prev.primary == d.primary
+            && prev.secondary == d.secondary
+            && prev.primary_version == slots.primary_version
+            && prev.secondary_version == secondary_version
+            && self.prove_targets(gate, events).await.is_ok()
+        {
+            return Ok(RolloutReport::default());
+        }
         let fields = self.fields(&d, slots);
         events.emit(&Event::RolloutStarted {
             consumer: self.name.clone(),
@@ -252,17 +281,10 @@ impl Consumer for ExecConsumer {
             primary: d.primary.clone(),
             secondary: d.secondary.clone(),
             primary_version: slots.primary_version.clone(),
-            secondary_version: slots
-                .secondary_version
-                .clone()
-                .filter(|_| d.secondary.is_some()),
+            secondary_version,
             at: chrono::Utc::now(),
         })?;
-        for target in self.instances().await? {
-            if let Some(addr) = target.addr {
-                pass_gate(gate, &self.name, &target.id, addr, events).await?;
-            }
-        }
+        self.prove_targets(gate, events).await?;
         events.emit(&Event::RolloutFinished {
             consumer: self.name.clone(),
             restarts: 1,

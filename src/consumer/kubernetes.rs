@@ -527,12 +527,14 @@ impl KubernetesConsumer {
         }
     }
 
-    /// Ready pods on template `expected` that fail `gate` (they hold the right fingerprints but
-    /// no longer do what they must): their gate is closed, so they leave the endpoints at once;
-    /// then, when there are any, the workload is restarted the way `kubectl rollout restart`
-    /// does it (a template annotation, `rotor.dev/restarted-at`), so every pod is replaced by
-    /// one the rollout proves. Needs no permission beyond the rollout's own (`patch` on the
-    /// workload, `patch` on `pods/status`). Returns how many failed.
+    /// Pods of template `expected` that must be replaced: Ready pods that fail `gate` (they hold
+    /// the right fingerprints but no longer do what they must) and pods whose gate rotor closed
+    /// (a proof failed, and a run may have died before replacing them). When there are any, the
+    /// workload is restarted the way `kubectl rollout restart` does it (template annotation
+    /// `rotor.dev/restarted-at`): every pod is replaced by one the rollout proves, and the
+    /// workload's own strategy keeps the old pods serving until their replacements are Ready —
+    /// a broken pod is only ever replaced by a proven one. Needs no permission beyond the
+    /// rollout's own. Returns how many pods must go.
     async fn replace_failing(
         &self,
         view: &WorkloadView,
@@ -541,25 +543,22 @@ impl KubernetesConsumer {
         gate: &dyn Gate,
         events: &dyn EventSink,
     ) -> Result<usize, ConsumerError> {
-        let mut failed = 0;
-        for p in pods
+        let current = |p: &&PodView| !p.terminating && p.annotation.as_deref() == Some(expected);
+        let mut failed = pods
             .iter()
-            .filter(|p| p.ready && !p.terminating && p.annotation.as_deref() == Some(expected))
-        {
+            .filter(current)
+            .filter(|p| p.proven.as_deref() == Some("False"))
+            .count();
+        for p in pods.iter().filter(current).filter(|p| p.ready) {
             let Some(addr) = self.pod_addr(view, p) else {
                 continue;
             };
             if pass_gate(gate, &self.name, &p.name, addr, events)
                 .await
-                .is_ok()
+                .is_err()
             {
-                continue;
+                failed += 1;
             }
-            if p.gated {
-                self.set_proven(&p.name, false, "failed rotor's proof; replaced")
-                    .await?;
-            }
-            failed += 1;
         }
         if failed > 0 {
             let stamp = jiff::Timestamp::now().to_string();
@@ -693,8 +692,10 @@ impl KubernetesConsumer {
             // out (the convergence gate), when it stalled or the deadline passed (to name the
             // pods), and otherwise every few polls (crash loops, replaced instances).
             let settled = view.rolled_out() && view.annotation.as_deref() == Some(expected);
-            // A gated template's pods wait for rotor: list them on every poll.
-            let gating = view.gates.iter().any(|g| g == GATE_CONDITION);
+            // A gated template's pods wait for rotor: while some pod is not Ready (it may be
+            // waiting for its proof), list them on every poll.
+            let gating = view.gates.iter().any(|g| g == GATE_CONDITION)
+                && view.total.is_none_or(|t| t > view.ready);
             let fresh = settled
                 || gating
                 || view.stalled.is_some()

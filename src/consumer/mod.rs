@@ -128,9 +128,47 @@ pub async fn report_held(
     if !resp.status().is_success() {
         return Err(format!("GET {url} answered {}", resp.status()));
     }
-    resp.json()
+    // The answer is the peer's text: bounded, parsed strictly, never echoed.
+    let mut resp = resp;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
         .await
-        .map_err(|e| format!("GET {url}: unexpected answer: {}", error_chain(&e)))
+        .map_err(|e| format!("GET {url}: reading the answer failed: {}", error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_REPORT_BYTES {
+            return Err(format!(
+                "GET {url}: the answer is larger than {MAX_REPORT_BYTES} bytes"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    // serde's message may quote the peer's text: only its kind and position are reported.
+    let held: Held = serde_json::from_slice(&body).map_err(|e| {
+        format!(
+            "GET {url}: unexpected answer: not a fingerprints report ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    if let Some(bad) = held.names.keys().find(|n| !is_variable_name(n)) {
+        return Err(format!(
+            "GET {url}: unexpected answer: a name of {} characters that is not a variable name",
+            bad.chars().count()
+        ));
+    }
+    Ok(held)
+}
+
+/// Largest fingerprints report rotor reads from an instance.
+const MAX_REPORT_BYTES: usize = 64 * 1024;
+
+/// An environment variable or Secret key name: 1–253 of `A-Za-z0-9_.-`.
+fn is_variable_name(n: &str) -> bool {
+    (1..=253).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// What an instance holds according to its configuration (no report from the instance).
@@ -482,4 +520,55 @@ pub fn open(
         )),
         ConsumerKind::Exec(e) => Arc::new(exec::ExecConsumer::new(playbook, spec, e)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves `body` as the answer to every request; returns its address.
+    async fn answering(body: String) -> SocketAddr {
+        let app = axum::Router::new().fallback(move || {
+            let body = body.clone();
+            async move { body }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_hostile_fingerprints_report_is_refused_without_being_echoed() {
+        let value = "a-secret-value-that-must-never-be-printed-0123456789";
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let t = std::time::Duration::from_secs(5);
+        let fp = Fingerprint::of("s", "x");
+        let cases = [
+            format!(r#"{{"names":{{}},"accepts":[],"sends":"{value}"}}"#),
+            format!(r#"{{"names":{{"A":"{fp}"}},"accepts":"{value}","sends":null}}"#),
+            format!(r#"{{"names":{{"{value}=":"{fp}"}},"accepts":[],"sends":null}}"#),
+            format!(
+                r#"{{"names":{{}},"accepts":[],"sends":"{}"}}"#,
+                value.repeat(3000)
+            ),
+        ];
+        for body in cases {
+            let addr = answering(body.clone()).await;
+            let err = report_held(&client, addr, "/fingerprints", t)
+                .await
+                .unwrap_err();
+            assert!(!err.contains(value), "{err}");
+            assert!(err.len() < 300, "{err}");
+        }
+        // A sound report passes, fingerprints parsed.
+        let addr = answering(format!(
+            r#"{{"names":{{"SERVICE_SECRET":"{fp}"}},"accepts":["{fp}"],"sends":"{fp}"}}"#
+        ))
+        .await;
+        let held = report_held(&client, addr, "/fingerprints", t)
+            .await
+            .unwrap();
+        assert_eq!(held.sends, Some(fp));
+    }
 }

@@ -96,10 +96,11 @@ pub async fn prove_validating(
     Ok(n)
 }
 
-/// What one consumer's instances must do in the state a rollout enters.
-pub struct InstanceGate {
+/// What one consumer's instances must do in the state a rollout enters. Borrows the engine's
+/// playbook and consumers (a wave of a thousand consumers builds a thousand gates).
+pub struct InstanceGate<'a> {
     /// The consumer's playbook entry (probes, round trips, fingerprints path).
-    pub spec: ConsumerSpec,
+    pub spec: &'a ConsumerSpec,
     /// Secret name (fingerprint domain).
     pub secret: String,
     /// Values a validating instance must accept.
@@ -111,20 +112,20 @@ pub struct InstanceGate {
     /// The value behind `sends`, to tell a broken target from a broken signer.
     pub sends_value: Option<Labeled>,
     /// Every consumer's playbook entry (the round-trip targets' probes).
-    pub specs: Vec<ConsumerSpec>,
+    pub specs: &'a [ConsumerSpec],
     /// Run the round trips (not in a hard cut's wave).
     pub round_trips: bool,
     /// Every consumer of the playbook, to find round-trip targets.
-    pub consumers: Vec<Arc<dyn Consumer>>,
+    pub consumers: &'a [Arc<dyn Consumer>],
     /// Shape of the canary.
-    pub generate: Generate,
+    pub generate: &'a Generate,
     /// Deadline of one probe.
     pub timeout: Duration,
     /// For the fingerprints report.
     pub http: reqwest::Client,
 }
 
-impl InstanceGate {
+impl InstanceGate<'_> {
     async fn prove_sends(&self, addr: SocketAddr) -> Result<String, String> {
         let mut out = Vec::new();
         if let (Some(want), Some(path)) = (&self.sends, &self.spec.fingerprints_path) {
@@ -197,13 +198,13 @@ impl InstanceGate {
 }
 
 #[async_trait]
-impl Gate for InstanceGate {
+impl Gate for InstanceGate<'_> {
     async fn prove(&self, _instance: &str, addr: SocketAddr) -> Result<String, Refusal> {
         let mut done = Vec::new();
         if self.spec.role.validates() {
             let mut reject = self.reject.clone();
-            reject.push(canary(&self.generate).map_err(Refusal::from)?);
-            prove_validating(&self.spec, addr, &self.accept, &reject, self.timeout).await?;
+            reject.push(canary(self.generate).map_err(Refusal::from)?);
+            prove_validating(self.spec, addr, &self.accept, &reject, self.timeout).await?;
             let names = |vs: &[Labeled]| {
                 vs.iter()
                     .map(|v| v.label.as_str())

@@ -429,6 +429,8 @@ pub struct Engine {
     webhook: Option<Arc<crate::notify::Webhook>>,
     /// The Prometheus textfile, when the playbook names one.
     metrics: Option<crate::notify::MetricsFile>,
+    /// For the gates' fingerprints reports (one connection per request: instances come and go).
+    http: reqwest::Client,
 }
 
 /// Appends every event to `<state_dir>/audit.log` as a JSON line.
@@ -497,6 +499,11 @@ impl Engine {
             journals,
             webhook,
             metrics,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap_or_default(),
         }
     }
 
@@ -636,28 +643,23 @@ impl Engine {
         reject: Vec<gate::Labeled>,
         sends: Option<gate::Labeled>,
         round_trips: bool,
-    ) -> gate::InstanceGate {
+    ) -> gate::InstanceGate<'_> {
         gate::InstanceGate {
             spec: self
                 .pb
                 .consumer(c.name())
-                .expect("consumers are opened from the playbook")
-                .clone(),
+                .expect("consumers are opened from the playbook"),
             secret: self.pb.secret.clone(),
             accept,
             reject,
             sends: sends.as_ref().map(|v| v.value.fingerprint(&self.pb.secret)),
             sends_value: sends,
-            specs: self.pb.consumers.clone(),
+            specs: &self.pb.consumers,
             round_trips,
-            consumers: self.consumers.clone(),
-            generate: self.pb.generate.clone(),
+            consumers: &self.consumers,
+            generate: &self.pb.generate,
             timeout: self.pb.timings.probe_timeout,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap_or_default(),
+            http: self.http.clone(),
         }
     }
 
@@ -675,7 +677,14 @@ impl Engine {
                 Which::B => b.clone(),
             }
         };
-        let mut jobs = Vec::new();
+        // Validators first, then `both`, then signers: a signer's gate runs its round trips to
+        // the instances of its validators, so they serve before it starts.
+        let rank = |r: protocol::Role| match r {
+            protocol::Role::Validator => 0,
+            protocol::Role::Both => 1,
+            protocol::Role::Signer => 2,
+        };
+        let mut jobs = [Vec::new(), Vec::new(), Vec::new()];
         for c in &self.consumers {
             let plan = protocol::consumer_slots(state, c.role());
             let (primary_version, primary) = pick(plan.primary)
@@ -699,16 +708,18 @@ impl Engine {
                 protocol::sends(state, c.role()).and_then(|w| pick(w).map(|(_, v)| label(w, &v)));
             let gate = self.gate(c, accept, Vec::new(), sends, true);
             let events = self.events.clone();
-            jobs.push(async move { c.start(&slots, &gate, events.as_ref()).await });
+            jobs[rank(c.role())].push(async move { c.start(&slots, &gate, events.as_ref()).await });
         }
         // The same budget as a wave: at most `concurrency` consumers start at once.
         use futures_util::StreamExt;
-        let results: Vec<Result<(), ConsumerError>> = futures_util::stream::iter(jobs)
-            .buffered(self.pb.concurrency.max(1))
-            .collect()
-            .await;
-        for r in results {
-            r?;
+        for group in jobs {
+            let results: Vec<Result<(), ConsumerError>> = futures_util::stream::iter(group)
+                .buffered(self.pb.concurrency.max(1))
+                .collect()
+                .await;
+            for r in results {
+                r?;
+            }
         }
         Ok(())
     }
@@ -1259,7 +1270,8 @@ impl<'e> Run<'e> {
         &self,
         c: &Arc<dyn Consumer>,
         state: State,
-    ) -> Result<gate::InstanceGate, StepError> {
+        cut: bool,
+    ) -> Result<gate::InstanceGate<'e>, StepError> {
         let mut accept = Vec::new();
         for w in protocol::accepts(state, c.role()) {
             accept.push(self.labeled(w).await?);
@@ -1275,9 +1287,7 @@ impl<'e> Run<'e> {
             Some(w) => Some(self.labeled(w).await?),
             None => None,
         };
-        Ok(self
-            .e
-            .gate(c, accept, reject, sends, !self.journal.hard_cut))
+        Ok(self.e.gate(c, accept, reject, sends, !cut))
     }
 
     // ---- driving ------------------------------------------------------------------------
@@ -1944,9 +1954,12 @@ impl<'e> Run<'e> {
                 by_role.push((c.role(), self.slots_for(state, c.role()).await?));
             }
         }
+        // A hard cut's one wave switches validators and signers at once: its round trips
+        // are sampled, not gated.
+        let cut = self.journal.hard_cut && t == Transition::T4 && dir == Direction::Forward;
         let mut gates = Vec::new();
         for c in &consumers {
-            gates.push(self.gate_for(c, state).await?);
+            gates.push(self.gate_for(c, state, cut).await?);
         }
         let failed = AtomicBool::new(false);
         let events = self.events.clone();
