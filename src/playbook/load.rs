@@ -1524,7 +1524,7 @@ impl Cx<'_> {
                     StopSignal::NAMES.join(", ")
                 );
                 let text = self.text(node, &path, &help)?;
-                StopSignal::parse(&text).ok_or_else(|| {
+                StopSignal::parse(text).ok_or_else(|| {
                     self.err(
                         node.pos,
                         &path,
