@@ -75,6 +75,20 @@ async fn a_validator_whose_new_instances_fail_the_gate_takes_no_traffic_and_is_r
     env.up().await;
     let a = env.store_primary();
     let before = env.endpoints("analytics");
+    // `status` lists every serving instance with its address, pid and fingerprints.
+    let status = env.rotor(&["--output", "json", "status"]).await.last_json();
+    let listed = status["instances"].as_array().unwrap();
+    assert_eq!(listed.len(), 6, "{status}");
+    for i in listed {
+        assert!(i["pid"].as_i64().is_some_and(|p| p > 1), "{i}");
+        assert_eq!(i["primary"], a.as_str(), "{i}");
+        if i["consumer"] == "analytics" {
+            assert!(
+                before.contains(&i["addr"].as_str().unwrap().to_string()),
+                "{i}"
+            );
+        }
+    }
     // One key: healthy. Two keys: every value rejected, /healthz still 200.
     fault(&env, "analytics", Some("two-keys"));
     env.rotor(&["check"]).await.assert_code(0);
