@@ -21,5 +21,6 @@ pub mod output;
 pub mod playbook;
 pub mod probe;
 pub mod protocol;
+pub mod redact;
 pub mod secret;
 pub mod store;

@@ -94,6 +94,7 @@ impl EventSink for Webhook {
         let Some(text) = Webhook::message(&self.label, event) else {
             return;
         };
+        let text = crate::redact::redact(&text).into_owned();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };

@@ -58,6 +58,7 @@ impl Output {
     }
 
     fn println(&self, text: &str) {
+        let text = &*crate::redact::redact(text);
         let bar = self.bar.lock().expect("bar mutex");
         match bar.as_ref() {
             Some(b) => b.println(text),
@@ -70,8 +71,9 @@ impl Output {
 
     /// Prints a JSON value as one line (JSON mode), whatever the format.
     pub fn json<T: Serialize>(&self, value: &T) {
+        let text = serde_json::to_string(value).expect("serializes");
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", serde_json::to_string(value).expect("serializes"));
+        let _ = writeln!(out, "{}", crate::redact::redact(&text));
     }
 
     /// Prints a result: JSON as one object, or the human rendering.
@@ -89,7 +91,7 @@ impl Output {
             self.json(&serde_json::json!({"event": "error", "message": message, "exit": exit}));
         }
         let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "error: {message}");
+        let _ = writeln!(err, "error: {}", crate::redact::redact(message));
     }
 
     /// Asks a yes/no question on the terminal; false when stdin is not a terminal.
@@ -133,7 +135,7 @@ impl Output {
 
     fn bar_message(&self, msg: String) {
         if let Some(b) = self.bar.lock().expect("bar mutex").as_ref() {
-            b.set_message(msg);
+            b.set_message(crate::redact::redact(&msg).into_owned());
         }
     }
 }

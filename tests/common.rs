@@ -415,6 +415,30 @@ impl Drop for Env {
     }
 }
 
+/// A webhook receiver on loopback: its URL, and the `text` of every message it heard.
+pub async fn webhook_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    use axum::routing::post;
+    let heard: Arc<Mutex<Vec<String>>> = Arc::default();
+    let app = {
+        let heard = heard.clone();
+        axum::Router::new().route(
+            "/hook",
+            post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let heard = heard.clone();
+                async move {
+                    let text = body["text"].as_str().unwrap_or_default().to_string();
+                    heard.lock().unwrap().push(text);
+                    "ok"
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, heard)
+}
+
 pub fn version<'a>(store: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     store["versions"]
         .as_array()

@@ -791,24 +791,7 @@ async fn rekey_needs_emergency_and_a_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_hears_every_stage_and_the_metrics_file_parses() {
-    use axum::routing::post;
-    let heard: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let app = {
-        let heard = heard.clone();
-        axum::Router::new().route(
-            "/hook",
-            post(move |axum::Json(body): axum::Json<serde_json::Value>| {
-                let heard = heard.clone();
-                async move {
-                    heard.lock().unwrap().push(body);
-                    "ok"
-                }
-            }),
-        )
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (url, heard) = crate::common::webhook_receiver().await;
     let env = Env::with(|y| {
         format!(
             "notify: {{webhook_env: ROTOR_TEST_WEBHOOK, metrics_file: metrics/rotor.prom}}\n{y}"
@@ -830,12 +813,7 @@ async fn webhook_hears_every_stage_and_the_metrics_file_parses() {
         .assert_code(0);
     secrets.extend(values(env.store()));
     assert!(secrets.len() >= 2);
-    let texts: Vec<String> = heard
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|b| b["text"].as_str().unwrap().to_string())
-        .collect();
+    let texts: Vec<String> = heard.lock().unwrap().clone();
     assert!(
         texts[0].starts_with("rotor: rotate of service-secret (development) started"),
         "{texts:#?}"
@@ -916,7 +894,6 @@ async fn webhook_hears_every_stage_and_the_metrics_file_parses() {
     );
     assert_eq!(m["rotor_rotation_failures_total"][1], 0.0, "{m}");
     assert_eq!(m["rotor_rotation_in_progress"][1], 0.0, "{m}");
-    server.abort();
     env.finish().await;
 }
 

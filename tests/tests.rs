@@ -6,6 +6,7 @@ mod crash;
 mod gates;
 mod gcp;
 mod gcp_lab;
+mod hardening;
 mod kubernetes;
 mod kubernetes_lock;
 mod lab;

@@ -65,7 +65,8 @@ pub struct ServiceArgs {
     pub peer: Vec<Peer>,
     /// For tests and rehearsals: a file read on every `/api/ping`; while it holds a fault
     /// (`reject-all`, `accept-all`, `two-keys`: rejects everything while it holds a secondary,
-    /// `two-keys-open`: accepts anything while it holds a secondary) the instance misbehaves
+    /// `two-keys-open`: accepts anything while it holds a secondary, `leak`: every relay fails
+    /// with an error page quoting the instance's own primary) the instance misbehaves
     /// that way. `{instance}` in the path stands for `$ROTOR_INSTANCE` (repeatable).
     #[arg(long = "fault-file", value_name = "PATH", hide = true)]
     pub fault_file: Vec<String>,
@@ -82,6 +83,9 @@ pub enum Fault {
     TwoKeys,
     /// Accepts every value while it holds two.
     TwoKeysOpen,
+    /// Every relay fails with an error page (and a header) that quote this instance's own
+    /// primary: a peer that leaks the value it holds.
+    Leak,
 }
 
 impl Fault {
@@ -91,6 +95,7 @@ impl Fault {
             "accept-all" => Fault::AcceptAll,
             "two-keys" => Fault::TwoKeys,
             "two-keys-open" => Fault::TwoKeysOpen,
+            "leak" => Fault::Leak,
             _ => return None,
         })
     }
@@ -477,6 +482,18 @@ async fn relay(
     Query(q): Query<RelayQuery>,
 ) -> Response {
     let state = &s.state;
+    if state.fault() == Some(Fault::Leak) {
+        let key = state.primary.value.expose();
+        let mut r = (
+            StatusCode::BAD_GATEWAY,
+            format!("upstream refused; debug: key={key}"),
+        )
+            .into_response();
+        if let Ok(v) = HeaderValue::from_str(key) {
+            r.headers_mut().insert("x-debug-key", v);
+        }
+        return r;
+    }
     let Some(mode) = state.peers.get(&peer).copied() else {
         return refuse(StatusCode::NOT_FOUND, "unknown peer");
     };

@@ -126,6 +126,7 @@ impl Engine {
                 continue;
             }
             let value = self.store.read_value(&v.id).await?;
+            crate::redact::remember(&self.pb.secret, &value);
             for why in super::policy::violations(&self.pb, &value, &weak) {
                 out.push(format!(
                     "policy: the store's {slot} {} (version {}) is {why}",
@@ -193,6 +194,7 @@ impl Engine {
                     .is_some_and(|v| v.state == crate::store::VersionState::Enabled)
             {
                 let value = self.store.read_value(&id).await?;
+                crate::redact::remember(&self.pb.secret, &value);
                 values.insert(
                     w,
                     Labeled {

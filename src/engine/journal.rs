@@ -212,7 +212,7 @@ impl Journal {
         if let Some(step) = self.steps.last_mut() {
             step.ended_at = Some(now);
             step.outcome = outcome;
-            step.detail = detail;
+            step.detail = crate::redact::redact(&detail).into_owned();
             if outcome == Outcome::Ok {
                 self.state = match step.direction {
                     Direction::Forward => step.transition.to(),

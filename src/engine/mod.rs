@@ -454,6 +454,7 @@ impl EventSink for Audit {
             "reason": context.as_ref().map(|(_, r)| r.as_str()).filter(|r| !r.is_empty()),
             "record": event,
         });
+        let line = crate::redact::redact(&line.to_string()).into_owned();
         let mut f = self.file.lock().expect("audit mutex");
         let _ = writeln!(f, "{line}");
     }
@@ -631,6 +632,7 @@ impl Engine {
     pub async fn init(&self) -> Result<Fingerprint, EngineError> {
         let v = SecretValue::generate(self.pb.generate.alphabet, self.pb.generate.length)
             .map_err(|e| EngineError::Io(e.to_string()))?;
+        crate::redact::remember(&self.pb.secret, &v);
         let info = self.store.init(&v).await?;
         Ok(info.fingerprint)
     }
@@ -741,7 +743,10 @@ impl Engine {
     ) -> Result<(Option<(String, SecretValue)>, Option<(String, SecretValue)>), EngineError> {
         let read = |id: Option<String>| async {
             match id {
-                Some(id) => self.store.read_value(&id).await.map(|v| Some((id, v))),
+                Some(id) => self.store.read_value(&id).await.map(|v| {
+                    crate::redact::remember(&self.pb.secret, &v);
+                    Some((id, v))
+                }),
                 None => Ok(None),
             }
         };
@@ -1230,6 +1235,7 @@ impl<'e> Run<'e> {
 
     async fn value(&self, w: Which) -> Result<SecretValue, StepError> {
         let v = self.e.store.read_value(&self.version(w)?).await?;
+        crate::redact::remember(&self.e.pb.secret, &v);
         let want = self.fp(w).expect("version implies fingerprint");
         if v.fingerprint(&self.e.pb.secret) != want {
             return Err(StepError::Foreign(format!(
@@ -2044,6 +2050,7 @@ impl<'e> Run<'e> {
         let weak = policy::load_weak(&self.e.pb).map_err(StepError::Foreign)?;
         let value = loop {
             let v = SecretValue::generate(g.alphabet, g.length)?;
+            crate::redact::remember(&self.e.pb.secret, &v);
             // Policy: never reuse a value the store has held, never a weak one.
             if snap
                 .by_fingerprint(&v.fingerprint(&self.e.pb.secret))
