@@ -682,7 +682,7 @@ impl KubernetesConsumer {
         events: &dyn EventSink,
         d: &Desired<'_>,
     ) -> Result<usize, ConsumerError> {
-        let deadline = Instant::now() + self.timings.rollout_timeout;
+        let deadline = super::deadline_after(self.timings.rollout_timeout);
         let mut poll = POLL;
         let mut gone: BTreeSet<String> = BTreeSet::new();
         let mut polls: u32 = 0;

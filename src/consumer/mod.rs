@@ -110,6 +110,15 @@ pub fn slot_names(names: &SlotNames) -> Vec<&str> {
         .collect()
 }
 
+/// `now + d`, checked: when `d` is too long to add, a deadline ten years out (a deadline may
+/// come out longer, never shorter; the playbook bounds every timing far below that).
+pub fn deadline_after(d: std::time::Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(10 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
 /// Asks an instance what it holds: `GET http://<addr><path>`, answered with a [`Held`].
 /// The error text names the URL and what went wrong (never a value: the answer holds none).
 pub async fn report_held(

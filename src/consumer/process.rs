@@ -307,7 +307,9 @@ impl ProcessConsumer {
     async fn wait_ready(&self, rec: &Record, deadline: Instant) -> Result<(), ConsumerError> {
         let timeout = self.timings.readiness_timeout;
         let started = Instant::now();
-        let until = (started + timeout).min(deadline);
+        // (A readiness timeout too long to add is bounded by the rollout's deadline.)
+        let ready_by = started.checked_add(timeout).unwrap_or(deadline);
+        let until = ready_by.min(deadline);
         let url = format!("http://{}{}", rec.addr, self.spec.health_path);
         let client = self.client()?;
         let log = self.layout.log_path(&rec.id);
@@ -325,7 +327,7 @@ impl ProcessConsumer {
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                if Instant::now() >= deadline && started + timeout > deadline {
+                if Instant::now() >= deadline && ready_by > deadline {
                     self.discard(rec).await?;
                     return Err(self.rollout_timeout());
                 }
@@ -671,7 +673,7 @@ impl Consumer for ProcessConsumer {
         events: &dyn EventSink,
     ) -> Result<RolloutReport, ConsumerError> {
         let limit = self.timings.rollout_timeout;
-        let deadline = Instant::now() + limit;
+        let deadline = super::deadline_after(limit);
         let result =
             match tokio::time::timeout(limit, self.converge(slots, gate, events, deadline)).await {
                 Ok(r) => r,
@@ -725,7 +727,7 @@ impl Consumer for ProcessConsumer {
         if !self.layout.dir.exists() {
             return Ok(0);
         }
-        let deadline = Instant::now() + self.timings.rollout_timeout;
+        let deadline = super::deadline_after(self.timings.rollout_timeout);
         let Some(_flock) = self
             .layout
             .lock(deadline)

@@ -319,6 +319,23 @@ impl EngineError {
     }
 }
 
+/// `since + d`, checked: a wait that cannot be computed is an error, never a shorter wait.
+fn later(
+    since: DateTime<Utc>,
+    d: std::time::Duration,
+    field: &str,
+) -> Result<DateTime<Utc>, EngineError> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| since.checked_add_signed(d))
+        .ok_or_else(|| {
+            EngineError::Io(format!(
+                "{field} ({}) ends beyond the calendar rotor can compute; the rotation stays where it is\n  help: set {field} to at most 3650d and run `rotor resume`",
+                span(d)
+            ))
+        })
+}
+
 /// A duration as people write ages: `90d`, `12d 3h`, `5h 2m`, `40s`.
 pub fn span(d: std::time::Duration) -> String {
     let s = d.as_secs();
@@ -789,16 +806,18 @@ impl Engine {
             primary.fingerprint, primary.id
         );
         if let Some(max) = self.pb.max_age {
-            let at = primary.created_at
-                + chrono::Duration::from_std(max).unwrap_or(chrono::Duration::MAX);
+            // A max_age too long to add is never reached: not due.
+            let at = chrono::Duration::from_std(max)
+                .ok()
+                .and_then(|m| primary.created_at.checked_add_signed(m));
             let max_text = span(max);
-            if now >= at {
+            if at.is_some_and(|at| now >= at) {
                 return Ok(Due::Yes {
                     reason: format!("{why}, older than max_age {max_text}"),
                 });
             }
             why.push_str(&format!(", max_age {max_text}"));
-            next = Some(at);
+            next = at;
         }
         if let Some(at) = schedule {
             let at_text = at.format("%Y-%m-%d %H:%M:%S UTC");
@@ -1453,8 +1472,9 @@ impl<'e> Run<'e> {
                 .get(&State::S3)
                 .copied()
                 .unwrap_or_else(Utc::now);
-            let grace = chrono::Duration::from_std(self.e.pb.timings.grace).unwrap_or_default();
-            let remaining = (since + grace - Utc::now()).to_std().unwrap_or_default();
+            // Checked: a grace that cannot be computed stops the run at S3 (never a shorter wait).
+            let until = later(since, self.e.pb.timings.grace, "timings.grace")?;
+            let remaining = (until - Utc::now()).to_std().unwrap_or_default();
             if !remaining.is_zero() {
                 self.emit(Event::Waiting {
                     reason: "grace: anything signed with the old value expires".into(),
@@ -1474,9 +1494,7 @@ impl<'e> Run<'e> {
                 .get(&State::S4)
                 .copied()
                 .unwrap_or_else(Utc::now);
-            let retention =
-                chrono::Duration::from_std(self.e.pb.timings.retention).unwrap_or_default();
-            let due = since + retention;
+            let due = later(since, self.e.pb.timings.retention, "timings.retention")?;
             if Utc::now() < due {
                 let detail = format!(
                     "the old value {} is disabled and retained until {}; run `rotor resume` after that to finalize",
@@ -1807,7 +1825,7 @@ impl<'e> Run<'e> {
                     .pb
                     .max_age
                     .and_then(|m| chrono::Duration::from_std(m).ok())
-                    .map(|m| Utc::now() + m);
+                    .and_then(|m| Utc::now().checked_add_signed(m));
                 if let Err(e) = self.e.store.rotation_finished(next_due).await {
                     self.emit(Event::Note {
                         message: format!(
