@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, DeploymentCondition, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{
@@ -514,6 +514,11 @@ async fn faults_forbid_conflict_internal_and_stats() {
     l.stop().await;
 }
 
+/// The Deployment's condition of type `ty`.
+fn deployment_condition(d: Deployment, ty: &str) -> Option<DeploymentCondition> {
+    d.status?.conditions?.into_iter().find(|c| c.type_ == ty)
+}
+
 /// Waits until the Deployment reports a finished rollout of its current generation.
 async fn deployment_complete(l: &TestLab, name: &str, replicas: i32) -> Deployment {
     let api: Api<Deployment> = l.api();
@@ -696,12 +701,7 @@ async fn crash_loop_fault_ends_in_progress_deadline_exceeded_and_old_pods_keep_s
         .await
         .unwrap();
     let cond = wait_for("ProgressDeadlineExceeded", 30, || async {
-        let d = deploys.get("web").await.ok()?;
-        let c = d
-            .status?
-            .conditions?
-            .into_iter()
-            .find(|c| c.type_ == "Progressing")?;
+        let c = deployment_condition(deploys.get("web").await.ok()?, "Progressing")?;
         (c.status == "False").then_some(c)
     })
     .await;
@@ -1199,19 +1199,105 @@ async fn deployment_counts(l: &TestLab, name: &str) -> Option<(i32, i32, i32, i3
     ))
 }
 
+/// Waits until `app` has `n` live pods, every one held back by its gate, and returns them.
+async fn wait_held(l: &TestLab, app: &str, n: usize, what: &str) -> Vec<Pod> {
+    wait_for(what, 60, || async {
+        let ps = live_pods(l, app).await;
+        (ps.len() == n && ps.iter().all(held_by_gate)).then_some(ps)
+    })
+    .await
+}
+
+/// A topology with one replica of the Deployment `web`, its pod template gated.
+fn one_gated_web() -> String {
+    format!("{BASE}{}", gated("Deployment", "web", Some(1), json!({})))
+}
+
+/// Starts a lab on `yaml` (see [`one_gated_web`]) and waits for its one `web` pod to be held
+/// back by its gate: the lab, the pod and its name.
+async fn start_one_held(yaml: &str) -> (TestLab, Pod, String) {
+    let l = TestLab::start(yaml).await;
+    let held = wait_held(&l, "web", 1, "the pod held back by its gate")
+        .await
+        .remove(0);
+    let name = held.metadata.name.clone().unwrap();
+    (l, held, name)
+}
+
+/// Waits until the endpoints file of `app` lists exactly `want` (sorted, as [`endpoints`] is).
+async fn wait_endpoints(l: &TestLab, app: &str, want: &[String], what: &str) {
+    wait_for(what, 60, || async {
+        (endpoints(l, app) == want).then_some(())
+    })
+    .await
+}
+
+/// Waits until the Deployment `name` counts `want` (see [`deployment_counts`]).
+async fn wait_counts(l: &TestLab, name: &str, want: (i32, i32, i32, i32), what: &str) {
+    wait_for(what, 60, || async {
+        deployment_counts(l, name).await.filter(|c| *c == want)
+    })
+    .await;
+}
+
+/// Waits until the pod `name` satisfies `ok`, and returns it.
+async fn wait_pod(api: &Api<Pod>, name: &str, what: &str, ok: impl Fn(&Pod) -> bool) -> Pod {
+    wait_for(what, 60, || async {
+        let p = api.get(name).await.ok()?;
+        ok(&p).then_some(p)
+    })
+    .await
+}
+
+type PodEvents = futures_util::stream::BoxStream<'static, kube::Result<WatchEvent<Pod>>>;
+
+/// The pods' watch events from the resourceVersion `rv`.
+async fn watch_pods(api: &Api<Pod>, wp: &WatchParams, rv: &str) -> PodEvents {
+    use futures_util::StreamExt;
+    api.watch(wp, rv).await.unwrap().boxed()
+}
+
+/// Hands `seen` the pod of each MODIFIED event (only of the pod `only`, when given) until it
+/// returns true; a bookmark is skipped, any other event fails, and so does (with `what`) a wait
+/// past 60s.
+async fn watch_until(
+    mut events: PodEvents,
+    what: &str,
+    only: Option<&str>,
+    mut seen: impl FnMut(Pod) -> bool,
+) {
+    use futures_util::StreamExt;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, events.next())
+            .await
+            .expect(what)
+            .unwrap()
+            .unwrap();
+        let p = match ev {
+            WatchEvent::Modified(p)
+                if only.is_none_or(|n| p.metadata.name.as_deref() == Some(n)) =>
+            {
+                p
+            }
+            WatchEvent::Modified(_) | WatchEvent::Bookmark(_) => continue,
+            other => panic!("unexpected event {other:?}"),
+        };
+        if seen(p) {
+            return;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_gate_holds_pods_back_until_patch_status_sets_it() {
-    use futures_util::StreamExt;
     let yaml = format!("{BASE}{}", gated("Deployment", "web", Some(2), json!({})));
     let l = TestLab::start(&yaml).await;
     let api: Api<Pod> = l.api();
     let pp = PatchParams::default();
     // The containers are ready, the pods are not: the gate's condition does not exist.
-    let held = wait_for("both pods held back by their gate", 60, || async {
-        let ps = live_pods(&l, "web").await;
-        (ps.len() == 2 && ps.iter().all(held_by_gate)).then_some(ps)
-    })
-    .await;
+    let held = wait_held(&l, "web", 2, "both pods held back by their gate").await;
     for p in &held {
         let gates = p.spec.as_ref().unwrap().readiness_gates.clone().unwrap();
         assert_eq!(gates.len(), 1);
@@ -1231,14 +1317,7 @@ async fn readiness_gate_holds_pods_back_until_patch_status_sets_it() {
     .await;
     assert_eq!(counts, (2, 2, 0, 0));
     let d = l.api::<Deployment>().get("web").await.unwrap();
-    let avail = d
-        .status
-        .unwrap()
-        .conditions
-        .unwrap()
-        .into_iter()
-        .find(|c| c.type_ == "Available")
-        .unwrap();
+    let avail = deployment_condition(d, "Available").unwrap();
     assert_eq!(
         (avail.status.as_str(), avail.reason.as_deref()),
         ("False", Some("MinimumReplicasUnavailable"))
@@ -1258,50 +1337,28 @@ async fn readiness_gate_holds_pods_back_until_patch_status_sets_it() {
         .metadata
         .resource_version
         .unwrap();
-    let mut stream = api
-        .watch(&WatchParams::default().labels("app=web"), &rv)
-        .await
-        .unwrap()
-        .boxed();
+    let events = watch_pods(&api, &WatchParams::default().labels("app=web"), &rv).await;
     let patched = api
         .patch_status(&a_name, &pp, &set_gate("True"))
         .await
         .unwrap();
     assert_eq!(status_of(&patched, GATE), "True");
     assert_eq!(conditions(&patched).len(), 6, "{:?}", conditions(&patched));
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut saw_patch = false;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ev = tokio::time::timeout(left, stream.next())
-            .await
-            .expect("a MODIFIED event with the pod Ready")
-            .unwrap()
-            .unwrap();
-        let p = match ev {
-            WatchEvent::Modified(p) if p.metadata.name.as_deref() == Some(a_name.as_str()) => p,
-            WatchEvent::Modified(_) | WatchEvent::Bookmark(_) => continue,
-            other => panic!("unexpected event {other:?}"),
-        };
+    let what = "a MODIFIED event with the pod Ready";
+    watch_until(events, what, Some(a_name.as_str()), |p| {
         if status_of(&p, GATE) == "True" && !is_ready(&p) {
             saw_patch = true;
         }
         if is_ready(&p) {
             assert!(saw_patch, "Ready came before the gate's condition");
             assert_eq!(status_of(&p, GATE), "True");
-            break;
         }
-    }
-    wait_for("a alone in the endpoints", 60, || async {
-        (endpoints(&l, "web") == [addr(a)]).then_some(())
+        is_ready(&p)
     })
     .await;
-    wait_for("one replica available", 60, || async {
-        deployment_counts(&l, "web")
-            .await
-            .filter(|c| *c == (2, 2, 1, 1))
-    })
-    .await;
+    wait_endpoints(&l, "web", &[addr(a)], "a alone in the endpoints").await;
+    wait_counts(&l, "web", (2, 2, 1, 1), "one replica available").await;
 
     // A JSON merge patch replaces the whole list, as on a real API server; the kubelet writes
     // its own conditions back and keeps the gate's.
@@ -1314,32 +1371,22 @@ async fn readiness_gate_holds_pods_back_until_patch_status_sets_it() {
         .await
         .unwrap();
     assert_eq!(conditions(&merged).len(), 1);
-    wait_for("b Ready with the kubelet's conditions back", 60, || async {
-        let p = api.get(&b_name).await.ok()?;
-        (is_ready(&p) && conditions(&p).len() == 6 && status_of(&p, GATE) == "True").then_some(())
-    })
+    wait_pod(
+        &api,
+        &b_name,
+        "b Ready with the kubelet's conditions back",
+        |p| is_ready(p) && conditions(p).len() == 6 && status_of(p, GATE) == "True",
+    )
     .await;
     let both = sorted(vec![addr(a), addr(b)]);
-    wait_for("both in the endpoints", 60, || async {
-        (endpoints(&l, "web") == both).then_some(())
-    })
-    .await;
-    wait_for("both replicas available", 60, || async {
-        deployment_counts(&l, "web")
-            .await
-            .filter(|c| *c == (2, 2, 2, 2))
-    })
-    .await;
+    wait_endpoints(&l, "web", &both, "both in the endpoints").await;
+    wait_counts(&l, "web", (2, 2, 2, 2), "both replicas available").await;
 
     // The gate turned False: a leaves Ready, the endpoints and the counts.
     api.patch_status(&a_name, &pp, &set_gate("False"))
         .await
         .unwrap();
-    let p = wait_for("a not Ready", 60, || async {
-        let p = api.get(&a_name).await.ok()?;
-        (!is_ready(&p)).then_some(p)
-    })
-    .await;
+    let p = wait_pod(&api, &a_name, "a not Ready", |p| !is_ready(p)).await;
     let ready = condition(&p, "Ready").unwrap();
     assert_eq!(ready["reason"], "ReadinessGatesNotReady");
     assert_eq!(
@@ -1347,16 +1394,8 @@ async fn readiness_gate_holds_pods_back_until_patch_status_sets_it() {
         format!("the status of pod readiness gate \"{GATE}\" is not \"True\", but False")
     );
     assert_eq!(status_of(&p, "ContainersReady"), "True");
-    wait_for("b alone in the endpoints", 60, || async {
-        (endpoints(&l, "web") == [addr(b)]).then_some(())
-    })
-    .await;
-    wait_for("one replica available again", 60, || async {
-        deployment_counts(&l, "web")
-            .await
-            .filter(|c| *c == (2, 2, 1, 1))
-    })
-    .await;
+    wait_endpoints(&l, "web", &[addr(b)], "b alone in the endpoints").await;
+    wait_counts(&l, "web", (2, 2, 1, 1), "one replica available again").await;
 
     // GET and PUT on pods/status: a replace with the current resourceVersion sets the gate
     // again, the same replace once more is stale.
@@ -1382,10 +1421,7 @@ async fn readiness_gate_holds_pods_back_until_patch_status_sets_it() {
             .unwrap_err(),
     );
     assert_eq!((code, reason.as_str()), (409, "Conflict"));
-    wait_for("both in the endpoints again", 60, || async {
-        (endpoints(&l, "web") == both).then_some(())
-    })
-    .await;
+    wait_endpoints(&l, "web", &both, "both in the endpoints again").await;
     assert!(is_ready(&api.get(&a_name).await.unwrap()));
     let stats = l.lab().stats();
     assert_eq!(stats.requests["pods/status"]["patch"], 3);
@@ -1393,18 +1429,26 @@ async fn readiness_gate_holds_pods_back_until_patch_status_sets_it() {
     l.stop().await;
 }
 
+/// `kubectl patch pod <name> --subresource=status [<type>] -p <patch>`, the patch setting the
+/// gate's condition to `status`.
+async fn kubectl_set_gate(
+    l: &TestLab,
+    name: &str,
+    patch_type: Option<&str>,
+    status: &str,
+) -> (bool, String, String) {
+    let patch = json!({"status": {"conditions": [{"type": GATE, "status": status}]}}).to_string();
+    let mut args = vec!["patch", "pod", name, "--subresource=status"];
+    args.extend(patch_type);
+    args.extend(["-p", &patch]);
+    run_kubectl(l, &args).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_patch_status_subresource_sets_a_readiness_gate() {
     let _ = tokio::task::spawn_blocking(kubectl).await.unwrap();
-    let yaml = format!("{BASE}{}", gated("Deployment", "web", Some(1), json!({})));
-    let l = TestLab::start(&yaml).await;
+    let (l, held, name) = start_one_held(&one_gated_web()).await;
     let api: Api<Pod> = l.api();
-    let held = wait_for("the pod held back by its gate", 60, || async {
-        let ps = live_pods(&l, "web").await;
-        (ps.len() == 1 && held_by_gate(&ps[0])).then(|| ps[0].clone())
-    })
-    .await;
-    let name = held.metadata.name.clone().unwrap();
     // `get -o wide`: the READINESS GATES column counts the gates whose condition is True.
     let gates_column = |out: &str| {
         let mut lines = out.lines();
@@ -1418,36 +1462,15 @@ async fn kubectl_patch_status_subresource_sets_a_readiness_gate() {
     assert_eq!(gates_column(&out), "0/1", "{out}");
     assert!(endpoints(&l, "web").is_empty());
 
-    let (ok, out, err) = run_kubectl(
-        &l,
-        &[
-            "patch",
-            "pod",
-            &name,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"conditions":[{"type":"rotor.dev/proven","status":"True"}]}}"#,
-        ],
-    )
-    .await;
+    let (ok, out, err) = kubectl_set_gate(&l, &name, Some("--type=merge"), "True").await;
     assert!(ok, "{out}{err}");
     assert!(out.contains(&format!("pod/{name} patched")), "{out}");
-    wait_for("the pod Ready", 60, || async {
-        let p = api.get(&name).await.ok()?;
-        (is_ready(&p) && conditions(&p).len() == 6).then_some(())
+    wait_pod(&api, &name, "the pod Ready", |p| {
+        is_ready(p) && conditions(p).len() == 6
     })
     .await;
-    wait_for("the pod in the endpoints", 60, || async {
-        (endpoints(&l, "web") == [addr(&held)]).then_some(())
-    })
-    .await;
-    wait_for("the replica available", 60, || async {
-        deployment_counts(&l, "web")
-            .await
-            .filter(|c| *c == (1, 1, 1, 1))
-    })
-    .await;
+    wait_endpoints(&l, "web", &[addr(&held)], "the pod in the endpoints").await;
+    wait_counts(&l, "web", (1, 1, 1, 1), "the replica available").await;
     let (ok, out, err) = run_kubectl(&l, &["get", "pod", &name, "-o", "wide"]).await;
     assert!(ok, "{err}");
     assert_eq!(gates_column(&out), "1/1", "{out}");
@@ -1467,23 +1490,9 @@ async fn kubectl_patch_status_subresource_sets_a_readiness_gate() {
 
     // kubectl's default, a strategic merge patch, sets it False: out of Ready and the
     // endpoints, the kubelet's conditions untouched.
-    let (ok, out, err) = run_kubectl(
-        &l,
-        &[
-            "patch",
-            "pod",
-            &name,
-            "--subresource=status",
-            "-p",
-            r#"{"status":{"conditions":[{"type":"rotor.dev/proven","status":"False"}]}}"#,
-        ],
-    )
-    .await;
+    let (ok, out, err) = kubectl_set_gate(&l, &name, None, "False").await;
     assert!(ok, "{out}{err}");
-    wait_for("the pod out of the endpoints", 60, || async {
-        endpoints(&l, "web").is_empty().then_some(())
-    })
-    .await;
+    wait_endpoints(&l, "web", &[], "the pod out of the endpoints").await;
     let p = api.get(&name).await.unwrap();
     assert!(held_by_gate(&p), "{:?}", conditions(&p));
     assert_eq!(conditions(&p).len(), 6);
@@ -1492,17 +1501,10 @@ async fn kubectl_patch_status_subresource_sets_a_readiness_gate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_whose_new_pods_never_pass_their_gate_stalls_and_old_pods_keep_serving() {
-    let yaml = format!(
-        "{BASE}{}",
-        workload(
-            "Deployment",
-            "web",
-            Some(4),
-            json!({"progressDeadlineSeconds": 4,
-                   "strategy": {"type": "RollingUpdate",
-                                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}}})
-        )
-    );
+    let extra = json!({"progressDeadlineSeconds": 4,
+                       "strategy": {"type": "RollingUpdate",
+                                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}}});
+    let yaml = format!("{BASE}{}", workload("Deployment", "web", Some(4), extra));
     let l = TestLab::start(&yaml).await;
     deployment_complete(&l, "web", 4).await;
     let old = live_pods(&l, "web").await;
@@ -1510,11 +1512,8 @@ async fn a_rollout_whose_new_pods_never_pass_their_gate_stalls_and_old_pods_keep
         .iter()
         .map(|p| p.metadata.name.clone().unwrap())
         .collect();
-    let old_addrs: Vec<String> = old.iter().map(addr).collect();
-    wait_for("the old pods in the endpoints", 60, || async {
-        (endpoints(&l, "web") == sorted(old_addrs.clone())).then_some(())
-    })
-    .await;
+    let old_addrs = sorted(old.iter().map(addr).collect());
+    wait_endpoints(&l, "web", &old_addrs, "the old pods in the endpoints").await;
     // The new template carries a gate nobody sets.
     let deploys: Api<Deployment> = l.api();
     deploys
@@ -1535,12 +1534,7 @@ async fn a_rollout_whose_new_pods_never_pass_their_gate_stalls_and_old_pods_keep
         let ps = live_pods(&l, "web").await;
         let ready = ps.iter().filter(|p| is_ready(p)).count();
         assert!(ready >= 3, "below minimum availability: {ready} Ready");
-        let d = deploys.get("web").await.ok()?;
-        let progressing = d
-            .status?
-            .conditions?
-            .into_iter()
-            .find(|c| c.type_ == "Progressing")?;
+        let progressing = deployment_condition(deploys.get("web").await.ok()?, "Progressing")?;
         let new: Vec<Pod> = ps.iter().filter(|p| is_new(p)).cloned().collect();
         let old_ready: Vec<Pod> = ps
             .iter()
@@ -1590,25 +1584,14 @@ async fn a_rollout_whose_new_pods_never_pass_their_gate_stalls_and_old_pods_keep
     })
     .await;
     let fresh_addrs = sorted(fresh.iter().map(addr).collect());
-    wait_for("the new pods in the endpoints", 60, || async {
-        (endpoints(&l, "web") == fresh_addrs).then_some(())
-    })
-    .await;
+    wait_endpoints(&l, "web", &fresh_addrs, "the new pods in the endpoints").await;
     l.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubelet_keeps_gate_conditions_across_a_container_restart() {
-    use futures_util::StreamExt;
-    let yaml = format!("{BASE}{}", gated("Deployment", "web", Some(1), json!({})));
-    let l = TestLab::start(&yaml).await;
+    let (l, held, name) = start_one_held(&one_gated_web()).await;
     let api: Api<Pod> = l.api();
-    let held = wait_for("the pod held back by its gate", 60, || async {
-        let ps = live_pods(&l, "web").await;
-        (ps.len() == 1 && held_by_gate(&ps[0])).then(|| ps[0].clone())
-    })
-    .await;
-    let name = held.metadata.name.clone().unwrap();
     // A JSON patch adds the gate's condition and an unrelated one, timestamps included.
     let add = Patch::<Value>::Json(
         serde_json::from_value(json!([
@@ -1622,47 +1605,22 @@ async fn the_kubelet_keeps_gate_conditions_across_a_container_restart() {
     api.patch_status(&name, &PatchParams::default(), &add)
         .await
         .unwrap();
-    let ready = wait_for("the pod Ready", 60, || async {
-        let p = api.get(&name).await.ok()?;
-        is_ready(&p).then_some(p)
-    })
-    .await;
+    let ready = wait_pod(&api, &name, "the pod Ready", is_ready).await;
     assert_eq!(restarts(&ready), 0);
-    wait_for("the pod in the endpoints", 60, || async {
-        (endpoints(&l, "web") == [addr(&held)]).then_some(())
-    })
-    .await;
+    wait_endpoints(&l, "web", &[addr(&held)], "the pod in the endpoints").await;
 
     // Kill the container: every status the kubelet writes through the restart keeps both
     // conditions as they were.
     let rv = ready.metadata.resource_version.clone().unwrap();
-    let mut stream = api
-        .watch(
-            &WatchParams::default().fields(&format!("metadata.name={name}")),
-            &rv,
-        )
-        .await
-        .unwrap()
-        .boxed();
+    let by_name = WatchParams::default().fields(&format!("metadata.name={name}"));
+    let events = watch_pods(&api, &by_name, &rv).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pod_pid(&ready)),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut saw_down = false;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ev = tokio::time::timeout(left, stream.next())
-            .await
-            .expect("the pod Ready again after its restart")
-            .unwrap()
-            .unwrap();
-        let p = match ev {
-            WatchEvent::Modified(p) => p,
-            WatchEvent::Bookmark(_) => continue,
-            other => panic!("unexpected event {other:?}"),
-        };
+    watch_until(events, "the pod Ready again after its restart", None, |p| {
         let gate = condition(&p, GATE).expect("the gate's condition kept");
         assert_eq!(
             (&gate["status"], &gate["lastTransitionTime"]),
@@ -1680,31 +1638,20 @@ async fn the_kubelet_keeps_gate_conditions_across_a_container_restart() {
             );
             saw_down = true;
         }
-        if restarts(&p) >= 1 && is_ready(&p) {
-            break;
-        }
-    }
-    assert!(saw_down, "the restart never showed the pod not Ready");
-    wait_for("the pod back in the endpoints", 60, || async {
-        (endpoints(&l, "web") == [addr(&held)]).then_some(())
+        restarts(&p) >= 1 && is_ready(&p)
     })
     .await;
+    assert!(saw_down, "the restart never showed the pod not Ready");
+    wait_endpoints(&l, "web", &[addr(&held)], "the pod back in the endpoints").await;
     l.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patching_pod_status_needs_patch_on_pods_status() {
-    let yaml = format!("{BASE}{}", gated("Deployment", "web", Some(1), json!({})))
-        .replace("rotor-demo-service", rotor::lab::INPROCESS_IMAGE);
-    let l = TestLab::start(&yaml).await;
+    let yaml = one_gated_web().replace("rotor-demo-service", rotor::lab::INPROCESS_IMAGE);
+    let (l, _, name) = start_one_held(&yaml).await;
     let api: Api<Pod> = l.api();
     let pp = PatchParams::default();
-    let held = wait_for("the pod held back by its gate", 60, || async {
-        let ps = live_pods(&l, "web").await;
-        (ps.len() == 1 && held_by_gate(&ps[0])).then(|| ps[0].clone())
-    })
-    .await;
-    let name = held.metadata.name.clone().unwrap();
     let forbid = |resource: &str| Fault::Forbid {
         verb: "patch".into(),
         resource: resource.into(),
@@ -1748,22 +1695,16 @@ async fn patching_pod_status_needs_patch_on_pods_status() {
     api.patch_status(&name, &pp, &set_gate("True"))
         .await
         .unwrap();
-    wait_for("the pod Ready", 60, || async {
-        let p = api.get(&name).await.ok()?;
-        is_ready(&p).then_some(())
-    })
-    .await;
+    wait_pod(&api, &name, "the pod Ready", is_ready).await;
     assert_eq!(l.lab().stats().requests["pods/status"]["patch"], 2);
     l.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulsets_and_daemonsets_count_only_pods_whose_gates_pass() {
-    let yaml = format!(
-        "nodes: [{{name: n1}}, {{name: n2}}]\n{BASE}{}{}",
-        gated("StatefulSet", "db", Some(2), json!({"serviceName": "db"})),
-        gated("DaemonSet", "agent", None, json!({}))
-    );
+    let db = gated("StatefulSet", "db", Some(2), json!({"serviceName": "db"}));
+    let agent = gated("DaemonSet", "agent", None, json!({}));
+    let yaml = format!("nodes: [{{name: n1}}, {{name: n2}}]\n{BASE}{db}{agent}");
     let l = TestLab::start(&yaml).await;
     let pods_api: Api<Pod> = l.api();
     let sts: Api<StatefulSet> = l.api();
@@ -1777,21 +1718,13 @@ async fn statefulsets_and_daemonsets_count_only_pods_whose_gates_pass() {
         }
     };
     // OrderedReady: db-1 waits for db-0, which waits for its gate.
-    wait_for("db-0 held back by its gate", 60, || async {
-        let ps = live_pods(&l, "db").await;
-        (ps.len() == 1 && held_by_gate(&ps[0])).then_some(())
-    })
-    .await;
+    wait_held(&l, "db", 1, "db-0 held back by its gate").await;
     wait_for("the statefulset's status", 60, || async {
         let st = sts.get("db").await.ok()?.status?;
         (st.replicas == 1 && st.ready_replicas.unwrap_or(0) == 0).then_some(())
     })
     .await;
-    let agents = wait_for("both agents held back by their gate", 60, || async {
-        let ps = live_pods(&l, "agent").await;
-        (ps.len() == 2 && ps.iter().all(held_by_gate)).then_some(ps)
-    })
-    .await;
+    let agents = wait_held(&l, "agent", 2, "both agents held back by their gate").await;
     wait_for("the daemonset's status", 60, || async {
         let st = ds.get("agent").await.ok()?.status?;
         (st.current_number_scheduled == 2
@@ -1842,9 +1775,7 @@ async fn statefulsets_and_daemonsets_count_only_pods_whose_gates_pass() {
         (st.number_ready == 2 && st.number_available == Some(2)).then_some(())
     })
     .await;
-    wait_for("both agents in the endpoints", 60, || async {
-        (endpoints(&l, "agent") == sorted(agents.iter().map(addr).collect())).then_some(())
-    })
-    .await;
+    let both = sorted(agents.iter().map(addr).collect());
+    wait_endpoints(&l, "agent", &both, "both agents in the endpoints").await;
     l.stop().await;
 }

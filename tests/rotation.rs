@@ -1,6 +1,5 @@
 //! Rotations of the local demo fleet under continuous load.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{Env, slow_yaml, terminal_result, version, wait_for};

@@ -2230,6 +2230,19 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn a_wait_too_long_to_compute_is_an_error_never_a_shorter_wait() {
+        let now = chrono::Utc::now();
+        for huge in [Duration::MAX, Duration::from_secs(u64::MAX / 2), Duration::from_secs(1 << 50)] {
+            let e = super::later(now, huge, "timings.grace").unwrap_err();
+            assert!(e.to_string().contains("timings.grace"), "{e}");
+        }
+        let ok = super::later(now, Duration::from_secs(90), "timings.grace").unwrap();
+        assert_eq!(ok - now, chrono::Duration::seconds(90));
+        let far = crate::consumer::deadline_after(Duration::MAX);
+        assert!(far > std::time::Instant::now() + Duration::from_secs(365 * 86_400));
+    }
+
+    #[test]
     fn spans_read_like_ages() {
         let cases = [
             (40, "40s"),

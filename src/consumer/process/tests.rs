@@ -286,6 +286,23 @@ fn pids(records: &[Record]) -> Vec<(i32, u64)> {
     records.iter().map(|r| (r.pid, r.pid_start_ticks)).collect()
 }
 
+/// The failed new `instance` is stopped and forgotten: records and endpoints as they were
+/// (`before`, `eps_before`), the old instances still running.
+fn assert_failed_instance_dropped(
+    fleet: &Fleet,
+    instance: &str,
+    before: &[Record],
+    eps_before: &Endpoints,
+) {
+    let failed_pid = fleet.reported_pid(instance).unwrap();
+    assert!(os::stat(failed_pid).is_none_or(|s| s.state == 'Z'));
+    assert_eq!(fleet.records(), before);
+    assert_eq!(&fleet.endpoints(), eps_before);
+    for r in before {
+        assert!(os::alive(r.pid, r.pid_start_ticks));
+    }
+}
+
 #[tokio::test]
 async fn start_publishes_n_instances_each_with_its_port_and_the_slot_env() {
     let fleet = Fleet::new(3, timings());
@@ -556,12 +573,8 @@ async fn an_instance_that_never_gets_ready_fails_and_the_old_ones_keep_serving()
         "{msg}"
     );
     // The failed instance is stopped and forgotten; the old ones still serve.
-    let failed_pid = fleet.reported_pid(instance).unwrap();
-    assert!(os::stat(failed_pid).is_none_or(|s| s.state == 'Z'));
-    assert_eq!(fleet.records(), before);
-    assert_eq!(fleet.endpoints(), eps_before);
+    assert_failed_instance_dropped(&fleet, instance, &before, &eps_before);
     for r in &before {
-        assert!(os::alive(r.pid, r.pid_start_ticks));
         get_json(r.addr, "/env").await;
     }
 
@@ -680,13 +693,7 @@ async fn a_new_instance_that_fails_its_gate_is_stopped_and_never_published() {
             .is_none_or(|e| !e.endpoints.contains(&asked[0].1))),
         "the refused instance was published"
     );
-    let failed_pid = fleet.reported_pid(instance).unwrap();
-    assert!(os::stat(failed_pid).is_none_or(|s| s.state == 'Z'));
-    assert_eq!(fleet.records(), before);
-    assert_eq!(fleet.endpoints(), eps_before);
-    for r in &before {
-        assert!(os::alive(r.pid, r.pid_start_ticks));
-    }
+    assert_failed_instance_dropped(&fleet, instance, &before, &eps_before);
     assert!(
         sink.all().iter().any(|(e, _)| matches!(e,
             Event::InstanceGated { passed: false, instance: i, .. } if i == instance)),
