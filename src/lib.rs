@@ -23,4 +23,5 @@ pub mod probe;
 pub mod protocol;
 pub mod redact;
 pub mod secret;
+pub mod state_dir;
 pub mod store;

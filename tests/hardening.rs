@@ -71,3 +71,116 @@ async fn a_peer_that_quotes_its_value_never_puts_it_in_any_output() {
     std::fs::write(env.path().join("faults/backend"), "").unwrap();
     env.finish().await;
 }
+
+/// Every file under `dir` with its bytes (what a refusal must leave exactly as it was).
+fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = crate::common::walk(dir)
+        .into_iter()
+        .filter(|p| !p.components().any(|c| c.as_os_str() == "logs"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            (p, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_pasted_into_the_playbook_is_refused_without_being_printed() {
+    let env = Env::new();
+    env.up().await;
+    let store = env.store();
+    let id = store["primary"].as_str().unwrap().to_string();
+    let value = crate::common::version(&store, &id)["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let original = std::fs::read_to_string(&env.playbook).unwrap();
+    // Someone pastes the value into a consumer's environment "to debug".
+    let pasted = original.replacen(
+        "    slots:\n      primary: JWT_SECRET_KEY",
+        &format!("    env:\n      DEBUG_COPY: \"{value}\"\n    slots:\n      primary: JWT_SECRET_KEY"),
+        1,
+    );
+    assert_ne!(pasted, original);
+    std::fs::write(&env.playbook, &pasted).unwrap();
+    let before = tree(env.path());
+    for cmd in [&["rotate", "--yes"][..], &["check"], &["up"], &["resume"]] {
+        let out = env.rotor(cmd).await;
+        out.assert_code(2);
+        if cmd[0] != "resume" {
+            assert!(
+                out.stderr.contains("contains the value of store version"),
+                "{cmd:?}: {}",
+                out.stderr
+            );
+        }
+        assert!(!out.stderr.contains(&value) && !out.stdout.contains(&value));
+    }
+    assert_eq!(tree(env.path()), before, "a refusal changed files");
+    std::fs::write(&env.playbook, &original).unwrap();
+    env.rotor(&["check"]).await.assert_code(0);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_reads_create_nothing() {
+    // No store yet: rotate is refused (exit 2) and nothing appears; plan, status and check
+    // read only.
+    let env = Env::new();
+    let before = tree(env.path());
+    env.rotor(&["rotate", "--yes"]).await.assert_code(2);
+    env.rotor(&["plan"]).await.assert_code(0);
+    env.rotor(&["status"]).await.assert_code(0);
+    let _ = env.rotor(&["check"]).await;
+    assert_eq!(tree(env.path()), before, "a refusal or a read created files");
+    assert!(!env.pb.state_dir.exists());
+
+    // A store outside the state directory gets no lock file beside it; the state directory is
+    // created and marked.
+    env.rotor(&["init"]).await.assert_code(0);
+    let rotor::playbook::StoreSpec::Local { path } = &env.pb.store else {
+        unreachable!()
+    };
+    let siblings: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".lock"))
+        .collect();
+    assert!(siblings.is_empty(), "{siblings:?}");
+    assert!(env.pb.state_dir.join(".rotor-state").is_file());
+
+    // plan reports a store it cannot read as check does.
+    let mut perms = std::fs::metadata(path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(path, perms.clone()).unwrap();
+    let plan = env.rotor(&["plan"]).await;
+    let check = env.rotor(&["check"]).await;
+    assert_ne!(plan.code(), Some(0), "{plan:?}");
+    assert_eq!(plan.code(), check.code());
+    assert!(!plan.stdout.contains("not initialized"), "{}", plan.stdout);
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(path, perms).unwrap();
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_dir_that_is_a_root_or_someone_elses_directory_is_refused() {
+    for (state_dir, why) in [("/", "filesystem root"), ("foreign", "entries rotor did not create")] {
+        let env = Env::with(|y| format!("state_dir: {state_dir}\n{y}"));
+        std::fs::create_dir_all(env.path().join("foreign")).unwrap();
+        std::fs::write(env.path().join("foreign/notes.txt"), "mine").unwrap();
+        let out = env.rotor(&["init"]).await;
+        out.assert_code(2);
+        assert!(out.stderr.contains(why), "{}", out.stderr);
+        assert!(!std::path::Path::new("/lock").exists());
+        assert!(!std::path::Path::new("/.rotor-state").exists());
+        assert_eq!(
+            std::fs::read_dir(env.path().join("foreign")).unwrap().count(),
+            1,
+            "the foreign directory was written to"
+        );
+    }
+}

@@ -99,12 +99,48 @@ fn bad_playbook_errors_are_located_and_helpful() {
             path.display()
         );
         assert!(!e.help.is_empty(), "{}: no help: {e}", path.display());
-        // Env values are never echoed.
+        // Env values, and what was written in a field that names a secret, are never echoed.
         assert!(
             !e.to_string().contains("do-not-echo"),
             "{}: {e}",
             path.display()
         );
+        // Echoed input is cut to 80 characters: no error is long.
+        assert!(e.to_string().len() < 1024, "{}: {e}", path.display());
+    }
+}
+
+/// Huge files and values, read from disk: refused at once, with a short error that repeats
+/// none of them.
+#[test]
+fn huge_playbooks_are_refused_with_short_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let value = "c2VjcmV0".repeat(5 << 17); // 5 MiB
+    let cases = [
+        // Larger than the 4 MiB a playbook may be: never read past the limit.
+        (
+            format!("secret: {value}\n"),
+            "the playbook is larger than 4 MiB",
+        ),
+        // Under it, but no name.
+        (
+            format!("secret: {}\n", &value[..3 << 20]),
+            "the value is 3145728 bytes long, more than the 4096 allowed",
+        ),
+        (
+            format!("environment: test\nsecret: \"{}\"\n", &value[..1000]),
+            "`secret` must be a name of 1 to 63 lowercase letters, digits and '-', starting with a letter (got 1000 characters that are not: it is longer than 63 characters)",
+        ),
+    ];
+    for (i, (text, message)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("{i}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        let started = std::time::Instant::now();
+        let e = load_file(&path).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(e.message, message);
+        assert!(e.to_string().len() < 1024, "{e}");
+        assert!(!e.to_string().contains("c2VjcmV0"), "{e}");
     }
 }
 

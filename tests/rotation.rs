@@ -240,7 +240,11 @@ async fn check_finds_drift_and_rotate_refuses_to_start_on_it() {
     let rotor::playbook::StoreSpec::Local { path } = &env.pb.store else {
         panic!("a local store")
     };
-    let store = rotor::store::local::LocalStore::new(path.clone(), &env.pb.secret);
+    let store = rotor::store::local::LocalStore::new(
+        path.clone(),
+        &env.pb.secret,
+        env.pb.state_dir.join("store.lock"),
+    );
     use rotor::store::Store;
     let v = rotor::secret::SecretValue::generate(rotor::secret::Alphabet::Base64url, 48).unwrap();
     let info = store.add_version(&v).await.unwrap();

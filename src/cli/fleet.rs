@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{CliResult, engine, load};
+use super::{CliResult, engine, engine_for_writing, load};
 use crate::exit::Exit;
 use crate::output::Output;
 
@@ -16,7 +16,7 @@ pub struct Args {
 
 pub(super) async fn init(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
     let pb = load(&a.playbook, state_dir)?;
-    let e = engine(pb, out).await?;
+    let e = engine_for_writing(pb, out, false).await?;
     let fp = e.init().await?;
     out.result(
         &serde_json::json!({"event": "initialized", "store": e.store().describe(), "primary": fp}),
@@ -27,7 +27,7 @@ pub(super) async fn init(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>)
 
 pub(super) async fn up(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
     let pb = load(&a.playbook, state_dir)?;
-    let e = engine(pb, out).await?;
+    let e = engine_for_writing(pb, out, true).await?;
     e.up().await?;
     let mut started = Vec::new();
     for c in e.consumers() {

@@ -131,6 +131,16 @@ pub struct CliError {
     pub exit: Exit,
 }
 
+impl CliError {
+    /// A usage error (exit 2: nothing was changed).
+    pub fn usage(message: String) -> CliError {
+        CliError {
+            message,
+            exit: Exit::Usage,
+        }
+    }
+}
+
 impl From<EngineError> for CliError {
     fn from(e: EngineError) -> Self {
         CliError {
@@ -170,4 +180,25 @@ pub fn load(path: &std::path::Path, state_dir: Option<PathBuf>) -> Result<Playbo
 /// Opens the engine for a playbook with `out` as its event sink.
 pub async fn engine(pb: Playbook, out: &Arc<Output>) -> Result<Engine, CliError> {
     Ok(Engine::open(pb, out.clone()).await?)
+}
+
+/// Opens the engine for a command that writes: refuses, before anything is written, a store
+/// that does not exist yet (`needs_store`; exit 2, nothing changed) and a `state_dir` rotor may
+/// not use (see [`crate::state_dir`]), then creates and marks the state directory.
+pub async fn engine_for_writing(
+    pb: Playbook,
+    out: &Arc<Output>,
+    needs_store: bool,
+) -> Result<Engine, CliError> {
+    let state_dir = pb.state_dir.clone();
+    let e = Engine::open(pb, out.clone()).await?;
+    if needs_store && !e.store().exists().await.map_err(EngineError::from)? {
+        return Err(EngineError::Store(crate::store::StoreError::Missing {
+            store: e.store().describe(),
+        })
+        .into());
+    }
+    e.screen_playbook().await?;
+    crate::state_dir::prepare(&state_dir).map_err(CliError::usage)?;
+    Ok(e)
 }

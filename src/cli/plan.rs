@@ -39,16 +39,20 @@ pub(super) async fn run(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) 
             c.desired_instances().await.map_err(EngineError::from)?,
         );
     }
-    let snapshot = if store.exists().await.unwrap_or(false) {
-        store.snapshot().await.ok()
+    // A store that cannot be read (corrupt, wrong mode, unreachable) is reported as `check`
+    // reports it, with the same exit code; only a store that does not exist yet is planned
+    // from scratch.
+    let snapshot = if store.exists().await.map_err(EngineError::from)? {
+        Some(store.snapshot().await.map_err(EngineError::from)?)
     } else {
         None
     };
     // Loading only reads (a missing ConfigMap is no journal, and is not created).
-    let journal = match crate::engine::journal::open(&pb, cluster.as_ref()) {
-        Ok(journals) => journals.load().await.ok().flatten(),
-        Err(_) => None,
-    };
+    let journal = crate::engine::journal::open(&pb, cluster.as_ref())
+        .map_err(EngineError::from)?
+        .load()
+        .await
+        .map_err(EngineError::from)?;
     let plan = crate::engine::plan::plan(
         &pb,
         store.describe(),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{CliResult, engine, load};
+use super::{CliResult, engine_for_writing, load};
 use crate::engine::journal::Mode;
 use std::io::IsTerminal as _;
 
@@ -171,7 +171,7 @@ pub(super) async fn rotate(
     let pb = load_with(&a.playbook, state_dir, a.concurrency)?;
     if !r.if_due {
         let opts = options(out, a.yes, a.until, a.rollback_to, a.force);
-        let report = engine(pb, out).await?.rotate(&opts).await?;
+        let report = engine_for_writing(pb, out, true).await?.rotate(&opts).await?;
         return Ok(finish(out, &report));
     }
     if_due(pb, &a, out).await
@@ -184,7 +184,7 @@ async fn if_due(pb: crate::playbook::Playbook, a: &RunArgs, out: &Arc<Output>) -
     let mut opts = options(out, yes, a.until, a.rollback_to, a.force);
     opts.mode = Mode::Scheduled;
     let label = format!("{} ({})", pb.secret, pb.environment.as_str());
-    let engine = engine(pb, out).await?;
+    let engine = engine_for_writing(pb, out, true).await?;
     let due = engine.due(chrono::Utc::now()).await?;
     out.result(
         &serde_json::json!({"event": "due", "secret": label, "due": &due}),
@@ -305,7 +305,7 @@ async fn rotate_dir(
 pub(super) async fn resume(a: RunArgs, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
     let pb = load_with(&a.playbook, state_dir, a.concurrency)?;
     let opts = options(out, a.yes, a.until, a.rollback_to, a.force);
-    let report = engine(pb, out).await?.resume(&opts).await?;
+    let report = engine_for_writing(pb, out, true).await?.resume(&opts).await?;
     Ok(finish(out, &report))
 }
 
@@ -336,7 +336,7 @@ pub(super) async fn rekey(
         Some(i) => format!("{} (incident {i})", a.reason.trim()),
         None => a.reason.trim().to_string(),
     };
-    let report = engine(pb, out).await?.rekey(&opts).await?;
+    let report = engine_for_writing(pb, out, true).await?.rekey(&opts).await?;
     Ok(finish(out, &report))
 }
 
@@ -354,6 +354,6 @@ pub(super) async fn rollback(
 ) -> CliResult {
     let pb = load_with(&a.playbook, state_dir, a.concurrency)?;
     let opts = options(out, true, None, a.to, a.force);
-    let report = engine(pb, out).await?.rollback(&opts).await?;
+    let report = engine_for_writing(pb, out, true).await?.rollback(&opts).await?;
     Ok(finish(out, &report))
 }

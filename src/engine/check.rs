@@ -149,6 +149,7 @@ impl Engine {
 
     /// Compares the store with every consumer instance.
     pub async fn check(&self) -> Result<DriftReport, EngineError> {
+        self.screen_playbook().await?;
         let snap = self.store.snapshot().await?;
         let fp_of = |id: &Option<String>| {
             id.as_deref()

@@ -226,6 +226,12 @@ pub enum EngineError {
         "rotation {0} is finalized: the old value is destroyed and cannot come back\n  help: to move away from the current value, start a new rotation"
     )]
     Irreversible(String),
+    /// The playbook's text holds a value the store holds (it would reach a command line, an
+    /// environment or a log). Named by fingerprint only.
+    #[error(
+        "the playbook {0} contains the value of store version {1} ({2}) in its text\n  help: remove it from the playbook (values reach consumers only through their slot names), then rotate: the value has been exposed; nothing was changed"
+    )]
+    ValueInPlaybook(String, String, Fingerprint),
     /// A step failed and the run rolled back.
     #[error("{stage} failed: {source}\n  rolled back to {state}")]
     RolledBack {
@@ -297,7 +303,8 @@ impl EngineError {
             EngineError::Active { .. }
             | EngineError::NoRotation
             | EngineError::NoSchedule
-            | EngineError::Irreversible(_) => Exit::Usage,
+            | EngineError::Irreversible(_)
+            | EngineError::ValueInPlaybook(..) => Exit::Usage,
             // Nothing to rotate yet (`rotor init` first), or `init` on a store that has values.
             EngineError::Store(StoreError::Missing { .. } | StoreError::Refused { .. }) => {
                 Exit::Usage
@@ -654,6 +661,43 @@ impl Engine {
         Ok(info.fingerprint)
     }
 
+    /// Reads the store's slot values (remembering them for redaction) and refuses a playbook
+    /// whose text contains one: every string of the playbook as loaded, and its file.
+    pub async fn screen_playbook(&self) -> Result<(), EngineError> {
+        for warning in policy::secret_like_literals(&self.pb) {
+            self.events.emit(&Event::Note {
+                message: format!("warning: {warning}"),
+            });
+        }
+        if !self.store.exists().await? {
+            return Ok(());
+        }
+        let snap = self.store.snapshot().await?;
+        let text = {
+            let mut t = format!("{:?}", self.pb);
+            if let Ok(file) = std::fs::read_to_string(&self.pb.source) {
+                t.push_str(&file);
+            }
+            t
+        };
+        for id in [&snap.primary, &snap.secondary].into_iter().flatten() {
+            let Some(v) = snap.version(id) else { continue };
+            if v.state != VersionState::Enabled {
+                continue;
+            }
+            let value = self.store.read_value(id).await?;
+            crate::redact::remember(&self.pb.secret, &value);
+            if value.expose().len() >= crate::redact::MIN_LEN && text.contains(value.expose()) {
+                return Err(EngineError::ValueInPlaybook(
+                    self.pb.source.clone(),
+                    id.clone(),
+                    v.fingerprint.clone(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The gate of consumer `c` (see [`gate::InstanceGate`]).
     pub(crate) fn gate(
         &self,
@@ -684,6 +728,7 @@ impl Engine {
 
     /// Starts every consumer holding the store's current slots (fleet bring-up).
     pub async fn up(&self) -> Result<(), EngineError> {
+        self.screen_playbook().await?;
         let snap = self.store.snapshot().await?;
         let state = match self.journals.load().await? {
             Some(j) if j.status.is_active() => j.state,
@@ -848,6 +893,7 @@ impl Engine {
         guard: &dyn LockGuard,
         opts: &RunOptions,
     ) -> Result<RunReport, EngineError> {
+        self.screen_playbook().await?;
         if let Some(j) = self.journals.load().await? {
             if j.status.is_active() {
                 return Err(EngineError::Active {
@@ -1022,6 +1068,7 @@ impl Engine {
         guard: &dyn LockGuard,
         opts: &RunOptions,
     ) -> Result<RunReport, EngineError> {
+        self.screen_playbook().await?;
         let mut journal = self.active_journal().await?;
         journal.mode = Mode::Emergency;
         journal.reason = opts.reason.clone();
@@ -1053,6 +1100,7 @@ impl Engine {
         guard: &dyn LockGuard,
         opts: &RunOptions,
     ) -> Result<RunReport, EngineError> {
+        self.screen_playbook().await?;
         let journal = self.active_journal().await?;
         let audit = self.audit()?;
         let rolling_back = journal.rolling_back();
@@ -1097,6 +1145,7 @@ impl Engine {
         guard: &dyn LockGuard,
         opts: &RunOptions,
     ) -> Result<RunReport, EngineError> {
+        self.screen_playbook().await?;
         let journal = self.active_journal().await?;
         if journal.state == State::S5 {
             return Err(EngineError::Irreversible(journal.id));

@@ -44,6 +44,50 @@ pub const WEAK: &[&str] = &[
     "00000000000000000000000000000000",
 ];
 
+/// Literals in a process consumer's `env` that look like secrets: a name that says so
+/// (`SECRET`, `KEY`, `TOKEN`, `PASSWORD`, `CREDENTIAL`) holding at least 20 characters of high
+/// entropy (≥ 3.5 bits per character). Warnings, named by field, never quoting the literal.
+pub fn secret_like_literals(pb: &Playbook) -> Vec<String> {
+    const HINTS: &[&str] = &["SECRET", "KEY", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL"];
+    let mut out = Vec::new();
+    for (i, c) in pb.consumers.iter().enumerate() {
+        let crate::playbook::ConsumerKind::Process(p) = &c.kind else {
+            continue;
+        };
+        for (name, literal) in &p.env {
+            let upper = name.to_ascii_uppercase();
+            if !HINTS.iter().any(|h| upper.contains(h)) || literal.chars().count() < 20 {
+                continue;
+            }
+            let bits = entropy_per_char(literal);
+            if bits >= 3.5 {
+                out.push(format!(
+                    "consumers[{i}].env.{name} holds a literal of {} characters that looks like a secret ({bits:.1} bits per character); values reach consumers through their slot names, never through the playbook",
+                    literal.chars().count()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Shannon entropy of the characters of `s`, in bits per character.
+fn entropy_per_char(s: &str) -> f64 {
+    let mut counts = std::collections::BTreeMap::new();
+    let mut n = 0f64;
+    for c in s.chars() {
+        *counts.entry(c).or_insert(0f64) += 1.0;
+        n += 1.0;
+    }
+    counts
+        .values()
+        .map(|k| {
+            let p = k / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
 /// Why `value` breaks the policy, one line each (empty: it passes). `weak` is the extra list
 /// from `policy.weak_values_file`.
 pub fn violations(pb: &Playbook, value: &SecretValue, weak: &[SecretValue]) -> Vec<String> {

@@ -4,7 +4,14 @@
 //! [`Playbook`]. The first problem found is returned as a [`PlaybookError`] naming the file, the
 //! line and column of the offending node (of the enclosing mapping for a missing field; 1:1 for a
 //! missing top-level field), the dotted field path (`consumers[1].slots.secondary`), a one-line
-//! message and a help line saying what to do. Messages never echo env values.
+//! message and a help line saying what to do. Messages never echo env values, nor what was
+//! written in a field that names a secret (`secret`, a consumer's `secret`,
+//! `notify.webhook_env`): someone may have pasted a value or a URL there. Any other input an
+//! error repeats goes through [`echo`], which keeps at most [`ECHO_CHARS`] characters.
+//!
+//! Every size is bounded ([`MAX_FILE_BYTES`], the node limits of [`node`], string lengths,
+//! list lengths, and an upper bound on every duration), so loading does work linear in the
+//! size of the file and nothing downstream can overflow when it adds a duration to a time.
 //!
 //! Checks run in a fixed order: top-level keys, `secret`, `environment`, `generate`, `cluster`,
 //! `store`, `state_dir`, `timings`, `concurrency`, then each consumer in order, then round-trip
@@ -13,14 +20,20 @@
 #[path = "node.rs"]
 mod node;
 
-use std::collections::BTreeMap;
+#[cfg(test)]
+#[path = "robustness.rs"]
+mod robustness;
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use self::node::{Node, Pos, Scalar, Value};
+use self::node::{Node, ParseError, Pos, Scalar, Value};
 use super::{
     ClusterSpec, ConsumerKind, ConsumerSpec, EXEC_TEMPLATE_FIELDS, Environment, ExecSpec, ExecVia,
     GcpCredentials, GcpStoreSpec, Generate, JournalKind, KubernetesSpec, LockKind, NotifySpec,
@@ -51,14 +64,19 @@ pub struct PlaybookError {
 /// Loads and validates a playbook file.
 pub fn load_file(path: &Path) -> Result<Playbook, PlaybookError> {
     let source = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| PlaybookError {
+    let unreadable = |e: std::io::Error| PlaybookError {
         file: source.clone(),
         line: 0,
         column: 0,
         field: "-".to_string(),
         message: format!("cannot read playbook: {e}"),
         help: "check the path".to_string(),
-    })?;
+    };
+    // Never more than one byte past the limit, whatever the file is (a device, a huge log).
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(unreadable)?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -73,30 +91,20 @@ pub fn load_str(text: &str, source: &str, base_dir: &Path) -> Result<Playbook, P
 }
 
 fn load_bytes(bytes: &[u8], source: &str, base_dir: &Path) -> Result<Playbook, PlaybookError> {
-    let cx = Cx { file: source };
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        let before = &bytes[..e.valid_up_to()];
-        let line = before.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
-        let line_start = before
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
-        let column = String::from_utf8_lossy(&before[line_start..])
-            .chars()
-            .count() as u64
-            + 1;
-        cx.err(
-            Pos { line, column },
-            "-",
-            "the playbook is not valid UTF-8",
-            "save the file as UTF-8",
-        )
-    })?;
-    let root = node::parse(text).map_err(|e| cx.yaml_error(&e))?;
-    let mut playbook = cx.playbook(&root, base_dir)?;
+    let cx = Cx::new(source);
+    let mut playbook = cx.load(bytes, base_dir)?;
     playbook.checksum = hex::encode(Sha256::digest(bytes));
     playbook.source = source.to_string();
     Ok(playbook)
+}
+
+/// What loading `text` did: the result, the nodes the parser produced (alias copies
+/// included) and the validation steps taken (entries and items visited, fields looked up).
+#[cfg(test)]
+fn load_counted(bytes: &[u8]) -> (Result<Playbook, PlaybookError>, usize, usize) {
+    let cx = Cx::new("test.yaml");
+    let result = cx.load(bytes, Path::new("/base"));
+    (result, cx.nodes.get(), cx.steps.get())
 }
 
 type Result<T, E = PlaybookError> = std::result::Result<T, E>;
@@ -214,12 +222,97 @@ const MAX_LENGTH: i128 = 4096;
 /// Largest `instances` of a process consumer.
 const MAX_INSTANCES: i128 = 64;
 
+/// Largest playbook file, in bytes.
+const MAX_FILE_BYTES: usize = 4 << 20;
+/// Most characters of input an error repeats (see [`echo`]).
+const ECHO_CHARS: usize = 80;
+/// Longest string field (names, paths, URLs, headers), in bytes.
+const MAX_STRING: usize = 4096;
+/// Longest argument of a `command` or `apply`, and longest `env` value, in bytes.
+const MAX_ARG: usize = 32 * 1024;
+/// Most consumers in a playbook.
+const MAX_CONSUMERS: usize = 1024;
+/// Most arguments of a `command` or `apply` (the program included).
+const MAX_ARGS: usize = 256;
+/// Most `env` entries of a consumer.
+const MAX_ENV: usize = 256;
+/// Most `slots.aliases` of a consumer.
+const MAX_ALIASES: usize = 64;
+/// Most probes of a consumer.
+const MAX_PROBES: usize = 16;
+/// Most round trips of a consumer.
+const MAX_ROUNDTRIPS: usize = 64;
+/// Most status codes in an `accept` or `reject` list.
+const MAX_STATUSES: usize = 32;
+/// Most `targets` of an exec consumer.
+const MAX_TARGETS: usize = 64;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+/// The longest wait a playbook may ask for: `grace`, `retention`, `max_age`.
+const TEN_YEARS: Duration = Duration::from_secs(3650 * 86_400);
+/// `3650d`, `24h`, `10m`, `60s`, `500ms`: a bound as a playbook would write it.
+fn bound(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s, d.subsec_nanos()) {
+        (0, _) => format!("{}ms", d.as_millis()),
+        (s, 0) if s % 86_400 == 0 && s > 86_400 => format!("{}d", s / 86_400),
+        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        _ => format!("{}ms", d.as_millis()),
+    }
+}
+
+/// Input repeated in an error: control characters escaped (an error stays one line), at most
+/// [`ECHO_CHARS`] characters, the rest replaced by `…`. Every piece of the playbook an error
+/// quotes goes through here.
+fn echo(text: &str) -> String {
+    echo_up_to(text, ECHO_CHARS)
+}
+
+/// A parser message, which may quote the input (an anchor's name): [`echo`] with room for the
+/// parser's own words (the longest are about 70 characters).
+fn echo_long(text: &str) -> String {
+    echo_up_to(text, ECHO_CHARS + 40)
+}
+
+fn echo_up_to(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (count, c) in text.chars().enumerate() {
+        if count == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// "48 characters", "1 character".
+fn characters(text: &str) -> String {
+    match text.chars().count() {
+        1 => "1 character".to_string(),
+        n => format!("{n} characters"),
+    }
+}
+
 /// A status code as written: the code, where, and its field path.
 type LocatedStatus = (u16, Pos, String);
 
-/// Where errors are reported.
+/// Where errors are reported, and how much work validation did.
 struct Cx<'a> {
     file: &'a str,
+    /// Nodes the parser produced.
+    nodes: Cell<usize>,
+    /// Entries and items visited and fields looked up: linear in the nodes, whatever the
+    /// document's shape (the tests hold it to that).
+    steps: Cell<usize>,
 }
 
 /// A mapping's entries, checked for duplicate keys, with the path and position of the mapping.
@@ -228,6 +321,8 @@ struct Fields<'n> {
     /// Where a missing field is reported.
     pos: Pos,
     entries: Vec<(&'n str, &'n Node, &'n Node)>,
+    /// Index of each key in `entries`.
+    index: HashMap<&'n str, usize>,
 }
 
 impl<'n> Fields<'n> {
@@ -238,10 +333,10 @@ impl<'n> Fields<'n> {
 
     /// The key and value of `name`, if present (even when the value is null).
     fn entry(&self, name: &str) -> Option<(&'n Node, &'n Node)> {
-        self.entries
-            .iter()
-            .find(|(k, _, _)| *k == name)
-            .map(|(_, k, v)| (*k, *v))
+        self.index.get(name).map(|&i| {
+            let (_, k, v) = self.entries[i];
+            (k, v)
+        })
     }
 
     /// The value of `name`; `None` when absent or null.
@@ -250,9 +345,11 @@ impl<'n> Fields<'n> {
     }
 }
 
+/// `path.name`; a key written in the playbook is echoed, so it is truncated.
 fn join(path: &str, name: &str) -> String {
+    let name = echo(name);
     if path.is_empty() {
-        name.to_string()
+        name
     } else {
         format!("{path}.{name}")
     }
@@ -260,6 +357,15 @@ fn join(path: &str, name: &str) -> String {
 
 fn list(names: &[&str]) -> String {
     names.join(", ")
+}
+
+/// [`list`] of the first few names, and how many more there are.
+fn list_some(names: &[&str]) -> String {
+    const SHOWN: usize = 8;
+    match names.len() {
+        n if n > SHOWN => format!("{}, … ({} more)", names[..SHOWN].join(", "), n - SHOWN),
+        _ => list(names),
+    }
 }
 
 fn backticked(names: &[&str]) -> String {
@@ -292,6 +398,11 @@ fn distance(a: &str, b: &str) -> usize {
 }
 
 fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    // Candidates are short: a long word is near none of them, and comparing it would cost
+    // its length times theirs.
+    if word.len() > 64 {
+        return None;
+    }
     let lower = word.to_ascii_lowercase();
     candidates
         .iter()
@@ -303,10 +414,22 @@ fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
 
 /// `service-secret`, `auth`: lowercase letters, digits and '-', starting with a letter, 1..=63.
 fn is_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some('a'..='z'))
-        && s.len() <= 63
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
+    name_problem(s).is_none()
+}
+
+/// What keeps `s` from being a name (see [`is_name`]), in words that do not quote it.
+fn name_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        Some("it is empty")
+    } else if s.chars().count() > 63 {
+        Some("it is longer than 63 characters")
+    } else if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+        Some("it does not start with a lowercase letter")
+    } else if !s.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-')) {
+        Some("it holds characters other than lowercase letters, digits and '-'")
+    } else {
+        None
+    }
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`.
@@ -343,7 +466,20 @@ fn reserved_env(name: &str) -> Option<&'static str> {
     }
 }
 
-impl Cx<'_> {
+impl<'a> Cx<'a> {
+    fn new(file: &'a str) -> Self {
+        Cx {
+            file,
+            nodes: Cell::new(0),
+            steps: Cell::new(0),
+        }
+    }
+
+    /// Counts `n` steps of validation work.
+    fn tick(&self, n: usize) {
+        self.steps.set(self.steps.get().saturating_add(n));
+    }
+
     fn err(
         &self,
         pos: Pos,
@@ -366,28 +502,104 @@ impl Cx<'_> {
         }
     }
 
-    fn yaml_error(&self, e: &serde_saphyr::Error) -> PlaybookError {
-        let pos = e.location().map_or(Pos::START, |l| Pos {
-            line: l.line(),
-            column: l.column(),
-        });
-        if let serde_saphyr::Error::MultipleDocuments { .. } = e {
-            return self.err(
+    /// The error for a document that could not be parsed.
+    fn parse_error(&self, e: ParseError) -> PlaybookError {
+        match e {
+            ParseError::Syntax { pos, message } => self.err(
+                pos,
+                "-",
+                format!("invalid YAML: {}", echo_long(&message)),
+                "fix the YAML syntax at this position (indentation, quotes, brackets, `key: value`)",
+            ),
+            ParseError::MultipleDocuments { pos } => self.err(
                 pos,
                 "-",
                 "the file holds more than one YAML document",
                 "keep one document per playbook: one file per secret and environment",
-            );
+            ),
+            ParseError::TooManyNodes { pos } => self.err(
+                pos,
+                "-",
+                format!(
+                    "the document has more than {} nodes (values, lists and mappings, counting each copy an alias makes)",
+                    node::MAX_NODES
+                ),
+                "split the playbook or shrink it: one playbook describes one secret",
+            ),
+            ParseError::TooDeep { pos } => self.err(
+                pos,
+                "-",
+                format!(
+                    "the document nests lists and mappings more than {} levels deep",
+                    node::MAX_DEPTH
+                ),
+                "flatten it: a playbook needs no more than 6 levels",
+            ),
+            ParseError::TooMuchText { pos } => self.err(
+                pos,
+                "-",
+                format!(
+                    "the document's values add up to more than {} MiB (counting each copy an alias makes)",
+                    node::MAX_TEXT >> 20
+                ),
+                "shrink it: a playbook names things, it holds no data",
+            ),
+            ParseError::Aliases { pos } => self.err(
+                pos,
+                "-",
+                "the document uses too many anchors or aliases, or they expand too much",
+                "write the repeated parts out, or share fewer of them",
+            ),
+            ParseError::TagMismatch { pos, tag } => self.err(
+                pos,
+                "-",
+                format!("the tag `{}` does not fit the value it is on", echo(&tag)),
+                "remove the tag: a playbook needs none",
+            ),
+            ParseError::Tag { pos, tag } => self.err(
+                pos,
+                "-",
+                format!("unsupported YAML tag `{}`", echo(&tag)),
+                "remove the tag: a playbook takes plain values (the only tags allowed are the core ones: !!str, !!int, !!float, !!bool, !!null, !!seq, !!map)",
+            ),
         }
-        let full = e.to_string();
-        let suffix = format!(" at line {}, column {}", pos.line, pos.column);
-        let message = full.strip_suffix(&suffix).unwrap_or(&full).trim();
-        self.err(
-            pos,
-            "-",
-            format!("invalid YAML: {message}"),
-            "fix the YAML syntax at this position (indentation, quotes, brackets, `key: value`)",
-        )
+    }
+
+    /// Parses and validates a whole playbook file's bytes.
+    fn load(&self, bytes: &[u8], base_dir: &Path) -> Result<Playbook> {
+        if bytes.len() > MAX_FILE_BYTES {
+            return Err(self.err(
+                Pos::START,
+                "-",
+                format!(
+                    "the playbook is larger than {} MiB",
+                    MAX_FILE_BYTES >> 20
+                ),
+                "one playbook describes one secret: split the consumers over several secrets, or remove what is not needed",
+            ));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            // Valid up to there; lines end at "\n", "\r\n" or "\r", as in YAML.
+            let before = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+            let line = before.matches('\n').count() + before.matches('\r').count()
+                - before.matches("\r\n").count()
+                + 1;
+            let line_start = before.rfind(['\n', '\r']).map_or(0, |i| i + 1);
+            let column = before[line_start..].chars().count() + 1;
+            self.err(
+                Pos {
+                    line: line as u64,
+                    column: column as u64,
+                },
+                "-",
+                "the playbook is not valid UTF-8",
+                "save the file as UTF-8",
+            )
+        })?;
+        let (parsed, nodes) = node::parse(text);
+        self.nodes.set(nodes);
+        let root = parsed.map_err(|e| self.parse_error(e))?;
+        self.playbook(root.as_ref(), base_dir)
     }
 
     fn type_error(&self, node: &Node, path: &str, expected: &str, help: &str) -> PlaybookError {
@@ -405,7 +617,9 @@ impl Cx<'_> {
         let Value::Map(entries) = &node.value else {
             return Err(self.type_error(node, path, "a mapping", help));
         };
+        self.tick(entries.len());
         let mut out: Vec<(&'n str, &'n Node, &'n Node)> = Vec::with_capacity(entries.len());
+        let mut index: HashMap<&'n str, usize> = HashMap::with_capacity(entries.len());
         for (key, value) in entries {
             let Value::Scalar { text, .. } = &key.value else {
                 return Err(self.err(
@@ -415,12 +629,13 @@ impl Cx<'_> {
                     "write each entry as `name: value`",
                 ));
             };
-            if out.iter().any(|(k, _, _)| k == text) {
+            if index.insert(text.as_str(), out.len()).is_some() {
+                let shown = echo(text);
                 return Err(self.err(
                     key.pos,
                     join(path, text),
-                    format!("duplicate key `{text}`"),
-                    format!("keep a single `{text}` entry in this mapping"),
+                    format!("duplicate key `{shown}`"),
+                    format!("keep a single `{shown}` entry in this mapping"),
                 ));
             }
             out.push((text.as_str(), key, value));
@@ -429,11 +644,13 @@ impl Cx<'_> {
             path: path.to_string(),
             pos,
             entries: out,
+            index,
         })
     }
 
     /// Rejects keys not in `allowed`.
     fn only(&self, f: &Fields<'_>, allowed: &[&str], what: &str) -> Result<()> {
+        self.tick(f.entries.len());
         for (name, key, _) in &f.entries {
             if !allowed.contains(name) {
                 let help = match closest(name, allowed) {
@@ -445,7 +662,7 @@ impl Cx<'_> {
                 return Err(self.err(
                     key.pos,
                     f.sub(name),
-                    format!("unknown field `{name}`"),
+                    format!("unknown field `{}`", echo(name)),
                     help,
                 ));
             }
@@ -455,6 +672,7 @@ impl Cx<'_> {
 
     /// The value of a required field.
     fn require<'n>(&self, f: &Fields<'n>, name: &str, help: &str) -> Result<&'n Node> {
+        self.tick(1);
         match f.entry(name) {
             None => Err(self.err(
                 f.pos,
@@ -469,20 +687,62 @@ impl Cx<'_> {
         }
     }
 
-    /// A scalar's text (strings, and numbers or booleans as spelled).
+    /// A scalar's text (strings, and numbers or booleans as spelled), at most [`MAX_STRING`]
+    /// bytes.
     fn text<'n>(&self, node: &'n Node, path: &str, help: &str) -> Result<&'n str> {
+        self.text_up_to(node, path, help, MAX_STRING)
+    }
+
+    /// A scalar's text of at most `max` bytes.
+    fn text_up_to<'n>(
+        &self,
+        node: &'n Node,
+        path: &str,
+        help: &str,
+        max: usize,
+    ) -> Result<&'n str> {
         match &node.value {
+            Value::Scalar { text, .. } if text.len() > max => Err(self.err(
+                node.pos,
+                path,
+                format!(
+                    "the value is {} bytes long, more than the {max} allowed",
+                    text.len()
+                ),
+                help,
+            )),
             Value::Scalar { text, .. } => Ok(text),
             _ => Err(self.type_error(node, path, "a string", help)),
         }
     }
 
-    fn int(&self, node: &Node, path: &str, help: &str) -> Result<i128> {
-        match node.value {
+    /// A whole number; `range` is only used to say that a huge one is out of it.
+    fn int(
+        &self,
+        node: &Node,
+        path: &str,
+        range: std::ops::RangeInclusive<i128>,
+        help: &str,
+    ) -> Result<i128> {
+        match &node.value {
             Value::Scalar {
                 kind: Scalar::Int(i),
                 ..
-            } => Ok(i),
+            } => Ok(*i),
+            Value::Scalar {
+                kind: Scalar::HugeInt,
+                text,
+            } => Err(self.err(
+                node.pos,
+                path,
+                format!(
+                    "{} is out of range ({} to {})",
+                    echo(text),
+                    range.start(),
+                    range.end()
+                ),
+                help,
+            )),
             _ => Err(self.type_error(node, path, "a whole number", help)),
         }
     }
@@ -495,10 +755,11 @@ impl Cx<'_> {
         if items.is_empty() {
             return Err(self.err(node.pos, path, "the command is empty", help));
         }
+        self.at_most(node, path, items.len(), MAX_ARGS, "arguments")?;
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let item_path = format!("{path}[{i}]");
-            let text = self.text(item, &item_path, help)?;
+            let text = self.text_up_to(item, &item_path, help, MAX_ARG)?;
             if i == 0 && text.trim().is_empty() {
                 return Err(self.err(item.pos, item_path, "the program name is empty", help));
             }
@@ -524,17 +785,54 @@ impl Cx<'_> {
                 }
                 _ => help.to_string(),
             };
-            self.err(node.pos, path, format!("unknown {what} `{text}`"), help)
+            self.err(
+                node.pos,
+                path,
+                format!("unknown {what} `{}`", echo(text)),
+                help,
+            )
         })
     }
 
-    fn duration(&self, node: &Node, path: &str) -> Result<Duration> {
+    /// Refuses a list of more than `max` `what`.
+    fn at_most(&self, node: &Node, path: &str, len: usize, max: usize, what: &str) -> Result<()> {
+        self.tick(len);
+        if len > max {
+            return Err(self.err(
+                node.pos,
+                path,
+                format!("{len} {what}; at most {max} are allowed"),
+                format!("list at most {max} {what}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A duration of at most `max`.
+    fn duration(&self, node: &Node, path: &str, max: Duration) -> Result<Duration> {
         const HELP: &str = "write a number and a unit, e.g. 500ms, 30s, 5m, 2h or 7d";
         let Value::Scalar { text, .. } = &node.value else {
             return Err(self.type_error(node, path, "a duration", HELP));
         };
-        humantime::parse_duration(text.trim())
-            .map_err(|_| self.err(node.pos, path, format!("`{text}` is not a duration"), HELP))
+        let too_long = || {
+            self.err(
+                node.pos,
+                path,
+                format!("`{}` is longer than {}", echo(text), bound(max)),
+                format!("set {path} to at most {}", bound(max)),
+            )
+        };
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d > max => Err(too_long()),
+            Ok(d) => Ok(d),
+            Err(humantime::DurationError::NumberOverflow) => Err(too_long()),
+            Err(_) => Err(self.err(
+                node.pos,
+                path,
+                format!("`{}` is not a duration", echo(text)),
+                HELP,
+            )),
+        }
     }
 
     /// An HTTP path: starts with '/', no whitespace.
@@ -545,7 +843,7 @@ impl Cx<'_> {
             return Err(self.err(
                 node.pos,
                 path,
-                format!("`{text}` does not start with '/'"),
+                format!("`{}` does not start with '/'", echo(text)),
                 help,
             ));
         }
@@ -569,8 +867,32 @@ impl Cx<'_> {
             return Err(self.err(
                 node.pos,
                 path,
-                format!("`{text}` is not a valid environment variable name"),
+                format!("`{}` is not a valid environment variable name", echo(text)),
                 help,
+            ));
+        }
+        Ok(text.to_string())
+    }
+
+    /// `notify.webhook_env`: the name of the variable that holds the webhook URL. What was
+    /// written is never repeated: a URL there is a credential.
+    fn webhook_env(&self, node: &Node, path: &str) -> Result<String> {
+        const HELP: &str = "put the URL in an environment variable and name the variable here, e.g. `webhook_env: ROTOR_WEBHOOK_URL`: the URL is a credential, so it stays out of the playbook (and is not repeated here)";
+        let text = self.text(node, path, HELP)?;
+        if !is_env_name(text) {
+            let looks = if text.contains("://") {
+                "; it looks like a URL"
+            } else {
+                ""
+            };
+            return Err(self.err(
+                node.pos,
+                path,
+                format!(
+                    "`webhook_env` must be an environment variable name: letters, digits and '_', not starting with a digit (got {} that are not{looks})",
+                    characters(text)
+                ),
+                HELP,
             ));
         }
         Ok(text.to_string())
@@ -583,7 +905,7 @@ impl Cx<'_> {
             return Err(self.err(
                 node.pos,
                 path,
-                format!("`{name}` is reserved: {why}"),
+                format!("`{}` is reserved: {why}", echo(&name)),
                 format!("choose another name, e.g. {example}"),
             ));
         }
@@ -592,7 +914,7 @@ impl Cx<'_> {
 
     fn status(&self, node: &Node, path: &str) -> Result<u16> {
         const HELP: &str = "use an HTTP status code between 100 and 599";
-        let code = self.int(node, path, HELP)?;
+        let code = self.int(node, path, 100..=599, HELP)?;
         match u16::try_from(code) {
             Ok(c) if (100..=599).contains(&c) => Ok(c),
             _ => Err(self.err(
@@ -627,6 +949,7 @@ impl Cx<'_> {
                 format!("list at least one status, or remove `{name}` to use {default:?}"),
             ));
         }
+        self.at_most(node, &path, items.len(), MAX_STATUSES, "status codes")?;
         let mut codes = Vec::new();
         let mut located = Vec::new();
         for (i, item) in items.iter().enumerate() {
@@ -638,15 +961,15 @@ impl Cx<'_> {
         Ok((codes, located))
     }
 
-    fn playbook(&self, root: &Node, base_dir: &Path) -> Result<Playbook> {
-        if root.is_null() {
+    fn playbook(&self, root: Option<&Node>, base_dir: &Path) -> Result<Playbook> {
+        let Some(root) = root.filter(|r| !r.is_null()) else {
             return Err(self.err(
                 Pos::START,
                 "-",
                 "the playbook is empty",
                 "start from the example in docs/playbook.md",
             ));
-        }
+        };
         let top = self.fields(
             root,
             "",
@@ -661,13 +984,17 @@ impl Cx<'_> {
             "secret",
             "name the secret, e.g. `secret: service-secret`",
         )?;
-        const SECRET_HELP: &str = "use 1 to 63 lowercase letters, digits and '-', starting with a letter, e.g. service-secret";
+        const SECRET_HELP: &str = "write the secret's name, e.g. `secret: service-secret`, never its value: what was written is not repeated here in case it is one";
         let secret = self.text(node, "secret", SECRET_HELP)?;
-        if !is_name(secret) {
+        // Someone may have pasted the value here: say what is wrong without repeating it.
+        if let Some(problem) = name_problem(secret) {
             return Err(self.err(
                 node.pos,
                 "secret",
-                format!("`{secret}` is not a valid secret name"),
+                format!(
+                    "`secret` must be a name of 1 to 63 lowercase letters, digits and '-', starting with a letter (got {} that are not: {problem})",
+                    characters(secret)
+                ),
                 SECRET_HELP,
             ));
         }
@@ -733,7 +1060,7 @@ impl Cx<'_> {
                 let help = format!(
                     "set concurrency to how many consumers of one wave may roll at once, 1 to {MAX_CONCURRENCY}"
                 );
-                let n = self.int(node, "concurrency", &help)?;
+                let n = self.int(node, "concurrency", 1..=MAX_CONCURRENCY, &help)?;
                 if !(1..=MAX_CONCURRENCY).contains(&n) {
                     return Err(self.err(
                         node.pos,
@@ -749,7 +1076,7 @@ impl Cx<'_> {
         let max_age = match top.get("max_age") {
             None => None,
             Some(node) => {
-                let d = self.duration(node, "max_age")?;
+                let d = self.duration(node, "max_age", TEN_YEARS)?;
                 if d < Duration::from_secs(3600) {
                     return Err(self.err(
                         node.pos,
@@ -812,11 +1139,14 @@ impl Cx<'_> {
                 "list the services that use the secret under `consumers` (see docs/playbook.md)",
             ));
         }
+        self.at_most(node, "consumers", items.len(), MAX_CONSUMERS, "consumers")?;
         let mut consumers: Vec<ConsumerSpec> = Vec::with_capacity(items.len());
+        // Each consumer's index by name.
+        let mut by_name: HashMap<String, usize> = HashMap::with_capacity(items.len());
         let mut targets: Vec<(usize, usize, Pos)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let (consumer, name_pos, to_positions) = self.consumer(item, i, &namespace)?;
-            if let Some(j) = consumers.iter().position(|c| c.name == consumer.name) {
+            if let Some(&j) = by_name.get(&consumer.name) {
                 return Err(self.err(
                     name_pos,
                     format!("consumers[{i}].name"),
@@ -833,6 +1163,7 @@ impl Cx<'_> {
                     .enumerate()
                     .map(|(r, pos)| (i, r, pos)),
             );
+            by_name.insert(consumer.name.clone(), i);
             consumers.push(consumer);
         }
 
@@ -842,19 +1173,20 @@ impl Cx<'_> {
             .filter(|c| c.role.validates())
             .map(|c| c.name.as_str())
             .collect();
+        self.tick(targets.len());
         for (i, r, pos) in targets {
             let to = &consumers[i].roundtrips[r].to;
             let path = format!("consumers[{i}].roundtrips[{r}].to");
             let help = format!(
                 "point `to` at a consumer whose role is validator or both: {}",
-                list(&validators)
+                list_some(&validators)
             );
-            match consumers.iter().find(|c| &c.name == to) {
+            match by_name.get(to).map(|&j| &consumers[j]) {
                 None => {
                     return Err(self.err(
                         pos,
                         path,
-                        format!("no consumer named `{to}` in this playbook"),
+                        format!("no consumer named `{}` in this playbook", echo(to)),
                         help,
                     ));
                 }
@@ -862,7 +1194,7 @@ impl Cx<'_> {
                     return Err(self.err(
                         pos,
                         path,
-                        format!("`{to}` is a signer: it does not validate, so a round trip to it proves nothing"),
+                        format!("`{}` is a signer: it does not validate, so a round trip to it proves nothing", echo(to)),
                         help,
                     ));
                 }
@@ -966,7 +1298,7 @@ impl Cx<'_> {
         let lease_duration = match f.get("lease_duration") {
             None => DEFAULT_LEASE_DURATION,
             Some(node) => {
-                let d = self.duration(node, "cluster.lease_duration")?;
+                let d = self.duration(node, "cluster.lease_duration", HOUR)?;
                 if !(Duration::from_secs(3)..=Duration::from_secs(3600)).contains(&d) {
                     return Err(self.err(
                         node.pos,
@@ -989,6 +1321,18 @@ impl Cx<'_> {
 
     /// A Kubernetes object name: a DNS label (namespaces) or subdomain (everything else).
     fn k8s_name(&self, node: &Node, path: &str, what: &str, label: bool) -> Result<String> {
+        self.k8s_name_shown(node, path, what, label, true)
+    }
+
+    /// [`Self::k8s_name`]; unless `shown`, an invalid name is not repeated in the error.
+    fn k8s_name_shown(
+        &self,
+        node: &Node,
+        path: &str,
+        what: &str,
+        label: bool,
+        shown: bool,
+    ) -> Result<String> {
         let help = if label {
             format!(
                 "a {what} is 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit, e.g. demo"
@@ -1008,12 +1352,16 @@ impl Cx<'_> {
             && text.starts_with(|c: char| c.is_ascii_alphanumeric())
             && text.ends_with(|c: char| c.is_ascii_alphanumeric());
         if !ok {
-            return Err(self.err(
-                node.pos,
-                path,
-                format!("`{text}` is not a valid {what}"),
-                help,
-            ));
+            let message = if shown {
+                format!("`{}` is not a valid {what}", echo(text))
+            } else {
+                format!(
+                    "`{}` must be a {what} (got {} that are not; not repeated in case they are a value)",
+                    path.rsplit('.').next().unwrap_or(path),
+                    characters(text)
+                )
+            };
+            return Err(self.err(node.pos, path, message, help));
         }
         Ok(text.to_string())
     }
@@ -1037,7 +1385,7 @@ impl Cx<'_> {
         if let Some(node) = f.get("length") {
             let help =
                 format!("set generate.length to at least {min} (or remove it to use the minimum)");
-            let length = self.int(node, "generate.length", &help)?;
+            let length = self.int(node, "generate.length", min as i128..=MAX_LENGTH, &help)?;
             if length < min as i128 {
                 return Err(self.err(
                     node.pos,
@@ -1097,7 +1445,7 @@ impl Cx<'_> {
             return Err(self.err(
                 kind.pos,
                 "store.kind",
-                format!("unknown store kind `{text}`"),
+                format!("unknown store kind `{}`", echo(text)),
                 KIND_HELP,
             ));
         };
@@ -1152,7 +1500,7 @@ impl Cx<'_> {
             return Err(self.err(
                 node.pos,
                 "store.project",
-                format!("`{project}` is not a project id"),
+                format!("`{}` is not a project id", echo(project)),
                 PROJECT_HELP,
             ));
         }
@@ -1168,7 +1516,7 @@ impl Cx<'_> {
             return Err(self.err(
                 node.pos,
                 "store.name",
-                format!("`{name}` is not a secret id"),
+                format!("`{}` is not a secret id", echo(name)),
                 NAME_HELP,
             ));
         }
@@ -1183,7 +1531,7 @@ impl Cx<'_> {
                     return Err(self.err(
                         node.pos,
                         "store.endpoint",
-                        format!("`{text}` is not an http(s) URL"),
+                        format!("`{}` is not an http(s) URL", echo(text)),
                         HELP,
                     ));
                 }
@@ -1212,7 +1560,7 @@ impl Cx<'_> {
             write_interval: Duration::from_millis(500),
         };
         if let Some(node) = f.get("retry_deadline") {
-            spec.retry_deadline = self.duration(node, "store.retry_deadline")?;
+            spec.retry_deadline = self.duration(node, "store.retry_deadline", HOUR)?;
             if spec.retry_deadline < Duration::from_secs(1) {
                 return Err(self.err(
                     node.pos,
@@ -1223,15 +1571,7 @@ impl Cx<'_> {
             }
         }
         if let Some(node) = f.get("write_interval") {
-            spec.write_interval = self.duration(node, "store.write_interval")?;
-            if spec.write_interval > Duration::from_secs(60) {
-                return Err(self.err(
-                    node.pos,
-                    "store.write_interval",
-                    "the write interval is longer than 60s",
-                    "give at most 60s (the default is 500ms: Google allows 2 writes per second per secret)",
-                ));
-            }
+            spec.write_interval = self.duration(node, "store.write_interval", MINUTE)?;
         }
         Ok(spec)
     }
@@ -1249,11 +1589,7 @@ impl Cx<'_> {
         )?;
         self.only(&f, &["webhook_env", "metrics_file"], "notify")?;
         if let Some(node) = f.get("webhook_env") {
-            spec.webhook_env = Some(self.env_name(
-                node,
-                "notify.webhook_env",
-                "ROTOR_WEBHOOK_URL (the variable that holds the URL; the URL itself stays out of the playbook)",
-            )?);
+            spec.webhook_env = Some(self.webhook_env(node, "notify.webhook_env")?);
         }
         if let Some(node) = f.get("metrics_file") {
             const HELP: &str = "give a file for node-exporter's textfile collector, e.g. /var/lib/node_exporter/textfile/rotor-service-secret.prom";
@@ -1278,19 +1614,20 @@ impl Cx<'_> {
             "write `timings:` with durations under it, e.g. `grace: 5m`",
         )?;
         self.only(&f, TIMING_FIELDS, "timings")?;
-        let slots: [(&str, &mut Duration); 7] = [
-            ("rollout_timeout", &mut t.rollout_timeout),
-            ("readiness_timeout", &mut t.readiness_timeout),
-            ("soak", &mut t.soak),
-            ("grace", &mut t.grace),
-            ("retention", &mut t.retention),
-            ("drain", &mut t.drain),
-            ("probe_timeout", &mut t.probe_timeout),
+        // Each entry with its upper bound.
+        let slots: [(&str, &mut Duration, Duration); 7] = [
+            ("rollout_timeout", &mut t.rollout_timeout, DAY),
+            ("readiness_timeout", &mut t.readiness_timeout, DAY),
+            ("soak", &mut t.soak, HOUR),
+            ("grace", &mut t.grace, TEN_YEARS),
+            ("retention", &mut t.retention, TEN_YEARS),
+            ("drain", &mut t.drain, HOUR),
+            ("probe_timeout", &mut t.probe_timeout, 10 * MINUTE),
         ];
-        for (name, slot) in slots {
+        for (name, slot, max) in slots {
             if let Some(node) = f.get(name) {
                 let path = f.sub(name);
-                let d = self.duration(node, &path)?;
+                let d = self.duration(node, &path, max)?;
                 let positive = matches!(
                     name,
                     "rollout_timeout" | "readiness_timeout" | "probe_timeout"
@@ -1357,7 +1694,7 @@ impl Cx<'_> {
             return Err(self.err(
                 node.pos,
                 name_path,
-                format!("`{name}` is not a valid consumer name"),
+                format!("`{}` is not a valid consumer name", echo(&name)),
                 NAME_HELP,
             ));
         }
@@ -1382,7 +1719,7 @@ impl Cx<'_> {
             return Err(self.err(
                 node.pos,
                 f.sub("kind"),
-                format!("unknown consumer kind `{kind}`"),
+                format!("unknown consumer kind `{}`", echo(kind)),
                 KIND_HELP,
             ));
         };
@@ -1467,7 +1804,12 @@ impl Cx<'_> {
     fn process(&self, f: &Fields<'_>, slots: &SlotNames) -> Result<ProcessSpec> {
         let instances_help = format!("set instances to a whole number from 1 to {MAX_INSTANCES}");
         let node = self.require(f, "instances", &instances_help)?;
-        let n = self.int(node, &f.sub("instances"), &instances_help)?;
+        let n = self.int(
+            node,
+            &f.sub("instances"),
+            1..=MAX_INSTANCES,
+            &instances_help,
+        )?;
         if !(1..=MAX_INSTANCES).contains(&n) {
             return Err(self.err(
                 node.pos,
@@ -1494,7 +1836,7 @@ impl Cx<'_> {
                     self.err(
                         node.pos,
                         &path,
-                        format!("`{text}` is not an IP address"),
+                        format!("`{}` is not an IP address", echo(text)),
                         HELP,
                     )
                 })?;
@@ -1528,10 +1870,7 @@ impl Cx<'_> {
                     self.err(
                         node.pos,
                         &path,
-                        format!(
-                            "`{}` is not a stop signal rotor sends",
-                            text.chars().take(40).collect::<String>()
-                        ),
+                        format!("`{}` is not a stop signal rotor sends", echo(text)),
                         help.clone(),
                     )
                 })?
@@ -1577,7 +1916,7 @@ impl Cx<'_> {
                     return Err(self.err(
                         item,
                         format!("{path}[{i}]"),
-                        format!("unknown template field `{{{field}}}`"),
+                        format!("unknown template field `{{{}}}`", echo(field)),
                         format!("use one of {fields}; a value never reaches the command"),
                     ));
                 }
@@ -1600,6 +1939,7 @@ impl Cx<'_> {
                     TARGETS_HELP,
                 ));
             }
+            self.at_most(node, &path, items.len(), MAX_TARGETS, "targets")?;
             for (i, item) in items.iter().enumerate() {
                 let p = format!("{path}[{i}]");
                 let text = self.text(item, &p, TARGETS_HELP)?;
@@ -1610,7 +1950,7 @@ impl Cx<'_> {
                     return Err(self.err(
                         item.pos,
                         p,
-                        format!("`{text}` is not host:port"),
+                        format!("`{}` is not host:port", echo(text)),
                         TARGETS_HELP,
                     ));
                 }
@@ -1650,13 +1990,13 @@ impl Cx<'_> {
 
         const SECRET_HELP: &str = "name the Secret the workload reads the slots from (same namespace), e.g. `secret: auth-secrets`";
         let node = self.require(f, "secret", SECRET_HELP)?;
-        let secret = self.k8s_name(node, &f.sub("secret"), "Secret name", false)?;
+        let secret = self.k8s_name_shown(node, &f.sub("secret"), "Secret name", false, false)?;
 
         let port = match f.get("port") {
             None => None,
             Some(node) => {
                 const HELP: &str = "give the container port probes reach on every pod, 1 to 65535, or leave it out to use the first containerPort";
-                let n = self.int(node, &f.sub("port"), HELP)?;
+                let n = self.int(node, &f.sub("port"), 1..=65535, HELP)?;
                 if !(1..=65535).contains(&n) {
                     return Err(self.err(
                         node.pos,
@@ -1749,6 +2089,7 @@ impl Cx<'_> {
                 node.pos,
                 "write aliases as a mapping, e.g. `aliases: {SECRET_KEY: primary}`",
             )?;
+            self.at_most(node, &path, a.entries.len(), MAX_ALIASES, "aliases")?;
             for (alias, key, value) in &a.entries {
                 let alias_path = a.sub(alias);
                 let alias = self.own_env_name(key, &alias_path, "SECRET_KEY")?;
@@ -1761,7 +2102,7 @@ impl Cx<'_> {
                     return Err(self.err(
                         key.pos,
                         &alias_path,
-                        format!("alias `{alias}` names no slot"),
+                        format!("alias `{}` names no slot", echo(&alias)),
                         slot_help,
                     ));
                 }
@@ -1801,7 +2142,7 @@ impl Cx<'_> {
             return Err(self.err(
                 pos,
                 path,
-                format!("`{name}` is already used by {other}"),
+                format!("`{}` is already used by {other}", echo(name)),
                 "give every slot and alias its own variable name",
             ));
         }
@@ -1820,6 +2161,7 @@ impl Cx<'_> {
             node.pos,
             "write env as a mapping, e.g. `env: {LOG_LEVEL: info}`",
         )?;
+        self.at_most(node, &path, f.entries.len(), MAX_ENV, "env entries")?;
         for (name, key, value) in &f.entries {
             let key_path = f.sub(name);
             let name = self.env_name(key, &key_path, "LOG_LEVEL")?;
@@ -1827,8 +2169,8 @@ impl Cx<'_> {
                 return Err(self.err(
                     key.pos,
                     &key_path,
-                    format!("env key `{name}` is reserved: {why}"),
-                    format!("remove `{name}` from env"),
+                    format!("env key `{}` is reserved: {why}", echo(&name)),
+                    format!("remove `{}` from env", echo(&name)),
                 ));
             }
             let is_slot = name == slots.primary
@@ -1838,17 +2180,31 @@ impl Cx<'_> {
                 return Err(self.err(
                     key.pos,
                     &key_path,
-                    format!("env key `{name}` is also a slot name"),
-                    format!("remove `{name}` from env: rotor sets it to the slot's value"),
+                    format!("env key `{}` is also a slot name", echo(&name)),
+                    format!(
+                        "remove `{}` from env: rotor sets it to the slot's value",
+                        echo(&name)
+                    ),
                 ));
             }
             let value = match &value.value {
+                Value::Scalar { text, .. } if text.len() > MAX_ARG => {
+                    return Err(self.err(
+                        value.pos,
+                        &key_path,
+                        format!(
+                            "the value is {} bytes long, more than the {MAX_ARG} allowed",
+                            text.len()
+                        ),
+                        "env is for short settings; point the consumer at a file for anything longer",
+                    ));
+                }
                 Value::Scalar { text, .. } => text.clone(),
                 Value::Null => {
                     return Err(self.err(
                         key.pos,
                         &key_path,
-                        format!("env key `{name}` has no value"),
+                        format!("env key `{}` has no value", echo(&name)),
                         "give it a value, or write \"\" for an empty one",
                     ));
                 }
@@ -1866,12 +2222,16 @@ impl Cx<'_> {
         Ok(env)
     }
 
-    /// The items of an optional list field; empty when absent or null.
-    fn items<'n>(&self, f: &Fields<'n>, name: &str, help: &str) -> Result<&'n [Node]> {
+    /// The items of an optional list field of at most `max` items; empty when absent or
+    /// null.
+    fn items<'n>(&self, f: &Fields<'n>, name: &str, max: usize, help: &str) -> Result<&'n [Node]> {
         match f.get(name) {
             None => Ok(&[]),
             Some(node) => match &node.value {
-                Value::Seq(items) => Ok(items),
+                Value::Seq(items) => {
+                    self.at_most(node, &f.sub(name), items.len(), max, name)?;
+                    Ok(items)
+                }
                 _ => Err(self.type_error(node, &f.sub(name), "a list", help)),
             },
         }
@@ -1879,7 +2239,7 @@ impl Cx<'_> {
 
     fn probes(&self, consumer: &Fields<'_>, role: Role) -> Result<Vec<ProbeSpec>> {
         const HELP: &str = "list probes as items, e.g. `- type: header`";
-        let items = self.items(consumer, "probes", HELP)?;
+        let items = self.items(consumer, "probes", MAX_PROBES, HELP)?;
         let path = consumer.sub("probes");
         if !role.validates() {
             if let Some(node) = consumer.get("probes").filter(|_| !items.is_empty()) {
@@ -1976,7 +2336,7 @@ impl Cx<'_> {
                         return Err(self.err(
                             node.pos,
                             header_path,
-                            format!("`{header}` is not a valid HTTP header name"),
+                            format!("`{}` is not a valid HTTP header name", echo(header)),
                             "use letters, digits and '-' (no spaces or ':'), e.g. X-Service-Secret",
                         ));
                     }
@@ -1990,7 +2350,7 @@ impl Cx<'_> {
                     let ttl = match f.get("ttl") {
                         None => Duration::from_secs(60),
                         Some(node) => {
-                            let ttl = self.duration(node, &f.sub("ttl"))?;
+                            let ttl = self.duration(node, &f.sub("ttl"), DAY)?;
                             if ttl.is_zero() {
                                 return Err(self.err(
                                     node.pos,
@@ -2053,7 +2413,7 @@ impl Cx<'_> {
         role: Role,
     ) -> Result<(Vec<RoundtripSpec>, Vec<Pos>)> {
         const HELP: &str = "list round trips as items, e.g. `- to: auth`";
-        let items = self.items(consumer, "roundtrips", HELP)?;
+        let items = self.items(consumer, "roundtrips", MAX_ROUNDTRIPS, HELP)?;
         let path = consumer.sub("roundtrips");
         if !role.signs() {
             if let Some(node) = consumer.get("roundtrips").filter(|_| !items.is_empty()) {

@@ -25,6 +25,7 @@ const FORMAT: u32 = 1;
 pub struct LocalStore {
     path: PathBuf,
     secret: String,
+    lock_path: PathBuf,
 }
 
 /// A value as stored in the file; serializes as the plain string, never printed.
@@ -111,11 +112,13 @@ impl StoreFile {
 }
 
 impl LocalStore {
-    /// A store at `path` for secret `secret`.
-    pub fn new(path: PathBuf, secret: &str) -> Self {
+    /// A store at `path` for secret `secret`, its writers serialized by a lock file at
+    /// `lock_path` (in the state directory: rotor writes nothing beside the store but the store).
+    pub fn new(path: PathBuf, secret: &str, lock_path: PathBuf) -> Self {
         LocalStore {
             path,
             secret: secret.to_string(),
+            lock_path,
         }
     }
 
@@ -141,20 +144,19 @@ impl LocalStore {
         }
     }
 
-    /// Takes the sidecar lock for one read-modify-write cycle.
+    /// Takes the writers' lock for one read-modify-write cycle. Readers take none: every write
+    /// is an atomic rename, so a reader sees the old file or the new one, never a mix.
     fn lock(&self) -> Result<File, StoreError> {
-        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
-        name.push(".lock");
-        let lock_path = self.path.with_file_name(name);
+        let lock_path = &self.lock_path;
         if let Some(dir) = lock_path.parent() {
-            fs::create_dir_all(dir).map_err(|e| self.io("create store directory", e))?;
+            crate::state_dir::prepare(dir).map_err(|e| self.refused(e))?;
         }
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .open(&lock_path)
+            .open(lock_path)
             .map_err(|e| self.io("open store lock", e))?;
         f.lock().map_err(|e| self.io("lock store", e))?;
         Ok(f)
@@ -250,12 +252,10 @@ impl Store for LocalStore {
     }
 
     async fn snapshot(&self) -> Result<StoreSnapshot, StoreError> {
-        let _guard = self.lock()?;
         Ok(self.load()?.0.snapshot())
     }
 
     async fn read_value(&self, version: &str) -> Result<SecretValue, StoreError> {
-        let _guard = self.lock()?;
         self.load()?.0.read_value(&self.describe(), version)
     }
 
@@ -277,6 +277,10 @@ mod tests {
     use super::*;
     use crate::secret::Alphabet;
 
+    fn lock_path(store: &std::path::Path) -> PathBuf {
+        store.with_file_name("state").join("store.lock")
+    }
+
     fn value() -> SecretValue {
         SecretValue::generate(Alphabet::Alphanumeric, 40).unwrap()
     }
@@ -285,7 +289,7 @@ mod tests {
     async fn lifecycle_keeps_history_and_destroys_values() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.json");
-        let store = LocalStore::new(path.clone(), "s");
+        let store = LocalStore::new(path.clone(), "s", lock_path(&path));
         assert!(matches!(
             store.snapshot().await,
             Err(StoreError::Missing { .. })
@@ -353,18 +357,18 @@ mod tests {
     async fn refuses_group_readable_files_and_foreign_secrets() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.json");
-        LocalStore::new(path.clone(), "s")
+        LocalStore::new(path.clone(), "s", lock_path(&path))
             .init(&value())
             .await
             .unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
-        let err = LocalStore::new(path.clone(), "s")
+        let err = LocalStore::new(path.clone(), "s", lock_path(&path))
             .snapshot()
             .await
             .unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        let err = LocalStore::new(path, "other").snapshot().await.unwrap_err();
+        let err = LocalStore::new(path.clone(), "other", lock_path(&path)).snapshot().await.unwrap_err();
         assert!(err.to_string().contains("holds secret `s`"), "{err}");
     }
 
@@ -372,7 +376,7 @@ mod tests {
     async fn set_slots_is_idempotent_and_does_not_rewrite() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.json");
-        let store = LocalStore::new(path.clone(), "s");
+        let store = LocalStore::new(path.clone(), "s", lock_path(&path));
         let va = store.init(&value()).await.unwrap();
         let before = fs::read(&path).unwrap();
         store.set_slots(&va.id, None).await.unwrap();
