@@ -388,7 +388,14 @@ impl JournalStore for JournalFile {
             action: "archive",
             source,
         };
-        fs::create_dir_all(to.parent().expect("has parent")).map_err(io)?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(to.parent().expect("has parent"))
+                .map_err(io)?;
+        }
         fs::rename(self.path(), &to).map_err(io)
     }
 

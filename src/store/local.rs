@@ -180,9 +180,16 @@ impl LocalStore {
             });
         }
         let bytes = fs::read(&self.path).map_err(|e| self.io("read store", e))?;
-        // serde_json's messages quote no input text, only positions and expectations.
         let file: StoreFile = serde_json::from_slice(&bytes)
-            .map_err(|e| self.corrupt(format!("not a rotor store file ({e})")))?;
+            // serde's message may quote the file's text (a value): kind and position only.
+            .map_err(|e| {
+                self.corrupt(format!(
+                    "not a rotor store file ({:?} error at line {} column {})",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                ))
+            })?;
         if file.format != FORMAT {
             return Err(self.corrupt(format!(
                 "format {} is not supported (this rotor reads format {FORMAT})",
@@ -351,6 +358,29 @@ mod tests {
             "destroyed value still in the file"
         );
         assert!(text.contains(b.expose()));
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_store_is_reported_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.json");
+        for text in [
+            r#"{"format": 1, "versions": [{"id": "1", "value": 987654321987654321}]}"#,
+            r#"{"format": "s3cr3t-numeric-987654321987654321"}"#,
+            r#"987654321987654321"#,
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let mut perms = std::fs::metadata(&path).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+            std::fs::set_permissions(&path, perms).unwrap();
+            let err = LocalStore::new(path.clone(), "s", lock_path(&path))
+                .snapshot()
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("987654321987654321"), "{err}");
+            assert!(err.contains("not a rotor store file"), "{err}");
+        }
     }
 
     #[tokio::test]
