@@ -36,8 +36,7 @@ const OWN: &[&str] = &[
 /// nothing when it refuses.
 pub fn prepare(dir: &Path) -> Result<(), String> {
     let shown = dir.display();
-    let root = dir.parent().is_none()
-        || fs::canonicalize(dir).is_ok_and(|c| c.parent().is_none());
+    let root = dir.parent().is_none() || fs::canonicalize(dir).is_ok_and(|c| c.parent().is_none());
     if root {
         return Err(format!(
             "state_dir {shown} is a filesystem root\n  help: point state_dir at a directory of its own, e.g. `.rotor/<secret>-<environment>`"

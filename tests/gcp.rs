@@ -69,10 +69,23 @@ async fn gcp_full_rotation_under_load_has_no_failed_request() {
     env.rotor(&["check"]).await.assert_code(0);
     let load = env.load();
     let log = env.lab().secret_manager().access_log();
+    let updates = env.lab().secret_manager().stats().requests["update"];
     let out = env.rotor(&["--output", "json", "rotate", "--yes"]).await;
     out.assert_code(0);
     let report = load.stop().await;
     env.assert_no_failures(&report);
+    // One writer per secret: the lock's claim, stage updates and renewals take turns with the
+    // steps' own writes, so none of them is ever refused for the other's etag.
+    let stats = env.lab().secret_manager().stats();
+    assert!(
+        stats.requests["update"] >= updates + 8,
+        "the lock and the steps wrote the secret: {stats:?}"
+    );
+    assert!(
+        stats.etag_conflicts.is_empty(),
+        "rotor raced its own writes: {:?}",
+        stats.etag_conflicts
+    );
     assert_eq!(
         stages(&out),
         [
@@ -179,13 +192,79 @@ async fn gcp_rollback_from_each_stage_returns_to_s0_under_load() {
 async fn gcp_two_rotors_race_one_holds_the_annotation_lock_the_other_names_it() {
     let env = gcp_env(|y| y).await;
     env.up().await;
+    // The holder's `stage` field, not the whole JSON: its times and rotation id contain "T2"
+    // from 20:00 to 23:59 UTC, when the claim is still at S0.
     env.two_rotors_race(async || {
-        secret(&env)
-            .annotations
-            .get("rotor-lock")
-            .is_some_and(|h| h.contains("T2"))
+        lock_stage(&secret(&env)).is_some_and(|stage| stage.starts_with("T2"))
     })
     .await;
+    env.finish().await;
+}
+
+/// The stage the `rotor-lock` annotation records, if the secret carries one.
+fn lock_stage(s: &SecretSnapshot) -> Option<String> {
+    let h: serde_json::Value = serde_json::from_str(s.annotations.get("rotor-lock")?).ok()?;
+    h["stage"].as_str().map(String::from)
+}
+
+/// A server that answers 200 to an update but ignores its annotations and aliases (as some
+/// emulators and proxies do) is named, not trusted: the lock claim fails saying so instead of
+/// rotor "holding" a lock that does not exist, and so does `init`'s alias. A server that sends
+/// payloads without their CRC32C is named too, not taken for a corrupt secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_a_server_that_drops_fields_or_checksums_is_named_not_trusted() {
+    use rotor::store::Store as _;
+    let env = gcp_env(|y| y).await;
+    env.up().await;
+    let sm = env.lab().secret_manager();
+    let before = secret(&env);
+    sm.set_ignore_update_fields(true);
+    let out = env.rotor(&["rotate", "--yes"]).await;
+    assert_ne!(out.code(), Some(0), "{out:#?}");
+    for needle in [
+        "the server accepted the update but did not apply it",
+        "rotor-lock",
+        "ROTOR_GCP_ENDPOINT",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}: {}", out.stderr);
+    }
+    let after = secret(&env);
+    assert!(!after.annotations.contains_key("rotor-lock"), "{after:?}");
+    assert_eq!(
+        after.versions.len(),
+        before.versions.len(),
+        "nothing was rotated under a lock that does not exist"
+    );
+    // `init`: the secret is created and its first version added, but the alias never lands.
+    let mut spec = match &env.playbook().store {
+        rotor::playbook::StoreSpec::Gcp(s) => s.clone(),
+        other => panic!("{other:?}"),
+    };
+    spec.endpoint = Some(env.lab().url());
+    spec.name = "fresh-secret".into();
+    let fresh = rotor::store::gcp::GcpStore::new(&spec, "fresh-secret");
+    let err = fresh
+        .init(&rotor::secret::SecretValue::new("a-first-value".into()))
+        .await
+        .expect_err("the alias was not applied")
+        .to_string();
+    assert!(
+        err.contains("the server accepted the update but did not apply it")
+            && err.contains("rotor-primary"),
+        "{err}"
+    );
+    sm.set_ignore_update_fields(false);
+    // No checksums: the endpoint is named, the secret is not called corrupt.
+    sm.set_omit_checksums(true);
+    let out = env.rotor(&["check"]).await;
+    assert_ne!(out.code(), Some(0), "{out:#?}");
+    for needle in ["returns no checksums", "ROTOR_GCP_ENDPOINT", "real API"] {
+        assert!(out.stderr.contains(needle), "{needle}: {}", out.stderr);
+    }
+    assert!(!out.stderr.contains("corrupt"), "{}", out.stderr);
+    assert!(!out.stderr.contains("backup"), "{}", out.stderr);
+    sm.set_omit_checksums(false);
+    env.rotor(&["rotate", "--yes"]).await.assert_code(0);
     env.finish().await;
 }
 

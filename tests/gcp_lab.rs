@@ -732,6 +732,116 @@ async fn gcp_faults() {
     l.stop().await;
 }
 
+/// The lab counts calls refused for a stale etag, by method; and its quirks make it a server
+/// that falls short of Google's: updates answered 200 without their annotations and aliases,
+/// payloads without a CRC32C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etag_conflicts_are_counted_and_quirks_fall_short_of_google() {
+    let l = GcpLab::start("{}").await;
+    let sm = l.lab().secret_manager();
+    let secret = format!("projects/{PROJECT}/secrets/quirky");
+    sm.seed(&secret, &[b"one".as_slice()]).unwrap();
+    let h = http();
+    let url = l.url();
+    let get = || async {
+        let r = h.get(format!("{url}/v1/{secret}")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    let patch = |mask: &'static str, body: Value| {
+        h.patch(format!("{url}/v1/{secret}?updateMask={mask}"))
+            .json(&body)
+            .send()
+    };
+    let e1 = get().await["etag"].as_str().unwrap().to_string();
+    let r = patch(
+        "annotations",
+        json!({"etag": e1, "annotations": {"a": "1"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(sm.stats().etag_conflicts.is_empty());
+    // The same etag again is stale: refused, and counted.
+    let r = patch(
+        "annotations",
+        json!({"etag": e1, "annotations": {"a": "2"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["status"],
+        "FAILED_PRECONDITION"
+    );
+    let v = format!("{secret}/versions/1");
+    let r = h
+        .post(format!("{url}/v1/{v}:disable"))
+        .json(&json!({"etag": "\"stale\""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let stats = sm.stats();
+    assert_eq!(stats.etag_conflicts.get("update"), Some(&1), "{stats:?}");
+    assert_eq!(stats.etag_conflicts.get("disable"), Some(&1), "{stats:?}");
+    let admin: Value = h
+        .get(format!("{url}/lab/v1/secretmanager/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(admin["etag_conflicts"]["update"], 1, "{admin}");
+
+    // A server that ignores annotations and aliases: 200, a new etag, nothing applied.
+    sm.set_ignore_update_fields(true);
+    let e2 = get().await["etag"].as_str().unwrap().to_string();
+    let r = patch(
+        "annotations,versionAliases",
+        json!({"etag": e2, "annotations": {"b": "2"}, "versionAliases": {"x": "1"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_ne!(body["etag"], e2.as_str());
+    assert_eq!(body["annotations"], json!({"a": "1"}), "{body}");
+    assert!(body.get("versionAliases").is_none(), "{body}");
+    assert_eq!(
+        sm.secret(&secret).unwrap().annotations.get("b"),
+        None,
+        "nothing applied"
+    );
+    sm.set_ignore_update_fields(false);
+    let e3 = get().await["etag"].as_str().unwrap().to_string();
+    let r = patch(
+        "annotations",
+        json!({"etag": e3, "annotations": {"b": "2"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["annotations"]["b"], "2");
+
+    // A server that sends no checksums.
+    let access = || async {
+        let r = h.get(format!("{url}/v1/{v}:access")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    sm.set_omit_checksums(true);
+    let body = access().await;
+    assert_eq!(body["payload"]["data"], base64_std("one"));
+    assert!(body["payload"].get("dataCrc32c").is_none(), "{body}");
+    sm.set_omit_checksums(false);
+    assert_eq!(
+        access().await["payload"]["dataCrc32c"],
+        crc32c::crc32c(b"one").to_string()
+    );
+    l.stop().await;
+}
+
 fn base64_std(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)

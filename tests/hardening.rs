@@ -100,7 +100,9 @@ async fn a_value_pasted_into_the_playbook_is_refused_without_being_printed() {
     // Someone pastes the value into a consumer's environment "to debug".
     let pasted = original.replacen(
         "    slots:\n      primary: JWT_SECRET_KEY",
-        &format!("    env:\n      DEBUG_COPY: \"{value}\"\n    slots:\n      primary: JWT_SECRET_KEY"),
+        &format!(
+            "    env:\n      DEBUG_COPY: \"{value}\"\n    slots:\n      primary: JWT_SECRET_KEY"
+        ),
         1,
     );
     assert_ne!(pasted, original);
@@ -134,7 +136,11 @@ async fn refusals_and_reads_create_nothing() {
     env.rotor(&["plan"]).await.assert_code(0);
     env.rotor(&["status"]).await.assert_code(0);
     let _ = env.rotor(&["check"]).await;
-    assert_eq!(tree(env.path()), before, "a refusal or a read created files");
+    assert_eq!(
+        tree(env.path()),
+        before,
+        "a refusal or a read created files"
+    );
     assert!(!env.pb.state_dir.exists());
 
     // A store outside the state directory gets no lock file beside it; the state directory is
@@ -168,7 +174,10 @@ async fn refusals_and_reads_create_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_dir_that_is_a_root_or_someone_elses_directory_is_refused() {
-    for (state_dir, why) in [("/", "filesystem root"), ("foreign", "entries rotor did not create")] {
+    for (state_dir, why) in [
+        ("/", "filesystem root"),
+        ("foreign", "entries rotor did not create"),
+    ] {
         let env = Env::with(|y| format!("state_dir: {state_dir}\n{y}"));
         std::fs::create_dir_all(env.path().join("foreign")).unwrap();
         std::fs::write(env.path().join("foreign/notes.txt"), "mine").unwrap();
@@ -178,7 +187,9 @@ async fn a_state_dir_that_is_a_root_or_someone_elses_directory_is_refused() {
         assert!(!std::path::Path::new("/lock").exists());
         assert!(!std::path::Path::new("/.rotor-state").exists());
         assert_eq!(
-            std::fs::read_dir(env.path().join("foreign")).unwrap().count(),
+            std::fs::read_dir(env.path().join("foreign"))
+                .unwrap()
+                .count(),
             1,
             "the foreign directory was written to"
         );

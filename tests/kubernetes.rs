@@ -594,7 +594,8 @@ async fn k8s_two_rotors_race_one_holds_the_lease_the_other_names_it() {
             .annotations
             .unwrap_or_default()
             .get("rotor.dev/holder")
-            .is_some_and(|h| h.contains("T2"))
+            .and_then(|h| serde_json::from_str::<serde_json::Value>(h).ok())
+            .is_some_and(|h| h["stage"].as_str().is_some_and(|s| s.starts_with("T2")))
     })
     .await;
     env.finish().await;

@@ -343,6 +343,77 @@ async fn a_claim_that_cannot_be_renewed_lapses_and_the_run_stops_writing() {
     env.stop().await;
 }
 
+/// Within one run the stage on the Lease only moves forward: stages set one after another
+/// while renewals are in flight (slowed) and meet conflicts (409, as when another writer moved
+/// the resourceVersion) are read back in order, never an older one after a newer one, and the
+/// newest lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_on_the_lease_only_move_forward_under_conflicts() {
+    use rotor::lab::{ApiEffect, Fault};
+    let env = Env::start().await;
+    let a = LeaseLock::new(&env.cluster, "auth", "prod");
+    let g = a.acquire(holder("rotate", "job-a"), false).await.unwrap();
+    let faults = env.lab.as_ref().unwrap().faults();
+    for (effect, probability, hang_ms) in [
+        (ApiEffect::Conflict, 0.3, None),
+        (ApiEffect::Delay, 1.0, Some(20)),
+    ] {
+        faults.add(Fault::Api {
+            verb: "update".into(),
+            resource: "leases".into(),
+            namespace: None,
+            name: None,
+            effect,
+            hang_ms,
+            count: None,
+            probability: Some(probability),
+        });
+    }
+    let stages: Vec<String> = (0..30).map(|i| format!("U{i:02}")).collect();
+    // Reads the Lease as fast as it can and keeps every stage change it sees, in order.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let leases = env.leases();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<String> = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(l) = leases.get(&lease_name("auth", "prod")).await
+                    && let Some(h) = rotor::engine::lock::lease::holder_of(&l)
+                    && seen.last() != Some(&h.stage)
+                {
+                    seen.push(h.stage);
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            seen
+        })
+    };
+    for stage in &stages {
+        g.set_stage(Some("r-1"), stage);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let newest = stages.last().unwrap().clone();
+    eventually("the newest stage reaches the lease", || async {
+        a.holder().await.unwrap().is_some_and(|h| h.stage == newest)
+    })
+    .await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = watcher.await.unwrap();
+    faults.clear();
+    let order: Vec<usize> = seen
+        .iter()
+        .filter_map(|s| stages.iter().position(|x| x == s))
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "the stage on the lease went back: {seen:?}"
+    );
+    assert!(order.len() >= 2, "too few stages seen: {seen:?}");
+    g.release().await.unwrap();
+    env.stop().await;
+}
+
 fn journal(id: &str) -> Journal {
     Journal::new(
         id.to_string(),

@@ -171,7 +171,10 @@ pub(super) async fn rotate(
     let pb = load_with(&a.playbook, state_dir, a.concurrency)?;
     if !r.if_due {
         let opts = options(out, a.yes, a.until, a.rollback_to, a.force);
-        let report = engine_for_writing(pb, out, true).await?.rotate(&opts).await?;
+        let report = engine_for_writing(pb, out, true)
+            .await?
+            .rotate(&opts)
+            .await?;
         return Ok(finish(out, &report));
     }
     if_due(pb, &a, out).await
@@ -305,7 +308,10 @@ async fn rotate_dir(
 pub(super) async fn resume(a: RunArgs, state_dir: Option<PathBuf>, out: &Arc<Output>) -> CliResult {
     let pb = load_with(&a.playbook, state_dir, a.concurrency)?;
     let opts = options(out, a.yes, a.until, a.rollback_to, a.force);
-    let report = engine_for_writing(pb, out, true).await?.resume(&opts).await?;
+    let report = engine_for_writing(pb, out, true)
+        .await?
+        .resume(&opts)
+        .await?;
     Ok(finish(out, &report))
 }
 
@@ -336,7 +342,10 @@ pub(super) async fn rekey(
         Some(i) => format!("{} (incident {i})", a.reason.trim()),
         None => a.reason.trim().to_string(),
     };
-    let report = engine_for_writing(pb, out, true).await?.rekey(&opts).await?;
+    let report = engine_for_writing(pb, out, true)
+        .await?
+        .rekey(&opts)
+        .await?;
     Ok(finish(out, &report))
 }
 
@@ -354,6 +363,9 @@ pub(super) async fn rollback(
 ) -> CliResult {
     let pb = load_with(&a.playbook, state_dir, a.concurrency)?;
     let opts = options(out, true, None, a.to, a.force);
-    let report = engine_for_writing(pb, out, true).await?.rollback(&opts).await?;
+    let report = engine_for_writing(pb, out, true)
+        .await?
+        .rollback(&opts)
+        .await?;
     Ok(finish(out, &report))
 }

@@ -2281,7 +2281,11 @@ mod tests {
     #[test]
     fn a_wait_too_long_to_compute_is_an_error_never_a_shorter_wait() {
         let now = chrono::Utc::now();
-        for huge in [Duration::MAX, Duration::from_secs(u64::MAX / 2), Duration::from_secs(1 << 50)] {
+        for huge in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX / 2),
+            Duration::from_secs(1 << 50),
+        ] {
             let e = super::later(now, huge, "timings.grace").unwrap_err();
             assert!(e.to_string().contains("timings.grace"), "{e}");
         }

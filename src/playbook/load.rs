@@ -1572,6 +1572,14 @@ impl<'a> Cx<'a> {
         }
         if let Some(node) = f.get("write_interval") {
             spec.write_interval = self.duration(node, "store.write_interval", MINUTE)?;
+            if spec.write_interval < crate::store::gcp::MIN_WRITE_INTERVAL {
+                return Err(self.err(
+                    node.pos,
+                    "store.write_interval",
+                    "the write interval is shorter than 500ms",
+                    "give at least 500ms (the default): Google allows 2 writes per second per secret",
+                ));
+            }
         }
         Ok(spec)
     }

@@ -16,10 +16,18 @@
 //!
 //! Owns: the client (endpoint, credentials, no built-in retries), the retry of transient errors
 //! (429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, timeouts, connection failures) with jittered
-//! exponential back-off under a deadline, pacing of writes (`write_interval`), CRC32C checksums
-//! both ways, and conflict-safe writes: every alias or annotation change carries the etag read
-//! just before; an etag mismatch (FAILED_PRECONDITION) re-reads and re-decides, never
-//! overwrites. Version state changes carry the version's etag the same way.
+//! exponential back-off under a deadline, pacing of writes (`write_interval`, never under
+//! [`MIN_WRITE_INTERVAL`]), CRC32C checksums both ways, and conflict-safe writes: every alias or
+//! annotation change carries the etag read just before; an etag mismatch (FAILED_PRECONDITION)
+//! re-reads and re-decides, never overwrites. Version state changes carry the version's etag the
+//! same way. A successful update is checked to have applied what it asked (a server that
+//! ignores annotations or aliases answers 200 all the same).
+//!
+//! One writer per secret: every [`GcpStore`] on the same secret and endpoint in this process
+//! (the store and the lock on its annotation, [`crate::engine::lock::gcp`]) shares one
+//! [`Turn`] and one pacing clock, so a step's read-decide-write and a lock renewal never
+//! interleave (neither is refused for the other's etag) and their writes together keep
+//! `write_interval` apart.
 //!
 //! Must never: put a value in an annotation, a label, an error or a log line, or access a
 //! version that is not enabled (the only access is [`Store::read_value`] and the fingerprint of
@@ -27,7 +35,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -67,6 +75,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Least time between two state changes of one version.
 const STATE_CHANGE_INTERVAL: Duration = Duration::from_secs(1);
+/// Least time between two writes to one secret, whatever `write_interval` says: Google allows 2
+/// writes per second per secret. A smaller `write_interval` is raised to this, never the other
+/// way.
+pub const MIN_WRITE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// One Secret Manager method, with the permission it needs and the least predefined role that
 /// grants it.
@@ -288,13 +300,106 @@ fn fp_key(id: &str) -> String {
     format!("{ANN_FP_PREFIX}{id}")
 }
 
+/// This process's writers of one secret: every [`GcpStore`] on it (the store and the lock on
+/// its annotation) shares one, found by endpoint and secret name.
+struct Writer {
+    /// Whose turn it is to read, decide and write (see [`Turn`]).
+    turn: Arc<tokio::sync::Mutex<()>>,
+    /// When the last write to the secret (any of its writers') started.
+    last_write: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// The writer of `secret` at `endpoint` in this process.
+fn writer_of(endpoint: &str, secret: &str) -> Arc<Writer> {
+    static WRITERS: LazyLock<Mutex<HashMap<String, Arc<Writer>>>> = LazyLock::new(Mutex::default);
+    WRITERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(format!("{endpoint} {secret}"))
+        .or_insert_with(|| {
+            Arc::new(Writer {
+                turn: Arc::new(tokio::sync::Mutex::new(())),
+                last_write: tokio::sync::Mutex::new(None),
+            })
+        })
+        .clone()
+}
+
+/// One writer's turn at a secret: held from the read a write is decided on to the write, so no
+/// other writer of the secret in this process writes in between (and moves the etag). Given up
+/// while a call backs off after a transient error, so a throttled step never holds the lock's
+/// renewals back for its whole retry deadline; the call's next attempt waits for it again.
+pub struct Turn {
+    turn: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Turn {
+    async fn take(turn: &Arc<tokio::sync::Mutex<()>>) -> Turn {
+        Turn {
+            turn: turn.clone(),
+            held: Some(turn.clone().lock_owned().await),
+        }
+    }
+
+    fn pause(&mut self) {
+        self.held = None;
+    }
+
+    async fn resume(&mut self) {
+        if self.held.is_none() {
+            self.held = Some(self.turn.clone().lock_owned().await);
+        }
+    }
+}
+
+/// What a successful update did not apply of what it asked, if anything: the fields in `mask`
+/// (annotations and version aliases, by name only: never a value) and a new etag. A server that
+/// ignores fields it does not know answers 200 all the same.
+fn not_applied(sent: &sm::Secret, got: &sm::Secret, mask: &[&str]) -> Option<String> {
+    fn differing<V: PartialEq>(a: &HashMap<String, V>, b: &HashMap<String, V>) -> Vec<String> {
+        let mut keys: Vec<String> = a
+            .iter()
+            .filter(|(k, v)| b.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .chain(b.keys().filter(|k| !a.contains_key(*k)).cloned())
+            .collect();
+        keys.sort();
+        keys
+    }
+    let mut why = Vec::new();
+    if mask.contains(&"annotations") {
+        let keys = differing(&sent.annotations, &got.annotations);
+        if !keys.is_empty() {
+            why.push(format!(
+                "the returned secret's annotations differ from those sent ({})",
+                keys.join(", ")
+            ));
+        }
+    }
+    if mask.contains(&"version_aliases") {
+        let keys = differing(&sent.version_aliases, &got.version_aliases);
+        if !keys.is_empty() {
+            why.push(format!(
+                "the returned secret's version aliases differ from those sent ({})",
+                keys.join(", ")
+            ));
+        }
+    }
+    if got.etag.is_empty() || (!sent.etag.is_empty() && got.etag == sent.etag) {
+        why.push("the returned secret carries no new etag".into());
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
 /// A store in one Secret Manager secret.
 pub struct GcpStore {
     spec: GcpStoreSpec,
     endpoint: String,
     logical: String,
     client: tokio::sync::OnceCell<SecretManagerService>,
-    last_write: tokio::sync::Mutex<Option<Instant>>,
+    /// Shared with every other [`GcpStore`] on the same secret in this process.
+    writer: Arc<Writer>,
     /// When each version last changed state.
     state_changes: tokio::sync::Mutex<HashMap<String, Instant>>,
     /// Fingerprints of enabled versions that carried no annotation, computed once.
@@ -302,19 +407,24 @@ pub struct GcpStore {
 }
 
 impl GcpStore {
-    /// The store the playbook's `store:` names, for logical secret `secret`.
+    /// The store the playbook's `store:` names, for logical secret `secret`. A
+    /// `write_interval` under [`MIN_WRITE_INTERVAL`] is raised to it.
     pub fn new(spec: &GcpStoreSpec, secret: &str) -> GcpStore {
         let endpoint = std::env::var(ENDPOINT_ENV)
             .ok()
             .filter(|e| !e.trim().is_empty())
             .or_else(|| spec.endpoint.clone())
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let endpoint = endpoint.trim_end_matches('/').to_string();
+        let mut spec = spec.clone();
+        spec.write_interval = spec.write_interval.max(MIN_WRITE_INTERVAL);
+        let name = format!("projects/{}/secrets/{}", spec.project, spec.name);
         GcpStore {
-            spec: spec.clone(),
-            endpoint: endpoint.trim_end_matches('/').to_string(),
+            writer: writer_of(&endpoint, &name),
+            spec,
+            endpoint,
             logical: secret.to_string(),
             client: tokio::sync::OnceCell::new(),
-            last_write: tokio::sync::Mutex::new(None),
             state_changes: tokio::sync::Mutex::new(HashMap::new()),
             computed: Mutex::new(HashMap::new()),
         }
@@ -360,8 +470,28 @@ impl GcpStore {
             .await
     }
 
+    /// Waits for this process's turn to write the secret (see [`Turn`]).
+    pub async fn turn(&self) -> Turn {
+        Turn::take(&self.writer.turn).await
+    }
+
     /// Runs `f` until it succeeds, fails for good, or the retry deadline passes.
-    async fn call<T, F, Fut>(&self, op: Op, resource: &str, mut f: F) -> Result<T, CallError>
+    async fn call<T, F, Fut>(&self, op: Op, resource: &str, f: F) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, GaxError>>,
+    {
+        self.call_in(op, resource, None, f).await
+    }
+
+    /// [`GcpStore::call`] during `turn`, which is given up while it backs off.
+    async fn call_in<T, F, Fut>(
+        &self,
+        op: Op,
+        resource: &str,
+        mut turn: Option<&mut Turn>,
+        mut f: F,
+    ) -> Result<T, CallError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, GaxError>>,
@@ -379,7 +509,13 @@ impl GcpStore {
                     method = op.method(), resource, attempt = backoff.attempts, wait = ?wait,
                     "Secret Manager: transient error, retrying: {e}"
                 );
+                if let Some(t) = turn.as_deref_mut() {
+                    t.pause();
+                }
                 tokio::time::sleep(wait).await;
+                if let Some(t) = turn.as_deref_mut() {
+                    t.resume().await;
+                }
                 continue;
             }
             return Err(self.call_error(op, resource, &e, retry, &backoff));
@@ -433,9 +569,10 @@ impl GcpStore {
         }
     }
 
-    /// Waits until `write_interval` has passed since the previous write.
-    async fn pace(&self) {
-        let mut last = self.last_write.lock().await;
+    /// Waits until `write_interval` has passed since the previous write to the secret by any
+    /// of its writers in this process (the store's steps and the lock alike).
+    pub async fn pace(&self) {
+        let mut last = self.writer.last_write.lock().await;
         if let Some(at) = *last {
             let next = at + self.spec.write_interval;
             let now = Instant::now();
@@ -463,10 +600,18 @@ impl GcpStore {
 
     /// The secret, or `None` when it does not exist.
     pub async fn get_secret(&self) -> Result<Option<sm::Secret>, StoreError> {
+        self.get_secret_in(None).await
+    }
+
+    /// [`GcpStore::get_secret`] during `turn`.
+    async fn get_secret_in(
+        &self,
+        turn: Option<&mut Turn>,
+    ) -> Result<Option<sm::Secret>, StoreError> {
         let client = self.client().await?;
         let name = self.secret_name();
         match self
-            .call(Op::GetSecret, &name, || {
+            .call_in(Op::GetSecret, &name, turn, || {
                 client.get_secret().set_name(&name).send()
             })
             .await
@@ -479,7 +624,15 @@ impl GcpStore {
 
     /// The secret, checked to belong to this playbook's logical secret.
     async fn load_secret(&self) -> Result<sm::Secret, StoreError> {
-        let s = self.get_secret().await?.ok_or_else(|| self.missing())?;
+        self.load_secret_in(None).await
+    }
+
+    /// [`GcpStore::load_secret`] during `turn`.
+    async fn load_secret_in(&self, turn: Option<&mut Turn>) -> Result<sm::Secret, StoreError> {
+        let s = self
+            .get_secret_in(turn)
+            .await?
+            .ok_or_else(|| self.missing())?;
         match s.annotations.get(ANN_SECRET) {
             Some(owner) if owner != &self.logical => Err(self.corrupt(format!(
                 "it holds secret `{owner}` (annotation {ANN_SECRET}), the playbook names `{}`",
@@ -569,9 +722,18 @@ impl GcpStore {
                 .payload
                 .ok_or_else(|| self.corrupt(format!("version {id} came back without a payload")))?;
             let Some(sum) = payload.data_crc32c else {
-                return Err(self.corrupt(format!(
-                    "version {id} came back without a CRC32C checksum; rotor does not use a value it cannot verify"
-                )));
+                // The value is not damaged: the server sends no checksums at all (an emulator or
+                // proxy that drops `data_crc32c`), and rotor uses no value it cannot verify.
+                return Err(StoreError::Remote {
+                    store: self.describe(),
+                    detail: format!(
+                        "versions.access on {name} returned the payload without a CRC32C checksum: the endpoint {} returns no checksums, so rotor cannot verify the value and does not use it",
+                        self.endpoint
+                    ),
+                    help: format!(
+                        "point {ENDPOINT_ENV} (or `store.endpoint`) at a server that returns `data_crc32c` with every payload, or at the real API ({DEFAULT_ENDPOINT}); the secret itself is not damaged"
+                    ),
+                });
             };
             if crc(&payload.data) != sum {
                 tracing::warn!(
@@ -622,13 +784,18 @@ impl GcpStore {
     {
         let name = self.secret_name();
         for _ in 0..RACES {
-            let mut s = self.load_secret().await?;
+            // From the read to the write, no other writer of the secret in this process (the
+            // lock's renewals) writes in between.
+            let mut turn = self.turn().await;
+            let mut s = self.load_secret_in(Some(&mut turn)).await?;
             if !decide(&mut s)? {
                 return Ok(());
             }
             let sent = s.etag.clone();
             self.pace().await;
-            match self.patch(&s, mask).await? {
+            let written = self.patch_in(&s, mask, Some(&mut turn)).await?;
+            drop(turn);
+            match written {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is(Code::FailedPrecondition) => {
                     // Someone wrote in between (or a retried write of ours landed): read again.
@@ -650,23 +817,52 @@ impl GcpStore {
     /// Writes the fields `mask` names from `secret`, guarded by the etag it carries (the one
     /// read). A mismatch comes back as the call error FAILED_PRECONDITION, for the caller to
     /// re-read and re-decide; the store's update and the lock annotation both write this way.
+    /// An answer that does not carry what was written (a server that ignored the fields) is a
+    /// [`StoreError`]: the write did not happen, whatever the status said.
     pub async fn patch(
         &self,
         secret: &sm::Secret,
         mask: &[&str],
     ) -> Result<Result<sm::Secret, CallError>, StoreError> {
+        self.patch_in(secret, mask, None).await
+    }
+
+    /// [`GcpStore::patch`] during `turn`.
+    async fn patch_in(
+        &self,
+        secret: &sm::Secret,
+        mask: &[&str],
+        turn: Option<&mut Turn>,
+    ) -> Result<Result<sm::Secret, CallError>, StoreError> {
         let client = self.client().await?;
         let name = self.secret_name();
-        let mask = google_cloud_wkt::FieldMask::default().set_paths(mask.iter().copied());
-        Ok(self
-            .call(Op::UpdateSecret, &name, || {
+        let paths = google_cloud_wkt::FieldMask::default().set_paths(mask.iter().copied());
+        let got = match self
+            .call_in(Op::UpdateSecret, &name, turn, || {
                 client
                     .update_secret()
                     .set_secret(secret.clone())
-                    .set_update_mask(mask.clone())
+                    .set_update_mask(paths.clone())
                     .send()
             })
-            .await)
+            .await
+        {
+            Ok(got) => got,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Some(why) = not_applied(secret, &got, mask) {
+            return Err(StoreError::Remote {
+                store: self.describe(),
+                detail: format!(
+                    "secrets.update on {name}: the server accepted the update but did not apply it: {why}"
+                ),
+                help: format!(
+                    "the endpoint {} does not keep what rotor writes (an emulator or proxy that ignores annotations or version aliases?): point {ENDPOINT_ENV} (or `store.endpoint`) at a server that implements secrets.patch, or at the real API ({DEFAULT_ENDPOINT})",
+                    self.endpoint
+                ),
+            });
+        }
+        Ok(Ok(got))
     }
 
     /// The fingerprint of enabled version `id`, computed from its value once per run.
@@ -716,14 +912,16 @@ impl GcpStore {
         let mut backoff = Backoff::new(self.spec.retry_deadline);
         loop {
             backoff.attempts += 1;
+            let turn = self.turn().await;
             self.pace().await;
-            let e = match client
+            let sent = client
                 .add_secret_version()
                 .set_parent(&parent)
                 .set_payload(payload.clone())
                 .send()
-                .await
-            {
+                .await;
+            drop(turn);
+            let e = match sent {
                 Ok(v) => {
                     return number_of(&v.name)
                         .map(|n| n.to_string())
@@ -829,9 +1027,10 @@ impl Store for GcpStore {
                     )
                     .set_labels([("managed-by", "rotor")])
                     .set_annotations([(ANN_SECRET, self.logical.as_str())]);
+                let mut turn = self.turn().await;
                 self.pace().await;
                 match self
-                    .call(Op::CreateSecret, &parent, || {
+                    .call_in(Op::CreateSecret, &parent, Some(&mut turn), || {
                         client
                             .create_secret()
                             .set_parent(&parent)
@@ -1036,6 +1235,7 @@ impl Store for GcpStore {
                 }
             }
             let etag = v.etag.clone();
+            let mut turn = self.turn().await;
             self.pace_version(version).await;
             let op = match state {
                 VersionState::Enabled => Op::Enable,
@@ -1043,7 +1243,7 @@ impl Store for GcpStore {
                 VersionState::Destroyed => Op::Destroy,
             };
             let r = self
-                .call(op, &name, || {
+                .call_in(op, &name, Some(&mut turn), || {
                     let name = name.clone();
                     let etag = etag.clone();
                     async move {
@@ -1076,6 +1276,7 @@ impl Store for GcpStore {
                     }
                 })
                 .await;
+            drop(turn);
             match r {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is(Code::FailedPrecondition) => {
@@ -1182,6 +1383,59 @@ mod tests {
         assert!(
             help.contains("roles/secretmanager.secretVersionManager"),
             "{help}"
+        );
+    }
+
+    #[test]
+    fn an_update_answered_without_what_it_asked_is_not_applied() {
+        let sent = sm::Secret::new()
+            .set_etag("\"e1\"")
+            .set_annotations([("rotor-lock", "{}"), ("rotor-fp-1", "sha256:0123456789ab")])
+            .set_version_aliases([(ALIAS_PRIMARY, 1_i64)]);
+        let applied = sent.clone().set_etag("\"e2\"");
+        assert_eq!(
+            not_applied(&sent, &applied, &["annotations", "version_aliases"]),
+            None
+        );
+        // Ignored: the annotations as they were, the alias missing, the etag unchanged.
+        let ignored = sm::Secret::new()
+            .set_etag("\"e1\"")
+            .set_annotations([("rotor-fp-1", "sha256:0123456789ab")]);
+        let why = not_applied(&sent, &ignored, &["annotations", "version_aliases"]).unwrap();
+        assert!(
+            why.contains("annotations differ from those sent (rotor-lock)"),
+            "{why}"
+        );
+        assert!(
+            why.contains("version aliases differ from those sent (rotor-primary)"),
+            "{why}"
+        );
+        assert!(why.contains("no new etag"), "{why}");
+        assert!(!why.contains("sha256"), "names only, never a value: {why}");
+        // Only the fields in the mask are compared.
+        let other = applied
+            .clone()
+            .set_version_aliases([(ALIAS_PRIMARY, 2_i64)]);
+        assert_eq!(not_applied(&sent, &other, &["annotations"]), None);
+    }
+
+    #[test]
+    fn the_write_interval_is_never_below_half_a_second() {
+        let spec = |ms| GcpStoreSpec {
+            project: "p".into(),
+            name: "s".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            credentials: GcpCredentials::Anonymous,
+            retry_deadline: Duration::from_secs(1),
+            write_interval: Duration::from_millis(ms),
+        };
+        assert_eq!(
+            GcpStore::new(&spec(100), "s").spec.write_interval,
+            MIN_WRITE_INTERVAL
+        );
+        assert_eq!(
+            GcpStore::new(&spec(2000), "s").spec.write_interval,
+            Duration::from_secs(2)
         );
     }
 

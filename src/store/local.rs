@@ -398,7 +398,10 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        let err = LocalStore::new(path.clone(), "other", lock_path(&path)).snapshot().await.unwrap_err();
+        let err = LocalStore::new(path.clone(), "other", lock_path(&path))
+            .snapshot()
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("holds secret `s`"), "{err}");
     }
 

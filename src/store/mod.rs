@@ -224,13 +224,11 @@ pub fn open(
     cluster: Option<&Cluster>,
 ) -> Result<Box<dyn Store>, ClusterError> {
     Ok(match &playbook.store {
-        StoreSpec::Local { path } => {
-            Box::new(local::LocalStore::new(
-                path.clone(),
-                &playbook.secret,
-                playbook.state_dir.join("store.lock"),
-            ))
-        }
+        StoreSpec::Local { path } => Box::new(local::LocalStore::new(
+            path.clone(),
+            &playbook.secret,
+            playbook.state_dir.join("store.lock"),
+        )),
         StoreSpec::Kubernetes { namespace, name } => Box::new(kubernetes::KubernetesStore::new(
             cluster.ok_or_else(no_cluster)?,
             namespace,

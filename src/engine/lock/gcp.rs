@@ -8,6 +8,10 @@
 //! expiry, renewal every third of the duration, lost guards, release) are [`super::remote`]'s.
 //! Expiry is judged with this machine's clock against the `expires` the holder wrote.
 //!
+//! The store's steps write the same secret: the lock's reads-and-writes take turns with them
+//! ([`GcpStore::turn`]) and are paced with them, so a renewal is never refused for a step's
+//! etag, nor a step for a renewal's.
+//!
 //! Must never: write anything but the lock annotation (the update mask is `annotations`, and
 //! every other annotation is written back as read), or hold anything but who holds the lock.
 
@@ -19,7 +23,7 @@ use chrono::{DateTime, Utc};
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_secretmanager_v1::model::Secret;
 
-use super::remote::{Backend, MAX_RACES, RecordLock, Write};
+use super::remote::{Backend, MAX_RACES, RecordLock, Turn, Write};
 use super::{Holder, LockError};
 use crate::store::StoreError;
 use crate::store::gcp::GcpStore;
@@ -176,6 +180,15 @@ impl Backend for GcpLockBackend {
             detail: format!("the lock annotation was still changing after {MAX_RACES} attempts"),
         }
         .into()
+    }
+
+    /// The store's steps write the same secret: the lock takes turns with them, and its writes
+    /// are paced with theirs (together they keep `write_interval` apart). Paced before the
+    /// record is read and the stage taken, so stages set meanwhile go out in one write.
+    async fn turn(&self) -> Option<Turn> {
+        let turn = self.store.turn().await;
+        self.store.pace().await;
+        Some(Box::new(turn))
     }
 }
 

@@ -9,7 +9,10 @@
 //!   someone else wrote in between: rotor re-reads and decides again; it never overwrites what
 //!   it did not read.
 //! - While held, a background task renews the claim every `duration / 3` and writes a new stage
-//!   as soon as [`LockGuard::set_stage`] records it. If a renewal finds another holder (this run
+//!   as soon as [`LockGuard::set_stage`] records it. That task is the record's only writer in
+//!   this run, and every write it issues (a first attempt or a retry after a lost race) carries
+//!   the latest stage, read under the mutex `set_stage` writes it under: within one run the
+//!   stage in the record only moves forward. If a renewal finds another holder (this run
 //!   failed to renew for a whole duration and an operator forced a takeover), the guard is
 //!   *lost*: the task emits an event and stops, [`LockGuard::lost`] names the new holder,
 //!   `set_stage` and `release` never touch the record again, and the engine stops before its
@@ -25,6 +28,11 @@
 //!   still clears the record if nobody took it meanwhile.
 //! - Release clears the claim (guarded the same way) so the next run need not wait for it to
 //!   expire. A guard dropped without release stops renewing, and the claim lapses.
+//!
+//! - Where other writers in this process write the same record (a Secret Manager store writes
+//!   the secret whose annotation is the lock), every read-decide-write of the lock runs during
+//!   the backend's [turn](Backend::turn), which those writers take too, and a renewal starts
+//!   from a fresh read: the lock and the steps never race each other's versions.
 //!
 //! A [`Backend`] supplies the record's reads and guarded writes and the pure mapping between a
 //! record and a [`Holder`]. Must never: write a record it does not hold, or hold anything but
@@ -45,6 +53,9 @@ use crate::events::{Event, EventSink};
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(30);
 /// How many lost races in a row one decision tolerates before giving up.
 pub const MAX_RACES: usize = 8;
+
+/// Held while one read-decide-write of the record runs (see [`Backend::turn`]).
+pub type Turn = Box<dyn Send + Sync>;
 
 /// Why a guarded write did not happen.
 pub enum Write {
@@ -94,6 +105,15 @@ pub trait Backend: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// The error when races never end.
     fn races(&self) -> LockError;
+    /// Waits for this process's turn to write the record, where other writers in this process
+    /// write it too (a Secret Manager store and the lock on its annotation) and take the same
+    /// turn: held from the read a write is decided on to the write, so neither moves the
+    /// other's version in between. A backend that has one also gets its record read again
+    /// before each renewal, since those writers move its version. `None` (the default) where
+    /// the lock is the record's only writer.
+    async fn turn(&self) -> Option<Turn> {
+        None
+    }
 }
 
 /// What `acquire` does with a record it read.
@@ -174,8 +194,11 @@ impl<B: Backend> RecordLock<B> {
             lapsed: false,
             lost: None,
             handover: None,
+            holder,
+            seq: 0,
+            issued: 0,
         }));
-        let (stage_tx, stage_rx) = watch::channel(holder);
+        let (stage_tx, stage_rx) = watch::channel(0);
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(renew_loop(
             self.ctx.clone(),
@@ -201,52 +224,59 @@ impl<B: Backend> Ctx<B> {
         }
     }
 
-    /// One renewal (or stage update) of the record this guard holds.
-    async fn renew(
-        &self,
-        shared: &Mutex<Shared<B::Record>>,
-        holder: &Holder,
-    ) -> Result<(), Renewal> {
+    /// One renewal (or stage update) of the record this guard holds, carrying the latest
+    /// stage.
+    async fn renew(&self, shared: &Mutex<Shared<B::Record>>) -> Result<(), Renewal> {
         let b = &self.backend;
         let started = Instant::now();
+        let turn = b.turn().await;
         let mut last = shared.lock().expect("lock mutex").last.clone();
+        if turn.is_some() {
+            // Other writers in this process moved the record's version since this run last
+            // wrote it: start from the record as it is.
+            last = self.reread(shared, &last).await?;
+        }
         for _ in 0..MAX_RACES {
-            // A standing handover request, once seen, stays in the record for others to read.
-            let mut holder = holder.clone();
-            holder.handover = shared
-                .lock()
-                .expect("lock mutex")
-                .handover
-                .clone()
-                .filter(Handover::stands);
+            // The latest stage (and a standing handover request, which once seen stays in the
+            // record for others to read), taken under the mutex `set_stage` writes under.
+            let (holder, seq) = shared.lock().expect("lock mutex").next_write();
             let next = b.renewed(&last, &holder, Utc::now(), self.duration);
             match b.put(&next, false).await {
                 Ok(written) => {
                     let mut s = shared.lock().expect("lock mutex");
                     s.last = written;
                     s.renewed = started;
+                    tracing::debug!(lock = %b.describe(), seq, "lock renewed");
                     return Ok(());
                 }
-                Err(Write::Raced) => match b.get().await {
-                    // Still ours (a retried write landed, a rekey asked for a handover, or
-                    // someone edited other fields): go again.
-                    Ok(Some(now)) if b.same_claim(&now, &last) => {
-                        // The request as the record has it now (set, or withdrawn).
-                        shared.lock().expect("lock mutex").handover =
-                            b.holder_of(&now).and_then(|h| h.handover);
-                        last = now;
-                    }
-                    Ok(now) => {
-                        return Err(Renewal::Lost(foreign(
-                            now.as_ref().and_then(|r| b.holder_of(r)),
-                        )));
-                    }
-                    Err(e) => return Err(Renewal::Failed(e)),
-                },
+                // Still ours (a retried write landed, a rekey asked for a handover, or someone
+                // edited other fields): go again.
+                Err(Write::Raced) => last = self.reread(shared, &last).await?,
                 Err(Write::Failed(e)) => return Err(Renewal::Failed(e)),
             }
         }
         Err(Renewal::Failed(b.races()))
+    }
+
+    /// The record as it is now, if it is still this run's claim `last`, with the handover
+    /// request it carries now (set, or withdrawn) noted.
+    async fn reread(
+        &self,
+        shared: &Mutex<Shared<B::Record>>,
+        last: &B::Record,
+    ) -> Result<B::Record, Renewal> {
+        let b = &self.backend;
+        match b.get().await {
+            Ok(Some(now)) if b.same_claim(&now, last) => {
+                shared.lock().expect("lock mutex").handover =
+                    b.holder_of(&now).and_then(|h| h.handover);
+                Ok(now)
+            }
+            Ok(now) => Err(Renewal::Lost(foreign(
+                now.as_ref().and_then(|r| b.holder_of(r)),
+            ))),
+            Err(e) => Err(Renewal::Failed(e)),
+        }
     }
 }
 
@@ -287,6 +317,7 @@ impl<B: Backend> RotationLock for RecordLock<B> {
         // The claim this call wrote last, to recognise it if a retried write landed twice.
         let mut attempted: Option<(B::Record, Instant)> = None;
         for _ in 0..MAX_RACES {
+            let _turn = b.turn().await;
             let now = Utc::now();
             let at = Instant::now();
             let current = b.get().await?;
@@ -335,6 +366,7 @@ impl<B: Backend> RotationLock for RecordLock<B> {
     async fn request_handover(&self, seen: &Holder, req: &Handover) -> Result<bool, LockError> {
         let b = &self.ctx.backend;
         for _ in 0..MAX_RACES {
+            let _turn = b.turn().await;
             let Some(current) = b.get().await? else {
                 return Ok(false);
             };
@@ -358,6 +390,7 @@ impl<B: Backend> RotationLock for RecordLock<B> {
     async fn withdraw_handover(&self, req: &Handover) -> Result<(), LockError> {
         let b = &self.ctx.backend;
         for _ in 0..MAX_RACES {
+            let _turn = b.turn().await;
             let Some(current) = b.get().await? else {
                 return Ok(());
             };
@@ -394,12 +427,32 @@ struct Shared<R> {
     lost: Option<Holder>,
     /// A rekey's request to hand over, once a renewal found it.
     handover: Option<Handover>,
+    /// The holder as [`LockGuard::set_stage`] last described it (the latest stage).
+    holder: Holder,
+    /// How many times the stage was set: the sequence number of `holder`'s stage.
+    seq: u64,
+    /// The stage sequence number of the last write issued: never more than `seq`, and never
+    /// lower in a later write.
+    issued: u64,
+}
+
+impl<R> Shared<R> {
+    /// The holder to write next (the latest stage, and a standing handover request) and its
+    /// stage sequence number, recorded as issued: a later write never carries an older stage.
+    fn next_write(&mut self) -> (Holder, u64) {
+        debug_assert!(self.seq >= self.issued, "stages only move forward");
+        self.issued = self.seq;
+        let mut h = self.holder.clone();
+        h.handover = self.handover.clone().filter(Handover::stands);
+        (h, self.seq)
+    }
 }
 
 /// A held claim.
 struct Guard<B: Backend> {
     ctx: Arc<Ctx<B>>,
-    stage: watch::Sender<Holder>,
+    /// Wakes the renewal task with the stage sequence number just set.
+    stage: watch::Sender<u64>,
     shared: Arc<Mutex<Shared<B::Record>>>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -410,7 +463,7 @@ struct Guard<B: Backend> {
 async fn renew_loop<B: Backend>(
     ctx: Arc<Ctx<B>>,
     shared: Arc<Mutex<Shared<B::Record>>>,
-    mut stage: watch::Receiver<Holder>,
+    mut stage: watch::Receiver<u64>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let period = ctx.duration / 3;
@@ -420,7 +473,8 @@ async fn renew_loop<B: Backend>(
             changed = stage.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(period) => {}
         }
-        let holder = stage.borrow_and_update().clone();
+        // A stage set from now on wakes the next round; this one writes the latest anyway.
+        stage.borrow_and_update();
         // No renewal attempt starts (or goes on retrying) once the claim has lapsed.
         let lapses_at = {
             let s = shared.lock().expect("lock mutex");
@@ -432,7 +486,7 @@ async fn renew_loop<B: Backend>(
         let outcome = tokio::select! {
             biased;
             () = tokio::time::sleep_until(lapses_at) => None,
-            r = ctx.renew(&shared, &holder) => Some(r),
+            r = ctx.renew(&shared) => Some(r),
         };
         let Some(outcome) = outcome else {
             lapse(&ctx, &shared);
@@ -512,12 +566,16 @@ impl<B: Backend> LockGuard for Guard<B> {
         if self.lost().is_some() {
             return;
         }
-        self.stage.send_modify(|h| {
+        let seq = {
+            let mut s = self.shared.lock().expect("lock mutex");
             if let Some(r) = rotation {
-                h.rotation = Some(r.to_string());
+                s.holder.rotation = Some(r.to_string());
             }
-            h.stage = stage.to_string();
-        });
+            s.holder.stage = stage.to_string();
+            s.seq += 1;
+            s.seq
+        };
+        self.stage.send_replace(seq);
     }
 
     fn lost(&self) -> Option<Holder> {
@@ -541,6 +599,14 @@ impl<B: Backend> LockGuard for Guard<B> {
         }
         // A lapsed claim is cleared only if it is still ours (the guarded write below).
         let b = &self.ctx.backend;
+        let _turn = b.turn().await;
+        if _turn.is_some() {
+            // Other writers in this process moved the record's version: start from it as it is.
+            match b.get().await? {
+                Some(now) if b.same_claim(&now, &last) => last = now,
+                _ => return Ok(()),
+            }
+        }
         for _ in 0..MAX_RACES {
             match b.put(&b.released(&last, Utc::now()), false).await {
                 Ok(_) => return Ok(()),
@@ -594,5 +660,235 @@ mod tests {
             Decision::Take { from: Some(_) }
         ));
         assert_eq!(decide(None, live, false), Decision::Take { from: None });
+    }
+
+    /// A record in memory: its version (moved by every write) and its holder.
+    #[derive(Clone, Debug)]
+    struct Rec {
+        version: u64,
+        holder: Option<Holder>,
+    }
+
+    #[derive(Default)]
+    struct Mem {
+        record: Option<Rec>,
+        /// The stage of every write issued, in order, whether it landed or not.
+        issued: Vec<String>,
+        /// How many of the next writes find that another writer of the record (a step) moved
+        /// its version just before them.
+        steps: usize,
+    }
+
+    /// A backend whose writes wait at `gate`, so a test decides what happens while one is in
+    /// flight.
+    struct Fake {
+        mem: Arc<Mutex<Mem>>,
+        gate: Arc<tokio::sync::Semaphore>,
+        /// Pretend other writers in this process write the record too (a turn, fresh reads).
+        shared: bool,
+    }
+
+    #[async_trait]
+    impl Backend for Fake {
+        type Record = Rec;
+
+        async fn get(&self) -> Result<Option<Rec>, LockError> {
+            Ok(self.mem.lock().unwrap().record.clone())
+        }
+
+        async fn put(&self, next: &Rec, create: bool) -> Result<Rec, Write> {
+            let stage = next.holder.as_ref().map_or("-".into(), |h| h.stage.clone());
+            self.mem.lock().unwrap().issued.push(stage);
+            drop(self.gate.acquire().await.unwrap());
+            let mut m = self.mem.lock().unwrap();
+            if m.steps > 0 {
+                m.steps -= 1;
+                if let Some(r) = m.record.as_mut() {
+                    r.version += 1;
+                }
+                return Err(Write::Raced);
+            }
+            match (&m.record, create) {
+                (None, true) => {}
+                (Some(r), false) if r.version == next.version => {}
+                _ => return Err(Write::Raced),
+            }
+            let written = Rec {
+                version: next.version + 1,
+                holder: next.holder.clone(),
+            };
+            m.record = Some(written.clone());
+            Ok(written)
+        }
+
+        fn holder_of(&self, r: &Rec) -> Option<Holder> {
+            r.holder.clone()
+        }
+
+        fn claim(&self, current: Option<&Rec>, h: &Holder, now: DateTime<Utc>, d: Duration) -> Rec {
+            let mut h = h.clone();
+            h.since = now;
+            h.expires = now + chrono::Duration::from_std(d).unwrap();
+            Rec {
+                version: current.map_or(0, |r| r.version),
+                holder: Some(h),
+            }
+        }
+
+        fn renewed(&self, last: &Rec, h: &Holder, now: DateTime<Utc>, d: Duration) -> Rec {
+            let mut h = h.clone();
+            if let Some(prev) = &last.holder {
+                h.since = prev.since;
+            }
+            h.expires = now + chrono::Duration::from_std(d).unwrap();
+            Rec {
+                version: last.version,
+                holder: Some(h),
+            }
+        }
+
+        fn noted(&self, current: &Rec, h: &Holder) -> Rec {
+            Rec {
+                version: current.version,
+                holder: Some(h.clone()),
+            }
+        }
+
+        fn released(&self, last: &Rec, _now: DateTime<Utc>) -> Rec {
+            Rec {
+                version: last.version,
+                holder: None,
+            }
+        }
+
+        fn same_claim(&self, a: &Rec, b: &Rec) -> bool {
+            match (&a.holder, &b.holder) {
+                (Some(x), Some(y)) => x.same_claim(y),
+                _ => false,
+            }
+        }
+
+        fn describe(&self) -> String {
+            "the fake record".into()
+        }
+
+        fn races(&self) -> LockError {
+            LockError::HeldUnknown {
+                path: "the fake record".into(),
+            }
+        }
+
+        async fn turn(&self) -> Option<Turn> {
+            self.shared.then(|| Box::new(()) as Turn)
+        }
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        for _ in 0..5000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// Within one run the stage in the record only moves forward: a renewal in flight while
+    /// the engine sets newer stages, and whose write then meets a step's write (a lost race),
+    /// retries with the newest stage, never the one it started with; no write carries an older
+    /// stage than one issued before it.
+    #[tokio::test]
+    async fn stages_written_never_go_backwards_when_a_renewal_races_set_stage() {
+        const STAGES: [&str; 6] = [
+            "S0 stable",
+            "T1 publish forward",
+            "S1 published",
+            "T2 widen forward",
+            "S2 dual-accept",
+            "T3 promote forward",
+        ];
+        for shared in [false, true] {
+            let gate = Arc::new(tokio::sync::Semaphore::new(0));
+            gate.add_permits(1 << 20);
+            let mem = Arc::new(Mutex::new(Mem::default()));
+            let lock = RecordLock::with_backend(Fake {
+                mem: mem.clone(),
+                gate: gate.clone(),
+                shared,
+            });
+            let g = lock.acquire(Holder::me("rotate"), false).await.unwrap();
+            // Writes wait from now on; the next one meets a step's write.
+            gate.acquire_many(1 << 20).await.unwrap().forget();
+            mem.lock().unwrap().steps = 1;
+            g.set_stage(Some("r-1"), STAGES[0]);
+            until("the renewal to issue S0", || {
+                mem.lock().unwrap().issued.last().map(String::as_str) == Some(STAGES[0])
+            })
+            .await;
+            // The engine moves on while that write is in flight.
+            for stage in &STAGES[1..] {
+                g.set_stage(None, stage);
+            }
+            let mark = mem.lock().unwrap().issued.len();
+            gate.add_permits(1 << 20);
+            let last = STAGES[STAGES.len() - 1];
+            let stage_now = || {
+                mem.lock()
+                    .unwrap()
+                    .record
+                    .as_ref()
+                    .and_then(|r| r.holder.as_ref())
+                    .map(|h| h.stage.clone())
+            };
+            until("the newest stage to land", || {
+                stage_now().as_deref() == Some(last)
+            })
+            .await;
+            // Then many more stages, with steps writing in between.
+            let more: Vec<String> = (0..40).map(|i| format!("U{i:02}")).collect();
+            for (i, stage) in more.iter().enumerate() {
+                mem.lock().unwrap().steps = i % 3;
+                g.set_stage(None, stage);
+                if i % 4 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            let newest = more.last().unwrap().clone();
+            until("the last stage to land", || {
+                stage_now().as_deref() == Some(newest.as_str())
+            })
+            .await;
+            let issued = mem.lock().unwrap().issued.clone();
+            let order = |s: &str| {
+                std::iter::once("starting")
+                    .chain(STAGES)
+                    .chain(more.iter().map(String::as_str))
+                    .position(|x| x == s)
+                    .unwrap_or_else(|| panic!("unknown stage {s}"))
+            };
+            let seen: Vec<usize> = issued.iter().map(|s| order(s)).collect();
+            assert!(
+                seen.windows(2).all(|w| w[0] <= w[1]),
+                "a write carried an older stage than one before it (shared {shared}): {issued:?}"
+            );
+            // The retry after the lost race (and everything after it) carried the newest stage.
+            assert!(
+                issued[mark..]
+                    .iter()
+                    .take_while(|s| !s.starts_with('U'))
+                    .all(|s| s == last),
+                "a retry wrote a stage older than the newest set (shared {shared}): {issued:?}"
+            );
+            g.release().await.unwrap();
+            assert!(
+                mem.lock()
+                    .unwrap()
+                    .record
+                    .as_ref()
+                    .unwrap()
+                    .holder
+                    .is_none()
+            );
+        }
     }
 }

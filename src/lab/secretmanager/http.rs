@@ -341,6 +341,9 @@ pub(crate) async fn handle(
         Ok(_) if lost_answer => RpcError::unavailable().into_response(),
         Ok(v) => json_response(StatusCode::OK, &v),
         Err(e) => {
+            if e.etag {
+                sm.lock().count_etag_conflict(m.as_str());
+            }
             tracing::debug!(
                 method = m.as_str(),
                 secret,

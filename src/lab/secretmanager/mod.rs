@@ -9,9 +9,15 @@
 //! one lock), `http` (routing, `gcp` faults, statistics, the admin endpoints
 //! `/lab/v1/secretmanager/*`).
 //!
-//! Every call is counted per method; every `:access` call is counted per version and recorded
-//! in an access log (version, its state at the time, outcome) that tests read through
-//! [`SecretManagerLab::access_log`] or `GET /lab/v1/secretmanager/access-log`.
+//! Every call is counted per method, and every call refused for a stale etag per method too;
+//! every `:access` call is counted per version and recorded in an access log (version, its
+//! state at the time, outcome) that tests read through [`SecretManagerLab::access_log`] or
+//! `GET /lab/v1/secretmanager/access-log`.
+//!
+//! Quirks make it behave like a server that falls short of Google's (an emulator or a proxy):
+//! one that answers an update with 200 but ignores annotations and version aliases
+//! ([`SecretManagerLab::set_ignore_update_fields`]), or one that sends payloads without their
+//! CRC32C ([`SecretManagerLab::set_omit_checksums`]).
 //!
 //! Owns: the secrets and versions, in memory, for the lab's lifetime. Must never: log or put
 //! in an error message any payload data.
@@ -65,6 +71,21 @@ pub struct SecretManagerStats {
     /// `anonymous`, `jwt iss=<client_email> kid=<private_key_id>` (a service-account key), or
     /// `bearer` (an access token).
     pub callers: BTreeMap<String, u64>,
+    /// Calls refused because the etag they carried was not the current one (400
+    /// FAILED_PRECONDITION), by method (`update`, `disable`, ...).
+    #[serde(default)]
+    pub etag_conflicts: BTreeMap<String, u64>,
+}
+
+/// Ways the lab's Secret Manager falls short of Google's, like some emulators and proxies. All
+/// off by default.
+#[derive(Debug, Clone, Copy, Default)]
+struct Quirks {
+    /// `secrets.patch` answers 200 with the secret (and a new etag) but leaves its annotations
+    /// and version aliases as they were, whatever the update mask says.
+    ignore_update_fields: bool,
+    /// `:access` answers carry no `dataCrc32c`.
+    omit_checksums: bool,
 }
 
 /// A version, as [`SecretManagerLab::secret`] shows it (no payload).
@@ -102,6 +123,8 @@ pub(super) struct State {
     callers: BTreeMap<String, u64>,
     log: Vec<AccessRecord>,
     last_etag: i64,
+    etag_conflicts: BTreeMap<String, u64>,
+    quirks: Quirks,
 }
 
 fn next_etag(last: &mut i64) -> String {
@@ -131,6 +154,10 @@ impl State {
     fn count(&mut self, method: &str) {
         self.total += 1;
         *self.requests.entry(method.to_string()).or_default() += 1;
+    }
+
+    fn count_etag_conflict(&mut self, method: &str) {
+        *self.etag_conflicts.entry(method.to_string()).or_default() += 1;
     }
 
     fn record_access(&mut self, rec: AccessRecord) {
@@ -211,7 +238,21 @@ impl SecretManagerLab {
             requests: st.requests.clone(),
             accesses: st.accesses.clone(),
             callers: st.callers.clone(),
+            etag_conflicts: st.etag_conflicts.clone(),
         }
+    }
+
+    /// From now on (`on`), `secrets.patch` answers 200 with the secret and a new etag but
+    /// leaves its annotations and version aliases as they were: a server that ignores fields it
+    /// does not know. Off by default.
+    pub fn set_ignore_update_fields(&self, on: bool) {
+        self.lock().quirks.ignore_update_fields = on;
+    }
+
+    /// From now on (`on`), `:access` answers carry no `dataCrc32c`: a server that computes no
+    /// checksums. Off by default.
+    pub fn set_omit_checksums(&self, on: bool) {
+        self.lock().quirks.omit_checksums = on;
     }
 
     /// Every `:access` call so far, oldest first. Take `access_log().len()` as a mark and

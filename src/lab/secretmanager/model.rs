@@ -24,6 +24,8 @@ pub(super) struct RpcError {
     pub status: &'static str,
     pub message: String,
     pub details: Vec<Value>,
+    /// Refused for a stale etag (counted in the statistics).
+    pub etag: bool,
 }
 
 impl RpcError {
@@ -33,6 +35,7 @@ impl RpcError {
             status,
             message: message.into(),
             details: Vec::new(),
+            etag: false,
         }
     }
     pub fn invalid(message: impl Into<String>) -> RpcError {
@@ -63,9 +66,12 @@ impl RpcError {
         RpcError::not_found(format!("Secret [{secret}] not found."))
     }
     pub fn etag_mismatch(kind: &str, name: &str) -> RpcError {
-        RpcError::precondition(format!(
-            "The etag provided in the request does not match the current etag of {kind} [{name}]."
-        ))
+        RpcError {
+            etag: true,
+            ..RpcError::precondition(format!(
+                "The etag provided in the request does not match the current etag of {kind} [{name}]."
+            ))
+        }
     }
     pub fn body(&self) -> Value {
         let mut e = json!({"code": self.http, "message": self.message, "status": self.status});

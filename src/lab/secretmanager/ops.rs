@@ -294,6 +294,7 @@ pub(super) fn run(
         Call::Get { secret } => Ok(find(st, secret)?.to_json()),
         Call::Update { secret } => {
             let input = SecretInput::parse(body)?;
+            let ignored = st.quirks.ignore_update_fields;
             let cur = find(st, secret)?;
             input::check_etag(&input.etag, &cur.etag, "Secret", secret)?;
             if p.update_mask.is_empty() {
@@ -308,6 +309,9 @@ pub(super) fn run(
                          be updated. Updatable: {}.",
                         UPDATABLE.join(", ")
                     )));
+                }
+                if ignored && matches!(c.as_str(), "annotations" | "versionAliases") {
+                    continue;
                 }
                 input::apply_field(&mut next, &c, &input, now)?;
             }
@@ -467,6 +471,7 @@ pub(super) fn run(
 /// `:access`, recorded in the access log whatever the outcome.
 fn access(st: &mut State, secret: &str, id: &str) -> Result<Value, RpcError> {
     let requested = format!("{secret}/versions/{id}");
+    let checksums = !st.quirks.omit_checksums;
     let outcome = match st.secrets.get(secret) {
         None => Err((
             requested.clone(),
@@ -479,13 +484,13 @@ fn access(st: &mut State, secret: &str, id: &str) -> Result<Value, RpcError> {
                 let v = &s.versions[i];
                 let name = s.version_name(v.number);
                 match (&v.data, v.state) {
-                    (Some(data), VersionState::Enabled) => Ok((
-                        name.clone(),
-                        json!({"name": name, "payload": {
-                            "data": STANDARD.encode(data),
-                            "dataCrc32c": v.crc32c.to_string(),
-                        }}),
-                    )),
+                    (Some(data), VersionState::Enabled) => {
+                        let mut payload = json!({"data": STANDARD.encode(data)});
+                        if checksums {
+                            payload["dataCrc32c"] = json!(v.crc32c.to_string());
+                        }
+                        Ok((name.clone(), json!({"name": name, "payload": payload})))
+                    }
                     (_, state) => Err((
                         name.clone(),
                         state.as_str().to_string(),
