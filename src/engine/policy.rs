@@ -147,6 +147,26 @@ pub fn load_weak(pb: &Playbook) -> Result<Vec<SecretValue>, String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn secret_looking_literals_in_env_are_named_never_quoted() {
+        let mut p = pb(48);
+        let literal = "kJ8s-Qw2_xP9zL4mN7vB3cR6tY1uE5oA";
+        let crate::playbook::ConsumerKind::Process(spec) = &mut p.consumers[2].kind else {
+            panic!("analytics is a process consumer")
+        };
+        spec.env.insert("DEBUG_API_TOKEN".into(), literal.into());
+        spec.env.insert(
+            "LOG_LEVEL".into(),
+            "kJ8s-Qw2_xP9zL4mN7vB3cR6tY1uE5oA".into(),
+        );
+        spec.env
+            .insert("API_KEY".into(), "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into());
+        let w = secret_like_literals(&p);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("consumers[2].env.DEBUG_API_TOKEN"), "{w:?}");
+        assert!(!w[0].contains(literal));
+    }
+
     fn pb(length: usize) -> Playbook {
         let dir = tempfile::tempdir().unwrap();
         let mut pb =
