@@ -64,6 +64,17 @@ async fn client(endpoint: &str) -> SecretManagerService {
         .unwrap()
 }
 
+/// `GET <url>/lab/v1/secretmanager/<what>` (the lab's admin endpoints), as JSON.
+async fn admin(h: &reqwest::Client, url: &str, what: &str) -> Value {
+    h.get(format!("{url}/lab/v1/secretmanager/{what}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -700,33 +711,12 @@ async fn gcp_faults() {
     assert!(l.lab().faults().list().is_empty());
 
     // The admin endpoints.
-    let stats: Value = h
-        .get(format!("{url}/lab/v1/secretmanager/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = admin(&h, &url, "stats").await;
     assert_eq!(stats["requests"]["access"], 7, "{stats}");
     assert_eq!(stats["requests"]["add_version"], 2, "{stats}");
-    let log: Value = h
-        .get(format!("{url}/lab/v1/secretmanager/access-log"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log: Value = admin(&h, &url, "access-log").await;
     assert_eq!(log["accesses"].as_array().unwrap().len(), 7, "{log}");
-    let secrets: Value = h
-        .get(format!("{url}/lab/v1/secretmanager/secrets"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let secrets: Value = admin(&h, &url, "secrets").await;
     assert_eq!(secrets["secrets"][0]["name"], secret.as_str());
     assert!(!secrets.to_string().contains(&base64_std("first-api-key")));
     l.stop().await;
@@ -785,14 +775,7 @@ async fn etag_conflicts_are_counted_and_quirks_fall_short_of_google() {
     let stats = sm.stats();
     assert_eq!(stats.etag_conflicts.get("update"), Some(&1), "{stats:?}");
     assert_eq!(stats.etag_conflicts.get("disable"), Some(&1), "{stats:?}");
-    let admin: Value = h
-        .get(format!("{url}/lab/v1/secretmanager/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin: Value = admin(&h, &url, "stats").await;
     assert_eq!(admin["etag_conflicts"]["update"], 1, "{admin}");
 
     // A server that ignores annotations and aliases: 200, a new etag, nothing applied.
