@@ -40,13 +40,22 @@ pub fn remember(secret: &str, value: &SecretValue) {
     seen.push((value.clone(), value.fingerprint(secret)));
 }
 
-/// `text` with every remembered value replaced by `[value sha256:…]`.
+/// `text` with every remembered value replaced by `[value sha256:…]`, as written and as JSON
+/// escapes it (a value with `"`, `\` or a control character is escaped inside a JSON string).
 pub fn redact(text: &str) -> Cow<'_, str> {
     let seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     let mut out = Cow::Borrowed(text);
     for (v, fp) in seen.iter() {
-        if out.contains(v.expose()) {
-            out = Cow::Owned(out.replace(v.expose(), &format!("[value {fp}]")));
+        let raw = v.expose();
+        let quoted = zeroize::Zeroizing::new(serde_json::to_string(raw).unwrap_or_default());
+        let escaped = quoted
+            .strip_prefix('"')
+            .and_then(|q| q.strip_suffix('"'))
+            .unwrap_or(raw);
+        for form in [raw, escaped] {
+            if !form.is_empty() && out.contains(form) {
+                out = Cow::Owned(out.replace(form, &format!("[value {fp}]")));
+            }
         }
     }
     out
@@ -70,5 +79,15 @@ mod tests {
             format!("error page: [value {fp}] and again [value {fp}]; short")
         );
         assert!(matches!(redact("nothing here"), Cow::Borrowed(_)));
+        // A value JSON escapes is found in JSON too.
+        let odd = SecretValue::new("Zq\"uote\\back-slash\t0123456789".into());
+        remember("s", &odd);
+        let json = serde_json::json!({"error": format!("bad key {}", odd.expose())}).to_string();
+        let red = redact(&json);
+        assert!(!red.contains("uote"), "{red}");
+        assert!(
+            red.contains(&format!("[value {}]", odd.fingerprint("s"))),
+            "{red}"
+        );
     }
 }

@@ -15,6 +15,30 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+/// Shannon entropy of the characters of `s`, in bits per character (a random base64url value
+/// has close to 6, English words about 4, a repeated character 0).
+pub fn entropy_per_char(s: &str) -> f64 {
+    let mut counts = std::collections::BTreeMap::new();
+    let mut n = 0f64;
+    for c in s.chars() {
+        *counts.entry(c).or_insert(0f64) += 1.0;
+        n += 1.0;
+    }
+    counts
+        .values()
+        .map(|k| {
+            let p = k / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// True for a run of 20 or more token characters (`A-Za-z0-9+/=_-`) with at least 3.5 bits of
+/// entropy per character: what a generated secret looks like. Such runs are never quoted back.
+pub fn looks_like_a_value(token: &str) -> bool {
+    token.chars().count() >= 20 && entropy_per_char(token) >= 3.5
+}
+
 /// Domain separator of fingerprints; bump the version if the input format ever changes.
 const FINGERPRINT_DOMAIN: &[u8] = b"rotor/v1\0";
 

@@ -32,9 +32,40 @@ const OWN: &[&str] = &[
     "store.lock",
 ];
 
+/// Checks that `dir` may serve as a state directory without writing anything: it does not
+/// exist yet, or it is one (marked, or holding only rotor's own files).
+pub fn check(dir: &Path) -> Result<(), String> {
+    verdict(dir).map(|_| ())
+}
+
 /// Makes `dir` a state directory: creates and marks it, or checks that it is one. Writes
 /// nothing when it refuses.
 pub fn prepare(dir: &Path) -> Result<(), String> {
+    match verdict(dir)? {
+        Verdict::Marked => Ok(()),
+        Verdict::Adopt => mark(dir),
+        Verdict::Create => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("cannot create state_dir {}: {e}", dir.display()))?;
+            mark(dir)
+        }
+    }
+}
+
+/// What [`prepare`] would do.
+enum Verdict {
+    /// A marked state directory.
+    Marked,
+    /// An unmarked directory holding only rotor's files (or nothing): mark it.
+    Adopt,
+    /// Nothing there yet: create and mark it.
+    Create,
+}
+
+fn verdict(dir: &Path) -> Result<Verdict, String> {
     let shown = dir.display();
     let root = dir.parent().is_none() || fs::canonicalize(dir).is_ok_and(|c| c.parent().is_none());
     if root {
@@ -48,7 +79,7 @@ pub fn prepare(dir: &Path) -> Result<(), String> {
         )),
         Ok(_) => {
             if dir.join(MARKER).is_file() {
-                return Ok(());
+                return Ok(Verdict::Marked);
             }
             let entries = fs::read_dir(dir).map_err(|e| format!("state_dir {shown}: {e}"))?;
             let mut foreign = 0usize;
@@ -63,16 +94,9 @@ pub fn prepare(dir: &Path) -> Result<(), String> {
                     "state_dir {shown} holds {foreign} entries rotor did not create\n  help: point state_dir at a new directory (rotor creates and marks it with {MARKER})"
                 ));
             }
-            mark(dir)
+            Ok(Verdict::Adopt)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| format!("cannot create state_dir {shown}: {e}"))?;
-            mark(dir)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Verdict::Create),
         Err(e) => Err(format!("state_dir {shown}: {e}")),
     }
 }

@@ -123,6 +123,14 @@ async fn a_value_pasted_into_the_playbook_is_refused_without_being_printed() {
     assert_eq!(tree(env.path()), before, "a refusal changed files");
     std::fs::write(&env.playbook, &original).unwrap();
     env.rotor(&["check"]).await.assert_code(0);
+    // A leak report often quotes what leaked: the reason is recorded with the value replaced by
+    // its fingerprint (finish() scans the journal, its history and the audit log).
+    let reason = format!("leaked in CI: {value}");
+    env.rekey(&reason, &[]).await.assert_code(0);
+    // A handover timeout beyond 24h is refused before anything runs.
+    env.rekey("x", &["--handover-timeout", "300000000years"])
+        .await
+        .assert_code(2);
     env.finish().await;
 }
 
@@ -157,6 +165,24 @@ async fn refusals_and_reads_create_nothing() {
         .collect();
     assert!(siblings.is_empty(), "{siblings:?}");
     assert!(env.pb.state_dir.join(".rotor-state").is_file());
+
+    // Refusals after the store exists write nothing either: no state directory appears for
+    // `init` on an existing store, `resume`/`rollback` with no rotation, `--if-due` without a
+    // schedule; `status` creates no lock file.
+    std::fs::remove_dir_all(&env.pb.state_dir).unwrap();
+    let before = tree(env.path());
+    for cmd in [
+        &["init"][..],
+        &["resume"],
+        &["rollback"],
+        &["rotate", "--if-due"],
+    ] {
+        env.rotor(cmd).await.assert_code(2);
+    }
+    env.rotor(&["status"]).await.assert_code(0);
+    assert_eq!(tree(env.path()), before, "a refusal created files");
+    assert!(!env.pb.state_dir.exists());
+    env.rotor(&["up"]).await.assert_code(0);
 
     // plan reports a store it cannot read as check does.
     let mut perms = std::fs::metadata(path).unwrap().permissions();

@@ -27,12 +27,29 @@ pub struct Args {
     /// Scratch directory (default: a temporary one, removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Load workers per signer→validator path.
-    #[arg(long, default_value_t = 2)]
+    /// Load workers per signer→validator path (1 to 64).
+    #[arg(long, default_value_t = 2, value_parser = workers)]
     pub workers: usize,
-    /// Pause between two requests of one worker, e.g. `5ms`.
-    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+    /// Pause between two requests of one worker, e.g. `5ms` (1ms to 10s).
+    #[arg(long, default_value = "5ms", value_parser = interval)]
     pub interval: Duration,
+}
+
+/// `--workers`: from 1 to 64.
+fn workers(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err("give a number of workers from 1 to 64".into()),
+    }
+}
+
+/// `--interval`: from 1ms to 10s (a zero interval would not pace the load at all).
+fn interval(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(1) || d > Duration::from_secs(10) {
+        return Err("give an interval from 1ms to 10s".into());
+    }
+    Ok(d)
 }
 
 pub(super) async fn run(a: Args, out: &Arc<Output>) -> CliResult {

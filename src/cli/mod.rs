@@ -199,6 +199,8 @@ pub async fn engine_for_writing(
         .into());
     }
     e.screen_playbook().await?;
-    crate::state_dir::prepare(&state_dir).map_err(CliError::usage)?;
+    // The state directory is checked before anything is written into it, by whatever writes
+    // first (lock, journal, store lock, fleet): a command refused before then creates nothing.
+    crate::state_dir::check(&state_dir).map_err(CliError::usage)?;
     Ok(e)
 }

@@ -76,7 +76,8 @@ pub struct RekeyArgs {
     pub concurrency: Option<u16>,
     /// When an ordinary rotation is running, rekey asks it to stop at its next stable state
     /// and hand the rotation over (it does not wait for grace), and waits this long for it.
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    /// At most 24h.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = handover_timeout)]
     pub handover_timeout: std::time::Duration,
     /// One wave instead of three: every consumer at once onto the new value alone. Requests
     /// between a signer and a validator fail until the wave ends; rotor samples round trips
@@ -342,11 +343,22 @@ pub(super) async fn rekey(
         Some(i) => format!("{} (incident {i})", a.reason.trim()),
         None => a.reason.trim().to_string(),
     };
-    let report = engine_for_writing(pb, out, true)
-        .await?
-        .rekey(&opts)
-        .await?;
+    let engine = engine_for_writing(pb, out, true).await?;
+    // The reason is recorded in the journal, the audit log and a handover request: a value
+    // quoted in it (a leak report often quotes what leaked) is replaced by its fingerprint,
+    // now that the store's values are known.
+    opts.reason = crate::redact::redact(&opts.reason).into_owned();
+    let report = engine.rekey(&opts).await?;
     Ok(finish(out, &report))
+}
+
+/// `--handover-timeout`: a duration of at most 24h.
+fn handover_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d > std::time::Duration::from_secs(86_400) {
+        return Err("at most 24h: a rekey that waits longer is not an emergency".into());
+    }
+    Ok(d)
 }
 
 /// Asks twice: a hard cut causes failed requests on purpose.

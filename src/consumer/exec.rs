@@ -223,7 +223,18 @@ impl ExecConsumer {
             ))
         };
         if let Some(dir) = self.state_file.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            // `<state_dir>/exec/`: the state directory is checked (and marked) first.
+            if let Some(state_dir) = dir.parent() {
+                crate::state_dir::prepare(state_dir)
+                    .map_err(std::io::Error::other)
+                    .map_err(io)?;
+            }
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
         }
         let json = serde_json::to_vec_pretty(applied).expect("serializes");
         crate::store::local::atomic_write(&self.state_file, &json, 0o600).map_err(io)

@@ -370,11 +370,14 @@ impl JournalStore for JournalFile {
         journal.updated_at = Utc::now();
         let path = self.path();
         let bytes = serde_json::to_vec_pretty(journal).expect("journal serializes");
-        atomic_write(&path, &bytes, 0o600).map_err(|source| JournalError::Io {
-            path: path.display().to_string(),
-            action: "write",
-            source,
-        })
+        crate::state_dir::prepare(&self.dir)
+            .map_err(std::io::Error::other)
+            .and_then(|()| atomic_write(&path, &bytes, 0o600))
+            .map_err(|source| JournalError::Io {
+                path: path.display().to_string(),
+                action: "write",
+                source,
+            })
     }
 
     /// Moves the current journal to `history/<id>.json`.

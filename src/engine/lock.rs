@@ -288,7 +288,7 @@ impl FileLock {
     }
 
     fn open(&self) -> Result<File, LockError> {
-        fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
+        crate::state_dir::prepare(&self.dir).map_err(|e| self.io(std::io::Error::other(e)))?;
         OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -417,7 +417,12 @@ impl RotationLock for FileLock {
     }
 
     async fn holder(&self) -> Result<Option<Holder>, LockError> {
-        let file = self.open()?;
+        // Reads only: no lock file means nobody ever held it here, so it is free.
+        let file = match OpenOptions::new().read(true).open(self.lock_path()) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(e)),
+        };
         match file.try_lock() {
             Ok(()) => {
                 let _ = file.unlock();

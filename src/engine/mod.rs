@@ -631,8 +631,7 @@ impl Engine {
     }
 
     fn audit(&self) -> Result<Arc<Audit>, EngineError> {
-        std::fs::create_dir_all(&self.pb.state_dir)
-            .map_err(|e| EngineError::Io(format!("{}: {e}", self.pb.state_dir.display())))?;
+        crate::state_dir::prepare(&self.pb.state_dir).map_err(EngineError::Io)?;
         let path = self.pb.state_dir.join("audit.log");
         let file = OpenOptions::new()
             .create(true)
@@ -654,6 +653,17 @@ impl Engine {
 
     /// Initializes an empty store with a first generated value (S0). Refuses if it exists.
     pub async fn init(&self) -> Result<Fingerprint, EngineError> {
+        // A store that exists is refused before anything is written (the store says why).
+        if self.store.exists().await? {
+            let snap = self.store.snapshot().await?;
+            return Err(EngineError::Store(StoreError::Refused {
+                store: self.store.describe(),
+                detail: format!(
+                    "it already holds {} version(s); `rotor init` creates a store, it never overwrites one",
+                    snap.versions.len()
+                ),
+            }));
+        }
         let v = SecretValue::generate(self.pb.generate.alphabet, self.pb.generate.length)
             .map_err(|e| EngineError::Io(e.to_string()))?;
         crate::redact::remember(&self.pb.secret, &v);
@@ -987,8 +997,11 @@ impl Engine {
     ) -> Result<Box<dyn LockGuard>, EngineError> {
         let me = Holder::me("rekey");
         let started = Instant::now();
-        let until = Utc::now()
-            + chrono::Duration::from_std(opts.handover_timeout).unwrap_or(chrono::Duration::MAX);
+        // Checked: a timeout too long to add waits as long as the calendar allows.
+        let until = chrono::Duration::from_std(opts.handover_timeout)
+            .ok()
+            .and_then(|d| Utc::now().checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let mut asked: Option<lock::Handover> = None;
         let result = loop {
             let err = match self.lock.acquire(me.clone(), opts.force).await {
@@ -1088,6 +1101,8 @@ impl Engine {
 
     /// Continues the rotation in progress from its journal.
     pub async fn resume(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
+        // Nothing to resume is refused before the lock is taken (a refusal writes nothing).
+        self.active_journal().await?;
         let guard = self.lock.acquire(Holder::me("resume"), opts.force).await?;
         let result = self.resume_locked(guard.as_ref(), opts).await;
         self.release(guard).await;
@@ -1130,6 +1145,8 @@ impl Engine {
 
     /// Walks inverses back to `opts.rollback_to` (S0 by default).
     pub async fn rollback(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
+        // Nothing to roll back is refused before the lock is taken (a refusal writes nothing).
+        self.active_journal().await?;
         let guard = self
             .lock
             .acquire(Holder::me("rollback"), opts.force)

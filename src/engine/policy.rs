@@ -59,7 +59,7 @@ pub fn secret_like_literals(pb: &Playbook) -> Vec<String> {
             if !HINTS.iter().any(|h| upper.contains(h)) || literal.chars().count() < 20 {
                 continue;
             }
-            let bits = entropy_per_char(literal);
+            let bits = crate::secret::entropy_per_char(literal);
             if bits >= 3.5 {
                 out.push(format!(
                     "consumers[{i}].env.{name} holds a literal of {} characters that looks like a secret ({bits:.1} bits per character); values reach consumers through their slot names, never through the playbook",
@@ -69,23 +69,6 @@ pub fn secret_like_literals(pb: &Playbook) -> Vec<String> {
         }
     }
     out
-}
-
-/// Shannon entropy of the characters of `s`, in bits per character.
-fn entropy_per_char(s: &str) -> f64 {
-    let mut counts = std::collections::BTreeMap::new();
-    let mut n = 0f64;
-    for c in s.chars() {
-        *counts.entry(c).or_insert(0f64) += 1.0;
-        n += 1.0;
-    }
-    counts
-        .values()
-        .map(|k| {
-            let p = k / n;
-            -p * p.log2()
-        })
-        .sum()
 }
 
 /// Why `value` breaks the policy, one line each (empty: it passes). `weak` is the extra list

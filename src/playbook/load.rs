@@ -279,6 +279,26 @@ fn echo_long(text: &str) -> String {
 }
 
 fn echo_up_to(text: &str, max: usize) -> String {
+    // A run that looks like a generated value is named by its length, never quoted.
+    let is_token = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '_' | '-');
+    let mut masked = String::new();
+    let mut run = String::new();
+    for c in text.chars().chain(std::iter::once('\0')) {
+        if is_token(c) {
+            run.push(c);
+            continue;
+        }
+        if crate::secret::looks_like_a_value(&run) {
+            masked.push_str(&format!("<{} that look like a secret>", characters(&run)));
+        } else {
+            masked.push_str(&run);
+        }
+        run.clear();
+        if c != '\0' {
+            masked.push(c);
+        }
+    }
+    let text = masked.as_str();
     let mut out = String::new();
     for (count, c) in text.chars().enumerate() {
         if count == max {

@@ -402,7 +402,11 @@ mod tests {
             .snapshot()
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("holds secret `s`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("holds another secret (1 characters)"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -75,26 +75,32 @@ impl Model {
         self.versions.iter().find(|v| v.id == id)
     }
 
-    /// Checks what a backend loaded: `Err(detail)` names the first inconsistency.
+    /// Checks what a backend loaded: `Err(detail)` names the first inconsistency (quoting a
+    /// version id only when it looks like one: a short run of digits).
     pub fn check(&self, expected_secret: &str) -> Result<(), String> {
         if self.secret != expected_secret {
+            // The file's text is not quoted: it may be anything, a value included.
             return Err(format!(
-                "it holds secret `{}`, the playbook names `{expected_secret}`",
-                self.secret
+                "it holds another secret ({} characters) than the one the playbook names, `{expected_secret}`",
+                self.secret.chars().count()
             ));
         }
         for v in &self.versions {
             match (&v.value, v.state) {
                 (None, VersionState::Enabled | VersionState::Disabled) => {
-                    return Err(format!("version {} has no value", v.id));
+                    return Err(format!("version {} has no value", shown_id(&v.id)));
                 }
                 (Some(_), VersionState::Destroyed) => {
-                    return Err(format!("destroyed version {} still has a value", v.id));
+                    return Err(format!(
+                        "destroyed version {} still has a value",
+                        shown_id(&v.id)
+                    ));
                 }
                 (Some(val), _) if val.fingerprint(&self.secret) != v.fingerprint => {
                     return Err(format!(
                         "version {} does not match its fingerprint {}",
-                        v.id, v.fingerprint
+                        shown_id(&v.id),
+                        v.fingerprint
                     ));
                 }
                 _ => {}
@@ -105,7 +111,8 @@ impl Model {
                 && self.version(id).is_none()
             {
                 return Err(format!(
-                    "the {slot} slot names version {id}, which does not exist"
+                    "the {slot} slot names version {}, which does not exist",
+                    shown_id(id)
                 ));
             }
         }
@@ -232,5 +239,15 @@ impl Model {
             v.value = None;
         }
         Ok(true)
+    }
+}
+
+/// A version id from a store file as messages show it: short digit ids as they are, anything
+/// else by length only (a hand-edited file may hold a value where an id belongs).
+fn shown_id(id: &str) -> String {
+    if (1..=12).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit()) {
+        id.to_string()
+    } else {
+        format!("<an id of {} characters>", id.chars().count())
     }
 }

@@ -97,6 +97,10 @@ impl Layout {
 
     /// Creates the directories (0700).
     pub fn create(&self) -> io::Result<()> {
+        // `<state_dir>/fleet/<consumer>`: the state directory is checked (and marked) first.
+        if let Some(state_dir) = self.dir.parent().and_then(Path::parent) {
+            crate::state_dir::prepare(state_dir).map_err(io::Error::other)?;
+        }
         let mut b = fs::DirBuilder::new();
         b.recursive(true).mode(0o700);
         b.create(self.instances_dir())?;
