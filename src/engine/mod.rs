@@ -659,7 +659,7 @@ impl Engine {
             return Err(EngineError::Store(StoreError::Refused {
                 store: self.store.describe(),
                 detail: format!(
-                    "it already holds {} version(s); `rotor init` creates a store, it never overwrites one",
+                    "it already exists ({} versions); `rotor init` creates a store, it never overwrites one",
                     snap.versions.len()
                 ),
             }));
