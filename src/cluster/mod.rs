@@ -199,6 +199,13 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
+    /// The playbook uses Kubernetes but no connection was opened (a caller's mistake).
+    pub fn not_connected() -> ClusterError {
+        ClusterError::Connect {
+            detail: "the playbook uses Kubernetes but no cluster connection was opened".into(),
+        }
+    }
+
     /// Whether retrying the same call may succeed (429, 5xx, timeouts, connection errors).
     pub fn is_transient(&self) -> bool {
         match self {
@@ -351,6 +358,22 @@ where
 pub fn jitter(d: Duration) -> Duration {
     let f: f64 = rand::rng().random_range(0.75..1.25);
     d.mul_f64(f)
+}
+
+/// An error and its sources, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        // Some errors repeat their source in their own message: say it once.
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 #[cfg(test)]

@@ -204,21 +204,7 @@ pub fn configured_held(
     }
 }
 
-/// An error and its sources, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        // Some errors repeat their source in their own message: say it once.
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
-}
+pub use crate::cluster::error_chain;
 
 /// Fingerprints an instance holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -530,7 +516,7 @@ pub fn open(
             playbook,
             spec,
             k,
-            cluster.ok_or_else(crate::store::no_cluster)?,
+            cluster.ok_or_else(ClusterError::not_connected)?,
         )),
         ConsumerKind::Exec(e) => Arc::new(exec::ExecConsumer::new(playbook, spec, e)),
     })

@@ -462,7 +462,7 @@ impl GcpStore {
                     store: self.describe(),
                     detail: format!(
                         "cannot set up the Secret Manager client: {}",
-                        crate::consumer::error_chain(&e)
+                        crate::cluster::error_chain(&e)
                     ),
                     help: "set up Application Default Credentials (`gcloud auth application-default login`, GOOGLE_APPLICATION_CREDENTIALS, or workload identity); docs/gcp.md".into(),
                 })

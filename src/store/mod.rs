@@ -230,18 +230,11 @@ pub fn open(
             playbook.state_dir.join("store.lock"),
         )),
         StoreSpec::Kubernetes { namespace, name } => Box::new(kubernetes::KubernetesStore::new(
-            cluster.ok_or_else(no_cluster)?,
+            cluster.ok_or_else(ClusterError::not_connected)?,
             namespace,
             name,
             &playbook.secret,
         )),
         StoreSpec::Gcp(spec) => Box::new(gcp::GcpStore::new(spec, &playbook.secret)),
     })
-}
-
-/// The error when a playbook part needs a cluster and none was connected.
-pub fn no_cluster() -> ClusterError {
-    ClusterError::Connect {
-        detail: "the playbook uses Kubernetes but no cluster connection was opened".into(),
-    }
 }
