@@ -439,6 +439,25 @@ pub async fn webhook_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
     (url, heard)
 }
 
+/// Every file under `dir` (instance logs aside) with its bytes and modification time: what a
+/// read or a refusal must leave exactly as it was.
+pub fn tree(dir: &std::path::Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
+    let mut v: Vec<_> = crate::common::walk(dir)
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("/logs/"))
+        .map(|p| {
+            let m = std::fs::metadata(&p).unwrap();
+            (
+                p.display().to_string(),
+                std::fs::read(&p).unwrap(),
+                m.modified().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 pub fn version<'a>(store: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     store["versions"]
         .as_array()

@@ -1,7 +1,7 @@
 //! Hardening (issue 13): no value in any output even when a peer quotes one, refusals that
 //! change nothing, and time arithmetic that cannot shorten a safety wait.
 
-use crate::common::{Env, webhook_receiver};
+use crate::common::{Env, tree, webhook_receiver};
 
 /// A signer whose error pages quote its own key (in the body and in a header): the value must
 /// reach none of stdout, stderr, JSON events, the journal, the audit log, the webhook, the
@@ -70,20 +70,6 @@ async fn a_peer_that_quotes_its_value_never_puts_it_in_any_output() {
     }
     std::fs::write(env.path().join("faults/backend"), "").unwrap();
     env.finish().await;
-}
-
-/// Every file under `dir` with its bytes (what a refusal must leave exactly as it was).
-fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut files: Vec<_> = crate::common::walk(dir)
-        .into_iter()
-        .filter(|p| !p.components().any(|c| c.as_os_str() == "logs"))
-        .map(|p| {
-            let bytes = std::fs::read(&p).unwrap_or_default();
-            (p, bytes)
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,7 +190,7 @@ async fn a_second_rotate_is_refused_with_the_holders_stage() {
 async fn plan_changes_nothing() {
     let env = Env::new();
     env.up().await;
-    let before = tree(env.path());
+    let before = crate::common::tree(env.path());
     let out = env.rotor(&["plan"]).await;
     out.assert_code(0);
     assert!(out.stdout.contains("wave T2 widen"), "{}", out.stdout);
@@ -209,28 +209,15 @@ async fn plan_changes_nothing() {
     let json = env.rotor(&["--output", "json", "plan"]).await;
     json.assert_code(0);
     assert_eq!(json.last_json()["waves"].as_array().unwrap().len(), 5);
-    assert_eq!(before, tree(env.path()), "plan changed files");
+    assert_eq!(
+        before,
+        crate::common::tree(env.path()),
+        "plan changed files"
+    );
     env.finish().await;
 }
 
 /// Path → (size, content, mtime) of every file.
-fn tree(dir: &std::path::Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
-    let mut v: Vec<_> = crate::common::walk(dir)
-        .into_iter()
-        .filter(|p| !p.to_string_lossy().contains("/logs/"))
-        .map(|p| {
-            let m = std::fs::metadata(&p).unwrap();
-            (
-                p.display().to_string(),
-                std::fs::read(&p).unwrap(),
-                m.modified().unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_finds_drift_and_rotate_refuses_to_start_on_it() {
     let env = Env::new();

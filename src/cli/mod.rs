@@ -198,7 +198,6 @@ pub async fn engine_for_writing(
         })
         .into());
     }
-    e.screen_playbook().await?;
     // The state directory is checked before anything is written into it, by whatever writes
     // first (lock, journal, store lock, fleet): a command refused before then creates nothing.
     crate::state_dir::check(&state_dir).map_err(CliError::usage)?;

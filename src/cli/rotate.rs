@@ -343,12 +343,10 @@ pub(super) async fn rekey(
         Some(i) => format!("{} (incident {i})", a.reason.trim()),
         None => a.reason.trim().to_string(),
     };
-    let engine = engine_for_writing(pb, out, true).await?;
-    // The reason is recorded in the journal, the audit log and a handover request: a value
-    // quoted in it (a leak report often quotes what leaked) is replaced by its fingerprint,
-    // now that the store's values are known.
-    opts.reason = crate::redact::redact(&opts.reason).into_owned();
-    let report = engine.rekey(&opts).await?;
+    let report = engine_for_writing(pb, out, true)
+        .await?
+        .rekey(&opts)
+        .await?;
     Ok(finish(out, &report))
 }
 

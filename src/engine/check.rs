@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::gate::{Labeled, canary, prove_validating};
+use super::gate::Labeled;
 use super::{Engine, EngineError};
 use crate::consumer::HeldSource;
 use crate::playbook::SlotRef;
-use crate::protocol::{Role, State, Which, accepts, consumer_slots};
+use crate::protocol::{Role, State, Which, accepts, consumer_slots, sends};
 use crate::secret::Fingerprint;
 
 /// What one instance holds.
@@ -55,59 +55,39 @@ pub struct DriftReport {
 }
 
 impl Engine {
-    /// Proves one running instance for `state`: a validator accepts what the store says it must
-    /// and rejects a fresh canary; a signer's round trips pass to every serving instance of the
-    /// validators it calls. Returns the problems found.
+    /// Proves one running instance for `state` through the same gate a rollout uses: a
+    /// validator accepts what the store says it must and rejects a fresh canary; a signer
+    /// reports what it sends and its round trips pass. Returns the problem found, if any.
     async fn prove_instance(
         &self,
-        spec: &crate::playbook::ConsumerSpec,
+        c: &std::sync::Arc<dyn crate::consumer::Consumer>,
         state: State,
         inst: &crate::consumer::Instance,
         values: &BTreeMap<Which, Labeled>,
-        serving: &BTreeMap<String, Vec<crate::consumer::Instance>>,
-    ) -> Vec<String> {
-        let timeout = self.pb.timings.probe_timeout;
+    ) -> Option<String> {
         let Some(addr) = inst.addr else {
-            return vec![format!(
+            return Some(format!(
                 "{} {}: has no address to prove it at",
-                spec.name, inst.id
-            )];
+                c.name(),
+                inst.id
+            ));
         };
-        let mut out = Vec::new();
-        if spec.role.validates() {
-            let accept: Vec<Labeled> = accepts(state, spec.role)
-                .into_iter()
-                .filter_map(|w| values.get(&w).cloned())
-                .collect();
-            match canary(&self.pb.generate) {
-                Err(e) => out.push(format!("cannot make a canary value: {e}")),
-                Ok(c) => {
-                    if let Err(r) = prove_validating(spec, addr, &accept, &[c], timeout).await {
-                        out.push(format!(
-                            "{} {}: {}{}",
-                            spec.name,
-                            inst.id,
-                            if r.fails_open { "fails open: " } else { "" },
-                            r.detail
-                        ));
-                    }
-                }
-            }
-        }
-        if spec.role.signs() {
-            for r in &spec.roundtrips {
-                for to in serving.get(&r.to).into_iter().flatten() {
-                    let Some(to_addr) = to.addr else { continue };
-                    if let Err(e) = crate::probe::roundtrip(r, addr, to_addr, timeout).await {
-                        out.push(format!(
-                            "{} {}: round trip to {} {} failed: {e}",
-                            spec.name, inst.id, r.to, to.id
-                        ));
-                    }
-                }
-            }
-        }
-        out
+        let accept = accepts(state, c.role())
+            .into_iter()
+            .filter_map(|w| values.get(&w).cloned())
+            .collect();
+        let sends = sends(state, c.role()).and_then(|w| values.get(&w).cloned());
+        let gate = self.gate(c, accept, Vec::new(), sends, true);
+        let r = crate::consumer::Gate::prove(&gate, &inst.id, addr)
+            .await
+            .err()?;
+        Some(format!(
+            "{} {}: {}{}",
+            c.name(),
+            inst.id,
+            if r.fails_open { "fails open: " } else { "" },
+            r.detail
+        ))
     }
 
     /// The store's slot values judged by the policy (`super::policy`), and values the store
@@ -309,10 +289,7 @@ impl Engine {
                         ));
                     }
                 }
-                problems.extend(
-                    self.prove_instance(spec, state, &inst, &values, &serving)
-                        .await,
-                );
+                problems.extend(self.prove_instance(c, state, &inst, &values).await);
                 views.push(InstanceView {
                     consumer: c.name().into(),
                     role: c.role(),

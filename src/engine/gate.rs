@@ -101,8 +101,6 @@ pub async fn prove_validating(
 pub struct InstanceGate<'a> {
     /// The consumer's playbook entry (probes, round trips, fingerprints path).
     pub spec: &'a ConsumerSpec,
-    /// Secret name (fingerprint domain).
-    pub secret: String,
     /// Values a validating instance must accept.
     pub accept: Vec<Labeled>,
     /// Values a validating instance must reject (the canary is added on every proof).

@@ -722,7 +722,6 @@ impl Engine {
                 .pb
                 .consumer(c.name())
                 .expect("consumers are opened from the playbook"),
-            secret: self.pb.secret.clone(),
             accept,
             reject,
             sends: sends.as_ref().map(|v| v.value.fingerprint(&self.pb.secret)),
@@ -891,6 +890,8 @@ impl Engine {
 
     /// Starts a rotation from S0.
     pub async fn rotate(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
+        // Refused before the lock is taken: a refusal writes nothing.
+        self.screen_playbook().await?;
         let guard = self.lock.acquire(Holder::me("rotate"), opts.force).await?;
         let result = self.rotate_locked(guard.as_ref(), opts).await;
         self.release(guard).await;
@@ -903,7 +904,6 @@ impl Engine {
         guard: &dyn LockGuard,
         opts: &RunOptions,
     ) -> Result<RunReport, EngineError> {
-        self.screen_playbook().await?;
         if let Some(j) = self.journals.load().await? {
             if j.status.is_active() {
                 return Err(EngineError::Active {
@@ -962,7 +962,13 @@ impl Engine {
     /// A rotation in progress is taken over from where it stands and driven forward to S5
     /// (a rollback in progress is finished first, then a new rotation starts).
     pub async fn rekey(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
+        // Refused before the lock is taken: a refusal writes nothing.
+        self.screen_playbook().await?;
         let mut opts = opts.clone();
+        // The reason goes into the journal, the audit log and a handover request: a value
+        // quoted in it (a leak report often quotes what leaked) becomes its fingerprint, now
+        // that screening has read the store's values.
+        opts.reason = crate::redact::redact(&opts.reason).into_owned();
         opts.mode = Mode::Emergency;
         opts.until = Some(State::S5);
         let guard = self.acquire_for_rekey(&opts).await?;
@@ -1081,7 +1087,6 @@ impl Engine {
         guard: &dyn LockGuard,
         opts: &RunOptions,
     ) -> Result<RunReport, EngineError> {
-        self.screen_playbook().await?;
         let mut journal = self.active_journal().await?;
         journal.mode = Mode::Emergency;
         journal.reason = opts.reason.clone();
@@ -1101,6 +1106,8 @@ impl Engine {
 
     /// Continues the rotation in progress from its journal.
     pub async fn resume(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
+        // Refused before the lock is taken: a refusal writes nothing.
+        self.screen_playbook().await?;
         // Nothing to resume is refused before the lock is taken (a refusal writes nothing).
         self.active_journal().await?;
         let guard = self.lock.acquire(Holder::me("resume"), opts.force).await?;
@@ -1115,7 +1122,6 @@ impl Engine {
         guard: &dyn LockGuard,
         opts: &RunOptions,
     ) -> Result<RunReport, EngineError> {
-        self.screen_playbook().await?;
         let journal = self.active_journal().await?;
         let audit = self.audit()?;
         let rolling_back = journal.rolling_back();
@@ -1145,6 +1151,8 @@ impl Engine {
 
     /// Walks inverses back to `opts.rollback_to` (S0 by default).
     pub async fn rollback(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
+        // Refused before the lock is taken: a refusal writes nothing.
+        self.screen_playbook().await?;
         // Nothing to roll back is refused before the lock is taken (a refusal writes nothing).
         self.active_journal().await?;
         let guard = self
@@ -1162,7 +1170,6 @@ impl Engine {
         guard: &dyn LockGuard,
         opts: &RunOptions,
     ) -> Result<RunReport, EngineError> {
-        self.screen_playbook().await?;
         let journal = self.active_journal().await?;
         if journal.state == State::S5 {
             return Err(EngineError::Irreversible(journal.id));

@@ -56,11 +56,9 @@ pub fn secret_like_literals(pb: &Playbook) -> Vec<String> {
         };
         for (name, literal) in &p.env {
             let upper = name.to_ascii_uppercase();
-            if !HINTS.iter().any(|h| upper.contains(h)) || literal.chars().count() < 20 {
-                continue;
-            }
-            let bits = crate::secret::entropy_per_char(literal);
-            if bits >= 3.5 {
+            if HINTS.iter().any(|h| upper.contains(h)) && crate::secret::looks_like_a_value(literal)
+            {
+                let bits = crate::secret::entropy_per_char(literal);
                 out.push(format!(
                     "consumers[{i}].env.{name} holds a literal of {} characters that looks like a secret ({bits:.1} bits per character); values reach consumers through their slot names, never through the playbook",
                     literal.chars().count()

@@ -116,17 +116,13 @@ impl Run<'_> {
         .try_collect()
         .await?;
         let count: usize = counts.iter().sum();
-        let list = |ws: &[Which]| {
-            ws.iter()
-                .map(|w| self.fp_str(*w))
-                .chain(std::iter::once("a canary".to_string()).filter(|_| ws == reject))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let fps = |ws: &[Which]| ws.iter().map(|w| self.fp_str(*w)).collect::<Vec<_>>();
+        let mut rejected = fps(reject);
+        rejected.push("a canary".into());
         Ok(format!(
             "{count} validator instances accept {{{}}} and reject {{{}}}",
-            list(accept),
-            list(reject)
+            fps(accept).join(", "),
+            rejected.join(", ")
         ))
     }
 

@@ -357,14 +357,24 @@ impl Turn {
 /// (annotations and version aliases, by name only: never a value) and a new etag. A server that
 /// ignores fields it does not know answers 200 all the same.
 fn not_applied(sent: &sm::Secret, got: &sm::Secret, mask: &[&str]) -> Option<String> {
+    /// The keys rotor sent that came back different, by name (rotor's own keys: never the
+    /// server's text), at most five, then how many more; plus how many keys it added.
     fn differing<V: PartialEq>(a: &HashMap<String, V>, b: &HashMap<String, V>) -> Vec<String> {
         let mut keys: Vec<String> = a
             .iter()
             .filter(|(k, v)| b.get(*k) != Some(*v))
             .map(|(k, _)| k.clone())
-            .chain(b.keys().filter(|k| !a.contains_key(*k)).cloned())
             .collect();
         keys.sort();
+        if keys.len() > 5 {
+            let more = keys.len() - 5;
+            keys.truncate(5);
+            keys.push(format!("{more} more"));
+        }
+        let added = b.keys().filter(|k| !a.contains_key(*k)).count();
+        if added > 0 {
+            keys.push(format!("{added} keys rotor did not send"));
+        }
         keys
     }
     let mut why = Vec::new();
