@@ -135,6 +135,23 @@ pub enum Event {
         /// Why it stopped where it stopped.
         detail: String,
     },
+    /// A command that runs a rotation (rotate, rekey, resume, rollback) returned, with the
+    /// store's state after it. Emitted only when a sink asks for it
+    /// ([`EventSink::wants_summary`]): reading the store costs a call.
+    Summary {
+        /// rotate / rekey / resume / rollback.
+        command: String,
+        /// completed / paused / declined / rolled_back / handed_over, or `error`.
+        outcome: String,
+        /// The exit code the command ends with.
+        exit_code: u8,
+        /// Wall time of the run in seconds, when it ran.
+        wall_seconds: Option<f64>,
+        /// Age of the store's primary value in seconds, when the store could be read.
+        primary_age_seconds: Option<f64>,
+        /// True when a rotation is still in progress (its journal is active).
+        in_progress: bool,
+    },
     /// Free-form progress for humans.
     Note {
         /// Text.
@@ -146,7 +163,21 @@ pub enum Event {
 pub trait EventSink: Send + Sync {
     /// Records one event.
     fn emit(&self, event: &Event);
+
+    /// True when this sink needs an [`Event::Summary`] at the end of each rotation command.
+    fn wants_summary(&self) -> bool {
+        false
+    }
+
+    /// Waits (boundedly) for whatever this sink still delivers in the background; the engine
+    /// awaits it when a rotation command ends.
+    fn flush(&self) -> Flush<'_> {
+        Box::pin(async {})
+    }
 }
+
+/// What [`EventSink::flush`] returns.
+pub type Flush<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 /// Discards events.
 pub struct NullSink;
@@ -163,5 +194,17 @@ impl EventSink for Tee {
         for s in &self.0 {
             s.emit(event);
         }
+    }
+
+    fn wants_summary(&self) -> bool {
+        self.0.iter().any(|s| s.wants_summary())
+    }
+
+    fn flush(&self) -> Flush<'_> {
+        Box::pin(async {
+            for s in &self.0 {
+                s.flush().await;
+            }
+        })
     }
 }

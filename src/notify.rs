@@ -10,14 +10,14 @@
 //! rotation because a notification could not be delivered (that is logged).
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::engine::{EngineError, RunOutcome, RunReport};
-use crate::events::{Event, EventSink};
+use crate::events::{Event, EventSink, Flush, Tee};
 use crate::exit::Exit;
+use crate::playbook::Playbook;
 
 /// How long the end of a run waits for messages still being delivered.
 const FLUSH: Duration = Duration::from_secs(5);
@@ -79,14 +79,6 @@ impl Webhook {
             _ => return None,
         })
     }
-
-    /// Waits (up to a few seconds) for messages still being delivered.
-    pub async fn flush(&self) {
-        let pending: Vec<_> = std::mem::take(&mut *self.pending.lock().expect("webhook mutex"));
-        for p in pending {
-            let _ = tokio::time::timeout(FLUSH, p).await;
-        }
-    }
 }
 
 impl EventSink for Webhook {
@@ -113,6 +105,16 @@ impl EventSink for Webhook {
         });
         self.pending.lock().expect("webhook mutex").push(task);
     }
+
+    /// Waits (up to a few seconds each) for messages still being delivered.
+    fn flush(&self) -> Flush<'_> {
+        Box::pin(async {
+            let pending: Vec<_> = std::mem::take(&mut *self.pending.lock().expect("webhook mutex"));
+            for p in pending {
+                let _ = tokio::time::timeout(FLUSH, p).await;
+            }
+        })
+    }
 }
 
 /// One secret's metrics, as written to the textfile.
@@ -130,20 +132,30 @@ pub struct Metrics {
     pub in_progress: bool,
 }
 
-/// The metrics file of one secret.
+/// The metrics file of one secret: a sink that rewrites the file on every
+/// [`Event::Summary`].
 pub struct MetricsFile {
     path: PathBuf,
     secret: String,
     environment: String,
+    /// Where a failure to write the file is reported.
+    notes: Arc<dyn EventSink>,
 }
 
 impl MetricsFile {
-    /// `path` for `secret` in `environment`.
-    pub fn new(path: PathBuf, secret: &str, environment: &str) -> MetricsFile {
+    /// `path` for `secret` in `environment`; a file that cannot be written is reported to
+    /// `notes`.
+    pub fn new(
+        path: PathBuf,
+        secret: &str,
+        environment: &str,
+        notes: Arc<dyn EventSink>,
+    ) -> MetricsFile {
         MetricsFile {
             path,
             secret: secret.into(),
             environment: environment.into(),
+            notes,
         }
     }
 
@@ -232,36 +244,84 @@ impl MetricsFile {
         crate::store::local::atomic_write(&self.path, self.render(m).as_bytes(), 0o644)
     }
 
-    /// The metrics after a run that ended with `result`, over what the file said before.
-    pub fn after(
-        &self,
-        result: &Result<RunReport, EngineError>,
-        primary_age_seconds: Option<f64>,
-        in_progress: bool,
-    ) -> Metrics {
+    /// The metrics after the command `summary` (an [`Event::Summary`]) describes, over what
+    /// the file said before; `None` for any other event.
+    pub fn after(&self, summary: &Event) -> Option<Metrics> {
+        let Event::Summary {
+            outcome,
+            exit_code,
+            wall_seconds,
+            primary_age_seconds,
+            in_progress,
+            ..
+        } = summary
+        else {
+            return None;
+        };
         let mut m = self.read();
-        m.primary_age_seconds = primary_age_seconds;
-        m.in_progress = in_progress;
-        match result {
-            Ok(r) if r.outcome == RunOutcome::Completed => {
-                m.last_rotation = Some(Utc::now());
-                m.last_rotation_seconds = Some(r.wall_seconds);
-            }
-            Ok(_) => {}
-            // A rotation that failed or rolled back; not a command that did not apply (nothing
-            // to resume, a lock held by another run, a usage error).
-            Err(e)
-                if matches!(
-                    e.exit(),
-                    Exit::RolledBack | Exit::NeedsOperator | Exit::Internal
-                ) =>
-            {
-                m.failures += 1;
-            }
-            Err(_) => {}
+        m.primary_age_seconds = *primary_age_seconds;
+        m.in_progress = *in_progress;
+        if outcome == "completed" {
+            m.last_rotation = Some(Utc::now());
+            m.last_rotation_seconds = *wall_seconds;
         }
-        m
+        // A rotation that failed or rolled back; not a command that did not apply (nothing to
+        // resume, a lock held by another run, a usage error).
+        let failed = [Exit::RolledBack, Exit::NeedsOperator, Exit::Internal];
+        if outcome == "error" && failed.iter().any(|e| *e as u8 == *exit_code) {
+            m.failures += 1;
+        }
+        Some(m)
     }
+}
+
+impl EventSink for MetricsFile {
+    fn emit(&self, event: &Event) {
+        let Some(m) = self.after(event) else {
+            return;
+        };
+        if let Err(e) = self.write(&m) {
+            self.notes.emit(&Event::Note {
+                message: format!("could not write the metrics file: {e}"),
+            });
+        }
+    }
+
+    fn wants_summary(&self) -> bool {
+        true
+    }
+}
+
+/// `out` followed by the notifications `pb.notify` asks for (a webhook, a metrics file): the
+/// sink the engine writes to. A `webhook_env` that is not set is reported to `out` and means no
+/// webhook this run.
+pub fn around(pb: &Playbook, out: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
+    let mut sinks: Vec<Arc<dyn EventSink>> = vec![out.clone()];
+    if let Some(var) = &pb.notify.webhook_env {
+        match std::env::var(var).ok().filter(|u| !u.trim().is_empty()) {
+            Some(url) => {
+                let label = format!("{} ({})", pb.secret, pb.environment.as_str());
+                sinks.push(Arc::new(Webhook::new(url, label)));
+            }
+            None => out.emit(&Event::Note {
+                message: format!(
+                    "notify.webhook_env names {var}, which is not set: no webhook notifications this run"
+                ),
+            }),
+        }
+    }
+    if let Some(p) = &pb.notify.metrics_file {
+        sinks.push(Arc::new(MetricsFile::new(
+            p.clone(),
+            &pb.secret,
+            pb.environment.as_str(),
+            out.clone(),
+        )));
+    }
+    if sinks.len() == 1 {
+        return out;
+    }
+    Arc::new(Tee(sinks))
 }
 
 #[cfg(test)]
@@ -271,7 +331,12 @@ mod tests {
     #[test]
     fn metrics_round_trip_through_the_file_and_count_failures() {
         let dir = tempfile::tempdir().unwrap();
-        let f = MetricsFile::new(dir.path().join("rotor.prom"), "s", "production");
+        let f = MetricsFile::new(
+            dir.path().join("rotor.prom"),
+            "s",
+            "production",
+            Arc::new(crate::events::NullSink),
+        );
         let m = Metrics {
             primary_age_seconds: Some(12.5),
             last_rotation: DateTime::from_timestamp(1_800_000_000, 0),
@@ -288,10 +353,18 @@ mod tests {
         assert!(text.contains(
             "rotor_rotation_failures_total{secret=\"s\",environment=\"production\"} 2\n"
         ));
-        let failed: Result<RunReport, EngineError> = Err(EngineError::Io("disk full".into()));
-        assert_eq!(f.after(&failed, None, false).failures, 3);
-        let not_applicable: Result<RunReport, EngineError> = Err(EngineError::NoRotation);
-        assert_eq!(f.after(&not_applicable, None, false).failures, 2);
+        let ended = |e: crate::engine::EngineError| Event::Summary {
+            command: "rotate".into(),
+            outcome: "error".into(),
+            exit_code: e.exit() as u8,
+            wall_seconds: None,
+            primary_age_seconds: None,
+            in_progress: false,
+        };
+        let failed = ended(crate::engine::EngineError::Io("disk full".into()));
+        assert_eq!(f.after(&failed).unwrap().failures, 3);
+        let not_applicable = ended(crate::engine::EngineError::NoRotation);
+        assert_eq!(f.after(&not_applicable).unwrap().failures, 2);
     }
 
     #[test]

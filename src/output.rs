@@ -247,7 +247,9 @@ impl EventSink for Output {
                     self.bar_message(format!("{consumer}: {instance} proven in {millis:.0} ms"));
                 }
             }
-            Event::RolloutStarted { .. } | Event::RolloutFinished { .. } => {}
+            Event::RolloutStarted { .. }
+            | Event::RolloutFinished { .. }
+            | Event::Summary { .. } => {}
         }
     }
 }

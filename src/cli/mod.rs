@@ -179,7 +179,8 @@ pub fn load(path: &std::path::Path, state_dir: Option<PathBuf>) -> Result<Playbo
 
 /// Opens the engine for a playbook with `out` as its event sink.
 pub async fn engine(pb: Playbook, out: &Arc<Output>) -> Result<Engine, CliError> {
-    Ok(Engine::open(pb, out.clone()).await?)
+    let events = crate::notify::around(&pb, out.clone());
+    Ok(Engine::open(pb, events).await?)
 }
 
 /// Opens the engine for a command that writes: refuses, before anything is written, a store
@@ -191,7 +192,8 @@ pub async fn engine_for_writing(
     needs_store: bool,
 ) -> Result<Engine, CliError> {
     let state_dir = pb.state_dir.clone();
-    let e = Engine::open(pb, out.clone()).await?;
+    let events = crate::notify::around(&pb, out.clone());
+    let e = Engine::open(pb, events).await?;
     if needs_store && !e.store().exists().await.map_err(EngineError::from)? {
         return Err(EngineError::Store(crate::store::StoreError::Missing {
             store: e.store().describe(),

@@ -7,7 +7,7 @@ use super::{CliResult, engine_for_writing, load};
 use crate::engine::journal::Mode;
 use std::io::IsTerminal as _;
 
-use crate::engine::{Confirm, Due, RunOptions, RunOutcome, RunReport};
+use crate::engine::{Confirm, Due, RunOptions, RunReport};
 use crate::exit::Exit;
 use crate::output::{Format, Output, render_report};
 use crate::protocol::State;
@@ -153,11 +153,7 @@ fn finish(out: &Output, report: &RunReport) -> Exit {
     } else {
         out.line(&render_report(report));
     }
-    match report.outcome {
-        RunOutcome::Declined => Exit::Declined,
-        RunOutcome::HandedOver => Exit::HandedOver,
-        _ => Exit::Ok,
-    }
+    report.outcome.exit()
 }
 
 pub(super) async fn rotate(

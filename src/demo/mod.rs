@@ -153,6 +153,7 @@ pub async fn run(
     workers: usize,
     interval: Duration,
 ) -> Result<(DemoReport, Option<EngineError>), EngineError> {
+    let events = crate::notify::around(&pb, events);
     let engine = match cluster {
         Some(c) => Engine::open_with(pb.clone(), events.clone(), Some(c))?,
         None => Engine::open(pb.clone(), events.clone()).await?,

@@ -399,6 +399,17 @@ pub enum RunOutcome {
     HandedOver,
 }
 
+impl RunOutcome {
+    /// The exit code a command that ended this way returns.
+    pub fn exit(&self) -> crate::exit::Exit {
+        match self {
+            RunOutcome::Declined => crate::exit::Exit::Declined,
+            RunOutcome::HandedOver => crate::exit::Exit::HandedOver,
+            _ => crate::exit::Exit::Ok,
+        }
+    }
+}
+
 /// Duration of one step.
 #[derive(Debug, Clone, Serialize)]
 pub struct StageTiming {
@@ -449,10 +460,6 @@ pub struct Engine {
     events: Arc<dyn EventSink>,
     lock: Box<dyn RotationLock>,
     journals: Box<dyn JournalStore>,
-    /// The webhook, when the playbook names one (its messages are awaited after each run).
-    webhook: Option<Arc<crate::notify::Webhook>>,
-    /// The Prometheus textfile, when the playbook names one.
-    metrics: Option<crate::notify::MetricsFile>,
     /// For the gates' fingerprints reports (one connection per request: instances come and go).
     http: reqwest::Client,
 }
@@ -494,27 +501,6 @@ impl Engine {
         lock: Box<dyn RotationLock>,
     ) -> Engine {
         let journals = Box::new(JournalFile::new(&pb.state_dir));
-        let label = format!("{} ({})", pb.secret, pb.environment.as_str());
-        let webhook = pb.notify.webhook_env.as_ref().and_then(|var| {
-            match std::env::var(var).ok().filter(|u| !u.trim().is_empty()) {
-                Some(url) => Some(Arc::new(crate::notify::Webhook::new(url, label.clone()))),
-                None => {
-                    events.emit(&Event::Note {
-                        message: format!(
-                            "notify.webhook_env names {var}, which is not set: no webhook notifications this run"
-                        ),
-                    });
-                    None
-                }
-            }
-        });
-        let events: Arc<dyn EventSink> = match &webhook {
-            Some(w) => Arc::new(crate::events::Tee(vec![events, w.clone()])),
-            None => events,
-        };
-        let metrics = pb.notify.metrics_file.as_ref().map(|p| {
-            crate::notify::MetricsFile::new(p.clone(), &pb.secret, pb.environment.as_str())
-        });
         Engine {
             pb,
             store,
@@ -522,8 +508,6 @@ impl Engine {
             events,
             lock,
             journals,
-            webhook,
-            metrics,
             http: reqwest::Client::builder()
                 .no_proxy()
                 .pool_max_idle_per_host(0)
@@ -532,27 +516,42 @@ impl Engine {
         }
     }
 
-    /// After a run: the webhook's messages delivered (or given up on), the metrics file
-    /// rewritten. Never fails the run.
-    async fn finished(&self, result: &Result<RunReport, EngineError>) {
-        if let Some(m) = &self.metrics {
-            let age = match self.store.snapshot().await {
-                Ok(snap) => snap
-                    .primary_version()
-                    .map(|v| (Utc::now() - v.created_at).num_milliseconds() as f64 / 1000.0),
-                Err(_) => None,
-            };
-            let in_progress =
-                matches!(self.journals.load().await, Ok(Some(j)) if j.status.is_active());
-            if let Err(e) = m.write(&m.after(result, age, in_progress)) {
-                self.events.emit(&Event::Note {
-                    message: format!("could not write the metrics file: {e}"),
-                });
+    /// After a rotation command: an [`Event::Summary`] with the store's state for the sinks
+    /// that want one (reading the store costs a call, so only then), then every sink flushed.
+    /// Never fails the run.
+    async fn finished(&self, command: &str, result: &Result<RunReport, EngineError>) {
+        if self.events.wants_summary() {
+            self.summarize(command, result).await;
+        }
+        self.events.flush().await;
+    }
+
+    async fn summarize(&self, command: &str, result: &Result<RunReport, EngineError>) {
+        let primary_age_seconds = match self.store.snapshot().await {
+            Ok(snap) => snap
+                .primary_version()
+                .map(|v| (Utc::now() - v.created_at).num_milliseconds() as f64 / 1000.0),
+            Err(_) => None,
+        };
+        let in_progress = matches!(self.journals.load().await, Ok(Some(j)) if j.status.is_active());
+        let (outcome, exit_code, wall_seconds) = match result {
+            Ok(r) => {
+                let outcome = serde_json::to_value(&r.outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                (outcome, r.outcome.exit() as u8, Some(r.wall_seconds))
             }
-        }
-        if let Some(w) = &self.webhook {
-            w.flush().await;
-        }
+            Err(e) => ("error".to_string(), e.exit() as u8, None),
+        };
+        self.events.emit(&Event::Summary {
+            command: command.to_string(),
+            outcome,
+            exit_code,
+            wall_seconds,
+            primary_age_seconds,
+            in_progress,
+        });
     }
 
     /// Keeps journals in `journals` instead of the state directory's `journal.json`.
@@ -895,7 +894,7 @@ impl Engine {
         let guard = self.lock.acquire(Holder::me("rotate"), opts.force).await?;
         let result = self.rotate_locked(guard.as_ref(), opts).await;
         self.release(guard).await;
-        self.finished(&result).await;
+        self.finished("rotate", &result).await;
         result
     }
 
@@ -989,7 +988,7 @@ impl Engine {
         }
         .await;
         self.release(guard).await;
-        self.finished(&result).await;
+        self.finished("rekey", &result).await;
         result
     }
 
@@ -1113,7 +1112,7 @@ impl Engine {
         let guard = self.lock.acquire(Holder::me("resume"), opts.force).await?;
         let result = self.resume_locked(guard.as_ref(), opts).await;
         self.release(guard).await;
-        self.finished(&result).await;
+        self.finished("resume", &result).await;
         result
     }
 
@@ -1161,7 +1160,7 @@ impl Engine {
             .await?;
         let result = self.rollback_locked(guard.as_ref(), opts).await;
         self.release(guard).await;
-        self.finished(&result).await;
+        self.finished("rollback", &result).await;
         result
     }
 
