@@ -26,7 +26,7 @@ use rotor::cluster::Cluster;
 use rotor::engine::journal::Mode;
 use rotor::engine::{Engine, RunOptions};
 use rotor::events::{Event, EventSink};
-use rotor::lab::{INPROCESS_IMAGE, Lab, LabHandle, LabOptions, Topology};
+use rotor_lab::{INPROCESS_IMAGE, Lab, LabHandle, LabOptions, Topology};
 
 const NS: &str = "bench";
 

@@ -3,7 +3,11 @@
 //! The protocol (`protocol`) says what must hold in each state; the engine (`engine`) walks the
 //! states with a journal and a lock; stores (`store`), consumers (`consumer`) and probes
 //! (`probe`) are the backends it drives; `cli` parses arguments and calls the engine, which never
-//! sees clap types; `output` is the only module that prints.
+//! sees clap types; `output` is the only module that prints. `secret` and `jwt` come from
+//! `crates/rotor-secret`, the one place rotor, its lab and its demo service share code.
+//! docs/architecture.md maps the whole workspace.
+
+pub use rotor_secret::{jwt, secret};
 
 pub mod cli;
 pub mod cluster;
@@ -13,8 +17,6 @@ pub mod engine;
 pub mod events;
 pub mod exit;
 pub mod graph;
-pub mod jwt;
-pub mod lab;
 pub mod manifests;
 pub mod notify;
 pub mod output;
@@ -22,6 +24,5 @@ pub mod playbook;
 pub mod probe;
 pub mod protocol;
 pub mod redact;
-pub mod secret;
 pub mod state_dir;
 pub mod store;

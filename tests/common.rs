@@ -82,6 +82,11 @@ pub fn rotor_exe() -> &'static str {
     env!("CARGO_BIN_EXE_rotor")
 }
 
+/// The demo service as a lab image: this build's `rotor demo-service`.
+pub fn demo_service_image() -> rotor_lab::ImageSpec {
+    rotor_lab::ImageSpec::Command(vec![rotor_exe().into(), "demo-service".into()])
+}
+
 /// A demo playbook whose grace (1h) and retention (7d) an ordinary rotation would wait for.
 pub fn slow_yaml(y: String) -> String {
     let y = y
@@ -751,12 +756,12 @@ pub fn python(pythonpath: &Path, code: &str, args: &[&str], stdin: &str) -> Stri
 /// `tune`), and the directory, which must outlive it.
 pub async fn scratch_lab(
     prefix: &str,
-    topology: rotor::lab::Topology,
-    tune: impl FnOnce(&mut rotor::lab::LabOptions),
-) -> (tempfile::TempDir, rotor::lab::LabHandle) {
+    topology: rotor_lab::Topology,
+    tune: impl FnOnce(&mut rotor_lab::LabOptions),
+) -> (tempfile::TempDir, rotor_lab::LabHandle) {
     let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
-    let mut opts = rotor::lab::LabOptions::new(topology, dir.path().join("lab"));
+    let mut opts = rotor_lab::LabOptions::new(topology, dir.path().join("lab"));
     tune(&mut opts);
-    let lab = rotor::lab::Lab::start(opts).await.unwrap();
+    let lab = rotor_lab::Lab::start(opts).await.unwrap();
     (dir, lab)
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use rotor::lab::{Fault, GcpEffect, GcpMethod, SecretSnapshot, VersionState};
+use rotor_lab::{Fault, GcpEffect, GcpMethod, SecretSnapshot, VersionState};
 
 use crate::kubernetes::{K8sEnv, stages, test_yaml};
 
@@ -510,7 +510,10 @@ consumers:
         ("FAKE_RUN_PROJECT", "rotor-lab"),
         ("FAKE_RUN_DIR", fake_dir),
         ("FAKE_RUN_PORT", port.as_str()),
-        ("FAKE_RUN_SERVICE", env!("CARGO_BIN_EXE_rotor-demo-service")),
+        (
+            "FAKE_RUN_SERVICE",
+            &serde_json::json!([crate::common::rotor_exe(), "demo-service"]).to_string(),
+        ),
     ];
     let run = |args: &[&str]| {
         let mut all = args.to_vec();

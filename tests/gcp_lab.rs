@@ -11,7 +11,7 @@ use google_cloud_secretmanager_v1::client::SecretManagerService;
 use google_cloud_secretmanager_v1::model::{
     Replication, Secret, SecretPayload, UpdateSecretRequest, replication, secret_version,
 };
-use rotor::lab::{LabHandle, Topology, VersionState};
+use rotor_lab::{LabHandle, Topology, VersionState};
 use serde_json::{Value, json};
 
 const PROJECT: &str = "lab-project";

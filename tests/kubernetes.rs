@@ -13,8 +13,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, ListParams};
 use rotor::demo::load::{Load, LoadReport};
-use rotor::lab::{CrashMode, Fault, ImageSpec, Lab, LabHandle, LabOptions};
 use rotor::playbook::Playbook;
+use rotor_lab::{CrashMode, Fault, Lab, LabHandle, LabOptions};
 
 use crate::common::{Out, record, rotor_exe, scratch_playbook, wait_for, walk};
 
@@ -73,7 +73,7 @@ impl K8sEnv {
         edit(&mut topo.objects, dir.path());
         topo.images.insert(
             "rotor-demo-service".into(),
-            ImageSpec::Command(vec![env!("CARGO_BIN_EXE_rotor-demo-service").into()]),
+            crate::common::demo_service_image(),
         );
         let mut opts = LabOptions::new(topo, dir.path().join("lab"));
         // The load generator reads endpoints where a process consumer would publish them.

@@ -1,4 +1,4 @@
-//! The Lease lock and the ConfigMap journal against the lab's API server (`rotor::lab`).
+//! The Lease lock and the ConfigMap journal against the lab's API server (`rotor_lab`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,9 +11,9 @@ use rotor::engine::journal::configmap::{ConfigMapJournal, archive_name};
 use rotor::engine::journal::{Journal, JournalError, JournalStore, Mode, Status, VersionRef};
 use rotor::engine::lock::lease::{LeaseLock, lease_name};
 use rotor::engine::lock::{Holder, LockError, RotationLock};
-use rotor::lab::{Lab, LabHandle, LabOptions, Topology};
 use rotor::protocol::State;
 use rotor::secret::Fingerprint;
+use rotor_lab::{Lab, LabHandle, LabOptions, Topology};
 
 const TOPOLOGY: &str = "namespace: demo
 nodes:
@@ -301,7 +301,7 @@ async fn a_rekey_asks_the_holder_to_hand_over_and_the_holder_sees_it() {
 
 #[tokio::test]
 async fn a_claim_that_cannot_be_renewed_lapses_and_the_run_stops_writing() {
-    use rotor::lab::{ApiEffect, Fault};
+    use rotor_lab::{ApiEffect, Fault};
     let env = Env::start().await;
     let a = LeaseLock::new(&env.cluster, "auth", "prod").with_duration(Duration::from_secs(3));
     let g = a.acquire(holder("rotate", "job-a"), false).await.unwrap();
@@ -349,7 +349,7 @@ async fn a_claim_that_cannot_be_renewed_lapses_and_the_run_stops_writing() {
 /// newest lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stages_on_the_lease_only_move_forward_under_conflicts() {
-    use rotor::lab::{ApiEffect, Fault};
+    use rotor_lab::{ApiEffect, Fault};
     let env = Env::start().await;
     let a = LeaseLock::new(&env.cluster, "auth", "prod");
     let g = a.acquire(holder("rotate", "job-a"), false).await.unwrap();

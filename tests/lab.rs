@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use rotor::lab::{ApiEffect, CrashMode, Fault, ImageSpec, LabHandle, Topology};
+use rotor_lab::{ApiEffect, CrashMode, Fault, LabHandle, Topology};
 use serde_json::{Value, json};
 
 const NS: &str = "demo";
@@ -27,7 +27,7 @@ impl TestLab {
         let mut topo = Topology::parse(yaml, Path::new("test.topology.yaml")).unwrap();
         topo.images.insert(
             "rotor-demo-service".into(),
-            ImageSpec::Command(vec![env!("CARGO_BIN_EXE_rotor-demo-service").into()]),
+            crate::common::demo_service_image(),
         );
         let (dir, lab) = crate::common::scratch_lab("rotor-lab-test-", topo, |o| {
             o.drain = Some(Duration::from_millis(50));
@@ -890,7 +890,7 @@ async fn inprocess_pods_serve_without_processes() {
     for i in 0..20 {
         yaml.push_str(
             &workload("Deployment", &format!("svc-{i}"), Some(1), json!({}))
-                .replace("rotor-demo-service", rotor::lab::INPROCESS_IMAGE),
+                .replace("rotor-demo-service", rotor_lab::INPROCESS_IMAGE),
         );
     }
     let l = TestLab::start(&yaml).await;
@@ -1648,7 +1648,7 @@ async fn the_kubelet_keeps_gate_conditions_across_a_container_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patching_pod_status_needs_patch_on_pods_status() {
-    let yaml = one_gated_web().replace("rotor-demo-service", rotor::lab::INPROCESS_IMAGE);
+    let yaml = one_gated_web().replace("rotor-demo-service", rotor_lab::INPROCESS_IMAGE);
     let (l, _, name) = start_one_held(&yaml).await;
     let api: Api<Pod> = l.api();
     let pp = PatchParams::default();

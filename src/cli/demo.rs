@@ -53,30 +53,12 @@ fn interval(text: &str) -> Result<Duration, String> {
 }
 
 pub(super) async fn run(a: Args, out: &Arc<Output>) -> CliResult {
-    let (dir, _keep) = crate::demo::scratch(a.dir).map_err(|e| CliError {
+    let (dir, _keep) = crate::demo::scratch(a.dir.clone()).map_err(|e| CliError {
         message: format!("cannot create the demo directory: {e}"),
         exit: Exit::Internal,
     })?;
     let (report, err) = if a.lab {
-        let pb = crate::demo::lab_playbook(a.playbook.as_deref(), &dir)?;
-        let topology = crate::demo::lab_topology(a.topology.as_deref()).map_err(|e| CliError {
-            message: format!("lab topology {e}"),
-            exit: Exit::Usage,
-        })?;
-        out.line(&format!(
-            "rotor demo --lab: {} Kubernetes consumers on a local lab, state in {}",
-            pb.consumers.len(),
-            dir.display()
-        ));
-        crate::demo::run_lab(pb, topology, &dir, out.clone(), a.workers, a.interval)
-            .await
-            .map_err(|e| match e {
-                crate::demo::LabDemoError::Engine(e) => CliError::from(e),
-                other => CliError {
-                    message: other.to_string(),
-                    exit: Exit::Internal,
-                },
-            })?
+        run_lab(&a, &dir, out).await?
     } else {
         let pb = crate::demo::demo_playbook(a.playbook.as_deref(), &dir)?;
         out.line(&format!(
@@ -119,5 +101,46 @@ pub(super) async fn run(a: Args, out: &Arc<Output>) -> CliResult {
         Exit::FailedRequests
     } else {
         Exit::Ok
+    })
+}
+
+/// `--lab`: the demo through the Kubernetes path, on a lab started for the run.
+#[cfg(feature = "lab")]
+async fn run_lab(
+    a: &Args,
+    dir: &std::path::Path,
+    out: &Arc<Output>,
+) -> Result<(crate::demo::DemoReport, Option<crate::engine::EngineError>), CliError> {
+    let pb = crate::demo::lab_playbook(a.playbook.as_deref(), dir)?;
+    let topology = crate::demo::lab_topology(a.topology.as_deref()).map_err(|e| CliError {
+        message: format!("lab topology {e}"),
+        exit: Exit::Usage,
+    })?;
+    out.line(&format!(
+        "rotor demo --lab: {} Kubernetes consumers on a local lab, state in {}",
+        pb.consumers.len(),
+        dir.display()
+    ));
+    crate::demo::run_lab(pb, topology, dir, out.clone(), a.workers, a.interval)
+        .await
+        .map_err(|e| match e {
+            crate::demo::LabDemoError::Engine(e) => CliError::from(e),
+            other => CliError {
+                message: other.to_string(),
+                exit: Exit::Internal,
+            },
+        })
+}
+
+/// `--lab` in a rotor built without the lab.
+#[cfg(not(feature = "lab"))]
+async fn run_lab(
+    _a: &Args,
+    _dir: &std::path::Path,
+    _out: &Arc<Output>,
+) -> Result<(crate::demo::DemoReport, Option<crate::engine::EngineError>), CliError> {
+    Err(CliError {
+        message: "this rotor was built without the lab (cargo feature `lab`), so `demo --lab` cannot run\n  help: build with the default features: cargo build --release".into(),
+        exit: Exit::Usage,
     })
 }

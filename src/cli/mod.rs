@@ -72,7 +72,7 @@ pub enum Command {
     Demo(demo::Args),
     /// The demo fleet's HTTP service (used by the demo playbook).
     #[command(hide = true)]
-    DemoService(crate::demo::service::ServiceArgs),
+    DemoService(rotor_demo_service::ServiceArgs),
     /// List the test failpoints of a playbook.
     #[command(hide = true)]
     Failpoints(fleet::Args),
@@ -82,7 +82,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::DemoService(args) = cli.command {
-        return crate::demo::service::main_blocking(args);
+        return rotor_demo_service::main_blocking(args);
     }
     let out = Arc::new(Output::new(cli.output));
     let rt = match tokio::runtime::Runtime::new() {

@@ -50,6 +50,23 @@ const ROTOR_PLACEHOLDER: &str = "{rotor}";
 /// Overrides the executable `{rotor}` stands for.
 const ROTOR_EXE_ENV: &str = "ROTOR_EXE";
 
+/// The rotor executable `{rotor}` stands for: `$ROTOR_EXE` when set, else this executable.
+pub fn rotor_exe() -> std::io::Result<OsString> {
+    match std::env::var_os(ROTOR_EXE_ENV) {
+        Some(exe) if !exe.is_empty() => Ok(exe),
+        _ => {
+            let exe = std::env::current_exe()?;
+            Ok(if exe.exists() {
+                exe.into_os_string()
+            } else {
+                // The binary was replaced (an upgrade, a rebuild) while this rotor runs: Linux
+                // still executes the running image through /proc/self/exe.
+                OsString::from("/proc/self/exe")
+            })
+        }
+    }
+}
+
 /// Per-process counter that keeps ids started within one millisecond apart.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -154,23 +171,11 @@ impl ProcessConsumer {
             });
         };
         let program: OsString = if first == ROTOR_PLACEHOLDER {
-            match std::env::var_os(ROTOR_EXE_ENV) {
-                Some(exe) if !exe.is_empty() => exe,
-                _ => {
-                    let exe = std::env::current_exe().map_err(|e| ConsumerError::Spawn {
-                        consumer: self.name.clone(),
-                        program: first.clone(),
-                        detail: format!("cannot find the rotor executable: {e}"),
-                    })?;
-                    if exe.exists() {
-                        exe.into_os_string()
-                    } else {
-                        // The binary was replaced (an upgrade, a rebuild) while this rotor runs:
-                        // Linux still executes the running image through /proc/self/exe.
-                        OsString::from("/proc/self/exe")
-                    }
-                }
-            }
+            rotor_exe().map_err(|e| ConsumerError::Spawn {
+                consumer: self.name.clone(),
+                program: first.clone(),
+                detail: format!("cannot find the rotor executable: {e}"),
+            })?
         } else {
             first.into()
         };

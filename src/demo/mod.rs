@@ -4,8 +4,14 @@
 //! driving load through every signer→validator path while the engine rotates S0→S5, stopping
 //! everything it started, and the report. Must never: leave a process running.
 
+#[cfg(feature = "lab")]
+mod lab;
 pub mod load;
-pub mod service;
+#[cfg(test)]
+mod service_tests;
+
+#[cfg(feature = "lab")]
+pub use lab::{K8S_DEMO, LAB_DEMO_TOPOLOGY, LabDemoError, lab_playbook, lab_topology, run_lab};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,15 +24,10 @@ use crate::cluster::Cluster;
 use crate::engine::journal::Mode;
 use crate::engine::{Engine, EngineError, RunOptions, StageTiming};
 use crate::events::EventSink;
-use crate::lab::{Lab, LabError, LabOptions, Topology};
 use crate::playbook::{self, Playbook, StoreSpec};
 
 /// The embedded demo playbook.
 pub const LOCAL_DEMO: &str = include_str!("../../playbooks/local-demo.yaml");
-/// The embedded Kubernetes demo playbook (`rotor demo --lab`).
-pub const K8S_DEMO: &str = include_str!("../../playbooks/k8s-demo.yaml");
-/// The lab topology the Kubernetes demo runs on.
-pub const LAB_DEMO_TOPOLOGY: &str = include_str!("../../playbooks/lab-demo.topology.yaml");
 
 /// What the demo measured. The CLI prints it as the last line of output.
 #[derive(Debug, Clone, Serialize)]
@@ -66,82 +67,6 @@ pub fn demo_playbook(file: Option<&Path>, dir: &Path) -> Result<Playbook, playbo
     };
     pb.state_dir = dir.join("state");
     Ok(pb)
-}
-
-/// Loads the Kubernetes demo playbook (embedded, or `file`) with its state under `dir`. Its
-/// store, lock and journal stay in the cluster, which `rotor demo --lab` starts.
-pub fn lab_playbook(file: Option<&Path>, dir: &Path) -> Result<Playbook, playbook::PlaybookError> {
-    let mut pb = match file {
-        Some(f) => playbook::load_file(f)?,
-        None => playbook::load_str(K8S_DEMO, "<embedded>/playbooks/k8s-demo.yaml", dir)?,
-    };
-    pb.state_dir = dir.join("state");
-    Ok(pb)
-}
-
-/// The lab topology for `rotor demo --lab`: `file`, or the embedded demo topology.
-pub fn lab_topology(file: Option<&Path>) -> Result<Topology, LabError> {
-    match file {
-        Some(f) => Topology::load(f),
-        None => Topology::parse(
-            LAB_DEMO_TOPOLOGY,
-            Path::new("<embedded>/playbooks/lab-demo.topology.yaml"),
-        ),
-    }
-}
-
-/// Why `rotor demo --lab` could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum LabDemoError {
-    #[error("the lab could not start: {0}")]
-    Lab(#[from] LabError),
-    #[error("cannot reach the lab: {0}")]
-    Cluster(#[from] crate::cluster::ClusterError),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-}
-
-/// Runs the Kubernetes demo: starts a lab in `dir/lab` with `topology` (its endpoints files
-/// where the load generator looks for them), then runs [`run`] through the Kubernetes path,
-/// and shuts the lab down (every pod process stopped) whatever happened.
-pub async fn run_lab(
-    pb: Playbook,
-    topology: Topology,
-    dir: &Path,
-    events: Arc<dyn EventSink>,
-    workers: usize,
-    interval: Duration,
-) -> Result<(DemoReport, Option<EngineError>), LabDemoError> {
-    let mut pb = pb;
-    let mut opts = LabOptions::new(topology, dir.join("lab"));
-    opts.fleet_dir = pb.state_dir.join("fleet");
-    let lab = Lab::start(opts).await?;
-    // A Secret Manager store lives in the lab too (it serves that API on the same address).
-    if let StoreSpec::Gcp(spec) = &mut pb.store {
-        spec.endpoint = Some(lab.url());
-        spec.credentials = crate::playbook::GcpCredentials::Anonymous;
-    }
-    events.emit(&crate::events::Event::Note {
-        message: format!(
-            "lab API server at {} (kubeconfig {})",
-            lab.url(),
-            lab.kubeconfig_path().display()
-        ),
-    });
-    let namespace = pb
-        .cluster
-        .as_ref()
-        .map(|c| c.namespace.clone())
-        .unwrap_or_else(|| lab.namespace().to_string());
-    let result = async {
-        let cluster =
-            Cluster::from_kubeconfig_file(lab.kubeconfig_path(), Some("rotor-lab"), &namespace)
-                .await?;
-        Ok::<_, LabDemoError>(run(pb, Some(&cluster), events, workers, interval).await?)
-    }
-    .await;
-    lab.shutdown().await;
-    result
 }
 
 /// Runs the demo in `dir`: init, fleet up, load, rotate, load stop, fleet down. `cluster` is

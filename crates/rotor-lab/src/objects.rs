@@ -534,7 +534,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::resources;
+    use crate::resources;
 
     fn pod(name: &str, app: &str) -> Value {
         json!({"apiVersion": "v1", "kind": "Pod",

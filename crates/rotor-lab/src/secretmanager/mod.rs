@@ -62,7 +62,7 @@ pub struct AccessRecord {
 pub struct SecretManagerStats {
     /// Every Secret Manager call, unroutable ones included.
     pub total: u64,
-    /// Calls by method (`access`, `add_version`, `update`, ...; see [`crate::lab::GcpMethod`]),
+    /// Calls by method (`access`, `add_version`, `update`, ...; see [`crate::GcpMethod`]),
     /// faulted ones included; `unknown` for paths that match no method.
     pub requests: BTreeMap<String, u64>,
     /// `:access` calls by version name (with its number), whatever their outcome.

@@ -10,9 +10,9 @@ use clap::Parser;
 #[command(name = "rotor-demo-service", version)]
 struct Cli {
     #[command(flatten)]
-    args: rotor::demo::service::ServiceArgs,
+    args: rotor_demo_service::ServiceArgs,
 }
 
 fn main() -> ExitCode {
-    rotor::demo::service::main_blocking(Cli::parse().args)
+    rotor_demo_service::main_blocking(Cli::parse().args)
 }

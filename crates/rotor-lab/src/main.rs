@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use rotor::lab::{Lab, LabOptions};
+use rotor_lab::{Lab, LabOptions};
 
 /// A local Kubernetes API server on loopback whose pods are real processes.
 #[derive(Debug, Parser)]
@@ -57,7 +57,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     ));
     say(&format!(
         "export {}={}   # the Secret Manager API v1 on the same address",
-        rotor::store::gcp::ENDPOINT_ENV,
+        rotor_lab::GCP_ENDPOINT_ENV,
         lab.url()
     ));
     use tokio::signal::unix::{SignalKind, signal};

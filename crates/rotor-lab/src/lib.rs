@@ -14,6 +14,14 @@
 //! Owns: everything under the lab's `dir` and the endpoints files under `fleet_dir`, and the
 //! processes it starts (stopped by pid on shutdown). Must never: log Secret data or pod
 //! environment values, or touch processes it did not start.
+//!
+//! The lab is rotor's test double, not part of rotor: it does not depend on the `rotor` crate
+//! (its pods run `rotor-demo-service`, and nothing else is shared), so it can only ever speak
+//! the wire protocols a real API server speaks.
+
+/// The environment variable that points rotor's `gcp` store (and Google's own clients in our
+/// tests) at another Secret Manager endpoint: `rotor-lab` prints it for its own address.
+pub const GCP_ENDPOINT_ENV: &str = "ROTOR_GCP_ENDPOINT";
 
 mod api;
 mod controller;

@@ -12,7 +12,7 @@ use super::filter::Filter;
 use super::input::{self, SecretInput, UPDATABLE};
 use super::model::{self, MAX_PAYLOAD, RpcError, Secret, Version, VersionState};
 use super::{AccessRecord, State};
-use crate::lab::faults::GcpMethod;
+use crate::faults::GcpMethod;
 
 /// A routed call.
 #[derive(Debug, Clone)]

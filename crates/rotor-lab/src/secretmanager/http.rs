@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 
 use super::model::RpcError;
 use super::ops::{self, Call, Params};
-use crate::lab::api::Shared;
-use crate::lab::faults::{GcpEffect, GcpMethod, StatsInner};
+use crate::api::Shared;
+use crate::faults::{GcpEffect, GcpMethod, StatsInner};
 
 pub(crate) fn json_response(code: StatusCode, v: &Value) -> Response {
     (
@@ -252,7 +252,7 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let client = crate::lab::api::client_of(&headers);
+    let client = crate::api::client_of(&headers);
     let sm = &s.secret_manager;
     sm.lock().count_caller(caller(&headers));
     let call = match route(&method, uri.path()) {

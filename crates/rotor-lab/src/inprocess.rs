@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use clap::Parser;
 use tokio::sync::oneshot;
 
-use crate::demo::service::{self, AppState, ServiceArgs};
+use rotor_demo_service::{self as service, AppState, ServiceArgs};
 
 #[derive(Debug, Parser)]
 #[command(name = "inprocess-responder", no_binary_name = true)]
