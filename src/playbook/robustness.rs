@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::node::{MAX_DEPTH, MAX_NODES};
+use super::text::bound;
 use super::*;
 
 /// A valid playbook to edit.

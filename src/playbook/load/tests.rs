@@ -1,0 +1,144 @@
+//! The loader's unit tests: defaults, the embedded demo, duplicate keys, env values never
+//! echoed, suggestions and an unreadable file. Hostile input is `robustness`'s.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use super::*;
+use crate::playbook::{ConsumerKind, Pickup, ProbeSpec, StoreSpec, Timings};
+use crate::secret::Alphabet;
+
+fn load(text: &str) -> Result<Playbook> {
+    load_str(text, "test.yaml", Path::new("/base"))
+}
+
+const MINIMAL: &str = "secret: s\nenvironment: test\nstore: {kind: local, path: s.json}\nconsumers:\n  - name: a\n    role: both\n    kind: process\n    instances: 1\n    command: [x]\n    slots: {primary: P, secondary: S}\n    probes: [{type: jwt, path: /p}]\n    roundtrips: [{to: a, path: \"/r?t={target}\"}]\n";
+
+#[test]
+fn embedded_demo_loads() {
+    let pb = load_str(
+        include_str!("../../../playbooks/local-demo.yaml"),
+        "<embedded>",
+        Path::new("/demo"),
+    )
+    .unwrap();
+    assert_eq!(pb.consumers.len(), 3);
+    assert_eq!(pb.generate.length, 48);
+    assert_eq!(
+        pb.state_dir,
+        Path::new("/demo/.rotor/service-secret-development")
+    );
+}
+
+#[test]
+fn minimal_uses_defaults() {
+    let pb = load(MINIMAL).unwrap();
+    assert_eq!(pb.generate.length, 32);
+    assert_eq!(pb.generate.alphabet, Alphabet::Alphanumeric);
+    assert_eq!(pb.timings, Timings::default());
+    assert_eq!(pb.source, "test.yaml");
+    assert_eq!(pb.checksum, hex::encode(Sha256::digest(MINIMAL.as_bytes())));
+    assert_eq!(
+        pb.store,
+        StoreSpec::Local {
+            path: PathBuf::from("/base/s.json")
+        }
+    );
+    let c = &pb.consumers[0];
+    assert_eq!(c.pickup, Pickup::Restart);
+    assert_eq!(
+        c.probes,
+        vec![ProbeSpec::Jwt {
+            path: "/p".into(),
+            ttl: Duration::from_secs(60),
+            accept: vec![200],
+            reject: vec![401, 403]
+        }]
+    );
+    let ConsumerKind::Process(p) = &c.kind else {
+        panic!("a process consumer")
+    };
+    assert_eq!(p.host, IpAddr::from([127, 0, 0, 1]));
+    assert_eq!(p.health_path, "/healthz");
+}
+
+#[test]
+fn duplicate_keys_are_reported_with_their_path() {
+    let e = load(&MINIMAL.replace("secret: s\n", "secret: s\nsecret: t\n")).unwrap_err();
+    assert_eq!((e.line, e.column, e.field.as_str()), (2, 1, "secret"));
+    assert_eq!(e.message, "duplicate key `secret`");
+}
+
+#[test]
+fn env_values_are_never_echoed() {
+    let text = MINIMAL.replace(
+        "    command: [x]\n",
+        "    command: [x]\n    env: {P: hunter2}\n",
+    );
+    let e = load(&text).unwrap_err();
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    let text = MINIMAL.replace(
+        "    command: [x]\n",
+        "    command: [x]\n    env: {A: [hunter2]}\n",
+    );
+    let e = load(&text).unwrap_err();
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+}
+
+#[test]
+fn a_document_that_is_not_a_mapping_is_reported_without_a_field() {
+    let e = load("- secret: s\n").unwrap_err();
+    assert_eq!((e.line, e.column, e.field.as_str()), (1, 1, "-"));
+    assert_eq!(e.message, "expected a mapping, found a list");
+}
+
+#[test]
+fn null_sections_take_their_defaults_and_merge_keys_work() {
+    let text = MINIMAL.replace(
+        "environment: test\n",
+        "environment: test\ngenerate:\ntimings:\n",
+    ) + "  - <<: *a\n    name: b\n    role: validator\n    roundtrips: []\n";
+    let text = text.replace("  - name: a\n", "  - &a\n    name: a\n");
+    let pb = load(&text).unwrap();
+    assert_eq!(pb.generate.length, 32);
+    assert_eq!(pb.timings, Timings::default());
+    assert_eq!(pb.consumers[1].name, "b");
+    assert_eq!(pb.consumers[1].slots.secondary.as_deref(), Some("S"));
+}
+
+#[test]
+fn close_misspellings_get_a_suggestion() {
+    let e = load(&MINIMAL.replace("environment: test", "environment: stagin")).unwrap_err();
+    assert_eq!(
+        e.help,
+        "did you mean `staging`? use one of production, staging, test, development"
+    );
+    let e = load(&MINIMAL.replace(
+        "    kind: process\n",
+        "    kind: process\n    helth_path: /h\n",
+    ))
+    .unwrap_err();
+    assert!(e.help.starts_with("did you mean `health_path`?"), "{e}");
+}
+
+#[test]
+fn missing_file_is_reported() {
+    let e = load_file(Path::new("/nonexistent/rotor.yaml")).unwrap_err();
+    assert_eq!((e.line, e.column, e.field.as_str()), (0, 0, "-"));
+    assert!(e.message.starts_with("cannot read playbook: "), "{e}");
+    assert_eq!(e.help, "check the path");
+}
+
+#[test]
+fn numbers_keep_their_spelling_in_strings() {
+    let text = MINIMAL.replace(
+        "command: [x]",
+        "command: [x, 007, 1.10]\n    env: {V: 1.10}",
+    );
+    let pb = load(&text).unwrap();
+    let ConsumerKind::Process(p) = &pb.consumers[0].kind else {
+        panic!("a process consumer")
+    };
+    assert_eq!(p.command, vec!["x", "007", "1.10"]);
+    assert_eq!(p.env["V"], "1.10");
+}
