@@ -169,6 +169,10 @@ pub enum StoreSpec {
     Gcp(GcpStoreSpec),
 }
 
+/// Least time between two writes to one Secret Manager secret, whatever `write_interval` says:
+/// Google allows 2 writes per second per secret.
+pub const MIN_WRITE_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Where a Secret Manager store lives and how rotor talks to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcpStoreSpec {

@@ -75,10 +75,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Least time between two state changes of one version.
 const STATE_CHANGE_INTERVAL: Duration = Duration::from_secs(1);
-/// Least time between two writes to one secret, whatever `write_interval` says: Google allows 2
-/// writes per second per secret. A smaller `write_interval` is raised to this, never the other
-/// way.
-pub const MIN_WRITE_INTERVAL: Duration = Duration::from_millis(500);
+/// A smaller `write_interval` is raised to this, never the other way (the playbook refuses one).
+pub use crate::playbook::MIN_WRITE_INTERVAL;
 
 /// One Secret Manager method, with the permission it needs and the least predefined role that
 /// grants it.

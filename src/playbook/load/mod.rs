@@ -14,19 +14,18 @@
 //! size of the file and nothing downstream can overflow when it adds a duration to a time.
 //!
 //! Checks run in a fixed order: top-level keys, `secret`, `environment`, `generate`, `cluster`,
-//! `store`, `state_dir`, `timings`, `concurrency`, then each consumer in order, then round-trip
-//! targets across consumers.
+//! `store` (and a `gcp` store with `cluster.lock`), `state_dir`, `timings`, `concurrency`,
+//! `max_age`, `notify`, `policy`, then each consumer in order, then round-trip targets across
+//! consumers.
 //!
 //! Layout: `top` (the top level and the check order), `store`, `cluster`, `consumers` (the
 //! list, each consumer and its kind), `slots` (slots and env), `probes` (probes, round trips
 //! and their targets), `read` (the typed field readers every section uses) and `text` (how
 //! input appears in an error).
 
-#[path = "../node.rs"]
 mod node;
 
 #[cfg(test)]
-#[path = "../robustness.rs"]
 mod robustness;
 
 mod cluster;

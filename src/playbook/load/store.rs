@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::text::{echo, list};
 use super::{Cx, Fields, HOUR, MINUTE, Result};
-use crate::playbook::{GcpCredentials, GcpStoreSpec, StoreSpec};
+use crate::playbook::{GcpCredentials, GcpStoreSpec, MIN_WRITE_INTERVAL, StoreSpec};
 
 const STORE_FIELDS: &[&str] = &[
     "kind",
@@ -193,7 +193,7 @@ impl Cx<'_> {
         }
         if let Some(node) = f.get("write_interval") {
             spec.write_interval = self.duration(node, "store.write_interval", MINUTE)?;
-            if spec.write_interval < crate::store::gcp::MIN_WRITE_INTERVAL {
+            if spec.write_interval < MIN_WRITE_INTERVAL {
                 return Err(self.err(
                     node.pos,
                     "store.write_interval",
