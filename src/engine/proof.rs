@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
 
-use super::{Run, StepError, gate};
+use super::step::Run;
+use super::{StepError, gate};
 use crate::consumer::{Consumer, Instance};
 use crate::playbook::ConsumerSpec;
 use crate::probe;
