@@ -1,5 +1,6 @@
 //! rotor's integration tests: one binary, one module per area.
 
+mod architecture;
 mod cli;
 mod common;
 mod crash;
