@@ -283,6 +283,37 @@ pub struct ConsumerSpec {
     pub roundtrips: Vec<RoundtripSpec>,
     /// HTTP path where an instance reports the fingerprints it holds, if it has one.
     pub fingerprints_path: Option<String>,
+    /// How rotor reaches its instances over HTTPS (`tls:`); `None` is plain HTTP.
+    pub tls: Option<TlsSpec>,
+}
+
+/// `tls:` of a consumer: health checks, probes and round trips reach its instances over HTTPS,
+/// verified as below. Verification is never off unless `insecure` says so (never in
+/// production).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSpec {
+    /// A PEM bundle of CA certificates trusted for this consumer (resolved against the
+    /// playbook's directory).
+    pub ca_file: Option<PathBuf>,
+    /// Whether the system's trusted roots are used too (default true).
+    pub system_roots: bool,
+    /// The name the server's certificate must be valid for, when instances are reached by IP
+    /// address (default: the address itself).
+    pub server_name: Option<String>,
+    /// Client certificate and key (PEM files) for servers that require mTLS.
+    pub client_auth: Option<ClientAuth>,
+    /// Skips verification of the server's certificate (`insecure: true`; refused in
+    /// `production`, printed by `plan`).
+    pub insecure: bool,
+}
+
+/// A client certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// `client_cert`: the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// `client_key`: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// Consumer backends.

@@ -130,6 +130,7 @@ impl Fleet {
             probes: Vec::new(),
             roundtrips: Vec::new(),
             fingerprints_path: Some("/fingerprints".into()),
+            tls: None,
         };
         let pb = Playbook {
             source: "<test>".into(),

@@ -1,19 +1,20 @@
 //! `consumers`: the list (names unique), each consumer's name, role and kind, the fields only
 //! its kind takes (`process`, `kubernetes`, `exec`), `pickup` and `fingerprints_path`. Slots
-//! and env are read in `slots`, probes and round trips in `probes`.
+//! and env are read in `slots`, probes and round trips in `probes`, `tls` in `tls`.
 //!
 //! Must never: repeat what was written in a kubernetes consumer's `secret`: someone may have
 //! pasted a value there.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::Path;
 
 use super::node::{Node, Pos, Value};
 use super::text::{backticked, echo, is_name, list};
 use super::{Cx, Fields, MAX_CONSUMERS, MAX_INSTANCES, MAX_TARGETS, Result};
 use crate::playbook::{
-    ConsumerKind, ConsumerSpec, EXEC_TEMPLATE_FIELDS, ExecSpec, KubernetesSpec, Pickup,
-    ProcessSpec, SlotNames, StopSignal, WorkloadKind, WorkloadRef,
+    ConsumerKind, ConsumerSpec, EXEC_TEMPLATE_FIELDS, Environment, ExecSpec, KubernetesSpec,
+    Pickup, ProcessSpec, SlotNames, StopSignal, WorkloadKind, WorkloadRef,
 };
 use crate::protocol::Role;
 
@@ -37,6 +38,7 @@ const CONSUMER_FIELDS: &[&str] = &[
     "roundtrips",
     "apply",
     "targets",
+    "tls",
 ];
 /// Each consumer kind with the fields only it takes.
 const CONSUMER_KINDS: &[(&str, &[&str])] = &[
@@ -62,7 +64,13 @@ const WORKLOAD_FIELDS: &[&str] = &["kind", "name", "namespace"];
 impl Cx<'_> {
     /// `consumers`: each consumer in order, every name used once, then each round trip's
     /// target across them.
-    pub(super) fn consumers(&self, top: &Fields<'_>, namespace: &str) -> Result<Vec<ConsumerSpec>> {
+    pub(super) fn consumers(
+        &self,
+        top: &Fields<'_>,
+        namespace: &str,
+        environment: Environment,
+        base_dir: &Path,
+    ) -> Result<Vec<ConsumerSpec>> {
         let node = self.require(
             top,
             "consumers",
@@ -90,7 +98,8 @@ impl Cx<'_> {
         let mut by_name: HashMap<String, usize> = HashMap::with_capacity(items.len());
         let mut targets: Vec<(usize, usize, Pos)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
-            let (consumer, name_pos, to_positions) = self.consumer(item, i, namespace)?;
+            let (consumer, name_pos, to_positions) =
+                self.consumer(item, i, namespace, environment, base_dir)?;
             if let Some(&j) = by_name.get(&consumer.name) {
                 return Err(self.err(
                     name_pos,
@@ -122,6 +131,8 @@ impl Cx<'_> {
         node: &Node,
         i: usize,
         namespace: &str,
+        environment: Environment,
+        base_dir: &Path,
     ) -> Result<(ConsumerSpec, Pos, Vec<Pos>)> {
         let path = format!("consumers[{i}]");
         let mut f = self.fields(
@@ -231,6 +242,7 @@ impl Cx<'_> {
             }
         };
 
+        let tls = self.tls(&f, environment, base_dir)?;
         let probes = self.probes(&f, role)?;
         let (roundtrips, to_positions) = self.roundtrips(&f, role)?;
 
@@ -244,6 +256,7 @@ impl Cx<'_> {
                 probes,
                 roundtrips,
                 fingerprints_path,
+                tls,
             },
             name_pos,
             to_positions,

@@ -37,6 +37,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod text;
+mod tls;
 mod top;
 
 use std::cell::Cell;

@@ -142,6 +142,17 @@ impl Cx<'_> {
         }
     }
 
+    /// `true` or `false`.
+    pub(super) fn boolean(&self, node: &Node, path: &str, help: &str) -> Result<bool> {
+        match &node.value {
+            Value::Scalar {
+                kind: Scalar::Bool,
+                text,
+            } => Ok(text == "true"),
+            _ => Err(self.type_error(node, path, "true or false", help)),
+        }
+    }
+
     /// A whole number; `range` is only used to say that a huge one is out of it.
     pub(super) fn int(
         &self,

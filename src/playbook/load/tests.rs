@@ -142,3 +142,53 @@ fn numbers_keep_their_spelling_in_strings() {
     assert_eq!(p.command, vec!["x", "007", "1.10"]);
     assert_eq!(p.env["V"], "1.10");
 }
+
+/// MINIMAL with `tls` (a flow mapping) on its consumer, in `environment`.
+fn with_tls(environment: &str, tls: &str) -> Result<Playbook> {
+    let text = MINIMAL
+        .replace("environment: test", &format!("environment: {environment}"))
+        .replace("    command: [x]\n", &format!("    command: [x]\n    tls: {tls}\n"));
+    load(&text)
+}
+
+#[test]
+fn tls_reads_every_field_and_resolves_files_against_the_playbook() {
+    let pb = with_tls(
+        "production",
+        "{ca_file: certs/ca.pem, system_roots: false, server_name: auth.internal, client_cert: c.pem, client_key: k.pem}",
+    )
+    .unwrap();
+    let tls = pb.consumers[0].tls.as_ref().unwrap();
+    assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/base/certs/ca.pem")));
+    assert!(!tls.system_roots);
+    assert_eq!(tls.server_name.as_deref(), Some("auth.internal"));
+    let auth = tls.client_auth.as_ref().unwrap();
+    assert_eq!(
+        (auth.cert.as_path(), auth.key.as_path()),
+        (Path::new("/base/c.pem"), Path::new("/base/k.pem"))
+    );
+    assert!(!tls.insecure);
+    assert!(load(MINIMAL).unwrap().consumers[0].tls.is_none());
+}
+
+#[test]
+fn tls_never_turns_verification_off_silently() {
+    let e = with_tls("production", "{insecure: true}").unwrap_err();
+    assert_eq!(e.field, "consumers[0].tls.insecure");
+    assert!(e.message.contains("production never allows"), "{e}");
+    let pb = with_tls("staging", "{insecure: true}").unwrap();
+    assert!(pb.consumers[0].tls.as_ref().unwrap().insecure);
+    let e = with_tls("test", "{insecure: true, ca_file: ca.pem}").unwrap_err();
+    assert!(e.message.contains("`ca_file` would have no effect"), "{e}");
+    let e = with_tls("test", "{system_roots: false}").unwrap_err();
+    assert_eq!(e.field, "consumers[0].tls.system_roots");
+    let e = with_tls("test", "{client_cert: c.pem}").unwrap_err();
+    assert_eq!(e.field, "consumers[0].tls.client_cert");
+    assert!(e.message.contains("without `client_key`"), "{e}");
+    let e = with_tls("test", "{server_name: \"not a name\"}").unwrap_err();
+    assert_eq!(e.field, "consumers[0].tls.server_name");
+    let e = with_tls("test", "{insecure: yes please}").unwrap_err();
+    assert_eq!(e.field, "consumers[0].tls.insecure");
+    let e = with_tls("test", "{ca_flie: ca.pem}").unwrap_err();
+    assert!(e.help.contains("ca_file"), "{e}");
+}

@@ -88,7 +88,7 @@ impl Cx<'_> {
         let max_age = self.max_age(&top)?;
         let notify = self.notify(&top, base_dir)?;
         let policy = self.policy(&top, base_dir)?;
-        let consumers = self.consumers(&top, &namespace)?;
+        let consumers = self.consumers(&top, &namespace, environment, base_dir)?;
 
         // A cluster is needed as soon as one part lives there.
         let uses_cluster = matches!(store, StoreSpec::Kubernetes { .. })
