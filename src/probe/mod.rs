@@ -6,6 +6,7 @@
 
 mod exec;
 mod http;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -147,7 +147,10 @@ fn numbers_keep_their_spelling_in_strings() {
 fn with_tls(environment: &str, tls: &str) -> Result<Playbook> {
     let text = MINIMAL
         .replace("environment: test", &format!("environment: {environment}"))
-        .replace("    command: [x]\n", &format!("    command: [x]\n    tls: {tls}\n"));
+        .replace(
+            "    command: [x]\n",
+            &format!("    command: [x]\n    tls: {tls}\n"),
+        );
     load(&text)
 }
 
@@ -159,7 +162,10 @@ fn tls_reads_every_field_and_resolves_files_against_the_playbook() {
     )
     .unwrap();
     let tls = pb.consumers[0].tls.as_ref().unwrap();
-    assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/base/certs/ca.pem")));
+    assert_eq!(
+        tls.ca_file.as_deref(),
+        Some(Path::new("/base/certs/ca.pem"))
+    );
     assert!(!tls.system_roots);
     assert_eq!(tls.server_name.as_deref(), Some("auth.internal"));
     let auth = tls.client_auth.as_ref().unwrap();

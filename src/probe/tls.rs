@@ -1,0 +1,570 @@
+//! How rotor reaches one consumer's instances: plain HTTP, or HTTPS verified as its `tls`
+//! mapping says (`ca_file` on top of the system roots, `server_name`, a client certificate for
+//! mTLS, or `insecure` outside production).
+//!
+//! Owns: reading the PEM files when the engine opens (a bad file is an error that names the
+//! consumer, the field and the file), building one rustls client per consumer, and describing
+//! a failed handshake in words an operator can act on. Must never: turn verification off
+//! unless the playbook says `insecure: true`, or quote a file's contents in an error.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::DigitallySignedStruct;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use crate::playbook::TlsSpec;
+
+/// Largest PEM file read (a CA bundle of a few hundred certificates fits).
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// A consumer's `tls` could not be turned into a client.
+#[derive(Debug, thiserror::Error)]
+#[error("consumer `{consumer}`: tls.{field} ({file}): {detail}")]
+pub struct TlsError {
+    /// The consumer.
+    pub consumer: String,
+    /// The field that names the file.
+    pub field: &'static str,
+    /// The file.
+    pub file: String,
+    /// What is wrong with it and what to do.
+    pub detail: String,
+}
+
+/// How rotor talks to one consumer's instances.
+#[derive(Clone, Debug, Default)]
+pub struct Transport {
+    /// The HTTPS client, when the consumer has `tls`.
+    tls: Option<reqwest::Client>,
+}
+
+impl Transport {
+    /// Plain HTTP.
+    pub fn plain() -> Transport {
+        Transport::default()
+    }
+
+    /// HTTPS as `spec` says, or plain HTTP without one. Reads the PEM files now.
+    pub fn for_consumer(consumer: &str, spec: Option<&TlsSpec>) -> Result<Transport, TlsError> {
+        let Some(spec) = spec else {
+            return Ok(Transport::plain());
+        };
+        let config = client_config(consumer, spec)?;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .use_preconfigured_tls(config)
+            .build()
+            .map_err(|e| TlsError {
+                consumer: consumer.into(),
+                field: "ca_file",
+                file: String::new(),
+                detail: format!("cannot build the HTTPS client: {e}"),
+            })?;
+        Ok(Transport { tls: Some(client) })
+    }
+
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The HTTPS client, or `None` for plain HTTP (the caller's own client).
+    pub fn client(&self) -> Option<&reqwest::Client> {
+        self.tls.as_ref()
+    }
+}
+
+/// A PEM file's bytes, bounded.
+fn read_pem(consumer: &str, field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    let err = |detail: String| TlsError {
+        consumer: consumer.into(),
+        field,
+        file: path.display().to_string(),
+        detail,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+    if meta.len() > MAX_PEM_BYTES {
+        return Err(err(format!(
+            "it is {} bytes; a PEM file rotor reads is at most {MAX_PEM_BYTES}",
+            meta.len()
+        )));
+    }
+    std::fs::read(path).map_err(|e| err(format!("cannot read it: {e}")))
+}
+
+/// The certificates in a PEM file (at least one).
+fn certificates(
+    consumer: &str,
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read_pem(consumer, field, path)?;
+    let err = |detail: &str| TlsError {
+        consumer: consumer.into(),
+        field,
+        file: path.display().to_string(),
+        detail: detail.into(),
+    };
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| err("it is not a PEM file of certificates (-----BEGIN CERTIFICATE-----)"))?;
+    if certs.is_empty() {
+        return Err(err(
+            "it holds no certificate (-----BEGIN CERTIFICATE-----); give a PEM bundle",
+        ));
+    }
+    Ok(certs)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn client_config(consumer: &str, spec: &TlsSpec) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError {
+            consumer: consumer.into(),
+            field: "ca_file",
+            file: String::new(),
+            detail: format!("no TLS protocol version available: {e}"),
+        })?;
+    let verifier: Arc<dyn ServerCertVerifier> = if spec.insecure {
+        Arc::new(Unverified(provider))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        if spec.system_roots {
+            // Unreadable system certificates are skipped, as every TLS client does; the CA file
+            // is what this consumer relies on.
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+        if let Some(path) = &spec.ca_file {
+            for cert in certificates(consumer, "ca_file", path)? {
+                roots.add(cert).map_err(|e| TlsError {
+                    consumer: consumer.into(),
+                    field: "ca_file",
+                    file: path.display().to_string(),
+                    detail: format!("a certificate in it is not a usable CA: {e}"),
+                })?;
+            }
+        }
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| TlsError {
+                consumer: consumer.into(),
+                field: if spec.ca_file.is_some() {
+                    "ca_file"
+                } else {
+                    "system_roots"
+                },
+                file: spec
+                    .ca_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                detail: format!("no trusted root to verify against: {e}"),
+            })?;
+        let name = match &spec.server_name {
+            Some(n) => Some(ServerName::try_from(n.clone()).map_err(|_| TlsError {
+                consumer: consumer.into(),
+                field: "server_name",
+                file: String::new(),
+                detail: "not a DNS name or IP address".into(),
+            })?),
+            None => None,
+        };
+        Arc::new(Verified { webpki, name })
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    match &spec.client_auth {
+        None => Ok(builder.with_no_client_auth()),
+        Some(auth) => {
+            let chain = certificates(consumer, "client_cert", &auth.cert)?;
+            let bytes = read_pem(consumer, "client_key", &auth.key)?;
+            let key_err = |detail: String| TlsError {
+                consumer: consumer.into(),
+                field: "client_key",
+                file: auth.key.display().to_string(),
+                detail,
+            };
+            let key = PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| {
+                key_err("it holds no private key (PKCS#8, PKCS#1 or SEC1 PEM)".into())
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| key_err(format!("it does not fit tls.client_cert: {e}")))
+        }
+    }
+}
+
+/// The standard WebPKI verification, against `name` instead of the address rotor dialled when
+/// the playbook gives a `server_name` (instances are reached by IP).
+#[derive(Debug)]
+struct Verified {
+    webpki: Arc<WebPkiServerVerifier>,
+    name: Option<ServerName<'static>>,
+}
+
+impl ServerCertVerifier for Verified {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let name = self.name.as_ref().unwrap_or(server_name);
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// `insecure: true`: any certificate is accepted, but the handshake's signatures are still
+/// checked (the peer holds the key of the certificate it shows).
+#[derive(Debug)]
+struct Unverified(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A failed handshake in an operator's words, when `e`'s chain holds a TLS error.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // Bounded: a chain is a handful of links; a cycle must not hang a probe.
+    for _ in 0..32 {
+        let Some(err) = next else { break };
+        // An io::Error keeps what it wraps out of its `source()`: open it instead.
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            next = Some(inner);
+            continue;
+        }
+        if let Some(tls) = err.downcast_ref::<E>() {
+            return Some(match tls {
+                E::InvalidCertificate(C::UnknownIssuer) => {
+                    "TLS: the instance's certificate is not signed by a CA rotor trusts for this consumer (tls.ca_file, tls.system_roots)".into()
+                }
+                E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+                    "TLS: the instance's certificate has expired".into()
+                }
+                E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+                    "TLS: the instance's certificate is not valid yet (check the clocks)".into()
+                }
+                E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                    "TLS: the instance's certificate is not valid for the name rotor checks (tls.server_name)".into()
+                }
+                E::AlertReceived(A::CertificateRequired) => {
+                    "TLS: the instance requires a client certificate (tls.client_cert, tls.client_key)".into()
+                }
+                E::AlertReceived(A::BadCertificate | A::UnknownCA | A::AccessDenied) => {
+                    "TLS: the instance refused rotor's client certificate (tls.client_cert)".into()
+                }
+                other => format!("TLS handshake failed: {other}"),
+            });
+        }
+        next = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a real TLS server (tokio-rustls) with certificates made here (rcgen): the happy
+    //! path by IP with `server_name`, a wrong CA, an expired certificate, a server that
+    //! requires mTLS (with and without rotor's client certificate), and `insecure`.
+
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::server::WebPkiClientVerifier;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::playbook::ClientAuth;
+
+    const NAME: &str = "auth.internal";
+
+    struct Ca(CertifiedIssuer<'static, KeyPair>);
+
+    impl Ca {
+        fn new() -> Ca {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            // Each CA its own name: a verifier matches an issuer by name first.
+            let name =
+                crate::secret::SecretValue::generate(crate::secret::Alphabet::Hex, 12).unwrap();
+            p.distinguished_name.push(
+                rcgen::DnType::CommonName,
+                format!("test CA {}", name.expose()),
+            );
+            Ca(CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap())
+        }
+
+        /// A leaf for `name`, valid now unless `expired`.
+        fn leaf(&self, name: &str, expired: bool) -> (String, String) {
+            let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, name);
+            if expired {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &self.0).unwrap();
+            (cert.pem(), key.serialize_pem())
+        }
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// An HTTPS server answering 200 to anything, presenting `cert`; with `clients`, it
+    /// requires a client certificate signed by that CA.
+    async fn server(cert: &(String, String), clients: Option<&Ca>) -> SocketAddr {
+        let chain: Vec<_> = CertificateDer::pem_slice_iter(cert.0.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(cert.1.as_bytes()).unwrap();
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match clients {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.0.der().clone()).unwrap();
+                let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .build()
+                    .unwrap();
+                builder.with_client_cert_verifier(v)
+            }
+        };
+        let config = builder.with_single_cert(chain, key).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let mut buf = [0u8; 4096];
+                        let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
+                        let _ = tls
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                            .await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn spec(ca: Option<PathBuf>) -> TlsSpec {
+        TlsSpec {
+            ca_file: ca,
+            system_roots: false,
+            server_name: Some(NAME.into()),
+            client_auth: None,
+            insecure: false,
+        }
+    }
+
+    /// GET / through `spec`'s transport: Ok(status) or the described failure.
+    async fn get(spec: &TlsSpec, addr: SocketAddr) -> Result<u16, String> {
+        let t = Transport::for_consumer("auth", Some(spec)).map_err(|e| e.to_string())?;
+        assert_eq!(t.scheme(), "https");
+        let r = t
+            .client()
+            .unwrap()
+            .get(format!("https://{addr}/"))
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await;
+        match r {
+            Ok(r) => Ok(r.status().as_u16()),
+            Err(e) => Err(describe(&e).unwrap_or_else(|| {
+                let mut chain = format!("not a TLS error: {e}");
+                let mut s = std::error::Error::source(&e);
+                while let Some(x) = s {
+                    chain.push_str(&format!(" <- {x} [{x:?}]"));
+                    s = x.source();
+                }
+                chain
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn verifies_by_name_when_probing_by_ip_and_says_why_it_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, other) = (Ca::new(), Ca::new());
+        let ca_file = write(dir.path(), "ca.pem", &ca.0.pem());
+        let good = server(&ca.leaf(NAME, false), None).await;
+        assert_eq!(get(&spec(Some(ca_file.clone())), good).await, Ok(200));
+
+        // The name is checked: the same certificate is not valid for another one.
+        let mut wrong_name = spec(Some(ca_file.clone()));
+        wrong_name.server_name = Some("backend.internal".into());
+        let e = get(&wrong_name, good).await.unwrap_err();
+        assert!(e.contains("not valid for the name"), "{e}");
+
+        // A certificate from a CA rotor was not told to trust.
+        let stranger = server(&other.leaf(NAME, false), None).await;
+        let e = get(&spec(Some(ca_file.clone())), stranger)
+            .await
+            .unwrap_err();
+        assert!(e.contains("not signed by a CA rotor trusts"), "{e}");
+
+        // An expired certificate from the right CA.
+        let expired = server(&ca.leaf(NAME, true), None).await;
+        let e = get(&spec(Some(ca_file.clone())), expired)
+            .await
+            .unwrap_err();
+        assert!(e.contains("has expired"), "{e}");
+
+        // insecure: the stranger is accepted (never in production: the playbook refuses it).
+        let mut insecure = spec(None);
+        insecure.server_name = None;
+        insecure.insecure = true;
+        assert_eq!(get(&insecure, stranger).await, Ok(200));
+    }
+
+    #[tokio::test]
+    async fn a_server_that_requires_mtls_gets_rotor_s_client_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, clients) = (Ca::new(), Ca::new());
+        let ca_file = write(dir.path(), "ca.pem", &ca.0.pem());
+        let addr = server(&ca.leaf(NAME, false), Some(&clients)).await;
+        let e = get(&spec(Some(ca_file.clone())), addr).await.unwrap_err();
+        assert!(e.contains("requires a client certificate"), "{e}");
+
+        let (cert, key) = clients.leaf("rotor", false);
+        let mut with_cert = spec(Some(ca_file.clone()));
+        with_cert.client_auth = Some(ClientAuth {
+            cert: write(dir.path(), "client.pem", &cert),
+            key: write(dir.path(), "client.key", &key),
+        });
+        assert_eq!(get(&with_cert, addr).await, Ok(200));
+
+        // A client certificate from a CA the server does not trust is refused.
+        let (cert, key) = Ca::new().leaf("rotor", false);
+        let mut stranger = spec(Some(ca_file));
+        stranger.client_auth = Some(ClientAuth {
+            cert: write(dir.path(), "stranger.pem", &cert),
+            key: write(dir.path(), "stranger.key", &key),
+        });
+        let e = get(&stranger, addr).await.unwrap_err();
+        assert!(e.contains("refused rotor's client certificate"), "{e}");
+    }
+
+    #[test]
+    fn bad_files_name_the_consumer_field_and_file_never_their_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let secretish = "not-a-pem-but-maybe-a-secret-value-0123456789";
+        let junk = write(dir.path(), "junk.pem", secretish);
+        let e = Transport::for_consumer("auth", Some(&spec(Some(junk.clone())))).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("consumer `auth`: tls.ca_file ("), "{text}");
+        assert!(text.contains("holds no certificate"), "{text}");
+        assert!(!text.contains(secretish), "{text}");
+        let missing = dir.path().join("missing.pem");
+        let e = Transport::for_consumer("auth", Some(&spec(Some(missing)))).unwrap_err();
+        assert!(e.to_string().contains("cannot read it"), "{e}");
+        let ca = write(dir.path(), "ca.pem", &Ca::new().0.pem());
+        let mut s = spec(Some(ca));
+        s.client_auth = Some(ClientAuth {
+            cert: write(dir.path(), "c.pem", &Ca::new().leaf("x", false).0),
+            key: junk,
+        });
+        let e = Transport::for_consumer("auth", Some(&s)).unwrap_err();
+        assert_eq!(e.field, "client_key");
+        assert!(!e.to_string().contains(secretish), "{e}");
+        assert_eq!(
+            Transport::for_consumer("auth", None).unwrap().scheme(),
+            "http"
+        );
+    }
+}
