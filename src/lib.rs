@@ -26,3 +26,4 @@ pub mod protocol;
 pub mod redact;
 pub mod state_dir;
 pub mod store;
+pub mod transport;

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["consumer", "probe"],
     &["store"],
     &["cluster"],
-    &["events", "redact", "state_dir", "exit"],
+    &["events", "redact", "state_dir", "exit", "transport"],
     &["playbook"],
     &["protocol", "secret", "jwt"],
 ];

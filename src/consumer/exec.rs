@@ -35,6 +35,7 @@ use crate::events::{Event, EventSink};
 use crate::playbook::{ExecSpec, Pickup, Playbook, SlotNames, StoreSpec, Timings};
 use crate::protocol::Role;
 use crate::secret::Fingerprint;
+use crate::transport::Transport;
 
 /// Lines of the command's stderr kept for an error.
 const TAIL_LINES: usize = 12;
@@ -60,11 +61,18 @@ pub struct ExecConsumer {
     spec: ExecSpec,
     timings: Timings,
     state_file: PathBuf,
+    /// How rotor reaches its targets (plain HTTP unless it has `tls`).
+    transport: Transport,
 }
 
 impl ExecConsumer {
     /// The consumer `spec` of `playbook`.
-    pub fn new(playbook: &Playbook, spec: &crate::playbook::ConsumerSpec, exec: &ExecSpec) -> Self {
+    pub fn new(
+        playbook: &Playbook,
+        spec: &crate::playbook::ConsumerSpec,
+        exec: &ExecSpec,
+        transport: Transport,
+    ) -> Self {
         let store_secret = match &playbook.store {
             StoreSpec::Gcp(g) => g.name.clone(),
             _ => playbook.secret.clone(),
@@ -81,6 +89,7 @@ impl ExecConsumer {
                 .state_dir
                 .join("exec")
                 .join(format!("{}.json", spec.name)),
+            transport,
         }
     }
 
@@ -243,6 +252,10 @@ impl ExecConsumer {
 
 #[async_trait]
 impl Consumer for ExecConsumer {
+    fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

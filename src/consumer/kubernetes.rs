@@ -40,6 +40,7 @@ use crate::playbook::{
 };
 use crate::protocol::Role;
 use crate::secret::{Fingerprint, SecretValue};
+use crate::transport::Transport;
 
 /// How often a rollout is polled at first, and at most.
 const POLL: Duration = Duration::from_millis(100);
@@ -64,7 +65,8 @@ pub struct KubernetesConsumer {
     shared_with_validator: bool,
     annotation: String,
     client: kube::Client,
-    http: Option<reqwest::Client>,
+    /// How rotor reaches its pods (plain HTTP unless it has `tls`).
+    transport: Transport,
 }
 
 /// What rotor reads of a workload, whatever its kind.
@@ -330,6 +332,7 @@ impl KubernetesConsumer {
         spec: &ConsumerSpec,
         k: &KubernetesSpec,
         cluster: &Cluster,
+        transport: Transport,
     ) -> Self {
         let shared_with_validator = playbook.consumers.iter().any(|other| {
             other.name != spec.name
@@ -337,11 +340,6 @@ impl KubernetesConsumer {
                 && matches!(&other.kind, ConsumerKind::Kubernetes(o)
                     if o.secret == k.secret && o.workload.namespace == k.workload.namespace)
         });
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .no_proxy()
-            .build()
-            .ok();
         KubernetesConsumer {
             name: spec.name.clone(),
             role: spec.role,
@@ -353,7 +351,7 @@ impl KubernetesConsumer {
             shared_with_validator,
             annotation: format!("rotor.dev/{}", playbook.secret),
             client: cluster.client(),
-            http,
+            transport,
         }
     }
 
@@ -799,6 +797,10 @@ impl KubernetesConsumer {
 
 #[async_trait]
 impl Consumer for KubernetesConsumer {
+    fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
@@ -901,11 +903,7 @@ impl Consumer for KubernetesConsumer {
             let addr = instance
                 .addr
                 .ok_or_else(|| observe("the pod has no IP or port yet".into()))?;
-            let client = self
-                .http
-                .as_ref()
-                .ok_or_else(|| observe("the HTTP client could not be initialized".into()))?;
-            let held = report_held(client, addr, path, self.timings.probe_timeout)
+            let held = report_held(self.transport.at(addr), path, self.timings.probe_timeout)
                 .await
                 .map_err(observe)?;
             return Ok((held, HeldSource::Reported));

@@ -21,6 +21,7 @@ use crate::events::EventSink;
 use crate::playbook::{ConsumerKind, ConsumerSpec, Pickup, Playbook, SlotNames, SlotRef};
 use crate::protocol::Role;
 use crate::secret::{Fingerprint, SecretValue};
+use crate::transport::{Target, TlsError, Transport};
 
 /// The values one consumer must hold.
 #[derive(Debug, Clone)]
@@ -124,16 +125,16 @@ pub fn deadline_after(d: std::time::Duration) -> std::time::Instant {
     .unwrap_or(now)
 }
 
-/// Asks an instance what it holds: `GET http://<addr><path>`, answered with a [`Held`].
+/// Asks an instance what it holds: `GET <scheme>://<addr><path>`, answered with a [`Held`].
 /// The error text names the URL and what went wrong (never a value: the answer holds none).
 pub async fn report_held(
-    client: &reqwest::Client,
-    addr: SocketAddr,
+    at: Target<'_>,
     path: &str,
     timeout: std::time::Duration,
 ) -> Result<Held, String> {
-    let url = format!("http://{addr}{path}");
-    let resp = client
+    let url = at.url(path);
+    let resp = at
+        .client()
         .get(&url)
         .timeout(timeout)
         .send()
@@ -297,6 +298,9 @@ pub enum ConsumerError {
         #[source]
         source: Box<ClusterError>,
     },
+    /// A consumer's `tls` files could not be used (read when the engine opens).
+    #[error("{0}\n  help: fix the file or the playbook's `tls` mapping (docs/playbook.md, TLS)")]
+    Tls(#[from] TlsError),
     /// Starting a process failed.
     #[error("consumer {consumer}: cannot start `{program}`: {detail}")]
     Spawn {
@@ -477,6 +481,11 @@ pub trait Consumer: Send + Sync {
     /// otherwise returns what rotor configured).
     async fn held(&self, instance: &Instance) -> Result<(Held, HeldSource), ConsumerError>;
 
+    /// How rotor reaches this consumer's instances (plain HTTP unless it has `tls`).
+    fn transport(&self) -> &Transport {
+        crate::transport::plain()
+    }
+
     /// Starts the consumer's instances holding `slots` if none run (fleet bring-up).
     async fn start(
         &self,
@@ -496,7 +505,7 @@ pub trait Consumer: Send + Sync {
 pub fn open_all(
     playbook: &Playbook,
     cluster: Option<&Cluster>,
-) -> Result<Vec<Arc<dyn Consumer>>, ClusterError> {
+) -> Result<Vec<Arc<dyn Consumer>>, ConsumerError> {
     playbook
         .consumers
         .iter()
@@ -509,16 +518,23 @@ pub fn open(
     playbook: &Playbook,
     spec: &ConsumerSpec,
     cluster: Option<&Cluster>,
-) -> Result<Arc<dyn Consumer>, ClusterError> {
+) -> Result<Arc<dyn Consumer>, ConsumerError> {
+    let transport = Transport::for_consumer(&spec.name, spec.tls.as_ref())?;
     Ok(match &spec.kind {
-        ConsumerKind::Process(p) => Arc::new(process::ProcessConsumer::new(playbook, spec, p)),
+        ConsumerKind::Process(p) => {
+            Arc::new(process::ProcessConsumer::new(playbook, spec, p, transport))
+        }
         ConsumerKind::Kubernetes(k) => Arc::new(kubernetes::KubernetesConsumer::new(
             playbook,
             spec,
             k,
-            cluster.ok_or_else(ClusterError::not_connected)?,
+            cluster.ok_or_else(|| ConsumerError::Cluster {
+                consumer: spec.name.clone(),
+                source: Box::new(ClusterError::not_connected()),
+            })?,
+            transport,
         )),
-        ConsumerKind::Exec(e) => Arc::new(exec::ExecConsumer::new(playbook, spec, e)),
+        ConsumerKind::Exec(e) => Arc::new(exec::ExecConsumer::new(playbook, spec, e, transport)),
     })
 }
 
@@ -541,7 +557,6 @@ mod tests {
     #[tokio::test]
     async fn a_hostile_fingerprints_report_is_refused_without_being_echoed() {
         let value = "a-secret-value-that-must-never-be-printed-0123456789";
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let t = std::time::Duration::from_secs(5);
         let fp = Fingerprint::of("s", "x");
         let cases = [
@@ -555,7 +570,7 @@ mod tests {
         ];
         for body in cases {
             let addr = answering(body.clone()).await;
-            let err = report_held(&client, addr, "/fingerprints", t)
+            let err = report_held(addr.into(), "/fingerprints", t)
                 .await
                 .unwrap_err();
             assert!(!err.contains(value), "{err}");
@@ -566,9 +581,7 @@ mod tests {
             r#"{{"names":{{"SERVICE_SECRET":"{fp}"}},"accepts":["{fp}"],"sends":"{fp}"}}"#
         ))
         .await;
-        let held = report_held(&client, addr, "/fingerprints", t)
-            .await
-            .unwrap();
+        let held = report_held(addr.into(), "/fingerprints", t).await.unwrap();
         assert_eq!(held.sends, Some(fp));
     }
 }

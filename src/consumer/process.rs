@@ -40,6 +40,7 @@ use crate::events::{Event, EventSink};
 use crate::playbook::{ConsumerSpec, Pickup, Playbook, ProcessSpec, SlotNames, Timings};
 use crate::protocol::Role;
 use crate::secret::SecretValue;
+use crate::transport::Transport;
 
 /// Interval between two health checks of a starting instance.
 const READY_POLL: Duration = Duration::from_millis(25);
@@ -92,7 +93,8 @@ pub struct ProcessConsumer {
     /// Serializes changes made by this rotor process (the flock covers other processes).
     serial: tokio::sync::Mutex<()>,
     exits: Exits,
-    http: Option<reqwest::Client>,
+    /// How rotor reaches its instances (plain HTTP unless it has `tls`).
+    transport: Transport,
 }
 
 impl DesiredExt for Desired<'_> {
@@ -107,13 +109,13 @@ trait DesiredExt {
 
 impl ProcessConsumer {
     /// Opens the consumer.
-    pub fn new(playbook: &Playbook, spec: &ConsumerSpec, p: &ProcessSpec) -> Self {
+    pub fn new(
+        playbook: &Playbook,
+        spec: &ConsumerSpec,
+        p: &ProcessSpec,
+        transport: Transport,
+    ) -> Self {
         let fleet_dir = playbook.state_dir.join("fleet");
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .no_proxy()
-            .build()
-            .ok();
         ProcessConsumer {
             name: spec.name.clone(),
             role: spec.role,
@@ -130,7 +132,7 @@ impl ProcessConsumer {
                 .then(|| playbook.base_dir.clone()),
             serial: tokio::sync::Mutex::new(()),
             exits: Arc::default(),
-            http,
+            transport,
         }
     }
 
@@ -141,14 +143,6 @@ impl ProcessConsumer {
             action,
             source,
         }
-    }
-
-    fn client(&self) -> Result<&reqwest::Client, ConsumerError> {
-        self.http.as_ref().ok_or_else(|| ConsumerError::Io {
-            consumer: self.name.clone(),
-            action: "building the HTTP client".into(),
-            source: std::io::Error::other("the HTTP client could not be initialized"),
-        })
     }
 
     /// The fingerprints and environment the slots turn into for this consumer.
@@ -315,8 +309,9 @@ impl ProcessConsumer {
         // (A readiness timeout too long to add is bounded by the rollout's deadline.)
         let ready_by = started.checked_add(timeout).unwrap_or(deadline);
         let until = ready_by.min(deadline);
-        let url = format!("http://{}{}", rec.addr, self.spec.health_path);
-        let client = self.client()?;
+        let at = self.transport.at(rec.addr);
+        let url = at.url(&self.spec.health_path);
+        let client = at.client();
         let log = self.layout.log_path(&rec.id);
         let mut last = String::from("no answer yet");
         let failure = loop {
@@ -655,6 +650,10 @@ impl ProcessConsumer {
 
 #[async_trait]
 impl Consumer for ProcessConsumer {
+    fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
@@ -716,9 +715,13 @@ impl Consumer for ProcessConsumer {
             detail,
         };
         if let Some(path) = &self.fingerprints_path {
-            let held = report_held(self.client()?, rec.addr, path, self.timings.probe_timeout)
-                .await
-                .map_err(observe)?;
+            let held = report_held(
+                self.transport.at(rec.addr),
+                path,
+                self.timings.probe_timeout,
+            )
+            .await
+            .map_err(observe)?;
             return Ok((held, HeldSource::Reported));
         }
         let held = configured_held(self.role, rec.names, rec.primary, rec.secondary);

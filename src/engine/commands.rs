@@ -189,7 +189,13 @@ impl Engine {
             consumers: &self.consumers,
             generate: &self.pb.generate,
             timeout: self.pb.timings.probe_timeout,
-            http: self.http.clone(),
+            // The engine's own handle on the consumer (it outlives `c`'s borrow).
+            transport: self
+                .consumers
+                .iter()
+                .find(|o| o.name() == c.name())
+                .map(|o| o.transport())
+                .unwrap_or_else(|| crate::transport::plain()),
         }
     }
 

@@ -223,6 +223,8 @@ impl EngineError {
             | EngineError::Consumer(ConsumerError::Gate {
                 fails_open: true, ..
             }) => Exit::FailsOpen,
+            // A consumer's `tls` files are unusable: bad input, nothing was changed.
+            EngineError::Consumer(ConsumerError::Tls(_)) => Exit::Usage,
             // `up` could not prove an instance: nothing was published, an operator must look.
             EngineError::Consumer(ConsumerError::Gate { .. }) => Exit::NeedsOperator,
             EngineError::RolledBack { .. } => Exit::RolledBack,

@@ -25,6 +25,7 @@ use crate::consumer::{Consumer, Gate, Refusal, report_held};
 use crate::playbook::{ConsumerSpec, Generate};
 use crate::probe::{self, Verdict};
 use crate::secret::{Fingerprint, SecretValue};
+use crate::transport::{Target, Transport};
 
 /// A value presented in a proof, with the name messages give it.
 #[derive(Clone)]
@@ -47,11 +48,11 @@ pub fn canary(g: &Generate) -> Result<Labeled, String> {
     })
 }
 
-/// Presents every value to the validating instance at `addr` with every probe of `spec`:
+/// Presents every value to the validating instance `at` with every probe of `spec`:
 /// `accept` must be accepted, `reject` rejected. `Ok` says how many presentations passed.
 pub async fn prove_validating(
     spec: &ConsumerSpec,
-    addr: SocketAddr,
+    at: Target<'_>,
     accept: &[Labeled],
     reject: &[Labeled],
     timeout: Duration,
@@ -63,7 +64,7 @@ pub async fn prove_validating(
             .map(|v| (v, Verdict::Accepted))
             .chain(reject.iter().map(|v| (v, Verdict::Rejected)));
         for (v, want) in cases {
-            let got = probe::present(p, addr, &v.value, timeout)
+            let got = probe::present(p, at, &v.value, timeout)
                 .await
                 .map_err(|e| Refusal {
                     fails_open: false,
@@ -74,8 +75,9 @@ pub async fn prove_validating(
                 return Err(Refusal {
                     fails_open,
                     detail: format!(
-                        "{} at {addr}: {}{}",
+                        "{} at {}: {}{}",
                         probe::describe(p),
+                        at.addr,
                         match want {
                             Verdict::Accepted =>
                                 format!("rejected {}, which it must accept", v.label),
@@ -119,15 +121,15 @@ pub struct InstanceGate<'a> {
     pub generate: &'a Generate,
     /// Deadline of one probe.
     pub timeout: Duration,
-    /// For the fingerprints report.
-    pub http: reqwest::Client,
+    /// How rotor reaches this consumer's instances.
+    pub transport: &'a Transport,
 }
 
 impl InstanceGate<'_> {
     async fn prove_sends(&self, addr: SocketAddr) -> Result<String, String> {
         let mut out = Vec::new();
         if let (Some(want), Some(path)) = (&self.sends, &self.spec.fingerprints_path) {
-            let held = report_held(&self.http, addr, path, self.timeout).await?;
+            let held = report_held(self.transport.at(addr), path, self.timeout).await?;
             if held.sends.as_ref() != Some(want) {
                 return Err(format!(
                     "it reports sending {}, expected {want}",
@@ -153,7 +155,8 @@ impl InstanceGate<'_> {
                 .map_err(|e| format!("listing {}: {e}", r.to))?;
             for ti in serving {
                 let Some(to) = ti.addr else { continue };
-                if let Err(e) = probe::roundtrip(r, addr, to, self.timeout).await {
+                if let Err(e) = probe::roundtrip(r, self.transport.at(addr), to, self.timeout).await
+                {
                     // A target instance retired while the trip ran is no failure of this one,
                     // nor is a target that refuses the very value this instance must send
                     // when it is presented directly: that target fails its own proof.
@@ -162,7 +165,7 @@ impl InstanceGate<'_> {
                         .await
                         .map(|now| now.iter().any(|i| i.id == ti.id))
                         .unwrap_or(true);
-                    if still && !self.target_refuses(&r.to, to).await {
+                    if still && !self.target_refuses(target.as_ref(), to).await {
                         return Err(format!("round trip to {} instance {}: {e}", r.to, ti.id));
                     }
                     skipped += 1;
@@ -182,14 +185,15 @@ impl InstanceGate<'_> {
 
     /// True when the validator instance of `consumer` at `addr` rejects, presented directly,
     /// the value this gate's instance must send: the target is broken, not the sender.
-    async fn target_refuses(&self, consumer: &str, addr: SocketAddr) -> bool {
+    async fn target_refuses(&self, consumer: &dyn Consumer, addr: SocketAddr) -> bool {
         let (Some(v), Some(spec)) = (
             &self.sends_value,
-            self.specs.iter().find(|s| s.name == consumer),
+            self.specs.iter().find(|s| s.name == consumer.name()),
         ) else {
             return false;
         };
-        prove_validating(spec, addr, std::slice::from_ref(v), &[], self.timeout)
+        let at = consumer.transport().at(addr);
+        prove_validating(spec, at, std::slice::from_ref(v), &[], self.timeout)
             .await
             .is_err()
     }
@@ -202,7 +206,8 @@ impl Gate for InstanceGate<'_> {
         if self.spec.role.validates() {
             let mut reject = self.reject.clone();
             reject.push(canary(self.generate).map_err(Refusal::from)?);
-            prove_validating(self.spec, addr, &self.accept, &reject, self.timeout).await?;
+            let at = self.transport.at(addr);
+            prove_validating(self.spec, at, &self.accept, &reject, self.timeout).await?;
             let names = |vs: &[Labeled]| {
                 vs.iter()
                     .map(|v| v.label.as_str())

@@ -156,7 +156,7 @@ async fn sample(
                     }
                     made += 1;
                     r.sampled_round_trips += 1;
-                    match probe::trip(&p.spec, f, t, timeout).await {
+                    match probe::trip(&p.spec, p.signer.transport().at(f), t, timeout).await {
                         Trip::Passed => {}
                         Trip::Refused(_) => r.failed_round_trips += 1,
                         Trip::Unreachable(_) => r.unreachable += 1,

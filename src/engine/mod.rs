@@ -132,8 +132,6 @@ pub struct Engine {
     events: Arc<dyn EventSink>,
     lock: Box<dyn RotationLock>,
     journals: Box<dyn JournalStore>,
-    /// For the gates' fingerprints reports (one connection per request: instances come and go).
-    http: reqwest::Client,
 }
 
 impl Engine {
@@ -153,11 +151,6 @@ impl Engine {
             events,
             lock,
             journals,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap_or_default(),
         }
     }
 

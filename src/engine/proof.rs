@@ -146,7 +146,7 @@ impl Run<'_> {
             })?;
             let mut reject = reject.to_vec();
             reject.push(gate::canary(&self.e.pb.generate).map_err(StepError::Foreign)?);
-            gate::prove_validating(spec, addr, accept, &reject, timeout)
+            gate::prove_validating(spec, c.transport().at(addr), accept, &reject, timeout)
                 .await
                 .map_err(|r| {
                     let (consumer, instance, detail) = (c.name().into(), inst.id.clone(), r.detail);
@@ -226,7 +226,8 @@ impl Run<'_> {
                         .expect("playbook validated roundtrip targets");
                     for ti in self.serving(target).await? {
                         let Some(to) = ti.addr else { continue };
-                        probe::roundtrip(r, from, to, timeout).await.map_err(|e| {
+                        let at = c.transport().at(from);
+                        probe::roundtrip(r, at, to, timeout).await.map_err(|e| {
                             StepError::Proof {
                                 consumer: c.name().into(),
                                 instance: inst.id.clone(),

@@ -6,7 +6,6 @@
 //! failure, never the value or the token.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
@@ -15,6 +14,7 @@ use super::{ProbeError, Trip, Verdict};
 use crate::jwt;
 use crate::playbook::{ProbeSpec, RoundtripSpec};
 use crate::secret::SecretValue;
+use crate::transport::Target;
 
 /// Subject of the tokens probes mint.
 const PROBE_SUBJECT: &str = "rotor-probe";
@@ -22,25 +22,13 @@ const PROBE_SUBJECT: &str = "rotor-probe";
 /// Bytes of a signer's answer read (to describe it) in a failed round trip.
 const BODY_LIMIT: usize = 64 * 1024;
 
-/// The shared client: no proxy (probes target one instance's own loopback address and must not
-/// hand a value to a proxy), no idle connections kept. Timeouts are set per request.
-fn client() -> Result<&'static reqwest::Client, String> {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    if let Some(c) = CLIENT.get() {
-        return Ok(c);
-    }
-    let built = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    Ok(CLIENT.get_or_init(|| built))
-}
-
 /// Describes a transport failure without the URL's query or anything sent.
 fn transport_detail(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
         return format!("no answer within {timeout:?}");
+    }
+    if let Some(tls) = crate::transport::describe(e) {
+        return tls;
     }
     let kind = if e.is_connect() {
         "connection failed"
@@ -61,13 +49,13 @@ fn transport_detail(e: &reqwest::Error, timeout: Duration) -> String {
 
 pub(super) async fn present(
     spec: &ProbeSpec,
-    addr: SocketAddr,
+    at: Target<'_>,
     value: &SecretValue,
     timeout: Duration,
 ) -> Result<Verdict, ProbeError> {
     let failed = |detail: String| ProbeError::Failed {
         probe: super::describe(spec),
-        target: addr.to_string(),
+        target: at.addr.to_string(),
         detail,
     };
     let (path, header_name, header_value, accept, reject) = match spec {
@@ -102,9 +90,9 @@ pub(super) async fn present(
     let mut header_value = header_value;
     header_value.set_sensitive(true);
 
-    let client = client().map_err(failed)?;
-    let response = client
-        .get(format!("http://{addr}{path}"))
+    let response = at
+        .client()
+        .get(at.url(path))
         .header(header_name, header_value)
         .timeout(timeout)
         .send()
@@ -125,7 +113,7 @@ pub(super) async fn present(
 
 pub(super) async fn roundtrip(
     spec: &RoundtripSpec,
-    signer: SocketAddr,
+    signer: Target<'_>,
     target: SocketAddr,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
@@ -137,7 +125,7 @@ pub(super) async fn roundtrip(
                 spec.to,
                 spec.path.replace("{target}", &target.to_string())
             ),
-            target: signer.to_string(),
+            target: signer.addr.to_string(),
             detail,
         }),
     }
@@ -146,17 +134,14 @@ pub(super) async fn roundtrip(
 /// One round trip, classified.
 pub(super) async fn trip(
     spec: &RoundtripSpec,
-    signer: SocketAddr,
+    signer: Target<'_>,
     target: SocketAddr,
     timeout: Duration,
 ) -> Trip {
     let path = spec.path.replace("{target}", &target.to_string());
-    let client = match client() {
-        Ok(c) => c,
-        Err(e) => return Trip::Unreachable(e),
-    };
-    let response = match client
-        .get(format!("http://{signer}{path}"))
+    let response = match signer
+        .client()
+        .get(signer.url(&path))
         .timeout(timeout)
         .send()
         .await
@@ -210,6 +195,8 @@ async fn describe_body(mut response: reqwest::Response, timeout: Duration) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+    // Through the public entry points: an address is plain HTTP.
+    use crate::probe::{present, roundtrip};
     use axum::Router;
     use axum::http::{HeaderMap, StatusCode};
     use axum::routing::get;

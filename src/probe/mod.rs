@@ -6,13 +6,13 @@
 
 mod exec;
 mod http;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::playbook::{ProbeSpec, RoundtripSpec};
 use crate::secret::SecretValue;
+pub use crate::transport::Target;
 
 /// What an instance did with a presented value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,18 +38,22 @@ pub enum ProbeError {
     },
 }
 
-/// Presents `value` to the instance at `addr` as `spec` says and returns its verdict.
+/// Presents `value` to the instance `at` (an address: plain HTTP; or a [`Target`] with its
+/// consumer's transport) as `spec` says and returns its verdict.
 pub async fn present(
     spec: &ProbeSpec,
-    addr: SocketAddr,
+    at: impl Into<Target<'_>>,
     value: &SecretValue,
     timeout: Duration,
 ) -> Result<Verdict, ProbeError> {
+    let at = at.into();
     match spec {
         ProbeSpec::Header { .. } | ProbeSpec::Jwt { .. } => {
-            http::present(spec, addr, value, timeout).await
+            http::present(spec, at, value, timeout).await
         }
-        ProbeSpec::Exec { command, via } => exec::present(command, via, addr, value, timeout).await,
+        ProbeSpec::Exec { command, via } => {
+            exec::present(command, via, at.addr, value, timeout).await
+        }
     }
 }
 
@@ -57,11 +61,11 @@ pub async fn present(
 /// sends; `Ok` when the validator accepted.
 pub async fn roundtrip(
     spec: &RoundtripSpec,
-    signer: SocketAddr,
+    signer: impl Into<Target<'_>>,
     target: SocketAddr,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    http::roundtrip(spec, signer, target, timeout).await
+    http::roundtrip(spec, signer.into(), target, timeout).await
 }
 
 /// How one round trip went.
@@ -79,11 +83,11 @@ pub enum Trip {
 /// Like [`roundtrip`], but classifies the outcome instead of failing (for sampling traffic).
 pub async fn trip(
     spec: &RoundtripSpec,
-    signer: SocketAddr,
+    signer: impl Into<Target<'_>>,
     target: SocketAddr,
     timeout: Duration,
 ) -> Trip {
-    http::trip(spec, signer, target, timeout).await
+    http::trip(spec, signer.into(), target, timeout).await
 }
 
 /// A short description of a probe for messages.

@@ -1,5 +1,6 @@
 //! Tests of the process consumer with real processes: a tiny Python HTTP server per instance.
 
+use crate::transport::Transport;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -167,7 +168,7 @@ impl Fleet {
         let ConsumerKind::Process(p) = &spec.kind else {
             panic!("a process consumer")
         };
-        ProcessConsumer::new(&self.pb, &spec, p)
+        ProcessConsumer::new(&self.pb, &spec, p, Transport::plain())
     }
 
     fn consumer_timed(&self, timings: Timings) -> ProcessConsumer {
@@ -176,7 +177,7 @@ impl Fleet {
         let ConsumerKind::Process(p) = &pb.consumers[0].kind else {
             panic!("a process consumer")
         };
-        ProcessConsumer::new(&pb, &pb.consumers[0], p)
+        ProcessConsumer::new(&pb, &pb.consumers[0], p, Transport::plain())
     }
 
     fn layout(&self) -> Layout {

@@ -2,13 +2,16 @@
 //! mapping says (`ca_file` on top of the system roots, `server_name`, a client certificate for
 //! mTLS, or `insecure` outside production).
 //!
+//! Used by consumers (health checks, fingerprints reports) and probes alike.
+//!
 //! Owns: reading the PEM files when the engine opens (a bad file is an error that names the
 //! consumer, the field and the file), building one rustls client per consumer, and describing
 //! a failed handshake in words an operator can act on. Must never: turn verification off
 //! unless the playbook says `insecure: true`, or quote a file's contents in an error.
 
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::DigitallySignedStruct;
 use rustls::client::WebPkiServerVerifier;
@@ -36,17 +39,64 @@ pub struct TlsError {
     pub detail: String,
 }
 
-/// How rotor talks to one consumer's instances.
-#[derive(Clone, Debug, Default)]
+/// How rotor talks to one consumer's instances: one client, plain HTTP or HTTPS. Every client
+/// goes straight to the instance (no proxy: a probe carries a value) and keeps no idle
+/// connection (the instance behind an address changes during rollouts).
+#[derive(Clone, Debug)]
 pub struct Transport {
-    /// The HTTPS client, when the consumer has `tls`.
-    tls: Option<reqwest::Client>,
+    client: reqwest::Client,
+    https: bool,
+}
+
+/// One instance as rotor reaches it.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    /// The instance's own address.
+    pub addr: SocketAddr,
+    /// How to talk to it.
+    pub transport: &'a Transport,
+}
+
+impl<'a> Target<'a> {
+    /// The URL of `path` on this instance.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}://{}{path}", self.transport.scheme(), self.addr)
+    }
+
+    /// The client to send with.
+    pub fn client(&self) -> &'a reqwest::Client {
+        &self.transport.client
+    }
+}
+
+impl From<SocketAddr> for Target<'static> {
+    /// Plain HTTP to `addr`.
+    fn from(addr: SocketAddr) -> Target<'static> {
+        plain().at(addr)
+    }
+}
+
+/// The shared plain-HTTP transport.
+pub fn plain() -> &'static Transport {
+    static PLAIN: OnceLock<Transport> = OnceLock::new();
+    PLAIN.get_or_init(Transport::plain)
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
 }
 
 impl Transport {
     /// Plain HTTP.
     pub fn plain() -> Transport {
-        Transport::default()
+        Transport {
+            // Building a client without TLS settings fails only if the system cannot start one
+            // at all; a default client then reports that on its first request.
+            client: builder().build().unwrap_or_default(),
+            https: false,
+        }
     }
 
     /// HTTPS as `spec` says, or plain HTTP without one. Reads the PEM files now.
@@ -55,9 +105,7 @@ impl Transport {
             return Ok(Transport::plain());
         };
         let config = client_config(consumer, spec)?;
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(0)
+        let client = builder()
             .use_preconfigured_tls(config)
             .build()
             .map_err(|e| TlsError {
@@ -66,17 +114,23 @@ impl Transport {
                 file: String::new(),
                 detail: format!("cannot build the HTTPS client: {e}"),
             })?;
-        Ok(Transport { tls: Some(client) })
+        Ok(Transport {
+            client,
+            https: true,
+        })
     }
 
     /// `https` or `http`.
     pub fn scheme(&self) -> &'static str {
-        if self.tls.is_some() { "https" } else { "http" }
+        if self.https { "https" } else { "http" }
     }
 
-    /// The HTTPS client, or `None` for plain HTTP (the caller's own client).
-    pub fn client(&self) -> Option<&reqwest::Client> {
-        self.tls.as_ref()
+    /// `addr` reached through this transport.
+    pub fn at(&self, addr: SocketAddr) -> Target<'_> {
+        Target {
+            addr,
+            transport: self,
+        }
     }
 }
 
@@ -457,9 +511,9 @@ mod tests {
         let t = Transport::for_consumer("auth", Some(spec)).map_err(|e| e.to_string())?;
         assert_eq!(t.scheme(), "https");
         let r = t
+            .at(addr)
             .client()
-            .unwrap()
-            .get(format!("https://{addr}/"))
+            .get(t.at(addr).url("/"))
             .timeout(std::time::Duration::from_secs(10))
             .send()
             .await;
