@@ -7,7 +7,8 @@
 //! Owns: turning events into one-line messages, sending them without blocking the rotation
 //! (each POST in its own task, awaited with a deadline when the run ends), and the metrics file.
 //! Must never: put a value in a message or a metric (events carry fingerprints only), or fail a
-//! rotation because a notification could not be delivered (that is logged).
+//! rotation because a notification could not be delivered (the first failure is a note in the
+//! output, without the webhook's URL).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -28,11 +29,15 @@ pub struct Webhook {
     label: String,
     client: reqwest::Client,
     pending: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Where the first failed delivery is reported (once: a dead webhook must not flood it).
+    notes: Arc<dyn EventSink>,
+    reported: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Webhook {
-    /// Posts to `url` about secret `label` (`service-secret (production)`).
-    pub fn new(url: String, label: String) -> Webhook {
+    /// Posts to `url` about secret `label` (`service-secret (production)`); the first failed
+    /// delivery is reported to `notes`, without the URL (a webhook URL is a credential).
+    pub fn new(url: String, label: String, notes: Arc<dyn EventSink>) -> Webhook {
         let client = reqwest::Client::builder()
             .timeout(FLUSH)
             .build()
@@ -42,6 +47,8 @@ impl Webhook {
             label,
             client,
             pending: Mutex::new(Vec::new()),
+            notes,
+            reported: Arc::default(),
         }
     }
 
@@ -91,16 +98,24 @@ impl EventSink for Webhook {
             return;
         };
         let (client, url) = (self.client.clone(), self.url.clone());
+        let (notes, reported) = (self.notes.clone(), self.reported.clone());
         let task = rt.spawn(async move {
             let sent = client
                 .post(&url)
                 .json(&serde_json::json!({ "text": text }))
                 .send()
                 .await;
-            match sent {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => tracing::warn!(status = %r.status(), "webhook refused a notification"),
-                Err(e) => tracing::warn!(error = %e, "webhook unreachable"),
+            let failure = match sent {
+                Ok(r) if r.status().is_success() => return,
+                Ok(r) => format!("the webhook refused a notification ({})", r.status()),
+                Err(e) if e.is_timeout() => "the webhook did not answer in time".into(),
+                Err(e) if e.is_connect() => "the webhook could not be reached".into(),
+                Err(_) => "a notification could not be sent to the webhook".into(),
+            };
+            if !reported.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                notes.emit(&Event::Note {
+                    message: format!("{failure}; later failures this run are not reported"),
+                });
             }
         });
         self.pending.lock().expect("webhook mutex").push(task);
@@ -301,7 +316,7 @@ pub fn around(pb: &Playbook, out: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
         match std::env::var(var).ok().filter(|u| !u.trim().is_empty()) {
             Some(url) => {
                 let label = format!("{} ({})", pb.secret, pb.environment.as_str());
-                sinks.push(Arc::new(Webhook::new(url, label)));
+                sinks.push(Arc::new(Webhook::new(url, label, out.clone())));
             }
             None => out.emit(&Event::Note {
                 message: format!(

@@ -69,7 +69,11 @@ impl K8sEnv {
         edit: impl FnOnce(&mut Vec<serde_json::Value>, &std::path::Path),
     ) -> K8sEnv {
         let (dir, playbook, pb) = scratch_playbook("rotor-k8s-test-", file, yaml);
-        let mut topo = rotor::demo::lab_topology(None).unwrap();
+        let mut topo = rotor_lab::Topology::parse(
+            rotor::demo::LAB_DEMO_TOPOLOGY,
+            std::path::Path::new("<embedded>/playbooks/lab-demo.topology.yaml"),
+        )
+        .unwrap();
         edit(&mut topo.objects, dir.path());
         topo.images.insert(
             "rotor-demo-service".into(),

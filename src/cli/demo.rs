@@ -19,10 +19,12 @@ pub struct Args {
     /// Run the Kubernetes demo instead: start a lab (a local Kubernetes API server whose pods
     /// are real processes) and rotate `playbooks/k8s-demo.yaml` through it.
     #[arg(long)]
+    #[cfg_attr(not(feature = "lab"), arg(hide = true))]
     pub lab: bool,
     /// With `--lab`: a lab topology file instead of the embedded
     /// `playbooks/lab-demo.topology.yaml`.
     #[arg(long, requires = "lab")]
+    #[cfg_attr(not(feature = "lab"), arg(hide = true))]
     pub topology: Option<PathBuf>,
     /// Scratch directory (default: a temporary one, removed afterwards).
     #[arg(long)]
@@ -53,6 +55,11 @@ fn interval(text: &str) -> Result<Duration, String> {
 }
 
 pub(super) async fn run(a: Args, out: &Arc<Output>) -> CliResult {
+    // Refused before the scratch directory exists: a refusal creates nothing.
+    #[cfg(not(feature = "lab"))]
+    if a.lab {
+        return Err(no_lab());
+    }
     let (dir, _keep) = crate::demo::scratch(a.dir.clone()).map_err(|e| CliError {
         message: format!("cannot create the demo directory: {e}"),
         exit: Exit::Internal,
@@ -139,8 +146,38 @@ async fn run_lab(
     _dir: &std::path::Path,
     _out: &Arc<Output>,
 ) -> Result<(crate::demo::DemoReport, Option<crate::engine::EngineError>), CliError> {
-    Err(CliError {
-        message: "this rotor was built without the lab (cargo feature `lab`), so `demo --lab` cannot run\n  help: build with the default features: cargo build --release".into(),
+    Err(no_lab())
+}
+
+/// Why `--lab` cannot run in this build.
+#[cfg(not(feature = "lab"))]
+fn no_lab() -> CliError {
+    CliError {
+        message: "this rotor was built without the lab (cargo feature `lab`), so `demo --lab` cannot run\n  help: build with the default features: cargo build --release -p rotor".into(),
         exit: Exit::Usage,
-    })
+    }
+}
+
+#[cfg(all(test, not(feature = "lab")))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn demo_lab_without_the_lab_is_refused_before_anything_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join("demo");
+        let a = Args {
+            playbook: None,
+            lab: true,
+            topology: None,
+            dir: Some(scratch.clone()),
+            workers: 1,
+            interval: Duration::from_millis(5),
+        };
+        let out = Arc::new(Output::new(crate::output::Format::Json));
+        let e = run(a, &out).await.unwrap_err();
+        assert_eq!(e.exit, Exit::Usage);
+        assert!(e.message.contains("built without the lab"), "{}", e.message);
+        assert!(!scratch.exists());
+    }
 }

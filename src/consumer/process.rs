@@ -52,7 +52,7 @@ const ROTOR_PLACEHOLDER: &str = "{rotor}";
 const ROTOR_EXE_ENV: &str = "ROTOR_EXE";
 
 /// The rotor executable `{rotor}` stands for: `$ROTOR_EXE` when set, else this executable.
-pub fn rotor_exe() -> std::io::Result<OsString> {
+pub(crate) fn rotor_exe() -> std::io::Result<OsString> {
     match std::env::var_os(ROTOR_EXE_ENV) {
         Some(exe) if !exe.is_empty() => Ok(exe),
         _ => {

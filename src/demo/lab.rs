@@ -10,30 +10,14 @@ use std::time::Duration;
 
 use rotor_lab::{ImageSpec, Lab, LabError, LabOptions, Topology};
 
-use super::{DemoReport, run};
+use super::{DemoReport, LAB_DEMO_TOPOLOGY, run};
 use crate::cluster::Cluster;
 use crate::engine::EngineError;
 use crate::events::EventSink;
-use crate::playbook::{self, Playbook, StoreSpec};
-
-/// The embedded Kubernetes demo playbook (`rotor demo --lab`).
-pub const K8S_DEMO: &str = include_str!("../../playbooks/k8s-demo.yaml");
-/// The lab topology the Kubernetes demo runs on.
-pub const LAB_DEMO_TOPOLOGY: &str = include_str!("../../playbooks/lab-demo.topology.yaml");
+use crate::playbook::{Playbook, StoreSpec};
 
 /// The image the demo topology's pods run.
 const DEMO_IMAGE: &str = "rotor-demo-service";
-
-/// Loads the Kubernetes demo playbook (embedded, or `file`) with its state under `dir`. Its
-/// store, lock and journal stay in the cluster, which `rotor demo --lab` starts.
-pub fn lab_playbook(file: Option<&Path>, dir: &Path) -> Result<Playbook, playbook::PlaybookError> {
-    let mut pb = match file {
-        Some(f) => playbook::load_file(f)?,
-        None => playbook::load_str(K8S_DEMO, "<embedded>/playbooks/k8s-demo.yaml", dir)?,
-    };
-    pb.state_dir = dir.join("state");
-    Ok(pb)
-}
 
 /// The lab topology for `rotor demo --lab`: `file`, or the embedded demo topology.
 pub fn lab_topology(file: Option<&Path>) -> Result<Topology, LabError> {
@@ -74,13 +58,17 @@ pub async fn run_lab(
     // topology maps the image itself: one build, and the service always matches rotor.
     if !topology.images.contains_key(DEMO_IMAGE) {
         let exe = crate::consumer::process::rotor_exe()
-            .map_err(|e| LabDemoError::Engine(EngineError::Io(e.to_string())))?;
+            .map_err(|e| LabDemoError::Engine(EngineError::Io(e.to_string())))?
+            .into_string()
+            .map_err(|exe| {
+                LabDemoError::Engine(EngineError::Io(format!(
+                    "the rotor executable's path {} is not UTF-8, which a lab image cannot name; map `{DEMO_IMAGE}` under `images:` in the topology",
+                    Path::new(&exe).display()
+                )))
+            })?;
         topology.images.insert(
             DEMO_IMAGE.into(),
-            ImageSpec::Command(vec![
-                exe.to_string_lossy().into_owned(),
-                "demo-service".into(),
-            ]),
+            ImageSpec::Command(vec![exe, "demo-service".into()]),
         );
     }
     let mut opts = LabOptions::new(topology, dir.join("lab"));

@@ -11,7 +11,7 @@ pub mod load;
 mod service_tests;
 
 #[cfg(feature = "lab")]
-pub use lab::{K8S_DEMO, LAB_DEMO_TOPOLOGY, LabDemoError, lab_playbook, lab_topology, run_lab};
+pub use lab::{LabDemoError, lab_topology, run_lab};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,10 @@ use crate::playbook::{self, Playbook, StoreSpec};
 
 /// The embedded demo playbook.
 pub const LOCAL_DEMO: &str = include_str!("../../playbooks/local-demo.yaml");
+/// The embedded Kubernetes demo playbook (`rotor demo --lab`).
+pub const K8S_DEMO: &str = include_str!("../../playbooks/k8s-demo.yaml");
+/// The lab topology the Kubernetes demo runs on.
+pub const LAB_DEMO_TOPOLOGY: &str = include_str!("../../playbooks/lab-demo.topology.yaml");
 
 /// What the demo measured. The CLI prints it as the last line of output.
 #[derive(Debug, Clone, Serialize)]
@@ -64,6 +68,17 @@ pub fn demo_playbook(file: Option<&Path>, dir: &Path) -> Result<Playbook, playbo
     };
     pb.store = StoreSpec::Local {
         path: dir.join("demo-store.json"),
+    };
+    pb.state_dir = dir.join("state");
+    Ok(pb)
+}
+
+/// Loads the Kubernetes demo playbook (embedded, or `file`) with its state under `dir`. Its
+/// store, lock and journal stay in the cluster, which `rotor demo --lab` starts.
+pub fn lab_playbook(file: Option<&Path>, dir: &Path) -> Result<Playbook, playbook::PlaybookError> {
+    let mut pb = match file {
+        Some(f) => playbook::load_file(f)?,
+        None => playbook::load_str(K8S_DEMO, "<embedded>/playbooks/k8s-demo.yaml", dir)?,
     };
     pb.state_dir = dir.join("state");
     Ok(pb)

@@ -161,7 +161,9 @@ impl Engine {
     }
 
     /// The engine with the backends the playbook names, connecting to its cluster if it uses
-    /// one.
+    /// one. Everything it reports goes to `events` and nowhere else: a caller that wants the
+    /// playbook's notifications (webhook, metrics file) wraps its sink in
+    /// `notify::around(&pb, sink)` first, as the CLI does.
     pub async fn open(pb: Playbook, events: Arc<dyn EventSink>) -> Result<Engine, EngineError> {
         let cluster = match &pb.cluster {
             Some(spec) => Some(crate::cluster::Cluster::connect(spec).await?),

@@ -146,7 +146,6 @@ impl Run<'_> {
             state: self.journal.state,
             detail: detail.clone(),
         });
-        let _ = &self.audit;
         RunReport {
             rotation: self.journal.id.clone(),
             state: self.journal.state,

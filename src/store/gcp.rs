@@ -76,7 +76,7 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Least time between two state changes of one version.
 const STATE_CHANGE_INTERVAL: Duration = Duration::from_secs(1);
 /// A smaller `write_interval` is raised to this, never the other way (the playbook refuses one).
-pub use crate::playbook::MIN_WRITE_INTERVAL;
+use crate::playbook::MIN_WRITE_INTERVAL;
 
 /// One Secret Manager method, with the permission it needs and the least predefined role that
 /// grants it.
