@@ -1,64 +1,21 @@
 //! The demo service against rotor's own probes, round trips and fingerprints report: the
 //! contract between rotor and the service its demo fleet runs (`crates/rotor-demo-service`),
-//! checked from rotor's side.
+//! checked from rotor's side. The service's own behaviour is tested in its crate.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+
 use std::time::Duration;
 
-use axum::http::HeaderName;
+use rotor_demo_service::testing::{client, random, slot, spawn, state};
 use rotor_demo_service::*;
 use serde_json::json;
 
 use crate::consumer::Held;
-use crate::jwt;
 use crate::playbook::{ProbeSpec, RoundtripSpec};
 use crate::probe::{self, Verdict};
-use crate::secret::Alphabet;
 use crate::secret::SecretValue;
-use clap::Parser;
 
 const T: Duration = Duration::from_secs(5);
-
-fn random() -> SecretValue {
-    SecretValue::generate(Alphabet::Base64url, 48).unwrap()
-}
-
-fn slot(env: &str, v: &SecretValue) -> Slot {
-    Slot {
-        env: env.into(),
-        value: v.clone(),
-    }
-}
-
-fn state(
-    name: &str,
-    primary: &SecretValue,
-    secondary: Option<&SecretValue>,
-    peers: &[(&str, PeerMode)],
-) -> AppState {
-    AppState {
-        name: name.into(),
-        secret_name: "service-secret".into(),
-        header: HeaderName::from_static("x-service-secret"),
-        primary: slot("SERVICE_SECRET", primary),
-        secondary: secondary.map(|v| slot("SERVICE_SECRET_PREVIOUS", v)),
-        aliases: vec![],
-        peers: peers.iter().map(|(n, m)| (n.to_string(), *m)).collect(),
-        fleet_dir: None,
-        fault_files: vec![],
-    }
-}
-
-async fn spawn(state: AppState) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = router(state).unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
 
 fn header_probe() -> ProbeSpec {
     ProbeSpec::Header {
@@ -76,10 +33,6 @@ fn jwt_probe() -> ProbeSpec {
         accept: vec![200],
         reject: vec![401, 403],
     }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 #[tokio::test]
@@ -131,61 +84,6 @@ async fn a_fault_file_changes_what_ping_accepts_while_it_holds_a_fault() {
         std::fs::write(&file, fault).unwrap();
         assert_eq!(p(addr, v).await, want, "{fault:?} at {addr}");
     }
-}
-
-#[tokio::test]
-async fn ping_statuses() {
-    let a = random();
-    let addr = spawn(state("auth", &a, None, &[])).await;
-    let c = client();
-    let url = format!("http://{addr}/api/ping");
-    // No credentials.
-    assert_eq!(c.get(&url).send().await.unwrap().status(), 401);
-    // Wrong header: 403, and the answer never echoes anything.
-    let r = c
-        .get(&url)
-        .header("X-Service-Secret", "nope")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    assert!(!r.text().await.unwrap().contains(a.expose()));
-    // Expired token signed with the right key.
-    let expired = jwt::sign_hs256(&a, &json!({"sub": "x", "exp": 1}));
-    let r = c.get(&url).bearer_auth(expired).send().await.unwrap();
-    assert_eq!(r.status(), 401);
-    // Lower-case scheme is fine.
-    let token = jwt::sign_hs256(&a, &jwt::claims_for("x", Duration::from_secs(60)));
-    let r = c
-        .get(&url)
-        .header("authorization", format!("bearer {token}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap(),
-        json!({"ok": true, "via": "jwt"})
-    );
-    // The header wins over a valid token.
-    let r = c
-        .get(&url)
-        .header("X-Service-Secret", "nope")
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    assert_eq!(
-        c.get(format!("http://{addr}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "ok"
-    );
 }
 
 #[tokio::test]
@@ -304,200 +202,4 @@ async fn relay_with_target_succeeds_only_when_the_peer_accepts() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-}
-
-#[tokio::test]
-async fn relay_round_robins_over_the_endpoints_file_read_on_every_request() {
-    let a = random();
-    let p1 = spawn(state("auth", &a, None, &[])).await;
-    let p2 = spawn(state("auth", &a, None, &[])).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("auth")).unwrap();
-    let write = |eps: &[SocketAddr]| {
-        let eps: Vec<String> = eps.iter().map(ToString::to_string).collect();
-        std::fs::write(
-            dir.path().join("auth/endpoints.json"),
-            json!({"generation": 1, "endpoints": eps}).to_string(),
-        )
-        .unwrap();
-    };
-    let mut st = state("backend", &a, None, &[("auth", PeerMode::Header)]);
-    st.fleet_dir = Some(dir.path().to_path_buf());
-    let signer = spawn(st).await;
-    let c = client();
-    let relay = || async {
-        let r = c
-            .get(format!("http://{signer}/relay/auth"))
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.json::<serde_json::Value>().await.unwrap())
-    };
-    // No file yet.
-    assert_eq!(relay().await.0, 502);
-    write(&[p1, p2]);
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..4 {
-        let (status, body) = relay().await;
-        assert_eq!(status, 200, "{body}");
-        seen.insert(body["target"].as_str().unwrap().to_string());
-    }
-    assert_eq!(seen, [p1.to_string(), p2.to_string()].into_iter().collect());
-    // A rollout replaced the list.
-    write(&[p2]);
-    for _ in 0..3 {
-        let (_, body) = relay().await;
-        assert_eq!(body["target"], p2.to_string());
-    }
-    write(&[]);
-    assert_eq!(relay().await.0, 502);
-}
-
-#[tokio::test]
-async fn shutdown_finishes_in_flight_requests() {
-    let a = random();
-    // A slow peer: accepts, tells the test it has the request, answers 200 later.
-    let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let peer_addr = peer.local_addr().unwrap();
-    let (got_tx, got_rx) = tokio::sync::oneshot::channel();
-    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut sock, _) = peer.accept().await.unwrap();
-        let mut buf = [0u8; 4096];
-        let _ = sock.read(&mut buf).await.unwrap();
-        got_tx.send(()).unwrap();
-        let _ = release_rx.await;
-        sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-    });
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = router(state("backend", &a, None, &[("auth", PeerMode::Header)])).unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, app, async move {
-        let _ = stop_rx.await;
-    }));
-
-    let request = tokio::spawn(async move {
-        client()
-            .get(format!("http://{addr}/relay/auth?target={peer_addr}"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    got_rx.await.unwrap();
-    stop_tx.send(()).unwrap();
-    // The server keeps going while the request is in flight.
-    tokio::task::yield_now().await;
-    assert!(!server.is_finished());
-    release_tx.send(()).unwrap();
-    assert_eq!(request.await.unwrap(), 200);
-    server.await.unwrap().unwrap();
-    // And it no longer accepts.
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
-}
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: ServiceArgs,
-}
-
-#[test]
-fn cli_defaults_and_peers() {
-    let cli = Cli::try_parse_from(["x"]).unwrap().args;
-    assert_eq!(cli.name, "demo");
-    assert_eq!(cli.secret_name, "service-secret");
-    assert_eq!(cli.primary_env, "SERVICE_SECRET");
-    assert_eq!(cli.secondary_env, "SERVICE_SECRET_PREVIOUS");
-    assert_eq!(cli.header, "X-Service-Secret");
-    assert!(cli.alias_env.is_empty() && cli.peer.is_empty());
-    let cli = Cli::try_parse_from([
-        "x",
-        "--name",
-        "auth",
-        "--alias-env",
-        "SECRET_KEY",
-        "--alias-env",
-        "OTHER",
-        "--peer",
-        "backend=jwt",
-        "--peer",
-        "auth=header",
-    ])
-    .unwrap()
-    .args;
-    assert_eq!(cli.alias_env, ["SECRET_KEY", "OTHER"]);
-    assert_eq!(
-        cli.peer,
-        [
-            Peer {
-                name: "backend".into(),
-                mode: PeerMode::Jwt
-            },
-            Peer {
-                name: "auth".into(),
-                mode: PeerMode::Header
-            }
-        ]
-    );
-    for bad in ["backend", "backend=basic", "=jwt", "../x=jwt"] {
-        assert!(Cli::try_parse_from(["x", "--peer", bad]).is_err(), "{bad}");
-    }
-}
-
-#[test]
-fn state_from_environment() {
-    let args = Cli::try_parse_from([
-        "x",
-        "--name",
-        "auth",
-        "--alias-env",
-        "SECRET_KEY",
-        "--alias-env",
-        "UNSET",
-    ])
-    .unwrap()
-    .args;
-    let env = |pairs: &'static [(&'static str, &'static str)]| {
-        move |name: &str| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| OsString::from(v))
-        }
-    };
-    let e = AppState::from_lookup(&args, env(&[]))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("SERVICE_SECRET"), "{e}");
-    let e = AppState::from_lookup(&args, env(&[("SERVICE_SECRET", "")]))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("SERVICE_SECRET"), "{e}");
-
-    let st = AppState::from_lookup(
-        &args,
-        env(&[
-            ("SERVICE_SECRET", "primary-value-0123456789"),
-            ("SERVICE_SECRET_PREVIOUS", ""),
-            ("SECRET_KEY", "primary-value-0123456789"),
-            ("ROTOR_FLEET_DIR", "/tmp/fleet"),
-        ]),
-    )
-    .unwrap();
-    assert_eq!(st.primary.value.expose(), "primary-value-0123456789");
-    assert!(st.secondary.is_none());
-    assert_eq!(st.aliases.len(), 1);
-    assert_eq!(st.aliases[0].env, "SECRET_KEY");
-    assert_eq!(st.fleet_dir, Some(PathBuf::from("/tmp/fleet")));
-    let line = st.startup_line("127.0.0.1:4000".parse().unwrap());
-    assert!(line.starts_with("demo-service auth listening on 127.0.0.1:4000 primary=sha256:"));
-    assert!(line.contains("secondary=-"));
-    assert!(!line.contains("primary-value"));
-    assert!(!line.contains("differs"));
 }

@@ -284,7 +284,7 @@ impl AppState {
     }
 
     /// The startup line (fingerprints only).
-    pub fn startup_line(&self, addr: SocketAddr) -> String {
+    fn startup_line(&self, addr: SocketAddr) -> String {
         let mut line = format!(
             "demo-service {} listening on {addr} primary={}",
             self.name,
@@ -680,3 +680,60 @@ pub fn main_blocking(args: ServiceArgs) -> ExitCode {
         }
     }
 }
+
+/// Building blocks for tests of the service: this crate's own, and rotor's tests of the
+/// contract between its probes and the service. Not part of the service.
+#[doc(hidden)]
+pub mod testing {
+    use std::net::SocketAddr;
+
+    use axum::http::HeaderName;
+    use rotor_secret::secret::{Alphabet, SecretValue};
+
+    use super::{AppState, PeerMode, Slot, router};
+
+    pub fn random() -> SecretValue {
+        SecretValue::generate(Alphabet::Base64url, 48).unwrap()
+    }
+
+    pub fn slot(env: &str, v: &SecretValue) -> Slot {
+        Slot {
+            env: env.into(),
+            value: v.clone(),
+        }
+    }
+
+    pub fn state(
+        name: &str,
+        primary: &SecretValue,
+        secondary: Option<&SecretValue>,
+        peers: &[(&str, PeerMode)],
+    ) -> AppState {
+        AppState {
+            name: name.into(),
+            secret_name: "service-secret".into(),
+            header: HeaderName::from_static("x-service-secret"),
+            primary: slot("SERVICE_SECRET", primary),
+            secondary: secondary.map(|v| slot("SERVICE_SECRET_PREVIOUS", v)),
+            aliases: vec![],
+            peers: peers.iter().map(|(n, m)| (n.to_string(), *m)).collect(),
+            fleet_dir: None,
+            fault_files: vec![],
+        }
+    }
+
+    pub async fn spawn(state: AppState) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(state).unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    pub fn client() -> reqwest::Client {
+        reqwest::Client::builder().no_proxy().build().unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests;
