@@ -273,6 +273,9 @@ pub fn render_plan(p: &Plan) -> String {
     if let Some(r) = &p.rotation {
         s.push_str(&format!("  rotation {r} in progress at {}\n", p.from));
     }
+    for (consumer, how) in &p.https {
+        s.push_str(&format!("  {consumer}: {how}\n"));
+    }
     for w in &p.waves {
         if let Some(wait) = &w.wait {
             s.push_str(&format!("  … {wait}\n"));

@@ -14,3 +14,4 @@ mod lab;
 mod playbook_errors;
 mod rotation;
 mod third_party;
+mod tls;

@@ -139,7 +139,7 @@ pub async fn report_held(
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| format!("GET {url} failed: {}", error_chain(&e)))?;
+        .map_err(|e| format!("GET {url} failed: {}", http_failure(&e)))?;
     if !resp.status().is_success() {
         return Err(format!("GET {url} answered {}", resp.status()));
     }
@@ -206,6 +206,12 @@ pub fn configured_held(
 }
 
 pub use crate::cluster::error_chain;
+
+/// Why a request to an instance failed: a failed TLS handshake in an operator's words, or the
+/// error's chain.
+pub fn http_failure(e: &reqwest::Error) -> String {
+    crate::transport::describe(e).unwrap_or_else(|| error_chain(e))
+}
 
 /// Fingerprints an instance holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use self::disk::{Layout, Record};
 use super::{
     Consumer, ConsumerError, Desired, Gate, Held, HeldSource, Instance, RolloutReport, Slots,
-    configured_held, error_chain, pass_gate, report_held, slot_names,
+    configured_held, http_failure, pass_gate, report_held, slot_names,
 };
 use crate::events::{Event, EventSink};
 use crate::playbook::{ConsumerSpec, Pickup, Playbook, ProcessSpec, SlotNames, Timings};
@@ -341,7 +341,7 @@ impl ProcessConsumer {
             {
                 Ok(r) if r.status() == reqwest::StatusCode::OK => return Ok(()),
                 Ok(r) => last = format!("GET {url} answered {}", r.status()),
-                Err(e) => last = format!("GET {url} failed: {}", error_chain(&e)),
+                Err(e) => last = format!("GET {url} failed: {}", http_failure(&e)),
             }
             tokio::time::sleep(READY_POLL.min(until.saturating_duration_since(Instant::now())))
                 .await;

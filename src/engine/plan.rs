@@ -62,6 +62,8 @@ pub struct Plan {
     pub restarts: Vec<(String, usize)>,
     /// Total instance restarts.
     pub total_restarts: usize,
+    /// How rotor reaches each consumer reached over HTTPS (`tls`), by name.
+    pub https: Vec<(String, String)>,
 }
 
 /// Computes the plan. `snapshot` is `None` when the store does not exist yet.
@@ -152,5 +154,10 @@ pub fn plan(
         waves,
         restarts,
         total_restarts,
+        https: pb
+            .consumers
+            .iter()
+            .filter_map(|c| c.tls.as_ref().map(|t| (c.name.clone(), t.describe())))
+            .collect(),
     }
 }

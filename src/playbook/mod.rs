@@ -307,6 +307,30 @@ pub struct TlsSpec {
     pub insecure: bool,
 }
 
+impl TlsSpec {
+    /// How the consumer's instances are verified, for `plan` (names files, never contents).
+    pub fn describe(&self) -> String {
+        if self.insecure {
+            return "HTTPS with the server's certificate NOT verified (insecure: true)".into();
+        }
+        let mut trust = Vec::new();
+        if let Some(ca) = &self.ca_file {
+            trust.push(format!("CA {}", ca.display()));
+        }
+        if self.system_roots {
+            trust.push("the system roots".into());
+        }
+        let mut s = format!("HTTPS, verified against {}", trust.join(" and "));
+        if let Some(n) = &self.server_name {
+            s.push_str(&format!(" for the name {n}"));
+        }
+        if let Some(auth) = &self.client_auth {
+            s.push_str(&format!(", client certificate {}", auth.cert.display()));
+        }
+        s
+    }
+}
+
 /// A client certificate chain and its private key, as PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientAuth {
