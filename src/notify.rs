@@ -38,10 +38,7 @@ impl Webhook {
     /// Posts to `url` about secret `label` (`service-secret (production)`); the first failed
     /// delivery is reported to `notes`, without the URL (a webhook URL is a credential).
     pub fn new(url: String, label: String, notes: Arc<dyn EventSink>) -> Webhook {
-        let client = reqwest::Client::builder()
-            .timeout(FLUSH)
-            .build()
-            .unwrap_or_default();
+        let client = crate::transport::public_client(FLUSH);
         Webhook {
             url,
             label,

@@ -27,7 +27,10 @@ const MAX_PEM_BYTES: u64 = 1 << 20;
 
 /// A consumer's `tls` could not be turned into a client.
 #[derive(Debug, thiserror::Error)]
-#[error("consumer `{consumer}`: tls.{field} ({file}): {detail}")]
+#[error(
+    "consumer `{consumer}`: tls.{field}{}: {detail}",
+    if file.is_empty() { String::new() } else { format!(" ({file})") }
+)]
 pub struct TlsError {
     /// The consumer.
     pub consumer: String,
@@ -82,19 +85,23 @@ pub fn plain() -> &'static Transport {
     PLAIN.get_or_init(Transport::plain)
 }
 
+/// Never follows a redirect: a probe's header would follow it to wherever it points (off TLS,
+/// to an unverified server), and the verdict would be that server's. A 3xx is an answer
+/// like any other.
 fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
 }
 
 impl Transport {
     /// Plain HTTP.
     pub fn plain() -> Transport {
         Transport {
-            // Building a client without TLS settings fails only if the system cannot start one
-            // at all; a default client then reports that on its first request.
-            client: builder().build().unwrap_or_default(),
+            // Building a client without TLS settings fails only when the system cannot start an
+            // HTTP client at all; nothing useful can be done without one.
+            client: builder().build().expect("an HTTP client"),
             https: false,
         }
     }
@@ -106,6 +113,7 @@ impl Transport {
         };
         let config = client_config(consumer, spec)?;
         let client = builder()
+            .https_only(true)
             .use_preconfigured_tls(config)
             .build()
             .map_err(|e| TlsError {
@@ -134,22 +142,50 @@ impl Transport {
     }
 }
 
-/// A PEM file's bytes, bounded.
+/// A client for services outside the fleet (a webhook): HTTPS verified against the system
+/// roots, redirects not followed, `timeout` per request.
+pub fn public_client(timeout: std::time::Duration) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Ok(config) = config {
+        b = b.use_preconfigured_tls(config);
+    }
+    b.build().expect("an HTTP client")
+}
+
+/// A PEM file's bytes, bounded: a regular file of at most [`MAX_PEM_BYTES`] (a FIFO or a
+/// device reports no size, so the read itself is bounded too).
 fn read_pem(consumer: &str, field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read as _;
     let err = |detail: String| TlsError {
         consumer: consumer.into(),
         field,
         file: path.display().to_string(),
         detail,
     };
-    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read it: {e}")))?;
-    if meta.len() > MAX_PEM_BYTES {
+    let file = std::fs::File::open(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| err(format!("cannot read it: {e}")))?;
+    if !meta.is_file() {
+        return Err(err("it is not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(format!("cannot read it: {e}")))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
         return Err(err(format!(
-            "it is {} bytes; a PEM file rotor reads is at most {MAX_PEM_BYTES}",
-            meta.len()
+            "it is larger than {MAX_PEM_BYTES} bytes, the most rotor reads of a PEM file"
         )));
     }
-    std::fs::read(path).map_err(|e| err(format!("cannot read it: {e}")))
+    Ok(bytes)
 }
 
 /// The certificates in a PEM file (at least one).
@@ -388,6 +424,9 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> Option<String> {
                 E::AlertReceived(A::CertificateRequired) => {
                     "TLS: the instance requires a client certificate (tls.client_cert, tls.client_key)".into()
                 }
+                E::AlertReceived(A::HandshakeFailure) => {
+                    "TLS: the instance refused the handshake (a TLS 1.2 server that requires a client certificate says so this way: tls.client_cert)".into()
+                }
                 E::AlertReceived(A::BadCertificate | A::UnknownCA | A::AccessDenied) => {
                     "TLS: the instance refused rotor's client certificate (tls.client_cert)".into()
                 }
@@ -456,6 +495,20 @@ mod tests {
     /// An HTTPS server answering 200 to anything, presenting `cert`; with `clients`, it
     /// requires a client certificate signed by that CA.
     async fn server(cert: &(String, String), clients: Option<&Ca>) -> SocketAddr {
+        server_answering(
+            cert,
+            clients,
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".into(),
+        )
+        .await
+    }
+
+    /// Like [`server`], answering `answer` (a whole HTTP response) to anything.
+    async fn server_answering(
+        cert: &(String, String),
+        clients: Option<&Ca>,
+        answer: String,
+    ) -> SocketAddr {
         let chain: Vec<_> = CertificateDer::pem_slice_iter(cert.0.as_bytes())
             .collect::<Result<_, _>>()
             .unwrap();
@@ -481,13 +534,12 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
+                let answer = answer.clone();
                 tokio::spawn(async move {
                     if let Ok(mut tls) = acceptor.accept(tcp).await {
                         let mut buf = [0u8; 4096];
                         let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
-                        let _ = tls
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-                            .await;
+                        let _ = tls.write_all(answer.as_bytes()).await;
                         let _ = tls.shutdown().await;
                     }
                 });
@@ -592,6 +644,24 @@ mod tests {
         });
         let e = get(&stranger, addr).await.unwrap_err();
         assert!(e.contains("refused rotor's client certificate"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_an_answer_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new();
+        let ca_file = write(dir.path(), "ca.pem", &ca.0.pem());
+        // Where a followed redirect would carry the request (and its header): plain HTTP.
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = elsewhere.local_addr().unwrap();
+        let answer = format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{to}/api/ping\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        let addr = server_answering(&ca.leaf(NAME, false), None, answer).await;
+        assert_eq!(get(&spec(Some(ca_file)), addr).await, Ok(307));
+        let followed =
+            tokio::time::timeout(std::time::Duration::from_millis(300), elsewhere.accept()).await;
+        assert!(followed.is_err(), "the redirect was followed");
     }
 
     #[test]

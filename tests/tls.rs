@@ -118,6 +118,31 @@ async fn https_validators_rotate_verified_by_name_and_a_stranger_ca_is_refused()
     assert_eq!(out.last_json()["report"]["state"], "S5");
     env.rotor(&["check"]).await.assert_code(0);
 
+    // The system roots (here: the test CA, through SSL_CERT_FILE as OpenSSL reads it) are
+    // trusted without a `ca_file`, unless `system_roots: false`.
+    std::fs::write(
+        &env.playbook,
+        fleet(&nginx, "{server_name: validator.internal}", None),
+    )
+    .unwrap();
+    let ca = env.path().join("ca.pem");
+    let roots = [
+        ("SSL_CERT_FILE", ca.to_str().unwrap()),
+        ("SSL_CERT_DIR", ""),
+    ];
+    env.rotor_env(&["check"], &roots).await.assert_code(0);
+    let stranger = env.path().join("stranger.pem");
+    let others = [
+        ("SSL_CERT_FILE", stranger.to_str().unwrap()),
+        ("SSL_CERT_DIR", ""),
+    ];
+    let out = env.rotor_env(&["check"], &others).await;
+    out.assert_code(5);
+    assert!(
+        out.stdout.contains("not signed by a CA rotor trusts"),
+        "{out:?}"
+    );
+
     // The same fleet, with a playbook that trusts another CA: refused before anything changes.
     let store_before = env.store();
     std::fs::write(

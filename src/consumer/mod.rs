@@ -149,7 +149,7 @@ pub async fn report_held(
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| format!("GET {url}: reading the answer failed: {}", error_chain(&e)))?
+        .map_err(|e| format!("GET {url}: reading the answer failed: {}", http_failure(&e)))?
     {
         if body.len() + chunk.len() > MAX_REPORT_BYTES {
             return Err(format!(

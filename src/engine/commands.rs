@@ -189,13 +189,14 @@ impl Engine {
             consumers: &self.consumers,
             generate: &self.pb.generate,
             timeout: self.pb.timings.probe_timeout,
-            // The engine's own handle on the consumer (it outlives `c`'s borrow).
+            // The engine's own handle on the consumer (it outlives `c`'s borrow); never a
+            // plain-HTTP stand-in for a consumer that speaks TLS.
             transport: self
                 .consumers
                 .iter()
                 .find(|o| o.name() == c.name())
-                .map(|o| o.transport())
-                .unwrap_or_else(|| crate::transport::plain()),
+                .expect("consumers are opened from the playbook")
+                .transport(),
         }
     }
 

@@ -557,7 +557,7 @@ pub enum ExecVia {
     Stdin,
 }
 
-/// A signer→validator round trip: `GET http://<signer instance><path>` where `{target}` in
+/// A signer→validator round trip: `GET http(s)://<signer instance><path>` where `{target}` in
 /// `path` is replaced by one instance address of consumer `to`; status `expect` means the
 /// validator accepted what the signer sent.
 #[derive(Debug, Clone, PartialEq, Eq)]

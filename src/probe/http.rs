@@ -147,6 +147,10 @@ pub(super) async fn trip(
         .await
     {
         Ok(r) => r,
+        // A signer whose certificate rotor refuses is reachable and wrong, not restarting.
+        Err(e) if crate::transport::describe(&e).is_some() => {
+            return Trip::Refused(transport_detail(&e, timeout));
+        }
         Err(e) => return Trip::Unreachable(transport_detail(&e, timeout)),
     };
     let status = response.status().as_u16();
