@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::playbook::Playbook;
+use crate::transport::Transport;
 
 /// One signer→validator path.
 #[derive(Debug, Clone)]
@@ -28,6 +29,9 @@ pub struct LoadPath {
     pub path: String,
     /// Status meaning success.
     pub expect: u16,
+    /// How the signer is reached (its `tls`), or why its TLS files cannot be used: then every
+    /// request of the path fails with that reason, never falls back to plain HTTP.
+    pub transport: Result<Transport, String>,
 }
 
 #[derive(Deserialize)]
@@ -62,6 +66,8 @@ pub fn paths(pb: &Playbook) -> Vec<LoadPath> {
                 target_endpoints: endpoints_file(pb, &r.to),
                 path: r.path.clone(),
                 expect: r.expect,
+                transport: Transport::for_consumer(&c.name, c.tls.as_ref())
+                    .map_err(|e| e.to_string()),
             });
         }
     }
@@ -101,17 +107,10 @@ impl Load {
     pub fn start(paths: Vec<LoadPath>, workers: usize, interval: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Stats::default());
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(0)
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("http client");
         let mut tasks = Vec::new();
         for p in paths {
             for w in 0..workers {
-                let (p, stop, stats, client) =
-                    (p.clone(), stop.clone(), stats.clone(), client.clone());
+                let (p, stop, stats) = (p.clone(), stop.clone(), stats.clone());
                 tasks.push(tokio::spawn(async move {
                     let mut tick = tokio::time::interval(interval);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -119,7 +118,7 @@ impl Load {
                     while !stop.load(Ordering::Relaxed) {
                         tick.tick().await;
                         n += 1;
-                        let result = one(&client, &p, n).await;
+                        let result = one(&p, n).await;
                         stats.requests.fetch_add(1, Ordering::Relaxed);
                         let failed = result.is_err();
                         if let Err(detail) = result {
@@ -165,7 +164,13 @@ impl Load {
     }
 }
 
-async fn one(client: &reqwest::Client, p: &LoadPath, n: usize) -> Result<(), String> {
+/// Deadline of one request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Characters of a failed answer kept to describe it.
+const DESCRIBED: usize = 200;
+
+async fn one(p: &LoadPath, n: usize) -> Result<(), String> {
+    let transport = p.transport.as_ref().map_err(|e| e.clone())?;
     let signers = read_endpoints(&p.signer_endpoints);
     let targets = read_endpoints(&p.target_endpoints);
     if signers.is_empty() || targets.is_empty() {
@@ -173,17 +178,26 @@ async fn one(client: &reqwest::Client, p: &LoadPath, n: usize) -> Result<(), Str
     }
     let signer = &signers[n % signers.len()];
     let target = &targets[(n / signers.len()) % targets.len()];
-    let url = format!("http://{signer}{}", p.path.replace("{target}", target));
-    match client.get(&url).send().await {
+    let addr: std::net::SocketAddr = signer
+        .parse()
+        .map_err(|_| format!("{signer}: not an address"))?;
+    let at = transport.at(addr);
+    let url = at.url(&p.path.replace("{target}", target));
+    match at.client().get(&url).timeout(REQUEST_TIMEOUT).send().await {
         Ok(r) if r.status().as_u16() == p.expect => Ok(()),
-        Ok(r) => {
+        Ok(mut r) => {
             let status = r.status().as_u16();
-            let body: String = r
-                .text()
-                .await
-                .unwrap_or_default()
+            // The peer's answer, read only as far as it is described.
+            let mut body = Vec::new();
+            while body.len() < DESCRIBED {
+                match r.chunk().await {
+                    Ok(Some(c)) => body.extend_from_slice(&c),
+                    _ => break,
+                }
+            }
+            let body: String = String::from_utf8_lossy(&body)
                 .chars()
-                .take(200)
+                .take(DESCRIBED)
                 .collect();
             Err(format!("{signer} → {target}: status {status}: {body}"))
         }
