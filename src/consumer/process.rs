@@ -314,6 +314,8 @@ impl ProcessConsumer {
         let client = at.client();
         let log = self.layout.log_path(&rec.id);
         let mut last = String::from("no answer yet");
+        // The last check that got an answer (a status, or a failure other than a timeout).
+        let mut answered: Option<String> = None;
         let failure = loop {
             if !os::alive(rec.pid, rec.pid_start_ticks) {
                 let status = self
@@ -340,8 +342,22 @@ impl ProcessConsumer {
                 .await
             {
                 Ok(r) if r.status() == reqwest::StatusCode::OK => return Ok(()),
-                Ok(r) => last = format!("GET {url} answered {}", r.status()),
-                Err(e) => last = format!("GET {url} failed: {}", http_failure(&e)),
+                Ok(r) => {
+                    last = format!("GET {url} answered {}", r.status());
+                    answered = Some(last.clone());
+                }
+                // A check cut short by its deadline says less than the answer before it (on a
+                // busy machine the last check may be the slow one): keep that answer too.
+                Err(e) if e.is_timeout() => {
+                    last = format!("GET {url} timed out");
+                    if let Some(a) = &answered {
+                        last.push_str(&format!(" (the check before: {a})"));
+                    }
+                }
+                Err(e) => {
+                    last = format!("GET {url} failed: {}", http_failure(&e));
+                    answered = Some(last.clone());
+                }
             }
             tokio::time::sleep(READY_POLL.min(until.saturating_duration_since(Instant::now())))
                 .await;
