@@ -15,3 +15,4 @@ mod playbook_errors;
 mod rotation;
 mod third_party;
 mod tls;
+mod tls_client;

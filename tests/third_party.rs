@@ -19,8 +19,15 @@ struct Servers {
     haproxy_libs: String,
 }
 
+/// Stock nginx from Debian, unpacked under `target/` on first use.
+pub(crate) fn nginx() -> PathBuf {
+    deb_bin(
+        &deb_install(&["nginx"], "debs-nginx", "usr/sbin/nginx"),
+        "nginx",
+    )
+}
+
 fn servers() -> Servers {
-    let nginx = deb_install(&["nginx"], "debs-nginx", "usr/sbin/nginx");
     let haproxy = deb_install(
         &[
             "haproxy",
@@ -32,18 +39,19 @@ fn servers() -> Servers {
         "usr/sbin/haproxy",
     );
     Servers {
-        nginx: deb_bin(&nginx, "nginx"),
+        nginx: nginx(),
         haproxy: deb_bin(&haproxy, "haproxy"),
         haproxy_libs: deb_library_path(&haproxy),
     }
 }
 
 /// A YAML (JSON) string.
-fn quoted(s: impl std::fmt::Display) -> String {
+pub(crate) fn quoted(s: impl std::fmt::Display) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
-fn wrapper(name: &str) -> String {
+/// A validator wrapper of `tests/fixtures/validators`, as a YAML string.
+pub(crate) fn wrapper(name: &str) -> String {
     quoted(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/validators")

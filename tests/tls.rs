@@ -6,27 +6,34 @@
 //! the instances never become ready and nothing is published, exit 1; with it the rotation
 //! completes).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
-use crate::common::{Env, deb_bin, deb_install};
+use crate::common::Env;
+use crate::third_party::{nginx, quoted, wrapper};
 
 const NAME: &str = "validator.internal";
 
-struct Ca(CertifiedIssuer<'static, KeyPair>);
+/// A certificate authority made for a test (rcgen).
+pub(crate) struct Ca(pub(crate) CertifiedIssuer<'static, KeyPair>);
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    /// A CA named `name` (each CA its own name: a verifier matches an issuer by name first).
+    pub(crate) fn new(name: &str) -> Ca {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.distinguished_name.push(DnType::CommonName, name);
         Ca(CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap())
     }
 
-    /// Writes `<stem>.pem` and `<stem>.key` under `dir`: a leaf for `name`, valid now unless
-    /// `expired`.
-    fn leaf(&self, dir: &Path, stem: &str, name: &str, expired: bool) {
+    /// The CA's certificate as PEM.
+    pub(crate) fn pem(&self) -> String {
+        self.0.pem()
+    }
+
+    /// A leaf for `name` signed by this CA, valid now unless `expired`: (certificate, key) PEM.
+    pub(crate) fn leaf_pem(&self, name: &str, expired: bool) -> (String, String) {
         let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
         p.distinguished_name.push(DnType::CommonName, name);
         if expired {
@@ -35,20 +42,32 @@ impl Ca {
         }
         let key = KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.0).unwrap();
-        std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+        (cert.pem(), key.serialize_pem())
     }
 
-    fn write(&self, dir: &Path, file: &str) {
-        std::fs::write(dir.join(file), self.0.pem()).unwrap();
+    /// Writes [`Ca::leaf_pem`] as `<stem>.pem` and `<stem>.key` under `dir`.
+    fn leaf(&self, dir: &Path, stem: &str, name: &str, expired: bool) {
+        let (cert, key) = self.leaf_pem(name, expired);
+        write(dir, &format!("{stem}.pem"), &cert);
+        write(dir, &format!("{stem}.key"), &key);
     }
+
+    /// Writes the CA's certificate as `file` under `dir`.
+    fn write(&self, dir: &Path, file: &str) {
+        write(dir, file, &self.pem());
+    }
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
 }
 
 /// One nginx validator over HTTPS (2 instances); `tls` is the consumer's `tls` mapping and
 /// `client_ca` makes nginx require a client certificate signed by that CA file.
 fn fleet(nginx: &Path, tls: &str, client_ca: Option<&str>) -> String {
-    let wrapper =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/validators/nginx-validator");
     let client_ca = client_ca
         .map(|f| format!(", NGINX_TLS_CLIENT_CA: {f}"))
         .unwrap_or_default();
@@ -74,9 +93,9 @@ consumers:
     role: validator
     kind: process
     instances: 2
-    command: [{wrapper:?}]
+    command: [{wrapper}]
     stop_signal: SIGQUIT
-    env: {{NGINX_BIN: {nginx:?}, NGINX_TLS_CERT: server.pem, NGINX_TLS_KEY: server.key{client_ca}}}
+    env: {{NGINX_BIN: {nginx}, NGINX_TLS_CERT: server.pem, NGINX_TLS_KEY: server.key{client_ca}}}
     slots:
       primary: SERVICE_SECRET
       secondary: SERVICE_SECRET_PREVIOUS
@@ -86,19 +105,14 @@ consumers:
         header: X-Service-Secret
     tls: {tls}
 "#,
-        wrapper = wrapper.display().to_string(),
-        nginx = nginx.display().to_string(),
+        wrapper = wrapper("nginx-validator"),
+        nginx = quoted(nginx.display()),
     )
 }
 
 /// `yaml` for steps whose instances can never become ready: wait 10s, not 60s.
 fn impatient(yaml: String) -> String {
     yaml.replace("readiness_timeout: 60s", "readiness_timeout: 10s")
-}
-
-fn nginx() -> std::path::PathBuf {
-    let root = deb_install(&["nginx"], "debs-nginx", "usr/sbin/nginx");
-    deb_bin(&root, "nginx")
 }
 
 /// The test CA, a stranger CA and the server's certificate, written into `env`'s directory.

@@ -487,10 +487,9 @@ pub trait Consumer: Send + Sync {
     /// otherwise returns what rotor configured).
     async fn held(&self, instance: &Instance) -> Result<(Held, HeldSource), ConsumerError>;
 
-    /// How rotor reaches this consumer's instances (plain HTTP unless it has `tls`).
-    fn transport(&self) -> &Transport {
-        crate::transport::plain()
-    }
+    /// How rotor reaches this consumer's instances (plain HTTP unless it has `tls`). No
+    /// default: a consumer that speaks TLS must never be reached in plain HTTP.
+    fn transport(&self) -> &Transport;
 
     /// Starts the consumer's instances holding `slots` if none run (fleet bring-up).
     async fn start(
