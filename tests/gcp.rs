@@ -471,14 +471,20 @@ async fn gcp_storm_beyond_the_deadline_fails_the_step_and_rolls_back() {
 async fn gcp_exec_consumer_points_a_service_at_versions_never_values() {
     let (dir, lab) =
         crate::common::scratch_lab("rotor-gcp-exec-", Default::default(), |_| {}).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let hook = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/gcp/fake_cloudrun.py"
+    let fault = dir.path().join("fault");
+    let mut fake = crate::cloudrun::FakeRun::new(&dir.path().join("run"));
+    // A plain-HTTP front end here (tests/cloudrun.rs has the HTTPS fleet).
+    let target = fake.service(
+        "api",
+        &[
+            crate::common::rotor_exe(),
+            "demo-service",
+            "--name",
+            "api",
+            "--fault-file",
+            fault.to_str().unwrap(),
+        ],
+        None,
     );
     let yaml = format!(
         r#"secret: service-secret
@@ -493,31 +499,19 @@ consumers:
   - name: api
     role: validator
     kind: exec
-    apply: [python3, "{hook}", "--update-secrets={{secret_refs}}", "--remove-secrets={{unset_names}}", "--tag=v{{primary_version}}"]
-    targets: ["127.0.0.1:{port}"]
+    apply: [gcloud, run, services, update, api, "--update-secrets={{secret_refs}}", "--remove-secrets={{unset_names}}", "--tag=v{{primary_version}}"]
+    targets: ["{target}"]
     slots: {{primary: SERVICE_SECRET, secondary: SERVICE_SECRET_PREVIOUS}}
     probes: [{{type: header, path: /api/ping, header: X-Service-Secret}}]
 "#
     );
     let playbook = dir.path().join("run.yaml");
     std::fs::write(&playbook, yaml).unwrap();
-    let (url, port, fake_dir) = (lab.url(), port.to_string(), dir.path().to_str().unwrap());
-    let fault = dir.path().join("fault");
-    let env = [
-        ("FAKE_RUN_FAULT_FILE", fault.to_str().unwrap()),
-        ("ROTOR_GCP_ENDPOINT", url.as_str()),
-        ("FAKE_RUN_ENDPOINT", url.as_str()),
-        ("FAKE_RUN_PROJECT", "rotor-lab"),
-        ("FAKE_RUN_DIR", fake_dir),
-        ("FAKE_RUN_PORT", port.as_str()),
-        (
-            "FAKE_RUN_SERVICE",
-            &serde_json::json!([crate::common::rotor_exe(), "demo-service"]).to_string(),
-        ),
-    ];
+    let env = fake.env(&lab.url(), "rotor-lab");
     let run = |args: &[&str]| {
         let mut all = args.to_vec();
         all.push(playbook.to_str().unwrap());
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         crate::common::run_rotor(&all, &env)
     };
     run(&["init"]).assert_code(0);
@@ -532,11 +526,7 @@ consumers:
     let rotate = run(&["rotate", "--yes"]);
     rotate.assert_code(0);
     // Up, T2 (widen) and T4 (narrow): a validator-only consumer is pointed three times.
-    let calls: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("calls.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let calls = fake.calls("api");
     let argv: Vec<Vec<String>> = calls
         .iter()
         .map(|c| serde_json::from_value(c["argv"].clone()).unwrap())
@@ -560,7 +550,13 @@ consumers:
                 "--tag=v2"
             ],
         ]
-        .map(|a| a.map(String::from).to_vec())
+        .map(|a| {
+            ["run", "services", "update", "api"]
+                .into_iter()
+                .chain(a)
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
     );
     assert_eq!(calls[1]["env"]["ROTOR_PRIMARY_VERSION"], "1");
     assert_eq!(calls[1]["env"]["ROTOR_SECONDARY_VERSION"], "2");
@@ -572,7 +568,7 @@ consumers:
         s.annotations["rotor-fp-2"].as_str()
     );
     // The service now holds version 2 alone; no value reached the hook's argv or environment.
-    let held: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/fingerprints"))
+    let held: serde_json::Value = reqwest::get(format!("http://{target}/fingerprints"))
         .await
         .unwrap()
         .json()
@@ -583,7 +579,7 @@ consumers:
         Some(s.annotations["rotor-fp-2"].as_str()),
         "{held}"
     );
-    let recorded = std::fs::read_to_string(dir.path().join("calls.jsonl")).unwrap();
+    let recorded = std::fs::read_to_string(dir.path().join("run/api/calls.jsonl")).unwrap();
     for n in [1, 2] {
         // Version 1 is destroyed by now: its value is what the service held before.
         let value = match n {
@@ -630,12 +626,12 @@ consumers:
     );
     std::fs::write(&fault, "").unwrap();
     run(&["check"]).assert_code(0);
-    if let Ok(pid) = std::fs::read_to_string(dir.path().join("pid")) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid.trim().parse().unwrap()),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
+    // Cloud Run kept the references of the revision that serves: version 2 alone.
+    assert_eq!(
+        fake.serving("api").unwrap()["secrets"],
+        serde_json::json!({"SERVICE_SECRET": "service-secret:2"})
+    );
+    drop(fake);
     lab.shutdown().await;
 }
 

@@ -2,6 +2,7 @@
 
 mod architecture;
 mod cli;
+mod cloudrun;
 mod common;
 mod crash;
 mod gates;

@@ -36,6 +36,10 @@ const RELAY_TOKEN_TTL: Duration = Duration::from_secs(60);
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a shutdown waits for in-flight requests before giving up on them.
 const DRAIN_CAP: Duration = Duration::from_secs(10);
+/// Largest `--peer-ca-file` read.
+const MAX_CA_FILE: u64 = 1024 * 1024;
+/// Largest peer answer a relay reads for the key it reports.
+const MAX_PEER_ANSWER: usize = 64 * 1024;
 
 /// Arguments of the demo service (`rotor demo-service …`, `rotor-demo-service …`).
 #[derive(Debug, Clone, clap::Args)]
@@ -70,6 +74,10 @@ pub struct ServiceArgs {
     /// that way. `{instance}` in the path stands for `$ROTOR_INSTANCE` (repeatable).
     #[arg(long = "fault-file", value_name = "PATH", hide = true)]
     pub fault_file: Vec<String>,
+    /// A PEM bundle of the CA certificates trusted (alone) when a relay's `target` is an
+    /// `https://` URL, such as another service's HTTPS front end.
+    #[arg(long = "peer-ca-file", value_name = "PATH")]
+    pub peer_ca_file: Option<PathBuf>,
 }
 
 /// A misbehaviour a rehearsal asks for (see `--fault-file`).
@@ -174,6 +182,8 @@ pub struct AppState {
     pub fleet_dir: Option<PathBuf>,
     /// `--fault-file` paths, `{instance}` resolved.
     pub fault_files: Vec<PathBuf>,
+    /// The CA certificates (PEM) trusted for `https://` relay targets (`--peer-ca-file`).
+    pub peer_ca: Option<Vec<u8>>,
 }
 
 impl AppState {
@@ -230,6 +240,10 @@ impl AppState {
             .iter()
             .map(|f| PathBuf::from(f.replace("{instance}", &instance)))
             .collect();
+        let peer_ca = match &args.peer_ca_file {
+            Some(path) => Some(read_ca_file(path)?),
+            None => None,
+        };
         Ok(AppState {
             name: args.name.clone(),
             secret_name: args.secret_name.clone(),
@@ -240,6 +254,7 @@ impl AppState {
             peers: args.peer.iter().map(|p| (p.name.clone(), p.mode)).collect(),
             fleet_dir,
             fault_files,
+            peer_ca,
         })
     }
 
@@ -317,6 +332,27 @@ impl AppState {
     }
 }
 
+/// Reads a `--peer-ca-file` (a regular file of at most 1 MiB).
+fn read_ca_file(path: &FsPath) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open --peer-ca-file {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read --peer-ca-file {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("--peer-ca-file {} is not a regular file", path.display());
+    }
+    let mut pem = Vec::new();
+    file.take(MAX_CA_FILE + 1)
+        .read_to_end(&mut pem)
+        .with_context(|| format!("cannot read --peer-ca-file {}", path.display()))?;
+    if pem.len() as u64 > MAX_CA_FILE {
+        bail!("--peer-ca-file {} is larger than 1 MiB", path.display());
+    }
+    Ok(pem)
+}
+
 /// The body of `GET /fingerprints`; deserializes into `rotor::consumer::Held`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FingerprintReport {
@@ -338,12 +374,22 @@ struct Shared {
 
 /// The service's routes over `state`.
 pub fn router(state: AppState) -> anyhow::Result<Router> {
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
-        .timeout(PEER_TIMEOUT)
-        .build()
-        .context("cannot build the HTTP client")?;
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(PEER_TIMEOUT);
+    if let Some(pem) = &state.peer_ca {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .context("--peer-ca-file holds no usable PEM certificate")?;
+        if certs.is_empty() {
+            bail!("--peer-ca-file holds no certificate");
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    let client = builder.build().context("cannot build the HTTP client")?;
     let shared = Arc::new(Shared {
         state,
         client,
@@ -380,14 +426,15 @@ async fn ping(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
         };
         let presented = SecretValue::new(presented.to_string());
         // Compare with every accepted value (no short circuit), each in constant time.
-        let mut ok = false;
+        let mut key = None;
         for v in state.accepted() {
-            ok |= v.ct_eq(&presented);
+            if v.ct_eq(&presented) {
+                key = Some(state.fingerprint(v));
+            }
         }
-        return if ok {
-            (StatusCode::OK, Json(json!({"ok": true, "via": "header"}))).into_response()
-        } else {
-            refuse(StatusCode::FORBIDDEN, "value not accepted")
+        return match key {
+            Some(key) => accepted("header", &key),
+            None => refuse(StatusCode::FORBIDDEN, "value not accepted"),
         };
     }
     let bearer = headers
@@ -400,15 +447,22 @@ async fn ping(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
         return refuse(StatusCode::UNAUTHORIZED, "no credentials");
     };
     let now = jwt::now_unix();
-    let mut ok = false;
+    let mut key = None;
     for v in state.accepted() {
-        ok |= jwt::verify_hs256(token, v, now).is_ok();
+        if jwt::verify_hs256(token, v, now).is_ok() {
+            key = Some(state.fingerprint(v));
+        }
     }
-    if ok {
-        (StatusCode::OK, Json(json!({"ok": true, "via": "jwt"}))).into_response()
-    } else {
-        refuse(StatusCode::UNAUTHORIZED, "token not accepted")
+    match key {
+        Some(key) => accepted("jwt", &key),
+        None => refuse(StatusCode::UNAUTHORIZED, "token not accepted"),
     }
+}
+
+/// A 200 naming how the value came and the fingerprint of the accepted value it matched (so
+/// a caller, or a relay's caller, can tell which value a signer sends).
+fn accepted(via: &str, key: &Fingerprint) -> Response {
+    (StatusCode::OK, Json(json!({"ok": true, "via": via, "key": key}))).into_response()
 }
 
 async fn fingerprints(State(s): State<Arc<Shared>>) -> Json<FingerprintReport> {
@@ -438,12 +492,55 @@ async fn read_endpoints(path: &FsPath) -> Result<Vec<SocketAddr>, String> {
         .collect())
 }
 
-fn bad_gateway(
-    peer: &str,
-    target: Option<SocketAddr>,
-    status: Option<u16>,
-    error: &str,
-) -> Response {
+/// Where a relay calls its peer: an instance's address (plain HTTP), or the base URL of a
+/// service (`https://localhost:8443`, verified against `--peer-ca-file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Addr(SocketAddr),
+    Url(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Addr(a) => write!(f, "{a}"),
+            Target::Url(u) => f.write_str(u),
+        }
+    }
+}
+
+impl Target {
+    /// `IP:PORT`, or `http(s)://HOST:PORT` where HOST is `localhost` or a loopback address
+    /// (the demo never relays off this machine) and nothing follows the port.
+    fn parse(text: &str) -> Option<Target> {
+        if let Ok(a) = text.parse() {
+            return Some(Target::Addr(a));
+        }
+        let (scheme, rest) = text.split_once("://")?;
+        if scheme != "https" && scheme != "http" {
+            return None;
+        }
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = authority.rsplit_once(':')?;
+        port.parse::<u16>().ok().filter(|p| *p != 0)?;
+        let loopback = host == "localhost"
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        loopback.then(|| Target::Url(format!("{scheme}://{authority}")))
+    }
+
+    fn ping_url(&self) -> String {
+        match self {
+            Target::Addr(a) => format!("http://{a}/api/ping"),
+            Target::Url(u) => format!("{u}/api/ping"),
+        }
+    }
+}
+
+fn bad_gateway(peer: &str, target: Option<&Target>, status: Option<u16>, error: &str) -> Response {
     (
         StatusCode::BAD_GATEWAY,
         Json(json!({
@@ -497,10 +594,15 @@ async fn relay(
     let Some(mode) = state.peers.get(&peer).copied() else {
         return refuse(StatusCode::NOT_FOUND, "unknown peer");
     };
-    let target: SocketAddr = match q.target {
-        Some(t) => match t.parse() {
-            Ok(a) => a,
-            Err(_) => return refuse(StatusCode::BAD_REQUEST, "target must be IP:PORT"),
+    let target = match q.target {
+        Some(t) => match Target::parse(&t) {
+            Some(t) => t,
+            None => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "target must be IP:PORT or http(s)://HOST:PORT on this machine",
+                );
+            }
         },
         None => {
             let Some(dir) = &state.fleet_dir else {
@@ -515,7 +617,7 @@ async fn relay(
                 }
                 Err(e) => return bad_gateway(&peer, None, None, &e),
             };
-            endpoints[s.next.fetch_add(1, Ordering::Relaxed) % endpoints.len()]
+            Target::Addr(endpoints[s.next.fetch_add(1, Ordering::Relaxed) % endpoints.len()])
         }
     };
 
@@ -525,7 +627,7 @@ async fn relay(
             Err(_) => {
                 return bad_gateway(
                     &peer,
-                    Some(target),
+                    Some(&target),
                     None,
                     "the value is not a valid header value",
                 );
@@ -541,7 +643,7 @@ async fn relay(
                 Err(_) => {
                     return bad_gateway(
                         &peer,
-                        Some(target),
+                        Some(&target),
                         None,
                         "the token is not a valid header value",
                     );
@@ -552,16 +654,21 @@ async fn relay(
     value.set_sensitive(true);
     let result = s
         .client
-        .get(format!("http://{target}/api/ping"))
+        .get(target.ping_url())
         .header(name, value)
         .send()
         .await;
     match result {
-        Ok(resp) if resp.status() == StatusCode::OK => (
-            StatusCode::OK,
-            Json(json!({"ok": true, "peer": peer, "target": target.to_string()})),
-        )
-            .into_response(),
+        Ok(resp) if resp.status() == StatusCode::OK => {
+            let key = peer_key(resp).await;
+            (
+                StatusCode::OK,
+                Json(json!({
+                    "ok": true, "peer": peer, "target": target.to_string(), "peer_key": key,
+                })),
+            )
+                .into_response()
+        }
         Ok(resp) => {
             let status = resp.status().as_u16();
             log(&format!(
@@ -570,7 +677,7 @@ async fn relay(
             ));
             bad_gateway(
                 &peer,
-                Some(target),
+                Some(&target),
                 Some(status),
                 &format!("peer answered {status}"),
             )
@@ -581,9 +688,33 @@ async fn relay(
                 "demo-service {}: relay to {peer} at {target}: {detail}",
                 state.name
             ));
-            bad_gateway(&peer, Some(target), None, &detail)
+            bad_gateway(&peer, Some(&target), None, &detail)
         }
     }
+}
+
+/// The fingerprint of the value a peer's 200 says it matched (`key`), read from an answer of
+/// at most 64 KiB; `None` when it names none.
+async fn peer_key(resp: reqwest::Response) -> Option<Fingerprint> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_PEER_ANSWER as u64)
+    {
+        return None;
+    }
+    let mut resp = resp;
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_PEER_ANSWER {
+            return None;
+        }
+    }
+    #[derive(Deserialize)]
+    struct Answer {
+        key: Fingerprint,
+    }
+    serde_json::from_slice::<Answer>(&body).ok().map(|a| a.key)
 }
 
 /// The only place this module prints: one line to stderr (fingerprints, never values).
@@ -719,6 +850,7 @@ pub mod testing {
             peers: peers.iter().map(|(n, m)| (n.to_string(), *m)).collect(),
             fleet_dir: None,
             fault_files: vec![],
+            peer_ca: None,
         }
     }
 

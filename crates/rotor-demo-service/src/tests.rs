@@ -51,7 +51,7 @@ async fn ping_statuses() {
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.json::<serde_json::Value>().await.unwrap(),
-        json!({"ok": true, "via": "jwt"})
+        json!({"ok": true, "via": "jwt", "key": a.fingerprint("service-secret")})
     );
     // The header wins over a valid token.
     let r = c
@@ -119,6 +119,92 @@ async fn relay_round_robins_over_the_endpoints_file_read_on_every_request() {
     }
     write(&[]);
     assert_eq!(relay().await.0, 502);
+}
+
+/// The 200 of `/api/ping` names the accepted value it matched, and a relay passes that on as
+/// `peer_key`: a caller can tell which of two accepted values a signer sends.
+#[tokio::test]
+async fn ping_names_the_matched_value_and_a_relay_reports_the_peer_s() {
+    let (a, b) = (random(), random());
+    let validator = spawn(state("analytics", &a, Some(&b), &[])).await;
+    let c = client();
+    let r = c
+        .get(format!("http://{validator}/api/ping"))
+        .header("X-Service-Secret", b.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["key"], b.fingerprint("service-secret").as_str(), "{body}");
+    for (sends, peer_mode) in [(&a, PeerMode::Jwt), (&b, PeerMode::Header)] {
+        let signer = spawn(state("auth", sends, None, &[("analytics", peer_mode)])).await;
+        for target in [validator.to_string(), format!("http://localhost:{}", validator.port())] {
+            let r = c
+                .get(format!("http://{signer}/relay/analytics?target={target}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["peer_key"], sends.fingerprint("service-secret").as_str());
+            assert_eq!(body["target"], target.as_str());
+        }
+    }
+}
+
+#[test]
+fn relay_targets_are_addresses_or_urls_on_this_machine() {
+    for ok in [
+        "127.0.0.1:80",
+        "[::1]:8443",
+        "https://localhost:8443",
+        "https://localhost:8443/",
+        "http://127.0.0.2:1",
+        "https://[::1]:443",
+    ] {
+        assert!(Target::parse(ok).is_some(), "{ok}");
+    }
+    assert_eq!(
+        Target::parse("https://localhost:8443/").unwrap().ping_url(),
+        "https://localhost:8443/api/ping"
+    );
+    for bad in [
+        "localhost:80",
+        "https://example.com:443",
+        "https://10.0.0.1:443",
+        "https://localhost",
+        "https://localhost:0",
+        "https://localhost:8443/x",
+        "https://user@localhost:8443",
+        "ftp://localhost:21",
+        "https://localhost:8443?x=1",
+    ] {
+        assert!(Target::parse(bad).is_none(), "{bad}");
+    }
+}
+
+#[test]
+fn a_peer_ca_file_must_be_a_small_regular_pem_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = |path: &std::path::Path| {
+        Cli::try_parse_from(["x", "--peer-ca-file", path.to_str().unwrap()])
+            .unwrap()
+            .args
+    };
+    let lookup = |name: &str| (name == "SERVICE_SECRET").then(|| OsString::from("v"));
+    let err = |path: &std::path::Path| {
+        format!("{:#}", AppState::from_lookup(&args(path), lookup).unwrap_err())
+    };
+    assert!(err(&dir.path().join("missing")).contains("cannot open --peer-ca-file"));
+    assert!(err(dir.path()).contains("is not a regular file"));
+    let big = dir.path().join("big.pem");
+    std::fs::write(&big, vec![b'a'; 1024 * 1024 + 1]).unwrap();
+    assert!(err(&big).contains("larger than 1 MiB"));
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate").unwrap();
+    let state = AppState::from_lookup(&args(&empty), lookup).unwrap();
+    assert!(router(state).is_err());
 }
 
 #[tokio::test]
