@@ -59,6 +59,9 @@ pub struct Transport {
 pub struct Target<'a> {
     /// The instance's own address.
     pub addr: SocketAddr,
+    /// `host:port` when the instance is known by a host name (an exec consumer's target): it
+    /// is dialled by that name, so TLS sends it as SNI and verifies the certificate for it.
+    pub host: Option<&'a str>,
     /// How to talk to it.
     pub transport: &'a Transport,
 }
@@ -66,7 +69,18 @@ pub struct Target<'a> {
 impl<'a> Target<'a> {
     /// The URL of `path` on this instance.
     pub fn url(&self, path: &str) -> String {
-        format!("{}://{}{path}", self.transport.scheme(), self.addr)
+        match self.host {
+            Some(host) => format!("{}://{host}{path}", self.transport.scheme()),
+            None => format!("{}://{}{path}", self.transport.scheme(), self.addr),
+        }
+    }
+
+    /// How messages name this instance (its host name when it has one).
+    pub fn name(&self) -> String {
+        match self.host {
+            Some(host) => host.to_string(),
+            None => self.addr.to_string(),
+        }
     }
 
     /// The client to send with.
@@ -140,6 +154,16 @@ impl Transport {
     pub fn at(&self, addr: SocketAddr) -> Target<'_> {
         Target {
             addr,
+            host: None,
+            transport: self,
+        }
+    }
+
+    /// The instance at `addr`, dialled by `host` (`host:port`) when it has one.
+    pub fn reach<'a>(&'a self, addr: SocketAddr, host: Option<&'a str>) -> Target<'a> {
+        Target {
+            addr,
+            host,
             transport: self,
         }
     }

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rotor::playbook::{
-    ConsumerKind, Environment, ExecVia, Pickup, ProbeSpec, SlotRef, StoreSpec, Timings, load_file,
+    ConsumerKind, Environment, ExecRoundtrip, ExecVia, Pickup, ProbeSpec, Roundtrip, SlotRef,
+    StoreSpec, Timings, load_file,
 };
 use rotor::protocol::Role;
 use rotor::secret::Alphabet;
@@ -256,14 +257,20 @@ fn full_playbook_values() {
             },
         ]
     );
-    assert_eq!(auth.roundtrips.len(), 2);
-    assert_eq!(auth.roundtrips[0].expect, 200);
-    assert_eq!(auth.roundtrips[1].to, "analytics");
+    assert_eq!(auth.roundtrips.len(), 4);
+    let http = |i: usize| auth.roundtrips[i].http().expect("an http round trip");
+    assert_eq!(http(0).expect, 200);
+    assert_eq!(http(1).to, "analytics");
+    assert_eq!(http(1).path, "/relay/analytics?target={target}&mode=jwt");
+    assert_eq!(http(1).expect, 204);
     assert_eq!(
-        auth.roundtrips[1].path,
-        "/relay/analytics?target={target}&mode=jwt"
+        auth.roundtrips[2],
+        Roundtrip::Exec(ExecRoundtrip {
+            command: vec!["./sends.sh".into()],
+            via: ExecVia::Env("SIGNER_SECRET".into()),
+        })
     );
-    assert_eq!(auth.roundtrips[1].expect, 204);
+    assert_eq!(http(3).to, "analytics");
 
     let analytics = pb.consumer("analytics").unwrap();
     let ConsumerKind::Process(p) = &analytics.kind else {
@@ -295,8 +302,9 @@ fn minimal_playbook_defaults() {
     );
     assert_eq!(pb.state_dir, dir.join(".rotor/api-key-production"));
     let client = pb.consumer("client").unwrap();
-    assert_eq!(client.roundtrips[0].to, "api");
-    assert_eq!(client.roundtrips[0].expect, 200);
+    let trip = client.roundtrips[0].http().expect("an http round trip");
+    assert_eq!(trip.to, "api");
+    assert_eq!(trip.expect, 200);
     let ConsumerKind::Process(p) = &client.kind else {
         panic!("a process consumer")
     };

@@ -989,3 +989,76 @@ async fn if_due_over_a_directory_rotates_only_the_due_secrets() {
         rotor(&["down", &book(n)]).assert_code(0);
     }
 }
+
+/// backend is proven by an exec round trip (a command that asks each instance what it sends)
+/// instead of a relay: it runs once per backend instance with the value on stdin and the
+/// expected fingerprint in its environment; when it answers "sends something else" (exit 1) the
+/// signer proof fails and the rotation rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_round_trips_prove_signers_and_a_refusal_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("trips.jsonl");
+    let fault = dir.path().join("fault");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/roundtrips/reported-sends.py"
+    );
+    let trip = format!(
+        "      - type: exec\n        command: [python3, \"{script}\", --log, \"{}\", --fault, \"{}\"]\n        via: stdin\n",
+        log.display(),
+        fault.display()
+    );
+    let env = Env::with(|y| {
+        let relay = "      - to: auth\n        path: \"/relay/auth?target={target}\"\n";
+        assert!(y.contains(relay));
+        y.replace(relay, &trip)
+    });
+    env.up().await;
+    let load = env.load();
+    env.rotor(&["rotate", "--yes"]).await.assert_code(0);
+    let j = env.journal();
+    let b = j["new"]["fingerprint"].as_str().unwrap().to_string();
+    let calls: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // T3's proof and the gates of backend's new instances from T3 on expect B, from every
+    // instance, with the value on stdin and a URL that reaches the instance.
+    let for_b: Vec<&serde_json::Value> = calls
+        .iter()
+        .filter(|c| c["ROTOR_EXPECTED_FINGERPRINT"] == b.as_str())
+        .collect();
+    assert!(for_b.len() >= 2, "{calls:?}");
+    for c in &calls {
+        assert_eq!(c["ROTOR_CONSUMER"], "backend", "{c}");
+        assert_eq!(c["value_came"], true, "{c}");
+        assert_eq!(c["sends"], c["ROTOR_EXPECTED_FINGERPRINT"], "{c}");
+        let addr = c["ROTOR_INSTANCE_ADDR"].as_str().unwrap();
+        assert_eq!(c["ROTOR_INSTANCE_URL"], format!("http://{addr}"), "{c}");
+        assert!(
+            c["ROTOR_INSTANCE"]
+                .as_str()
+                .unwrap()
+                .starts_with("backend-")
+        );
+    }
+
+    // The next rotation's signer proof is refused (the check vouches for B only): rolled back,
+    // nothing lost.
+    std::fs::write(&fault, &b).unwrap();
+    let out = env.rotor(&["rotate", "--yes"]).await;
+    out.assert_code(3);
+    assert!(
+        out.stderr.contains("it sends something other than sha256:"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("rolled back to S0"), "{}", out.stderr);
+    assert_eq!(env.store_primary(), b);
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    std::fs::remove_file(&fault).unwrap();
+    env.rotor(&["check"]).await.assert_code(0);
+    env.finish().await;
+}

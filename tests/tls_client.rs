@@ -148,6 +148,35 @@ async fn verifies_by_name_when_probing_by_ip_and_says_why_it_refuses() {
     assert_eq!(get(&insecure, stranger).await, Ok(200));
 }
 
+/// A target known by a host name (an exec consumer's `https://localhost:PORT`) is dialled by
+/// that name: TLS sends it as SNI and verifies the certificate for it, with no `server_name`.
+/// The same certificate reached by IP is refused.
+#[tokio::test]
+async fn a_host_name_target_is_dialled_and_verified_by_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA 9");
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+    let addr = server(&ca.leaf_pem("localhost", false), None).await;
+    let mut by_name = spec(Some(ca_file));
+    by_name.server_name = None;
+    let t = Transport::for_consumer("api", Some(&by_name)).unwrap();
+    let host = format!("localhost:{}", addr.port());
+    let at = t.reach(addr, Some(&host));
+    assert_eq!(at.url("/x"), format!("https://{host}/x"));
+    let status = at
+        .client()
+        .get(at.url("/"))
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| describe(&e).unwrap_or_else(|| e.to_string()));
+    assert_eq!(status, Ok(200));
+    // By IP, the certificate (for "localhost" only) is not valid for what was dialled.
+    let e = get(&by_name, addr).await.unwrap_err();
+    assert!(e.contains("not valid for the name"), "{e}");
+}
+
 #[tokio::test]
 async fn a_server_that_requires_mtls_gets_rotor_s_client_certificate() {
     let dir = tempfile::tempdir().unwrap();

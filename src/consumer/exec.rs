@@ -28,8 +28,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Consumer, ConsumerError, Desired, Gate, Held, HeldSource, Instance, RolloutReport, Slots,
-    configured_held, pass_gate,
+    Consumer, ConsumerError, Desired, Gate, Held, HeldSource, Instance, Reach, RolloutReport,
+    Slots, configured_held, pass_gate,
 };
 use crate::events::{Event, EventSink};
 use crate::playbook::{ExecSpec, Pickup, Playbook, SlotNames, StoreSpec, Timings};
@@ -142,7 +142,11 @@ impl ExecConsumer {
     ) -> Result<(), ConsumerError> {
         for target in self.instances().await? {
             if let Some(addr) = target.addr {
-                pass_gate(gate, &self.name, &target.id, addr, events).await?;
+                let at = Reach {
+                    addr,
+                    host: target.host.as_deref(),
+                };
+                pass_gate(gate, &self.name, &target.id, at, events).await?;
             }
         }
         Ok(())
@@ -327,7 +331,8 @@ impl Consumer for ExecConsumer {
         let applied = self.load();
         let mut out = Vec::with_capacity(self.spec.targets.len());
         for t in &self.spec.targets {
-            let addr = tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(t))
+            let host = ExecSpec::host_port(t);
+            let addr = tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(host))
                 .await
                 .ok()
                 .and_then(Result::ok)
@@ -343,6 +348,7 @@ impl Consumer for ExecConsumer {
                 primary: applied.as_ref().map(|a| a.primary.clone()),
                 secondary: applied.as_ref().and_then(|a| a.secondary.clone()),
                 pid: None,
+                host: Some(host.to_string()),
             });
         }
         Ok(out)

@@ -888,6 +888,7 @@ impl Consumer for KubernetesConsumer {
                     primary: parsed.as_ref().map(|(p, _)| p.clone()),
                     secondary: parsed.and_then(|(_, s)| s),
                     pid: None,
+                    host: None,
                 }
             })
             .collect())

@@ -248,6 +248,10 @@ pub struct Instance {
     /// Process id, for instances rotor runs itself (process consumers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
+    /// `host:port` when the instance is reached by a host name (exec targets): probes dial
+    /// that name, and TLS verifies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Result of converging a consumer.
@@ -406,7 +410,23 @@ impl std::fmt::Display for Refusal {
 #[async_trait]
 pub trait Gate: Send + Sync {
     /// `Ok(what was proven)` or `Err(what failed)`; both name values by fingerprint only.
-    async fn prove(&self, instance: &str, addr: SocketAddr) -> Result<String, Refusal>;
+    async fn prove(&self, instance: &str, at: Reach<'_>) -> Result<String, Refusal>;
+}
+
+/// Where one instance is reached: its address, and the host name it is dialled by when it has
+/// one (see [`Instance::host`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Reach<'a> {
+    /// The instance's own address.
+    pub addr: SocketAddr,
+    /// `host:port` it is dialled by, if any.
+    pub host: Option<&'a str>,
+}
+
+impl From<SocketAddr> for Reach<'static> {
+    fn from(addr: SocketAddr) -> Reach<'static> {
+        Reach { addr, host: None }
+    }
 }
 
 /// Asks `gate` about one instance of `consumer` and reports the outcome as an
@@ -415,11 +435,11 @@ pub async fn pass_gate(
     gate: &dyn Gate,
     consumer: &str,
     instance: &str,
-    addr: SocketAddr,
+    at: impl Into<Reach<'_>>,
     events: &dyn EventSink,
 ) -> Result<(), ConsumerError> {
     let started = std::time::Instant::now();
-    let result = gate.prove(instance, addr).await;
+    let result = gate.prove(instance, at.into()).await;
     let millis = started.elapsed().as_secs_f64() * 1000.0;
     let (passed, detail) = match &result {
         Ok(d) => (true, d.clone()),
@@ -446,7 +466,7 @@ pub struct Ungated;
 
 #[async_trait]
 impl Gate for Ungated {
-    async fn prove(&self, _instance: &str, _addr: SocketAddr) -> Result<String, Refusal> {
+    async fn prove(&self, _instance: &str, _at: Reach<'_>) -> Result<String, Refusal> {
         Ok("not gated".into())
     }
 }

@@ -719,6 +719,7 @@ impl Consumer for ProcessConsumer {
                 primary: Some(r.primary),
                 secondary: r.secondary,
                 pid: Some(r.pid),
+                host: None,
             })
             .collect())
     }

@@ -59,7 +59,7 @@ fn read_endpoints(path: &Path) -> Vec<String> {
 pub fn paths(pb: &Playbook) -> Vec<LoadPath> {
     let mut out = Vec::new();
     for c in pb.consumers.iter().filter(|c| c.role.signs()) {
-        for r in &c.roundtrips {
+        for r in c.roundtrips.iter().filter_map(|r| r.http()) {
             out.push(LoadPath {
                 name: format!("{}→{}", c.name, r.to),
                 signer_endpoints: endpoints_file(pb, &c.name),

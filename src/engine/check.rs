@@ -78,7 +78,11 @@ impl Engine {
             .collect();
         let sends = sends(state, c.role()).and_then(|w| values.get(&w).cloned());
         let gate = self.gate(c, accept, Vec::new(), sends, true);
-        let r = crate::consumer::Gate::prove(&gate, &inst.id, addr)
+        let at = crate::consumer::Reach {
+            addr,
+            host: inst.host.as_deref(),
+        };
+        let r = crate::consumer::Gate::prove(&gate, &inst.id, at)
             .await
             .err()?;
         Some(format!(

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::consumer::{Consumer, Gate, Refusal, report_held};
-use crate::playbook::{ConsumerSpec, Generate};
+use crate::consumer::{Consumer, Gate, Reach, Refusal, report_held};
+use crate::playbook::{ConsumerSpec, ExecRoundtrip, Generate, Roundtrip};
 use crate::probe::{self, Verdict};
 use crate::secret::{Fingerprint, SecretValue};
 use crate::transport::{Target, Transport};
@@ -126,10 +126,10 @@ pub struct InstanceGate<'a> {
 }
 
 impl InstanceGate<'_> {
-    async fn prove_sends(&self, addr: SocketAddr) -> Result<String, String> {
+    async fn prove_sends(&self, instance: &str, at: Target<'_>) -> Result<String, String> {
         let mut out = Vec::new();
         if let (Some(want), Some(path)) = (&self.sends, &self.spec.fingerprints_path) {
-            let held = report_held(self.transport.at(addr), path, self.timeout).await?;
+            let held = report_held(at, path, self.timeout).await?;
             if held.sends.as_ref() != Some(want) {
                 return Err(format!(
                     "it reports sending {}, expected {want}",
@@ -146,6 +146,14 @@ impl InstanceGate<'_> {
         let mut trips = 0;
         let mut skipped = 0;
         for r in &self.spec.roundtrips {
+            let r = match r {
+                Roundtrip::Http(r) => r,
+                Roundtrip::Exec(x) => {
+                    self.exec_trip(x, instance, at).await?;
+                    trips += 1;
+                    continue;
+                }
+            };
             let Some(target) = self.consumers.iter().find(|t| t.name() == r.to) else {
                 continue;
             };
@@ -155,8 +163,7 @@ impl InstanceGate<'_> {
                 .map_err(|e| format!("listing {}: {e}", r.to))?;
             for ti in serving {
                 let Some(to) = ti.addr else { continue };
-                if let Err(e) = probe::roundtrip(r, self.transport.at(addr), to, self.timeout).await
-                {
+                if let Err(e) = probe::roundtrip(r, at, to, self.timeout).await {
                     // A target instance retired while the trip ran is no failure of this one,
                     // nor is a target that refuses the very value this instance must send
                     // when it is presented directly: that target fails its own proof.
@@ -183,6 +190,33 @@ impl InstanceGate<'_> {
         Ok(out.join(", "))
     }
 
+    /// The exec round trip `spec` says this instance sends the value it must.
+    async fn exec_trip(
+        &self,
+        spec: &ExecRoundtrip,
+        instance: &str,
+        at: Target<'_>,
+    ) -> Result<(), String> {
+        let (Some(want), Some(value)) = (&self.sends, &self.sends_value) else {
+            return Err(format!(
+                "{}: no value to check (the state sends nothing)",
+                probe::describe_exec(spec)
+            ));
+        };
+        exec_verdict(
+            spec,
+            probe::Signer {
+                consumer: &self.spec.name,
+                instance,
+                at,
+            },
+            &value.value,
+            want,
+            self.timeout,
+        )
+        .await
+    }
+
     /// True when the validator instance of `consumer` at `addr` rejects, presented directly,
     /// the value this gate's instance must send: the target is broken, not the sender.
     async fn target_refuses(&self, consumer: &dyn Consumer, addr: SocketAddr) -> bool {
@@ -201,12 +235,12 @@ impl InstanceGate<'_> {
 
 #[async_trait]
 impl Gate for InstanceGate<'_> {
-    async fn prove(&self, _instance: &str, addr: SocketAddr) -> Result<String, Refusal> {
+    async fn prove(&self, instance: &str, reach: Reach<'_>) -> Result<String, Refusal> {
         let mut done = Vec::new();
+        let at = self.transport.reach(reach.addr, reach.host);
         if self.spec.role.validates() {
             let mut reject = self.reject.clone();
             reject.push(canary(self.generate).map_err(Refusal::from)?);
-            let at = self.transport.at(addr);
             prove_validating(self.spec, at, &self.accept, &reject, self.timeout).await?;
             let names = |vs: &[Labeled]| {
                 vs.iter()
@@ -221,8 +255,32 @@ impl Gate for InstanceGate<'_> {
             ));
         }
         if self.spec.role.signs() {
-            done.push(self.prove_sends(addr).await.map_err(Refusal::from)?);
+            done.push(
+                self.prove_sends(instance, at)
+                    .await
+                    .map_err(Refusal::from)?,
+            );
         }
         Ok(done.join("; "))
+    }
+}
+
+/// Runs the exec round trip `spec` for `signer`, which must send `value` (`want`): `Ok` when the
+/// command says it does; the error says what it found otherwise (by fingerprint only).
+pub async fn exec_verdict(
+    spec: &ExecRoundtrip,
+    signer: probe::Signer<'_>,
+    value: &SecretValue,
+    want: &Fingerprint,
+    timeout: Duration,
+) -> Result<(), String> {
+    match probe::exec_roundtrip(spec, signer, value, want, timeout).await {
+        Ok(Verdict::Accepted) => Ok(()),
+        Ok(Verdict::Rejected) => Err(format!(
+            "{} at {}: it sends something other than {want}",
+            probe::describe_exec(spec),
+            signer.at.name()
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }

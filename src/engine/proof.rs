@@ -11,7 +11,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use super::step::Run;
 use super::{StepError, gate};
 use crate::consumer::{Consumer, Instance};
-use crate::playbook::ConsumerSpec;
+use crate::playbook::{ConsumerSpec, Roundtrip};
 use crate::probe;
 use crate::protocol::{State, Which, store_slots};
 use crate::store::VersionState;
@@ -146,7 +146,8 @@ impl Run<'_> {
             })?;
             let mut reject = reject.to_vec();
             reject.push(gate::canary(&self.e.pb.generate).map_err(StepError::Foreign)?);
-            gate::prove_validating(spec, c.transport().at(addr), accept, &reject, timeout)
+            let at = c.transport().reach(addr, inst.host.as_deref());
+            gate::prove_validating(spec, at, accept, &reject, timeout)
                 .await
                 .map_err(|r| {
                     let (consumer, instance, detail) = (c.name().into(), inst.id.clone(), r.detail);
@@ -217,7 +218,33 @@ impl Run<'_> {
                     instance: inst.id.clone(),
                     detail: "instance has no address".into(),
                 })?;
+                let at = c.transport().reach(from, inst.host.as_deref());
                 for r in &spec.roundtrips {
+                    let r = match r {
+                        Roundtrip::Http(r) => r,
+                        Roundtrip::Exec(x) => {
+                            let Some(want) = &want else {
+                                return Err(StepError::Foreign(format!(
+                                    "no fingerprint of {w:?} to check what signers send"
+                                )));
+                            };
+                            let value = self.value_for_proof(w).await?;
+                            let signer = probe::Signer {
+                                consumer: c.name(),
+                                instance: &inst.id,
+                                at,
+                            };
+                            gate::exec_verdict(x, signer, &value, want, timeout)
+                                .await
+                                .map_err(|detail| StepError::Proof {
+                                    consumer: c.name().into(),
+                                    instance: inst.id.clone(),
+                                    detail,
+                                })?;
+                            trips += 1;
+                            continue;
+                        }
+                    };
                     let target = self
                         .e
                         .consumers
@@ -226,7 +253,6 @@ impl Run<'_> {
                         .expect("playbook validated roundtrip targets");
                     for ti in self.serving(target).await? {
                         let Some(to) = ti.addr else { continue };
-                        let at = c.transport().at(from);
                         probe::roundtrip(r, at, to, timeout).await.map_err(|e| {
                             StepError::Proof {
                                 consumer: c.name().into(),

@@ -132,7 +132,13 @@ impl<'e> Run<'e> {
             &self.e.consumers,
             |name| {
                 pb.consumer(name)
-                    .map(|c| c.roundtrips.clone())
+                    .map(|c| {
+                        c.roundtrips
+                            .iter()
+                            .filter_map(|r| r.http())
+                            .cloned()
+                            .collect()
+                    })
                     .unwrap_or_default()
             },
             pb.timings.probe_timeout,

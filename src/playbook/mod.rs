@@ -278,9 +278,9 @@ pub struct ConsumerSpec {
     pub pickup: Pickup,
     /// Probes that present a value to one instance (validators and both; at least one).
     pub probes: Vec<ProbeSpec>,
-    /// Signer→validator round trips started on each of this consumer's instances (signers and
-    /// both; at least one).
-    pub roundtrips: Vec<RoundtripSpec>,
+    /// Round trips that prove what each of this consumer's instances sends (signers and both;
+    /// at least one).
+    pub roundtrips: Vec<Roundtrip>,
     /// HTTP path where an instance reports the fingerprints it holds, if it has one.
     pub fingerprints_path: Option<String>,
     /// How rotor reaches its instances over HTTPS (`tls:`); `None` is plain HTTP.
@@ -358,8 +358,20 @@ pub struct ExecSpec {
     /// The command run at every rollout, argv with template fields (`{primary_version}`, …,
     /// see [`EXEC_TEMPLATE_FIELDS`]) replaced; it exits 0 once the consumer serves the new versions.
     pub apply: Vec<String>,
-    /// `host:port` of each place the consumer serves, for probes (resolved at probe time).
+    /// Each place the consumer serves, for probes, as written: `host:port`, `http://host:port`
+    /// or `https://host:port` (resolved at probe time; a host name is dialled by name, so TLS
+    /// verifies that name).
     pub targets: Vec<String>,
+}
+
+impl ExecSpec {
+    /// `host:port` of a target as written in `targets` (its scheme removed).
+    pub fn host_port(target: &str) -> &str {
+        target
+            .strip_prefix("https://")
+            .or_else(|| target.strip_prefix("http://"))
+            .unwrap_or(target)
+    }
 }
 
 /// The template fields an exec consumer's `apply` may use (each also reaches the command as
@@ -555,6 +567,37 @@ pub enum ExecVia {
     Env(String),
     /// On standard input, followed by a newline.
     Stdin,
+}
+
+/// How a signer instance is proven to send the expected value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Roundtrip {
+    /// `type: http` (the default): the signer calls a validator through a relay endpoint.
+    Http(RoundtripSpec),
+    /// `type: exec`: a command that checks what the signer sends its own way.
+    Exec(ExecRoundtrip),
+}
+
+impl Roundtrip {
+    /// The signer→validator round trip, for a `type: http` one.
+    pub fn http(&self) -> Option<&RoundtripSpec> {
+        match self {
+            Roundtrip::Http(r) => Some(r),
+            Roundtrip::Exec(_) => None,
+        }
+    }
+}
+
+/// `type: exec` round trip: a command run once per signer instance that receives the value the
+/// signer must send (in `via`, never argv) with `ROTOR_EXPECTED_FINGERPRINT`, `ROTOR_CONSUMER`,
+/// `ROTOR_INSTANCE`, `ROTOR_INSTANCE_ADDR` and `ROTOR_INSTANCE_URL`. Exit 0 means the signer
+/// sends that value, 1 that it sends something else; anything else is an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRoundtrip {
+    /// argv.
+    pub command: Vec<String>,
+    /// How the value is passed.
+    pub via: ExecVia,
 }
 
 /// A signer→validator round trip: `GET http(s)://<signer instance><path>` where `{target}` in

@@ -1,7 +1,8 @@
-//! Exec probes: a command that receives the value in an environment variable or on stdin.
+//! Exec probes and exec round trips: a command that receives the value in an environment
+//! variable or on stdin.
 //!
-//! The command gets `ROTOR_INSTANCE_ADDR` and the value (never in argv); its output is
-//! discarded. Exit 0 means accepted, exit 1 rejected; any other exit, a signal, a spawn failure
+//! A probe's command gets `ROTOR_INSTANCE_ADDR` and the value (never in argv); a round trip's
+//! gets the instance, its URL and the expected fingerprint too. Its output is discarded. Exit 0 means accepted, exit 1 rejected; any other exit, a signal, a spawn failure
 //! or the deadline (the command's process group is killed) is an error.
 
 use std::net::SocketAddr;
@@ -22,10 +23,31 @@ pub(super) async fn present(
     value: &SecretValue,
     timeout: Duration,
 ) -> Result<Verdict, ProbeError> {
+    run(
+        command,
+        via,
+        &[("ROTOR_INSTANCE_ADDR", addr.to_string())],
+        value,
+        timeout,
+        &addr.to_string(),
+    )
+    .await
+}
+
+/// Runs `command` with `env` and `value` (in `via`) under `timeout`: exit 0 is
+/// [`Verdict::Accepted`], 1 [`Verdict::Rejected`], anything else an error about `target`.
+pub(super) async fn run(
+    command: &[String],
+    via: &ExecVia,
+    env: &[(&str, String)],
+    value: &SecretValue,
+    timeout: Duration,
+    target: &str,
+) -> Result<Verdict, ProbeError> {
     let program = command.first().map(String::as_str).unwrap_or("");
     let failed = |detail: String| ProbeError::Failed {
         probe: format!("exec {program}"),
-        target: addr.to_string(),
+        target: target.to_string(),
         detail,
     };
     let Some((program, args)) = command.split_first() else {
@@ -34,7 +56,7 @@ pub(super) async fn present(
 
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
-        .env("ROTOR_INSTANCE_ADDR", addr.to_string())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         // Its own process group, so a timeout kills whatever it started too.
@@ -283,5 +305,56 @@ IFS= read -r line; [ "$line" = "$v" ]"#;
                 Some(s) => panic!("sleep {pid} still running (state {s})"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn exec_round_trip_gets_the_signer_and_the_expected_value_never_in_argv() {
+        use crate::playbook::ExecRoundtrip;
+        let f = expected_file();
+        let v = value(VALUE);
+        let fp = v.fingerprint("service-secret");
+        let transport = crate::transport::Transport::plain();
+        let signer = crate::probe::Signer {
+            consumer: "auth",
+            instance: "https://auth.example:8443",
+            at: transport.reach(addr(), Some("auth.example:8443")),
+        };
+        // Exit 3 unless every variable is what rotor promises; the value is on stdin only.
+        let script = format!(
+            r#"[ "$ROTOR_EXPECTED_FINGERPRINT" = "{fp}" ] || exit 3
+[ "$ROTOR_CONSUMER" = auth ] || exit 3
+[ "$ROTOR_INSTANCE" = https://auth.example:8443 ] || exit 3
+[ "$ROTOR_INSTANCE_ADDR" = 127.0.0.1:4242 ] || exit 3
+[ "$ROTOR_INSTANCE_URL" = http://auth.example:8443 ] || exit 3
+v="$(cat "$1")"
+case "$0 $*" in *"$v"*) exit 3;; esac
+env | grep -qF -- "$v" && exit 3
+IFS= read -r line; [ "$line" = "$v" ]"#
+        );
+        let spec = ExecRoundtrip {
+            command: sh(&script, f.path().to_str().unwrap()),
+            via: ExecVia::Stdin,
+        };
+        let run = |value: SecretValue| {
+            let spec = spec.clone();
+            let fp = fp.clone();
+            async move { crate::probe::exec_roundtrip(&spec, signer, &value, &fp, T).await }
+        };
+        assert_eq!(run(value(VALUE)).await.unwrap(), Verdict::Accepted);
+        assert_eq!(
+            run(value("it-sends-another-value")).await.unwrap(),
+            Verdict::Rejected
+        );
+        let broken = ExecRoundtrip {
+            command: sh("exit 7", ""),
+            via: ExecVia::Env("SIGNER_SECRET".into()),
+        };
+        let e = crate::probe::exec_roundtrip(&broken, signer, &v, &fp, T)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exited with status 7"), "{e}");
+        assert!(e.contains("https://auth.example:8443"), "{e}");
+        assert!(!e.contains(VALUE), "{e}");
     }
 }

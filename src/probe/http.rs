@@ -55,7 +55,7 @@ pub(super) async fn present(
 ) -> Result<Verdict, ProbeError> {
     let failed = |detail: String| ProbeError::Failed {
         probe: super::describe(spec),
-        target: at.addr.to_string(),
+        target: at.name(),
         detail,
     };
     let (path, header_name, header_value, accept, reject) = match spec {
@@ -125,7 +125,7 @@ pub(super) async fn roundtrip(
                 spec.to,
                 spec.path.replace("{target}", &target.to_string())
             ),
-            target: signer.addr.to_string(),
+            target: signer.name(),
             detail,
         }),
     }

@@ -10,7 +10,8 @@ mod http;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::playbook::{ProbeSpec, RoundtripSpec};
+use crate::playbook::{ExecRoundtrip, ProbeSpec, RoundtripSpec};
+use crate::secret::Fingerprint;
 use crate::secret::SecretValue;
 pub use crate::transport::Target;
 
@@ -66,6 +67,53 @@ pub async fn roundtrip(
     timeout: Duration,
 ) -> Result<(), ProbeError> {
     http::roundtrip(spec, signer.into(), target, timeout).await
+}
+
+/// Who an exec round trip checks: one signer instance.
+#[derive(Clone, Copy, Debug)]
+pub struct Signer<'a> {
+    /// The consumer's name.
+    pub consumer: &'a str,
+    /// The instance's id.
+    pub instance: &'a str,
+    /// Where rotor reaches it.
+    pub at: Target<'a>,
+}
+
+/// Runs the exec round trip `spec` for the signer instance `signer`, which must send `value`
+/// (fingerprint `fingerprint`): `Accepted` when the command says it does (exit 0), `Rejected`
+/// when it says it sends something else (exit 1).
+pub async fn exec_roundtrip(
+    spec: &ExecRoundtrip,
+    signer: Signer<'_>,
+    value: &SecretValue,
+    fingerprint: &Fingerprint,
+    timeout: Duration,
+) -> Result<Verdict, ProbeError> {
+    let env = [
+        ("ROTOR_EXPECTED_FINGERPRINT", fingerprint.to_string()),
+        ("ROTOR_CONSUMER", signer.consumer.to_string()),
+        ("ROTOR_INSTANCE", signer.instance.to_string()),
+        ("ROTOR_INSTANCE_ADDR", signer.at.addr.to_string()),
+        ("ROTOR_INSTANCE_URL", signer.at.url("")),
+    ];
+    exec::run(
+        &spec.command,
+        &spec.via,
+        &env,
+        value,
+        timeout,
+        signer.instance,
+    )
+    .await
+}
+
+/// A short description of an exec round trip for messages.
+pub fn describe_exec(spec: &ExecRoundtrip) -> String {
+    format!(
+        "exec round trip {}",
+        spec.command.first().map(String::as_str).unwrap_or("")
+    )
 }
 
 /// How one round trip went.

@@ -645,8 +645,9 @@ impl crate::consumer::Gate for TestGate {
     async fn prove(
         &self,
         instance: &str,
-        addr: std::net::SocketAddr,
+        at: crate::consumer::Reach<'_>,
     ) -> Result<String, crate::consumer::Refusal> {
+        let addr = at.addr;
         self.asked
             .lock()
             .unwrap()

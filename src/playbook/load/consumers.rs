@@ -10,11 +10,12 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use super::node::{Node, Pos, Value};
+use super::probes::ToPositions;
 use super::text::{backticked, echo, is_name, list};
 use super::{Cx, Fields, MAX_CONSUMERS, MAX_INSTANCES, MAX_TARGETS, Result};
 use crate::playbook::{
     ConsumerKind, ConsumerSpec, EXEC_TEMPLATE_FIELDS, Environment, ExecSpec, KubernetesSpec,
-    Pickup, ProcessSpec, SlotNames, StopSignal, WorkloadKind, WorkloadRef,
+    Pickup, ProcessSpec, SlotNames, StopSignal, TlsSpec, WorkloadKind, WorkloadRef,
 };
 use crate::protocol::Role;
 
@@ -111,12 +112,7 @@ impl Cx<'_> {
                     "give every consumer a unique name",
                 ));
             }
-            targets.extend(
-                to_positions
-                    .into_iter()
-                    .enumerate()
-                    .map(|(r, pos)| (i, r, pos)),
-            );
+            targets.extend(to_positions.into_iter().map(|(r, pos)| (i, r, pos)));
             by_name.insert(consumer.name.clone(), i);
             consumers.push(consumer);
         }
@@ -133,7 +129,7 @@ impl Cx<'_> {
         namespace: &str,
         environment: Environment,
         base_dir: &Path,
-    ) -> Result<(ConsumerSpec, Pos, Vec<Pos>)> {
+    ) -> Result<(ConsumerSpec, Pos, ToPositions)> {
         let path = format!("consumers[{i}]");
         let mut f = self.fields(
             node,
@@ -242,7 +238,10 @@ impl Cx<'_> {
             }
         };
 
-        let tls = self.tls(&f, environment, base_dir)?;
+        let mut tls = self.tls(&f, environment, base_dir)?;
+        if let ConsumerKind::Exec(exec) = &kind_spec {
+            tls = self.target_scheme(&f, exec, tls)?;
+        }
         let probes = self.probes(&f, role)?;
         let (roundtrips, to_positions) = self.roundtrips(&f, role)?;
 
@@ -386,7 +385,7 @@ impl Cx<'_> {
                 rest = &after[close + 1..];
             }
         }
-        const TARGETS_HELP: &str = "list where the consumer serves as host:port, for its probes, e.g. [\"api.example.com:443\"]";
+        const TARGETS_HELP: &str = "list where the consumer serves as host:port or https://host:port, for its probes, e.g. [\"https://api.example.com:443\"]";
         let mut targets = Vec::new();
         {
             let node = self.require(f, "targets", TARGETS_HELP)?;
@@ -406,14 +405,21 @@ impl Cx<'_> {
             for (i, item) in items.iter().enumerate() {
                 let p = format!("{path}[{i}]");
                 let text = self.text(item, &p, TARGETS_HELP)?;
-                let ok = text.rsplit_once(':').is_some_and(|(h, port)| {
-                    !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-                });
+                let ok = ExecSpec::host_port(text)
+                    .rsplit_once(':')
+                    .is_some_and(|(h, port)| {
+                        !h.is_empty()
+                            && !h.contains(['/', '@', '?', '#'])
+                            && port.parse::<u16>().is_ok_and(|p| p > 0)
+                    });
                 if !ok {
                     return Err(self.err(
                         item.pos,
                         p,
-                        format!("`{}` is not host:port", echo(text)),
+                        format!(
+                            "`{}` is not host:port, http://host:port or https://host:port",
+                            echo(text)
+                        ),
                         TARGETS_HELP,
                     ));
                 }
@@ -421,6 +427,62 @@ impl Cx<'_> {
             }
         }
         Ok(ExecSpec { apply, targets })
+    }
+
+    /// The scheme of an exec consumer's targets decides how they are reached: `https://` is
+    /// HTTPS (verified against the system roots unless `tls` says more), `http://` is plain
+    /// HTTP and refuses a `tls` mapping, and a bare `host:port` follows `tls`. All targets of a
+    /// consumer share one scheme.
+    fn target_scheme(
+        &self,
+        f: &Fields<'_>,
+        exec: &ExecSpec,
+        tls: Option<TlsSpec>,
+    ) -> Result<Option<TlsSpec>> {
+        let scheme = |t: &str| {
+            if t.starts_with("https://") {
+                Some(true)
+            } else if t.starts_with("http://") {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        let Some(node) = f.get("targets") else {
+            return Ok(tls);
+        };
+        let first = exec.targets.first().map(|t| scheme(t)).unwrap_or(None);
+        if let Some(i) = exec.targets.iter().position(|t| scheme(t) != first) {
+            let pos = match &node.value {
+                Value::Seq(items) => items.get(i).map_or(node.pos, |n| n.pos),
+                _ => node.pos,
+            };
+            return Err(self.err(
+                pos,
+                format!("{}[{i}]", f.sub("targets")),
+                "the targets mix schemes",
+                "write every target with the same scheme (all https://, all http://, or all bare host:port)",
+            ));
+        }
+        match (first, tls) {
+            (Some(false), Some(_)) => {
+                let pos = f.entry("tls").map_or(node.pos, |(k, _)| k.pos);
+                Err(self.err(
+                    pos,
+                    f.sub("tls"),
+                    "the targets are http://, so `tls` would never be used",
+                    "write the targets as https://host:port, or remove `tls`",
+                ))
+            }
+            (Some(true), None) => Ok(Some(TlsSpec {
+                ca_file: None,
+                system_roots: true,
+                server_name: None,
+                client_auth: None,
+                insecure: false,
+            })),
+            (_, tls) => Ok(tls),
+        }
     }
 
     /// The fields of a `kubernetes` consumer.

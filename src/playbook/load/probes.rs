@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::node::{Node, Pos, Value};
 use super::text::{a_role, backticked, echo, is_header_name, list, list_some};
 use super::{Cx, DAY, Fields, MAX_PROBES, MAX_ROUNDTRIPS, Result};
-use crate::playbook::{ConsumerSpec, ExecVia, ProbeSpec, RoundtripSpec};
+use crate::playbook::{ConsumerSpec, ExecRoundtrip, ExecVia, ProbeSpec, Roundtrip, RoundtripSpec};
 use crate::protocol::Role;
 
 const PROBE_TYPES: &[&str] = &["header", "jwt", "exec"];
@@ -18,7 +18,12 @@ const PROBE_FIELDS: &[&str] = &[
 const HEADER_FIELDS: &[&str] = &["type", "path", "header", "accept", "reject"];
 const JWT_FIELDS: &[&str] = &["type", "path", "ttl", "accept", "reject"];
 const EXEC_FIELDS: &[&str] = &["type", "command", "via", "env_name"];
-const ROUNDTRIP_FIELDS: &[&str] = &["to", "path", "expect"];
+/// The index and position of the `to` of each `http` round trip of a consumer.
+pub(super) type ToPositions = Vec<(usize, Pos)>;
+
+const ROUNDTRIP_TYPES: &[&str] = &["http", "exec"];
+const ROUNDTRIP_FIELDS: &[&str] = &["type", "to", "path", "expect"];
+const EXEC_ROUNDTRIP_FIELDS: &[&str] = &["type", "command", "via", "env_name"];
 
 impl Cx<'_> {
     pub(super) fn probes(&self, consumer: &Fields<'_>, role: Role) -> Result<Vec<ProbeSpec>> {
@@ -155,47 +160,57 @@ impl Cx<'_> {
                 }
             }
             _ => {
-                const COMMAND_HELP: &str =
-                    "give the check program and its arguments as a list, e.g. [\"./check.sh\"]";
-                let node = self.require(&f, "command", COMMAND_HELP)?;
-                let command = self.command(node, &f.sub("command"), COMMAND_HELP)?;
-                const VIA_HELP: &str = "use `env` (with env_name) or `stdin`: the value never goes on the command line";
-                let node = self.require(&f, "via", VIA_HELP)?;
-                let via = self.choice(
-                    node,
-                    &f.sub("via"),
-                    &["env", "stdin"],
-                    "`via` value",
-                    VIA_HELP,
-                )?;
-                let via = if via == 0 {
-                    let node = self.require(
-                        &f,
-                        "env_name",
-                        "name the variable the value is passed in, e.g. `env_name: PROBE_SECRET`",
-                    )?;
-                    ExecVia::Env(self.own_env_name(node, &f.sub("env_name"), "PROBE_SECRET")?)
-                } else {
-                    if let Some((key, _)) = f.entry("env_name") {
-                        return Err(self.err(
-                            key.pos,
-                            f.sub("env_name"),
-                            "`env_name` is only used with `via: env`",
-                            "remove env_name, or use `via: env`",
-                        ));
-                    }
-                    ExecVia::Stdin
-                };
+                let (command, via) = self.exec_command(&f, "PROBE_SECRET")?;
                 Ok(ProbeSpec::Exec { command, via })
             }
         }
     }
 
+    /// `command`, `via` and `env_name` of an exec probe or round trip.
+    fn exec_command(&self, f: &Fields<'_>, example_env: &str) -> Result<(Vec<String>, ExecVia)> {
+        const COMMAND_HELP: &str =
+            "give the check program and its arguments as a list, e.g. [\"./check.sh\"]";
+        let node = self.require(f, "command", COMMAND_HELP)?;
+        let command = self.command(node, &f.sub("command"), COMMAND_HELP)?;
+        const VIA_HELP: &str =
+            "use `env` (with env_name) or `stdin`: the value never goes on the command line";
+        let node = self.require(f, "via", VIA_HELP)?;
+        let via = self.choice(
+            node,
+            &f.sub("via"),
+            &["env", "stdin"],
+            "`via` value",
+            VIA_HELP,
+        )?;
+        let via = if via == 0 {
+            let node = self.require(
+                f,
+                "env_name",
+                &format!(
+                    "name the variable the value is passed in, e.g. `env_name: {example_env}`"
+                ),
+            )?;
+            ExecVia::Env(self.own_env_name(node, &f.sub("env_name"), example_env)?)
+        } else {
+            if let Some((key, _)) = f.entry("env_name") {
+                return Err(self.err(
+                    key.pos,
+                    f.sub("env_name"),
+                    "`env_name` is only used with `via: env`",
+                    "remove env_name, or use `via: env`",
+                ));
+            }
+            ExecVia::Stdin
+        };
+        Ok((command, via))
+    }
+
+    /// The consumer's round trips, and the index and position of the `to` of each `http` one.
     pub(super) fn roundtrips(
         &self,
         consumer: &Fields<'_>,
         role: Role,
-    ) -> Result<(Vec<RoundtripSpec>, Vec<Pos>)> {
+    ) -> Result<(Vec<Roundtrip>, ToPositions)> {
         const HELP: &str = "list round trips as items, e.g. `- to: auth`";
         let items = self.items(consumer, "roundtrips", MAX_ROUNDTRIPS, HELP)?;
         let path = consumer.sub("roundtrips");
@@ -218,7 +233,7 @@ impl Cx<'_> {
                 pos,
                 path,
                 format!("{} needs at least one round trip", a_role(role)),
-                "add a round trip to a validating consumer, e.g. `- {to: auth, path: \"/relay/auth?target={target}\"}`",
+                "add a round trip to a validating consumer, e.g. `- {to: auth, path: \"/relay/auth?target={target}\"}`, or a command that checks what the signer sends (`- {type: exec, command: [...], via: stdin}`)",
             ));
         }
         let mut out = Vec::with_capacity(items.len());
@@ -229,13 +244,46 @@ impl Cx<'_> {
                 item,
                 &item_path,
                 item.pos,
-                "write each round trip as a mapping starting with `- to: ...`",
+                "write each round trip as a mapping starting with `- to: ...` or `- type: exec`",
             )?;
-            self.only(&f, ROUNDTRIP_FIELDS, "a round trip")?;
+            let exec = match f.get("type") {
+                None => false,
+                Some(node) => {
+                    self.choice(
+                        node,
+                        &f.sub("type"),
+                        ROUNDTRIP_TYPES,
+                        "round trip type",
+                        "use `type: http` (the signer calls a validator; the default) or `type: exec` (a command checks what it sends)",
+                    )? == 1
+                }
+            };
+            let (allowed, what) = if exec {
+                (EXEC_ROUNDTRIP_FIELDS, "an `exec` round trip")
+            } else {
+                (ROUNDTRIP_FIELDS, "an `http` round trip")
+            };
+            for (name, key, _) in &f.entries {
+                let known = ROUNDTRIP_FIELDS.contains(name) || EXEC_ROUNDTRIP_FIELDS.contains(name);
+                if known && !allowed.contains(name) {
+                    return Err(self.err(
+                        key.pos,
+                        f.sub(name),
+                        format!("`{name}` is not allowed in {what}"),
+                        format!("remove it; {what} takes: {}", list(allowed)),
+                    ));
+                }
+            }
+            self.only(&f, allowed, what)?;
+            if exec {
+                let (command, via) = self.exec_command(&f, "SIGNER_SECRET")?;
+                out.push(Roundtrip::Exec(ExecRoundtrip { command, via }));
+                continue;
+            }
             const TO_HELP: &str = "name the validating consumer the signer calls, e.g. `to: auth`";
             let node = self.require(&f, "to", TO_HELP)?;
             let to = self.text(node, &f.sub("to"), TO_HELP)?.to_string();
-            positions.push(node.pos);
+            positions.push((j, node.pos));
             const PATH_HELP: &str = "give the signer's relay path with a {target} placeholder, e.g. /relay/auth?target={target}";
             let node = self.require(&f, "path", PATH_HELP)?;
             let rt_path = self.http_path(node, &f.sub("path"), "/relay/auth?target={target}")?;
@@ -251,11 +299,11 @@ impl Cx<'_> {
                 None => 200,
                 Some(node) => self.status(node, &f.sub("expect"))?,
             };
-            out.push(RoundtripSpec {
+            out.push(Roundtrip::Http(RoundtripSpec {
                 to,
                 path: rt_path,
                 expect,
-            });
+            }));
         }
         Ok((out, positions))
     }
@@ -275,7 +323,9 @@ impl Cx<'_> {
             .collect();
         self.tick(targets.len());
         for (i, r, pos) in targets {
-            let to = &consumers[i].roundtrips[r].to;
+            let Some(to) = consumers[i].roundtrips[r].http().map(|r| &r.to) else {
+                continue;
+            };
             let path = format!("consumers[{i}].roundtrips[{r}].to");
             let help = format!(
                 "point `to` at a consumer whose role is validator or both: {}",

@@ -198,3 +198,52 @@ fn tls_never_turns_verification_off_silently() {
     let e = with_tls("test", "{ca_flie: ca.pem}").unwrap_err();
     assert!(e.help.contains("ca_file"), "{e}");
 }
+
+fn exec_consumer(targets: &str, tls: &str) -> Result<Playbook> {
+    load(&format!(
+        "secret: s\nenvironment: production\ngenerate: {{length: 64}}\nstore: {{kind: local, path: s.json}}\nconsumers:\n  - name: api\n    role: validator\n    kind: exec\n    apply: [x]\n    targets: {targets}\n    slots: {{primary: P, secondary: S}}\n    probes: [{{type: header, path: /p, header: X-S}}]\n{tls}"
+    ))
+}
+
+#[test]
+fn the_scheme_of_exec_targets_decides_how_they_are_reached() {
+    // https:// without `tls` is HTTPS verified against the system roots (never plain HTTP).
+    let pb = exec_consumer("[\"https://api.example.com:443\"]", "").unwrap();
+    let tls = pb.consumers[0].tls.as_ref().expect("https:// means TLS");
+    assert!(tls.system_roots && !tls.insecure && tls.ca_file.is_none());
+    assert_eq!(tls.server_name, None, "the host name is what is verified");
+    // https:// with `tls` keeps what `tls` says.
+    let pb = exec_consumer(
+        "[\"https://api.example.com:443\"]",
+        "    tls: {ca_file: ca.pem, system_roots: false}\n",
+    )
+    .unwrap();
+    let tls = pb.consumers[0].tls.as_ref().unwrap();
+    assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/base/ca.pem")));
+    assert!(!tls.system_roots);
+    // http:// and a bare host:port without `tls` are plain HTTP.
+    for t in ["[\"http://api:80\"]", "[\"api:80\"]"] {
+        assert!(
+            exec_consumer(t, "").unwrap().consumers[0].tls.is_none(),
+            "{t}"
+        );
+    }
+    let ConsumerKind::Exec(e) = &pb.consumers[0].kind else {
+        panic!("an exec consumer")
+    };
+    assert_eq!(e.targets, ["https://api.example.com:443"]);
+    assert_eq!(
+        crate::playbook::ExecSpec::host_port(&e.targets[0]),
+        "api.example.com:443"
+    );
+    // Not a URL with more than a host and a port.
+    for bad in [
+        "[\"https://user@api:443\"]",
+        "[\"https://api:443/x\"]",
+        "[\"ftp://api:21\"]",
+        "[\"https://:443\"]",
+    ] {
+        let e = exec_consumer(bad, "").unwrap_err().to_string();
+        assert!(e.contains("is not host:port"), "{bad}: {e}");
+    }
+}
