@@ -124,6 +124,18 @@ impl FakeRun {
         Some(serde_json::from_str(&text).unwrap())
     }
 
+    /// `gcloud run services update SERVICE --update-secrets=REFS` by hand (a deploy outside
+    /// rotor), with `env` (from [`FakeRun::env`]).
+    fn deploy(&self, service: &str, refs: &str, env: &[(String, String)]) {
+        let out = std::process::Command::new(self.dir.join("bin/gcloud"))
+            .args(["run", "services", "update", service, "--quiet"])
+            .arg(format!("--update-secrets={refs}"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
     /// `gcloud run services describe SERVICE --format=json`, as the fleet's scripts see it.
     fn describe(&self, service: &str) -> serde_json::Value {
         let out = std::process::Command::new(self.dir.join("bin/gcloud"))
@@ -274,11 +286,6 @@ impl Load {
         }
         std::mem::take(&mut *self.stats.lock().unwrap())
     }
-
-    /// Requests answered so far, over every path.
-    fn ok_so_far(&self) -> u64 {
-        self.stats.lock().unwrap().values().map(|s| s.ok).sum()
-    }
 }
 
 /// The value in `rotor-primary` now.
@@ -301,7 +308,13 @@ async fn worker(
             Ok(r) if r.status() == 200 => None,
             Ok(r) => {
                 let status = r.status();
-                let body: String = r.text().await.unwrap_or_default().chars().take(300).collect();
+                let body: String = r
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .chars()
+                    .take(300)
+                    .collect();
                 Some(format!("{status}: {body}"))
             }
             Err(e) => Some(format!("transport: {e:?}").chars().take(300).collect()),
@@ -340,228 +353,374 @@ async fn held(urls: &BTreeMap<&str, String>, ca_pem: &str) -> BTreeMap<String, s
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        out.insert(name.to_string(), r.json::<serde_json::Value>().await.unwrap()["names"].clone());
+        out.insert(
+            name.to_string(),
+            r.json::<serde_json::Value>().await.unwrap()["names"].clone(),
+        );
     }
     out
 }
 
-/// Asserts the fleet's end state after a rotation to version `new` from `old`: the primary
-/// alias on `new`, no secondary, `old` destroyed; every service's serving revision reads
-/// `new` alone (describe) and holds only its fingerprint (its own report).
-async fn assert_only(
-    run: &FakeRun,
-    lab: &rotor_lab::LabHandle,
-    urls: &BTreeMap<&str, String>,
-    ca_pem: &str,
-    old: i64,
-    new: i64,
+/// The fleet of `playbooks/cloudrun-fleet.yaml` deployed on the fake Cloud Run, with rotor's
+/// environment and every rotor output kept for the leak check.
+struct Fleet {
+    dir: tempfile::TempDir,
+    lab: rotor_lab::LabHandle,
+    run: FakeRun,
+    urls: BTreeMap<&'static str, String>,
+    ca_pem: String,
+    playbook: PathBuf,
+    env: Vec<(String, String)>,
+    outputs: Mutex<Vec<String>>,
+    /// Every value any version of the secret held, collected while the test runs.
+    values: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+/// Collects every value the secret's versions hold, every 20 ms, until aborted.
+async fn watch_values(
+    sm: rotor_lab::SecretManagerLab,
+    values: Arc<Mutex<std::collections::BTreeSet<String>>>,
 ) {
-    let s = lab.secret_manager().secret(SECRET).unwrap();
-    assert_eq!(alias(&s, "rotor-primary"), Some(new));
-    assert_eq!(alias(&s, "rotor-secondary"), None);
-    assert_eq!(version_state(&s, old), VersionState::Destroyed);
-    assert_eq!(version_state(&s, new), VersionState::Enabled);
-    let fp = s.annotations[&format!("rotor-fp-{new}")].clone();
-    let expected_refs = BTreeMap::from([
-        ("auth", vec!["SECRET_KEY", "SERVICE_SECRET"]),
-        ("backend", vec!["JWT_SECRET_KEY", "SERVICE_SECRET"]),
-        ("analytics", vec!["JWT_SECRET_KEY"]),
-    ]);
-    let held = held(urls, ca_pem).await;
-    for (service, names) in expected_refs {
-        let d = run.describe(service);
-        let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
-            .as_array()
-            .unwrap();
-        let refs: Vec<(String, String, String)> = env
-            .iter()
-            .map(|e| {
-                let r = &e["valueFrom"]["secretKeyRef"];
-                (
-                    e["name"].as_str().unwrap().to_string(),
-                    r["name"].as_str().unwrap().to_string(),
-                    r["key"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
-        let want: Vec<(String, String, String)> = names
-            .iter()
-            .map(|n| (n.to_string(), "service-secret".into(), new.to_string()))
-            .collect();
-        assert_eq!(refs, want, "{service}: {d}");
-        assert_eq!(
-            d["status"]["latestReadyRevisionName"],
-            run.serving(service).unwrap()["revision"]
-        );
-        let names_held = held[service].as_object().unwrap();
-        assert_eq!(names_held.len(), names.len(), "{service}: {names_held:?}");
-        for n in names {
-            assert_eq!(names_held[n], fp.as_str(), "{service} {n}");
+    loop {
+        if let Some(s) = sm.secret(SECRET) {
+            for v in &s.versions {
+                if let Some(p) = sm.payload(&v.name) {
+                    values.lock().unwrap().insert(String::from_utf8(p).unwrap());
+                }
+            }
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Fleet {
+    /// The lab, the services with their HTTPS front ends, the playbook as shipped (with the
+    /// test's URLs, the lab's anonymous credentials and short waits: grace stays longer than a
+    /// caller takes from reading the alias to being answered), `rotor init`, a first deploy of
+    /// every service outside rotor, and `rotor up`.
+    async fn start(prefix: &str) -> Fleet {
+        let (dir, lab) = crate::common::scratch_lab(prefix, Default::default(), |_| {}).await;
+        let root = dir.path().to_path_buf();
+        let ca = Ca::new("rotor cloud run test CA");
+        let ca_file = root.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let (cert, key) = frontend_cert(&ca, &root, "frontend");
+        let mut run = FakeRun::new(&root.join("run"));
+        let ca_arg = ca_file.to_str().unwrap();
+        let services: [(&'static str, &str, &[&str]); 3] = [
+            (
+                "auth",
+                "SERVICE_SECRET",
+                &[
+                    "--alias-env",
+                    "SECRET_KEY",
+                    "--peer",
+                    "backend=jwt",
+                    "--peer",
+                    "analytics=jwt",
+                ],
+            ),
+            (
+                "backend",
+                "SERVICE_SECRET",
+                &["--alias-env", "JWT_SECRET_KEY", "--peer", "auth=header"],
+            ),
+            ("analytics", "JWT_SECRET_KEY", &[]),
+        ];
+        let mut urls = BTreeMap::new();
+        for (name, primary, extra) in services {
+            let secondary = format!("{primary}_PREVIOUS");
+            let mut argv = vec![
+                rotor_exe(),
+                "demo-service",
+                "--name",
+                name,
+                "--secret-name",
+                "service-secret",
+                "--primary-env",
+                primary,
+                "--secondary-env",
+                &secondary,
+                "--peer-ca-file",
+                ca_arg,
+            ];
+            argv.extend_from_slice(extra);
+            urls.insert(name, run.service(name, &argv, Some((&cert, &key))));
+        }
+        let mut yaml = PLAYBOOK.to_string();
+        for (name, url) in &urls {
+            yaml = substitute(
+                &yaml,
+                &format!("https://{name}-abc123-ew.a.run.app:443\"]"),
+                &format!("{url}\"]"),
+            );
+        }
+        yaml = substitute(
+            &yaml,
+            "  # credentials: default",
+            "  credentials: anonymous",
+        );
+        yaml = substitute(&yaml, "grace: 1h ", "grace: 3s ");
+        yaml = substitute(&yaml, "retention: 7d ", "retention: 0s ");
+        let playbook = root.join("cloudrun-fleet.yaml");
+        std::fs::write(&playbook, &yaml).unwrap();
+        let mut env = run.env(&lab.url(), PROJECT);
+        env.extend([
+            // rotor's probes and the round trips' curl verify the front ends against the CA.
+            ("SSL_CERT_FILE".to_string(), ca_arg.to_string()),
+            ("CURL_CA_BUNDLE".to_string(), ca_arg.to_string()),
+            ("AUTH_URL".to_string(), urls["auth"].clone()),
+            ("BACKEND_URL".to_string(), urls["backend"].clone()),
+            ("ANALYTICS_URL".to_string(), urls["analytics"].clone()),
+        ]);
+        let values: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+        let watcher = tokio::spawn(watch_values(lab.secret_manager().clone(), values.clone()));
+        let fleet = Fleet {
+            values,
+            watcher,
+            dir,
+            lab,
+            run,
+            urls,
+            ca_pem: ca.pem(),
+            playbook,
+            env,
+            outputs: Mutex::default(),
+        };
+        fleet.rotor(&["init"]).assert_code(0);
+        // The services exist before rotor: each deployed once reading the version in
+        // `rotor-primary` (the playbook's "before the first run"), so each signer's round trips
+        // find their validators serving when `up` proves it.
+        for (service, names) in [
+            ("analytics", "JWT_SECRET_KEY"),
+            ("backend", "SERVICE_SECRET,JWT_SECRET_KEY"),
+            ("auth", "SERVICE_SECRET,SECRET_KEY"),
+        ] {
+            let refs: Vec<String> = names
+                .split(',')
+                .map(|n| format!("{n}=service-secret:1"))
+                .collect();
+            fleet.run.deploy(service, &refs.join(","), &fleet.env);
+        }
+        fleet.rotor(&["up"]).assert_code(0);
+        fleet
+    }
+
+    /// `rotor ARGS PLAYBOOK` in the fleet's environment (blocking this worker only).
+    fn rotor(&self, args: &[&str]) -> Out {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut all = args.to_vec();
+        all.push(self.playbook.to_str().unwrap());
+        let out = tokio::task::block_in_place(|| run_rotor(&all, &env));
+        self.outputs
+            .lock()
+            .unwrap()
+            .push(format!("{}{}", out.stdout, out.stderr));
+        out
+    }
+
+    fn secret(&self) -> SecretSnapshot {
+        self.lab.secret_manager().secret(SECRET).unwrap()
+    }
+
+    /// Load through the front ends, once it flows on every path.
+    async fn load(&self) -> Load {
+        let load = Load::start(&self.urls, &self.ca_pem, &self.lab);
+        wait_for(
+            "traffic on every path",
+            Duration::from_secs(60),
+            async || {
+                let stats = load.stats.lock().unwrap();
+                stats.len() == 6 && stats.values().all(|s| s.ok > 0)
+            },
+        )
+        .await;
+        load
+    }
+
+    /// Asserts the end state after a rotation to version `new` from `old`: the primary alias on
+    /// `new`, no secondary, `old` destroyed; every service's serving revision reads `new` alone
+    /// (`services describe`) and holds only its fingerprint (its own report).
+    async fn assert_only(&self, old: i64, new: i64) {
+        let s = self.secret();
+        assert_eq!(alias(&s, "rotor-primary"), Some(new));
+        assert_eq!(alias(&s, "rotor-secondary"), None);
+        assert_eq!(version_state(&s, old), VersionState::Destroyed);
+        assert_eq!(version_state(&s, new), VersionState::Enabled);
+        let fp = s.annotations[&format!("rotor-fp-{new}")].clone();
+        let held = held(&self.urls, &self.ca_pem).await;
+        for (service, names) in [
+            ("auth", ["SECRET_KEY", "SERVICE_SECRET"].as_slice()),
+            ("backend", &["JWT_SECRET_KEY", "SERVICE_SECRET"]),
+            ("analytics", &["JWT_SECRET_KEY"]),
+        ] {
+            let d = self.run.describe(service);
+            let refs: Vec<(String, String, String)> = d["spec"]["template"]["spec"]["containers"]
+                [0]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    let r = &e["valueFrom"]["secretKeyRef"];
+                    let text = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+                    (text(&e["name"]), text(&r["name"]), text(&r["key"]))
+                })
+                .collect();
+            let want: Vec<(String, String, String)> = names
+                .iter()
+                .map(|n| (n.to_string(), "service-secret".into(), new.to_string()))
+                .collect();
+            assert_eq!(refs, want, "{service}: {d}");
+            assert_eq!(
+                d["status"]["latestReadyRevisionName"],
+                self.run.serving(service).unwrap()["revision"]
+            );
+            let names_held = held[service].as_object().unwrap();
+            assert_eq!(names_held.len(), names.len(), "{service}: {names_held:?}");
+            for n in names {
+                assert_eq!(names_held[*n], fp.as_str(), "{service} {n}");
+            }
+        }
+    }
+
+    /// Asserts that the watcher saw `versions` values and none of them is in any rotor output or any file of the test (the fake's
+    /// records of every argv and ROTOR_* environment, revision and front end logs, rotor's
+    /// state), then stops everything.
+    async fn finish(self, versions: usize) {
+        self.watcher.abort();
+        let values = self.values.lock().unwrap().clone();
+        // The watcher saw each version's value, the short-lived ones included.
+        assert_eq!(values.len(), versions, "values seen");
+        let mut texts: Vec<(String, String)> = self
+            .outputs
+            .lock()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (format!("rotor run #{i}"), o.clone()))
+            .collect();
+        let root = self.dir.path();
+        for f in walk(root) {
+            if f.starts_with(root.join("lab")) {
+                continue;
+            }
+            if let Ok(t) = std::fs::read(&f) {
+                texts.push((
+                    f.display().to_string(),
+                    String::from_utf8_lossy(&t).into_owned(),
+                ));
+            }
+        }
+        assert!(texts.iter().any(|(n, _)| n.ends_with("calls.jsonl")));
+        assert!(texts.iter().any(|(n, _)| n.ends_with("-00002.log")));
+        for v in &values {
+            for (name, t) in &texts {
+                assert!(!t.contains(v.as_str()), "a value leaked into {name}");
+            }
+        }
+        drop(self.run);
+        self.lab.shutdown().await;
+    }
+}
+
+/// Asserts the load saw no failure and traffic on every path.
+#[track_caller]
+fn assert_no_failures(report: &BTreeMap<String, PathStats>) {
+    let failed: u64 = report.values().map(|s| s.failed).sum();
+    assert_eq!(failed, 0, "failed requests: {report:#?}");
+    assert_eq!(report.len(), 6, "{report:#?}");
+    for (path, s) in report {
+        assert!(s.ok > 0, "no request on {path}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudrun_fleet_rotates_and_rekeys_under_load_with_no_failed_request() {
-    let (dir, lab) = crate::common::scratch_lab("rotor-cloudrun-", Default::default(), |_| {}).await;
-    let root = dir.path();
-    let ca = Ca::new("rotor cloud run test CA");
-    let ca_file = root.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let (cert, key) = frontend_cert(&ca, root, "frontend");
-    let mut run = FakeRun::new(&root.join("run"));
-    let ca_arg = ca_file.to_str().unwrap();
-    let demo = |name: &'static str, primary: &'static str, extra: &[&'static str]| {
-        let mut argv = vec![
-            rotor_exe(),
-            "demo-service",
-            "--name",
-            name,
-            "--secret-name",
-            "service-secret",
-            "--primary-env",
-            primary,
-            "--secondary-env",
-        ];
-        argv.push(match primary {
-            "SERVICE_SECRET" => "SERVICE_SECRET_PREVIOUS",
-            _ => "JWT_SECRET_KEY_PREVIOUS",
-        });
-        argv.extend_from_slice(extra);
-        argv
-    };
-    let mut urls = BTreeMap::new();
-    for (name, argv) in [
-        (
-            "auth",
-            demo(
-                "auth",
-                "SERVICE_SECRET",
-                &["--alias-env", "SECRET_KEY", "--peer", "backend=jwt", "--peer", "analytics=jwt"],
-            ),
-        ),
-        (
-            "backend",
-            demo(
-                "backend",
-                "SERVICE_SECRET",
-                &["--alias-env", "JWT_SECRET_KEY", "--peer", "auth=header"],
-            ),
-        ),
-        ("analytics", demo("analytics", "JWT_SECRET_KEY", &[])),
-    ] {
-        let mut argv = argv;
-        argv.extend(["--peer-ca-file", ca_arg]);
-        urls.insert(name, run.service(name, &argv, Some((&cert, &key))));
-    }
-
-    // The playbook as shipped, with the test's URLs, the lab's anonymous credentials and short
-    // waits (grace stays longer than a caller takes from reading the alias to being answered).
-    let mut yaml = PLAYBOOK.to_string();
-    for (name, url) in &urls {
-        yaml = substitute(&yaml, &format!("https://{name}-abc123-ew.a.run.app:443\"]"), &format!("{url}\"]"));
-    }
-    yaml = substitute(&yaml, "  # credentials: default", "  credentials: anonymous");
-    yaml = substitute(&yaml, "grace: 1h ", "grace: 3s ");
-    yaml = substitute(&yaml, "retention: 7d ", "retention: 0s ");
-    let playbook = root.join("cloudrun-fleet.yaml");
-    std::fs::write(&playbook, &yaml).unwrap();
-
-    let mut env = run.env(&lab.url(), PROJECT);
-    env.extend([
-        ("SSL_CERT_FILE".to_string(), ca_arg.to_string()),
-        ("CURL_CA_BUNDLE".to_string(), ca_arg.to_string()),
-        ("AUTH_URL".to_string(), urls["auth"].clone()),
-        ("BACKEND_URL".to_string(), urls["backend"].clone()),
-        ("ANALYTICS_URL".to_string(), urls["analytics"].clone()),
-    ]);
-    // Every rotor run's stdout and stderr, for the leak check.
-    let outputs: Mutex<Vec<String>> = Mutex::default();
-    let rotor = |args: &[&str]| -> Out {
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let mut all = args.to_vec();
-        all.push(playbook.to_str().unwrap());
-        let out = run_rotor(&all, &env);
-        outputs
-            .lock()
-            .unwrap()
-            .push(format!("{}{}", out.stdout, out.stderr));
-        out
-    };
-
-    rotor(&["init"]).assert_code(0);
-    rotor(&["up"]).assert_code(0);
-    let sm = lab.secret_manager();
-    let value = |n: i64| {
-        String::from_utf8(sm.payload(&format!("{SECRET}/versions/{n}")).unwrap()).unwrap()
-    };
-    let mut values = vec![value(1)];
-
-    let load = Load::start(&urls, &ca.pem(), &lab);
-    wait_for("traffic on every path", Duration::from_secs(60), async || {
-        load.ok_so_far() > 20
-    })
-    .await;
-    let rotate = tokio::task::block_in_place(|| rotor(&["rotate", "--yes"]));
+    let fleet = Fleet::start("rotor-cloudrun-").await;
+    let load = fleet.load().await;
+    let rotate = fleet.rotor(&["rotate", "--yes"]);
     rotate.assert_code(0);
-    values.push(value(2));
-    assert_only(&run, &lab, &urls, &ca.pem(), 1, 2).await;
-
-    let rekey = tokio::task::block_in_place(|| {
-        rotor(&["rekey", "--emergency", "--reason", "rehearsal: the key was leaked"])
-    });
+    fleet.assert_only(1, 2).await;
+    let rekey = fleet.rotor(&[
+        "rekey",
+        "--emergency",
+        "--reason",
+        "rehearsal: the key leaked",
+    ]);
     rekey.assert_code(0);
-    values.push(value(3));
-    assert_only(&run, &lab, &urls, &ca.pem(), 2, 3).await;
-    let report = load.finish().await;
-    let failed: u64 = report.values().map(|s| s.failed).sum();
-    assert_eq!(failed, 0, "failed requests: {report:#?}");
-    assert_eq!(report.len(), 6, "{report:#?}");
-    for (path, s) in &report {
-        assert!(s.ok > 0, "no request on {path}");
-    }
+    fleet.assert_only(2, 3).await;
+    assert_no_failures(&load.finish().await);
 
-    // Every update got version references, never a value: argv and ROTOR_* environment as
-    // the fake recorded them. Up, T2, T3, T4 twice over for `both`; up, T2, T4 for analytics.
-    for (service, n) in [("auth", 7), ("backend", 7), ("analytics", 5)] {
-        assert_eq!(run.calls(service).len(), n, "{service}");
+    // Every update got version references, never a value (argv and ROTOR_* environment as the
+    // fake recorded them): the first deploy, then up, T2, T3, T4 twice over for `both`; up, T2,
+    // T4 twice over for analytics.
+    for (service, n) in [("auth", 8), ("backend", 8), ("analytics", 6)] {
+        assert_eq!(fleet.run.calls(service).len(), n, "{service}");
     }
-    let last = run.calls("analytics").pop().unwrap();
+    let last = fleet.run.calls("analytics").pop().unwrap();
     assert_eq!(
         last["env"]["ROTOR_SECRET_REFS"],
         "JWT_SECRET_KEY=service-secret:3"
     );
-    assert_eq!(
-        last["env"]["ROTOR_UNSET_NAMES"],
-        "JWT_SECRET_KEY_PREVIOUS"
-    );
-    // The exec round trips ran and proved the signers (rotor's report of T3).
+    assert_eq!(last["env"]["ROTOR_UNSET_NAMES"], "JWT_SECRET_KEY_PREVIOUS");
+    // The signers were proven by their exec round trips after T3.
     for out in [&rotate, &rekey] {
-        assert!(out.stdout.contains("round trip") || out.stderr.contains("round trip"), "{out:?}");
+        let text = format!("{}{}", out.stdout, out.stderr);
+        assert!(text.contains("round trip"), "{text}");
     }
-    // No value anywhere: rotor's output, the fake's records, revision and front end logs, the
-    // state rotor keeps beside the playbook.
-    let mut texts: Vec<(String, String)> = outputs
-        .lock()
-        .unwrap()
-        .iter()
-        .enumerate()
-        .map(|(i, o)| (format!("rotor run #{i}"), o.clone()))
-        .collect();
-    for f in walk(root) {
-        if f.starts_with(root.join("lab")) {
-            continue;
-        }
-        if let Ok(t) = std::fs::read(&f) {
-            texts.push((f.display().to_string(), String::from_utf8_lossy(&t).into_owned()));
+    fleet.finish(3).await;
+}
+
+/// A Cloud Run service whose traffic is pinned to its old revision: `services update` succeeds,
+/// the new revision never serves, so the signer keeps sending the old value after T3. Its
+/// exec round trip catches it, of either kind: (a) auth's relay names the old key, (b) the
+/// revision backend serves reads the old version. T3 fails, the rotation rolls back to S0 with
+/// no failed request, and once the pin is gone the next rotation completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudrun_signers_that_keep_sending_the_old_value_fail_their_round_trips() {
+    let fleet = Fleet::start("rotor-cloudrun-pin-").await;
+    let load = fleet.load().await;
+    for (service, version) in [("auth", 2), ("backend", 3)] {
+        let pin = fleet.run.dir.join(service).join("pin");
+        std::fs::write(&pin, "SERVICE_SECRET").unwrap();
+        let out = fleet.rotor(&["rotate", "--yes"]);
+        out.assert_code(3);
+        assert!(
+            out.stderr.contains("T3 switch forward failed"),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(&format!("consumer {service}"))
+                && out.stderr.contains("it sends something other than"),
+            "{}",
+            out.stderr
+        );
+        let s = fleet.secret();
+        assert_eq!(alias(&s, "rotor-primary"), Some(1));
+        assert_eq!(alias(&s, "rotor-secondary"), None);
+        assert_eq!(version_state(&s, version), VersionState::Destroyed);
+        std::fs::remove_file(&pin).unwrap();
+        // Back to S0: every service serves version 1 alone again.
+        for service in ["auth", "backend", "analytics"] {
+            let secrets = &fleet.run.serving(service).unwrap()["secrets"];
+            assert!(
+                secrets
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .all(|v| v == "service-secret:1"),
+                "{service}: {secrets}"
+            );
         }
     }
-    assert!(texts.iter().any(|(n, _)| n.ends_with("calls.jsonl")));
-    for v in &values {
-        for (name, t) in &texts {
-            assert!(!t.contains(v.as_str()), "a value leaked into {name}");
-        }
-    }
-    drop(run);
-    lab.shutdown().await;
+    fleet.rotor(&["rotate", "--yes"]).assert_code(0);
+    fleet.assert_only(1, 4).await;
+    assert_no_failures(&load.finish().await);
+    fleet.finish(4).await;
 }

@@ -462,7 +462,11 @@ async fn ping(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
 /// A 200 naming how the value came and the fingerprint of the accepted value it matched (so
 /// a caller, or a relay's caller, can tell which value a signer sends).
 fn accepted(via: &str, key: &Fingerprint) -> Response {
-    (StatusCode::OK, Json(json!({"ok": true, "via": via, "key": key}))).into_response()
+    (
+        StatusCode::OK,
+        Json(json!({"ok": true, "via": via, "key": key})),
+    )
+        .into_response()
 }
 
 async fn fingerprints(State(s): State<Arc<Shared>>) -> Json<FingerprintReport> {

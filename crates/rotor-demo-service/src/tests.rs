@@ -136,10 +136,17 @@ async fn ping_names_the_matched_value_and_a_relay_reports_the_peer_s() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["key"], b.fingerprint("service-secret").as_str(), "{body}");
+    assert_eq!(
+        body["key"],
+        b.fingerprint("service-secret").as_str(),
+        "{body}"
+    );
     for (sends, peer_mode) in [(&a, PeerMode::Jwt), (&b, PeerMode::Header)] {
         let signer = spawn(state("auth", sends, None, &[("analytics", peer_mode)])).await;
-        for target in [validator.to_string(), format!("http://localhost:{}", validator.port())] {
+        for target in [
+            validator.to_string(),
+            format!("http://localhost:{}", validator.port()),
+        ] {
             let r = c
                 .get(format!("http://{signer}/relay/analytics?target={target}"))
                 .send()
@@ -147,7 +154,10 @@ async fn ping_names_the_matched_value_and_a_relay_reports_the_peer_s() {
                 .unwrap();
             assert_eq!(r.status(), 200);
             let body: serde_json::Value = r.json().await.unwrap();
-            assert_eq!(body["peer_key"], sends.fingerprint("service-secret").as_str());
+            assert_eq!(
+                body["peer_key"],
+                sends.fingerprint("service-secret").as_str()
+            );
             assert_eq!(body["target"], target.as_str());
         }
     }
@@ -194,7 +204,10 @@ fn a_peer_ca_file_must_be_a_small_regular_pem_file() {
     };
     let lookup = |name: &str| (name == "SERVICE_SECRET").then(|| OsString::from("v"));
     let err = |path: &std::path::Path| {
-        format!("{:#}", AppState::from_lookup(&args(path), lookup).unwrap_err())
+        format!(
+            "{:#}",
+            AppState::from_lookup(&args(path), lookup).unwrap_err()
+        )
     };
     assert!(err(&dir.path().join("missing")).contains("cannot open --peer-ca-file"));
     assert!(err(dir.path()).contains("is not a regular file"));
