@@ -173,7 +173,10 @@ async fn relay_with_target_succeeds_only_when_the_peer_accepts() {
         .unwrap();
     assert_eq!(
         r.json::<serde_json::Value>().await.unwrap(),
-        json!({"ok": true, "peer": "auth", "target": accepts_a.to_string()})
+        json!({
+            "ok": true, "peer": "auth", "target": accepts_a.to_string(),
+            "peer_key": a.fingerprint("service-secret"),
+        })
     );
 
     // Nobody listening: 502 with no peer status.
