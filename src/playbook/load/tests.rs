@@ -30,6 +30,56 @@ fn embedded_demo_loads() {
     );
 }
 
+/// The Cloud Run fleet as shipped: three exec consumers reached over HTTPS by name (a target
+/// with `https://` and no `tls`: the system roots), signers proven by exec round trips only.
+#[test]
+fn cloudrun_fleet_loads() {
+    let pb = load_str(
+        include_str!("../../../playbooks/cloudrun-fleet.yaml"),
+        "cloudrun-fleet.yaml",
+        Path::new("/p"),
+    )
+    .unwrap();
+    use crate::playbook::ExecVia;
+    use crate::protocol::Role;
+    let roles: Vec<(&str, Role)> = pb
+        .consumers
+        .iter()
+        .map(|c| (c.name.as_str(), c.role))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("auth", Role::Both),
+            ("backend", Role::Both),
+            ("analytics", Role::Validator)
+        ]
+    );
+    for c in &pb.consumers {
+        let ConsumerKind::Exec(exec) = &c.kind else {
+            panic!("{} is not an exec consumer", c.name)
+        };
+        assert_eq!(
+            exec.targets,
+            [format!("https://{}-abc123-ew.a.run.app:443", c.name)]
+        );
+        assert!(c.tls.is_some(), "{}: an https:// target is HTTPS", c.name);
+        assert!(
+            c.roundtrips
+                .iter()
+                .all(|r| matches!(r, crate::playbook::Roundtrip::Exec(_))),
+            "{}",
+            c.name
+        );
+    }
+    let trips = |i: usize| pb.consumers[i].roundtrips.len();
+    assert_eq!((trips(0), trips(1), trips(2)), (2, 2, 0));
+    let crate::playbook::Roundtrip::Exec(b) = &pb.consumers[1].roundtrips[0] else {
+        unreachable!()
+    };
+    assert_eq!(b.via, ExecVia::Stdin);
+}
+
 #[test]
 fn minimal_uses_defaults() {
     let pb = load(MINIMAL).unwrap();
