@@ -4,8 +4,12 @@
 //! Owns: reading the slots from the environment variables it is told about (and nowhere else),
 //! accepting a value in a header or as the key of a bearer HS256 JWT (`/api/ping`), reporting
 //! the fingerprints it holds (`/fingerprints`), calling a peer with what it sends
-//! (`/relay/{peer}`), and a graceful shutdown on SIGTERM/SIGINT. Must never: print, log or
-//! answer with a value or a token; only fingerprints.
+//! (`/relay/{peer}`: an instance of the fleet directory, `?target=IP:PORT`, or
+//! `?target=https://HOST:PORT` on this machine, verified against `--peer-ca-file`), and a
+//! graceful shutdown on SIGTERM/SIGINT. A 200 of `/api/ping` names the fingerprint of the value
+//! that matched (`key`), and a relay's 200 passes the peer's on (`peer_key`), so a caller can
+//! tell which value a signer sends. Must never: print, log or answer with a value or a token;
+//! only fingerprints.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
