@@ -617,6 +617,13 @@ impl Fleet {
             }
         }
         assert!(texts.iter().any(|(n, _)| n.ends_with("calls.jsonl")));
+        // The round trips of kind (b) read versions with `gcloud secrets versions access`
+        // (every gcloud argv is in gcloud.jsonl, scanned below).
+        let gcloud = std::fs::read_to_string(self.run.dir.join("gcloud.jsonl")).unwrap();
+        assert!(
+            gcloud.contains(r#"["secrets", "versions", "access", "#),
+            "{gcloud}"
+        );
         assert!(texts.iter().any(|(n, _)| n.ends_with("-00002.log")));
         for v in &values {
             for (name, t) in &texts {
