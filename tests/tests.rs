@@ -12,6 +12,7 @@ mod kubernetes;
 mod kubernetes_lock;
 mod lab;
 mod playbook_errors;
+mod review;
 mod rotation;
 mod third_party;
 mod tls;
