@@ -248,10 +248,10 @@ fn the_scheme_of_exec_targets_decides_how_they_are_reached() {
     }
 }
 
-/// Review: targets the loader accepts that can never resolve (whitespace in the host, an
-/// unbracketed IPv6 address, two colons): `instances()` fails at probe time instead.
+/// Targets that could never resolve (whitespace in the host, an unbracketed IPv6 address, two
+/// colons) are refused when loading, not at probe time.
 #[test]
-fn review_exec_targets_that_cannot_resolve_are_refused_when_loading() {
+fn exec_targets_that_cannot_resolve_are_refused_when_loading() {
     let mut accepted = Vec::new();
     for bad in [
         "[\"https://api :443\"]",

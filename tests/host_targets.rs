@@ -1,6 +1,7 @@
-//! Review of "Exec round trips": places that still reach an instance with a host name
-//! (`https://localhost:PORT` exec targets) by its IP address, so TLS verification for the name
-//! fails there and the outcome is wrong.
+//! Instances known by a host name (`https://localhost:PORT` exec targets) are reached by that
+//! name everywhere: in a signer's gate when it asks whether the validator itself refuses the
+//! value, and in a hard cut's sampler. Reached by IP, TLS verification for the name would fail
+//! and the outcome would be wrong.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
