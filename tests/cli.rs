@@ -329,3 +329,46 @@ fn check_reports_weak_values_and_values_shared_between_environments() {
     }
     assert!(!stdout.contains("ChangeMe"), "a value in check's output");
 }
+
+/// The demo's traffic runs through http round trips; a playbook whose signers are proven by
+/// exec round trips only would report "0 failed requests" out of 0, so it is refused before
+/// anything starts.
+#[tokio::test]
+async fn demo_refuses_a_playbook_it_could_not_drive_load_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = rotor::demo::LOCAL_DEMO.to_string();
+    for relay in [
+        "      - to: backend\n        path: \"/relay/backend?target={target}\"\n      - to: analytics\n        path: \"/relay/analytics?target={target}\"\n",
+        "      - to: auth\n        path: \"/relay/auth?target={target}\"\n",
+    ] {
+        assert!(yaml.contains(relay));
+        yaml = yaml.replace(
+            relay,
+            "      - {type: exec, command: [\"true\"], via: stdin}\n",
+        );
+    }
+    let playbook = dir.path().join("exec-only.yaml");
+    std::fs::write(&playbook, yaml).unwrap();
+    let demo_dir = dir.path().join("run");
+    let out = crate::common::run_rotor(
+        &[
+            "demo",
+            "--playbook",
+            playbook.to_str().unwrap(),
+            "--dir",
+            demo_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("has none, so it would measure nothing"),
+        "{}",
+        out.stderr
+    );
+    // Nothing was started: no store, no instance.
+    assert!(!crate::common::walk(&demo_dir).iter().any(|p| {
+        p.file_name()
+            .is_some_and(|n| n == "demo-store.json" || n == "endpoints.json")
+    }));
+}

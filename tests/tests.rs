@@ -9,6 +9,7 @@ mod gates;
 mod gcp;
 mod gcp_lab;
 mod hardening;
+mod host_targets;
 mod kubernetes;
 mod kubernetes_lock;
 mod lab;

@@ -68,6 +68,7 @@ pub(super) async fn run(a: Args, out: &Arc<Output>) -> CliResult {
         run_lab(&a, &dir, out).await?
     } else {
         let pb = crate::demo::demo_playbook(a.playbook.as_deref(), &dir)?;
+        drives_load(&pb)?;
         out.line(&format!(
             "rotor demo: {} consumers on loopback, state in {}",
             pb.consumers.len(),
@@ -111,6 +112,18 @@ pub(super) async fn run(a: Args, out: &Arc<Output>) -> CliResult {
     })
 }
 
+/// The demo's traffic runs through the playbook's `http` round trips (signer relays); without
+/// one it would report 0 failed requests out of 0.
+fn drives_load(pb: &crate::playbook::Playbook) -> Result<(), CliError> {
+    if crate::demo::load::paths(pb).is_empty() {
+        return Err(CliError {
+            message: "the demo drives its traffic through the playbook's http round trips (a signer's relay to a validator), and this playbook has none, so it would measure nothing\n  help: give a signer an http round trip (`- {to: <validator>, path: \"/relay/<validator>?target={target}\"}`), or rotate with `rotor rotate` and your own traffic".into(),
+            exit: Exit::Usage,
+        });
+    }
+    Ok(())
+}
+
 /// `--lab`: the demo through the Kubernetes path, on a lab started for the run.
 #[cfg(feature = "lab")]
 async fn run_lab(
@@ -119,6 +132,7 @@ async fn run_lab(
     out: &Arc<Output>,
 ) -> Result<(crate::demo::DemoReport, Option<crate::engine::EngineError>), CliError> {
     let pb = crate::demo::lab_playbook(a.playbook.as_deref(), dir)?;
+    drives_load(&pb)?;
     let topology = crate::demo::lab_topology(a.topology.as_deref()).map_err(|e| CliError {
         message: format!("lab topology {e}"),
         exit: Exit::Usage,

@@ -77,7 +77,7 @@ pub async fn prove_validating(
                     detail: format!(
                         "{} at {}: {}{}",
                         probe::describe(p),
-                        at.addr,
+                        at.name(),
                         match want {
                             Verdict::Accepted =>
                                 format!("rejected {}, which it must accept", v.label),
@@ -172,7 +172,11 @@ impl InstanceGate<'_> {
                         .await
                         .map(|now| now.iter().any(|i| i.id == ti.id))
                         .unwrap_or(true);
-                    if still && !self.target_refuses(target.as_ref(), to).await {
+                    if still
+                        && !self
+                            .target_refuses(target.as_ref(), to, ti.host.as_deref())
+                            .await
+                    {
                         return Err(format!("round trip to {} instance {}: {e}", r.to, ti.id));
                     }
                     skipped += 1;
@@ -219,14 +223,19 @@ impl InstanceGate<'_> {
 
     /// True when the validator instance of `consumer` at `addr` rejects, presented directly,
     /// the value this gate's instance must send: the target is broken, not the sender.
-    async fn target_refuses(&self, consumer: &dyn Consumer, addr: SocketAddr) -> bool {
+    async fn target_refuses(
+        &self,
+        consumer: &dyn Consumer,
+        addr: SocketAddr,
+        host: Option<&str>,
+    ) -> bool {
         let (Some(v), Some(spec)) = (
             &self.sends_value,
             self.specs.iter().find(|s| s.name == consumer.name()),
         ) else {
             return false;
         };
-        let at = consumer.transport().at(addr);
+        let at = consumer.transport().reach(addr, host);
         prove_validating(spec, at, std::slice::from_ref(v), &[], self.timeout)
             .await
             .is_err()

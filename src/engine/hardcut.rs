@@ -53,7 +53,7 @@ impl HardCutReport {
         );
         if !self.unsampled.is_empty() {
             s.push_str(&format!(
-                "; not sampled (no round trip in the playbook): {}",
+                "; not sampled (no http round trip in the playbook; exec round trips run in the proof after the wave): {}",
                 self.unsampled.join(", ")
             ));
         }
@@ -149,14 +149,18 @@ async fn sample(
             else {
                 continue;
             };
-            for f in from.iter().filter_map(|i| i.addr) {
+            for (f, fh) in from
+                .iter()
+                .filter_map(|i| i.addr.map(|a| (a, i.host.as_deref())))
+            {
                 for t in to.iter().filter_map(|i| i.addr) {
                     if *stop.borrow() {
                         return r;
                     }
                     made += 1;
                     r.sampled_round_trips += 1;
-                    match probe::trip(&p.spec, p.signer.transport().at(f), t, timeout).await {
+                    match probe::trip(&p.spec, p.signer.transport().reach(f, fh), t, timeout).await
+                    {
                         Trip::Passed => {}
                         Trip::Refused(_) => r.failed_round_trips += 1,
                         Trip::Unreachable(_) => r.unreachable += 1,

@@ -551,7 +551,7 @@ pub enum ProbeSpec {
         reject: Vec<u16>,
     },
     /// A command that receives the value in its environment or stdin, never argv. Exit 0 means
-    /// accepted, exit 1 rejected; anything else is an error. It gets `ROTOR_INSTANCE_ADDR`.
+    /// accepted, exit 1 rejected; anything else is an error. It gets `ROTOR_INSTANCE_ADDR` and `ROTOR_INSTANCE_URL`.
     Exec {
         /// argv.
         command: Vec<String>,

@@ -5,33 +5,29 @@
 //! gets the instance, its URL and the expected fingerprint too. Its output is discarded. Exit 0 means accepted, exit 1 rejected; any other exit, a signal, a spawn failure
 //! or the deadline (the command's process group is killed) is an error.
 
-use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{ProbeError, Verdict};
+use super::{ProbeError, Target, Verdict};
 use crate::playbook::ExecVia;
 use crate::secret::SecretValue;
 
 pub(super) async fn present(
     command: &[String],
     via: &ExecVia,
-    addr: SocketAddr,
+    at: impl Into<Target<'_>>,
     value: &SecretValue,
     timeout: Duration,
 ) -> Result<Verdict, ProbeError> {
-    run(
-        command,
-        via,
-        &[("ROTOR_INSTANCE_ADDR", addr.to_string())],
-        value,
-        timeout,
-        &addr.to_string(),
-    )
-    .await
+    let at = at.into();
+    let env = [
+        ("ROTOR_INSTANCE_ADDR", at.addr.to_string()),
+        ("ROTOR_INSTANCE_URL", at.url("")),
+    ];
+    run(command, via, &env, value, timeout, &at.name()).await
 }
 
 /// Runs `command` with `env` and `value` (in `via`) under `timeout`: exit 0 is
@@ -132,6 +128,7 @@ async fn kill(pid: Option<u32>, child: &mut tokio::process::Child) {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::net::SocketAddr;
 
     const VALUE: &str = "exec-probe-value-0123456789-abcdefghij";
     const T: Duration = Duration::from_secs(10);
@@ -158,6 +155,7 @@ mod tests {
     }
 
     const CHECK_ENV: &str = r#"[ "$ROTOR_INSTANCE_ADDR" = "127.0.0.1:4242" ] || exit 3
+[ "$ROTOR_INSTANCE_URL" = "http://127.0.0.1:4242" ] || exit 3
 [ "$PROBE_SECRET" = "$(cat "$1")" ]"#;
     const CHECK_STDIN: &str = r#"[ "$ROTOR_INSTANCE_ADDR" = "127.0.0.1:4242" ] || exit 3
 IFS= read -r line || exit 4

@@ -52,9 +52,7 @@ pub async fn present(
         ProbeSpec::Header { .. } | ProbeSpec::Jwt { .. } => {
             http::present(spec, at, value, timeout).await
         }
-        ProbeSpec::Exec { command, via } => {
-            exec::present(command, via, at.addr, value, timeout).await
-        }
+        ProbeSpec::Exec { command, via } => exec::present(command, via, at, value, timeout).await,
     }
 }
 

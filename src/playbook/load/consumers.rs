@@ -408,9 +408,7 @@ impl Cx<'_> {
                 let ok = ExecSpec::host_port(text)
                     .rsplit_once(':')
                     .is_some_and(|(h, port)| {
-                        !h.is_empty()
-                            && !h.contains(['/', '@', '?', '#'])
-                            && port.parse::<u16>().is_ok_and(|p| p > 0)
+                        valid_host(h) && port.parse::<u16>().is_ok_and(|p| p > 0)
                     });
                 if !ok {
                     return Err(self.err(
@@ -543,4 +541,16 @@ impl Cx<'_> {
             port,
         })
     }
+}
+
+/// A target's host: a name or IPv4 address (no `:`, whitespace, control characters or URL
+/// punctuation), or an IPv6 address in brackets.
+fn valid_host(h: &str) -> bool {
+    if let Some(v6) = h.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !h.is_empty()
+        && !h
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || ":/@?#[]".contains(c))
 }

@@ -297,3 +297,22 @@ fn the_scheme_of_exec_targets_decides_how_they_are_reached() {
         assert!(e.contains("is not host:port"), "{bad}: {e}");
     }
 }
+
+/// Targets that could never resolve (whitespace in the host, an unbracketed IPv6 address, two
+/// colons) are refused when loading, not at probe time.
+#[test]
+fn exec_targets_that_cannot_resolve_are_refused_when_loading() {
+    let mut accepted = Vec::new();
+    for bad in [
+        "[\"https://api :443\"]",
+        "[\"https:// api:443\"]",
+        "[\"https://::1:443\"]",
+        "[\"https://api:8443:443\"]",
+        "[\"api\\t:443\"]",
+    ] {
+        if exec_consumer(bad, "").is_ok() {
+            accepted.push(bad);
+        }
+    }
+    assert!(accepted.is_empty(), "accepted: {accepted:?}");
+}
