@@ -37,7 +37,7 @@ use rotor_secret::secret::{Fingerprint, SecretValue};
 /// Lifetime of the tokens a relay mints.
 const RELAY_TOKEN_TTL: Duration = Duration::from_secs(60);
 /// Deadline of one call to a peer.
-const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a shutdown waits for in-flight requests before giving up on them.
 const DRAIN_CAP: Duration = Duration::from_secs(10);
 /// Largest `--peer-ca-file` read.
