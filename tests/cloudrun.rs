@@ -731,3 +731,108 @@ async fn cloudrun_signers_that_keep_sending_the_old_value_fail_their_round_trips
     assert_no_failures(&load.finish().await);
     fleet.finish(4).await;
 }
+
+/// The fake itself, as the fleet's tests rely on it: like gcloud's `--update-secrets`, an update
+/// keeps the references it is not told about and `--remove-secrets` drops names; a version that
+/// cannot be resolved fails the update and the serving revision stays; and a client of the
+/// front end sees no failed request across revisions (each request goes to the revision serving
+/// when it arrives; the old one is stopped only after the switch and a drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_cloud_run_keeps_references_like_gcloud_and_switches_revisions_without_a_failure() {
+    let (dir, lab) =
+        crate::common::scratch_lab("rotor-fake-run-", Default::default(), |_| {}).await;
+    lab.secret_manager()
+        .seed(SECRET, &[b"value-one", b"value-two"])
+        .unwrap();
+    let mut run = FakeRun::new(&dir.path().join("run"));
+    let target = run.service("api", &[rotor_exe(), "demo-service", "--name", "api"], None);
+    let env = run.env(&lab.url(), PROJECT);
+    let refs = |run: &FakeRun| run.serving("api").unwrap()["secrets"].clone();
+    run.deploy("api", "SERVICE_SECRET=service-secret:1", &env);
+    run.deploy("api", "SERVICE_SECRET_PREVIOUS=service-secret:2", &env);
+    assert_eq!(
+        refs(&run),
+        serde_json::json!({
+            "SERVICE_SECRET": "service-secret:1",
+            "SERVICE_SECRET_PREVIOUS": "service-secret:2",
+        })
+    );
+    let first = run.serving("api").unwrap()["revision"].clone();
+
+    // Requests keep flowing, over kept-alive connections, while three revisions replace each
+    // other.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let traffic = tokio::spawn({
+        let (stop, url) = (stop.clone(), format!("http://{target}/api/ping"));
+        async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match client
+                    .get(&url)
+                    .header("X-Service-Secret", "value-two")
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (ok, failed)
+        }
+    });
+    for update in [
+        "--update-secrets=SERVICE_SECRET=service-secret:2",
+        "--remove-secrets=SERVICE_SECRET_PREVIOUS",
+        "--update-secrets=SERVICE_SECRET=service-secret:2,OTHER=service-secret:1",
+    ] {
+        let out = tokio::task::block_in_place(|| {
+            std::process::Command::new(run.dir.join("bin/gcloud"))
+                .args(["run", "services", "update", "api", update])
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .output()
+                .unwrap()
+        });
+        assert!(out.status.success(), "{out:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(failed.is_empty(), "{ok} answered, failed: {failed:?}");
+    assert!(ok > 0);
+    assert_eq!(
+        refs(&run),
+        serde_json::json!({"SERVICE_SECRET": "service-secret:2", "OTHER": "service-secret:1"})
+    );
+    let serving = run.serving("api").unwrap();
+    assert_ne!(serving["revision"], first);
+    assert_eq!(serving["revision"], "api-00005");
+
+    // A reference that does not resolve: the update fails naming it, nothing else changes.
+    let out = std::process::Command::new(run.dir.join("bin/gcloud"))
+        .args([
+            "run",
+            "services",
+            "update",
+            "api",
+            "--update-secrets=SERVICE_SECRET=service-secret:9",
+        ])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("service-secret:9 cannot be accessed"),
+        "{out:?}"
+    );
+    assert_eq!(run.serving("api").unwrap(), serving);
+    let held: serde_json::Value = reqwest::get(format!("http://{target}/fingerprints"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(held["names"].as_object().unwrap().len(), 1, "{held}");
+    drop(run);
+    lab.shutdown().await;
+}
