@@ -661,6 +661,8 @@ async fn cloudrun_fleet_rotates_and_rekeys_under_load_with_no_failed_request() {
     ]);
     rekey.assert_code(0);
     fleet.assert_only(2, 3).await;
+    // `check` agrees: the store and every service, proven again (probes and round trips).
+    fleet.rotor(&["check"]).assert_code(0);
     assert_no_failures(&load.finish().await);
 
     // Every update got version references, never a value (argv and ROTOR_* environment as the
