@@ -364,9 +364,9 @@ async fn held(urls: &BTreeMap<&str, String>, ca_pem: &str) -> BTreeMap<String, s
 /// The fleet of `playbooks/cloudrun-fleet.yaml` deployed on the fake Cloud Run, with rotor's
 /// environment and every rotor output kept for the leak check.
 struct Fleet {
-    dir: tempfile::TempDir,
-    lab: rotor_lab::LabHandle,
+    /// First, so that it is dropped first: it stops the revisions it finds in `dir`.
     run: FakeRun,
+    lab: rotor_lab::LabHandle,
     urls: BTreeMap<&'static str, String>,
     ca_pem: String,
     playbook: PathBuf,
@@ -375,6 +375,8 @@ struct Fleet {
     /// Every value any version of the secret held, collected while the test runs.
     values: Arc<Mutex<std::collections::BTreeSet<String>>>,
     watcher: tokio::task::JoinHandle<()>,
+    /// Last, so that it outlives `run`.
+    dir: tempfile::TempDir,
 }
 
 /// Collects every value the secret's versions hold, every 20 ms, until aborted.
