@@ -1253,3 +1253,65 @@ async fn files_rewritten_but_never_signalled_are_reloaded_again() {
     );
     assert_eq!(now.secondary, Some(b.fingerprint(SECRET)));
 }
+
+#[tokio::test]
+async fn file_delivery_with_restart_starts_each_new_instance_with_its_directory_filled() {
+    let fleet = Fleet::new(2, timings());
+    let c = fleet.consumer_with(|spec| {
+        let ConsumerKind::Process(p) = &mut spec.kind else {
+            unreachable!()
+        };
+        p.delivery = Delivery::File;
+    });
+    assert_eq!(c.pickup(), Pickup::Restart);
+    let (a, b) = (value(""), value(""));
+    c.start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let before = fleet.records();
+    let sink = Sink::default();
+    let report = c
+        .apply(&slots(&a, Some(&b)), &Ungated, &sink)
+        .await
+        .unwrap();
+    assert_eq!(report.restarts, 2);
+    let after = fleet.records();
+    for r in &after {
+        assert!(
+            !before.iter().any(|o| o.id == r.id || o.pid == r.pid),
+            "a new instance"
+        );
+        let env = get_json(r.addr, "/env").await;
+        assert!(
+            env["SERVICE_SECRET"].is_null(),
+            "a value in the environment"
+        );
+        // It read its files at start: it reports both values.
+        let held = get_json(r.addr, "/fingerprints").await;
+        assert_eq!(
+            held["accepts"],
+            serde_json::json!([a.fingerprint(SECRET), b.fingerprint(SECRET)])
+        );
+        assert_eq!(
+            files_of(&fleet, &r.id),
+            held_names(&[
+                ("SERVICE_SECRET", &a),
+                ("SERVICE_SECRET_PREVIOUS", &b),
+                ("SECRET_KEY", &a)
+            ])
+        );
+    }
+    // The replaced instances' directories are gone with them.
+    let mut dirs: Vec<String> = std::fs::read_dir(fleet.layout().secrets_root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    let ids: Vec<String> = after.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(dirs, ids);
+    assert!(
+        sink.events()
+            .iter()
+            .all(|(e, _)| !matches!(e, Event::InstanceReloaded { .. }))
+    );
+}
