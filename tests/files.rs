@@ -4,7 +4,7 @@
 //! its file and re-reads it on SIGHUP. No instance restarts, no request fails, no value reaches
 //! an environment, an argv, rotor's output, the journal or the audit log; a reload that does not
 //! take is rolled back with the instance's previous files restored; a rotor killed between
-//! rewriting files and signalling is finished by `rollback`.
+//! rewriting files and signalling is finished by `rollback` or `resume`.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -360,7 +360,7 @@ async fn a_reload_that_does_not_take_is_rolled_back_with_the_previous_files_rest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rotor_killed_between_rewriting_files_and_signalling_is_finished_by_rollback() {
+async fn a_rotor_killed_between_rewriting_files_and_signalling_is_finished_by_rollback_or_resume() {
     let s = servers();
     let env = Env::with(|_| fleet_yaml(&s, "", "30s"));
     env.up().await;
@@ -391,6 +391,34 @@ async fn a_rotor_killed_between_rewriting_files_and_signalling_is_finished_by_ro
         "the files were not restored"
     );
     assert_haproxy_answers(&env, &old, "original", 200).await;
+    env.rotor(&["check"]).await.assert_code(0);
+
+    // Killed at the same moment again, then resumed: the rotation completes, nothing restarts.
+    let out = env
+        .rotor_env(
+            &["rotate", "--yes"],
+            &[("ROTOR_FAILPOINT", "reload.haproxy.written")],
+        )
+        .await;
+    assert_eq!(out.signal(), Some(9), "{out:?}");
+    let load = env.load();
+    let out = env.rotor(&["--output", "json", "resume", "--yes"]).await;
+    let report = load.stop().await;
+    out.assert_code(0);
+    env.assert_no_failures(&report);
+    assert_eq!(out.last_json()["report"]["state"], "S5", "{}", out.stdout);
+    assert_eq!(pids(&env, "haproxy"), haproxy);
+    let new = primary_value(&env);
+    for (id, names) in files(&env, "haproxy") {
+        let want = BTreeMap::from([("SERVICE_SECRET".to_string(), new.clone())]);
+        assert!(
+            names == want,
+            "haproxy {id} reads other files: {:?}",
+            names.keys()
+        );
+    }
+    assert_haproxy_answers(&env, &new, "new", 200).await;
+    assert_haproxy_answers(&env, &old, "old", 403).await;
     env.rotor(&["check"]).await.assert_code(0);
     env.finish().await;
 }

@@ -818,6 +818,15 @@ impl ProcessConsumer {
         }
     }
 
+    /// Whether an instance's report says it holds `d`: the primary's and the secondary's names
+    /// carry `d`'s fingerprints (a name without a value is absent from both). Aliases are not
+    /// compared: a program may not report every name the playbook declares.
+    fn reports(&self, held: &Held, d: &Desired<'_>) -> bool {
+        std::iter::once(&self.slot_names.primary)
+            .chain(self.slot_names.secondary.as_ref())
+            .all(|n| held.names.get(n) == d.names.get(n))
+    }
+
     fn not_reloaded(&self, rec: &Record, detail: String) -> ConsumerError {
         ConsumerError::NotReady {
             consumer: self.name.clone(),
@@ -856,7 +865,7 @@ impl ProcessConsumer {
             loop {
                 let left = until.saturating_duration_since(Instant::now());
                 let last = match report_held(at, path, left.min(self.timings.probe_timeout)).await {
-                    Ok(held) if held.names == d.names => break,
+                    Ok(held) if self.reports(&held, d) => break,
                     Ok(_) => {
                         let a = format!("GET {path} still reports other fingerprints");
                         answered = Some(a.clone());
