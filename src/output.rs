@@ -325,8 +325,19 @@ pub fn render_plan(p: &Plan) -> String {
         s.push_str(&format!("      proof: {}\n", w.proof));
     }
     let per: Vec<String> = p.restarts.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    // Reloads are counted with restarts (each is one instance taken through its proof).
+    let reloads = p
+        .waves
+        .iter()
+        .flat_map(|w| &w.rolls)
+        .any(|r| r.pickup.starts_with("reload"));
     s.push_str(&format!(
-        "  instance restarts: {} (total {})\n  nothing was changed",
+        "  instance {}: {} (total {})\n  nothing was changed",
+        if reloads {
+            "restarts and reloads"
+        } else {
+            "restarts"
+        },
         per.join(", "),
         p.total_restarts
     ));
