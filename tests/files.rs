@@ -239,7 +239,10 @@ async fn haproxy_and_the_demo_service_reload_their_files_with_no_restart_and_no_
             && plan.stdout.contains("reload (SIGHUP): signer")
             && plan
                 .stdout
-                .contains("haproxy: values as files in ROTOR_SECRETS_DIR"),
+                .contains("haproxy: values as files in ROTOR_SECRETS_DIR")
+            && plan
+                .stdout
+                .contains("instance restarts and reloads: signer 2, haproxy 4 (total 6)"),
         "{}",
         plan.stdout
     );
