@@ -659,6 +659,18 @@ impl ProcessConsumer {
                 let Some(pos) = fleet.iter().position(|r| r.id == id) else {
                     continue;
                 };
+                if self.secrets(&id).current().is_none() {
+                    // Started without files (the playbook said `delivery: env` then): it cannot
+                    // re-read anything, so it is replaced like a restart would.
+                    let new = self
+                        .start_ready(&d, gate, events, deadline, &mut report)
+                        .await?;
+                    let new_id = new.id.clone();
+                    self.publish(&mut fleet, new)?;
+                    report.waited += self.retire(&mut fleet, &id, true).await?;
+                    self.replaced(events, Some(id), new_id, &d);
+                    continue;
+                }
                 let rec = self
                     .reload(&fleet[pos], signal, &d, gate, events, deadline, &mut report)
                     .await?;

@@ -1315,3 +1315,44 @@ async fn file_delivery_with_restart_starts_each_new_instance_with_its_directory_
             .all(|(e, _)| !matches!(e, Event::InstanceReloaded { .. }))
     );
 }
+
+#[tokio::test]
+async fn an_instance_started_without_files_is_replaced_when_its_consumer_turns_to_reload() {
+    let fleet = Fleet::new(1, timings());
+    let (a, b) = (value(""), value(""));
+    fleet
+        .consumer()
+        .start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let before = fleet.records();
+    // The playbook now says delivery: file, pickup: reload.
+    let c = reloading(&fleet, false);
+    let r = c
+        .apply(&slots(&a, Some(&b)), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    assert_eq!(r.restarts, 1);
+    let after = fleet.records();
+    assert_eq!(after.len(), 1);
+    assert_ne!(
+        after[0].id, before[0].id,
+        "replaced, since it could not reload"
+    );
+    assert_gone(&pids(&before));
+    assert_eq!(
+        files_of(&fleet, &after[0].id),
+        held_names(&[
+            ("SERVICE_SECRET", &a),
+            ("SERVICE_SECRET_PREVIOUS", &b),
+            ("SECRET_KEY", &a)
+        ])
+    );
+    // From then on it reloads in place.
+    let r = c
+        .apply(&slots(&b, Some(&a)), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    assert_eq!(r.restarts, 1);
+    assert_eq!(pids(&fleet.records()), pids(&after));
+}
