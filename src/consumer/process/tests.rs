@@ -26,7 +26,7 @@ const SECRET: &str = "service-secret";
 /// the slot variables, never the values, and the plain variables rotor sets) and /fingerprints
 /// (rotor's fingerprint format, of what it holds). Exits 3 at once when its primary starts with
 /// `crash-`. With `ROTOR_SECRETS_DIR` it reads the values from the files there, and again on
-/// SIGHUP (unless `IGNORE_HUP` is set).
+/// SIGHUP (unless `IGNORE_HUP` is set; `DIE_ON_HUP` leaves SIGHUP's default: it dies).
 const SERVER: &str = r#"
 import hashlib, http.server, json, os, signal, sys
 SLOTS = ['SERVICE_SECRET', 'SERVICE_SECRET_PREVIOUS', 'SECRET_KEY']
@@ -47,7 +47,8 @@ def hup(*_):
     global vals
     if not os.environ.get('IGNORE_HUP'):
         vals = load()
-signal.signal(signal.SIGHUP, hup)
+if not os.environ.get('DIE_ON_HUP'):
+    signal.signal(signal.SIGHUP, hup)
 primary = vals.get('SERVICE_SECRET', '')
 if primary.startswith('crash-'):
     print('crashing on purpose', file=sys.stderr)
@@ -1042,6 +1043,12 @@ fn reloading(fleet: &Fleet, ignore: bool) -> ProcessConsumer {
 }
 
 fn reloading_timed(fleet: &Fleet, ignore: bool, timings: Timings) -> ProcessConsumer {
+    let env: &[(&str, &str)] = if ignore { &[("IGNORE_HUP", "1")] } else { &[] };
+    reloading_with(fleet, timings, env)
+}
+
+/// [`reloading`] with `timings` and `env` added to the instances' environment.
+fn reloading_with(fleet: &Fleet, timings: Timings, env: &[(&str, &str)]) -> ProcessConsumer {
     let mut pb = fleet.pb.clone();
     pb.timings = timings;
     let mut spec = pb.consumers[0].clone();
@@ -1051,8 +1058,8 @@ fn reloading_timed(fleet: &Fleet, ignore: bool, timings: Timings) -> ProcessCons
     };
     p.delivery = Delivery::File;
     p.reload_signal = Some(StopSignal::Hup);
-    if ignore {
-        p.env.insert("IGNORE_HUP".into(), "1".into());
+    for (k, v) in env {
+        p.env.insert(k.to_string(), v.to_string());
     }
     let p = p.clone();
     ProcessConsumer::new(&pb, &spec, &p, Transport::plain())
@@ -1355,4 +1362,39 @@ async fn an_instance_started_without_files_is_replaced_when_its_consumer_turns_t
         .unwrap();
     assert_eq!(r.restarts, 1);
     assert_eq!(pids(&fleet.records()), pids(&after));
+}
+
+#[tokio::test]
+async fn an_instance_that_dies_on_its_reload_signal_fails_the_reload_and_the_rollback_replaces_it()
+{
+    let fleet = Fleet::new(1, timings());
+    let c = reloading_with(&fleet, timings(), &[("DIE_ON_HUP", "1")]);
+    let (a, b) = (value(""), value(""));
+    c.start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let before = fleet.records();
+    let e = c
+        .apply(&slots(&a, Some(&b)), &Ungated, &Sink::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ConsumerError::NotReady { detail, .. } if detail.contains("exited")),
+        "{e}"
+    );
+    assert_gone(&pids(&before));
+    // Rolling back: the dead instance is dropped and replaced, holding A.
+    let r = c
+        .apply(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    assert_eq!(r.restarts, 1);
+    let after = fleet.records();
+    assert_eq!(after.len(), 1);
+    assert_ne!(after[0].id, before[0].id);
+    assert_eq!(
+        files_of(&fleet, &after[0].id),
+        held_names(&[("SERVICE_SECRET", &a), ("SECRET_KEY", &a)])
+    );
+    assert!(!fleet.layout().secrets_dir(&before[0].id).exists());
 }
