@@ -1065,20 +1065,24 @@ fn reloading_with(fleet: &Fleet, timings: Timings, env: &[(&str, &str)]) -> Proc
     ProcessConsumer::new(&pb, &spec, &p, Transport::plain())
 }
 
-/// Name → value of what instance `id`'s files hold.
+/// Name → fingerprint of what instance `id`'s files hold (a failing assertion never prints a
+/// value).
 fn files_of(fleet: &Fleet, id: &str) -> BTreeMap<String, String> {
     let d = super::disk::SecretsDir::new(fleet.layout().secrets_dir(id));
     d.read(&["SERVICE_SECRET", "SERVICE_SECRET_PREVIOUS", "SECRET_KEY"])
         .unwrap()
         .into_iter()
-        .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+        .map(|(k, v)| {
+            let v = SecretValue::new(String::from_utf8(v).unwrap());
+            (k, v.fingerprint(SECRET).to_string())
+        })
         .collect()
 }
 
 fn held_names(pairs: &[(&str, &SecretValue)]) -> BTreeMap<String, String> {
     pairs
         .iter()
-        .map(|(k, v)| (k.to_string(), v.expose().to_string()))
+        .map(|(k, v)| (k.to_string(), v.fingerprint(SECRET).to_string()))
         .collect()
 }
 
