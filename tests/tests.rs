@@ -5,6 +5,7 @@ mod cli;
 mod cloudrun;
 mod common;
 mod crash;
+mod files;
 mod gates;
 mod gcp;
 mod gcp_lab;
