@@ -386,7 +386,17 @@ pub struct KubernetesSpec {
     pub secret: String,
     /// Port probes reach on every pod's IP; `None` means the first containerPort.
     pub port: Option<u16>,
+    /// With `pickup: reload`: how long the kubelet may take to refresh a Secret volume
+    /// (`sync_period`, [`DEFAULT_SYNC_PERIOD`] unless the playbook says otherwise, at most
+    /// [`MAX_SYNC_PERIOD`]). `None` with `pickup: restart`.
+    pub sync_period: Option<Duration>,
 }
+
+/// The kubelet's default sync period: a `pickup: reload` kubernetes consumer waits this long
+/// for a Secret volume to be refreshed unless `sync_period` says otherwise.
+pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(60);
+/// The longest `sync_period` a playbook may give.
+pub const MAX_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
 /// Kinds of workloads rotor can roll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -463,9 +473,37 @@ pub struct ProcessSpec {
     /// otherwise: nginx stops gracefully on SIGQUIT, HAProxy on SIGUSR1). SIGKILL follows if it
     /// has not exited within 10 s.
     pub stop_signal: StopSignal,
+    /// How the slots reach an instance: its environment (the default) or files in the directory
+    /// named by `ROTOR_SECRETS_DIR`.
+    pub delivery: Delivery,
+    /// The signal that makes an instance re-read its files (`pickup: reload` only; required
+    /// there, never equal to `stop_signal`).
+    pub reload_signal: Option<StopSignal>,
 }
 
-/// A graceful stop signal a process consumer's instances understand.
+/// How a process consumer's instances receive the slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// One environment variable per slot and alias name (the default).
+    #[default]
+    Env,
+    /// One file per slot and alias name, named like it, in a directory rotor owns (0700, files
+    /// 0600) whose path the instance gets in `ROTOR_SECRETS_DIR`; no value in its environment.
+    File,
+}
+
+impl Delivery {
+    /// Every accepted spelling.
+    pub const NAMES: &'static [&'static str] = &["env", "file"];
+
+    /// The spelling used in playbooks.
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+/// A signal rotor sends a process consumer's instances: the graceful stop signal
+/// (`stop_signal`) or the one that makes them re-read their files (`reload_signal`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StopSignal {
     /// SIGTERM (the default).
@@ -568,6 +606,50 @@ pub struct RoundtripSpec {
     pub path: String,
     /// Status that means success.
     pub expect: u16,
+}
+
+impl ConsumerSpec {
+    /// How a wave makes it pick a change up, for `plan`: `restart`, or `reload (SIGHUP)`.
+    pub fn pickup_word(&self) -> String {
+        match (&self.kind, self.pickup) {
+            (ConsumerKind::Process(p), Pickup::Reload) => match p.reload_signal {
+                Some(s) => format!("reload ({})", s.name()),
+                None => "reload".into(),
+            },
+            (_, Pickup::Reload) => "reload".into(),
+            (_, Pickup::Restart) => "restart".into(),
+        }
+    }
+
+    /// How the values reach it and how it picks a change up, for `plan`, when that is not the
+    /// default (environment variables, restart). `state_dir` is the playbook's.
+    pub fn describe_delivery(&self, state_dir: &std::path::Path) -> Option<String> {
+        match &self.kind {
+            ConsumerKind::Process(p) if p.delivery == Delivery::File => {
+                let dir = state_dir
+                    .join("fleet")
+                    .join(&self.name)
+                    .join("secrets")
+                    .join("<instance>");
+                let how = match (self.pickup, p.reload_signal) {
+                    (Pickup::Reload, Some(s)) => format!(
+                        "rewritten, then {} to the instance's process, one instance at a time; never restarted",
+                        s.name()
+                    ),
+                    _ => "written before a new instance starts; instances are restarted one at a time".into(),
+                };
+                Some(format!(
+                    "values as files in ROTOR_SECRETS_DIR ({}), {how}",
+                    dir.display()
+                ))
+            }
+            ConsumerKind::Kubernetes(k) if self.pickup == Pickup::Reload => Some(format!(
+                "reload: the Secret volume is refreshed by the kubelet (sync period {}); pods are not restarted",
+                humantime::format_duration(k.sync_period.unwrap_or(DEFAULT_SYNC_PERIOD))
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl Playbook {

@@ -1,8 +1,9 @@
 //! The demo fleet's HTTP service: a real consumer process that validates and signs with the
 //! shared secret.
 //!
-//! Owns: reading the slots from the environment variables it is told about (and nowhere else),
-//! accepting a value in a header or as the key of a bearer HS256 JWT (`/api/ping`), reporting
+//! Owns: reading the slots from the environment variables it is told about, or, when
+//! `ROTOR_SECRETS_DIR` is set, from the files of that directory named like them (re-read on
+//! SIGHUP and whenever they change, Kubernetes' `..data` symlink layout included), accepting a value in a header or as the key of a bearer HS256 JWT (`/api/ping`), reporting
 //! the fingerprints it holds (`/fingerprints`), calling a peer with what it sends
 //! (`/relay/{peer}`), and a graceful shutdown on SIGTERM/SIGINT. Must never: print, log or
 //! answer with a value or a token; only fingerprints.
@@ -36,6 +37,12 @@ const RELAY_TOKEN_TTL: Duration = Duration::from_secs(60);
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a shutdown waits for in-flight requests before giving up on them.
 const DRAIN_CAP: Duration = Duration::from_secs(10);
+/// How often the files of `ROTOR_SECRETS_DIR` are checked for a change.
+const FILES_POLL: Duration = Duration::from_millis(200);
+/// Largest value file read (a value is at most 4096 characters).
+const MAX_FILE_BYTES: u64 = 64 * 1024;
+/// The symlink Kubernetes swaps to update a Secret volume at once.
+const DATA_LINK: &str = "..data";
 
 /// Arguments of the demo service (`rotor demo-service …`, `rotor-demo-service …`).
 #[derive(Debug, Clone, clap::Args)]
@@ -174,6 +181,160 @@ pub struct AppState {
     pub fleet_dir: Option<PathBuf>,
     /// `--fault-file` paths, `{instance}` resolved.
     pub fault_files: Vec<PathBuf>,
+    /// Where the values come from when they are files (`ROTOR_SECRETS_DIR`); `None`: the
+    /// environment, read once.
+    pub files: Option<SecretFiles>,
+}
+
+/// The values as files: one per name, in `dir` (`ROTOR_SECRETS_DIR`), named like the environment
+/// variable the service would read otherwise. A name whose file is absent (or empty) has no
+/// value, like an unset variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFiles {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The primary's file name.
+    pub primary: String,
+    /// The secondary's file name.
+    pub secondary: String,
+    /// The aliases' file names.
+    pub aliases: Vec<String>,
+}
+
+/// The values read from a [`SecretFiles`].
+#[derive(Debug, Clone)]
+pub struct Values {
+    /// What it sends, and accepts.
+    pub primary: Slot,
+    /// What it also accepts.
+    pub secondary: Option<Slot>,
+    /// Other names it reads.
+    pub aliases: Vec<Slot>,
+}
+
+/// What a poll compares: the `..data` link's target and, per name, the file's identity
+/// (device, inode, size, modification time), `None` when it is absent.
+type FilesStamp = (Option<PathBuf>, Vec<Option<(u64, u64, u64, i64, i64)>>);
+
+impl SecretFiles {
+    /// Every name, primary first.
+    fn names(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.primary)
+            .chain(std::iter::once(&self.secondary))
+            .chain(self.aliases.iter())
+    }
+
+    /// Refuses a name that is not a plain file name (a path, `.`, `..`, a dot file).
+    fn check_names(&self) -> anyhow::Result<()> {
+        for name in self.names() {
+            if name.is_empty() || name.starts_with('.') || name.contains('/') || name.contains('\0')
+            {
+                bail!("`{name}` cannot name a file in ROTOR_SECRETS_DIR");
+            }
+        }
+        Ok(())
+    }
+
+    /// One file's value: `None` when the file is absent or empty. Reports the file by path,
+    /// never its content. One trailing newline is not part of the value.
+    fn read_one(&self, name: &str) -> anyhow::Result<Option<Slot>> {
+        use std::io::Read as _;
+        let path = self.dir.join(name);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => bail!("cannot read {}: {e}", path.display()),
+        };
+        let meta = file
+            .metadata()
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("{} is not a regular file", path.display());
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            bail!(
+                "{} is larger than {MAX_FILE_BYTES} bytes; it cannot hold a value",
+                path.display()
+            );
+        }
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                drop(e.into_bytes());
+                bail!("{} is not valid UTF-8", path.display());
+            }
+        };
+        if text.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Slot {
+            env: name.to_string(),
+            value: SecretValue::new(text),
+        }))
+    }
+
+    /// The target of the `..data` link, when the directory has Kubernetes' layout.
+    fn data_link(&self) -> Option<PathBuf> {
+        std::fs::read_link(self.dir.join(DATA_LINK)).ok()
+    }
+
+    /// Reads every file. With Kubernetes' layout (each name a symlink into `..data/`, swapped
+    /// at once), a read that straddles a swap is read again, so the values are one set.
+    pub fn read(&self) -> anyhow::Result<Values> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let before = self.data_link();
+            let values = self.read_set();
+            if before == self.data_link() || attempts >= 5 {
+                return values;
+            }
+        }
+    }
+
+    fn read_set(&self) -> anyhow::Result<Values> {
+        let Some(primary) = self.read_one(&self.primary)? else {
+            bail!(
+                "{} (the primary value) is missing or empty",
+                self.dir.join(&self.primary).display()
+            );
+        };
+        let secondary = self.read_one(&self.secondary)?;
+        let mut aliases = Vec::new();
+        for name in &self.aliases {
+            if let Some(slot) = self.read_one(name)? {
+                aliases.push(slot);
+            }
+        }
+        Ok(Values {
+            primary,
+            secondary,
+            aliases,
+        })
+    }
+
+    /// What a poll compares with the last one.
+    fn stamp(&self) -> FilesStamp {
+        use std::os::unix::fs::MetadataExt as _;
+        let files = self
+            .names()
+            .map(|n| {
+                let m = std::fs::metadata(self.dir.join(n)).ok()?;
+                Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+            })
+            .collect();
+        (self.data_link(), files)
+    }
 }
 
 impl AppState {
@@ -204,19 +365,37 @@ impl AppState {
                 },
             }
         };
-        let Some(primary) = read(&args.primary_env)? else {
-            bail!(
-                "environment variable {} (the primary value) is missing or empty; refusing to start",
-                args.primary_env
-            );
-        };
-        let secondary = read(&args.secondary_env)?;
-        let mut aliases = Vec::new();
-        for name in &args.alias_env {
-            if let Some(slot) = read(name)? {
-                aliases.push(slot);
+        let files = lookup("ROTOR_SECRETS_DIR")
+            .filter(|d| !d.is_empty())
+            .map(|dir| SecretFiles {
+                dir: PathBuf::from(dir),
+                primary: args.primary_env.clone(),
+                secondary: args.secondary_env.clone(),
+                aliases: args.alias_env.clone(),
+            });
+        let (primary, secondary, aliases) = match &files {
+            Some(files) => {
+                files.check_names()?;
+                let v = files.read().map_err(|e| e.context("refusing to start"))?;
+                (v.primary, v.secondary, v.aliases)
             }
-        }
+            None => {
+                let Some(primary) = read(&args.primary_env)? else {
+                    bail!(
+                        "environment variable {} (the primary value) is missing or empty; refusing to start",
+                        args.primary_env
+                    );
+                };
+                let secondary = read(&args.secondary_env)?;
+                let mut aliases = Vec::new();
+                for name in &args.alias_env {
+                    if let Some(slot) = read(name)? {
+                        aliases.push(slot);
+                    }
+                }
+                (primary, secondary, aliases)
+            }
+        };
         let header = HeaderName::from_bytes(args.header.as_bytes())
             .with_context(|| format!("--header `{}` is not a valid header name", args.header))?;
         let fleet_dir = lookup("ROTOR_FLEET_DIR")
@@ -240,7 +419,29 @@ impl AppState {
             peers: args.peer.iter().map(|p| (p.name.clone(), p.mode)).collect(),
             fleet_dir,
             fault_files,
+            files,
         })
+    }
+
+    /// The fingerprints it holds, as one log line.
+    fn holds_line(&self) -> String {
+        let mut line = format!("primary={}", self.fingerprint(&self.primary.value));
+        line.push_str(" secondary=");
+        match &self.secondary {
+            Some(s) => line.push_str(self.fingerprint(&s.value).as_str()),
+            None => line.push('-'),
+        }
+        for alias in &self.aliases {
+            line.push_str(&format!(
+                " {}={}",
+                alias.env,
+                self.fingerprint(&alias.value)
+            ));
+            if !alias.value.ct_eq(&self.primary.value) {
+                line.push_str(" (differs from the primary!)");
+            }
+        }
+        line
     }
 
     fn fingerprint(&self, v: &SecretValue) -> Fingerprint {
@@ -286,24 +487,12 @@ impl AppState {
     /// The startup line (fingerprints only).
     fn startup_line(&self, addr: SocketAddr) -> String {
         let mut line = format!(
-            "demo-service {} listening on {addr} primary={}",
+            "demo-service {} listening on {addr} {}",
             self.name,
-            self.fingerprint(&self.primary.value)
+            self.holds_line()
         );
-        line.push_str(" secondary=");
-        match &self.secondary {
-            Some(s) => line.push_str(self.fingerprint(&s.value).as_str()),
-            None => line.push('-'),
-        }
-        for alias in &self.aliases {
-            line.push_str(&format!(
-                " {}={}",
-                alias.env,
-                self.fingerprint(&alias.value)
-            ));
-            if !alias.value.ct_eq(&self.primary.value) {
-                line.push_str(" (differs from the primary!)");
-            }
+        if let Some(files) = &self.files {
+            line.push_str(&format!(" files={}", files.dir.display()));
         }
         if !self.peers.is_empty() {
             let peers: Vec<String> = self
@@ -331,30 +520,117 @@ pub struct FingerprintReport {
 }
 
 struct Shared {
-    state: AppState,
+    /// What it serves from now (replaced whole by a reload).
+    state: std::sync::RwLock<Arc<AppState>>,
     client: reqwest::Client,
     next: AtomicUsize,
 }
 
+impl Shared {
+    fn state(&self) -> Arc<AppState> {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Re-reads the values of a service whose values are files (see [`router_with_reload`]).
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+impl Reloader {
+    /// Re-reads the files and serves from what they hold now. A file that cannot be read
+    /// (missing primary, unreadable, oversized) leaves the values it held in place; the error
+    /// names the file, never its content. Without files, does nothing.
+    pub fn reload(&self, why: &str) -> anyhow::Result<()> {
+        let current = self.shared.state();
+        let Some(files) = &current.files else {
+            return Ok(());
+        };
+        let result = files.read();
+        let values = match result {
+            Ok(v) => v,
+            Err(e) => {
+                log(&format!(
+                    "demo-service {}: {why}: keeping the values it holds: {e:#}",
+                    current.name
+                ));
+                return Err(e);
+            }
+        };
+        let next = AppState {
+            primary: values.primary,
+            secondary: values.secondary,
+            aliases: values.aliases,
+            ..(*current).clone()
+        };
+        log(&format!(
+            "demo-service {}: {why}: values re-read: {}",
+            next.name,
+            next.holds_line()
+        ));
+        *self
+            .shared
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        Ok(())
+    }
+
+    /// Polls the files every [`FILES_POLL`] and re-reads them when one changed (a rewrite, a
+    /// removal, Kubernetes swapping its `..data` link). Runs until the service ends.
+    async fn watch(self) {
+        let Some(files) = self.shared.state().files.clone() else {
+            return;
+        };
+        let mut last = files.stamp();
+        loop {
+            tokio::time::sleep(FILES_POLL).await;
+            let now = files.stamp();
+            if now != last {
+                last = now;
+                let _ = self.reload("the files changed");
+            }
+        }
+    }
+}
+
 /// The service's routes over `state`.
 pub fn router(state: AppState) -> anyhow::Result<Router> {
+    router_with_reload(state).map(|(router, _)| router)
+}
+
+/// The service's routes over `state`, and what re-reads its values. When the values are files,
+/// a task watching them starts too (inside a tokio runtime).
+pub fn router_with_reload(state: AppState) -> anyhow::Result<(Router, Reloader)> {
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
         .timeout(PEER_TIMEOUT)
         .build()
         .context("cannot build the HTTP client")?;
+    let watch = state.files.is_some();
     let shared = Arc::new(Shared {
-        state,
+        state: std::sync::RwLock::new(Arc::new(state)),
         client,
         next: AtomicUsize::new(0),
     });
-    Ok(Router::new()
+    let reloader = Reloader {
+        shared: shared.clone(),
+    };
+    if watch && let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(reloader.clone().watch());
+    }
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/api/ping", get(ping))
         .route("/fingerprints", get(fingerprints))
         .route("/relay/{peer}", get(relay))
-        .with_state(shared))
+        .with_state(shared);
+    Ok((router, reloader))
 }
 
 async fn healthz() -> &'static str {
@@ -366,7 +642,7 @@ fn refuse(status: StatusCode, error: &str) -> Response {
 }
 
 async fn ping(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let state = &s.state;
+    let state = s.state();
     match state.fault() {
         Some(Fault::RejectAll) => return refuse(StatusCode::FORBIDDEN, "value not accepted"),
         Some(Fault::AcceptAll) => {
@@ -412,7 +688,7 @@ async fn ping(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
 }
 
 async fn fingerprints(State(s): State<Arc<Shared>>) -> Json<FingerprintReport> {
-    Json(s.state.report())
+    Json(s.state().report())
 }
 
 #[derive(Deserialize)]
@@ -481,7 +757,7 @@ async fn relay(
     Path(peer): Path<String>,
     Query(q): Query<RelayQuery>,
 ) -> Response {
-    let state = &s.state;
+    let state = s.state();
     if state.fault() == Some(Fault::Leak) {
         let key = state.primary.value.expose();
         let mut r = (
@@ -643,7 +919,17 @@ pub async fn run(args: ServiceArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
     let name = state.name.clone();
     log(&state.startup_line(addr));
-    let app = router(state)?;
+    let files = state.files.is_some();
+    let (app, reloader) = router_with_reload(state)?;
+    if files {
+        // SIGHUP re-reads the files now (the watcher would within FILES_POLL).
+        let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while sighup.recv().await.is_some() {
+                let _ = reloader.reload("SIGHUP");
+            }
+        });
+    }
     let shutdown = async move {
         let which = tokio::select! {
             _ = sigterm.recv() => "SIGTERM",
@@ -719,6 +1005,7 @@ pub mod testing {
             peers: peers.iter().map(|(n, m)| (n.to_string(), *m)).collect(),
             fleet_dir: None,
             fault_files: vec![],
+            files: None,
         }
     }
 

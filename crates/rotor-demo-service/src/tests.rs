@@ -263,3 +263,200 @@ fn state_from_environment() {
     assert!(!line.contains("primary-value"));
     assert!(!line.contains("differs"));
 }
+
+/// `from_lookup` with `ROTOR_SECRETS_DIR` set to `dir` and nothing else in the environment.
+fn from_dir(args: &ServiceArgs, dir: &std::path::Path) -> anyhow::Result<AppState> {
+    let dir = dir.as_os_str().to_owned();
+    AppState::from_lookup(args, move |name| {
+        (name == "ROTOR_SECRETS_DIR").then(|| dir.clone())
+    })
+}
+
+fn args(extra: &[&str]) -> ServiceArgs {
+    let mut argv = vec!["x", "--name", "auth"];
+    argv.extend_from_slice(extra);
+    Cli::try_parse_from(argv).unwrap().args
+}
+
+#[test]
+fn state_from_files_reports_bad_files_by_name_never_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = args(&["--alias-env", "SECRET_KEY"]);
+    let write = |name: &str, bytes: &[u8]| std::fs::write(dir.path().join(name), bytes).unwrap();
+
+    let e = format!("{:#}", from_dir(&args, dir.path()).unwrap_err());
+    assert!(e.contains("SERVICE_SECRET") && e.contains("missing"), "{e}");
+
+    write("SERVICE_SECRET", b"primary-value-0123456789\n");
+    write("SECRET_KEY", b"primary-value-0123456789");
+    let st = from_dir(&args, dir.path()).unwrap();
+    assert_eq!(st.primary.value.expose(), "primary-value-0123456789");
+    assert!(st.secondary.is_none(), "no file, no secondary");
+    assert_eq!(st.aliases.len(), 1);
+    assert_eq!(st.files.as_ref().unwrap().dir, dir.path());
+    let line = st.startup_line("127.0.0.1:4000".parse().unwrap());
+    assert!(
+        !line.contains("primary-value") && !line.contains("differs"),
+        "{line}"
+    );
+
+    write("SERVICE_SECRET_PREVIOUS", b"secondary-value-0123456789");
+    let st = from_dir(&args, dir.path()).unwrap();
+    assert_eq!(
+        st.secondary.as_ref().unwrap().value.expose(),
+        "secondary-value-0123456789"
+    );
+
+    // Oversized, not UTF-8, not a regular file: named, never quoted.
+    let big = "secret-content-".repeat(5000);
+    write("SERVICE_SECRET_PREVIOUS", big.as_bytes());
+    let e = format!("{:#}", from_dir(&args, dir.path()).unwrap_err());
+    assert!(
+        e.contains("SERVICE_SECRET_PREVIOUS") && e.contains("larger than"),
+        "{e}"
+    );
+    assert!(!e.contains("secret-content"), "{e}");
+    write("SERVICE_SECRET_PREVIOUS", b"secret-content\xff");
+    let e = format!("{:#}", from_dir(&args, dir.path()).unwrap_err());
+    assert!(
+        e.contains("SERVICE_SECRET_PREVIOUS") && e.contains("UTF-8"),
+        "{e}"
+    );
+    assert!(!e.contains("secret-content"), "{e}");
+    std::fs::remove_file(dir.path().join("SERVICE_SECRET_PREVIOUS")).unwrap();
+    std::fs::create_dir(dir.path().join("SERVICE_SECRET_PREVIOUS")).unwrap();
+    let e = format!("{:#}", from_dir(&args, dir.path()).unwrap_err());
+    assert!(e.contains("not a regular file"), "{e}");
+
+    // A name that is not a plain file name.
+    let e = format!(
+        "{:#}",
+        from_dir(&self::args(&["--primary-env", "../etc/passwd"]), dir.path()).unwrap_err()
+    );
+    assert!(e.contains("cannot name a file"), "{e}");
+}
+
+/// Polls `/fingerprints` until `accepts` is what the instance reports (10 s at most).
+async fn wait_accepts(addr: std::net::SocketAddr, accepts: &[&rotor_secret::secret::SecretValue]) {
+    let want: Vec<String> = accepts
+        .iter()
+        .map(|v| v.fingerprint("service-secret").to_string())
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r: serde_json::Value = client()
+            .get(format!("http://{addr}/fingerprints"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let got: Vec<String> = r["accepts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_string())
+            .collect();
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still reports {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn ping_status(addr: std::net::SocketAddr, v: &rotor_secret::secret::SecretValue) -> u16 {
+    client()
+        .get(format!("http://{addr}/api/ping"))
+        .header("X-Service-Secret", v.expose())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn values_follow_their_files_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (random(), random());
+    let put = |name: &str, v: &rotor_secret::secret::SecretValue| {
+        let tmp = dir.path().join(format!(".tmp-{name}"));
+        std::fs::write(&tmp, v.expose()).unwrap();
+        std::fs::rename(&tmp, dir.path().join(name)).unwrap();
+    };
+    put("SERVICE_SECRET", &a);
+    let st = from_dir(&args(&[]), dir.path()).unwrap();
+    let (app, reloader) = router_with_reload(st).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    assert_eq!(ping_status(addr, &b).await, 403);
+
+    // A secondary appears: picked up by the watcher.
+    put("SERVICE_SECRET_PREVIOUS", &b);
+    wait_accepts(addr, &[&a, &b]).await;
+    assert_eq!(ping_status(addr, &b).await, 200);
+    // Promotion, then the secondary goes away.
+    put("SERVICE_SECRET", &b);
+    put("SERVICE_SECRET_PREVIOUS", &a);
+    wait_accepts(addr, &[&b, &a]).await;
+    std::fs::remove_file(dir.path().join("SERVICE_SECRET_PREVIOUS")).unwrap();
+    wait_accepts(addr, &[&b]).await;
+    assert_eq!(ping_status(addr, &a).await, 403);
+
+    // A primary that disappears keeps what it held; a reload (what SIGHUP runs) says why.
+    std::fs::remove_file(dir.path().join("SERVICE_SECRET")).unwrap();
+    let e = format!("{:#}", reloader.reload("SIGHUP").unwrap_err());
+    assert!(e.contains("SERVICE_SECRET") && e.contains("missing"), "{e}");
+    assert!(!e.contains(b.expose()), "{e}");
+    assert_eq!(ping_status(addr, &b).await, 200);
+    // An explicit reload reads what is there now.
+    put("SERVICE_SECRET", &a);
+    reloader.reload("SIGHUP").unwrap();
+    assert_eq!(ping_status(addr, &a).await, 200);
+    assert_eq!(ping_status(addr, &b).await, 403);
+}
+
+#[tokio::test]
+async fn values_follow_a_kubernetes_secret_volume_swap() {
+    // Kubernetes' layout: NAME -> ..data/NAME, ..data -> ..<timestamp>/, swapped by a rename.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let version = |n: u32,
+                   primary: &rotor_secret::secret::SecretValue,
+                   secondary: Option<&rotor_secret::secret::SecretValue>| {
+        let v = d.join(format!("..2026_11_30_06_00_0{n}.{n}"));
+        std::fs::create_dir(&v).unwrap();
+        std::fs::write(v.join("SERVICE_SECRET"), primary.expose()).unwrap();
+        if let Some(s) = secondary {
+            std::fs::write(v.join("SERVICE_SECRET_PREVIOUS"), s.expose()).unwrap();
+        }
+        let tmp = d.join("..data_tmp");
+        std::os::unix::fs::symlink(v.file_name().unwrap(), &tmp).unwrap();
+        std::fs::rename(&tmp, d.join("..data")).unwrap();
+    };
+    let (a, b) = (random(), random());
+    version(1, &a, None);
+    for name in ["SERVICE_SECRET", "SERVICE_SECRET_PREVIOUS"] {
+        std::os::unix::fs::symlink(format!("..data/{name}"), d.join(name)).unwrap();
+    }
+    let st = from_dir(&args(&[]), d).unwrap();
+    assert!(st.secondary.is_none(), "a dangling link is an absent file");
+    let addr = spawn(st).await;
+    assert_eq!(ping_status(addr, &a).await, 200);
+
+    // The kubelet swaps ..data: the file names' own metadata never changes.
+    version(2, &a, Some(&b));
+    wait_accepts(addr, &[&a, &b]).await;
+    version(3, &b, Some(&a));
+    wait_accepts(addr, &[&b, &a]).await;
+    version(4, &b, None);
+    wait_accepts(addr, &[&b]).await;
+    assert_eq!(ping_status(addr, &a).await, 403);
+    assert_eq!(ping_status(addr, &b).await, 200);
+}

@@ -117,6 +117,8 @@ impl Fleet {
             host: "127.0.0.1".parse().unwrap(),
             health_path: "/healthz".into(),
             stop_signal: Default::default(),
+            delivery: Default::default(),
+            reload_signal: None,
         };
         let consumer = ConsumerSpec {
             name: "auth".into(),

@@ -8,13 +8,16 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use super::node::{Node, Pos, Value};
+use super::text::bound;
 use super::text::{backticked, echo, is_name, list};
 use super::{Cx, Fields, MAX_CONSUMERS, MAX_INSTANCES, MAX_TARGETS, Result};
 use crate::playbook::{
-    ConsumerKind, ConsumerSpec, EXEC_TEMPLATE_FIELDS, Environment, ExecSpec, KubernetesSpec,
-    Pickup, ProcessSpec, SlotNames, StopSignal, WorkloadKind, WorkloadRef,
+    ConsumerKind, ConsumerSpec, DEFAULT_SYNC_PERIOD, Delivery, EXEC_TEMPLATE_FIELDS, Environment,
+    ExecSpec, KubernetesSpec, MAX_SYNC_PERIOD, Pickup, ProcessSpec, SlotNames, StopSignal,
+    WorkloadKind, WorkloadRef,
 };
 use crate::protocol::Role;
 
@@ -28,9 +31,12 @@ const CONSUMER_FIELDS: &[&str] = &[
     "host",
     "health_path",
     "stop_signal",
+    "delivery",
+    "reload_signal",
     "workload",
     "secret",
     "port",
+    "sync_period",
     "pickup",
     "fingerprints_path",
     "slots",
@@ -54,9 +60,11 @@ const PROCESS_ONLY: &[&str] = &[
     "host",
     "health_path",
     "stop_signal",
+    "delivery",
+    "reload_signal",
 ];
 /// Fields only a `kubernetes` consumer takes.
-const KUBERNETES_ONLY: &[&str] = &["workload", "secret", "port"];
+const KUBERNETES_ONLY: &[&str] = &["workload", "secret", "port", "sync_period"];
 /// Fields only an `exec` consumer takes.
 const EXEC_ONLY: &[&str] = &["apply", "targets"];
 const WORKLOAD_FIELDS: &[&str] = &["kind", "name", "namespace"];
@@ -205,35 +213,12 @@ impl Cx<'_> {
         }
 
         let slots = self.slots(&f, role)?;
-        let kind_spec = match kind {
+        let mut kind_spec = match kind {
             "process" => ConsumerKind::Process(self.process(&f, &slots)?),
             "kubernetes" => ConsumerKind::Kubernetes(self.kubernetes(&f, namespace)?),
             _ => ConsumerKind::Exec(self.exec(&f)?),
         };
-
-        let pickup = match f.get("pickup") {
-            None => Pickup::Restart,
-            Some(node) => {
-                let path = f.sub("pickup");
-                match self.choice(
-                    node,
-                    &path,
-                    &["restart", "reload"],
-                    "pickup",
-                    "use `restart`",
-                )? {
-                    0 => Pickup::Restart,
-                    _ => {
-                        return Err(self.err(
-                            node.pos,
-                            path,
-                            format!("pickup `reload` is not supported by `{kind}` consumers yet"),
-                            "use `restart`; hot reload comes with consumers that re-read a file",
-                        ));
-                    }
-                }
-            }
-        };
+        let pickup = self.pickup(&f, &mut kind_spec)?;
 
         let fingerprints_path = match f.get("fingerprints_path") {
             None => None,
@@ -261,6 +246,85 @@ impl Cx<'_> {
             name_pos,
             to_positions,
         ))
+    }
+
+    /// `pickup`, checked against the fields of the consumer's kind that go with it
+    /// (`delivery` and `reload_signal` of a process, `sync_period` of a kubernetes consumer).
+    fn pickup(&self, f: &Fields<'_>, kind: &mut ConsumerKind) -> Result<Pickup> {
+        let path = f.sub("pickup");
+        let pickup = match f.get("pickup") {
+            None => Pickup::Restart,
+            Some(node) => match self.choice(
+                node,
+                &path,
+                &["restart", "reload"],
+                "pickup",
+                "use `restart` or `reload`",
+            )? {
+                0 => Pickup::Restart,
+                _ => Pickup::Reload,
+            },
+        };
+        // Where an error about the pickup as a whole points: `pickup` itself.
+        let at = f.get("pickup").map_or(f.pos, |n| n.pos);
+        match (kind, pickup) {
+            (ConsumerKind::Exec(_), Pickup::Reload) => Err(self.err(
+                at,
+                path,
+                "pickup `reload` is not supported by `exec` consumers",
+                "use `restart`: the `apply` command decides how the consumer picks the new versions up",
+            )),
+            (ConsumerKind::Exec(_), Pickup::Restart) => Ok(pickup),
+            (ConsumerKind::Process(p), Pickup::Reload) => {
+                if p.delivery != Delivery::File {
+                    return Err(self.err(
+                        at,
+                        path,
+                        "pickup `reload` needs `delivery: file`: a running process cannot re-read its environment",
+                        "add `delivery: file` (rotor then writes each slot to a file in ROTOR_SECRETS_DIR), or use `pickup: restart`",
+                    ));
+                }
+                if p.reload_signal.is_none() {
+                    return Err(self.err(
+                        at,
+                        path,
+                        "pickup `reload` needs a `reload_signal`",
+                        "add the signal that makes the program re-read its files, e.g. `reload_signal: SIGHUP` (HAProxy in master-worker mode: SIGUSR2), or use `pickup: restart`",
+                    ));
+                }
+                Ok(pickup)
+            }
+            (ConsumerKind::Process(p), Pickup::Restart) => {
+                if let Some((key, _)) = f.entry("reload_signal") {
+                    return Err(self.err(
+                        key.pos,
+                        f.sub("reload_signal"),
+                        "`reload_signal` is only used with `pickup: reload`",
+                        "add `pickup: reload` (with `delivery: file`), or remove `reload_signal`",
+                    ));
+                }
+                p.reload_signal = None;
+                Ok(pickup)
+            }
+            (ConsumerKind::Kubernetes(k), Pickup::Reload) => {
+                if k.sync_period.is_none() {
+                    k.sync_period = Some(DEFAULT_SYNC_PERIOD);
+                }
+                Ok(pickup)
+            }
+            (ConsumerKind::Kubernetes(k), Pickup::Restart) => {
+                if let Some((key, _)) = f.entry("sync_period") {
+                    return Err(self.err(
+                        key.pos,
+                        f.sub("sync_period"),
+                        "`sync_period` is only used with `pickup: reload`",
+                        "add `pickup: reload` (the workload mounts the Secret as a volume), or remove `sync_period`",
+                    ));
+                }
+                k.sync_period = None;
+                Ok(pickup)
+            }
+        }
     }
 
     /// The fields of a `process` consumer.
@@ -340,6 +404,52 @@ impl Cx<'_> {
             }
         };
 
+        let delivery = match f.get("delivery") {
+            None => Delivery::default(),
+            Some(node) => match self.choice(
+                node,
+                &f.sub("delivery"),
+                Delivery::NAMES,
+                "delivery",
+                "use `env` (one environment variable per slot name) or `file` (one file per slot name in ROTOR_SECRETS_DIR)",
+            )? {
+                0 => Delivery::Env,
+                _ => Delivery::File,
+            },
+        };
+
+        let reload_signal = match f.get("reload_signal") {
+            None => None,
+            Some(node) => {
+                let path = f.sub("reload_signal");
+                let help = format!(
+                    "name the signal that makes an instance re-read its files: one of {}",
+                    StopSignal::NAMES.join(", ")
+                );
+                let text = self.text(node, &path, &help)?;
+                let signal = StopSignal::parse(text).ok_or_else(|| {
+                    self.err(
+                        node.pos,
+                        &path,
+                        format!("`{}` is not a reload signal rotor sends", echo(text)),
+                        help.clone(),
+                    )
+                })?;
+                if signal == stop_signal {
+                    return Err(self.err(
+                        node.pos,
+                        &path,
+                        format!(
+                            "`reload_signal` is {}, the same as `stop_signal`: a reload would stop the instance",
+                            signal.name()
+                        ),
+                        "give the signal that makes the program re-read its files, e.g. SIGHUP (HAProxy in master-worker mode: SIGUSR2), or change `stop_signal`",
+                    ));
+                }
+                Some(signal)
+            }
+        };
+
         Ok(ProcessSpec {
             instances,
             command,
@@ -347,6 +457,8 @@ impl Cx<'_> {
             host,
             health_path,
             stop_signal,
+            delivery,
+            reload_signal,
         })
     }
 
@@ -471,6 +583,26 @@ impl Cx<'_> {
                 Some(n as u16)
             }
         };
+        let sync_period = match f.get("sync_period") {
+            None => None,
+            Some(node) => {
+                let path = f.sub("sync_period");
+                let d = self.duration(node, &path, MAX_SYNC_PERIOD)?;
+                if d < Duration::from_secs(1) {
+                    return Err(self.err(
+                        node.pos,
+                        path,
+                        "the sync period is shorter than 1s",
+                        format!(
+                            "give the kubelet's sync period (its `syncFrequency`), at least 1s and at most {} (the default is {})",
+                            bound(MAX_SYNC_PERIOD),
+                            bound(DEFAULT_SYNC_PERIOD)
+                        ),
+                    ));
+                }
+                Some(d)
+            }
+        };
         Ok(KubernetesSpec {
             workload: WorkloadRef {
                 kind,
@@ -479,6 +611,7 @@ impl Cx<'_> {
             },
             secret,
             port,
+            sync_period,
         })
     }
 }

@@ -198,3 +198,151 @@ fn tls_never_turns_verification_off_silently() {
     let e = with_tls("test", "{ca_flie: ca.pem}").unwrap_err();
     assert!(e.help.contains("ca_file"), "{e}");
 }
+
+#[test]
+fn process_delivery_defaults_to_env_and_reload_needs_file_and_a_signal() {
+    let pb = load(MINIMAL).unwrap();
+    let ConsumerKind::Process(p) = &pb.consumers[0].kind else {
+        panic!("a process consumer")
+    };
+    assert_eq!(p.delivery, crate::playbook::Delivery::Env);
+    assert_eq!(p.reload_signal, None);
+
+    let reload = MINIMAL.replace(
+        "    command: [x]\n",
+        "    command: [x]\n    delivery: file\n    pickup: reload\n    reload_signal: usr2\n    stop_signal: SIGUSR1\n",
+    );
+    let pb = load(&reload).unwrap();
+    let c = &pb.consumers[0];
+    assert_eq!(c.pickup, Pickup::Reload);
+    let ConsumerKind::Process(p) = &c.kind else {
+        panic!("a process consumer")
+    };
+    assert_eq!(p.delivery, crate::playbook::Delivery::File);
+    assert_eq!(p.reload_signal, Some(crate::playbook::StopSignal::Usr2));
+
+    // `delivery: file` alone keeps restarting.
+    let file = MINIMAL.replace(
+        "    command: [x]\n",
+        "    command: [x]\n    delivery: file\n",
+    );
+    let pb = load(&file).unwrap();
+    assert_eq!(pb.consumers[0].pickup, Pickup::Restart);
+
+    for (fields, field, message) in [
+        (
+            "    pickup: reload\n    reload_signal: SIGHUP\n",
+            "consumers[0].pickup",
+            "pickup `reload` needs `delivery: file`",
+        ),
+        (
+            "    delivery: file\n    pickup: reload\n",
+            "consumers[0].pickup",
+            "pickup `reload` needs a `reload_signal`",
+        ),
+        (
+            "    delivery: file\n    reload_signal: SIGHUP\n",
+            "consumers[0].reload_signal",
+            "`reload_signal` is only used with `pickup: reload`",
+        ),
+        (
+            "    delivery: file\n    pickup: reload\n    reload_signal: SIGTERM\n",
+            "consumers[0].reload_signal",
+            "the same as `stop_signal`",
+        ),
+        (
+            "    delivery: file\n    pickup: reload\n    reload_signal: SIGSEGV\n",
+            "consumers[0].reload_signal",
+            "is not a reload signal rotor sends",
+        ),
+        (
+            "    delivery: disk\n",
+            "consumers[0].delivery",
+            "unknown delivery `disk`",
+        ),
+        (
+            "    sync_period: 10s\n",
+            "consumers[0].sync_period",
+            "a `process` consumer has no `sync_period`",
+        ),
+    ] {
+        let text = MINIMAL.replace("    command: [x]\n", &format!("    command: [x]\n{fields}"));
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.field, field, "{fields}: {e}");
+        assert!(e.message.contains(message), "{fields}: {e}");
+    }
+}
+
+const KUBE: &str = "secret: s\nenvironment: test\ncluster: {namespace: demo}\nstore: {kind: kubernetes, name: s}\nconsumers:\n  - name: a\n    role: validator\n    kind: kubernetes\n    workload: {kind: Deployment, name: a}\n    secret: a-secrets\n    slots: {primary: P, secondary: S}\n    probes: [{type: jwt, path: /p}]\n";
+
+#[test]
+fn kubernetes_reload_takes_a_bounded_sync_period() {
+    let sync = |pb: &Playbook| match &pb.consumers[0].kind {
+        ConsumerKind::Kubernetes(k) => k.sync_period,
+        _ => panic!("a kubernetes consumer"),
+    };
+    let pb = load(KUBE).unwrap();
+    assert_eq!(pb.consumers[0].pickup, Pickup::Restart);
+    assert_eq!(sync(&pb), None);
+
+    let reload = KUBE.replace(
+        "    secret: a-secrets\n",
+        "    secret: a-secrets\n    pickup: reload\n",
+    );
+    let pb = load(&reload).unwrap();
+    assert_eq!(pb.consumers[0].pickup, Pickup::Reload);
+    assert_eq!(sync(&pb), Some(Duration::from_secs(60)));
+
+    let given = reload.replace(
+        "    pickup: reload\n",
+        "    pickup: reload\n    sync_period: 90s\n",
+    );
+    assert_eq!(sync(&load(&given).unwrap()), Some(Duration::from_secs(90)));
+
+    for (fields, field, message) in [
+        (
+            "    sync_period: 30s\n",
+            "consumers[0].sync_period",
+            "only used with `pickup: reload`",
+        ),
+        (
+            "    pickup: reload\n    sync_period: 61m\n",
+            "consumers[0].sync_period",
+            "is longer than 1h",
+        ),
+        (
+            "    pickup: reload\n    sync_period: 0s\n",
+            "consumers[0].sync_period",
+            "shorter than 1s",
+        ),
+        (
+            "    delivery: file\n",
+            "consumers[0].delivery",
+            "a `kubernetes` consumer has no `delivery`",
+        ),
+        (
+            "    reload_signal: SIGHUP\n",
+            "consumers[0].reload_signal",
+            "a `kubernetes` consumer has no `reload_signal`",
+        ),
+    ] {
+        let text = KUBE.replace(
+            "    secret: a-secrets\n",
+            &format!("    secret: a-secrets\n{fields}"),
+        );
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.field, field, "{fields}: {e}");
+        assert!(e.message.contains(message), "{fields}: {e}");
+    }
+}
+
+#[test]
+fn exec_consumers_refuse_reload() {
+    let text = "secret: s\nenvironment: test\nstore: {kind: gcp, project: my-project, name: s}\nconsumers:\n  - name: a\n    role: validator\n    kind: exec\n    apply: [x]\n    targets: [\"127.0.0.1:1\"]\n    pickup: reload\n    slots: {primary: P, secondary: S}\n    probes: [{type: jwt, path: /p}]\n";
+    let e = load(text).unwrap_err();
+    assert_eq!(e.field, "consumers[0].pickup");
+    assert!(
+        e.message.contains("not supported by `exec` consumers"),
+        "{e}"
+    );
+}
