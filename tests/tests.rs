@@ -10,6 +10,7 @@ mod gcp_lab;
 mod hardening;
 mod kubernetes;
 mod kubernetes_lock;
+mod kubernetes_reload;
 mod lab;
 mod playbook_errors;
 mod rotation;

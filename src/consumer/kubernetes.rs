@@ -14,6 +14,13 @@
 //! a value from a Secret that a validating consumer also reads: it only sets what it sends, so a
 //! validator pod that restarts on its own at any moment still gets every value it must accept.
 //!
+//! With `pickup: reload` the pods mount the Secret as a volume: rotor writes it, restarts
+//! nothing, waits the consumer's `sync_period` from the write (the kubelet refreshes mounted
+//! Secrets after a delay; the wait may come out longer, never shorter), then proves every pod
+//! where it runs (asking, when the consumer reports fingerprints, until it holds the new
+//! values) and marks each proven pod with the annotation on the pod itself. `plan`, `check`
+//! and every rollout refuse such a consumer whose template does not mount the Secret.
+//!
 //! Must never: put a value in an annotation, a label, an event, an error or a log line (the
 //! annotation holds fingerprints only).
 
@@ -35,6 +42,7 @@ use super::{
 };
 use crate::cluster::{Call, Cluster, ClusterError, retry};
 use crate::events::{Event, EventSink};
+use crate::playbook::DEFAULT_SYNC_PERIOD;
 use crate::playbook::{
     ConsumerKind, ConsumerSpec, KubernetesSpec, Pickup, Playbook, SlotNames, Timings, WorkloadKind,
 };
@@ -67,6 +75,61 @@ pub struct KubernetesConsumer {
     client: kube::Client,
     /// How rotor reaches its pods (plain HTTP unless it has `tls`).
     transport: Transport,
+    /// `restart` rolls the workload; `reload` updates the Secret its pods mount and waits for
+    /// the kubelet's refresh.
+    pickup: Pickup,
+}
+
+/// How a pod template delivers the consumer's Secret as files (`pickup: reload` needs it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct SecretMounts {
+    /// Volumes that carry the Secret (`secret` or a `projected` source): name, and the keys
+    /// it projects when it lists `items`.
+    volumes: Vec<(String, Option<Vec<String>>)>,
+    /// Each whole mount of such a volume: (container, mountPath, volume).
+    mounted: Vec<(String, String, String)>,
+    /// Each `subPath` mount of such a volume (a copy the kubelet never refreshes):
+    /// (container, mountPath).
+    sub_path: Vec<(String, String)>,
+}
+
+fn secret_mounts(spec: Option<&k8s_openapi::api::core::v1::PodSpec>, secret: &str) -> SecretMounts {
+    let mut out = SecretMounts::default();
+    let Some(spec) = spec else { return out };
+    for v in spec.volumes.iter().flatten() {
+        let keys = |items: &Option<Vec<k8s_openapi::api::core::v1::KeyToPath>>| {
+            items
+                .as_ref()
+                .map(|i| i.iter().map(|k| k.key.clone()).collect::<Vec<_>>())
+        };
+        if let Some(s) = &v.secret
+            && s.secret_name.as_deref() == Some(secret)
+        {
+            out.volumes.push((v.name.clone(), keys(&s.items)));
+            continue;
+        }
+        for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(s) = &src.secret
+                && s.name == secret
+            {
+                out.volumes.push((v.name.clone(), keys(&s.items)));
+            }
+        }
+    }
+    for c in &spec.containers {
+        for m in c.volume_mounts.iter().flatten() {
+            if !out.volumes.iter().any(|(v, _)| *v == m.name) {
+                continue;
+            }
+            match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                Some(_) => out.sub_path.push((c.name.clone(), m.mount_path.clone())),
+                None => out
+                    .mounted
+                    .push((c.name.clone(), m.mount_path.clone(), m.name.clone())),
+            }
+        }
+    }
+    out
 }
 
 /// What rotor reads of a workload, whatever its kind.
@@ -96,6 +159,8 @@ struct WorkloadView {
     first_port: Option<u16>,
     /// Condition types of the template's readiness gates.
     gates: Vec<String>,
+    /// How the template mounts the consumer's Secret.
+    mounts: SecretMounts,
 }
 
 impl WorkloadView {
@@ -148,7 +213,11 @@ fn selector_string(sel: &LabelSelector) -> String {
     parts.join(",")
 }
 
-fn template_facts(t: &PodTemplateSpec, key: &str) -> (Option<String>, Option<u16>, Vec<String>) {
+fn template_facts(
+    t: &PodTemplateSpec,
+    key: &str,
+    secret: &str,
+) -> (Option<String>, Option<u16>, Vec<String>, SecretMounts) {
     let annotation = t
         .metadata
         .as_ref()
@@ -160,7 +229,12 @@ fn template_facts(t: &PodTemplateSpec, key: &str) -> (Option<String>, Option<u16
         .and_then(|s| s.readiness_gates.as_ref())
         .map(|g| g.iter().map(|g| g.condition_type.clone()).collect())
         .unwrap_or_default();
-    (annotation, first_port(t.spec.as_ref()), gates)
+    (
+        annotation,
+        first_port(t.spec.as_ref()),
+        gates,
+        secret_mounts(t.spec.as_ref(), secret),
+    )
 }
 
 fn first_port(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<u16> {
@@ -170,10 +244,10 @@ fn first_port(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<u16>
         .and_then(|p| u16::try_from(p.container_port).ok())
 }
 
-fn deployment_view(d: Deployment, key: &str) -> WorkloadView {
+fn deployment_view(d: Deployment, key: &str, secret: &str) -> WorkloadView {
     let spec = d.spec.unwrap_or_default();
     let status = d.status.unwrap_or_default();
-    let (annotation, first_port, gates) = template_facts(&spec.template, key);
+    let (annotation, first_port, gates, mounts) = template_facts(&spec.template, key, secret);
     let stalled = status.conditions.iter().flatten().find_map(|c| {
         (c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
             .then(|| c.message.clone().unwrap_or_default())
@@ -192,13 +266,14 @@ fn deployment_view(d: Deployment, key: &str) -> WorkloadView {
         selector: selector_string(&spec.selector),
         first_port,
         gates,
+        mounts,
     }
 }
 
-fn statefulset_view(s: StatefulSet, key: &str) -> WorkloadView {
+fn statefulset_view(s: StatefulSet, key: &str, secret: &str) -> WorkloadView {
     let spec = s.spec.unwrap_or_default();
     let status = s.status.unwrap_or_default();
-    let (annotation, first_port, gates) = template_facts(&spec.template, key);
+    let (annotation, first_port, gates, mounts) = template_facts(&spec.template, key, secret);
     WorkloadView {
         generation: s.metadata.generation.unwrap_or(0),
         observed: status.observed_generation.unwrap_or(0),
@@ -214,13 +289,14 @@ fn statefulset_view(s: StatefulSet, key: &str) -> WorkloadView {
         selector: selector_string(&spec.selector),
         first_port,
         gates,
+        mounts,
     }
 }
 
-fn daemonset_view(d: DaemonSet, key: &str) -> WorkloadView {
+fn daemonset_view(d: DaemonSet, key: &str, secret: &str) -> WorkloadView {
     let spec = d.spec.unwrap_or_default();
     let status = d.status.unwrap_or_default();
-    let (annotation, first_port, gates) = template_facts(&spec.template, key);
+    let (annotation, first_port, gates, mounts) = template_facts(&spec.template, key, secret);
     WorkloadView {
         generation: d.metadata.generation.unwrap_or(0),
         observed: status.observed_generation.unwrap_or(0),
@@ -235,6 +311,7 @@ fn daemonset_view(d: DaemonSet, key: &str) -> WorkloadView {
         selector: selector_string(&spec.selector),
         first_port,
         gates,
+        mounts,
     }
 }
 
@@ -352,6 +429,7 @@ impl KubernetesConsumer {
             annotation: format!("rotor.dev/{}", playbook.secret),
             client: cluster.client(),
             transport,
+            pickup: spec.pickup,
         }
     }
 
@@ -380,25 +458,26 @@ impl KubernetesConsumer {
         let name = &self.spec.workload.name;
         let call = self.workload_call("get");
         let key = &self.annotation;
+        let secret = &self.spec.secret;
         let c = self.client.clone();
         let r = match self.spec.workload.kind {
             WorkloadKind::Deployment => {
                 let api: Api<Deployment> = Api::namespaced(c, self.ns());
                 retry(&call, || api.get(name))
                     .await
-                    .map(|d| deployment_view(d, key))
+                    .map(|d| deployment_view(d, key, secret))
             }
             WorkloadKind::StatefulSet => {
                 let api: Api<StatefulSet> = Api::namespaced(c, self.ns());
                 retry(&call, || api.get(name))
                     .await
-                    .map(|s| statefulset_view(s, key))
+                    .map(|s| statefulset_view(s, key, secret))
             }
             WorkloadKind::DaemonSet => {
                 let api: Api<DaemonSet> = Api::namespaced(c, self.ns());
                 retry(&call, || api.get(name))
                     .await
-                    .map(|d| daemonset_view(d, key))
+                    .map(|d| daemonset_view(d, key, secret))
             }
         };
         r.map_err(|e| self.cluster_error(e))
@@ -783,6 +862,294 @@ impl KubernetesConsumer {
         }
     }
 
+    /// How long the kubelet may take to show a Secret change in a mounted volume.
+    fn sync_period(&self) -> Duration {
+        self.spec.sync_period.unwrap_or(DEFAULT_SYNC_PERIOD)
+    }
+
+    /// For `pickup: reload`: the workload's pods must mount the consumer's Secret as a volume
+    /// (not only `subPath`, which the kubelet never refreshes), with every slot key in it;
+    /// otherwise no pod would ever see a new value without a restart.
+    fn check_reload(&self, view: &WorkloadView) -> Result<(), ConsumerError> {
+        if self.pickup != Pickup::Reload {
+            return Ok(());
+        }
+        let m = &view.mounts;
+        let w = &self.spec.workload;
+        let secret = &self.spec.secret;
+        let problem = if m.volumes.is_empty() {
+            Some(format!(
+                "the pod template of {w} has no volume of Secret {secret} (it reads it from the \
+                 environment, or not at all), so its pods would never see a new value without a \
+                 restart"
+            ))
+        } else if m.mounted.is_empty() && !m.sub_path.is_empty() {
+            Some(format!(
+                "{w} mounts Secret {secret} only with subPath ({}), which the kubelet never \
+                 refreshes",
+                m.sub_path
+                    .iter()
+                    .map(|(c, p)| format!("container {c} at {p}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        } else if m.mounted.is_empty() {
+            Some(format!(
+                "no container of {w} mounts the volume {} of Secret {secret}",
+                m.volumes
+                    .iter()
+                    .map(|(v, _)| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        } else {
+            super::slot_names(&self.slot_names)
+                .into_iter()
+                .find(|key| {
+                    !m.mounted.iter().any(|(_, _, vol)| {
+                        m.volumes.iter().any(|(v, items)| {
+                            v == vol && items.as_ref().is_none_or(|i| i.iter().any(|k| k == key))
+                        })
+                    })
+                })
+                .map(|key| {
+                    format!(
+                        "the volumes of Secret {secret} that {w} mounts list `items` without \
+                         {key}, so that key never reaches its pods"
+                    )
+                })
+        };
+        match problem {
+            None => Ok(()),
+            Some(detail) => Err(ConsumerError::Unsuited {
+                consumer: self.name.clone(),
+                detail,
+            }),
+        }
+    }
+
+    /// Whether `held` (what a pod reports) is what `d` wants under the consumer's names: every
+    /// name it must hold with the wanted fingerprint, and no name it must no longer hold. None
+    /// when it is; else what differs (fingerprints only).
+    fn held_differs(&self, held: &Held, d: &Desired<'_>) -> Option<String> {
+        let keep_values = !self.role.validates() && self.shared_with_validator;
+        let mut out = Vec::new();
+        for name in super::slot_names(&self.slot_names) {
+            let has = held.names.get(name);
+            match d.names.get(name) {
+                Some(want) if has != Some(want) => out.push(format!(
+                    "{name} is {}, expected {want}",
+                    has.map_or_else(|| "missing".to_string(), |f| f.to_string())
+                )),
+                None if !keep_values && has.is_some() => {
+                    out.push(format!("{name} is still set, expected none"));
+                }
+                _ => {}
+            }
+        }
+        (!out.is_empty()).then(|| out.join(", "))
+    }
+
+    /// Sets rotor's annotation on pod `name` itself (not on the template: no restart), once
+    /// rotor proved it holds `value`.
+    async fn annotate_pod(&self, name: &str, value: &str) -> Result<(), ConsumerError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), self.ns());
+        let call = Call::new("patch", "pods", "", self.ns(), name);
+        let body = json!({"metadata": {"annotations": {&self.annotation: value}}});
+        let pp = PatchParams::default();
+        let patch = Patch::Merge(&body);
+        retry(&call, || api.patch(name, &pp, &patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.cluster_error(e))
+    }
+
+    /// Checks one running pod after the sync period: when the consumer reports fingerprints,
+    /// that it holds `d` (else it is not refreshed yet), then `gate`. Without a report the
+    /// gate itself tells: a pod that fails it may not be refreshed yet and is asked again
+    /// until the deadline, except one that accepted a canary. A proven pod gets rotor's
+    /// annotation (and its readiness gate's condition, when its template has one).
+    async fn reload_one(
+        &self,
+        view: &WorkloadView,
+        p: &PodView,
+        d: &Desired<'_>,
+        expected: &str,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
+    ) -> Result<Result<(), String>, ConsumerError> {
+        let Some(addr) = self.pod_addr(view, p) else {
+            return Ok(Err("it has no IP or port yet".into()));
+        };
+        if let Some(path) = &self.fingerprints_path {
+            match report_held(self.transport.at(addr), path, self.timings.probe_timeout).await {
+                Err(e) => return Ok(Err(format!("its fingerprints could not be read: {e}"))),
+                Ok(held) => {
+                    if let Some(diff) = self.held_differs(&held, d) {
+                        return Ok(Err(format!("it still holds other values: {diff}")));
+                    }
+                }
+            }
+            // It holds the values: a failed proof is a real failure.
+            if let Err(e) = pass_gate(gate, &self.name, &p.name, addr, events).await {
+                if p.gated {
+                    let _ = self
+                        .set_proven(&p.name, false, "failed rotor's proof (see rotor's output)")
+                        .await;
+                }
+                return Err(e);
+            }
+        } else {
+            match pass_gate(gate, &self.name, &p.name, addr, events).await {
+                Ok(()) => {}
+                Err(
+                    e @ ConsumerError::Gate {
+                        fails_open: true, ..
+                    },
+                ) => return Err(e),
+                Err(ConsumerError::Gate { detail, .. }) => {
+                    return Ok(Err(format!("its proof fails: {detail}")));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if p.gated && p.proven.as_deref() != Some("True") {
+            self.set_proven(&p.name, true, "proven by rotor").await?;
+        }
+        self.annotate_pod(&p.name, expected).await?;
+        events.emit(&Event::InstanceReplaced {
+            consumer: self.name.clone(),
+            old: Some(p.name.clone()),
+            new: p.name.clone(),
+            primary: d.primary.clone(),
+            secondary: d.secondary.clone(),
+        });
+        Ok(Ok(()))
+    }
+
+    /// `pickup: reload`: writes the Secret the pods mount, restarts nothing, waits
+    /// `sync_period` from the write (the kubelet's refresh; never shorter), then proves every
+    /// pod: when the consumer reports fingerprints, it is asked until it holds the new values,
+    /// and a pod still behind `readiness_timeout` after the sync period fails the rollout,
+    /// named. Already converged pods (rotor's annotation on the pod says so, and the Secret
+    /// already held the values) are left alone.
+    async fn reload(
+        &self,
+        slots: &Slots,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
+    ) -> Result<RolloutReport, ConsumerError> {
+        let d = Desired::new(&self.slot_names, &self.secret, slots);
+        let expected = annotation_value(&d.primary, d.secondary.as_ref());
+        let view = self.view().await?;
+        self.check_reload(&view)?;
+        let changed = self.write_secret(&d).await?;
+        // Taken after the write returned: the wait counts from no earlier than the write.
+        let written = Instant::now();
+        let pods = self.pods(&view.selector).await?;
+        let live: Vec<&PodView> = pods.iter().filter(|p| !p.terminating).collect();
+        let desired = usize::try_from(view.desired).unwrap_or(0);
+        if !changed
+            && live.len() == desired
+            && live
+                .iter()
+                .all(|p| p.ready && p.annotation.as_deref() == Some(expected.as_str()))
+        {
+            return Ok(RolloutReport::default());
+        }
+        events.emit(&Event::RolloutStarted {
+            consumer: self.name.clone(),
+            instances: desired,
+        });
+        let sync = self.sync_period();
+        events.emit(&Event::Waiting {
+            reason: format!(
+                "sync_period: the kubelet refreshes Secret {} in the pods of {} (no restart)",
+                self.spec.secret, self.spec.workload
+            ),
+            seconds: sync.as_secs_f64(),
+        });
+        let prove_from = written
+            .checked_add(sync)
+            .unwrap_or_else(|| super::deadline_after(sync));
+        tokio::time::sleep_until(prove_from.into()).await;
+        let grace = self.timings.readiness_timeout;
+        let deadline = prove_from
+            .checked_add(grace)
+            .unwrap_or_else(|| super::deadline_after(grace));
+        let mut proven: BTreeSet<String> = BTreeSet::new();
+        let mut poll = POLL;
+        loop {
+            let view = self.view().await?;
+            self.check_reload(&view)?;
+            let pods = self.pods(&view.selector).await?;
+            let mut behind: Vec<(String, String)> = Vec::new();
+            for p in pods.iter().filter(|p| !p.terminating) {
+                if proven.contains(&p.name) {
+                    continue;
+                }
+                if !p.containers_ready {
+                    behind.push((
+                        p.name.clone(),
+                        format!(
+                            "it is not ready{}",
+                            p.waiting
+                                .as_ref()
+                                .map(|w| format!(": {w}"))
+                                .unwrap_or_default()
+                        ),
+                    ));
+                    continue;
+                }
+                match self
+                    .reload_one(&view, p, &d, &expected, gate, events)
+                    .await?
+                {
+                    Ok(()) => {
+                        proven.insert(p.name.clone());
+                    }
+                    Err(why) => behind.push((p.name.clone(), why)),
+                }
+            }
+            let serving = pods
+                .iter()
+                .filter(|p| !p.terminating && proven.contains(&p.name))
+                .count();
+            let desired = usize::try_from(view.desired).unwrap_or(0);
+            if behind.is_empty() && serving >= desired {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let (instance, detail) = behind.into_iter().next().unwrap_or_else(|| {
+                    (
+                        self.spec.workload.name.clone(),
+                        format!("{serving} of {desired} pods proven"),
+                    )
+                });
+                return Err(ConsumerError::NotPickedUp {
+                    consumer: self.name.clone(),
+                    instance,
+                    detail: format!(
+                        "Secret {} within {:.1?} of the write (sync_period {sync:?} + \
+                         readiness_timeout {grace:?}): {detail}",
+                        self.spec.secret,
+                        written.elapsed()
+                    ),
+                });
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 3 / 2).min(POLL_MAX);
+        }
+        events.emit(&Event::RolloutFinished {
+            consumer: self.name.clone(),
+            restarts: 0,
+        });
+        Ok(RolloutReport {
+            restarts: 0,
+            waited: written.elapsed(),
+        })
+    }
+
     fn names_for(
         &self,
         primary: &Fingerprint,
@@ -810,7 +1177,7 @@ impl Consumer for KubernetesConsumer {
     }
 
     fn pickup(&self) -> Pickup {
-        Pickup::Restart
+        self.pickup
     }
 
     /// Writes the Secret, patches the template (annotation and rotor's readiness gate), then
@@ -824,6 +1191,9 @@ impl Consumer for KubernetesConsumer {
         gate: &dyn Gate,
         events: &dyn EventSink,
     ) -> Result<RolloutReport, ConsumerError> {
+        if self.pickup == Pickup::Reload {
+            return self.reload(slots, gate, events).await;
+        }
         let started = Instant::now();
         let d = Desired::new(&self.slot_names, &self.secret, slots);
         let expected = annotation_value(&d.primary, d.secondary.as_ref());
@@ -867,11 +1237,14 @@ impl Consumer for KubernetesConsumer {
     }
 
     async fn desired_instances(&self) -> Result<usize, ConsumerError> {
-        Ok(usize::try_from(self.view().await?.desired).unwrap_or(0))
+        let view = self.view().await?;
+        self.check_reload(&view)?;
+        Ok(usize::try_from(view.desired).unwrap_or(0))
     }
 
     async fn instances(&self) -> Result<Vec<Instance>, ConsumerError> {
         let view = self.view().await?;
+        self.check_reload(&view)?;
         let pods = self.pods(&view.selector).await?;
         Ok(pods
             .into_iter()

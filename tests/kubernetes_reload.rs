@@ -1,0 +1,260 @@
+//! `pickup: reload` on Kubernetes: the demo fleet's Deployments mount their Secrets as volumes
+//! (the lab refreshes them after its sync delay, as the kubelet does) and re-read the files;
+//! rotor rotates them without restarting a pod, waiting `sync_period` after each Secret write
+//! before it proves, and rolls back a reload that pods do not pick up in time.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use serde_json::{Value, json};
+
+use crate::kubernetes::{K8sEnv, stages, test_yaml};
+
+const SECRETS: [&str; 3] = ["auth-secrets", "backend-secrets", "analytics-secrets"];
+
+/// The demo playbook with every consumer `pickup: reload` and `sync_period`.
+fn reload_yaml(sync_period: &str) -> String {
+    test_yaml(rotor::demo::K8S_DEMO, |mut y| {
+        for s in SECRETS {
+            let line = format!("    secret: {s}\n");
+            assert!(y.contains(&line), "{s}");
+            y = y.replace(
+                &line,
+                &format!("{line}    pickup: reload\n    sync_period: {sync_period}\n"),
+            );
+        }
+        y
+    })
+}
+
+/// Every Deployment of the demo topology mounts its own Secret at /etc/rotor/secrets (files
+/// 0400) and reads its values from there (`ROTOR_SECRETS_DIR`), not from its environment.
+fn mount_secrets(topo: &mut rotor_lab::Topology, delay: Duration) {
+    topo.secret_sync_delay = Some(delay);
+    let mut n = 0;
+    for o in topo
+        .objects
+        .iter_mut()
+        .filter(|o| o["kind"] == "Deployment")
+    {
+        let name = o["metadata"]["name"].as_str().unwrap().to_string();
+        let spec = &mut o["spec"]["template"]["spec"];
+        spec["volumes"] = json!([{"name": "secrets",
+            "secret": {"secretName": format!("{name}-secrets"), "defaultMode": 0o400}}]);
+        let c = &mut spec["containers"][0];
+        c["env"] = json!([{"name": "ROTOR_SECRETS_DIR", "value": "/etc/rotor/secrets"}]);
+        c["volumeMounts"] =
+            json!([{"name": "secrets", "mountPath": "/etc/rotor/secrets", "readOnly": true}]);
+        n += 1;
+    }
+    assert_eq!(n, 3);
+}
+
+/// Every pod of the demo fleet: name → (uid, restart count).
+async fn fleet(env: &K8sEnv) -> BTreeMap<String, (String, i32)> {
+    let pods: Vec<Pod> = env
+        .api::<Pod>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    pods.into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let restarts = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map_or(0, |c| c[0].restart_count);
+            (
+                p.metadata.name.clone().unwrap(),
+                (p.metadata.uid.clone().unwrap(), restarts),
+            )
+        })
+        .collect()
+}
+
+/// The data of the demo's consumer Secrets.
+async fn secret_data(env: &K8sEnv) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for s in SECRETS {
+        let secret: Secret = env.api().get(s).await.unwrap();
+        let data = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        out.insert(s.to_string(), data);
+    }
+    out
+}
+
+type Writes = Arc<Mutex<Vec<(String, SystemTime)>>>;
+
+/// Records when the data of each consumer Secret changed (seen through a watch: no earlier
+/// than the write), until the task is aborted. The flag is set once the watch has seen every
+/// Secret as it is.
+fn watch_writes(env: &K8sEnv) -> (Writes, Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let ready = Arc::new(AtomicBool::new(false));
+    let api: Api<Secret> = env.api();
+    let (rec, seen_all) = (writes.clone(), ready.clone());
+    let task = tokio::spawn(async move {
+        let mut last: BTreeMap<String, Value> = BTreeMap::new();
+        let mut rv = "0".to_string();
+        loop {
+            let wp = WatchParams::default().timeout(290);
+            let Ok(stream) = api.watch(&wp, &rv).await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(ev)) = stream.next().await {
+                let at = SystemTime::now();
+                let s = match ev {
+                    WatchEvent::Added(s) | WatchEvent::Modified(s) => s,
+                    _ => continue,
+                };
+                rv = s.metadata.resource_version.clone().unwrap_or(rv);
+                let name = s.metadata.name.clone().unwrap();
+                if !SECRETS.contains(&name.as_str()) {
+                    continue;
+                }
+                let data = serde_json::to_value(&s.data).unwrap();
+                if let Some(prev) = last.insert(name.clone(), data.clone())
+                    && prev != data
+                {
+                    rec.lock().unwrap().push((name, at));
+                }
+                if last.len() == SECRETS.len() {
+                    seen_all.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    (writes, ready, task)
+}
+
+/// When each proof of consumer `consumer` started, from the audit log (`at` is written when
+/// the proof ended; `millis` is how long it took).
+fn proofs_started(env: &K8sEnv, consumer: &str) -> Vec<SystemTime> {
+    let text = std::fs::read_to_string(env.playbook().state_dir.join("audit.log")).unwrap();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["record"]["event"] == "instance_gated" && v["record"]["consumer"] == consumer)
+        .map(|v| {
+            let at: jiff::Timestamp = v["at"].as_str().unwrap().parse().unwrap();
+            let millis = v["record"]["millis"].as_f64().unwrap();
+            SystemTime::from(at) - Duration::from_secs_f64(millis / 1000.0)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_reload_rotates_mounted_secrets_without_restarting_a_pod() {
+    const SYNC: Duration = Duration::from_secs(3);
+    let env = K8sEnv::from_topology("k8s-reload.yaml", reload_yaml("3s"), |t, _| {
+        mount_secrets(t, Duration::from_secs(2))
+    })
+    .await;
+    env.up().await;
+    env.rotor(&["check"]).await.assert_code(0);
+    let before = fleet(&env).await;
+    assert_eq!(before.len(), 6, "{before:?}");
+    assert!(before.values().all(|(_, r)| *r == 0), "{before:?}");
+    let (writes, watching, watcher) = watch_writes(&env);
+    // The watch has seen every Secret before rotor writes anything.
+    crate::common::wait_for("the Secret watch", Duration::from_secs(30), async || {
+        watching.load(Ordering::SeqCst)
+    })
+    .await;
+
+    let load = env.load();
+    let out = env.rotor(&["--output", "json", "rotate", "--yes"]).await;
+    out.assert_code(0);
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    watcher.abort();
+    assert_eq!(out.last_json()["report"]["state"], "S5");
+    assert_eq!(stages(&out).len(), 5);
+    for c in ["auth", "backend", "analytics"] {
+        assert_eq!(out.last_json()["report"]["restarts"][c], 0, "{c}");
+    }
+    // Not one pod was replaced or restarted.
+    assert_eq!(fleet(&env).await, before);
+    // Every pod holds the new value, read from its files.
+    env.rotor(&["check"]).await.assert_code(0);
+
+    // After each write of a consumer's Secret, that consumer's pods were proven no earlier
+    // than sync_period later (the watch sees a write a little after it happened: 300ms of
+    // slack for that).
+    let writes = writes.lock().unwrap().clone();
+    for (secret, consumer) in SECRETS.iter().zip(["auth", "backend", "analytics"]) {
+        let mine: Vec<SystemTime> = writes
+            .iter()
+            .filter(|(s, _)| s == secret)
+            .map(|(_, t)| *t)
+            .collect();
+        assert!(mine.len() >= 2, "{secret} written {} times", mine.len());
+        let proofs = proofs_started(&env, consumer);
+        for w in &mine {
+            let next = proofs
+                .iter()
+                .filter(|p| *p > w)
+                .min()
+                .unwrap_or_else(|| panic!("no proof of {consumer} after a write of {secret}"));
+            let waited = next.duration_since(*w).unwrap();
+            assert!(
+                waited + Duration::from_millis(300) >= SYNC,
+                "{consumer} was proven {waited:?} after {secret} was written (sync_period {SYNC:?})"
+            );
+        }
+    }
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_reload_not_picked_up_in_time_rolls_back_to_the_previous_data() {
+    // The lab's kubelet refreshes 5s after a write; `up` waits 6s, so it converges.
+    let env = K8sEnv::from_topology("k8s-reload.yaml", reload_yaml("6s"), |t, _| {
+        mount_secrets(t, Duration::from_secs(5))
+    })
+    .await;
+    env.up().await;
+    let before = fleet(&env).await;
+    let data = secret_data(&env).await;
+    // Now the playbook says the kubelet refreshes within 1s, and grants 1s more: too short.
+    let text = std::fs::read_to_string(env.playbook_path()).unwrap();
+    let short = text
+        .replace("sync_period: 6s", "sync_period: 1s")
+        .replace("readiness_timeout: 20s", "readiness_timeout: 1s");
+    assert!(short.contains("readiness_timeout: 1s"));
+    std::fs::write(env.playbook_path(), short).unwrap();
+
+    let load = env.load();
+    let out = env.rotor(&["--output", "json", "rotate", "--yes"]).await;
+    let report = load.stop().await;
+    out.assert_code(3);
+    env.assert_no_failures(&report);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains("did not pick up the new values of Secret"),
+        "{all}"
+    );
+    let named = before
+        .keys()
+        .any(|pod| all.contains(&format!("pod {pod} did not pick up")));
+    assert!(named, "the error names the pod: {all}");
+    // The rollback put the previous data back; no pod restarted.
+    assert_eq!(secret_data(&env).await, data);
+    assert_eq!(fleet(&env).await, before);
+    assert_eq!(env.journal().await["state"], "S0");
+    env.rotor(&["check"]).await.assert_code(0);
+    env.finish().await;
+}
