@@ -258,3 +258,53 @@ async fn k8s_reload_not_picked_up_in_time_rolls_back_to_the_previous_data() {
     env.rotor(&["check"]).await.assert_code(0);
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k8s_reload_refuses_a_workload_that_does_not_mount_its_secret() {
+    // analytics reads its Secret through env only; backend mounts it with subPath only.
+    let env = K8sEnv::from_topology("k8s-reload.yaml", reload_yaml("3s"), |t, _| {
+        mount_secrets(t, Duration::from_secs(1));
+        for o in t.objects.iter_mut().filter(|o| o["kind"] == "Deployment") {
+            let name = o["metadata"]["name"].as_str().unwrap().to_string();
+            let spec = &mut o["spec"]["template"]["spec"];
+            match name.as_str() {
+                "analytics" => {
+                    spec["volumes"] = json!([]);
+                    spec["containers"][0]["volumeMounts"] = json!([]);
+                    spec["containers"][0]["env"] = json!([{"name": "JWT_SECRET_KEY",
+                        "valueFrom": {"secretKeyRef": {"name": "analytics-secrets", "key": "JWT_SECRET_KEY"}}}]);
+                }
+                "backend" => {
+                    spec["containers"][0]["volumeMounts"] = json!([{"name": "secrets",
+                        "mountPath": "/etc/rotor/secrets/SERVICE_SECRET", "subPath": "SERVICE_SECRET"}]);
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    env.rotor(&["init"]).await.assert_code(0);
+    let data = secret_data(&env).await;
+    for args in [&["plan"][..], &["check"], &["up"], &["rotate", "--yes"]] {
+        let out = env.rotor(args).await;
+        out.assert_code(2);
+        assert!(
+            out.stderr.contains(
+                "consumer analytics: pickup: reload needs the Secret mounted as a volume: the pod \
+                 template of deployment/analytics in namespace demo has no volume of Secret \
+                 analytics-secrets"
+            ) || out.stderr.contains(
+                "consumer backend: pickup: reload needs the Secret mounted as a volume: \
+                 deployment/backend in namespace demo mounts Secret backend-secrets only with \
+                 subPath \
+                 (container backend at /etc/rotor/secrets/SERVICE_SECRET), which the kubelet \
+                 never refreshes"
+            ),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("help: mount it"), "{}", out.stderr);
+    }
+    // Nothing was written.
+    assert_eq!(secret_data(&env).await, data);
+}
