@@ -308,3 +308,19 @@ async fn k8s_reload_refuses_a_workload_that_does_not_mount_its_secret() {
     // Nothing was written.
     assert_eq!(secret_data(&env).await, data);
 }
+
+#[test]
+fn the_role_lets_a_reload_consumer_mark_the_pods_it_proved() {
+    let verbs = |yaml: String| {
+        let (_dir, _, pb) = crate::common::scratch_playbook("rotor-role-", "k8s.yaml", yaml);
+        let rules = rotor::manifests::rules(&pb);
+        rules["demo"]
+            .iter()
+            .find(|r| r.resources.as_deref() == Some(&["pods".to_string()][..]))
+            .unwrap()
+            .verbs
+            .clone()
+    };
+    assert_eq!(verbs(reload_yaml("3s")), ["list", "patch"]);
+    assert_eq!(verbs(test_yaml(rotor::demo::K8S_DEMO, |y| y)), ["list"]);
+}

@@ -1324,6 +1324,47 @@ mod tests {
     }
 
     #[test]
+    fn secret_mounts_see_secret_and_projected_volumes_and_subpaths() {
+        let spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(json!({
+            "volumes": [
+                {"name": "keys", "secret": {"secretName": "auth-secrets",
+                    "items": [{"key": "SERVICE_SECRET", "path": "s"}]}},
+                {"name": "all", "projected": {"sources": [
+                    {"configMap": {"name": "cfg"}},
+                    {"secret": {"name": "auth-secrets"}}]}},
+                {"name": "other", "secret": {"secretName": "other"}},
+            ],
+            "containers": [
+                {"name": "web", "volumeMounts": [
+                    {"name": "keys", "mountPath": "/etc/keys"},
+                    {"name": "other", "mountPath": "/etc/other"}]},
+                {"name": "side", "volumeMounts": [
+                    {"name": "all", "mountPath": "/etc/all/s", "subPath": "s"}]},
+            ],
+        }))
+        .unwrap();
+        let m = secret_mounts(Some(&spec), "auth-secrets");
+        assert_eq!(
+            m.volumes,
+            [
+                ("keys".to_string(), Some(vec!["SERVICE_SECRET".to_string()])),
+                ("all".to_string(), None)
+            ]
+        );
+        assert_eq!(
+            m.mounted,
+            [(
+                "web".to_string(),
+                "/etc/keys".to_string(),
+                "keys".to_string()
+            )]
+        );
+        assert_eq!(m.sub_path, [("side".to_string(), "/etc/all/s".to_string())]);
+        assert_eq!(secret_mounts(None, "auth-secrets"), SecretMounts::default());
+        assert!(secret_mounts(Some(&spec), "nope").volumes.is_empty());
+    }
+
+    #[test]
     fn selectors_render_as_the_api_expects() {
         let sel = LabelSelector {
             match_labels: Some(BTreeMap::from([("app".into(), "auth".into())])),
