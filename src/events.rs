@@ -67,6 +67,20 @@ pub enum Event {
         /// Secondary it holds now.
         secondary: Option<Fingerprint>,
     },
+    /// One running instance reloaded in place (`pickup: reload`): its files rewritten, its
+    /// reload signal sent, and proven.
+    InstanceReloaded {
+        /// Consumer.
+        consumer: String,
+        /// The instance (same process, same id).
+        instance: String,
+        /// The signal it was sent (`SIGHUP`).
+        signal: String,
+        /// Primary it holds now.
+        primary: Fingerprint,
+        /// Secondary it holds now.
+        secondary: Option<Fingerprint>,
+    },
     /// One instance met its gate: proven (or not) for the state its rollout enters, at its own
     /// address, before it took traffic (or, for a running instance, before it was kept).
     InstanceGated {

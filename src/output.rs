@@ -179,6 +179,26 @@ impl EventSink for Output {
                     self.println(&msg);
                 }
             }
+            Event::InstanceReloaded {
+                consumer,
+                instance,
+                signal,
+                primary,
+                secondary,
+            } => {
+                let msg = format!(
+                    "  {consumer}: {instance} reloaded ({signal}; primary {primary}{})",
+                    secondary
+                        .as_ref()
+                        .map(|s| format!(", secondary {s}"))
+                        .unwrap_or_default()
+                );
+                if self.tty {
+                    self.bar_message(msg.trim().to_string());
+                } else {
+                    self.println(&msg);
+                }
+            }
             Event::InstanceReplaced {
                 consumer,
                 old,
@@ -276,6 +296,9 @@ pub fn render_plan(p: &Plan) -> String {
     for (consumer, how) in &p.https {
         s.push_str(&format!("  {consumer}: {how}\n"));
     }
+    for (consumer, how) in &p.delivery {
+        s.push_str(&format!("  {consumer}: {how}\n"));
+    }
     for w in &p.waves {
         if let Some(wait) = &w.wait {
             s.push_str(&format!("  … {wait}\n"));
@@ -295,15 +318,26 @@ pub fn render_plan(p: &Plan) -> String {
         }
         for r in &w.rolls {
             s.push_str(&format!(
-                "      restart: {} ({}, {} instances, one at a time)\n",
-                r.consumer, r.role, r.instances
+                "      {}: {} ({}, {} instances, one at a time)\n",
+                r.pickup, r.consumer, r.role, r.instances
             ));
         }
         s.push_str(&format!("      proof: {}\n", w.proof));
     }
     let per: Vec<String> = p.restarts.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    // Reloads are counted with restarts (each is one instance taken through its proof).
+    let reloads = p
+        .waves
+        .iter()
+        .flat_map(|w| &w.rolls)
+        .any(|r| r.pickup.starts_with("reload"));
     s.push_str(&format!(
-        "  instance restarts: {} (total {})\n  nothing was changed",
+        "  instance {}: {} (total {})\n  nothing was changed",
+        if reloads {
+            "restarts and reloads"
+        } else {
+            "restarts"
+        },
         per.join(", "),
         p.total_restarts
     ));

@@ -4,6 +4,7 @@ mod architecture;
 mod cli;
 mod common;
 mod crash;
+mod files;
 mod gates;
 mod gcp;
 mod gcp_lab;

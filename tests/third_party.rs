@@ -12,11 +12,11 @@ use std::time::Duration;
 use crate::common::{Env, deb_bin, deb_install, deb_library_path};
 
 /// The unpacked servers.
-struct Servers {
-    nginx: PathBuf,
-    haproxy: PathBuf,
+pub(crate) struct Servers {
+    pub(crate) nginx: PathBuf,
+    pub(crate) haproxy: PathBuf,
     /// `LD_LIBRARY_PATH` for the libraries HAProxy needs beside the machine's (Lua, OpenTracing).
-    haproxy_libs: String,
+    pub(crate) haproxy_libs: String,
 }
 
 /// Stock nginx from Debian, unpacked under `target/` on first use.
@@ -27,7 +27,7 @@ pub(crate) fn nginx() -> PathBuf {
     )
 }
 
-fn servers() -> Servers {
+pub(crate) fn servers() -> Servers {
     let haproxy = deb_install(
         &[
             "haproxy",
@@ -139,7 +139,7 @@ consumers:
 }
 
 /// The value in the store's primary slot (kept in memory only, never printed).
-fn primary_value(env: &Env) -> String {
+pub(crate) fn primary_value(env: &Env) -> String {
     let store = env.store();
     let id = store["primary"].as_str().unwrap().to_string();
     crate::common::version(&store, &id)["value"]
@@ -172,7 +172,7 @@ fn hs256_token(key: &str, alg: &str) -> String {
 }
 
 /// The status `GET http://<addr><path>` answers with `header` (if any).
-async fn status(addr: &str, path: &str, header: Option<(&str, String)>) -> u16 {
+pub(crate) async fn status(addr: &str, path: &str, header: Option<(&str, String)>) -> u16 {
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))

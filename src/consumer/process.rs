@@ -11,8 +11,18 @@
 //! check, publish it, unpublish the old one, let it drain, stop it. The fleet therefore never
 //! serves fewer than the configured number of ready instances.
 //!
+//! With `delivery: file` the values reach an instance as files in its own directory
+//! (`ROTOR_SECRETS_DIR`, layout in `process/disk.rs`), and with `pickup: reload` a rollout
+//! rewrites one instance's files, sends it `reload_signal` and proves it (health, reported
+//! fingerprints, gate) before the next; a failed proof restores that instance's previous files
+//! and signals it again. The files are the truth of what an instance holds: a record names what
+//! the instance was last proven with, and an instance whose files or record differ from the
+//! desired values is reloaded again (rewriting and signalling are idempotent), so a rotor killed
+//! between writing and signalling leaves nothing `resume` or `rollback` cannot finish.
+//!
 //! Must never: put a value in argv, a record, a log line, an event or an error. Values reach an
-//! instance only through its environment; everything else names them by fingerprint.
+//! instance only through its environment or its secrets directory; everything else names them
+//! by fingerprint.
 
 mod disk;
 mod os;
@@ -31,14 +41,17 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use self::disk::{Layout, Record};
+use self::disk::{Layout, Record, SecretsDir};
 use super::{
     Consumer, ConsumerError, Desired, Gate, Held, HeldSource, Instance, RolloutReport, Slots,
     configured_held, http_failure, pass_gate, report_held, slot_names,
 };
 use crate::events::{Event, EventSink};
-use crate::playbook::{ConsumerSpec, Pickup, Playbook, ProcessSpec, SlotNames, Timings};
+use crate::playbook::{
+    ConsumerSpec, Delivery, Pickup, Playbook, ProcessSpec, SlotNames, StopSignal, Timings,
+};
 use crate::protocol::Role;
+use crate::secret::Fingerprint;
 use crate::secret::SecretValue;
 use crate::transport::Transport;
 
@@ -95,6 +108,8 @@ pub struct ProcessConsumer {
     exits: Exits,
     /// How rotor reaches its instances (plain HTTP unless it has `tls`).
     transport: Transport,
+    /// How instances pick a change up (`reload` only with `delivery: file`).
+    pickup: Pickup,
 }
 
 impl DesiredExt for Desired<'_> {
@@ -133,9 +148,55 @@ impl ProcessConsumer {
             serial: tokio::sync::Mutex::new(()),
             exits: Arc::default(),
             transport,
+            pickup: spec.pickup,
         }
     }
 
+    /// Values reach instances as files.
+    fn files(&self) -> bool {
+        self.spec.delivery == Delivery::File
+    }
+
+    /// The signal a reload sends, when rollouts reload.
+    fn reload_signal(&self) -> Option<StopSignal> {
+        match self.pickup {
+            Pickup::Reload if self.files() => self.spec.reload_signal,
+            _ => None,
+        }
+    }
+
+    fn secrets(&self, id: &str) -> SecretsDir {
+        SecretsDir::new(self.layout.secrets_dir(id))
+    }
+
+    /// Writes `d` as instance `id`'s current files; returns the set it replaced.
+    fn write_files(&self, id: &str, d: &Desired<'_>) -> Result<Option<String>, ConsumerError> {
+        let values: Vec<(&str, &[u8])> = d
+            .values
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose().as_bytes()))
+            .collect();
+        self.secrets(id)
+            .write(&self.slot_env_names(), &values)
+            .map_err(self.io(format!("writing the files of instance {id}")))
+    }
+
+    /// Fingerprint per name of what instance `id`'s files hold now (`None` when they cannot be
+    /// read: they then match nothing).
+    fn files_held(&self, id: &str) -> Option<BTreeMap<String, Fingerprint>> {
+        let read = self.secrets(id).read(&self.slot_env_names()).ok()?;
+        let mut out = BTreeMap::new();
+        for (name, bytes) in read {
+            let value = SecretValue::new(String::from_utf8(bytes).ok()?);
+            out.insert(name, value.fingerprint(&self.secret));
+        }
+        Some(out)
+    }
+
+    /// Whether `r` holds `d`: its record, and with `delivery: file` its files too.
+    fn holds(&self, r: &Record, d: &Desired<'_>) -> bool {
+        d.matches(r) && (!self.files() || self.files_held(&r.id).as_ref() == Some(&d.names))
+    }
     fn io(&self, action: impl Into<String>) -> impl FnOnce(std::io::Error) -> ConsumerError + '_ {
         let action = action.into();
         move |source| ConsumerError::Io {
@@ -184,7 +245,10 @@ impl ProcessConsumer {
             let millis = chrono::Utc::now().timestamp_millis();
             let n = COUNTER.fetch_add(1, Ordering::Relaxed) % 10_000;
             let id = format!("{}-{millis}-{n:04}", self.name);
-            if !self.layout.record_path(&id).exists() && !self.layout.log_path(&id).exists() {
+            if !self.layout.record_path(&id).exists()
+                && !self.layout.log_path(&id).exists()
+                && !self.layout.secrets_dir(&id).exists()
+            {
                 return id;
             }
         }
@@ -220,7 +284,7 @@ impl ProcessConsumer {
             .try_clone()
             .map_err(self.io(format!("opening {}", self.layout.log_path(&id).display())))?;
 
-        let extra = [
+        let mut extra = vec![
             ("HOST", OsString::from(self.spec.host.to_string())),
             ("PORT", OsString::from(addr.port().to_string())),
             ("ROTOR_FLEET_DIR", self.fleet_dir.clone().into_os_string()),
@@ -228,12 +292,23 @@ impl ProcessConsumer {
             ("ROTOR_INSTANCE", OsString::from(&id)),
             ("ROTOR_SECRET", OsString::from(&self.secret)),
         ];
+        // With files, the values are in the directory and none in the environment.
+        let values: &[(String, &SecretValue)] = if self.files() {
+            self.write_files(&id, d)?;
+            extra.push((
+                "ROTOR_SECRETS_DIR",
+                self.layout.secrets_dir(&id).into_os_string(),
+            ));
+            &[]
+        } else {
+            &d.values
+        };
         let env = child_env(
             std::env::vars_os(),
             &self.slot_env_names(),
             &self.spec.env,
             &extra,
-            &d.values,
+            values,
         );
 
         let mut cmd = tokio::process::Command::new(&argv[0]);
@@ -248,7 +323,13 @@ impl ProcessConsumer {
         if let Some(dir) = &self.cwd {
             cmd.current_dir(dir);
         }
-        let mut child = cmd.spawn().map_err(|e| spawn_err(e.to_string()))?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.layout.remove_secrets(&id);
+                return Err(spawn_err(e.to_string()));
+            }
+        };
         // Not waited for yet, so the pid is ours (at worst a zombie) until the reaper below runs.
         let identity = child
             .id()
@@ -263,6 +344,7 @@ impl ProcessConsumer {
             let _ = tx.send(Some(status));
         });
         let Some((pid, stat)) = identity else {
+            let _ = self.layout.remove_secrets(&id);
             return Err(spawn_err(
                 "the process vanished before it could be recorded".into(),
             ));
@@ -280,6 +362,7 @@ impl ProcessConsumer {
         };
         if let Err(e) = self.layout.write_record(&rec) {
             os::kill_now(pid, stat.start_ticks);
+            let _ = self.layout.remove_secrets(&id);
             return Err(self.io(format!("recording instance {id}"))(e));
         }
         self.exits
@@ -390,6 +473,9 @@ impl ProcessConsumer {
             .remove_record(&rec.id)
             .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
         self.forget_exit(&rec.id);
+        self.layout
+            .remove_secrets(&rec.id)
+            .map_err(self.io(format!("removing the files of instance {}", rec.id)))?;
         Ok(())
     }
 
@@ -476,6 +562,9 @@ impl ProcessConsumer {
                     .remove_record(&rec.id)
                     .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
                 self.forget_exit(&rec.id);
+                self.layout
+                    .remove_secrets(&rec.id)
+                    .map_err(self.io(format!("removing the files of instance {}", rec.id)))?;
             } else if rec.published {
                 fleet.push(rec);
             } else {
@@ -494,7 +583,25 @@ impl ProcessConsumer {
                 "stopping an instance that was started but never published");
             self.discard(&rec).await?;
         }
+        self.remove_orphan_secrets(&fleet)?;
         Ok(fleet)
+    }
+
+    /// Removes the secrets directories of instances that have no record (left by a rotor
+    /// killed between writing them and recording the instance).
+    fn remove_orphan_secrets(&self, fleet: &[Record]) -> Result<(), ConsumerError> {
+        let ids = self
+            .layout
+            .secrets_ids()
+            .map_err(self.io("listing the secrets directories"))?;
+        for id in ids {
+            if !fleet.iter().any(|r| r.id == id) && !self.layout.record_path(&id).exists() {
+                self.layout
+                    .remove_secrets(&id)
+                    .map_err(self.io(format!("removing the files of instance {id}")))?;
+            }
+        }
+        Ok(())
     }
 
     /// The convergence itself (see [`Consumer::apply`]); `deadline` bounds readiness waits.
@@ -527,7 +634,7 @@ impl ProcessConsumer {
         // instance keeps serving until a proven replacement is published.
         let mut stale = Vec::new();
         for r in &fleet {
-            if !d.matches(r)
+            if !self.holds(r, &d)
                 || pass_gate(gate, &self.name, &r.id, r.addr, events)
                     .await
                     .is_err()
@@ -542,6 +649,57 @@ impl ProcessConsumer {
         if stale.is_empty() && matching == want {
             return Ok(report);
         }
+        if let Some(signal) = self.reload_signal() {
+            // Reload: every stale instance in place, one at a time; then top up or retire.
+            events.emit(&Event::RolloutStarted {
+                consumer: self.name.clone(),
+                instances: stale.len() + want.saturating_sub(fleet.len()),
+            });
+            for id in stale {
+                let Some(pos) = fleet.iter().position(|r| r.id == id) else {
+                    continue;
+                };
+                if self.secrets(&id).current().is_none() {
+                    // Started without files (the playbook said `delivery: env` then): it cannot
+                    // re-read anything, so it is replaced like a restart would.
+                    let new = self
+                        .start_ready(&d, gate, events, deadline, &mut report)
+                        .await?;
+                    let new_id = new.id.clone();
+                    self.publish(&mut fleet, new)?;
+                    report.waited += self.retire(&mut fleet, &id, true).await?;
+                    self.replaced(events, Some(id), new_id, &d);
+                    continue;
+                }
+                let rec = self
+                    .reload(&fleet[pos], signal, &d, gate, events, deadline, &mut report)
+                    .await?;
+                fleet[pos] = rec;
+            }
+            let mut have = fleet.len();
+            while have < want {
+                let new = self
+                    .start_ready(&d, gate, events, deadline, &mut report)
+                    .await?;
+                let new_id = new.id.clone();
+                self.publish(&mut fleet, new)?;
+                have += 1;
+                self.replaced(events, None, new_id, &d);
+            }
+            while have > want {
+                let Some(extra) = fleet.first().map(|r| r.id.clone()) else {
+                    break;
+                };
+                report.waited += self.retire(&mut fleet, &extra, true).await?;
+                have -= 1;
+            }
+            events.emit(&Event::RolloutFinished {
+                consumer: self.name.clone(),
+                restarts: report.restarts,
+            });
+            return Ok(report);
+        }
+
         events.emit(&Event::RolloutStarted {
             consumer: self.name.clone(),
             instances: starts,
@@ -583,6 +741,222 @@ impl ProcessConsumer {
             restarts: report.restarts,
         });
         Ok(report)
+    }
+
+    /// Reloads one running instance onto `d`: rewrites its files, sends it `signal`, and proves
+    /// it (health check; the fingerprints it reports, if it can; `gate`) within the readiness
+    /// timeout. Returns its record, updated once proven. On failure its previous files are
+    /// restored and it is signalled again, so it goes back to what it held; the error is the
+    /// failed proof's. Never restarts it.
+    #[allow(clippy::too_many_arguments)]
+    async fn reload(
+        &self,
+        rec: &Record,
+        signal: StopSignal,
+        d: &Desired<'_>,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
+        deadline: Instant,
+        report: &mut RolloutReport,
+    ) -> Result<Record, ConsumerError> {
+        if Instant::now() >= deadline {
+            return Err(self.rollout_timeout());
+        }
+        let dir = self.secrets(&rec.id);
+        let previous = self.write_files(&rec.id, d)?;
+        // Test-only: `ROTOR_FAILPOINT=reload.<consumer>.written` kills rotor here, with the files
+        // rewritten and the instance not yet signalled.
+        if std::env::var("ROTOR_FAILPOINT")
+            .is_ok_and(|f| f == format!("reload.{}.written", self.name))
+        {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+        let sig = os::stop_signal(signal);
+        report.restarts += 1;
+        tracing::info!(consumer = %self.name, instance = %rec.id, pid = rec.pid,
+            signal = signal.name(), "reloading instance");
+        let t = Instant::now();
+        let proof = if os::signal_process(rec.pid, rec.pid_start_ticks, sig) {
+            self.prove_reload(rec, d, gate, events, deadline).await
+        } else {
+            Err(self.not_reloaded(rec, "the process is not running".into()))
+        };
+        report.waited += t.elapsed();
+        match proof {
+            Ok(()) => {
+                let mut next = rec.clone();
+                next.primary = d.primary.clone();
+                next.secondary = d.secondary.clone();
+                next.names = d.names.clone();
+                self.layout
+                    .write_record(&next)
+                    .map_err(self.io(format!("recording instance {}", rec.id)))?;
+                dir.prune(None)
+                    .map_err(self.io(format!("removing the old files of instance {}", rec.id)))?;
+                events.emit(&Event::InstanceReloaded {
+                    consumer: self.name.clone(),
+                    instance: rec.id.clone(),
+                    signal: signal.name().to_string(),
+                    primary: d.primary.clone(),
+                    secondary: d.secondary.clone(),
+                });
+                Ok(next)
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %self.name, instance = %rec.id, error = %e,
+                    "the reload failed its proof; restoring the instance's previous files");
+                let names = self.slot_env_names();
+                let restored = match &previous {
+                    Some(v) => dir.activate(v, &names),
+                    // No earlier set (cannot happen for an instance rotor started with files):
+                    // the record's values are not known here, so leave the files to the
+                    // rollback, which rewrites them.
+                    None => Ok(()),
+                };
+                restored.map_err(self.io(format!("restoring the files of instance {}", rec.id)))?;
+                if previous.is_some() && os::signal_process(rec.pid, rec.pid_start_ticks, sig) {
+                    // Best effort: it answers again before the rollout's failure is reported.
+                    let until = Instant::now()
+                        .checked_add(self.timings.readiness_timeout)
+                        .unwrap_or(deadline)
+                        .min(deadline);
+                    let _ = self.poll_health(rec, until).await;
+                }
+                if let Some(v) = dir.current() {
+                    let _ = dir.prune(Some(&v));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether an instance's report says it holds `d`: the primary's and the secondary's names
+    /// carry `d`'s fingerprints (a name without a value is absent from both). Aliases are not
+    /// compared: a program may not report every name the playbook declares.
+    fn reports(&self, held: &Held, d: &Desired<'_>) -> bool {
+        std::iter::once(&self.slot_names.primary)
+            .chain(self.slot_names.secondary.as_ref())
+            .all(|n| held.names.get(n) == d.names.get(n))
+    }
+
+    fn not_reloaded(&self, rec: &Record, detail: String) -> ConsumerError {
+        ConsumerError::NotReady {
+            consumer: self.name.clone(),
+            instance: rec.id.clone(),
+            timeout: self.timings.readiness_timeout,
+            detail: format!(
+                "after the reload: {detail}; log: {}",
+                self.layout.log_path(&rec.id).display()
+            ),
+        }
+    }
+
+    /// The proof of a reloaded instance, up to the readiness timeout: it answers its health
+    /// check, reports what `d` holds (when it reports fingerprints), and passes `gate` (asked
+    /// again while it fails without failing open: a server may take a moment to swap its
+    /// workers).
+    async fn prove_reload(
+        &self,
+        rec: &Record,
+        d: &Desired<'_>,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
+        deadline: Instant,
+    ) -> Result<(), ConsumerError> {
+        let until = Instant::now()
+            .checked_add(self.timings.readiness_timeout)
+            .unwrap_or(deadline)
+            .min(deadline);
+        self.poll_health(rec, until)
+            .await
+            .map_err(|detail| self.not_reloaded(rec, detail))?;
+        if let Some(path) = &self.fingerprints_path {
+            let at = self.transport.at(rec.addr);
+            // The last answer, kept over a check cut short by the deadline (as for readiness).
+            let mut answered: Option<String> = None;
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                let last = match report_held(at, path, left.min(self.timings.probe_timeout)).await {
+                    Ok(held) if self.reports(&held, d) => break,
+                    Ok(_) => {
+                        let a = format!("GET {path} still reports other fingerprints");
+                        answered = Some(a.clone());
+                        a
+                    }
+                    Err(e) => match &answered {
+                        Some(a) if e.contains("timed out") => {
+                            format!("{e} (the check before: {a})")
+                        }
+                        _ => e,
+                    },
+                };
+                if Instant::now() >= until {
+                    return Err(self.not_reloaded(rec, last));
+                }
+                tokio::time::sleep(READY_POLL.min(until.saturating_duration_since(Instant::now())))
+                    .await;
+            }
+        }
+        loop {
+            let started = Instant::now();
+            let result = gate.prove(&rec.id, rec.addr).await;
+            let last_try = Instant::now() >= until;
+            let (passed, detail) = match &result {
+                Ok(d) => (true, d.clone()),
+                Err(r) => (false, r.detail.clone()),
+            };
+            if passed || last_try || result.as_ref().is_err_and(|r| r.fails_open) {
+                events.emit(&Event::InstanceGated {
+                    consumer: self.name.clone(),
+                    instance: rec.id.clone(),
+                    passed,
+                    detail,
+                    millis: started.elapsed().as_secs_f64() * 1000.0,
+                });
+                return result.map(|_| ()).map_err(|r| ConsumerError::Gate {
+                    consumer: self.name.clone(),
+                    instance: rec.id.clone(),
+                    detail: r.detail,
+                    fails_open: r.fails_open,
+                });
+            }
+            tokio::time::sleep(READY_POLL.min(until.saturating_duration_since(Instant::now())))
+                .await;
+        }
+    }
+
+    /// Polls `rec`'s health check until it answers 200 (`Ok`) or `until` passes (`Err` with the
+    /// last answer). For a running instance: nothing is stopped.
+    async fn poll_health(&self, rec: &Record, until: Instant) -> Result<(), String> {
+        let at = self.transport.at(rec.addr);
+        let url = at.url(&self.spec.health_path);
+        let client = at.client();
+        let mut last = String::from("no answer yet");
+        loop {
+            if !os::alive(rec.pid, rec.pid_start_ticks) {
+                let status = self
+                    .exit_status(&rec.id, Duration::from_millis(500))
+                    .await
+                    .unwrap_or_else(|| "exit status unknown".into());
+                return Err(format!("the process exited ({status})"));
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("last health check: {last}"));
+            }
+            match client
+                .get(&url)
+                .timeout(left.min(HEALTH_REQUEST_TIMEOUT))
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == reqwest::StatusCode::OK => return Ok(()),
+                Ok(r) => last = format!("GET {url} answered {}", r.status()),
+                Err(e) => last = format!("GET {url} failed: {}", http_failure(&e)),
+            }
+            tokio::time::sleep(READY_POLL.min(until.saturating_duration_since(Instant::now())))
+                .await;
+        }
     }
 
     /// Starts one instance, waits until it is ready, then proves it through `gate` at its own
@@ -679,7 +1053,11 @@ impl Consumer for ProcessConsumer {
     }
 
     fn pickup(&self) -> Pickup {
-        Pickup::Restart
+        if self.reload_signal().is_some() {
+            Pickup::Reload
+        } else {
+            Pickup::Restart
+        }
     }
 
     /// Idempotent convergence, one instance at a time, bounded by the rollout timeout:
@@ -740,6 +1118,19 @@ impl Consumer for ProcessConsumer {
             .map_err(observe)?;
             return Ok((held, HeldSource::Reported));
         }
+        // With files, what the files hold now is what the instance was configured with.
+        if self.files()
+            && let Some(names) = self.files_held(&rec.id)
+            && let Some(primary) = names.get(&self.slot_names.primary).cloned()
+        {
+            let secondary = self
+                .slot_names
+                .secondary
+                .as_ref()
+                .and_then(|n| names.get(n).cloned());
+            let held = configured_held(self.role, names, primary, secondary);
+            return Ok((held, HeldSource::Configured));
+        }
         let held = configured_held(self.role, rec.names, rec.primary, rec.secondary);
         Ok((held, HeldSource::Configured))
     }
@@ -782,7 +1173,11 @@ impl Consumer for ProcessConsumer {
                 .remove_record(&rec.id)
                 .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
             self.forget_exit(&rec.id);
+            self.layout
+                .remove_secrets(&rec.id)
+                .map_err(self.io(format!("removing the files of instance {}", rec.id)))?;
         }
+        self.remove_orphan_secrets(&[])?;
         Ok(stopped)
     }
 }

@@ -18,8 +18,10 @@ pub struct PlannedRoll {
     pub consumer: String,
     /// Its role.
     pub role: Role,
-    /// Instances restarted.
+    /// Instances restarted (or reloaded).
     pub instances: usize,
+    /// How: `restart`, or `reload (SIGHUP)`.
+    pub pickup: String,
 }
 
 /// One transition of the plan.
@@ -64,6 +66,9 @@ pub struct Plan {
     pub total_restarts: usize,
     /// How rotor reaches each consumer reached over HTTPS (`tls`), by name.
     pub https: Vec<(String, String)>,
+    /// How the values reach each consumer that does not get them as environment variables and
+    /// a restart (values as files, reloads), by name.
+    pub delivery: Vec<(String, String)>,
 }
 
 /// Computes the plan. `snapshot` is `None` when the store does not exist yet.
@@ -93,6 +98,7 @@ pub fn plan(
                 consumer: c.name.clone(),
                 role: c.role,
                 instances: instances.get(&c.name).copied().unwrap_or(0),
+                pickup: c.pickup_word(),
             })
             .collect();
         for r in &rolls {
@@ -158,6 +164,14 @@ pub fn plan(
             .consumers
             .iter()
             .filter_map(|c| c.tls.as_ref().map(|t| (c.name.clone(), t.describe())))
+            .collect(),
+        delivery: pb
+            .consumers
+            .iter()
+            .filter_map(|c| {
+                c.describe_delivery(&pb.state_dir)
+                    .map(|d| (c.name.clone(), d))
+            })
             .collect(),
     }
 }

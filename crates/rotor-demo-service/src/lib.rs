@@ -3,7 +3,8 @@
 //!
 //! Owns: reading the slots from the environment variables it is told about, or, when
 //! `ROTOR_SECRETS_DIR` is set, from the files of that directory named like them (re-read on
-//! SIGHUP and whenever they change, Kubernetes' `..data` symlink layout included), accepting a value in a header or as the key of a bearer HS256 JWT (`/api/ping`), reporting
+//! SIGHUP and whenever they change, Kubernetes' `..data` symlink layout included), accepting a
+//! value in a header or as the key of a bearer HS256 JWT (`/api/ping`), reporting
 //! the fingerprints it holds (`/fingerprints`), calling a peer with what it sends
 //! (`/relay/{peer}`), and a graceful shutdown on SIGTERM/SIGINT. Must never: print, log or
 //! answer with a value or a token; only fingerprints.
@@ -53,10 +54,12 @@ pub struct ServiceArgs {
     /// Secret name the fingerprints are computed for.
     #[arg(long, value_name = "NAME", default_value = "service-secret")]
     pub secret_name: String,
-    /// Environment variable holding the primary value (required, non-empty).
+    /// Environment variable holding the primary value (required, non-empty); with
+    /// `ROTOR_SECRETS_DIR`, the name of its file there.
     #[arg(long, value_name = "NAME", default_value = "SERVICE_SECRET")]
     pub primary_env: String,
-    /// Environment variable holding the secondary value (optional).
+    /// Environment variable holding the secondary value (optional); with `ROTOR_SECRETS_DIR`,
+    /// the name of its file there.
     #[arg(long, value_name = "NAME", default_value = "SERVICE_SECRET_PREVIOUS")]
     pub secondary_env: String,
     /// Another variable that must hold the same value as the primary (repeatable); reported

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// The demo fleet's HTTP service: validates and signs with a shared secret read from the
-/// environment, reports fingerprints, relays to peers.
+/// environment (or from the files of $ROTOR_SECRETS_DIR, re-read on SIGHUP and on change),
+/// reports fingerprints, relays to peers.
 #[derive(Debug, Parser)]
 #[command(name = "rotor-demo-service", version)]
 struct Cli {

@@ -5,10 +5,22 @@
 //! fleet/<consumer>/endpoints.json        {"generation": n, "endpoints": ["127.0.0.1:41234", …]}
 //! fleet/<consumer>/logs/<id>.log         the instance's stdout and stderr
 //! fleet/<consumer>/.lock                 flock held while a rotor changes the fleet
+//! fleet/<consumer>/secrets/<id>/         `delivery: file`: the instance's ROTOR_SECRETS_DIR
 //! ```
 //!
 //! Every write is atomic (temp file in the same directory, fsync, rename, fsync of the
-//! directory); directories are created 0700, files 0600. Nothing here ever holds a value.
+//! directory); directories are created 0700, files 0600. Nothing here ever holds a value,
+//! except the secrets directories, which hold nothing else.
+//!
+//! A secrets directory has the layout of a Kubernetes Secret volume, so a set of values changes
+//! at once (a reader never sees a new primary beside an old secondary):
+//!
+//! ```text
+//! secrets/<id>/..data -> ..<n>        the set the instance reads now (a symlink, swapped by rename)
+//! secrets/<id>/..<n>/NAME             one file per name with a value (0600)
+//! secrets/<id>/NAME -> ..data/NAME    one symlink per name with a value; none for a name
+//!                                     without one
+//! ```
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -85,6 +97,43 @@ impl Layout {
 
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.logs_dir().join(format!("{id}.log"))
+    }
+
+    /// Where the instances' secrets directories live.
+    pub fn secrets_root(&self) -> PathBuf {
+        self.dir.join("secrets")
+    }
+
+    /// Instance `id`'s secrets directory (`ROTOR_SECRETS_DIR`).
+    pub fn secrets_dir(&self, id: &str) -> PathBuf {
+        self.secrets_root().join(id)
+    }
+
+    /// Removes instance `id`'s secrets directory, if any.
+    pub fn remove_secrets(&self, id: &str) -> io::Result<()> {
+        match fs::remove_dir_all(self.secrets_dir(id)) {
+            Ok(()) => sync_dir(&self.secrets_root()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The ids that have a secrets directory.
+    pub fn secrets_ids(&self) -> io::Result<Vec<String>> {
+        let entries = match fs::read_dir(self.secrets_root()) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            if let Some(name) = entry?.file_name().to_str()
+                && !name.starts_with('.')
+            {
+                out.push(name.to_string());
+            }
+        }
+        Ok(out)
     }
 
     pub fn endpoints_path(&self) -> PathBuf {
@@ -219,6 +268,152 @@ impl Layout {
     }
 }
 
+/// The symlink naming the set of values an instance reads now.
+const DATA_LINK: &str = "..data";
+/// Largest file read back from a secrets directory.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// One instance's secrets directory (see the module's documentation for its layout).
+#[derive(Debug, Clone)]
+pub(super) struct SecretsDir {
+    pub dir: PathBuf,
+}
+
+impl SecretsDir {
+    pub fn new(dir: PathBuf) -> SecretsDir {
+        SecretsDir { dir }
+    }
+
+    /// The set `..data` names now (`..<n>`), if any.
+    pub fn current(&self) -> Option<String> {
+        let target = fs::read_link(self.dir.join(DATA_LINK)).ok()?;
+        let name = target.to_str()?;
+        is_version(name).then(|| name.to_string())
+    }
+
+    /// Writes `values` (name, bytes) as a new set and makes it the current one: the files in a
+    /// fresh `..<n>` directory (each atomically, 0600), then `..data` swapped to it, then one
+    /// symlink per name with a value, and none for the other `names`. Returns the set it
+    /// replaced (kept, for [`SecretsDir::activate`] to restore, until [`SecretsDir::prune`]).
+    pub fn write(&self, names: &[&str], values: &[(&str, &[u8])]) -> io::Result<Option<String>> {
+        let mut b = fs::DirBuilder::new();
+        b.recursive(true).mode(0o700);
+        b.create(&self.dir)?;
+        let previous = self.current();
+        // Sets left by an interrupted write are not the current one: out of the way first.
+        self.prune(previous.as_deref())?;
+        let n = previous
+            .as_deref()
+            .and_then(|v| v[2..].parse::<u64>().ok())
+            .map_or(1, |n| n.saturating_add(1));
+        let version = format!("..{n}");
+        let vdir = self.dir.join(&version);
+        fs::DirBuilder::new().mode(0o700).create(&vdir)?;
+        for (name, bytes) in values {
+            write_atomic(&vdir.join(name), bytes)?;
+        }
+        sync_dir(&vdir)?;
+        self.activate(&version, names)?;
+        Ok(previous)
+    }
+
+    /// Makes set `version` the current one: `..data` swapped to it (a rename, atomic), then a
+    /// symlink `NAME -> ..data/NAME` for each of `names` the set has a file for, and none for the
+    /// others.
+    pub fn activate(&self, version: &str, names: &[&str]) -> io::Result<()> {
+        let vdir = self.dir.join(version);
+        swap_symlink(Path::new(version), &self.dir.join(DATA_LINK))?;
+        for name in names {
+            let link = self.dir.join(name);
+            if vdir.join(name).exists() {
+                let target = Path::new(DATA_LINK).join(name);
+                if fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+                    swap_symlink(&target, &link)?;
+                }
+            } else {
+                match fs::remove_file(&link) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Removes every set but `keep` (and the current one).
+    pub fn prune(&self, keep: Option<&str>) -> io::Result<()> {
+        let current = self.current();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if is_version(&name) && Some(name.as_str()) != keep && Some(&name) != current.as_ref() {
+                fs::remove_dir_all(entry.path())?;
+            } else if name.starts_with(".tmp-") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// What the instance reads now: the bytes of each of `names` that has a file (through its
+    /// symlink, as the instance reads it). Bounded; a file too large to be a value is an error.
+    pub fn read(&self, names: &[&str]) -> io::Result<BTreeMap<String, Vec<u8>>> {
+        use std::io::Read as _;
+        let mut out = BTreeMap::new();
+        for name in names {
+            let path = self.dir.join(name);
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let mut bytes = Vec::new();
+            file.take(MAX_SECRET_FILE + 1).read_to_end(&mut bytes)?;
+            if bytes.len() as u64 > MAX_SECRET_FILE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is larger than {MAX_SECRET_FILE} bytes", path.display()),
+                ));
+            }
+            if !bytes.is_empty() {
+                out.insert(name.to_string(), bytes);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `..<digits>`: one set of a secrets directory.
+fn is_version(name: &str) -> bool {
+    name.strip_prefix("..")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Points `link` at `target` atomically: a new symlink beside it, renamed over it.
+fn swap_symlink(target: &Path, link: &Path) -> io::Result<()> {
+    let dir = link.parent().unwrap_or(Path::new("."));
+    let name = link
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".tmp-link-{name}"));
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::os::unix::fs::symlink(target, &tmp)?;
+    fs::rename(&tmp, link)
+}
+
 /// Temp file in the same directory, fsync, rename, fsync the directory.
 pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -234,4 +429,96 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    const NAMES: &[&str] = &["P", "S", "ALIAS"];
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    fn read(d: &SecretsDir) -> BTreeMap<String, String> {
+        d.read(NAMES)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+            .collect()
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_set_of_files_changes_at_once_and_the_previous_one_can_come_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = SecretsDir::new(tmp.path().join("secrets").join("auth-1"));
+        assert_eq!(
+            d.read(NAMES).unwrap(),
+            BTreeMap::new(),
+            "no directory, no file"
+        );
+
+        let first = d.write(NAMES, &[("P", b"aaa"), ("ALIAS", b"aaa")]).unwrap();
+        assert_eq!(first, None);
+        assert_eq!(read(&d), map(&[("P", "aaa"), ("ALIAS", "aaa")]));
+        assert_eq!(mode(&d.dir), 0o700);
+        assert_eq!(mode(&d.dir.join("..1")), 0o700);
+        for n in ["P", "ALIAS"] {
+            assert_eq!(mode(&d.dir.join(n)), 0o600, "{n}");
+            assert_eq!(
+                fs::read_link(d.dir.join(n)).unwrap(),
+                Path::new("..data").join(n)
+            );
+        }
+        assert!(
+            fs::symlink_metadata(d.dir.join("S")).is_err(),
+            "no value, no file"
+        );
+
+        // A secondary appears: a new set, the old one kept for a restore.
+        let prev = d
+            .write(NAMES, &[("P", b"aaa"), ("S", b"bbb"), ("ALIAS", b"aaa")])
+            .unwrap();
+        assert_eq!(prev.as_deref(), Some("..1"));
+        assert_eq!(d.current().as_deref(), Some("..2"));
+        assert_eq!(
+            read(&d),
+            map(&[("P", "aaa"), ("S", "bbb"), ("ALIAS", "aaa")])
+        );
+        // Restored: the secondary's file goes with it.
+        d.activate("..1", NAMES).unwrap();
+        assert_eq!(read(&d), map(&[("P", "aaa"), ("ALIAS", "aaa")]));
+        assert!(fs::symlink_metadata(d.dir.join("S")).is_err());
+        d.prune(None).unwrap();
+        assert!(!d.dir.join("..2").exists() && d.dir.join("..1").exists());
+
+        // A set left half-written by a crash is not the current one and goes at the next write.
+        fs::create_dir(d.dir.join("..7")).unwrap();
+        fs::write(d.dir.join("..7").join("P"), b"zzz").unwrap();
+        d.write(NAMES, &[("P", b"ccc")]).unwrap();
+        assert_eq!(read(&d), map(&[("P", "ccc")]));
+        assert!(!d.dir.join("..7").exists());
+        let entries: Vec<String> = fs::read_dir(&d.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !["..data", "P"].contains(&n.as_str()) && !is_version(n))
+            .collect();
+        assert!(entries.is_empty(), "{entries:?}");
+
+        // Oversized files are refused by name, never quoted.
+        fs::remove_file(d.dir.join("P")).unwrap();
+        fs::write(d.dir.join("P"), "v".repeat(70_000)).unwrap();
+        let e = d.read(NAMES).unwrap_err().to_string();
+        assert!(e.contains("larger than") && !e.contains("vvv"), "{e}");
+    }
 }

@@ -151,6 +151,16 @@ async fn wait_gone(pid: i32, start_ticks: u64, leads_group: bool, limit: Duratio
     }
 }
 
+/// Sends `sig` to the recorded process alone (not its group: a server's workers share the
+/// group, and a reload signal is for the process rotor started), after checking its identity.
+/// Returns false when it was not running.
+pub(super) fn signal_process(pid: i32, start_ticks: u64, sig: Signal) -> bool {
+    if !alive(pid, start_ticks) {
+        return false;
+    }
+    kill(Pid::from_raw(pid), sig).is_ok()
+}
+
 /// SIGKILL without waiting (for paths that cannot await).
 pub(super) fn kill_now(pid: i32, start_ticks: u64) {
     if alive(pid, start_ticks) {

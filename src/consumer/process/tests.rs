@@ -14,8 +14,8 @@ use super::{ProcessConsumer, child_env, os};
 use crate::consumer::{Consumer, ConsumerError, HeldSource, Slots, Ungated};
 use crate::events::{Event, EventSink};
 use crate::playbook::{
-    ConsumerKind, ConsumerSpec, Environment, Generate, Pickup, Playbook, ProcessSpec, SlotNames,
-    SlotRef, StoreSpec, Timings,
+    ConsumerKind, ConsumerSpec, Delivery, Environment, Generate, Pickup, Playbook, ProcessSpec,
+    SlotNames, SlotRef, StopSignal, StoreSpec, Timings,
 };
 use crate::protocol::Role;
 use crate::secret::{Alphabet, SecretValue};
@@ -24,17 +24,38 @@ const SECRET: &str = "service-secret";
 
 /// One instance: answers /healthz (503 when its primary starts with `sick-`), /env (sha256 of
 /// the slot variables, never the values, and the plain variables rotor sets) and /fingerprints
-/// (rotor's fingerprint format). Exits 3 at once when its primary starts with `crash-`.
+/// (rotor's fingerprint format, of what it holds). Exits 3 at once when its primary starts with
+/// `crash-`. With `ROTOR_SECRETS_DIR` it reads the values from the files there, and again on
+/// SIGHUP (unless `IGNORE_HUP` is set; `DIE_ON_HUP` leaves SIGHUP's default: it dies).
 const SERVER: &str = r#"
-import hashlib, http.server, json, os, sys
-primary = os.environ.get('SERVICE_SECRET', '')
+import hashlib, http.server, json, os, signal, sys
+SLOTS = ['SERVICE_SECRET', 'SERVICE_SECRET_PREVIOUS', 'SECRET_KEY']
+D = os.environ.get('ROTOR_SECRETS_DIR')
+def load():
+    if not D:
+        return {k: os.environ[k] for k in SLOTS if k in os.environ}
+    out = {}
+    for k in SLOTS:
+        try:
+            with open(os.path.join(D, k)) as f:
+                out[k] = f.read()
+        except FileNotFoundError:
+            pass
+    return out
+vals = load()
+def hup(*_):
+    global vals
+    if not os.environ.get('IGNORE_HUP'):
+        vals = load()
+if not os.environ.get('DIE_ON_HUP'):
+    signal.signal(signal.SIGHUP, hup)
+primary = vals.get('SERVICE_SECRET', '')
 if primary.startswith('crash-'):
     print('crashing on purpose', file=sys.stderr)
     sys.exit(3)
 with open(os.path.join(os.environ['PID_DIR'], os.environ['ROTOR_INSTANCE']), 'w') as f:
     f.write(str(os.getpid()))
 healthy = not primary.startswith('sick-')
-SLOTS = ['SERVICE_SECRET', 'SERVICE_SECRET_PREVIOUS', 'SECRET_KEY']
 PLAIN = ['HOST', 'PORT', 'ROTOR_FLEET_DIR', 'ROTOR_CONSUMER', 'ROTOR_INSTANCE', 'EXTRA']
 def sha(v):
     return None if v is None else hashlib.sha256(v.encode()).hexdigest()
@@ -52,9 +73,9 @@ class H(http.server.BaseHTTPRequestHandler):
             body['rotor_vars'] = sorted(k for k in os.environ if k.startswith('ROTOR_'))
         elif self.path == '/fingerprints':
             body = {
-                'names': {k: fp(os.environ[k]) for k in SLOTS if k in os.environ},
-                'accepts': [fp(os.environ[k]) for k in SLOTS[:2] if k in os.environ],
-                'sends': fp(os.environ['SERVICE_SECRET']),
+                'names': {k: fp(vals[k]) for k in SLOTS if k in vals},
+                'accepts': [fp(vals[k]) for k in SLOTS[:2] if k in vals],
+                'sends': fp(vals['SERVICE_SECRET']),
             }
         else:
             code = 404
@@ -1013,4 +1034,371 @@ async fn stopping_an_instance_also_stops_the_helpers_it_forked() {
         !os::alive(helper, helper_stat.start_ticks),
         "the helper still runs"
     );
+}
+
+/// The consumer with `delivery: file`, `pickup: reload` and `reload_signal: SIGHUP`; `ignore`
+/// makes its instances ignore SIGHUP.
+fn reloading(fleet: &Fleet, ignore: bool) -> ProcessConsumer {
+    reloading_timed(fleet, ignore, fleet.pb.timings.clone())
+}
+
+fn reloading_timed(fleet: &Fleet, ignore: bool, timings: Timings) -> ProcessConsumer {
+    let env: &[(&str, &str)] = if ignore { &[("IGNORE_HUP", "1")] } else { &[] };
+    reloading_with(fleet, timings, env)
+}
+
+/// [`reloading`] with `timings` and `env` added to the instances' environment.
+fn reloading_with(fleet: &Fleet, timings: Timings, env: &[(&str, &str)]) -> ProcessConsumer {
+    let mut pb = fleet.pb.clone();
+    pb.timings = timings;
+    let mut spec = pb.consumers[0].clone();
+    spec.pickup = Pickup::Reload;
+    let ConsumerKind::Process(p) = &mut spec.kind else {
+        unreachable!()
+    };
+    p.delivery = Delivery::File;
+    p.reload_signal = Some(StopSignal::Hup);
+    for (k, v) in env {
+        p.env.insert(k.to_string(), v.to_string());
+    }
+    let p = p.clone();
+    ProcessConsumer::new(&pb, &spec, &p, Transport::plain())
+}
+
+/// Name → fingerprint of what instance `id`'s files hold (a failing assertion never prints a
+/// value).
+fn files_of(fleet: &Fleet, id: &str) -> BTreeMap<String, String> {
+    let d = super::disk::SecretsDir::new(fleet.layout().secrets_dir(id));
+    d.read(&["SERVICE_SECRET", "SERVICE_SECRET_PREVIOUS", "SECRET_KEY"])
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| {
+            let v = SecretValue::new(String::from_utf8(v).unwrap());
+            (k, v.fingerprint(SECRET).to_string())
+        })
+        .collect()
+}
+
+fn held_names(pairs: &[(&str, &SecretValue)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.fingerprint(SECRET).to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn file_delivery_reloads_in_place_without_restarting_and_no_value_in_the_environment() {
+    let fleet = Fleet::new(2, timings());
+    let c = reloading(&fleet, false);
+    assert_eq!(c.pickup(), Pickup::Reload);
+    let (a, b) = (value(""), value(""));
+    c.start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let before = fleet.records();
+    assert_eq!(before.len(), 2);
+    for r in &before {
+        let env = get_json(r.addr, "/env").await;
+        for k in ["SERVICE_SECRET", "SERVICE_SECRET_PREVIOUS", "SECRET_KEY"] {
+            assert!(env[k].is_null(), "{k} is in the environment: {env}");
+        }
+        assert!(
+            env["rotor_vars"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("ROTOR_SECRETS_DIR"))
+        );
+        assert_eq!(
+            files_of(&fleet, &r.id),
+            held_names(&[("SERVICE_SECRET", &a), ("SECRET_KEY", &a)])
+        );
+    }
+
+    let sink = Sink::default();
+    let report = c
+        .apply(&slots(&a, Some(&b)), &Ungated, &sink)
+        .await
+        .unwrap();
+    assert_eq!(report.restarts, 2, "two reloads");
+    let after = fleet.records();
+    assert_eq!(pids(&after), pids(&before), "the same processes");
+    let fp_b = b.fingerprint(SECRET);
+    for r in &after {
+        assert_eq!(
+            r.secondary.as_ref(),
+            Some(&fp_b),
+            "the record says what it holds"
+        );
+        assert_eq!(
+            files_of(&fleet, &r.id),
+            held_names(&[
+                ("SERVICE_SECRET", &a),
+                ("SERVICE_SECRET_PREVIOUS", &b),
+                ("SECRET_KEY", &a)
+            ])
+        );
+        let inst = c
+            .instances()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|i| i.id == r.id)
+            .unwrap();
+        let (held, source) = c.held(&inst).await.unwrap();
+        assert_eq!(source, HeldSource::Reported);
+        assert_eq!(held.accepts, vec![a.fingerprint(SECRET), fp_b.clone()]);
+    }
+    let events = sink.events();
+    let reloaded = events
+        .iter()
+        .filter(|(e, _)| matches!(e, Event::InstanceReloaded { signal, .. } if signal == "SIGHUP"))
+        .count();
+    assert_eq!(reloaded, 2);
+    assert!(
+        !events
+            .iter()
+            .any(|(e, _)| matches!(e, Event::InstanceReplaced { .. })),
+        "{events:?}"
+    );
+    // Converged: nothing to do, nothing signalled.
+    let again = c
+        .apply(&slots(&a, Some(&b)), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    assert_eq!(again.restarts, 0);
+
+    // Stopped instances leave no directory behind.
+    assert_eq!(c.stop().await.unwrap(), 2);
+    let left = std::fs::read_dir(fleet.layout().secrets_root())
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn a_reload_that_does_not_take_restores_the_previous_files_and_fails() {
+    let fleet = Fleet::new(2, timings());
+    let mut t = timings();
+    t.readiness_timeout = Duration::from_secs(2);
+    let c = reloading_timed(&fleet, true, t);
+    let (a, b) = (value(""), value(""));
+    c.start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let before = fleet.records();
+    let e = c
+        .apply(&slots(&a, Some(&b)), &Ungated, &Sink::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ConsumerError::NotReady { detail, .. } if detail.contains("other fingerprints")),
+        "{e}"
+    );
+    assert!(!e.to_string().contains(b.expose()));
+    // The first instance is back on its old files; the second was never touched.
+    assert_eq!(fleet.records(), before);
+    for r in &before {
+        assert!(os::alive(r.pid, r.pid_start_ticks));
+        assert_eq!(
+            files_of(&fleet, &r.id),
+            held_names(&[("SERVICE_SECRET", &a), ("SECRET_KEY", &a)])
+        );
+    }
+    // What it holds, asked through the old files: rolling back is a no-op.
+    let back = c
+        .apply(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    assert_eq!(back.restarts, 0);
+}
+
+#[tokio::test]
+async fn files_rewritten_but_never_signalled_are_reloaded_again() {
+    let fleet = Fleet::new(1, timings());
+    let c = reloading(&fleet, false);
+    let (a, b) = (value(""), value(""));
+    c.start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let rec = fleet.records().remove(0);
+    // A rotor killed after rewriting the files (A and B), before the signal: the record says A.
+    let d = super::disk::SecretsDir::new(fleet.layout().secrets_dir(&rec.id));
+    d.write(
+        &["SERVICE_SECRET", "SERVICE_SECRET_PREVIOUS", "SECRET_KEY"],
+        &[
+            ("SERVICE_SECRET", a.expose().as_bytes()),
+            ("SERVICE_SECRET_PREVIOUS", b.expose().as_bytes()),
+            ("SECRET_KEY", a.expose().as_bytes()),
+        ],
+    )
+    .unwrap();
+    // Rollback (A only): the files differ, so the instance is reloaded onto A's files.
+    let r = c
+        .apply(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    assert_eq!(r.restarts, 1);
+    assert_eq!(
+        files_of(&fleet, &rec.id),
+        held_names(&[("SERVICE_SECRET", &a), ("SECRET_KEY", &a)])
+    );
+    // Resume (A and B) from the same state: the record differs, so it is reloaded and proven.
+    d.write(
+        &["SERVICE_SECRET", "SERVICE_SECRET_PREVIOUS", "SECRET_KEY"],
+        &[
+            ("SERVICE_SECRET", a.expose().as_bytes()),
+            ("SERVICE_SECRET_PREVIOUS", b.expose().as_bytes()),
+            ("SECRET_KEY", a.expose().as_bytes()),
+        ],
+    )
+    .unwrap();
+    let r = c
+        .apply(&slots(&a, Some(&b)), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    assert_eq!(r.restarts, 1);
+    let now = fleet.records().remove(0);
+    assert_eq!(
+        (now.pid, now.pid_start_ticks),
+        (rec.pid, rec.pid_start_ticks)
+    );
+    assert_eq!(now.secondary, Some(b.fingerprint(SECRET)));
+}
+
+#[tokio::test]
+async fn file_delivery_with_restart_starts_each_new_instance_with_its_directory_filled() {
+    let fleet = Fleet::new(2, timings());
+    let c = fleet.consumer_with(|spec| {
+        let ConsumerKind::Process(p) = &mut spec.kind else {
+            unreachable!()
+        };
+        p.delivery = Delivery::File;
+    });
+    assert_eq!(c.pickup(), Pickup::Restart);
+    let (a, b) = (value(""), value(""));
+    c.start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let before = fleet.records();
+    let sink = Sink::default();
+    let report = c
+        .apply(&slots(&a, Some(&b)), &Ungated, &sink)
+        .await
+        .unwrap();
+    assert_eq!(report.restarts, 2);
+    let after = fleet.records();
+    for r in &after {
+        assert!(
+            !before.iter().any(|o| o.id == r.id || o.pid == r.pid),
+            "a new instance"
+        );
+        let env = get_json(r.addr, "/env").await;
+        assert!(
+            env["SERVICE_SECRET"].is_null(),
+            "a value in the environment"
+        );
+        // It read its files at start: it reports both values.
+        let held = get_json(r.addr, "/fingerprints").await;
+        assert_eq!(
+            held["accepts"],
+            serde_json::json!([a.fingerprint(SECRET), b.fingerprint(SECRET)])
+        );
+        assert_eq!(
+            files_of(&fleet, &r.id),
+            held_names(&[
+                ("SERVICE_SECRET", &a),
+                ("SERVICE_SECRET_PREVIOUS", &b),
+                ("SECRET_KEY", &a)
+            ])
+        );
+    }
+    // The replaced instances' directories are gone with them.
+    let mut dirs: Vec<String> = std::fs::read_dir(fleet.layout().secrets_root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    let ids: Vec<String> = after.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(dirs, ids);
+    assert!(
+        sink.events()
+            .iter()
+            .all(|(e, _)| !matches!(e, Event::InstanceReloaded { .. }))
+    );
+}
+
+#[tokio::test]
+async fn an_instance_started_without_files_is_replaced_when_its_consumer_turns_to_reload() {
+    let fleet = Fleet::new(1, timings());
+    let (a, b) = (value(""), value(""));
+    fleet
+        .consumer()
+        .start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let before = fleet.records();
+    // The playbook now says delivery: file, pickup: reload.
+    let c = reloading(&fleet, false);
+    let r = c
+        .apply(&slots(&a, Some(&b)), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    assert_eq!(r.restarts, 1);
+    let after = fleet.records();
+    assert_eq!(after.len(), 1);
+    assert_ne!(
+        after[0].id, before[0].id,
+        "replaced, since it could not reload"
+    );
+    assert_gone(&pids(&before));
+    assert_eq!(
+        files_of(&fleet, &after[0].id),
+        held_names(&[
+            ("SERVICE_SECRET", &a),
+            ("SERVICE_SECRET_PREVIOUS", &b),
+            ("SECRET_KEY", &a)
+        ])
+    );
+    // From then on it reloads in place.
+    let r = c
+        .apply(&slots(&b, Some(&a)), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    assert_eq!(r.restarts, 1);
+    assert_eq!(pids(&fleet.records()), pids(&after));
+}
+
+#[tokio::test]
+async fn an_instance_that_dies_on_its_reload_signal_fails_the_reload_and_the_rollback_replaces_it()
+{
+    let fleet = Fleet::new(1, timings());
+    let c = reloading_with(&fleet, timings(), &[("DIE_ON_HUP", "1")]);
+    let (a, b) = (value(""), value(""));
+    c.start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let before = fleet.records();
+    let e = c
+        .apply(&slots(&a, Some(&b)), &Ungated, &Sink::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ConsumerError::NotReady { detail, .. } if detail.contains("exited")),
+        "{e}"
+    );
+    assert_gone(&pids(&before));
+    // Rolling back: the dead instance is dropped and replaced, holding A.
+    let r = c
+        .apply(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    assert_eq!(r.restarts, 1);
+    let after = fleet.records();
+    assert_eq!(after.len(), 1);
+    assert_ne!(after[0].id, before[0].id);
+    assert_eq!(
+        files_of(&fleet, &after[0].id),
+        held_names(&[("SERVICE_SECRET", &a), ("SECRET_KEY", &a)])
+    );
+    assert!(!fleet.layout().secrets_dir(&before[0].id).exists());
 }
