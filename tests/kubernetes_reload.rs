@@ -165,6 +165,13 @@ async fn k8s_reload_rotates_mounted_secrets_without_restarting_a_pod() {
     .await;
     env.up().await;
     env.rotor(&["check"]).await.assert_code(0);
+    let plan = env.rotor(&["plan"]).await;
+    plan.assert_code(0);
+    assert!(
+        plan.stdout.contains("sync period 3s") && plan.stdout.contains("pods are not restarted"),
+        "{}",
+        plan.stdout
+    );
     let before = fleet(&env).await;
     assert_eq!(before.len(), 6, "{before:?}");
     assert!(before.values().all(|(_, r)| *r == 0), "{before:?}");
