@@ -4,6 +4,7 @@
 //! before it proves, and rolls back a reload that pods do not pick up in time.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -17,42 +18,52 @@ use crate::kubernetes::{K8sEnv, stages, test_yaml};
 
 const SECRETS: [&str; 3] = ["auth-secrets", "backend-secrets", "analytics-secrets"];
 
-/// The demo playbook with every consumer `pickup: reload` and `sync_period`.
+/// A shipped file under playbooks/.
+fn shipped(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("playbooks")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// `playbooks/k8s-reload.yaml` (every consumer `pickup: reload`) with test timings and the
+/// given `sync_period`.
 fn reload_yaml(sync_period: &str) -> String {
-    test_yaml(rotor::demo::K8S_DEMO, |mut y| {
-        for s in SECRETS {
-            let line = format!("    secret: {s}\n");
-            assert!(y.contains(&line), "{s}");
-            y = y.replace(
-                &line,
-                &format!("{line}    pickup: reload\n    sync_period: {sync_period}\n"),
-            );
-        }
-        y
+    test_yaml(&shipped("k8s-reload.yaml"), |y| {
+        let from = "sync_period: 3s ";
+        assert_eq!(y.matches(from).count(), SECRETS.len());
+        y.replace(from, &format!("sync_period: {sync_period} "))
     })
 }
 
-/// Every Deployment of the demo topology mounts its own Secret at /etc/rotor/secrets (files
-/// 0400) and reads its values from there (`ROTOR_SECRETS_DIR`), not from its environment.
+/// `playbooks/lab-reload.topology.yaml`: every Deployment mounts its own Secret at
+/// /etc/rotor/secrets (files 0400) and reads its values from there (`ROTOR_SECRETS_DIR`), not
+/// from its environment; the lab refreshes running pods' volumes `delay` after a change.
 fn mount_secrets(topo: &mut rotor_lab::Topology, delay: Duration) {
+    *topo = rotor_lab::Topology::parse(
+        &shipped("lab-reload.topology.yaml"),
+        Path::new("playbooks/lab-reload.topology.yaml"),
+    )
+    .unwrap();
+    assert_eq!(topo.secret_sync_delay, Some(Duration::from_secs(2)));
     topo.secret_sync_delay = Some(delay);
-    let mut n = 0;
-    for o in topo
+    let deployments: Vec<&Value> = topo
         .objects
-        .iter_mut()
+        .iter()
         .filter(|o| o["kind"] == "Deployment")
-    {
-        let name = o["metadata"]["name"].as_str().unwrap().to_string();
-        let spec = &mut o["spec"]["template"]["spec"];
-        spec["volumes"] = json!([{"name": "secrets",
-            "secret": {"secretName": format!("{name}-secrets"), "defaultMode": 0o400}}]);
-        let c = &mut spec["containers"][0];
-        c["env"] = json!([{"name": "ROTOR_SECRETS_DIR", "value": "/etc/rotor/secrets"}]);
-        c["volumeMounts"] =
-            json!([{"name": "secrets", "mountPath": "/etc/rotor/secrets", "readOnly": true}]);
-        n += 1;
+        .collect();
+    assert_eq!(deployments.len(), 3);
+    for d in deployments {
+        let spec = &d["spec"]["template"]["spec"];
+        assert_eq!(spec["volumes"][0]["secret"]["defaultMode"], 0o400);
+        let env = spec["containers"][0]["env"].as_array().unwrap();
+        assert!(
+            env.iter().all(|e| e.get("valueFrom").is_none()),
+            "no value from the environment"
+        );
     }
-    assert_eq!(n, 3);
 }
 
 /// Every pod of the demo fleet: name → (uid, restart count).

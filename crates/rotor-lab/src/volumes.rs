@@ -94,6 +94,12 @@ fn mode_of(v: &Value, what: &str) -> Result<Option<u32>, String> {
         Value::Null => Ok(None),
         v => match v.as_u64() {
             Some(m) if m <= 0o777 => Ok(Some(m as u32)),
+            // A topology's YAML reads `0400` as the decimal 400 (YAML 1.2), not as octal the
+            // way kubectl's YAML does.
+            _ if v.is_f64() => Err(format!(
+                "{what}: must be a whole number between 0 and 0777 (octal), both inclusive; in a \
+                 topology file write 0o400 or 256 (YAML 1.2 reads 0400 as decimal)"
+            )),
             _ => Err(format!(
                 "{what}: must be a number between 0 and 0777 (octal), both inclusive"
             )),
@@ -544,6 +550,9 @@ mod tests {
         let bad = json!({"spec": {"volumes": [{"name": "k", "secret": {"secretName": "s", "defaultMode": 4096}}]}});
         let e = secret_mounts(&bad, &json!({})).unwrap_err();
         assert!(e.contains("spec.volumes[0].secret.defaultMode"), "{e}");
+        let bad = json!({"spec": {"volumes": [{"name": "k", "secret": {"secretName": "s", "defaultMode": 400.0}}]}});
+        let e = secret_mounts(&bad, &json!({})).unwrap_err();
+        assert!(e.contains("write 0o400 or 256"), "{e}");
         let bad = json!({"spec": {"volumes": [{"name": "k", "secret": {"secretName": "s",
             "items": [{"key": "A", "path": "../x"}]}}]}});
         assert!(
