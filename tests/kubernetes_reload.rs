@@ -278,9 +278,11 @@ async fn k8s_reload_rotates_mounted_secrets_without_restarting_a_pod() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k8s_reload_not_picked_up_in_time_rolls_back_to_the_previous_data() {
-    // The lab's kubelet refreshes 5s after a write; `up` waits 6s, so it converges.
-    let env = K8sEnv::from_topology("k8s-reload.yaml", reload_yaml("6s"), |t, _| {
-        mount_secrets(t, Duration::from_secs(5))
+    // The lab's kubelet refreshes 10s after a write; `up` waits 11s, so it converges. The
+    // rollback below writes the previous data back well within 10s of the rotation's write, so
+    // the pods never see the new values at all.
+    let env = K8sEnv::from_topology("k8s-reload.yaml", reload_yaml("11s"), |t, _| {
+        mount_secrets(t, Duration::from_secs(10))
     })
     .await;
     env.up().await;
@@ -289,9 +291,11 @@ async fn k8s_reload_not_picked_up_in_time_rolls_back_to_the_previous_data() {
     // Now the playbook says the kubelet refreshes within 1s, and grants 1s more: too short.
     let text = std::fs::read_to_string(env.playbook_path()).unwrap();
     let short = text
-        .replace("sync_period: 6s", "sync_period: 1s")
+        .replace("sync_period: 11s", "sync_period: 1s")
         .replace("readiness_timeout: 20s", "readiness_timeout: 1s");
-    assert!(short.contains("readiness_timeout: 1s"));
+    assert!(
+        short.contains("readiness_timeout: 1s") && short.matches("sync_period: 1s").count() == 3
+    );
     std::fs::write(env.playbook_path(), short).unwrap();
 
     let load = env.load();
