@@ -384,6 +384,59 @@ fn pod_view(p: Pod, key: &str) -> PodView {
     }
 }
 
+/// Why a template that mounts Secret `secret` as `m` says cannot serve a `pickup: reload`
+/// consumer whose slot keys are `keys`, if it cannot: no volume of the Secret, a volume no
+/// container mounts, a volume mounted only with `subPath` (never refreshed), or `items` that
+/// leave a key out.
+fn reload_problem(
+    m: &SecretMounts,
+    w: &crate::playbook::WorkloadRef,
+    secret: &str,
+    keys: &[&str],
+) -> Option<String> {
+    if m.volumes.is_empty() {
+        return Some(format!(
+            "the pod template of {w} has no volume of Secret {secret} (it reads it from the \
+             environment, or not at all), so its pods would never see a new value without a \
+             restart"
+        ));
+    }
+    if m.mounted.is_empty() && !m.sub_path.is_empty() {
+        return Some(format!(
+            "{w} mounts Secret {secret} only with subPath ({}), which the kubelet never \
+             refreshes",
+            m.sub_path
+                .iter()
+                .map(|(c, p)| format!("container {c} at {p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if m.mounted.is_empty() {
+        return Some(format!(
+            "no container of {w} mounts the volume {} of Secret {secret}",
+            m.volumes
+                .iter()
+                .map(|(v, _)| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let projected = |key: &str| {
+        m.mounted.iter().any(|(_, _, vol)| {
+            m.volumes.iter().any(|(v, items)| {
+                v == vol && items.as_ref().is_none_or(|i| i.iter().any(|k| k == key))
+            })
+        })
+    };
+    keys.iter().find(|k| !projected(k)).map(|key| {
+        format!(
+            "the volumes of Secret {secret} that {w} mounts list `items` without {key}, so that \
+             key never reaches its pods"
+        )
+    })
+}
+
 /// `sha256:aaa` or `sha256:aaa,sha256:bbb` (primary, then secondary).
 fn annotation_value(primary: &Fingerprint, secondary: Option<&Fingerprint>) -> String {
     match secondary {
@@ -868,58 +921,13 @@ impl KubernetesConsumer {
     }
 
     /// For `pickup: reload`: the workload's pods must mount the consumer's Secret as a volume
-    /// (not only `subPath`, which the kubelet never refreshes), with every slot key in it;
-    /// otherwise no pod would ever see a new value without a restart.
+    /// (see [`reload_problem`]); otherwise no pod would ever see a new value without a restart.
     fn check_reload(&self, view: &WorkloadView) -> Result<(), ConsumerError> {
         if self.pickup != Pickup::Reload {
             return Ok(());
         }
-        let m = &view.mounts;
-        let w = &self.spec.workload;
-        let secret = &self.spec.secret;
-        let problem = if m.volumes.is_empty() {
-            Some(format!(
-                "the pod template of {w} has no volume of Secret {secret} (it reads it from the \
-                 environment, or not at all), so its pods would never see a new value without a \
-                 restart"
-            ))
-        } else if m.mounted.is_empty() && !m.sub_path.is_empty() {
-            Some(format!(
-                "{w} mounts Secret {secret} only with subPath ({}), which the kubelet never \
-                 refreshes",
-                m.sub_path
-                    .iter()
-                    .map(|(c, p)| format!("container {c} at {p}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        } else if m.mounted.is_empty() {
-            Some(format!(
-                "no container of {w} mounts the volume {} of Secret {secret}",
-                m.volumes
-                    .iter()
-                    .map(|(v, _)| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        } else {
-            super::slot_names(&self.slot_names)
-                .into_iter()
-                .find(|key| {
-                    !m.mounted.iter().any(|(_, _, vol)| {
-                        m.volumes.iter().any(|(v, items)| {
-                            v == vol && items.as_ref().is_none_or(|i| i.iter().any(|k| k == key))
-                        })
-                    })
-                })
-                .map(|key| {
-                    format!(
-                        "the volumes of Secret {secret} that {w} mounts list `items` without \
-                         {key}, so that key never reaches its pods"
-                    )
-                })
-        };
-        match problem {
+        let keys = super::slot_names(&self.slot_names);
+        match reload_problem(&view.mounts, &self.spec.workload, &self.spec.secret, &keys) {
             None => Ok(()),
             Some(detail) => Err(ConsumerError::Unsuited {
                 consumer: self.name.clone(),
@@ -1362,6 +1370,45 @@ mod tests {
         assert_eq!(m.sub_path, [("side".to_string(), "/etc/all/s".to_string())]);
         assert_eq!(secret_mounts(None, "auth-secrets"), SecretMounts::default());
         assert!(secret_mounts(Some(&spec), "nope").volumes.is_empty());
+    }
+
+    #[test]
+    fn a_reload_consumer_needs_every_key_in_a_mounted_volume() {
+        let w = crate::playbook::WorkloadRef {
+            kind: WorkloadKind::Deployment,
+            name: "auth".into(),
+            namespace: "demo".into(),
+        };
+        let keys = ["S", "S_PREVIOUS"];
+        let s = |v: &str| v.to_string();
+        let problem = |m: &SecretMounts| reload_problem(m, &w, "auth-secrets", &keys);
+        let e = problem(&SecretMounts::default()).unwrap();
+        assert!(e.contains("has no volume of Secret auth-secrets"), "{e}");
+        let mut m = SecretMounts {
+            volumes: vec![(s("keys"), None)],
+            ..Default::default()
+        };
+        let e = problem(&m).unwrap();
+        assert!(
+            e.contains("no container of deployment/auth in namespace demo mounts the volume keys"),
+            "{e}"
+        );
+        m.sub_path = vec![(s("web"), s("/etc/keys/S"))];
+        let e = problem(&m).unwrap();
+        assert!(
+            e.contains("only with subPath (container web at /etc/keys/S)"),
+            "{e}"
+        );
+        m.mounted = vec![(s("web"), s("/etc/keys"), s("keys"))];
+        assert_eq!(problem(&m), None);
+        // `items` that leave a key out, unless another mounted volume carries it.
+        m.volumes = vec![(s("keys"), Some(vec![s("S")]))];
+        let e = problem(&m).unwrap();
+        assert!(e.contains("list `items` without S_PREVIOUS"), "{e}");
+        m.volumes.push((s("prev"), Some(vec![s("S_PREVIOUS")])));
+        assert!(problem(&m).is_some(), "an unmounted volume does not count");
+        m.mounted.push((s("web"), s("/etc/prev"), s("prev")));
+        assert_eq!(problem(&m), None);
     }
 
     #[test]
