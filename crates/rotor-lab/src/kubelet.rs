@@ -10,8 +10,8 @@
 //! in step with their Secrets after the sync delay, without restarting anything.
 //!
 //! Owns: pod processes (by pid, never by name), pod IPs, pod status but for conditions it does
-//! not own (kept as they are), pod log files, pod directories (Secret volumes). Must never: log environment values or Secret
-//! data (only names), or decide which pods exist.
+//! not own (kept as they are), pod log files, pod directories (Secret volumes). Must never: log
+//! environment values or Secret data (only names), or decide which pods exist.
 
 use super::objects::Ptr as _;
 use std::collections::{HashMap, HashSet, VecDeque};
