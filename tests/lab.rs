@@ -1932,10 +1932,10 @@ async fn secret_volumes_have_the_kubelets_layout_and_change_only_after_the_sync_
         .patch("web-secrets", &PatchParams::default(), &p)
         .await
         .unwrap();
+    // (Timed after the read: no earlier than the swap it saw.)
     let seen = wait_for("the volume to show the new value", 30, || async {
-        let now = Instant::now();
         let text = std::fs::read_to_string(dir.join("SERVICE_SECRET")).ok()?;
-        (text == "second-value-second-value-second-00002").then_some(now)
+        (text == "second-value-second-value-second-00002").then(Instant::now)
     })
     .await;
     assert!(
