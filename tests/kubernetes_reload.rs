@@ -236,7 +236,7 @@ async fn k8s_reload_rotates_mounted_secrets_without_restarting_a_pod() {
 
     // After each write of a consumer's Secret, that consumer's pods were proven no earlier
     // than sync_period later. Measured twice: from rotor's own record of the wait, written as
-    // the write returned (100ms of slack for writing it), and from the Secret watch, which
+    // the write returned (250ms of slack for writing it), and from the Secret watch, which
     // sees a write a little after it happened (1s of slack for a busy machine).
     let writes = writes.lock().unwrap().clone();
     let first_proof_after = |proofs: &[SystemTime], t: &SystemTime, what: &str| {
@@ -263,7 +263,7 @@ async fn k8s_reload_rotates_mounted_secrets_without_restarting_a_pod() {
         let proofs = proofs_started(&env, consumer);
         for (w, slack) in waits
             .iter()
-            .map(|w| (w, Duration::from_millis(100)))
+            .map(|w| (w, Duration::from_millis(250)))
             .chain(seen.iter().map(|w| (w, Duration::from_secs(1))))
         {
             let waited = first_proof_after(&proofs, w, secret);

@@ -1051,10 +1051,11 @@ impl KubernetesConsumer {
         let expected = annotation_value(&d.primary, d.secondary.as_ref());
         let view = self.view().await?;
         self.check_reload(&view)?;
+        // Read before the write: only rotor marks a pod, and only once it proved it.
+        let pods = self.pods(&view.selector).await?;
         let changed = self.write_secret(&d).await?;
         // Taken after the write returned: the wait counts from no earlier than the write.
         let written = Instant::now();
-        let pods = self.pods(&view.selector).await?;
         let live: Vec<&PodView> = pods.iter().filter(|p| !p.terminating).collect();
         let desired = usize::try_from(view.desired).unwrap_or(0);
         if !changed
