@@ -437,6 +437,34 @@ fn reload_problem(
     })
 }
 
+/// Whether `held` (what a pod reports) is what `d` wants under `names`: the primary's and
+/// the secondary's names carry `d`'s fingerprints, and a secondary rotor no longer sets is gone
+/// (unless `keep_values`: the Secret keeps it for a validator that shares it). Aliases are not
+/// compared: a program may not report every name the playbook declares. None when it is; else
+/// what differs (fingerprints only).
+fn held_differs(
+    names: &SlotNames,
+    keep_values: bool,
+    held: &Held,
+    d: &Desired<'_>,
+) -> Option<String> {
+    let mut out = Vec::new();
+    for name in std::iter::once(&names.primary).chain(names.secondary.as_ref()) {
+        let has = held.names.get(name);
+        match d.names.get(name) {
+            Some(want) if has != Some(want) => out.push(format!(
+                "{name} is {}, expected {want}",
+                has.map_or_else(|| "missing".to_string(), |f| f.to_string())
+            )),
+            None if !keep_values && has.is_some() => {
+                out.push(format!("{name} is still set, expected none"));
+            }
+            _ => {}
+        }
+    }
+    (!out.is_empty()).then(|| out.join(", "))
+}
+
 /// `sha256:aaa` or `sha256:aaa,sha256:bbb` (primary, then secondary).
 fn annotation_value(primary: &Fingerprint, secondary: Option<&Fingerprint>) -> String {
     match secondary {
@@ -936,26 +964,10 @@ impl KubernetesConsumer {
         }
     }
 
-    /// Whether `held` (what a pod reports) is what `d` wants under the consumer's names: every
-    /// name it must hold with the wanted fingerprint, and no name it must no longer hold. None
-    /// when it is; else what differs (fingerprints only).
+    /// What differs between what a pod reports and `d` (see [`held_differs`]).
     fn held_differs(&self, held: &Held, d: &Desired<'_>) -> Option<String> {
         let keep_values = !self.role.validates() && self.shared_with_validator;
-        let mut out = Vec::new();
-        for name in super::slot_names(&self.slot_names) {
-            let has = held.names.get(name);
-            match d.names.get(name) {
-                Some(want) if has != Some(want) => out.push(format!(
-                    "{name} is {}, expected {want}",
-                    has.map_or_else(|| "missing".to_string(), |f| f.to_string())
-                )),
-                None if !keep_values && has.is_some() => {
-                    out.push(format!("{name} is still set, expected none"));
-                }
-                _ => {}
-            }
-        }
-        (!out.is_empty()).then(|| out.join(", "))
+        held_differs(&self.slot_names, keep_values, held, d)
     }
 
     /// Sets rotor's annotation on pod `name` itself (not on the template: no restart), once
@@ -1410,6 +1422,41 @@ mod tests {
         assert!(problem(&m).is_some(), "an unmounted volume does not count");
         m.mounted.push((s("web"), s("/etc/prev"), s("prev")));
         assert_eq!(problem(&m), None);
+    }
+
+    #[test]
+    fn a_pod_holds_the_values_when_its_primary_and_secondary_match() {
+        let names = SlotNames {
+            primary: "S".into(),
+            secondary: Some("S_PREVIOUS".into()),
+            aliases: BTreeMap::from([("KEY".into(), crate::playbook::SlotRef::Primary)]),
+        };
+        let (a, b) = (SecretValue::new("a".into()), SecretValue::new("b".into()));
+        let fp = |v: &SecretValue| v.fingerprint("s");
+        let held = |pairs: &[(&str, &SecretValue)]| Held {
+            names: pairs.iter().map(|(n, v)| (n.to_string(), fp(v))).collect(),
+            ..Held::default()
+        };
+        let both = Slots::new(b.clone(), Some(a.clone()));
+        let d = Desired::new(&names, "s", &both);
+        // An alias it does not report is not held against it.
+        assert_eq!(
+            held_differs(&names, false, &held(&[("S", &b), ("S_PREVIOUS", &a)]), &d),
+            None
+        );
+        let e = held_differs(&names, false, &held(&[("S", &a)]), &d).unwrap();
+        assert!(
+            e.contains(&format!("S is {}, expected {}", fp(&a), fp(&b))),
+            "{e}"
+        );
+        assert!(e.contains("S_PREVIOUS is missing"), "{e}");
+        // No secondary any more: one still held is a difference, unless the Secret keeps it.
+        let only = Slots::new(b.clone(), None);
+        let d = Desired::new(&names, "s", &only);
+        let stale = held(&[("S", &b), ("S_PREVIOUS", &a)]);
+        let e = held_differs(&names, false, &stale, &d).unwrap();
+        assert!(e.contains("S_PREVIOUS is still set, expected none"), "{e}");
+        assert_eq!(held_differs(&names, true, &stale, &d), None);
     }
 
     #[test]
