@@ -19,7 +19,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::engine::journal::configmap::configmap_name;
 use crate::engine::lock::lease::lease_name;
-use crate::playbook::{ConsumerKind, JournalKind, LockKind, Playbook, StoreSpec, WorkloadKind};
+use crate::playbook::{
+    ConsumerKind, JournalKind, LockKind, Pickup, Playbook, StoreSpec, WorkloadKind,
+};
 
 /// Where the playbook is mounted in the CronJob's pod.
 pub const PLAYBOOK_PATH: &str = "/etc/rotor/playbook.yaml";
@@ -69,6 +71,8 @@ pub fn rules(pb: &Playbook) -> BTreeMap<String, Vec<PolicyRule>> {
         secrets: BTreeSet<String>,
         workloads: BTreeMap<&'static str, BTreeSet<String>>,
         pods: bool,
+        /// A `pickup: reload` consumer marks the pods it proved (an annotation on the pod).
+        pods_patch: bool,
         lease: Option<String>,
         journal: Option<String>,
     }
@@ -87,6 +91,7 @@ pub fn rules(pb: &Playbook) -> BTreeMap<String, Vec<PolicyRule>> {
                 .or_default()
                 .insert(k.workload.name.clone());
             ns.pods = true;
+            ns.pods_patch |= c.pickup == Pickup::Reload;
         }
     }
     if let StoreSpec::Kubernetes { namespace, name } = &pb.store {
@@ -118,7 +123,12 @@ pub fn rules(pb: &Playbook) -> BTreeMap<String, Vec<PolicyRule>> {
                 rules.push(rule("apps", plural, &["get", "patch"], names));
             }
             if ns.pods {
-                rules.push(rule("", "pods", &["list"], &none));
+                let verbs: &[&str] = if ns.pods_patch {
+                    &["list", "patch"]
+                } else {
+                    &["list"]
+                };
+                rules.push(rule("", "pods", verbs, &none));
                 // Opening rotor's readiness gate (`rotor.dev/proven`) on a pod it proved.
                 rules.push(rule("", "pods/status", &["patch"], &none));
             }

@@ -68,13 +68,22 @@ impl K8sEnv {
         yaml: String,
         edit: impl FnOnce(&mut Vec<serde_json::Value>, &std::path::Path),
     ) -> K8sEnv {
+        K8sEnv::from_topology(file, yaml, |topo, dir| edit(&mut topo.objects, dir)).await
+    }
+
+    /// Like [`K8sEnv::from_parts`], with the whole topology to edit (its sync delay, …).
+    pub(crate) async fn from_topology(
+        file: &str,
+        yaml: String,
+        edit: impl FnOnce(&mut rotor_lab::Topology, &std::path::Path),
+    ) -> K8sEnv {
         let (dir, playbook, pb) = scratch_playbook("rotor-k8s-test-", file, yaml);
         let mut topo = rotor_lab::Topology::parse(
             rotor::demo::LAB_DEMO_TOPOLOGY,
             std::path::Path::new("<embedded>/playbooks/lab-demo.topology.yaml"),
         )
         .unwrap();
-        edit(&mut topo.objects, dir.path());
+        edit(&mut topo, dir.path());
         topo.images.insert(
             "rotor-demo-service".into(),
             crate::common::demo_service_image(),
@@ -152,6 +161,11 @@ impl K8sEnv {
 
     pub(crate) fn playbook(&self) -> &Playbook {
         &self.pb
+    }
+
+    /// The playbook file the `rotor` commands read.
+    pub(crate) fn playbook_path(&self) -> &std::path::Path {
+        &self.playbook
     }
 
     pub(crate) fn lab(&self) -> &LabHandle {

@@ -1095,6 +1095,64 @@ async fn kubectl_works_against_the_lab() {
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["items"][0]["spec"]["holderIdentity"], "rotor@test");
+    // A Deployment that mounts a Secret as a volume, applied as YAML: kubectl reads
+    // `defaultMode: 0400` as octal (256), and the pod's files get that mode.
+    let manifest = l.lab().kubeconfig_path().with_file_name("volume.yaml");
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: mounted, namespace: demo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: mounted}}
+  template:
+    metadata: {labels: {app: mounted}}
+    spec:
+      volumes:
+        - name: keys
+          secret: {secretName: auth-secrets, defaultMode: 0400, items: [{key: SERVICE_SECRET, path: service-secret}]}
+      containers:
+        - name: mounted
+          image: rotor-demo-service
+          args: ["--name", "mounted", "--secret-name", "service-secret"]
+          ports: [{containerPort: 8080}]
+          env:
+            - name: SERVICE_SECRET
+              valueFrom: {secretKeyRef: {name: auth-secrets, key: SERVICE_SECRET}}
+          volumeMounts:
+            - {name: keys, mountPath: /etc/rotor/secrets, readOnly: true}
+"#,
+    )
+    .unwrap();
+    let m = manifest.to_string_lossy().into_owned();
+    let (ok, out, err) = run_kubectl(&l, &["apply", "--validate=false", "-f", &m]).await;
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = run_kubectl(
+        &l,
+        &[
+            "get",
+            "deployment",
+            "mounted",
+            "-o",
+            "jsonpath={.spec.template.spec.volumes[0].secret.defaultMode}",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "256");
+    let pod = wait_for("the mounted pod", 30, || async {
+        pods(&l, "mounted").await.into_iter().find(is_ready)
+    })
+    .await;
+    let file = l
+        .lab()
+        .secret_volume_dir(pod.metadata.uid.as_deref().unwrap(), "keys")
+        .join("service-secret");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o400);
+    assert_eq!(std::fs::read(&file).unwrap(), raw);
     l.stop().await;
 }
 
@@ -1777,5 +1835,199 @@ async fn statefulsets_and_daemonsets_count_only_pods_whose_gates_pass() {
     .await;
     let both = sorted(agents.iter().map(addr).collect());
     wait_endpoints(&l, "agent", &both, "both agents in the endpoints").await;
+    l.stop().await;
+}
+
+// Secret volumes.
+
+/// A Deployment `name` of one pod whose container mounts Secret `secret` as volume `keys` at
+/// /etc/rotor/secrets (files 0400), and finds it through `ROTOR_SECRETS_DIR`.
+fn with_volume(name: &str, secret: &str) -> String {
+    let line = workload("Deployment", name, Some(1), json!({}));
+    let mut obj: Value = serde_json::from_str(line.trim().trim_start_matches("- ")).unwrap();
+    let spec = &mut obj["spec"]["template"]["spec"];
+    spec["volumes"] =
+        json!([{"name": "keys", "secret": {"secretName": secret, "defaultMode": 0o400}}]);
+    let c = &mut spec["containers"][0];
+    c["volumeMounts"] =
+        json!([{"name": "keys", "mountPath": "/etc/rotor/secrets", "readOnly": true}]);
+    c["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "ROTOR_SECRETS_DIR", "value": "/etc/rotor/secrets"}));
+    format!("  - {}\n", serde_json::to_string(&obj).unwrap())
+}
+
+fn uid(p: &Pod) -> String {
+    p.metadata.uid.clone().unwrap()
+}
+
+/// The environment of process `pid`.
+fn environ(pid: i32) -> Vec<(String, String)> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+fn entries(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_volumes_have_the_kubelets_layout_and_change_only_after_the_sync_delay() {
+    use std::os::unix::fs::PermissionsExt;
+    const DELAY: Duration = Duration::from_secs(2);
+    let yaml = format!(
+        "secret_sync_delay: 2s\n{BASE}{}{}",
+        with_volume("web", "web-secrets"),
+        with_volume("late", "late-secrets"),
+    );
+    let l = TestLab::start(&yaml).await;
+    deployment_complete(&l, "web", 1).await;
+    let pod = pods(&l, "web").await.remove(0);
+    let dir = l.lab().secret_volume_dir(&uid(&pod), "keys");
+    // The kubelet's layout: a timestamped directory, `..data` pointing at it, a symlink per key.
+    let data = std::fs::read_link(dir.join("..data")).unwrap();
+    let data = data.to_string_lossy().into_owned();
+    assert!(data.starts_with("..20"), "{data}");
+    assert_eq!(
+        entries(&dir),
+        [data.as_str(), "..data", "SERVICE_SECRET"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(
+        std::fs::read_link(dir.join("SERVICE_SECRET")).unwrap(),
+        Path::new("..data/SERVICE_SECRET")
+    );
+    let file = dir.join("SERVICE_SECRET");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "first-value-first-value-first-value-0001"
+    );
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o400, "defaultMode 0400");
+    // No mount namespace: the mount path in the container's env is the host directory.
+    let pid = pod_pid(&pod);
+    let env = environ(pid);
+    let secrets_dir = env.iter().find(|(k, _)| k == "ROTOR_SECRETS_DIR").unwrap();
+    assert_eq!(Path::new(&secrets_dir.1), dir);
+
+    // A change is seen by the running pod only once the delay has passed since the write.
+    let secrets: Api<Secret> = l.api();
+    let before_write = Instant::now();
+    let p = Patch::Merge(json!({"stringData": {
+        "SERVICE_SECRET": "second-value-second-value-second-00002",
+        "SERVICE_SECRET_PREVIOUS": "first-value-first-value-first-value-0001",
+    }}));
+    secrets
+        .patch("web-secrets", &PatchParams::default(), &p)
+        .await
+        .unwrap();
+    // (Timed after the read: no earlier than the swap it saw.)
+    let seen = wait_for("the volume to show the new value", 30, || async {
+        let text = std::fs::read_to_string(dir.join("SERVICE_SECRET")).ok()?;
+        (text == "second-value-second-value-second-00002").then(Instant::now)
+    })
+    .await;
+    assert!(
+        seen.duration_since(before_write) >= DELAY,
+        "the new value was visible {:?} after the write, before the {DELAY:?} sync delay",
+        seen.duration_since(before_write)
+    );
+    // Both keys arrived in one swap, each through its own symlink.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("SERVICE_SECRET_PREVIOUS")).unwrap(),
+        "first-value-first-value-first-value-0001"
+    );
+    let new_data = std::fs::read_link(dir.join("..data")).unwrap();
+    assert_ne!(new_data.to_string_lossy(), data);
+    assert!(
+        !dir.join(&data).exists(),
+        "the old payload directory is removed"
+    );
+    // A key removed from the Secret loses its symlink.
+    let p = Patch::Json::<Value>(
+        serde_json::from_value(json!([{"op": "remove", "path": "/data/SERVICE_SECRET_PREVIOUS"}]))
+            .unwrap(),
+    );
+    secrets
+        .patch("web-secrets", &PatchParams::default(), &p)
+        .await
+        .unwrap();
+    wait_for("the removed key's symlink to go", 30, || async {
+        (!dir.join("SERVICE_SECRET_PREVIOUS").exists()).then_some(())
+    })
+    .await;
+    assert!(dir.join("SERVICE_SECRET").exists());
+    // Nothing restarted: the same pod, process and restart count.
+    let now = pods(&l, "web").await;
+    assert_eq!(now.len(), 1);
+    assert_eq!(uid(&now[0]), uid(&pod));
+    assert_eq!(pod_pid(&now[0]), pid);
+    assert_eq!(
+        now[0]
+            .status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()[0]
+            .restart_count,
+        0
+    );
+
+    // A pod whose Secret does not exist waits in ContainerCreating, then starts once it does.
+    let waiting = wait_for("ContainerCreating for the missing secret", 20, || async {
+        let p = pods(&l, "late").await.into_iter().next()?;
+        let w = p.status.as_ref()?.container_statuses.as_ref()?[0]
+            .state
+            .as_ref()?
+            .waiting
+            .clone()?;
+        (w.reason.as_deref() == Some("ContainerCreating") && w.message.is_some()).then_some(w)
+    })
+    .await;
+    assert_eq!(
+        waiting.message.as_deref(),
+        Some("MountVolume.SetUp failed for volume \"keys\" : secret \"late-secrets\" not found")
+    );
+    let late: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "late-secrets"},
+        "stringData": {"SERVICE_SECRET": "late-value-late-value-late-value-00003"}
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &late).await.unwrap();
+    deployment_complete(&l, "late", 1).await;
+
+    // A deleted pod's directory goes with it.
+    let pod_dir = dir
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(pod_dir.ends_with(uid(&pod)), "{}", pod_dir.display());
+    l.api::<Pod>()
+        .delete(
+            &pod.metadata.name.clone().unwrap(),
+            &DeleteParams::default(),
+        )
+        .await
+        .unwrap();
+    wait_for("the pod directory to be removed", 30, || async {
+        (!pod_dir.exists()).then_some(())
+    })
+    .await;
     l.stop().await;
 }

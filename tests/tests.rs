@@ -13,6 +13,7 @@ mod hardening;
 mod host_targets;
 mod kubernetes;
 mod kubernetes_lock;
+mod kubernetes_reload;
 mod lab;
 mod playbook_errors;
 mod rotation;

@@ -14,6 +14,13 @@
 //! a value from a Secret that a validating consumer also reads: it only sets what it sends, so a
 //! validator pod that restarts on its own at any moment still gets every value it must accept.
 //!
+//! With `pickup: reload` the pods mount the Secret as a volume: rotor writes it, restarts
+//! nothing, waits the consumer's `sync_period` from the write (the kubelet refreshes mounted
+//! Secrets after a delay; the wait may come out longer, never shorter), then proves every pod
+//! where it runs (asking, when the consumer reports fingerprints, until it holds the new
+//! values) and marks each proven pod with the annotation on the pod itself. `plan`, `check`
+//! and every rollout refuse such a consumer whose template does not mount the Secret.
+//!
 //! Must never: put a value in an annotation, a label, an event, an error or a log line (the
 //! annotation holds fingerprints only).
 
@@ -35,6 +42,7 @@ use super::{
 };
 use crate::cluster::{Call, Cluster, ClusterError, retry};
 use crate::events::{Event, EventSink};
+use crate::playbook::DEFAULT_SYNC_PERIOD;
 use crate::playbook::{
     ConsumerKind, ConsumerSpec, KubernetesSpec, Pickup, Playbook, SlotNames, Timings, WorkloadKind,
 };
@@ -67,6 +75,61 @@ pub struct KubernetesConsumer {
     client: kube::Client,
     /// How rotor reaches its pods (plain HTTP unless it has `tls`).
     transport: Transport,
+    /// `restart` rolls the workload; `reload` updates the Secret its pods mount and waits for
+    /// the kubelet's refresh.
+    pickup: Pickup,
+}
+
+/// How a pod template delivers the consumer's Secret as files (`pickup: reload` needs it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct SecretMounts {
+    /// Volumes that carry the Secret (`secret` or a `projected` source): name, and the keys
+    /// it projects when it lists `items`.
+    volumes: Vec<(String, Option<Vec<String>>)>,
+    /// Each whole mount of such a volume: (container, mountPath, volume).
+    mounted: Vec<(String, String, String)>,
+    /// Each `subPath` mount of such a volume (a copy the kubelet never refreshes):
+    /// (container, mountPath).
+    sub_path: Vec<(String, String)>,
+}
+
+fn secret_mounts(spec: Option<&k8s_openapi::api::core::v1::PodSpec>, secret: &str) -> SecretMounts {
+    let mut out = SecretMounts::default();
+    let Some(spec) = spec else { return out };
+    for v in spec.volumes.iter().flatten() {
+        let keys = |items: &Option<Vec<k8s_openapi::api::core::v1::KeyToPath>>| {
+            items
+                .as_ref()
+                .map(|i| i.iter().map(|k| k.key.clone()).collect::<Vec<_>>())
+        };
+        if let Some(s) = &v.secret
+            && s.secret_name.as_deref() == Some(secret)
+        {
+            out.volumes.push((v.name.clone(), keys(&s.items)));
+            continue;
+        }
+        for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(s) = &src.secret
+                && s.name == secret
+            {
+                out.volumes.push((v.name.clone(), keys(&s.items)));
+            }
+        }
+    }
+    for c in &spec.containers {
+        for m in c.volume_mounts.iter().flatten() {
+            if !out.volumes.iter().any(|(v, _)| *v == m.name) {
+                continue;
+            }
+            match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                Some(_) => out.sub_path.push((c.name.clone(), m.mount_path.clone())),
+                None => out
+                    .mounted
+                    .push((c.name.clone(), m.mount_path.clone(), m.name.clone())),
+            }
+        }
+    }
+    out
 }
 
 /// What rotor reads of a workload, whatever its kind.
@@ -96,6 +159,8 @@ struct WorkloadView {
     first_port: Option<u16>,
     /// Condition types of the template's readiness gates.
     gates: Vec<String>,
+    /// How the template mounts the consumer's Secret.
+    mounts: SecretMounts,
 }
 
 impl WorkloadView {
@@ -148,7 +213,11 @@ fn selector_string(sel: &LabelSelector) -> String {
     parts.join(",")
 }
 
-fn template_facts(t: &PodTemplateSpec, key: &str) -> (Option<String>, Option<u16>, Vec<String>) {
+fn template_facts(
+    t: &PodTemplateSpec,
+    key: &str,
+    secret: &str,
+) -> (Option<String>, Option<u16>, Vec<String>, SecretMounts) {
     let annotation = t
         .metadata
         .as_ref()
@@ -160,7 +229,12 @@ fn template_facts(t: &PodTemplateSpec, key: &str) -> (Option<String>, Option<u16
         .and_then(|s| s.readiness_gates.as_ref())
         .map(|g| g.iter().map(|g| g.condition_type.clone()).collect())
         .unwrap_or_default();
-    (annotation, first_port(t.spec.as_ref()), gates)
+    (
+        annotation,
+        first_port(t.spec.as_ref()),
+        gates,
+        secret_mounts(t.spec.as_ref(), secret),
+    )
 }
 
 fn first_port(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<u16> {
@@ -170,10 +244,10 @@ fn first_port(spec: Option<&k8s_openapi::api::core::v1::PodSpec>) -> Option<u16>
         .and_then(|p| u16::try_from(p.container_port).ok())
 }
 
-fn deployment_view(d: Deployment, key: &str) -> WorkloadView {
+fn deployment_view(d: Deployment, key: &str, secret: &str) -> WorkloadView {
     let spec = d.spec.unwrap_or_default();
     let status = d.status.unwrap_or_default();
-    let (annotation, first_port, gates) = template_facts(&spec.template, key);
+    let (annotation, first_port, gates, mounts) = template_facts(&spec.template, key, secret);
     let stalled = status.conditions.iter().flatten().find_map(|c| {
         (c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
             .then(|| c.message.clone().unwrap_or_default())
@@ -192,13 +266,14 @@ fn deployment_view(d: Deployment, key: &str) -> WorkloadView {
         selector: selector_string(&spec.selector),
         first_port,
         gates,
+        mounts,
     }
 }
 
-fn statefulset_view(s: StatefulSet, key: &str) -> WorkloadView {
+fn statefulset_view(s: StatefulSet, key: &str, secret: &str) -> WorkloadView {
     let spec = s.spec.unwrap_or_default();
     let status = s.status.unwrap_or_default();
-    let (annotation, first_port, gates) = template_facts(&spec.template, key);
+    let (annotation, first_port, gates, mounts) = template_facts(&spec.template, key, secret);
     WorkloadView {
         generation: s.metadata.generation.unwrap_or(0),
         observed: status.observed_generation.unwrap_or(0),
@@ -214,13 +289,14 @@ fn statefulset_view(s: StatefulSet, key: &str) -> WorkloadView {
         selector: selector_string(&spec.selector),
         first_port,
         gates,
+        mounts,
     }
 }
 
-fn daemonset_view(d: DaemonSet, key: &str) -> WorkloadView {
+fn daemonset_view(d: DaemonSet, key: &str, secret: &str) -> WorkloadView {
     let spec = d.spec.unwrap_or_default();
     let status = d.status.unwrap_or_default();
-    let (annotation, first_port, gates) = template_facts(&spec.template, key);
+    let (annotation, first_port, gates, mounts) = template_facts(&spec.template, key, secret);
     WorkloadView {
         generation: d.metadata.generation.unwrap_or(0),
         observed: status.observed_generation.unwrap_or(0),
@@ -235,6 +311,7 @@ fn daemonset_view(d: DaemonSet, key: &str) -> WorkloadView {
         selector: selector_string(&spec.selector),
         first_port,
         gates,
+        mounts,
     }
 }
 
@@ -307,6 +384,87 @@ fn pod_view(p: Pod, key: &str) -> PodView {
     }
 }
 
+/// Why a template that mounts Secret `secret` as `m` says cannot serve a `pickup: reload`
+/// consumer whose slot keys are `keys`, if it cannot: no volume of the Secret, a volume no
+/// container mounts, a volume mounted only with `subPath` (never refreshed), or `items` that
+/// leave a key out.
+fn reload_problem(
+    m: &SecretMounts,
+    w: &crate::playbook::WorkloadRef,
+    secret: &str,
+    keys: &[&str],
+) -> Option<String> {
+    if m.volumes.is_empty() {
+        return Some(format!(
+            "the pod template of {w} has no volume of Secret {secret} (it reads it from the \
+             environment, or not at all), so its pods would never see a new value without a \
+             restart"
+        ));
+    }
+    if m.mounted.is_empty() && !m.sub_path.is_empty() {
+        return Some(format!(
+            "{w} mounts Secret {secret} only with subPath ({}), which the kubelet never \
+             refreshes",
+            m.sub_path
+                .iter()
+                .map(|(c, p)| format!("container {c} at {p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if m.mounted.is_empty() {
+        return Some(format!(
+            "no container of {w} mounts the volume {} of Secret {secret}",
+            m.volumes
+                .iter()
+                .map(|(v, _)| v.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let projected = |key: &str| {
+        m.mounted.iter().any(|(_, _, vol)| {
+            m.volumes.iter().any(|(v, items)| {
+                v == vol && items.as_ref().is_none_or(|i| i.iter().any(|k| k == key))
+            })
+        })
+    };
+    keys.iter().find(|k| !projected(k)).map(|key| {
+        format!(
+            "the volumes of Secret {secret} that {w} mounts list `items` without {key}, so that \
+             key never reaches its pods"
+        )
+    })
+}
+
+/// Whether `held` (what a pod reports) is what `d` wants under `names`: the primary's and
+/// the secondary's names carry `d`'s fingerprints, and a secondary rotor no longer sets is gone
+/// (unless `keep_values`: the Secret keeps it for a validator that shares it). Aliases are not
+/// compared: a program may not report every name the playbook declares. None when it is; else
+/// what differs (fingerprints only).
+fn held_differs(
+    names: &SlotNames,
+    keep_values: bool,
+    held: &Held,
+    d: &Desired<'_>,
+) -> Option<String> {
+    let mut out = Vec::new();
+    for name in std::iter::once(&names.primary).chain(names.secondary.as_ref()) {
+        let has = held.names.get(name);
+        match d.names.get(name) {
+            Some(want) if has != Some(want) => out.push(format!(
+                "{name} is {}, expected {want}",
+                has.map_or_else(|| "missing".to_string(), |f| f.to_string())
+            )),
+            None if !keep_values && has.is_some() => {
+                out.push(format!("{name} is still set, expected none"));
+            }
+            _ => {}
+        }
+    }
+    (!out.is_empty()).then(|| out.join(", "))
+}
+
 /// `sha256:aaa` or `sha256:aaa,sha256:bbb` (primary, then secondary).
 fn annotation_value(primary: &Fingerprint, secondary: Option<&Fingerprint>) -> String {
     match secondary {
@@ -352,6 +510,7 @@ impl KubernetesConsumer {
             annotation: format!("rotor.dev/{}", playbook.secret),
             client: cluster.client(),
             transport,
+            pickup: spec.pickup,
         }
     }
 
@@ -380,25 +539,26 @@ impl KubernetesConsumer {
         let name = &self.spec.workload.name;
         let call = self.workload_call("get");
         let key = &self.annotation;
+        let secret = &self.spec.secret;
         let c = self.client.clone();
         let r = match self.spec.workload.kind {
             WorkloadKind::Deployment => {
                 let api: Api<Deployment> = Api::namespaced(c, self.ns());
                 retry(&call, || api.get(name))
                     .await
-                    .map(|d| deployment_view(d, key))
+                    .map(|d| deployment_view(d, key, secret))
             }
             WorkloadKind::StatefulSet => {
                 let api: Api<StatefulSet> = Api::namespaced(c, self.ns());
                 retry(&call, || api.get(name))
                     .await
-                    .map(|s| statefulset_view(s, key))
+                    .map(|s| statefulset_view(s, key, secret))
             }
             WorkloadKind::DaemonSet => {
                 let api: Api<DaemonSet> = Api::namespaced(c, self.ns());
                 retry(&call, || api.get(name))
                     .await
-                    .map(|d| daemonset_view(d, key))
+                    .map(|d| daemonset_view(d, key, secret))
             }
         };
         r.map_err(|e| self.cluster_error(e))
@@ -783,6 +943,234 @@ impl KubernetesConsumer {
         }
     }
 
+    /// How long the kubelet may take to show a Secret change in a mounted volume.
+    fn sync_period(&self) -> Duration {
+        self.spec.sync_period.unwrap_or(DEFAULT_SYNC_PERIOD)
+    }
+
+    /// For `pickup: reload`: the workload's pods must mount the consumer's Secret as a volume
+    /// (see [`reload_problem`]); otherwise no pod would ever see a new value without a restart.
+    fn check_reload(&self, view: &WorkloadView) -> Result<(), ConsumerError> {
+        if self.pickup != Pickup::Reload {
+            return Ok(());
+        }
+        let keys = super::slot_names(&self.slot_names);
+        match reload_problem(&view.mounts, &self.spec.workload, &self.spec.secret, &keys) {
+            None => Ok(()),
+            Some(detail) => Err(ConsumerError::Unsuited {
+                consumer: self.name.clone(),
+                detail,
+            }),
+        }
+    }
+
+    /// What differs between what a pod reports and `d` (see [`held_differs`]).
+    fn held_differs(&self, held: &Held, d: &Desired<'_>) -> Option<String> {
+        let keep_values = !self.role.validates() && self.shared_with_validator;
+        held_differs(&self.slot_names, keep_values, held, d)
+    }
+
+    /// Sets rotor's annotation on pod `name` itself (not on the template: no restart), once
+    /// rotor proved it holds `value`.
+    async fn annotate_pod(&self, name: &str, value: &str) -> Result<(), ConsumerError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), self.ns());
+        let call = Call::new("patch", "pods", "", self.ns(), name);
+        let body = json!({"metadata": {"annotations": {&self.annotation: value}}});
+        let pp = PatchParams::default();
+        let patch = Patch::Merge(&body);
+        retry(&call, || api.patch(name, &pp, &patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.cluster_error(e))
+    }
+
+    /// Checks one running pod after the sync period: when the consumer reports fingerprints,
+    /// that it holds `d` (else it is not refreshed yet), then `gate`. Without a report the
+    /// gate itself tells: a pod that fails it may not be refreshed yet and is asked again
+    /// until the deadline, except one that accepted a canary. A proven pod gets rotor's
+    /// annotation (and its readiness gate's condition, when its template has one).
+    async fn reload_one(
+        &self,
+        view: &WorkloadView,
+        p: &PodView,
+        d: &Desired<'_>,
+        expected: &str,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
+    ) -> Result<Result<(), String>, ConsumerError> {
+        let Some(addr) = self.pod_addr(view, p) else {
+            return Ok(Err("it has no IP or port yet".into()));
+        };
+        if let Some(path) = &self.fingerprints_path {
+            match report_held(self.transport.at(addr), path, self.timings.probe_timeout).await {
+                Err(e) => return Ok(Err(format!("its fingerprints could not be read: {e}"))),
+                Ok(held) => {
+                    if let Some(diff) = self.held_differs(&held, d) {
+                        return Ok(Err(format!("it still holds other values: {diff}")));
+                    }
+                }
+            }
+            // It holds the values: a failed proof is a real failure.
+            if let Err(e) = pass_gate(gate, &self.name, &p.name, addr, events).await {
+                if p.gated {
+                    let _ = self
+                        .set_proven(&p.name, false, "failed rotor's proof (see rotor's output)")
+                        .await;
+                }
+                return Err(e);
+            }
+        } else {
+            match pass_gate(gate, &self.name, &p.name, addr, events).await {
+                Ok(()) => {}
+                Err(
+                    e @ ConsumerError::Gate {
+                        fails_open: true, ..
+                    },
+                ) => return Err(e),
+                Err(ConsumerError::Gate { detail, .. }) => {
+                    return Ok(Err(format!("its proof fails: {detail}")));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if p.gated && p.proven.as_deref() != Some("True") {
+            self.set_proven(&p.name, true, "proven by rotor").await?;
+        }
+        self.annotate_pod(&p.name, expected).await?;
+        events.emit(&Event::InstanceReplaced {
+            consumer: self.name.clone(),
+            old: Some(p.name.clone()),
+            new: p.name.clone(),
+            primary: d.primary.clone(),
+            secondary: d.secondary.clone(),
+        });
+        Ok(Ok(()))
+    }
+
+    /// `pickup: reload`: writes the Secret the pods mount, restarts nothing, waits
+    /// `sync_period` from the write (the kubelet's refresh; never shorter), then proves every
+    /// pod: when the consumer reports fingerprints, it is asked until it holds the new values,
+    /// and a pod still behind `readiness_timeout` after the sync period fails the rollout,
+    /// named. Already converged pods (rotor's annotation on the pod says so, and the Secret
+    /// already held the values) are left alone.
+    async fn reload(
+        &self,
+        slots: &Slots,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
+    ) -> Result<RolloutReport, ConsumerError> {
+        let d = Desired::new(&self.slot_names, &self.secret, slots);
+        let expected = annotation_value(&d.primary, d.secondary.as_ref());
+        let view = self.view().await?;
+        self.check_reload(&view)?;
+        // Read before the write: only rotor marks a pod, and only once it proved it.
+        let pods = self.pods(&view.selector).await?;
+        let changed = self.write_secret(&d).await?;
+        // Taken after the write returned: the wait counts from no earlier than the write.
+        let written = Instant::now();
+        let live: Vec<&PodView> = pods.iter().filter(|p| !p.terminating).collect();
+        let desired = usize::try_from(view.desired).unwrap_or(0);
+        if !changed
+            && live.len() == desired
+            && live
+                .iter()
+                .all(|p| p.ready && p.annotation.as_deref() == Some(expected.as_str()))
+        {
+            return Ok(RolloutReport::default());
+        }
+        events.emit(&Event::RolloutStarted {
+            consumer: self.name.clone(),
+            instances: desired,
+        });
+        let sync = self.sync_period();
+        events.emit(&Event::Waiting {
+            reason: format!(
+                "sync_period: the kubelet refreshes Secret {} in the pods of {} (no restart)",
+                self.spec.secret, self.spec.workload
+            ),
+            seconds: sync.as_secs_f64(),
+        });
+        let prove_from = written
+            .checked_add(sync)
+            .unwrap_or_else(|| super::deadline_after(sync));
+        tokio::time::sleep_until(prove_from.into()).await;
+        let grace = self.timings.readiness_timeout;
+        let deadline = prove_from
+            .checked_add(grace)
+            .unwrap_or_else(|| super::deadline_after(grace));
+        let mut proven: BTreeSet<String> = BTreeSet::new();
+        let mut poll = POLL;
+        loop {
+            let view = self.view().await?;
+            self.check_reload(&view)?;
+            let pods = self.pods(&view.selector).await?;
+            let mut behind: Vec<(String, String)> = Vec::new();
+            for p in pods.iter().filter(|p| !p.terminating) {
+                if proven.contains(&p.name) {
+                    continue;
+                }
+                if !p.containers_ready {
+                    behind.push((
+                        p.name.clone(),
+                        format!(
+                            "it is not ready{}",
+                            p.waiting
+                                .as_ref()
+                                .map(|w| format!(": {w}"))
+                                .unwrap_or_default()
+                        ),
+                    ));
+                    continue;
+                }
+                match self
+                    .reload_one(&view, p, &d, &expected, gate, events)
+                    .await?
+                {
+                    Ok(()) => {
+                        proven.insert(p.name.clone());
+                    }
+                    Err(why) => behind.push((p.name.clone(), why)),
+                }
+            }
+            let serving = pods
+                .iter()
+                .filter(|p| !p.terminating && proven.contains(&p.name))
+                .count();
+            let desired = usize::try_from(view.desired).unwrap_or(0);
+            if behind.is_empty() && serving >= desired {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let (instance, detail) = behind.into_iter().next().unwrap_or_else(|| {
+                    (
+                        self.spec.workload.name.clone(),
+                        format!("{serving} of {desired} pods proven"),
+                    )
+                });
+                return Err(ConsumerError::NotPickedUp {
+                    consumer: self.name.clone(),
+                    instance,
+                    detail: format!(
+                        "Secret {} within {:.1?} of the write (sync_period {sync:?} + \
+                         readiness_timeout {grace:?}): {detail}",
+                        self.spec.secret,
+                        written.elapsed()
+                    ),
+                });
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 3 / 2).min(POLL_MAX);
+        }
+        events.emit(&Event::RolloutFinished {
+            consumer: self.name.clone(),
+            restarts: 0,
+        });
+        Ok(RolloutReport {
+            restarts: 0,
+            waited: written.elapsed(),
+        })
+    }
+
     fn names_for(
         &self,
         primary: &Fingerprint,
@@ -810,7 +1198,7 @@ impl Consumer for KubernetesConsumer {
     }
 
     fn pickup(&self) -> Pickup {
-        Pickup::Restart
+        self.pickup
     }
 
     /// Writes the Secret, patches the template (annotation and rotor's readiness gate), then
@@ -824,6 +1212,9 @@ impl Consumer for KubernetesConsumer {
         gate: &dyn Gate,
         events: &dyn EventSink,
     ) -> Result<RolloutReport, ConsumerError> {
+        if self.pickup == Pickup::Reload {
+            return self.reload(slots, gate, events).await;
+        }
         let started = Instant::now();
         let d = Desired::new(&self.slot_names, &self.secret, slots);
         let expected = annotation_value(&d.primary, d.secondary.as_ref());
@@ -867,11 +1258,14 @@ impl Consumer for KubernetesConsumer {
     }
 
     async fn desired_instances(&self) -> Result<usize, ConsumerError> {
-        Ok(usize::try_from(self.view().await?.desired).unwrap_or(0))
+        let view = self.view().await?;
+        self.check_reload(&view)?;
+        Ok(usize::try_from(view.desired).unwrap_or(0))
     }
 
     async fn instances(&self) -> Result<Vec<Instance>, ConsumerError> {
         let view = self.view().await?;
+        self.check_reload(&view)?;
         let pods = self.pods(&view.selector).await?;
         Ok(pods
             .into_iter()
@@ -949,6 +1343,121 @@ mod tests {
         );
         assert_eq!(parse_annotation("not a fingerprint"), None);
         assert_eq!(parse_annotation("sha256:aaaaaaaaaaaa,x"), None);
+    }
+
+    #[test]
+    fn secret_mounts_see_secret_and_projected_volumes_and_subpaths() {
+        let spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(json!({
+            "volumes": [
+                {"name": "keys", "secret": {"secretName": "auth-secrets",
+                    "items": [{"key": "SERVICE_SECRET", "path": "s"}]}},
+                {"name": "all", "projected": {"sources": [
+                    {"configMap": {"name": "cfg"}},
+                    {"secret": {"name": "auth-secrets"}}]}},
+                {"name": "other", "secret": {"secretName": "other"}},
+            ],
+            "containers": [
+                {"name": "web", "volumeMounts": [
+                    {"name": "keys", "mountPath": "/etc/keys"},
+                    {"name": "other", "mountPath": "/etc/other"}]},
+                {"name": "side", "volumeMounts": [
+                    {"name": "all", "mountPath": "/etc/all/s", "subPath": "s"}]},
+            ],
+        }))
+        .unwrap();
+        let m = secret_mounts(Some(&spec), "auth-secrets");
+        assert_eq!(
+            m.volumes,
+            [
+                ("keys".to_string(), Some(vec!["SERVICE_SECRET".to_string()])),
+                ("all".to_string(), None)
+            ]
+        );
+        assert_eq!(
+            m.mounted,
+            [(
+                "web".to_string(),
+                "/etc/keys".to_string(),
+                "keys".to_string()
+            )]
+        );
+        assert_eq!(m.sub_path, [("side".to_string(), "/etc/all/s".to_string())]);
+        assert_eq!(secret_mounts(None, "auth-secrets"), SecretMounts::default());
+        assert!(secret_mounts(Some(&spec), "nope").volumes.is_empty());
+    }
+
+    #[test]
+    fn a_reload_consumer_needs_every_key_in_a_mounted_volume() {
+        let w = crate::playbook::WorkloadRef {
+            kind: WorkloadKind::Deployment,
+            name: "auth".into(),
+            namespace: "demo".into(),
+        };
+        let keys = ["S", "S_PREVIOUS"];
+        let s = |v: &str| v.to_string();
+        let problem = |m: &SecretMounts| reload_problem(m, &w, "auth-secrets", &keys);
+        let e = problem(&SecretMounts::default()).unwrap();
+        assert!(e.contains("has no volume of Secret auth-secrets"), "{e}");
+        let mut m = SecretMounts {
+            volumes: vec![(s("keys"), None)],
+            ..Default::default()
+        };
+        let e = problem(&m).unwrap();
+        assert!(
+            e.contains("no container of deployment/auth in namespace demo mounts the volume keys"),
+            "{e}"
+        );
+        m.sub_path = vec![(s("web"), s("/etc/keys/S"))];
+        let e = problem(&m).unwrap();
+        assert!(
+            e.contains("only with subPath (container web at /etc/keys/S)"),
+            "{e}"
+        );
+        m.mounted = vec![(s("web"), s("/etc/keys"), s("keys"))];
+        assert_eq!(problem(&m), None);
+        // `items` that leave a key out, unless another mounted volume carries it.
+        m.volumes = vec![(s("keys"), Some(vec![s("S")]))];
+        let e = problem(&m).unwrap();
+        assert!(e.contains("list `items` without S_PREVIOUS"), "{e}");
+        m.volumes.push((s("prev"), Some(vec![s("S_PREVIOUS")])));
+        assert!(problem(&m).is_some(), "an unmounted volume does not count");
+        m.mounted.push((s("web"), s("/etc/prev"), s("prev")));
+        assert_eq!(problem(&m), None);
+    }
+
+    #[test]
+    fn a_pod_holds_the_values_when_its_primary_and_secondary_match() {
+        let names = SlotNames {
+            primary: "S".into(),
+            secondary: Some("S_PREVIOUS".into()),
+            aliases: BTreeMap::from([("KEY".into(), crate::playbook::SlotRef::Primary)]),
+        };
+        let (a, b) = (SecretValue::new("a".into()), SecretValue::new("b".into()));
+        let fp = |v: &SecretValue| v.fingerprint("s");
+        let held = |pairs: &[(&str, &SecretValue)]| Held {
+            names: pairs.iter().map(|(n, v)| (n.to_string(), fp(v))).collect(),
+            ..Held::default()
+        };
+        let both = Slots::new(b.clone(), Some(a.clone()));
+        let d = Desired::new(&names, "s", &both);
+        // An alias it does not report is not held against it.
+        assert_eq!(
+            held_differs(&names, false, &held(&[("S", &b), ("S_PREVIOUS", &a)]), &d),
+            None
+        );
+        let e = held_differs(&names, false, &held(&[("S", &a)]), &d).unwrap();
+        assert!(
+            e.contains(&format!("S is {}, expected {}", fp(&a), fp(&b))),
+            "{e}"
+        );
+        assert!(e.contains("S_PREVIOUS is missing"), "{e}");
+        // No secondary any more: one still held is a difference, unless the Secret keeps it.
+        let only = Slots::new(b.clone(), None);
+        let d = Desired::new(&names, "s", &only);
+        let stale = held(&[("S", &b), ("S_PREVIOUS", &a)]);
+        let e = held_differs(&names, false, &stale, &d).unwrap();
+        assert!(e.contains("S_PREVIOUS is still set, expected none"), "{e}");
+        assert_eq!(held_differs(&names, true, &stale, &d), None);
     }
 
     #[test]

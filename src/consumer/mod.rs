@@ -299,6 +299,30 @@ pub enum ConsumerError {
         /// Each pod left behind, with why.
         pods: Vec<String>,
     },
+    /// A `pickup: reload` consumer whose workload does not mount its Secret as a volume (bad
+    /// input for this cluster: nothing was changed).
+    #[error(
+        "consumer {consumer}: pickup: reload needs the Secret mounted as a volume: {detail}\n  help: mount it (volumes[].secret.secretName and a container's volumeMounts, without subPath) and have the service re-read its files, or use `pickup: restart` (docs/playbook.md, Kubernetes consumers)"
+    )]
+    Unsuited {
+        /// Consumer name.
+        consumer: String,
+        /// What the workload lacks.
+        detail: String,
+    },
+    /// A pod of a `pickup: reload` consumer did not show the new values in time.
+    #[error(
+        "consumer {consumer}: pod {instance} did not pick up the new values of {detail}\n  help: check that the pod mounts the Secret as a volume and that the service re-reads its files when `..data` changes; a kubelet that refreshes later needs a longer `sync_period`"
+    )]
+    NotPickedUp {
+        /// Consumer name.
+        consumer: String,
+        /// The pod.
+        instance: String,
+        /// The Secret, how long rotor waited since the write (sync period and grace), and
+        /// what the pod still holds or why its proof fails (fingerprints only).
+        detail: String,
+    },
     /// A cluster call failed.
     #[error("consumer {consumer}: {source}")]
     Cluster {
@@ -372,6 +396,7 @@ impl ConsumerError {
     pub fn instance(&self) -> Option<&str> {
         match self {
             ConsumerError::NotReady { instance, .. }
+            | ConsumerError::NotPickedUp { instance, .. }
             | ConsumerError::Observe { instance, .. }
             | ConsumerError::Gate { instance, .. } => Some(instance),
             _ => None,

@@ -426,6 +426,16 @@ impl Engine {
 
 impl Run<'_> {
     async fn preflight(&mut self) -> Result<(), EngineError> {
+        // A reload consumer that could never pick a value up (a workload that does not mount
+        // its Secret) is bad input: refused (exit 2) before any proof or change.
+        for c in self
+            .e
+            .consumers
+            .iter()
+            .filter(|c| c.pickup() == crate::playbook::Pickup::Reload)
+        {
+            c.desired_instances().await?;
+        }
         let r = async {
             let mut d = self.prove_validators(&[Which::A], &[]).await?;
             d.push_str("; ");

@@ -225,6 +225,9 @@ impl EngineError {
             }) => Exit::FailsOpen,
             // A consumer's `tls` files are unusable: bad input, nothing was changed.
             EngineError::Consumer(ConsumerError::Tls(_)) => Exit::Usage,
+            // A reload consumer whose workload does not mount its Secret: refused before any
+            // change.
+            EngineError::Consumer(ConsumerError::Unsuited { .. }) => Exit::Usage,
             // `up` could not prove an instance: nothing was published, an operator must look.
             EngineError::Consumer(ConsumerError::Gate { .. }) => Exit::NeedsOperator,
             EngineError::RolledBack { .. } => Exit::RolledBack,

@@ -6,9 +6,12 @@
 //! client changes a gate's condition (`pods/status`), the loop asks the pod's task to write
 //! its status again, and the endpoints follow.
 //!
+//! Secret volumes are materialised (see `volumes`) before the container first starts and kept
+//! in step with their Secrets after the sync delay, without restarting anything.
+//!
 //! Owns: pod processes (by pid, never by name), pod IPs, pod status but for conditions it does
-//! not own (kept as they are), pod log files. Must never: log environment values or Secret
-//! data (only names), or decide which pods exist.
+//! not own (kept as they are), pod log files, pod directories (Secret volumes). Must never: log
+//! environment values or Secret data (only names), or decide which pods exist.
 
 use super::objects::Ptr as _;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -33,6 +36,7 @@ use super::faults::{CrashMode, Faults};
 use super::objects::{Store, name_of, namespace_of, now_rfc3339};
 use super::resources;
 use super::topology::{INPROCESS_IMAGE, ImageSpec};
+use super::volumes;
 
 /// Loopback addresses for pods: 127.0.0.2..=254, then 127.0.1.2..=254, … Freed addresses are
 /// reused oldest-freed first. One pool per process, so labs in one process never collide; an
@@ -137,6 +141,12 @@ pub(crate) struct Ctx {
     pub drain: Duration,
     pub fleet_dir: PathBuf,
     pub logs_dir: PathBuf,
+    /// `<pods_dir>/<uid>/volumes/kubernetes.io~secret/<volume>`: Secret volumes.
+    pub pods_dir: PathBuf,
+    /// A running pod's Secret volume shows a change this long after it was first seen …
+    pub secret_sync_delay: Duration,
+    /// … plus a share of this, fixed per pod.
+    pub secret_sync_jitter: Duration,
     pub spawner: Spawner,
     pub endpoints: Endpoints,
     pub http: reqwest::Client,
@@ -342,6 +352,111 @@ fn resolve_env(
         }
     }
     Ok(env)
+}
+
+/// Materialises the Secret volumes container `c` of `pod` mounts, in `pod_dir`, and starts
+/// keeping them in step with their Secrets (the task, when there are any). A Secret that is
+/// missing (and not optional) keeps the container from starting, as on a cluster.
+fn mount_volumes(
+    ctx: &Ctx,
+    pod: &Value,
+    c: &Value,
+    pod_dir: &std::path::Path,
+) -> Result<Option<tokio::task::JoinHandle<()>>, NotStarted> {
+    let mounts = volumes::secret_mounts(pod, c).map_err(|message| NotStarted {
+        reason: "CreateContainerConfigError",
+        message,
+    })?;
+    let ns = namespace_of(pod);
+    let mut unique: Vec<(volumes::Mount, PathBuf)> = Vec::new();
+    for m in mounts {
+        if !unique.iter().any(|(u, _)| u.volume.name == m.volume.name) {
+            let dir = volumes::volume_dir(pod_dir, &m.volume.name);
+            unique.push((m, dir));
+        }
+    }
+    if unique.is_empty() {
+        return Ok(None);
+    }
+    let failed = |m: &volumes::Mount, e: String| NotStarted {
+        reason: "ContainerCreating",
+        message: format!(
+            "MountVolume.SetUp failed for volume {:?} : {e}",
+            m.volume.name
+        ),
+    };
+    let mut shown = Vec::new();
+    for (m, dir) in &unique {
+        let p = volumes::read(&ctx.store, ns, m).map_err(|e| failed(m, e))?;
+        volumes::write(dir, &p).map_err(|e| failed(m, e.to_string()))?;
+        shown.push(p);
+    }
+    let uid = pod
+        .ptr("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let delay = volumes::pod_delay(uid, ctx.secret_sync_delay, ctx.secret_sync_jitter);
+    Ok(Some(tokio::spawn(volumes::sync(
+        ctx.store.clone(),
+        ns.to_string(),
+        name_of(pod).to_string(),
+        unique,
+        shown,
+        delay,
+    ))))
+}
+
+/// Container `c` as it starts on this host: every `env[].value`, `command[]` and `args[]` that
+/// names a Secret volume's mount path names its host directory instead (pods have no mount
+/// namespace), and each `subPath` mount is a copy made now, never refreshed.
+fn on_host(c: &Value, pod: &Value, pod_dir: &std::path::Path) -> Result<Value, NotStarted> {
+    let mounts = volumes::secret_mounts(pod, c).map_err(|message| NotStarted {
+        reason: "CreateContainerConfigError",
+        message,
+    })?;
+    if mounts.is_empty() {
+        return Ok(c.clone());
+    }
+    let container = c["name"].as_str().unwrap_or("c");
+    let mut host: Vec<(String, PathBuf)> = Vec::new();
+    for (i, m) in mounts.iter().enumerate() {
+        let dir = volumes::volume_dir(pod_dir, &m.volume.name);
+        match &m.sub_path {
+            None => host.push((m.mount_path.clone(), dir)),
+            Some(sub) => {
+                let to = pod_dir
+                    .join("volume-subpaths")
+                    .join(&m.volume.name)
+                    .join(container)
+                    .join(i.to_string());
+                volumes::copy_sub_path(&dir, sub, &to).map_err(|e| NotStarted {
+                    reason: "CreateContainerConfigError",
+                    message: format!(
+                        "failed to prepare subPath for volumeMount {:?}: {e}",
+                        m.volume.name
+                    ),
+                })?;
+                host.push((m.mount_path.clone(), to));
+            }
+        }
+    }
+    let mut c = c.clone();
+    let fix = |v: &mut Value| {
+        if let Some(new) = v.as_str().and_then(|s| volumes::rewrite(s, &host)) {
+            *v = Value::String(new);
+        }
+    };
+    for key in ["command", "args"] {
+        for v in c[key].as_array_mut().into_iter().flatten() {
+            fix(v);
+        }
+    }
+    for e in c["env"].as_array_mut().into_iter().flatten() {
+        if let Some(v) = e.get_mut("value") {
+            fix(v);
+        }
+    }
+    Ok(c)
 }
 
 /// How a container runs.
@@ -809,10 +924,26 @@ async fn run_pod(
     let mut running: Option<Running> = None;
     let mut backoff = Duration::from_millis(250);
     let c0 = pod["spec"]["containers"][0].clone();
+    let uid = pod
+        .ptr("/metadata/uid")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty())
+        .unwrap_or(&name)
+        .to_string();
+    let pod_dir = ctx.pods_dir.join(&uid);
+    // Volumes are set up once, before the first start; a restart keeps them.
+    let mut volume_sync: Option<Option<tokio::task::JoinHandle<()>>> = None;
     'life: while grace.is_none() {
         // Start (or restart) the container.
-        let prepared = resolve_image(&ctx.images, &c0).and_then(|r| {
-            resolve_env(&ctx.store, &pod, &c0, ip).map(|mut env| {
+        let mounted = match &volume_sync {
+            Some(_) => Ok(()),
+            None => mount_volumes(&ctx, &pod, &c0, &pod_dir).map(|t| volume_sync = Some(t)),
+        };
+        let prepared = mounted
+            .and_then(|()| on_host(&c0, &pod, &pod_dir))
+            .and_then(|c| resolve_image(&ctx.images, &c).map(|r| (r, c)));
+        let prepared = prepared.and_then(|(r, c)| {
+            resolve_env(&ctx.store, &pod, &c, ip).map(|mut env| {
                 let mut add = |k: &str, v: String| {
                     if !env.iter().any(|(n, _)| n == k) {
                         env.push((k.into(), v.into()));
@@ -946,6 +1077,12 @@ async fn run_pod(
             child.signal(Signal::SIGKILL);
             let _ = child.wait().await;
         }
+    }
+    if let Some(Some(t)) = volume_sync {
+        t.abort();
+    }
+    if pod_dir.starts_with(&ctx.pods_dir) && pod_dir != ctx.pods_dir {
+        let _ = std::fs::remove_dir_all(&pod_dir);
     }
     let _ = ctx.store.remove(resources::get("pods"), &ns, &name);
     IpPool::give(ip);

@@ -7,7 +7,8 @@
 //! watch fan-out), `patch`, `selector`, `table` (server-side printing), `resources` (the
 //! resource table), `controller` (Deployments, StatefulSets, DaemonSets, ReplicaSets),
 //! `kubelet` (pod processes, readiness and readiness gates, restarts, termination),
-//! `endpoints` (the fleet's `endpoints.json` files), `inprocess` (in-process pods), `faults`
+//! `volumes` (Secret volumes with the kubelet's layout and sync delay), `endpoints` (the
+//! fleet's `endpoints.json` files), `inprocess` (in-process pods), `faults`
 //! (fault injection and statistics), `topology` (the topology file), `secretmanager` (Google
 //! Cloud Secret Manager's REST API v1 on the same address).
 //!
@@ -37,6 +38,7 @@ mod secretmanager;
 mod selector;
 mod table;
 mod topology;
+mod volumes;
 
 use self::objects::Ptr as _;
 use std::collections::HashMap;
@@ -57,10 +59,15 @@ pub use secretmanager::{
     AccessRecord, SecretManagerLab, SecretManagerStats, SecretSnapshot, VersionSnapshot,
     VersionState,
 };
-pub use topology::{INPROCESS_IMAGE, ImageSpec, NodeSpec, Topology};
+pub use topology::{INPROCESS_IMAGE, ImageSpec, MAX_SECRET_SYNC, NodeSpec, Topology};
 
 /// The default drain: time between a pod leaving the endpoints and its SIGTERM.
 pub const DEFAULT_DRAIN: Duration = Duration::from_millis(300);
+
+/// The default sync delay of Secret volumes: a running pod sees a Secret change this long
+/// after it was written (a kubelet takes up to about a minute and a half; set
+/// `secret_sync_delay` in the topology for that).
+pub const DEFAULT_SECRET_SYNC_DELAY: Duration = Duration::from_secs(1);
 
 /// Where the topology comes from.
 #[derive(Debug, Clone)]
@@ -101,6 +108,8 @@ pub struct LabOptions {
     pub listen: SocketAddr,
     /// Overrides the topology's drain.
     pub drain: Option<Duration>,
+    /// Overrides the topology's `secret_sync_delay`.
+    pub secret_sync_delay: Option<Duration>,
 }
 
 impl LabOptions {
@@ -113,6 +122,7 @@ impl LabOptions {
             dir,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             drain: None,
+            secret_sync_delay: None,
         }
     }
 }
@@ -127,6 +137,7 @@ pub struct LabHandle {
     kubeconfig: PathBuf,
     namespace: String,
     fleet_dir: PathBuf,
+    pods_dir: PathBuf,
     faults: Faults,
     shared: Arc<api::Shared>,
     shutdown: watch::Sender<bool>,
@@ -163,6 +174,7 @@ impl Lab {
         };
         mkdir(&opts.dir)?;
         mkdir(&opts.dir.join("logs"))?;
+        mkdir(&opts.dir.join("pods"))?;
         mkdir(&opts.fleet_dir)?;
         let store = Arc::new(objects::Store::new());
         let faults = Faults::default();
@@ -286,6 +298,12 @@ impl Lab {
             drain: opts.drain.or(topo.drain).unwrap_or(DEFAULT_DRAIN),
             fleet_dir: opts.fleet_dir.clone(),
             logs_dir: opts.dir.join("logs"),
+            pods_dir: opts.dir.join("pods"),
+            secret_sync_delay: opts
+                .secret_sync_delay
+                .or(topo.secret_sync_delay)
+                .unwrap_or(DEFAULT_SECRET_SYNC_DELAY),
+            secret_sync_jitter: topo.secret_sync_jitter.unwrap_or_default(),
             spawner: kubelet::Spawner::new(),
             endpoints: endpoints::Endpoints::new(opts.fleet_dir.clone()),
             http,
@@ -297,6 +315,7 @@ impl Lab {
             kubeconfig,
             namespace,
             fleet_dir: opts.fleet_dir,
+            pods_dir: opts.dir.join("pods"),
             faults,
             shared,
             shutdown,
@@ -329,6 +348,12 @@ impl LabHandle {
     /// Where the endpoints files are.
     pub fn fleet_dir(&self) -> &Path {
         &self.fleet_dir
+    }
+
+    /// Where the Secret volume `volume` of the pod with uid `pod_uid` lives on the host
+    /// (`<dir>/pods/<uid>/volumes/kubernetes.io~secret/<volume>`, the kubelet's layout).
+    pub fn secret_volume_dir(&self, pod_uid: &str, volume: &str) -> PathBuf {
+        volumes::volume_dir(&self.pods_dir.join(pod_uid), volume)
     }
 
     /// Adds and clears faults at run time.

@@ -14,7 +14,7 @@ use rotor_lab::{Lab, LabOptions};
 #[derive(Debug, Parser)]
 #[command(name = "rotor-lab", version)]
 struct Cli {
-    /// The topology file (nodes, drain, images, faults, objects).
+    /// The topology file (nodes, drain, Secret volume sync delay, images, faults, objects).
     #[arg(long, value_name = "FILE")]
     topology: PathBuf,
     /// Where logs, the kubeconfig and the fleet's endpoints files go (default: a new temp dir).

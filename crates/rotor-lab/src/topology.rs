@@ -8,6 +8,8 @@
 //!   - name: lab-node-2
 //!     slow: 2s               # pods on this node start 2s late
 //! drain: 300ms               # between leaving the endpoints and SIGTERM
+//! secret_sync_delay: 1s      # a running pod's Secret volume shows a change this much later
+//! secret_sync_jitter: 0s     # plus up to this much more, a fixed share per pod
 //! images:                    # image -> argv prefix; `inprocess` = in-process responder
 //!   my-image: ["/usr/local/bin/my-service", "--flag"]
 //! faults: [ {kind: crash_loop, workload: auth} ]
@@ -32,6 +34,9 @@ use serde_saphyr::Spanned;
 use super::error::LabError;
 use super::faults::Fault;
 use super::resources;
+
+/// The longest `secret_sync_delay` or `secret_sync_jitter` a topology may give.
+pub const MAX_SECRET_SYNC: Duration = Duration::from_secs(3600);
 
 /// The image that runs as an in-process responder instead of a process.
 pub const INPROCESS_IMAGE: &str = "lab/inprocess-responder";
@@ -68,6 +73,11 @@ enum RawImage {
 pub struct Topology {
     pub nodes: Vec<NodeSpec>,
     pub drain: Option<Duration>,
+    /// How long after a Secret change a running pod's Secret volume shows it (the kubelet's
+    /// sync delay); `None` is [`DEFAULT_SECRET_SYNC_DELAY`](crate::DEFAULT_SECRET_SYNC_DELAY).
+    pub secret_sync_delay: Option<Duration>,
+    /// Up to this much more per pod (a fixed share of it, from the pod's uid).
+    pub secret_sync_jitter: Option<Duration>,
     pub namespace: Option<String>,
     pub images: BTreeMap<String, ImageSpec>,
     pub faults: Vec<Fault>,
@@ -79,6 +89,8 @@ impl Default for Topology {
         Topology {
             nodes: default_nodes(),
             drain: None,
+            secret_sync_delay: None,
+            secret_sync_jitter: None,
             namespace: None,
             images: BTreeMap::new(),
             faults: Vec::new(),
@@ -115,6 +127,10 @@ struct Raw {
     nodes: Option<Vec<NodeSpec>>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     drain: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    secret_sync_delay: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    secret_sync_jitter: Option<Duration>,
     #[serde(default)]
     images: BTreeMap<String, RawImage>,
     #[serde(default)]
@@ -155,8 +171,8 @@ impl Topology {
                 line,
                 column,
                 format!("invalid topology: {msg}"),
-                "the top level takes namespace, nodes, drain, images, faults and objects; see \
-                 docs/lab.md",
+                "the top level takes namespace, nodes, drain, secret_sync_delay, \
+                 secret_sync_jitter, images, faults and objects; see docs/lab.md",
             )
         })?;
         let nodes = raw.nodes.unwrap_or_else(default_nodes);
@@ -167,6 +183,24 @@ impl Topology {
                 "`nodes` is empty".into(),
                 "declare at least one node",
             ));
+        }
+        for (field, d) in [
+            ("secret_sync_delay", raw.secret_sync_delay),
+            ("secret_sync_jitter", raw.secret_sync_jitter),
+        ] {
+            if d.is_some_and(|d| d > MAX_SECRET_SYNC) {
+                let line = text
+                    .lines()
+                    .position(|l| l.starts_with(field))
+                    .map_or(1, |i| i as u64 + 1);
+                return Err(err(
+                    line,
+                    1,
+                    format!("`{field}` is longer than an hour"),
+                    "the kubelet refreshes Secret volumes within about a minute; write e.g. 1s \
+                     or 90s",
+                ));
+            }
         }
         let mut objects = Vec::new();
         for o in raw.objects {
@@ -216,6 +250,8 @@ impl Topology {
         Ok(Topology {
             nodes,
             drain: raw.drain,
+            secret_sync_delay: raw.secret_sync_delay,
+            secret_sync_jitter: raw.secret_sync_jitter,
             namespace,
             images,
             faults: raw.faults,
@@ -239,6 +275,22 @@ mod tests {
         assert_eq!(t.drain, Some(Duration::from_millis(200)));
         assert_eq!(t.namespace.as_deref(), Some("demo"));
         assert_eq!(t.images["x"], ImageSpec::InProcess);
+        assert_eq!(t.secret_sync_delay, None);
+
+        let t = Topology::parse(
+            "secret_sync_delay: 90s\nsecret_sync_jitter: 500ms\n",
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        assert_eq!(t.secret_sync_delay, Some(Duration::from_secs(90)));
+        assert_eq!(t.secret_sync_jitter, Some(Duration::from_millis(500)));
+        let e = Topology::parse("drain: 1s\nsecret_sync_delay: 2h\n", Path::new("t.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.yaml:2:1") && e.contains("longer than an hour"),
+            "{e}"
+        );
 
         let e = Topology::parse("drain: soon\n", Path::new("t.yaml")).unwrap_err();
         let s = e.to_string();
