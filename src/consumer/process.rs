@@ -676,48 +676,29 @@ impl ProcessConsumer {
                     .await?;
                 fleet[pos] = rec;
             }
-            let mut have = fleet.len();
-            while have < want {
+            // Every instance now holds the desired values; top up or retire below.
+            matching = fleet.len();
+        } else {
+            events.emit(&Event::RolloutStarted {
+                consumer: self.name.clone(),
+                instances: starts,
+            });
+            // Restart: each stale instance is replaced by a proven new one (started before the
+            // old one is retired), or retired when `want` instances already match.
+            for old in stale {
+                if matching >= want {
+                    report.waited += self.retire(&mut fleet, &old, true).await?;
+                    continue;
+                }
                 let new = self
                     .start_ready(&d, gate, events, deadline, &mut report)
                     .await?;
                 let new_id = new.id.clone();
                 self.publish(&mut fleet, new)?;
-                have += 1;
-                self.replaced(events, None, new_id, &d);
-            }
-            while have > want {
-                let Some(extra) = fleet.first().map(|r| r.id.clone()) else {
-                    break;
-                };
-                report.waited += self.retire(&mut fleet, &extra, true).await?;
-                have -= 1;
-            }
-            events.emit(&Event::RolloutFinished {
-                consumer: self.name.clone(),
-                restarts: report.restarts,
-            });
-            return Ok(report);
-        }
-
-        events.emit(&Event::RolloutStarted {
-            consumer: self.name.clone(),
-            instances: starts,
-        });
-
-        for old in stale {
-            if matching >= want {
+                matching += 1;
                 report.waited += self.retire(&mut fleet, &old, true).await?;
-                continue;
+                self.replaced(events, Some(old), new_id, &d);
             }
-            let new = self
-                .start_ready(&d, gate, events, deadline, &mut report)
-                .await?;
-            let new_id = new.id.clone();
-            self.publish(&mut fleet, new)?;
-            matching += 1;
-            report.waited += self.retire(&mut fleet, &old, true).await?;
-            self.replaced(events, Some(old), new_id, &d);
         }
         while matching < want {
             let new = self
