@@ -274,6 +274,23 @@ print(json.dumps({"code": p.returncode, "stdout": p.stdout, "stderr": p.stderr})
         let holder: serde_json::Value = serde_json::from_str(&text).ok()?;
         holder["stage"].as_str().map(str::to_string)
     }
+    /// `rotate --yes` under load through every signer→validator path: exit 0, no failed
+    /// request, at least `min_per_path` requests on each path. Returns rotor's output and the
+    /// final report.
+    pub async fn rotate_under_load(&self, min_per_path: u64) -> (Out, serde_json::Value) {
+        let load = self.load();
+        let out = self.rotor(&["--output", "json", "rotate", "--yes"]).await;
+        let report = load.stop().await;
+        out.assert_code(0);
+        self.assert_no_failures(&report);
+        for (path, (n, _)) in &report.per_path {
+            assert!(*n >= min_per_path, "only {n} requests on {path}");
+        }
+        let r = out.last_json()["report"].clone();
+        assert_eq!(r["state"], "S5", "{r}");
+        (out, r)
+    }
+
 
     /// `rotor --output json rekey --emergency --reason <reason> <extra…>`.
     pub async fn rekey(&self, reason: &str, extra: &[&str]) -> Out {

@@ -254,16 +254,7 @@ async fn haproxy_and_the_demo_service_reload_their_files_with_no_restart_and_no_
     assert_no_value_in_processes(&env, &["signer", "haproxy"], &[&old]);
     assert_haproxy_answers(&env, &old, "current", 200).await;
 
-    let load = env.load();
-    let out = env.rotor(&["--output", "json", "rotate", "--yes"]).await;
-    let report = load.stop().await;
-    out.assert_code(0);
-    env.assert_no_failures(&report);
-    for (path, (n, _)) in &report.per_path {
-        assert!(*n >= 50, "only {n} requests on {path}");
-    }
-    let r = &out.last_json()["report"];
-    assert_eq!(r["state"], "S5", "{r}");
+    let (out, r) = env.rotate_under_load(50).await;
     // Reloads are counted where restarts would be: validators at T2 and T4, the signer at T3.
     assert_eq!(r["restarts"]["haproxy"], 4, "{r}");
     assert_eq!(r["restarts"]["signer"], 2, "{r}");

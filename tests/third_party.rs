@@ -295,16 +295,7 @@ async fn nginx_and_haproxy_validators_rotate_with_no_failed_request() {
     env.up().await;
     let old = primary_value(&env);
     assert_answers(&env, &old, "current", 200).await;
-    let load = env.load();
-    let out = env.rotor(&["--output", "json", "rotate", "--yes"]).await;
-    let report = load.stop().await;
-    out.assert_code(0);
-    env.assert_no_failures(&report);
-    for (path, (n, _)) in &report.per_path {
-        assert!(*n >= 50, "only {n} requests on {path}");
-    }
-    let r = &out.last_json()["report"];
-    assert_eq!(r["state"], "S5", "{r}");
+    let (_, r) = env.rotate_under_load(50).await;
     // Validators roll at T2 (widen) and T4 (narrow), the signer at T3: 2 instances each time.
     assert_eq!(r["restarts"]["nginx"], 4, "{r}");
     assert_eq!(r["restarts"]["haproxy"], 4, "{r}");
