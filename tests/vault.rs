@@ -202,7 +202,9 @@ impl Bao {
     /// `bao <args> -format=json` as root, parsed.
     pub fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
-        all.insert(2, "-format=json");
+        // Flags go after the subcommand words, before the first flag or the path.
+        let at = all.iter().position(|a| a.starts_with('-')).unwrap_or(all.len() - 1);
+        all.insert(at, "-format=json");
         let out = self.cli(&all);
         assert_eq!(out.code(), Some(0), "bao {all:?}: {}", out.stderr);
         serde_json::from_str(&out.stdout).unwrap()
