@@ -33,12 +33,13 @@ fn free_port() -> u16 {
 }
 
 /// One OpenBao server on loopback: a dev server (in memory, root token `root`), or a server
-/// with file storage (survives a restart; initialised and unsealed by the harness).
+/// with raft storage (survives a restart; initialised and unsealed by the harness).
 pub struct Bao {
     bin: PathBuf,
     pub dir: tempfile::TempDir,
     pub addr: String,
     port: u16,
+    cluster_port: u16,
     child: Option<Child>,
     /// The root token.
     pub root: String,
@@ -53,7 +54,7 @@ impl Bao {
         Bao::start(false).await
     }
 
-    /// A server with file storage, initialised, unsealed, KV v2 at `secret/`.
+    /// A server with raft storage, initialised, unsealed, KV v2 at `secret/`.
     pub async fn persistent() -> Bao {
         let mut b = Bao::start(true).await;
         let init: Value = serde_json::from_str(
@@ -89,6 +90,7 @@ impl Bao {
             bin,
             addr: format!("http://127.0.0.1:{port}"),
             port,
+            cluster_port: free_port(),
             dir,
             child: None,
             root: "root".into(),
@@ -99,15 +101,21 @@ impl Bao {
         b
     }
 
+    /// A one-node raft cluster on loopback (OpenBao has no `file` storage): the data survives
+    /// a restart.
     fn config(&self) -> PathBuf {
         let cfg = self.dir.path().join("bao.hcl");
+        let data = self.dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
         std::fs::write(
             &cfg,
             format!(
-                "storage \"file\" {{\n  path = \"{}\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{}\"\n  tls_disable = true\n}}\ndisable_mlock = true\napi_addr = \"{}\"\n",
-                self.dir.path().join("data").display(),
+                "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"n1\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:{}\"\n  cluster_address = \"127.0.0.1:{}\"\n  tls_disable = true\n}}\napi_addr = \"{}\"\ncluster_addr = \"http://127.0.0.1:{}\"\n",
+                data.display(),
                 self.port,
-                self.addr
+                self.cluster_port,
+                self.addr,
+                self.cluster_port
             ),
         )
         .unwrap();
@@ -136,10 +144,14 @@ impl Bao {
         let url = format!("{}/v1/sys/health", self.addr);
         let http = reqwest::Client::new();
         let log = self.dir.path().join("server.log");
-        wait_for("the OpenBao server to answer", Duration::from_secs(60), async || {
-            // Any answer will do (a sealed or uninitialised server answers 5xx).
-            http.get(&url).send().await.is_ok()
-        })
+        wait_for(
+            "the OpenBao server to answer",
+            Duration::from_secs(60),
+            async || {
+                // Any answer will do (a sealed or uninitialised server answers 5xx).
+                http.get(&url).send().await.is_ok()
+            },
+        )
         .await;
         assert!(
             self.child.as_mut().unwrap().try_wait().unwrap().is_none(),
@@ -156,7 +168,7 @@ impl Bao {
         }
     }
 
-    /// Starts it again (file storage: sealed until [`Bao::unseal`]).
+    /// Starts it again (sealed until [`Bao::unseal`]).
     pub async fn restart(&mut self) {
         assert!(self.persistent, "a dev server loses its data on restart");
         self.stop();
@@ -164,17 +176,21 @@ impl Bao {
     }
 
     pub async fn unseal(&self) {
-        let key = self.unseal_key.clone().expect("file storage");
+        let key = self.unseal_key.clone().expect("raft storage");
         let out = self.cli_as("", &["operator", "unseal", &key]);
         assert_eq!(out.code(), Some(0), "{}", out.stderr);
         let url = format!("{}/v1/sys/health", self.addr);
         let http = reqwest::Client::new();
-        wait_for("the server to be active", Duration::from_secs(60), async || {
-            http.get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().as_u16() == 200)
-        })
+        wait_for(
+            "the server to be active",
+            Duration::from_secs(60),
+            async || {
+                http.get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() == 200)
+            },
+        )
         .await;
     }
 
@@ -203,7 +219,10 @@ impl Bao {
     pub fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         // Flags go after the subcommand words, before the first flag or the path.
-        let at = all.iter().position(|a| a.starts_with('-')).unwrap_or(all.len() - 1);
+        let at = all
+            .iter()
+            .position(|a| a.starts_with('-'))
+            .unwrap_or(all.len() - 1);
         all.insert(at, "-format=json");
         let out = self.cli(&all);
         assert_eq!(out.code(), Some(0), "bao {all:?}: {}", out.stderr);
@@ -240,13 +259,23 @@ impl Bao {
         self.least_privilege_token();
         for args in [
             &["auth", "enable", "approle"][..],
-            &["write", "auth/approle/role/rotor", "token_policies=rotor", "token_ttl=10m"],
+            &[
+                "write",
+                "auth/approle/role/rotor",
+                "token_policies=rotor",
+                "token_ttl=10m",
+            ],
         ] {
             let out = self.cli(args);
             assert_eq!(out.code(), Some(0), "bao {args:?}: {}", out.stderr);
         }
         let role_id = self.cli(&["read", "-field=role_id", "auth/approle/role/rotor/role-id"]);
-        let secret_id = self.cli(&["write", "-f", "-field=secret_id", "auth/approle/role/rotor/secret-id"]);
+        let secret_id = self.cli(&[
+            "write",
+            "-f",
+            "-field=secret_id",
+            "auth/approle/role/rotor/secret-id",
+        ]);
         assert_eq!(secret_id.code(), Some(0), "{}", secret_id.stderr);
         let r = self.dir.path().join("role-id");
         let s = self.dir.path().join("secret-id");
@@ -257,10 +286,9 @@ impl Bao {
 
     /// A token holding only the policy in docs/vault.md (for `secret/rotor/service-secret`).
     pub fn least_privilege_token(&self) -> String {
-        let docs = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/vault.md"),
-        )
-        .unwrap();
+        let docs =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/vault.md"))
+                .unwrap();
         let hcl = docs
             .split("```hcl\n")
             .nth(1)
@@ -272,7 +300,13 @@ impl Bao {
         std::fs::write(&file, hcl).unwrap();
         let out = self.cli(&["policy", "write", "rotor", file.to_str().unwrap()]);
         assert_eq!(out.code(), Some(0), "{}", out.stderr);
-        let out = self.cli(&["token", "create", "-policy=rotor", "-no-default-policy", "-field=token"]);
+        let out = self.cli(&[
+            "token",
+            "create",
+            "-policy=rotor",
+            "-no-default-policy",
+            "-field=token",
+        ]);
         assert_eq!(out.code(), Some(0), "{}", out.stderr);
         out.stdout.trim().to_string()
     }
@@ -445,7 +479,11 @@ async fn vault_full_rotation_under_load_under_the_documented_policy() {
     let token = bao.least_privilege_token();
     // The policy is least privilege: the token reaches the store's paths only.
     let other = bao.cli_as(&token, &["kv", "get", "-mount=secret", "other"]);
-    assert_ne!(other.code(), Some(0), "the policy must not reach other secrets");
+    assert_ne!(
+        other.code(),
+        Some(0),
+        "the policy must not reach other secrets"
+    );
     let env = VaultEnv::new(&bao, &token, "");
     env.rotor(&["init"]).await.assert_code(0);
     let meta = bao.metadata();
@@ -482,13 +520,11 @@ async fn vault_full_rotation_under_load_under_the_documented_policy() {
         let v = v.as_str().unwrap();
         assert!(v != a && v != b, "a value in custom_metadata {k}");
     }
-    let lock = bao.json(&[
-        "kv",
-        "get",
-        "-mount=secret",
-        &format!("{PATH}.rotor-lock"),
-    ]);
-    assert_eq!(lock["data"]["data"]["holder"], "", "the lock is released: {lock}");
+    let lock = bao.json(&["kv", "get", "-mount=secret", &format!("{PATH}.rotor-lock")]);
+    assert_eq!(
+        lock["data"]["data"]["holder"], "",
+        "the lock is released: {lock}"
+    );
     // rotor's own view agrees.
     let status = env.rotor(&["--output", "json", "status"]).await;
     status.assert_code(0);
@@ -528,7 +564,10 @@ async fn vault_rollback_from_every_stage_soft_deletes_and_undeletes() {
                 // T4 "disable" is a soft delete of A.
                 assert_eq!(custom(&meta, "rotor-primary"), Some(b.to_string()));
                 assert!(deleted(&meta, 1) && !destroyed(&meta, 1), "{meta}");
-                assert!(bao.value(1).is_err(), "a soft-deleted version is not readable");
+                assert!(
+                    bao.value(1).is_err(),
+                    "a soft-deleted version is not readable"
+                );
             }
         }
         env.rotor(&["rollback"]).await.assert_code(0);
@@ -538,9 +577,15 @@ async fn vault_rollback_from_every_stage_soft_deletes_and_undeletes() {
         let meta = bao.metadata();
         assert_eq!(custom(&meta, "rotor-primary").as_deref(), Some("1"));
         assert_eq!(custom(&meta, "rotor-secondary"), None);
-        assert!(!deleted(&meta, 1), "A undeleted after rollback from {until}: {meta}");
+        assert!(
+            !deleted(&meta, 1),
+            "A undeleted after rollback from {until}: {meta}"
+        );
         assert_eq!(bao.value(1).as_deref(), Ok(a.as_str()));
-        assert!(destroyed(&meta, b), "B destroyed after rollback from {until}");
+        assert!(
+            destroyed(&meta, b),
+            "B destroyed after rollback from {until}"
+        );
         env.rotor(&["check"]).await.assert_code(0);
     }
     let report = load.stop().await;
@@ -565,6 +610,7 @@ async fn vault_a_cas_conflict_from_another_writer_is_refused_and_loses_nothing()
             secret_id_file,
         },
         retry_deadline: Duration::from_secs(5),
+        lock_duration: Duration::from_secs(30),
     };
     let store = rotor::store::vault::VaultStore::new(&spec, SECRET);
     let first = rotor::secret::SecretValue::new("first-value-0123456789abcdef".into());
@@ -586,8 +632,14 @@ async fn vault_a_cas_conflict_from_another_writer_is_refused_and_loses_nothing()
         matches!(err, rotor::store::StoreError::Conflict { .. }),
         "{msg}"
     );
-    assert!(msg.contains("cas=1") && msg.contains("nothing was written"), "{msg}");
-    assert!(!msg.contains("rotors-value") && !msg.contains("someone-elses"), "{msg}");
+    assert!(
+        msg.contains("cas=1") && msg.contains("nothing was written"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("rotors-value") && !msg.contains("someone-elses"),
+        "{msg}"
+    );
     // Nothing lost, nothing overwritten: both versions as their writers left them.
     let meta = bao.metadata();
     assert_eq!(meta["current_version"], 2);
@@ -642,14 +694,17 @@ async fn vault_a_sealed_server_is_a_clear_error_that_changes_nothing() {
 async fn vault_server_stopped_mid_rotation_resume_finishes_after_restart() {
     let mut bao = Bao::persistent().await;
     let root = bao.root.clone();
-    let env = VaultEnv::new(&bao, &root, "  retry_deadline: 2s\n");
+    let env = VaultEnv::new(&bao, &root, "  retry_deadline: 2s\n  lock_duration: 3s\n");
     env.rotor(&["init"]).await.assert_code(0);
     let a = bao.value(1).unwrap();
     env.rotor(&["up"]).await.assert_code(0);
     let load = env.load();
     // rotor dies in the middle of T3 (at the store write), and the server goes down with it.
     let out = env
-        .rotor_env(&["rotate", "--yes"], &[("ROTOR_FAILPOINT", "T3.forward.store")])
+        .rotor_env(
+            &["rotate", "--yes"],
+            &[("ROTOR_FAILPOINT", "T3.forward.store")],
+        )
         .await;
     assert_eq!(out.signal(), Some(9), "{out:?}");
     bao.stop();
@@ -661,13 +716,25 @@ async fn vault_server_stopped_mid_rotation_resume_finishes_after_restart() {
         "{}",
         out.stderr
     );
-    // Back up (file storage keeps the data; the server comes back sealed).
+    // Back up (raft storage keeps the data; the server comes back sealed).
     bao.restart().await;
     let out = env.rotor(&["resume"]).await;
     assert_ne!(out.code(), Some(0));
     assert!(out.stderr.contains("is sealed"), "{}", out.stderr);
     bao.unseal().await;
-    let out = env.rotor(&["resume"]).await;
+    // The crashed run's claim is still in the lock secret (it survived the restart): it is
+    // taken over only once it lapsed, and only with --force.
+    let mut out = env.rotor(&["resume", "--yes"]).await;
+    assert_eq!(out.code(), Some(4), "{}", out.stderr);
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if out.code() != Some(4) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "{}", out.stderr);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        out = env.rotor(&["resume", "--yes", "--force"]).await;
+    }
     out.assert_code(0);
     let report = load.stop().await;
     env.assert_no_failures(&report);

@@ -239,10 +239,7 @@ pub fn open(
         }));
     }
     if let StoreSpec::Vault(spec) = &pb.store {
-        let duration = pb
-            .cluster
-            .as_ref()
-            .map_or(remote::DEFAULT_DURATION, |c| c.lease_duration);
+        let duration = spec.lock_duration;
         // A renewal that keeps failing must give up well before the claim lapses.
         let mut spec = spec.clone();
         spec.retry_deadline = spec.retry_deadline.min(duration / 3);

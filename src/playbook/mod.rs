@@ -199,6 +199,8 @@ pub struct VaultStoreSpec {
     /// How long one call is retried when the server cannot be reached (or answers 5xx other
     /// than sealed) before the step fails.
     pub retry_deadline: Duration,
+    /// How long the rotation lock's claim lives without renewal (renewed every third of it).
+    pub lock_duration: Duration,
 }
 
 /// How rotor authenticates to OpenBao/Vault.

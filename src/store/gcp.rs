@@ -224,7 +224,6 @@ fn transient(e: &GaxError) -> bool {
         || e.is_transient_and_before_rpc()
 }
 
-
 fn state_of(v: &sm::SecretVersion) -> VersionState {
     match v.state {
         sm::secret_version::State::Enabled => VersionState::Enabled,

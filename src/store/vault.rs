@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use rustify::endpoint::Endpoint;
 use rustify::enums::{RequestMethod, RequestType, ResponseType};
+use serde::Deserialize;
 use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretRequestOptions};
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
@@ -249,7 +249,9 @@ impl Meta {
     }
 
     fn fp(&self, n: u64) -> Option<Fingerprint> {
-        self.custom.get(&fp_key(n)).and_then(|t| Fingerprint::parse(t))
+        self.custom
+            .get(&fp_key(n))
+            .and_then(|t| Fingerprint::parse(t))
     }
 
     fn state(&self, n: u64) -> Option<VersionState> {
@@ -342,7 +344,9 @@ impl Endpoint for WriteMetadata<'_> {
         if let Some(cas) = self.metadata_cas {
             body["metadata_cas"] = cas.into();
         }
-        Ok(Some(serde_json::to_vec(&body).expect("a map of strings serializes")))
+        Ok(Some(
+            serde_json::to_vec(&body).expect("a map of strings serializes"),
+        ))
     }
 }
 
@@ -886,10 +890,7 @@ impl VaultStore {
             return Ok(fp.clone());
         }
         let fp = self.read_version(n).await?.fingerprint(&self.logical);
-        self.computed
-            .lock()
-            .expect("cache")
-            .insert(n, fp.clone());
+        self.computed.lock().expect("cache").insert(n, fp.clone());
         Ok(fp)
     }
 
@@ -1114,9 +1115,7 @@ impl Store for VaultStore {
         if let Some(fp) = meta.fp(n)
             && fp != value.fingerprint(&self.logical)
         {
-            return Err(self.corrupt(format!(
-                "version {n} does not match its fingerprint {fp}"
-            )));
+            return Err(self.corrupt(format!("version {n} does not match its fingerprint {fp}")));
         }
         Ok(value)
     }

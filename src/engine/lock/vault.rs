@@ -126,7 +126,11 @@ impl Backend for VaultLockBackend {
             None => String::new(),
         };
         let data = serde_json::json!({ HOLDER_KEY: text });
-        match self.store.write_data(&self.path(), &data, next.version).await {
+        match self
+            .store
+            .write_data(&self.path(), &data, next.version)
+            .await
+        {
             Ok(Some(version)) => Ok(LockRecord {
                 version,
                 holder: next.holder.clone(),
@@ -226,6 +230,7 @@ mod tests {
             namespace: None,
             auth: crate::playbook::VaultAuth::Token,
             retry_deadline: Duration::from_secs(1),
+            lock_duration: Duration::from_secs(30),
         };
         let b = VaultLockBackend {
             store: Arc::new(VaultStore::new(&spec, "s")),

@@ -25,6 +25,7 @@ const STORE_FIELDS: &[&str] = &[
     "mount",
     "address",
     "auth",
+    "lock_duration",
 ];
 /// Each store kind with the fields it takes.
 const STORE_KINDS: &[(&str, &[&str])] = &[
@@ -52,6 +53,7 @@ const STORE_KINDS: &[(&str, &[&str])] = &[
             "namespace",
             "auth",
             "retry_deadline",
+            "lock_duration",
         ],
     ),
 ];
@@ -94,8 +96,7 @@ impl Cx<'_> {
             "write `store:` with `kind` (and what that kind takes) under it",
         )?;
         self.only(&f, STORE_FIELDS, "store")?;
-        const KIND_HELP: &str =
-            "use `local` (a file), `kubernetes` (a Secret), `gcp` (Google Cloud Secret Manager) or `vault` (OpenBao/Vault KV v2)";
+        const KIND_HELP: &str = "use `local` (a file), `kubernetes` (a Secret), `gcp` (Google Cloud Secret Manager) or `vault` (OpenBao/Vault KV v2)";
         let kind = self.require(&f, "kind", KIND_HELP)?;
         let text = self.text(kind, "store.kind", KIND_HELP)?;
         let Some((_, takes)) = STORE_KINDS.iter().find(|(k, _)| *k == text) else {
@@ -323,7 +324,20 @@ impl Cx<'_> {
             namespace,
             auth,
             retry_deadline: Duration::from_secs(30),
+            lock_duration: Duration::from_secs(30),
         };
+        if let Some(node) = f.get("lock_duration") {
+            let d = self.duration(node, "store.lock_duration", HOUR)?;
+            if d < Duration::from_secs(3) {
+                return Err(self.err(
+                    node.pos,
+                    "store.lock_duration",
+                    "the lock duration is shorter than 3s",
+                    "give 3s to 1h (the default is 30s): how long the lock outlives a rotor that stopped renewing it",
+                ));
+            }
+            spec.lock_duration = d;
+        }
         if let Some(node) = f.get("retry_deadline") {
             spec.retry_deadline = self.duration(node, "store.retry_deadline", HOUR)?;
             if spec.retry_deadline < Duration::from_secs(1) {
@@ -346,7 +360,8 @@ impl Cx<'_> {
             "write `auth:` as a mapping, e.g. `auth: {method: approle, role_id_file: role-id, secret_id_file: secret-id}`",
         )?;
         self.only(&f, AUTH_FIELDS, "store.auth")?;
-        const METHOD_HELP: &str = "use `token` (VAULT_TOKEN or ~/.vault-token), `approle` or `kubernetes`";
+        const METHOD_HELP: &str =
+            "use `token` (VAULT_TOKEN or ~/.vault-token), `approle` or `kubernetes`";
         let method = self.require(&f, "method", METHOD_HELP)?;
         let idx = self.choice(
             method,
@@ -370,7 +385,9 @@ impl Cx<'_> {
             match f.get("mount") {
                 None => Ok(default.to_string()),
                 Some(node) => {
-                    let help = format!("give the auth method's mount path, e.g. `mount: {default}` (the default)");
+                    let help = format!(
+                        "give the auth method's mount path, e.g. `mount: {default}` (the default)"
+                    );
                     let text = self.text(node, "store.auth.mount", &help)?;
                     if !vault_path_ok(text, 128) {
                         return Err(self.err(
@@ -406,7 +423,8 @@ impl Cx<'_> {
                 )?,
             },
             "kubernetes" => {
-                const ROLE_HELP: &str = "give the Vault role bound to rotor's service account, e.g. `role: rotor`";
+                const ROLE_HELP: &str =
+                    "give the Vault role bound to rotor's service account, e.g. `role: rotor`";
                 let node = self.require(&f, "role", ROLE_HELP)?;
                 let role = self.text(node, "store.auth.role", ROLE_HELP)?;
                 if role.is_empty()
