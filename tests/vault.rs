@@ -76,6 +76,16 @@ impl Bao {
         b.unseal().await;
         let out = b.cli(&["secrets", "enable", "-path=secret", "kv-v2"]);
         assert_eq!(out.code(), Some(0), "{}", out.stderr);
+        // A new KV v2 mount upgrades itself first ("will resume service shortly").
+        wait_for(
+            "the KV v2 mount to be ready",
+            Duration::from_secs(60),
+            async || {
+                let out = b.cli(&["kv", "metadata", "get", "-mount=secret", "not-there"]);
+                !format!("{}{}", out.stdout, out.stderr).contains("Upgrading")
+            },
+        )
+        .await;
         b
     }
 
@@ -485,6 +495,10 @@ async fn vault_full_rotation_under_load_under_the_documented_policy() {
         "the policy must not reach other secrets"
     );
     let env = VaultEnv::new(&bao, &token, "");
+    // A max age: `rotate --if-due` reads it, the finished rotation records the next due time.
+    let mut yaml = std::fs::read_to_string(&env.playbook).unwrap();
+    yaml.push_str("max_age: 30d\n");
+    std::fs::write(&env.playbook, yaml).unwrap();
     env.rotor(&["init"]).await.assert_code(0);
     let meta = bao.metadata();
     assert_eq!(meta["current_version"], 1);
@@ -516,6 +530,20 @@ async fn vault_full_rotation_under_load_under_the_documented_policy() {
     assert_eq!(custom(&meta, "rotor-fp-1"), Some(fingerprint(&a)));
     assert!(bao.value(1).is_err(), "a destroyed version cannot be read");
     assert!(custom(&meta, "rotor-last-rotation").is_some());
+    let next: chrono::DateTime<chrono::Utc> = custom(&meta, "rotor-next-rotation")
+        .expect("the next due time is recorded")
+        .parse()
+        .unwrap();
+    let in_30d = chrono::Utc::now() + chrono::Duration::days(30);
+    assert!((in_30d - next).num_minutes().abs() < 10, "{next}");
+    let out = env.rotor(&["rotate", "--if-due", "--yes"]).await;
+    assert_eq!(
+        out.code(),
+        Some(9),
+        "nothing is due: {}{}",
+        out.stdout,
+        out.stderr
+    );
     for (k, v) in meta["custom_metadata"].as_object().unwrap() {
         let v = v.as_str().unwrap();
         assert!(v != a && v != b, "a value in custom_metadata {k}");
@@ -745,4 +773,38 @@ async fn vault_server_stopped_mid_rotation_resume_finishes_after_restart() {
     let b = bao.value(2).unwrap();
     assert_eq!(custom(&meta, "rotor-fp-2"), Some(fingerprint(&b)));
     env.finish(&[a, b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_demo_rotates_the_servers_secret_with_no_failed_request() {
+    let bao = Bao::dev().await;
+    let dir = tempfile::Builder::new()
+        .prefix("rotor-vault-demo-")
+        .tempdir()
+        .unwrap();
+    let playbook = dir.path().join("vault-demo.yaml");
+    std::fs::write(&playbook, vault_yaml("")).unwrap();
+    let out = Out::from(
+        tokio::process::Command::new(rotor_exe())
+            .args(["--output", "json", "demo", "--playbook"])
+            .arg(&playbook)
+            .current_dir(dir.path())
+            .env("VAULT_ADDR", &bao.addr)
+            .env("VAULT_TOKEN", &bao.root)
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let meta = bao.metadata();
+    assert_eq!(
+        custom(&meta, "rotor-primary").as_deref(),
+        Some("2"),
+        "{meta}"
+    );
+    assert!(destroyed(&meta, 1), "{meta}");
+    let b = bao.value(2).unwrap();
+    assert!(!out.stdout.contains(&b) && !out.stderr.contains(&b));
 }

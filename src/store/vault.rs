@@ -162,6 +162,15 @@ fn classify(e: &ClientError) -> Failure {
             let lower = text.to_ascii_lowercase();
             match *code {
                 400 if lower.contains("check-and-set") => Failure::Cas,
+                // A KV mount that was just enabled (or upgraded from v1) says it "will resume
+                // service shortly".
+                400 if lower.contains("upgrading from non-versioned to versioned") => {
+                    Failure::Other {
+                        status: Some(400),
+                        message: quoted(&text),
+                        transient: true,
+                    }
+                }
                 404 => Failure::NotFound,
                 503 if lower.contains("sealed") => Failure::Sealed,
                 403 => Failure::Denied(quoted(&text)),
@@ -1323,6 +1332,17 @@ mod tests {
             Failure::Denied(m) => assert!(!m.contains(v.expose()), "{m}"),
             other => panic!("{other:?}"),
         }
+        let upgrading = ClientError::APIError {
+            code: 400,
+            errors: vec!["Upgrading from non-versioned to versioned data. This backend will be unavailable for a brief period and will resume service shortly.".into()],
+        };
+        assert!(matches!(
+            classify(&upgrading),
+            Failure::Other {
+                transient: true,
+                ..
+            }
+        ));
         let busy = ClientError::APIError {
             code: 502,
             errors: vec![],
