@@ -681,6 +681,36 @@ async fn vault_a_cas_conflict_from_another_writer_is_refused_and_loses_nothing()
     let v = store.add_version(&mine).await.unwrap();
     assert_eq!(v.id, "3");
     assert_eq!(bao.value(3).unwrap(), mine.expose());
+    // The metadata too: a write guarded by the metadata version rotor read is refused once
+    // another writer changed it (OpenBao's metadata_cas), and the other writer's change stays.
+    let meta = store.read_meta(PATH).await.unwrap().unwrap();
+    let read_at = meta
+        .metadata_version
+        .expect("OpenBao versions its metadata");
+    let out = bao.cli(&[
+        "kv",
+        "metadata",
+        "patch",
+        "-mount=secret",
+        "-custom-metadata=owner=team-a",
+        PATH,
+    ]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let mut moved = meta.custom.clone();
+    moved.insert("rotor-primary".into(), "3".into());
+    assert!(
+        !store.write_custom(&moved, Some(read_at)).await.unwrap(),
+        "a stale metadata_cas must be refused"
+    );
+    let meta = bao.metadata();
+    assert_eq!(custom(&meta, "owner").as_deref(), Some("team-a"));
+    assert_eq!(custom(&meta, "rotor-primary").as_deref(), Some("1"));
+    // rotor's own metadata writes re-read and keep the other writer's key.
+    store.set_slots("3", Some("1")).await.unwrap();
+    let meta = bao.metadata();
+    assert_eq!(custom(&meta, "owner").as_deref(), Some("team-a"));
+    assert_eq!(custom(&meta, "rotor-primary").as_deref(), Some("3"));
+    assert_eq!(custom(&meta, "rotor-secondary").as_deref(), Some("1"));
     // The lock: two claims from the same read, exactly one wins.
     let lock = rotor::engine::lock::vault::VaultLock::new(std::sync::Arc::new(
         rotor::store::vault::VaultStore::new(&spec, SECRET),

@@ -837,9 +837,6 @@ impl VaultStore {
     where
         F: FnMut(&Meta, &mut BTreeMap<String, String>) -> Result<bool, StoreError>,
     {
-        let client = self.client().await?;
-        let mount = self.spec.mount.as_str();
-        let path = self.spec.path.as_str();
         for _ in 0..RACES {
             let meta = self.load().await?;
             let mut next = meta.custom.clone();
@@ -852,31 +849,9 @@ impl VaultStore {
                     continue;
                 }
             }
-            let map: HashMap<String, String> = next.clone().into_iter().collect();
-            let metadata_cas = meta.metadata_version;
-            let r = self
-                .call_raw(Op::WriteMetadata, path, &mut || {
-                    let client = client.clone();
-                    let map = &map;
-                    async move {
-                        vaultrs::api::exec_with_empty(
-                            client.as_ref(),
-                            WriteMetadata {
-                                mount,
-                                path,
-                                custom: map,
-                                metadata_cas,
-                            },
-                        )
-                        .await
-                    }
-                })
-                .await;
-            match r {
-                Ok(()) => {}
+            if !self.write_custom(&next, meta.metadata_version).await? {
                 // Someone else wrote the metadata in between: read again, decide again.
-                Err((Failure::Cas, ..)) => continue,
-                Err((f, a, e)) => return Err(self.fail(Op::WriteMetadata, path, f, a, e)),
+                continue;
             }
             let after = self.load().await?;
             if after.custom != next {
@@ -891,6 +866,43 @@ impl VaultStore {
             store: self.describe(),
             detail: format!("the custom_metadata kept changing over {RACES} attempts"),
         })
+    }
+
+    /// Replaces the secret's `custom_metadata` with `custom`, guarded by `metadata_cas` (the
+    /// metadata version read, where the server has one). `Ok(false)` when the server refused
+    /// the guard: someone else wrote the metadata since, and nothing was written.
+    pub async fn write_custom(
+        &self,
+        custom: &BTreeMap<String, String>,
+        metadata_cas: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let mount = self.spec.mount.as_str();
+        let path = self.spec.path.as_str();
+        let map: HashMap<String, String> = custom.clone().into_iter().collect();
+        let r = self
+            .call_raw(Op::WriteMetadata, path, &mut || {
+                let client = client.clone();
+                let map = &map;
+                async move {
+                    vaultrs::api::exec_with_empty(
+                        client.as_ref(),
+                        WriteMetadata {
+                            mount,
+                            path,
+                            custom: map,
+                            metadata_cas,
+                        },
+                    )
+                    .await
+                }
+            })
+            .await;
+        match r {
+            Ok(()) => Ok(true),
+            Err((Failure::Cas, ..)) => Ok(false),
+            Err((f, a, e)) => Err(self.fail(Op::WriteMetadata, path, f, a, e)),
+        }
     }
 
     /// The fingerprint of enabled version `n` that has no key yet (read once, then cached).
