@@ -508,6 +508,7 @@ async fn vault_full_rotation_under_load_under_the_documented_policy() {
     assert_eq!(custom(&meta, "rotor-fp-1"), Some(fingerprint(&a)));
     env.rotor(&["up"]).await.assert_code(0);
     env.rotor(&["check"]).await.assert_code(0);
+    env.rotor(&["plan"]).await.assert_code(0);
 
     let load = env.load();
     let out = env.rotor(&["--output", "json", "rotate", "--yes"]).await;
@@ -837,4 +838,38 @@ async fn vault_demo_rotates_the_servers_secret_with_no_failed_request() {
     assert!(destroyed(&meta, 1), "{meta}");
     let b = bao.value(2).unwrap();
     assert!(!out.stdout.contains(&b) && !out.stderr.contains(&b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_emergency_rekey_under_load_destroys_the_leaked_version() {
+    let bao = Bao::dev().await;
+    let token = bao.least_privilege_token();
+    let env = VaultEnv::new(&bao, &token, "");
+    env.rotor(&["init"]).await.assert_code(0);
+    let a = bao.value(1).unwrap();
+    env.rotor(&["up"]).await.assert_code(0);
+    let load = env.load();
+    let out = env
+        .rotor(&[
+            "--output",
+            "json",
+            "rekey",
+            "--emergency",
+            "--reason",
+            "key printed in CI logs",
+        ])
+        .await;
+    out.assert_code(0);
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    let meta = bao.metadata();
+    assert_eq!(
+        custom(&meta, "rotor-primary").as_deref(),
+        Some("2"),
+        "{meta}"
+    );
+    assert!(destroyed(&meta, 1), "the leaked value is destroyed: {meta}");
+    assert!(bao.value(1).is_err());
+    let b = bao.value(2).unwrap();
+    env.finish(&[a, b]).await;
 }
