@@ -14,10 +14,12 @@
 //! - the rotation lock is a second KV v2 secret beside it, `<path>.rotor-lock`
 //!   ([`crate::engine::lock::vault`]): the metadata endpoint takes no `cas`, a data write does.
 //!
-//! `custom_metadata` cannot be written with `cas` either: every metadata write re-reads the
-//! metadata just before, refuses when what it decided on moved ([`StoreError::Conflict`]), and
-//! checks after the write that it landed. Between two rotors the lock (written with `cas`) is
-//! what keeps them apart; the re-read only narrows the window for a foreign writer.
+//! Metadata writes: OpenBao versions the metadata (`current_metadata_version`) and takes
+//! `metadata_cas`; rotor sends it whenever the server reports a version, so a write that raced
+//! another writer is refused and re-decided on a fresh read. HashiCorp Vault has no such
+//! precondition: there the metadata is read again just before the write (re-decided if it
+//! moved) and checked after it. A slot someone else moved is a [`StoreError::Conflict`], never
+//! overwritten. Between two rotors the lock (written with `cas`) is what keeps them apart.
 //!
 //! Owns: the client (address, namespace, token from `VAULT_TOKEN` / `~/.vault-token`, or an
 //! AppRole or Kubernetes login, renewed by logging in again before the token's TTL runs out),
