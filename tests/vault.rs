@@ -266,14 +266,22 @@ impl Bao {
 
     /// An AppRole `rotor` with the documented policy: its role id and secret id files.
     pub fn approle_files(&self) -> (PathBuf, PathBuf) {
+        self.approle_files_with_ttl("10m")
+    }
+
+    /// [`Bao::approle_files`] whose tokens live `ttl` (at most).
+    pub fn approle_files_with_ttl(&self, ttl: &str) -> (PathBuf, PathBuf) {
         self.least_privilege_token();
+        let ttl_arg = format!("token_ttl={ttl}");
+        let max_arg = format!("token_max_ttl={ttl}");
         for args in [
             &["auth", "enable", "approle"][..],
             &[
                 "write",
                 "auth/approle/role/rotor",
                 "token_policies=rotor",
-                "token_ttl=10m",
+                &ttl_arg,
+                &max_arg,
             ],
         ] {
             let out = self.cli(args);
@@ -872,4 +880,39 @@ async fn vault_emergency_rekey_under_load_destroys_the_leaked_version() {
     assert!(bao.value(1).is_err());
     let b = bao.value(2).unwrap();
     env.finish(&[a, b]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_an_approle_token_is_replaced_before_its_ttl_runs_out() {
+    use rotor::store::Store as _;
+    let bao = Bao::dev().await;
+    let (role_id_file, secret_id_file) = bao.approle_files_with_ttl("3s");
+    let spec = rotor::playbook::VaultStoreSpec {
+        mount: MOUNT.into(),
+        path: PATH.into(),
+        address: Some(bao.addr.clone()),
+        namespace: None,
+        auth: rotor::playbook::VaultAuth::AppRole {
+            mount: "approle".into(),
+            role_id_file,
+            secret_id_file,
+        },
+        retry_deadline: Duration::from_secs(5),
+        lock_duration: Duration::from_secs(30),
+    };
+    let store = rotor::store::vault::VaultStore::new(&spec, SECRET);
+    let first = rotor::secret::SecretValue::new("ttl-test-value-0123456789abcdef".into());
+    store.init(&first).await.unwrap();
+    // The first token's TTL (3s, and its max TTL) runs out: what is waited for here is time
+    // itself. A store that kept its first token would now be refused (403).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let snap = store
+        .snapshot()
+        .await
+        .expect("a fresh login, not the expired token");
+    assert_eq!(snap.primary.as_deref(), Some("1"));
+    assert_eq!(
+        store.read_value("1").await.unwrap().expose(),
+        first.expose()
+    );
 }

@@ -629,10 +629,15 @@ impl VaultStore {
     fn logged_in(mut client: VaultClient, info: vaultrs::api::AuthInfo) -> Session {
         let token = SecretValue::new(info.client_token);
         client.set_token(token.expose());
-        // Log in again after two thirds of the token's TTL (0: no TTL).
-        let relogin_at = (info.lease_duration > 0).then(|| {
-            Instant::now() + Duration::from_secs(info.lease_duration.saturating_mul(2) / 3)
-        });
+        // Log in again after two thirds of the token's TTL (0: no TTL; a TTL beyond what this
+        // clock can add: no relogin either, the token outlives the process).
+        let relogin_at = (info.lease_duration > 0)
+            .then(|| {
+                Instant::now().checked_add(Duration::from_secs(
+                    info.lease_duration.saturating_mul(2) / 3,
+                ))
+            })
+            .flatten();
         Session {
             client: Arc::new(client),
             relogin_at,
