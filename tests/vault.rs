@@ -916,3 +916,63 @@ async fn vault_an_approle_token_is_replaced_before_its_ttl_runs_out() {
         first.expose()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_kubernetes_login_reaches_the_auth_method_and_never_shows_the_jwt() {
+    use rotor::store::Store as _;
+    let bao = Bao::dev().await;
+    // A Kubernetes auth method whose API server is not there: the login reaches OpenBao, which
+    // cannot review the token and refuses it.
+    let ca = rcgen::generate_simple_self_signed(vec!["kubernetes".to_string()]).unwrap();
+    let ca_file = bao.dir.path().join("k8s-ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let ca_arg = format!("kubernetes_ca_cert=@{}", ca_file.display());
+    for args in [
+        &["auth", "enable", "kubernetes"][..],
+        &[
+            "write",
+            "auth/kubernetes/config",
+            "kubernetes_host=https://127.0.0.1:9",
+            "disable_local_ca_jwt=true",
+            &ca_arg,
+        ],
+        &[
+            "write",
+            "auth/kubernetes/role/rotor",
+            "bound_service_account_names=rotor",
+            "bound_service_account_namespaces=demo",
+            "token_policies=rotor",
+        ],
+    ] {
+        let out = bao.cli(args);
+        assert_eq!(out.code(), Some(0), "bao {args:?}: {}", out.stderr);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVtbzpyb3RvciJ9.c2lnbmF0dXJl";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, jwt).unwrap();
+    let spec = |token_file: PathBuf| rotor::playbook::VaultStoreSpec {
+        mount: MOUNT.into(),
+        path: PATH.into(),
+        address: Some(bao.addr.clone()),
+        namespace: None,
+        auth: rotor::playbook::VaultAuth::Kubernetes {
+            mount: "kubernetes".into(),
+            role: "rotor".into(),
+            token_file,
+        },
+        retry_deadline: Duration::from_secs(2),
+        lock_duration: Duration::from_secs(30),
+    };
+    let store = rotor::store::vault::VaultStore::new(&spec(token_file), SECRET);
+    let err = store.exists().await.unwrap_err().to_string();
+    assert!(err.contains("auth/kubernetes/login"), "{err}");
+    assert!(!err.contains(jwt) && !err.contains("c2lnbmF0dXJl"), "{err}");
+    // No token file (rotor not in a pod): said so, with what to do.
+    let store = rotor::store::vault::VaultStore::new(&spec(dir.path().join("none")), SECRET);
+    let err = store.exists().await.unwrap_err().to_string();
+    assert!(
+        err.contains("cannot read the service-account token") && err.contains("token_file"),
+        "{err}"
+    );
+}
