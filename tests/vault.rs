@@ -422,6 +422,41 @@ impl VaultEnv {
         o
     }
 
+    /// The same fleet and state with `lines` under `store:` instead of the ones it had.
+    pub fn with_store_lines(mut self, lines: &str) -> VaultEnv {
+        let yaml = std::fs::read_to_string(&self.playbook).unwrap();
+        let head = format!("store:\n  kind: vault\n  mount: {MOUNT}\n  path: {PATH}\n");
+        let at = yaml.find(&head).expect("a vault store") + head.len();
+        let rest = &yaml[at..];
+        let end: usize = rest
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .map(|l| l.len() + 1)
+            .sum();
+        let yaml = format!("{}{lines}{}", &yaml[..at], &rest[end..]);
+        std::fs::write(&self.playbook, yaml).unwrap();
+        self.pb = rotor::playbook::load_file(&self.playbook).expect("test playbook loads");
+        self
+    }
+
+    /// `rotor <args> <playbook>` started in the background, its output piped.
+    pub fn spawn(&self, args: &[&str]) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new(rotor_exe());
+        cmd.args(args)
+            .arg(&self.playbook)
+            .current_dir(self.dir.path())
+            .env("VAULT_ADDR", &self.addr)
+            .env("VAULT_TOKEN", &self.token)
+            .env_remove("VAULT_NAMESPACE")
+            .env_remove("ROTOR_FAILPOINT")
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd.spawn().unwrap()
+    }
+
     pub fn load(&self) -> Load {
         Load::start(
             rotor::demo::load::paths(&self.pb),
@@ -811,7 +846,39 @@ async fn vault_server_stopped_mid_rotation_resume_finishes_after_restart() {
     assert!(destroyed(&meta, 1));
     let b = bao.value(2).unwrap();
     assert_eq!(custom(&meta, "rotor-fp-2"), Some(fingerprint(&b)));
-    env.finish(&[a, b]).await;
+
+    // A running rotor and a server that goes away and comes back (restarted and unsealed)
+    // within the retry deadline: the rotation finishes on its own.
+    let env = env.with_store_lines("  retry_deadline: 2m\n  lock_duration: 2m\n");
+    env.rotor(&["rotate", "--yes", "--until", "S2"])
+        .await
+        .assert_code(0);
+    let c = bao.value(3).unwrap();
+    let load = env.load();
+    bao.stop();
+    // Proof that the running rotor meets the outage: while the server is down, its port
+    // answers one connection (rotor's) and resets it; only then does the server come back.
+    let stand_in = tokio::net::TcpListener::bind(("127.0.0.1", bao.port))
+        .await
+        .unwrap();
+    let running = env.spawn(&["resume", "--yes"]);
+    let (conn, _) = tokio::time::timeout(Duration::from_secs(60), stand_in.accept())
+        .await
+        .expect("rotor tried to reach the server while it was down")
+        .unwrap();
+    drop(conn);
+    drop(stand_in);
+    bao.restart().await;
+    bao.unseal().await;
+    let out = Out::from(running.wait_with_output().await.unwrap());
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    assert_eq!(env.journal()["state"], "S5");
+    let meta = bao.metadata();
+    assert_eq!(custom(&meta, "rotor-primary").as_deref(), Some("3"));
+    assert!(destroyed(&meta, 2));
+    env.finish(&[a, b, c]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

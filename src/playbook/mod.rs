@@ -196,8 +196,8 @@ pub struct VaultStoreSpec {
     pub namespace: Option<String>,
     /// How rotor gets a token.
     pub auth: VaultAuth,
-    /// How long one call is retried when the server cannot be reached (or answers 5xx other
-    /// than sealed) before the step fails.
+    /// How long one call is retried when the server cannot be reached, is sealed or answers
+    /// 429/5xx before the step fails.
     pub retry_deadline: Duration,
     /// How long the rotation lock's claim lives without renewal (renewed every third of it).
     pub lock_duration: Duration,

@@ -23,8 +23,8 @@
 //!
 //! Owns: the client (address, namespace, token from `VAULT_TOKEN` / `~/.vault-token`, or an
 //! AppRole or Kubernetes login, renewed by logging in again before the token's TTL runs out),
-//! retries of transient failures (connection refused or reset, 429, 500, 502, 503 other than
-//! sealed, 504) under `retry_deadline`, and the mapping of the server's errors to what an
+//! retries of transient failures (connection refused or reset, 429, 500, 502, 503 and a sealed
+//! server, 504) under `retry_deadline`, and the mapping of the server's errors to what an
 //! operator does next (403: the capability the policy in docs/vault.md grants; sealed: unseal).
 //!
 //! Must never: put a value in metadata, an error or a log (the server's error text is bounded
@@ -453,7 +453,12 @@ impl VaultStore {
                 "check `store.mount` and `store.path`; `rotor init` creates the secret".into(),
             ),
             Failure::Sealed => self.remote(
-                format!("{} of {at}: the server at {} is sealed", op.what(), self.address),
+                format!(
+                    "{} of {at}: the server at {} is sealed (still after {attempts} attempts over {:.1}s)",
+                    op.what(),
+                    self.address,
+                    elapsed.as_secs_f64()
+                ),
                 "unseal it (`bao operator unseal` / `vault operator unseal` with the unseal keys), then `rotor resume`; rotor changed nothing it did not finish".into(),
             ),
             Failure::Denied(msg) if op == Op::Login => self.remote(
@@ -675,11 +680,17 @@ impl VaultStore {
                 Err(e) => e,
             };
             let failure = classify(&e);
-            if let Failure::Other {
-                transient: true, ..
-            } = &failure
-                && let Some(wait) = backoff.next()
-            {
+            // A sealed server is retried too: a standby during a failover, or a restart an
+            // operator is unsealing. After the deadline it is named as sealed.
+            let retry = matches!(
+                failure,
+                Failure::Sealed
+                    | Failure::Other {
+                        transient: true,
+                        ..
+                    }
+            );
+            if retry && let Some(wait) = backoff.next() {
                 tracing::info!(
                     path = %self.api_path(op, path), attempt = backoff.attempts, wait = ?wait,
                     "vault: transient error, retrying"
