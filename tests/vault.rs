@@ -1043,3 +1043,52 @@ async fn vault_kubernetes_login_reaches_the_auth_method_and_never_shows_the_jwt(
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_a_secret_written_before_rotor_is_refused_by_init_then_adopted_and_rotated() {
+    let bao = Bao::dev().await;
+    // The value services use today, written before rotor (48 base64url characters).
+    let today = "T0day-s-value-written-by-hand-0123456789abcdefgh";
+    let out = bao.cli(&[
+        "kv",
+        "put",
+        "-mount=secret",
+        PATH,
+        &format!("value={today}"),
+    ]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let env = VaultEnv::new(&bao, "root", "");
+    let out = env.rotor(&["init"]).await;
+    assert_ne!(out.code(), Some(0));
+    assert!(
+        out.stderr.contains("already has 1 version(s)")
+            && out.stderr.contains("bao kv metadata patch"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(today));
+    assert_eq!(bao.metadata()["current_version"], 1, "init wrote nothing");
+    // Adoption as docs/vault.md says: point the primary slot at the version in use.
+    let out = bao.cli(&[
+        "kv",
+        "metadata",
+        "patch",
+        "-mount=secret",
+        "-custom-metadata=rotor-primary=1",
+        &format!("-custom-metadata=rotor-secret={SECRET}"),
+        PATH,
+    ]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    env.rotor(&["up"]).await.assert_code(0);
+    let load = env.load();
+    env.rotor(&["rotate", "--yes"]).await.assert_code(0);
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    let meta = bao.metadata();
+    assert_eq!(custom(&meta, "rotor-primary").as_deref(), Some("2"));
+    // The adopted version got its fingerprint while it was readable: the history keeps it.
+    assert_eq!(custom(&meta, "rotor-fp-1"), Some(fingerprint(today)));
+    assert!(destroyed(&meta, 1));
+    let b = bao.value(2).unwrap();
+    env.finish(&[today.to_string(), b]).await;
+}
