@@ -1092,3 +1092,57 @@ async fn vault_a_secret_written_before_rotor_is_refused_by_init_then_adopted_and
     let b = bao.value(2).unwrap();
     env.finish(&[today.to_string(), b]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_namespaces_come_from_the_playbook_or_vault_namespace() {
+    let bao = Bao::dev().await;
+    for args in [
+        &["namespace", "create", "team-a"][..],
+        &[
+            "secrets",
+            "enable",
+            "-namespace=team-a",
+            "-path=secret",
+            "kv-v2",
+        ],
+    ] {
+        let out = bao.cli(args);
+        assert_eq!(out.code(), Some(0), "bao {args:?}: {}", out.stderr);
+    }
+    let env = VaultEnv::new(&bao, "root", "  namespace: team-a\n");
+    env.rotor(&["init"]).await.assert_code(0);
+    // In team-a, not in the root namespace.
+    let meta = bao.json(&[
+        "kv",
+        "metadata",
+        "get",
+        "-namespace=team-a",
+        "-mount=secret",
+        PATH,
+    ])["data"]
+        .clone();
+    assert_eq!(
+        custom(&meta, "rotor-primary").as_deref(),
+        Some("1"),
+        "{meta}"
+    );
+    let root_ns = bao.cli(&["kv", "metadata", "get", "-mount=secret", PATH]);
+    assert_ne!(root_ns.code(), Some(0), "nothing in the root namespace");
+    // The same secret through VAULT_NAMESPACE, as the vault CLI reads it.
+    let env = env.with_store_lines("");
+    let status = env
+        .rotor_env(&["status"], &[("VAULT_NAMESPACE", "team-a")])
+        .await;
+    status.assert_code(0);
+    let out = env.rotor(&["status"]).await;
+    assert_ne!(
+        out.code(),
+        Some(0),
+        "without the namespace there is no store"
+    );
+    assert!(
+        out.stderr.contains("does not exist yet") || out.stderr.contains("not found"),
+        "{}",
+        out.stderr
+    );
+}
