@@ -1027,6 +1027,7 @@ impl VaultStore {
     }
 }
 
+/// Whether `address` is no URL at all (vaultrs's settings builder panics on one).
 fn url_parse_fails(address: &str) -> bool {
     reqwest::Url::parse(address).is_err()
 }
