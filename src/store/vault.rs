@@ -46,6 +46,7 @@ use vaultrs::api::kv2::requests::{ReadSecretRequest, SetSecretRequestOptions};
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
+use super::model::rules;
 use super::retry::{Backoff, install_crypto, quoted};
 use super::{Store, StoreError, StoreSnapshot, VersionInfo, VersionState};
 use crate::playbook::{VaultAuth, VaultStoreSpec};
@@ -1189,33 +1190,12 @@ impl Store for VaultStore {
     }
 
     async fn set_slots(&self, primary: &str, secondary: Option<&str>) -> Result<(), StoreError> {
-        if secondary == Some(primary) {
-            return Err(StoreError::Refused {
-                store: self.describe(),
-                detail: format!("version {primary} cannot fill both slots"),
-            });
-        }
+        rules::distinct_slots(&self.describe(), primary, secondary)?;
         let meta = self.load().await?;
         let mut fps = Vec::new();
         for id in std::iter::once(primary).chain(secondary) {
             let n = self.number(id)?;
-            match meta.state(n) {
-                None => {
-                    return Err(StoreError::NoSuchVersion {
-                        store: self.describe(),
-                        version: id.to_string(),
-                    });
-                }
-                Some(VersionState::Enabled) => {}
-                Some(state) => {
-                    return Err(StoreError::Refused {
-                        store: self.describe(),
-                        detail: format!(
-                            "version {id} is {state:?}; only an enabled version can be put in a slot"
-                        ),
-                    });
-                }
-            }
+            rules::slot_target(&self.describe(), id, meta.state(n))?;
             // Every version in a slot carries its fingerprint (an adopted one gets it now,
             // while it is readable), so it stays in the history once deleted.
             if meta.fp(n).is_none() {
@@ -1260,34 +1240,17 @@ impl Store for VaultStore {
     async fn set_state(&self, version: &str, state: VersionState) -> Result<(), StoreError> {
         let n = self.number(version)?;
         let meta = self.load().await?;
-        let Some(current) = meta.state(n) else {
-            return Err(StoreError::NoSuchVersion {
-                store: self.describe(),
-                version: version.into(),
-            });
-        };
-        if current == state {
+        let in_slot = [("primary", META_PRIMARY), ("secondary", META_SECONDARY)]
+            .into_iter()
+            .find(|(_, key)| meta.slot(key) == Some(n))
+            .map(|(slot, _)| slot);
+        let current = meta.state(n);
+        if !rules::state_change(&self.describe(), version, current, in_slot, state)? {
             return Ok(());
         }
-        if current == VersionState::Destroyed {
-            return Err(StoreError::Refused {
-                store: self.describe(),
-                detail: format!("version {version} is destroyed; it cannot be {state:?}"),
-            });
-        }
         if state != VersionState::Enabled {
-            for (slot, key) in [("primary", META_PRIMARY), ("secondary", META_SECONDARY)] {
-                if meta.slot(key) == Some(n) {
-                    return Err(StoreError::Refused {
-                        store: self.describe(),
-                        detail: format!(
-                            "version {version} is in the {slot} slot; it cannot be {state:?}"
-                        ),
-                    });
-                }
-            }
             // Its fingerprint goes into the history now, while it can still be read.
-            if current == VersionState::Enabled && meta.fp(n).is_none() {
+            if current == Some(VersionState::Enabled) && meta.fp(n).is_none() {
                 let fp = self.enabled_fingerprint(n).await?;
                 self.update_custom(|_, c| Ok(Self::with_fp(c, n, &fp)))
                     .await?;
