@@ -87,6 +87,7 @@ fn store_of(pb: &Playbook) -> String {
         StoreSpec::Local { path } => format!("local:{}", path.display()),
         StoreSpec::Kubernetes { namespace, name } => format!("kubernetes:{namespace}/{name}"),
         StoreSpec::Gcp(g) => format!("gcp:projects/{}/secrets/{}", g.project, g.name),
+        StoreSpec::Vault(v) => format!("vault:{}/{}", v.mount, v.path),
     }
 }
 

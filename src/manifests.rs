@@ -104,7 +104,7 @@ pub fn rules(pb: &Playbook) -> BTreeMap<String, Vec<PolicyRule>> {
     if let Some(c) = &pb.cluster {
         let ns = by_ns.entry(c.namespace.clone()).or_default();
         let env = pb.environment.as_str();
-        if c.lock == LockKind::Lease && !matches!(pb.store, StoreSpec::Gcp(_)) {
+        if c.lock == LockKind::Lease && !pb.store.keeps_own_lock() {
             ns.lease = Some(lease_name(&pb.secret, env));
         }
         if c.journal == JournalKind::ConfigMap {
@@ -179,7 +179,7 @@ pub fn render(pb: &Playbook, text: &str, opts: &Options) -> Result<String, Refus
             "the journal is in the pod's filesystem (`cluster.journal: file`): a rescheduled CronJob pod would not see it; set `cluster.journal: configmap`".into(),
         ));
     }
-    if cluster.lock == LockKind::File && !matches!(pb.store, StoreSpec::Gcp(_)) {
+    if cluster.lock == LockKind::File && !pb.store.keeps_own_lock() {
         return Err(Refused(
             "the lock is a file (`cluster.lock: file`): two CronJob pods on different nodes would not exclude each other; use `cluster.lock: lease`".into(),
         ));

@@ -291,7 +291,6 @@ print(json.dumps({"code": p.returncode, "stdout": p.stdout, "stderr": p.stderr})
         (out, r)
     }
 
-
     /// `rotor --output json rekey --emergency --reason <reason> <extra…>`.
     pub async fn rekey(&self, reason: &str, extra: &[&str]) -> Out {
         let mut args = vec![

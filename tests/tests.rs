@@ -20,3 +20,4 @@ mod rotation;
 mod third_party;
 mod tls;
 mod tls_client;
+mod vault;

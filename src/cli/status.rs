@@ -11,7 +11,7 @@ use crate::engine::EngineError;
 use crate::engine::{journal, lock};
 use crate::exit::Exit;
 use crate::output::{Output, render_status};
-use crate::playbook::{JournalKind, LockKind, StoreSpec};
+use crate::playbook::{JournalKind, LockKind};
 
 /// `rotor status` arguments.
 #[derive(Debug, clap::Args)]
@@ -50,7 +50,8 @@ pub(super) async fn run(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) 
     let journals = journal::open(&pb, cluster.as_ref()).map_err(EngineError::from)?;
     let journal = journals.load().await.map_err(EngineError::from)?;
     let lock = lock::open(&pb, cluster.as_ref(), None).map_err(EngineError::from)?;
-    let gcp = matches!(pb.store, StoreSpec::Gcp(_));
+    // A store that keeps its own lock and schedule (Secret Manager, Vault).
+    let gcp = pb.store.keeps_own_lock();
     // The file lock creates its directory when opened: skip it when there is none.
     let holder = if lease || gcp || pb.state_dir.exists() {
         lock.holder().await.map_err(EngineError::from)?

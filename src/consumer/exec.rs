@@ -75,6 +75,7 @@ impl ExecConsumer {
     ) -> Self {
         let store_secret = match &playbook.store {
             StoreSpec::Gcp(g) => g.name.clone(),
+            StoreSpec::Vault(v) => v.path.clone(),
             _ => playbook.secret.clone(),
         };
         ExecConsumer {

@@ -340,14 +340,19 @@ impl Engine {
         }
         if let Some(at) = schedule {
             let at_text = at.format("%Y-%m-%d %H:%M:%S UTC");
+            let (when, who) = match &self.pb.store {
+                crate::playbook::StoreSpec::Vault(_) => (
+                    "the store's rotor-next-rotation (custom_metadata)",
+                    "the store (custom_metadata rotor-next-rotation)",
+                ),
+                _ => ("Secret Manager's next_rotation_time", "Secret Manager"),
+            };
             if now >= at {
                 return Ok(Due::Yes {
-                    reason: format!("Secret Manager's next_rotation_time {at_text} has passed"),
+                    reason: format!("{when} {at_text} has passed"),
                 });
             }
-            why.push_str(&format!(
-                ", Secret Manager schedules the next rotation at {at_text}"
-            ));
+            why.push_str(&format!(", {who} schedules the next rotation at {at_text}"));
             next = Some(next.map_or(at, |n| n.min(at)));
         }
         Ok(Due::No { reason: why, next })

@@ -167,6 +167,65 @@ pub enum StoreSpec {
     /// A Google Cloud Secret Manager secret: slots as version aliases, history and rotation
     /// metadata in annotations.
     Gcp(GcpStoreSpec),
+    /// An OpenBao/Vault KV v2 secret: values as KV versions, slots and history in its
+    /// `custom_metadata`.
+    Vault(VaultStoreSpec),
+}
+
+impl StoreSpec {
+    /// Whether the store keeps the rotation lock itself (a Secret Manager annotation, a Vault
+    /// lock secret beside the store's), so `cluster.lock` does not apply.
+    pub fn keeps_own_lock(&self) -> bool {
+        matches!(self, StoreSpec::Gcp(_) | StoreSpec::Vault(_))
+    }
+}
+
+/// A vault store's lock is the KV v2 secret `<path><VAULT_LOCK_SUFFIX>` beside its own.
+pub const VAULT_LOCK_SUFFIX: &str = ".rotor-lock";
+
+/// Where an OpenBao/Vault KV v2 store lives and how rotor authenticates to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultStoreSpec {
+    /// Mount path of the KV v2 engine (`secret`).
+    pub mount: String,
+    /// Path of the secret under the mount (`rotor/service-secret`).
+    pub path: String,
+    /// Server address; `None`: `VAULT_ADDR`, else `https://127.0.0.1:8200` (as the vault CLI).
+    pub address: Option<String>,
+    /// Namespace (Vault Enterprise, OpenBao); `None`: `VAULT_NAMESPACE` if set.
+    pub namespace: Option<String>,
+    /// How rotor gets a token.
+    pub auth: VaultAuth,
+    /// How long one call is retried when the server cannot be reached, is sealed or answers
+    /// 429/5xx before the step fails.
+    pub retry_deadline: Duration,
+    /// How long the rotation lock's claim lives without renewal (renewed every third of it).
+    pub lock_duration: Duration,
+}
+
+/// How rotor authenticates to OpenBao/Vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultAuth {
+    /// `VAULT_TOKEN`, else `~/.vault-token` (as the vault CLI).
+    Token,
+    /// AppRole login with a role id and a secret id read from files.
+    AppRole {
+        /// Mount of the AppRole auth method (`approle`).
+        mount: String,
+        /// File holding the role id.
+        role_id_file: PathBuf,
+        /// File holding the secret id.
+        secret_id_file: PathBuf,
+    },
+    /// Kubernetes login with the pod's service-account token.
+    Kubernetes {
+        /// Mount of the Kubernetes auth method (`kubernetes`).
+        mount: String,
+        /// The Vault role to log in as.
+        role: String,
+        /// The service-account token file.
+        token_file: PathBuf,
+    },
 }
 
 /// Least time between two writes to one Secret Manager secret, whatever `write_interval` says:

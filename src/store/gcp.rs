@@ -44,8 +44,8 @@ use google_cloud_gax::error::Error as GaxError;
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_secretmanager_v1::client::SecretManagerService;
 use google_cloud_secretmanager_v1::model as sm;
-use rand::Rng as _;
 
+use super::retry::{Backoff, install_crypto};
 use super::{Store, StoreError, StoreSnapshot, VersionInfo, VersionState};
 use crate::playbook::{GcpCredentials, GcpStoreSpec};
 use crate::secret::{Fingerprint, SecretValue};
@@ -68,9 +68,6 @@ pub const ENDPOINT_ENV: &str = "ROTOR_GCP_ENDPOINT";
 const RACES: usize = 5;
 /// Fingerprint annotations kept for this many versions below the newest.
 const HISTORY: u64 = 100;
-/// First back-off and its cap.
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Deadline of one attempt (never longer than the retry deadline).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Least time between two state changes of one version.
@@ -225,44 +222,6 @@ fn transient(e: &GaxError) -> bool {
         || e.is_connect()
         || e.is_io()
         || e.is_transient_and_before_rpc()
-}
-
-/// Jittered exponential back-off under a deadline.
-struct Backoff {
-    started: Instant,
-    deadline: Instant,
-    attempts: u32,
-}
-
-impl Backoff {
-    fn new(limit: Duration) -> Backoff {
-        let started = Instant::now();
-        Backoff {
-            started,
-            deadline: started + limit,
-            attempts: 0,
-        }
-    }
-
-    /// The wait before the next attempt, or `None` once the deadline is reached.
-    fn next(&mut self) -> Option<Duration> {
-        let now = Instant::now();
-        if now >= self.deadline {
-            return None;
-        }
-        let cap = BACKOFF_FIRST
-            .saturating_mul(1 << self.attempts.saturating_sub(1).min(6))
-            .min(BACKOFF_MAX);
-        // "Equal jitter": half fixed, half random, so rotors that failed together spread out.
-        let half = cap / 2;
-        let wait = half + rand::rng().random_range(Duration::ZERO..=half);
-        Some(wait.min(self.deadline - now))
-    }
-}
-
-fn install_crypto() {
-    // The crates' default provider (aws-lc) is disabled; ring is the one rotor ships.
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn state_of(v: &sm::SecretVersion) -> VersionState {
@@ -1350,24 +1309,6 @@ impl Store for GcpStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_stops_at_the_deadline() {
-        let mut b = Backoff::new(Duration::from_secs(3600));
-        let mut caps = Vec::new();
-        for _ in 0..10 {
-            b.attempts += 1;
-            let w = b.next().expect("before the deadline");
-            caps.push(w);
-        }
-        // Attempt k waits between half and all of min(100ms * 2^(k-1), 5s).
-        assert!(caps[0] >= Duration::from_millis(50) && caps[0] <= Duration::from_millis(100));
-        assert!(caps[3] >= Duration::from_millis(400) && caps[3] <= Duration::from_millis(800));
-        assert!(caps[9] >= Duration::from_millis(2500) && caps[9] <= BACKOFF_MAX);
-        let mut done = Backoff::new(Duration::ZERO);
-        done.attempts = 1;
-        assert_eq!(done.next(), None);
-    }
 
     #[test]
     fn permission_errors_name_the_permission_and_role() {

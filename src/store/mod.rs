@@ -9,6 +9,8 @@ pub mod gcp;
 pub mod kubernetes;
 pub mod local;
 mod model;
+mod retry;
+pub mod vault;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -236,5 +238,6 @@ pub fn open(
             &playbook.secret,
         )),
         StoreSpec::Gcp(spec) => Box::new(gcp::GcpStore::new(spec, &playbook.secret)),
+        StoreSpec::Vault(spec) => Box::new(vault::VaultStore::new(spec, &playbook.secret)),
     })
 }

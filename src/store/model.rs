@@ -175,23 +175,9 @@ impl Model {
         secondary: Option<&str>,
     ) -> Result<bool, StoreError> {
         for id in std::iter::once(primary).chain(secondary) {
-            let v = self.version(id).ok_or_else(|| StoreError::NoSuchVersion {
-                store: store.into(),
-                version: id.into(),
-            })?;
-            if v.state != VersionState::Enabled {
-                return Err(StoreError::Refused {
-                    store: store.into(),
-                    detail: format!("version {id} is {:?} and cannot be put in a slot", v.state),
-                });
-            }
+            rules::slot_target(store, id, self.version(id).map(|v| v.state))?;
         }
-        if secondary == Some(primary) {
-            return Err(StoreError::Refused {
-                store: store.into(),
-                detail: format!("version {primary} cannot fill both slots"),
-            });
-        }
+        rules::distinct_slots(store, primary, secondary)?;
         let changed =
             self.primary.as_deref() != Some(primary) || self.secondary.as_deref() != secondary;
         self.primary = Some(primary.to_string());
@@ -206,37 +192,102 @@ impl Model {
         version: &str,
         state: VersionState,
     ) -> Result<bool, StoreError> {
-        if state != VersionState::Enabled
-            && (self.primary.as_deref() == Some(version)
-                || self.secondary.as_deref() == Some(version))
+        let in_slot = if self.primary.as_deref() == Some(version) {
+            Some("primary")
+        } else if self.secondary.as_deref() == Some(version) {
+            Some("secondary")
+        } else {
+            None
+        };
+        let current = self.version(version).map(|v| v.state);
+        if !rules::state_change(store, version, current, in_slot, state)? {
+            return Ok(false);
+        }
+        let Some(v) = self.versions.iter_mut().find(|v| v.id == version) else {
+            unreachable!("state_change refuses a version that does not exist")
+        };
+        v.state = state;
+        if state == VersionState::Destroyed {
+            v.value = None;
+        }
+        Ok(true)
+    }
+}
+
+/// The rules of the [`Store`](super::Store) trait on slots and states, once, for every backend
+/// (the model here, and the stores that keep their versions on a server: Vault).
+pub mod rules {
+    use super::super::{StoreError, VersionState};
+
+    /// Refuses slots that name one version twice.
+    pub fn distinct_slots(
+        store: &str,
+        primary: &str,
+        secondary: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if secondary == Some(primary) {
+            return Err(StoreError::Refused {
+                store: store.into(),
+                detail: format!("version {primary} cannot fill both slots"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a slot for version `id` in `state` (`None`: no such version): only an enabled
+    /// version can be in a slot.
+    pub fn slot_target(
+        store: &str,
+        id: &str,
+        state: Option<VersionState>,
+    ) -> Result<(), StoreError> {
+        match state {
+            None => Err(StoreError::NoSuchVersion {
+                store: store.into(),
+                version: id.into(),
+            }),
+            Some(VersionState::Enabled) => Ok(()),
+            Some(s) => Err(StoreError::Refused {
+                store: store.into(),
+                detail: format!("version {id} is {s:?} and cannot be put in a slot"),
+            }),
+        }
+    }
+
+    /// Whether version `version` (now `current`, `None`: no such version; `in_slot`: the slot
+    /// it is in, if any) has to change to reach `target`: `Ok(false)` when it is there already,
+    /// refused when it is in a slot and would stop being readable, or when it is destroyed.
+    pub fn state_change(
+        store: &str,
+        version: &str,
+        current: Option<VersionState>,
+        in_slot: Option<&str>,
+        target: VersionState,
+    ) -> Result<bool, StoreError> {
+        if target != VersionState::Enabled
+            && let Some(slot) = in_slot
         {
             return Err(StoreError::Refused {
                 store: store.into(),
                 detail: format!(
-                    "version {version} is in a slot; take it out of the slot before it is {state:?}"
+                    "version {version} is in the {slot} slot; take it out of the slot before it is {target:?}"
                 ),
             });
         }
-        let v = self
-            .versions
-            .iter_mut()
-            .find(|v| v.id == version)
-            .ok_or_else(|| StoreError::NoSuchVersion {
+        let Some(current) = current else {
+            return Err(StoreError::NoSuchVersion {
                 store: store.into(),
                 version: version.into(),
-            })?;
-        if v.state == state {
+            });
+        };
+        if current == target {
             return Ok(false);
         }
-        if v.state == VersionState::Destroyed {
+        if current == VersionState::Destroyed {
             return Err(StoreError::Refused {
                 store: store.into(),
-                detail: format!("version {version} is destroyed; it cannot be {state:?}"),
+                detail: format!("version {version} is destroyed; it cannot be {target:?}"),
             });
-        }
-        v.state = state;
-        if state == VersionState::Destroyed {
-            v.value = None;
         }
         Ok(true)
     }

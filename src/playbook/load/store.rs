@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use super::text::{echo, list};
 use super::{Cx, Fields, HOUR, MINUTE, Result};
-use crate::playbook::{GcpCredentials, GcpStoreSpec, MIN_WRITE_INTERVAL, StoreSpec};
+use crate::playbook::{
+    GcpCredentials, GcpStoreSpec, MIN_WRITE_INTERVAL, StoreSpec, VaultAuth, VaultStoreSpec,
+};
 
 const STORE_FIELDS: &[&str] = &[
     "kind",
@@ -20,6 +22,10 @@ const STORE_FIELDS: &[&str] = &[
     "credentials",
     "retry_deadline",
     "write_interval",
+    "mount",
+    "address",
+    "auth",
+    "lock_duration",
 ];
 /// Each store kind with the fields it takes.
 const STORE_KINDS: &[(&str, &[&str])] = &[
@@ -37,7 +43,39 @@ const STORE_KINDS: &[(&str, &[&str])] = &[
             "write_interval",
         ],
     ),
+    (
+        "vault",
+        &[
+            "kind",
+            "mount",
+            "path",
+            "address",
+            "namespace",
+            "auth",
+            "retry_deadline",
+            "lock_duration",
+        ],
+    ),
 ];
+const AUTH_FIELDS: &[&str] = &[
+    "method",
+    "mount",
+    "role_id_file",
+    "secret_id_file",
+    "role",
+    "token_file",
+];
+/// Each auth method with the fields it takes.
+const AUTH_METHODS: &[(&str, &[&str])] = &[
+    ("token", &["method"]),
+    (
+        "approle",
+        &["method", "mount", "role_id_file", "secret_id_file"],
+    ),
+    ("kubernetes", &["method", "mount", "role", "token_file"]),
+];
+/// Where a pod's service-account token is mounted.
+const K8S_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 impl Cx<'_> {
     pub(super) fn store(
@@ -58,8 +96,7 @@ impl Cx<'_> {
             "write `store:` with `kind` (and what that kind takes) under it",
         )?;
         self.only(&f, STORE_FIELDS, "store")?;
-        const KIND_HELP: &str =
-            "use `local` (a file), `kubernetes` (a Secret) or `gcp` (Google Cloud Secret Manager)";
+        const KIND_HELP: &str = "use `local` (a file), `kubernetes` (a Secret), `gcp` (Google Cloud Secret Manager) or `vault` (OpenBao/Vault KV v2)";
         let kind = self.require(&f, "kind", KIND_HELP)?;
         let text = self.text(kind, "store.kind", KIND_HELP)?;
         let Some((_, takes)) = STORE_KINDS.iter().find(|(k, _)| *k == text) else {
@@ -93,6 +130,7 @@ impl Cx<'_> {
                 Ok(StoreSpec::Kubernetes { namespace, name })
             }
             "gcp" => self.gcp_store(&f).map(StoreSpec::Gcp),
+            "vault" => self.vault_store(&f, base_dir).map(StoreSpec::Vault),
             _ => {
                 const PATH_HELP: &str = "give the store file, relative to the playbook's directory or absolute, e.g. store.json";
                 let node = self.require(&f, "path", PATH_HELP)?;
@@ -204,4 +242,233 @@ impl Cx<'_> {
         }
         Ok(spec)
     }
+
+    fn vault_store(&self, f: &Fields<'_>, base_dir: &Path) -> Result<VaultStoreSpec> {
+        const MOUNT_HELP: &str = "give the mount path of the KV v2 engine, e.g. `mount: secret` (`bao secrets list` shows them)";
+        let node = self.require(f, "mount", MOUNT_HELP)?;
+        let mount = self.text(node, "store.mount", MOUNT_HELP)?;
+        if !vault_path_ok(mount, 128) {
+            return Err(self.err(
+                node.pos,
+                "store.mount",
+                format!("`{}` is not a mount path", echo(mount)),
+                format!("{MOUNT_HELP}; letters, digits, `-`, `_`, `.` and `/` between non-empty segments, no leading or trailing `/`"),
+            ));
+        }
+        const PATH_HELP: &str = "give the secret's path under the mount, e.g. `path: rotor/service-secret` (as in `bao kv get -mount=secret rotor/service-secret`)";
+        let node = self.require(f, "path", PATH_HELP)?;
+        let path = self.text(node, "store.path", PATH_HELP)?;
+        if !vault_path_ok(path, 400) {
+            return Err(self.err(
+                node.pos,
+                "store.path",
+                format!("`{}` is not a secret path", echo(path)),
+                format!("{PATH_HELP}; letters, digits, `-`, `_`, `.` and `/` between non-empty segments, no leading or trailing `/`, at most 400 characters"),
+            ));
+        }
+        if path.ends_with(crate::playbook::VAULT_LOCK_SUFFIX) {
+            return Err(self.err(
+                node.pos,
+                "store.path",
+                format!(
+                    "`{}` is the name of a rotation lock (it ends in `{}`)",
+                    echo(path),
+                    crate::playbook::VAULT_LOCK_SUFFIX
+                ),
+                "name the secret itself; rotor keeps its lock beside it",
+            ));
+        }
+        let address = match f.get("address") {
+            None => None,
+            Some(node) => {
+                const HELP: &str = "give the server's URL, e.g. `https://vault.example.com:8200`; leave it out to use VAULT_ADDR";
+                let text = self.text(node, "store.address", HELP)?.trim();
+                if !(text.starts_with("https://") || text.starts_with("http://"))
+                    || text.len() <= "https://".len()
+                    || text.chars().any(char::is_whitespace)
+                {
+                    return Err(self.err(
+                        node.pos,
+                        "store.address",
+                        format!("`{}` is not an http(s) URL", echo(text)),
+                        HELP,
+                    ));
+                }
+                Some(text.trim_end_matches('/').to_string())
+            }
+        };
+        let namespace = match f.get("namespace") {
+            None => None,
+            Some(node) => {
+                const HELP: &str = "give the namespace, e.g. `namespace: team-a` (or `admin/team-a`); leave it out to use VAULT_NAMESPACE";
+                let text = self.text(node, "store.namespace", HELP)?;
+                if !vault_path_ok(text.trim_end_matches('/'), 128) {
+                    return Err(self.err(
+                        node.pos,
+                        "store.namespace",
+                        format!("`{}` is not a namespace", echo(text)),
+                        HELP,
+                    ));
+                }
+                Some(text.trim_end_matches('/').to_string())
+            }
+        };
+        let auth = match f.get("auth") {
+            None => VaultAuth::Token,
+            Some(node) => self.vault_auth(node, base_dir)?,
+        };
+        let mut spec = VaultStoreSpec {
+            mount: mount.to_string(),
+            path: path.to_string(),
+            address,
+            namespace,
+            auth,
+            retry_deadline: Duration::from_secs(30),
+            lock_duration: Duration::from_secs(30),
+        };
+        if let Some(node) = f.get("lock_duration") {
+            let d = self.duration(node, "store.lock_duration", HOUR)?;
+            if d < Duration::from_secs(3) {
+                return Err(self.err(
+                    node.pos,
+                    "store.lock_duration",
+                    "the lock duration is shorter than 3s",
+                    "give 3s to 1h (the default is 30s): how long the lock outlives a rotor that stopped renewing it",
+                ));
+            }
+            spec.lock_duration = d;
+        }
+        if let Some(node) = f.get("retry_deadline") {
+            spec.retry_deadline = self.duration(node, "store.retry_deadline", HOUR)?;
+            if spec.retry_deadline < Duration::from_secs(1) {
+                return Err(self.err(
+                    node.pos,
+                    "store.retry_deadline",
+                    "the retry deadline is shorter than 1s",
+                    "give at least 1s (the default is 30s)",
+                ));
+            }
+        }
+        Ok(spec)
+    }
+
+    fn vault_auth(&self, node: &super::Node, base_dir: &Path) -> Result<VaultAuth> {
+        let f = self.fields(
+            node,
+            "store.auth",
+            node.pos,
+            "write `auth:` as a mapping, e.g. `auth: {method: approle, role_id_file: role-id, secret_id_file: secret-id}`",
+        )?;
+        self.only(&f, AUTH_FIELDS, "store.auth")?;
+        const METHOD_HELP: &str =
+            "use `token` (VAULT_TOKEN or ~/.vault-token), `approle` or `kubernetes`";
+        let method = self.require(&f, "method", METHOD_HELP)?;
+        let idx = self.choice(
+            method,
+            "store.auth.method",
+            &["token", "approle", "kubernetes"],
+            "auth method",
+            METHOD_HELP,
+        )?;
+        let (name, takes) = AUTH_METHODS[idx];
+        for (field, key, _) in &f.entries {
+            if !takes.contains(field) {
+                return Err(self.err(
+                    key.pos,
+                    f.sub(field),
+                    format!("the {name} auth method has no `{field}`"),
+                    format!("remove `{field}`; `method: {name}` takes {}", list(takes)),
+                ));
+            }
+        }
+        let mount = |default: &str| -> Result<String> {
+            match f.get("mount") {
+                None => Ok(default.to_string()),
+                Some(node) => {
+                    let help = format!(
+                        "give the auth method's mount path, e.g. `mount: {default}` (the default)"
+                    );
+                    let text = self.text(node, "store.auth.mount", &help)?;
+                    if !vault_path_ok(text, 128) {
+                        return Err(self.err(
+                            node.pos,
+                            "store.auth.mount",
+                            format!("`{}` is not a mount path", echo(text)),
+                            help,
+                        ));
+                    }
+                    Ok(text.to_string())
+                }
+            }
+        };
+        let file = |field: &str, help: &str| -> Result<std::path::PathBuf> {
+            let node = self.require(&f, field, help)?;
+            let path = f.sub(field);
+            let text = self.text(node, &path, help)?;
+            if text.trim().is_empty() {
+                return Err(self.err(node.pos, path, "the path is empty", help));
+            }
+            Ok(base_dir.join(text))
+        };
+        Ok(match name {
+            "approle" => VaultAuth::AppRole {
+                mount: mount("approle")?,
+                role_id_file: file(
+                    "role_id_file",
+                    "give the file holding the AppRole role id, e.g. `role_id_file: /etc/rotor/role-id`",
+                )?,
+                secret_id_file: file(
+                    "secret_id_file",
+                    "give the file holding the AppRole secret id, e.g. `secret_id_file: /etc/rotor/secret-id` (never the secret id itself)",
+                )?,
+            },
+            "kubernetes" => {
+                const ROLE_HELP: &str =
+                    "give the Vault role bound to rotor's service account, e.g. `role: rotor`";
+                let node = self.require(&f, "role", ROLE_HELP)?;
+                let role = self.text(node, "store.auth.role", ROLE_HELP)?;
+                if role.is_empty()
+                    || role.len() > 128
+                    || !role
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                {
+                    return Err(self.err(
+                        node.pos,
+                        "store.auth.role",
+                        format!("`{}` is not a role name", echo(role)),
+                        ROLE_HELP,
+                    ));
+                }
+                let token_file = match f.get("token_file") {
+                    None => std::path::PathBuf::from(K8S_TOKEN_FILE),
+                    Some(_) => file(
+                        "token_file",
+                        "give the service-account token file; leave it out for the pod's own",
+                    )?,
+                };
+                VaultAuth::Kubernetes {
+                    mount: mount("kubernetes")?,
+                    role: role.to_string(),
+                    token_file,
+                }
+            }
+            _ => VaultAuth::Token,
+        })
+    }
+}
+
+/// A Vault mount or secret path: `/`-separated non-empty segments of letters, digits, `-`, `_`
+/// and `.` (never `.` or `..` alone), at most `max` bytes.
+fn vault_path_ok(p: &str, max: usize) -> bool {
+    !p.is_empty()
+        && p.len() <= max
+        && p.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
 }

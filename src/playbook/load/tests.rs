@@ -464,3 +464,155 @@ fn exec_consumers_refuse_reload() {
         "{e}"
     );
 }
+
+fn with_store(store: &str) -> Result<Playbook> {
+    load(&MINIMAL.replace("store: {kind: local, path: s.json}", store))
+}
+
+#[test]
+fn a_vault_store_reads_its_fields_and_defaults_to_the_token_from_the_environment() {
+    let pb =
+        with_store("store: {kind: vault, mount: kv/team-a, path: rotor/service-secret}").unwrap();
+    let crate::playbook::StoreSpec::Vault(v) = &pb.store else {
+        panic!("{:?}", pb.store)
+    };
+    assert_eq!(v.mount, "kv/team-a");
+    assert_eq!(v.path, "rotor/service-secret");
+    assert_eq!(v.address, None, "VAULT_ADDR decides");
+    assert_eq!(v.namespace, None, "VAULT_NAMESPACE decides");
+    assert_eq!(v.auth, crate::playbook::VaultAuth::Token);
+    assert_eq!(v.retry_deadline, std::time::Duration::from_secs(30));
+    assert_eq!(v.lock_duration, std::time::Duration::from_secs(30));
+    let pb = with_store(
+        "store: {kind: vault, mount: secret, path: s, address: 'https://vault.example.com:8200/', namespace: admin/team-a, retry_deadline: 5s, auth: {method: approle, role_id_file: role-id, secret_id_file: /etc/rotor/secret-id}}",
+    )
+    .unwrap();
+    let crate::playbook::StoreSpec::Vault(v) = &pb.store else {
+        panic!()
+    };
+    assert_eq!(v.address.as_deref(), Some("https://vault.example.com:8200"));
+    assert_eq!(v.namespace.as_deref(), Some("admin/team-a"));
+    assert_eq!(v.retry_deadline, std::time::Duration::from_secs(5));
+    let crate::playbook::VaultAuth::AppRole {
+        mount,
+        role_id_file,
+        secret_id_file,
+    } = &v.auth
+    else {
+        panic!("{:?}", v.auth)
+    };
+    assert_eq!(mount, "approle");
+    assert!(role_id_file.is_absolute() && role_id_file.ends_with("role-id"));
+    assert_eq!(secret_id_file, std::path::Path::new("/etc/rotor/secret-id"));
+    let pb = with_store(
+        "store: {kind: vault, mount: secret, path: s, auth: {method: kubernetes, role: rotor, mount: k8s-prod}}",
+    )
+    .unwrap();
+    let crate::playbook::StoreSpec::Vault(v) = &pb.store else {
+        panic!()
+    };
+    assert_eq!(
+        v.auth,
+        crate::playbook::VaultAuth::Kubernetes {
+            mount: "k8s-prod".into(),
+            role: "rotor".into(),
+            token_file: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+        }
+    );
+}
+
+#[test]
+fn bad_vault_store_fields_name_the_field_and_what_to_do() {
+    for (store, field, message) in [
+        (
+            "{kind: vault, path: s}",
+            "store.mount",
+            "missing required field `mount`",
+        ),
+        (
+            "{kind: vault, mount: secret}",
+            "store.path",
+            "missing required field `path`",
+        ),
+        (
+            "{kind: vault, mount: /secret, path: s}",
+            "store.mount",
+            "is not a mount path",
+        ),
+        (
+            "{kind: vault, mount: secret, path: a/../b}",
+            "store.path",
+            "is not a secret path",
+        ),
+        (
+            "{kind: vault, mount: secret, path: 'a b'}",
+            "store.path",
+            "is not a secret path",
+        ),
+        (
+            "{kind: vault, mount: secret, path: s.rotor-lock}",
+            "store.path",
+            "rotation lock",
+        ),
+        (
+            "{kind: vault, mount: secret, path: s, address: vault:8200}",
+            "store.address",
+            "is not an http(s) URL",
+        ),
+        (
+            "{kind: vault, mount: secret, path: s, namespace: 'a b'}",
+            "store.namespace",
+            "is not a namespace",
+        ),
+        (
+            "{kind: vault, mount: secret, path: s, project: my-project}",
+            "store.project",
+            "a vault store has no `project`",
+        ),
+        (
+            "{kind: vault, mount: secret, path: s, auth: {method: ldap}}",
+            "store.auth.method",
+            "unknown auth method `ldap`",
+        ),
+        (
+            "{kind: vault, mount: secret, path: s, auth: {method: token, role: r}}",
+            "store.auth.role",
+            "the token auth method has no `role`",
+        ),
+        (
+            "{kind: vault, mount: secret, path: s, auth: {method: approle, role_id_file: r}}",
+            "store.auth.secret_id_file",
+            "missing required field `secret_id_file`",
+        ),
+        (
+            "{kind: vault, mount: secret, path: s, auth: {method: kubernetes}}",
+            "store.auth.role",
+            "missing required field `role`",
+        ),
+        (
+            "{kind: vault, mount: secret, path: s, auth: {method: kubernetes, role: 'r/x'}}",
+            "store.auth.role",
+            "is not a role name",
+        ),
+        (
+            "{kind: vault, mount: secret, path: s, retry_deadline: 100ms}",
+            "store.retry_deadline",
+            "shorter than 1s",
+        ),
+        (
+            "{kind: vault, mount: secret, path: s, lock_duration: 1s}",
+            "store.lock_duration",
+            "shorter than 3s",
+        ),
+        (
+            "{kind: gcp, project: my-project, name: s, mount: secret}",
+            "store.mount",
+            "a gcp store has no `mount`",
+        ),
+    ] {
+        let err = with_store(&format!("store: {store}")).unwrap_err();
+        assert_eq!(err.field, field, "{store}: {err}");
+        assert!(err.message.contains(message), "{store}: {err}");
+        assert!(!err.help.is_empty(), "{store}: {err}");
+    }
+}

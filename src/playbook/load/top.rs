@@ -70,14 +70,28 @@ impl Cx<'_> {
             .as_ref()
             .map_or_else(|| "default".to_string(), |c| c.namespace.clone());
         let store = self.store(&top, base_dir, &namespace)?;
-        if matches!(store, StoreSpec::Gcp(_))
+        if store.keeps_own_lock()
             && let Some(node) = top.get("cluster")
             && let Some((key, _)) = self.fields(node, "cluster", node.pos, "")?.entry("lock")
         {
+            let (kind, lock) = match &store {
+                StoreSpec::Vault(v) => (
+                    "vault",
+                    format!(
+                        "in the KV v2 secret `{}{}` beside the store's, written with cas",
+                        v.path,
+                        crate::playbook::VAULT_LOCK_SUFFIX
+                    ),
+                ),
+                _ => (
+                    "gcp",
+                    "on the secret itself (annotation `rotor-lock`)".to_string(),
+                ),
+            };
             return Err(self.err(
                 key.pos,
                 "cluster.lock",
-                "a gcp store keeps the rotation lock on the secret itself (annotation `rotor-lock`)",
+                format!("a {kind} store keeps the rotation lock {lock}"),
                 "remove `cluster.lock`: two rotors on different machines or clusters both see the secret's lock",
             ));
         }
