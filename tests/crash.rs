@@ -3,9 +3,18 @@
 
 use crate::common::{Env, slow_yaml};
 
+/// The demo fleet with a drain long enough for a busy machine. These tests run dozens of
+/// rotations under load, so they retire hundreds of instances; the drain is rotor's promise
+/// to clients (an unpublished instance keeps serving that long), and a relay that read the
+/// endpoints just before an instance left must reach it within the drain. On a loaded 2-core
+/// machine a relay can take longer than the 150ms the other tests use.
+fn env() -> Env {
+    Env::with(|y| y.replace("drain: 150ms", "drain: 600ms"))
+}
+
 /// After a crash in a forward step, `resume` finishes the rotation.
 async fn crash_then_resume(part: usize) {
-    let env = Env::new();
+    let env = env();
     env.up().await;
     let load = env.load();
     let fps = env.failpoints("forward").await;
@@ -52,7 +61,7 @@ async fn crash_at_forward_boundaries_then_resume_part2() {
 /// After a crash in a forward step, `rollback` returns to S0 — except once T5 destroyed A.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_at_forward_boundaries_then_rollback() {
-    let env = Env::new();
+    let env = env();
     env.up().await;
     let load = env.load();
     for fp in env.failpoints("forward").await {
