@@ -264,12 +264,27 @@ impl Bao {
         }
     }
 
-    /// An AppRole `rotor` with the documented policy: its role id and secret id files.
-    pub fn approle_files(&self) -> (PathBuf, PathBuf) {
-        self.approle_files_with_ttl("10m")
+    /// A store spec for this server that logs in with AppRole (tokens living `ttl`), under
+    /// the documented policy.
+    pub fn approle_spec(&self, ttl: &str) -> rotor::playbook::VaultStoreSpec {
+        let (role_id_file, secret_id_file) = self.approle_files_with_ttl(ttl);
+        rotor::playbook::VaultStoreSpec {
+            mount: MOUNT.into(),
+            path: PATH.into(),
+            address: Some(self.addr.clone()),
+            namespace: None,
+            auth: rotor::playbook::VaultAuth::AppRole {
+                mount: "approle".into(),
+                role_id_file,
+                secret_id_file,
+            },
+            retry_deadline: Duration::from_secs(5),
+            lock_duration: Duration::from_secs(30),
+        }
     }
 
-    /// [`Bao::approle_files`] whose tokens live `ttl` (at most).
+    /// An AppRole `rotor` with the documented policy (tokens living `ttl`): its role id and
+    /// secret id files.
     pub fn approle_files_with_ttl(&self, ttl: &str) -> (PathBuf, PathBuf) {
         self.least_privilege_token();
         let ttl_arg = format!("token_ttl={ttl}");
@@ -670,20 +685,7 @@ async fn vault_a_cas_conflict_from_another_writer_is_refused_and_loses_nothing()
     use rotor::store::Store as _;
     let bao = Bao::dev().await;
     // rotor logs in with AppRole, under the documented policy.
-    let (role_id_file, secret_id_file) = bao.approle_files();
-    let spec = rotor::playbook::VaultStoreSpec {
-        mount: MOUNT.into(),
-        path: PATH.into(),
-        address: Some(bao.addr.clone()),
-        namespace: None,
-        auth: rotor::playbook::VaultAuth::AppRole {
-            mount: "approle".into(),
-            role_id_file,
-            secret_id_file,
-        },
-        retry_deadline: Duration::from_secs(5),
-        lock_duration: Duration::from_secs(30),
-    };
+    let spec = bao.approle_spec("10m");
     let store = rotor::store::vault::VaultStore::new(&spec, SECRET);
     let first = rotor::secret::SecretValue::new("first-value-0123456789abcdef".into());
     store.init(&first).await.unwrap();
@@ -953,20 +955,7 @@ async fn vault_emergency_rekey_under_load_destroys_the_leaked_version() {
 async fn vault_an_approle_token_is_replaced_before_its_ttl_runs_out() {
     use rotor::store::Store as _;
     let bao = Bao::dev().await;
-    let (role_id_file, secret_id_file) = bao.approle_files_with_ttl("3s");
-    let spec = rotor::playbook::VaultStoreSpec {
-        mount: MOUNT.into(),
-        path: PATH.into(),
-        address: Some(bao.addr.clone()),
-        namespace: None,
-        auth: rotor::playbook::VaultAuth::AppRole {
-            mount: "approle".into(),
-            role_id_file,
-            secret_id_file,
-        },
-        retry_deadline: Duration::from_secs(5),
-        lock_duration: Duration::from_secs(30),
-    };
+    let spec = bao.approle_spec("3s");
     let store = rotor::store::vault::VaultStore::new(&spec, SECRET);
     let first = rotor::secret::SecretValue::new("ttl-test-value-0123456789abcdef".into());
     store.init(&first).await.unwrap();
