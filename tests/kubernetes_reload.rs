@@ -356,10 +356,9 @@ async fn k8s_reload_refuses_a_workload_that_does_not_mount_its_secret() {
                  analytics-secrets"
             ) || out.stderr.contains(
                 "consumer backend: pickup: reload needs the Secret mounted as a volume: \
-                 deployment/backend in namespace demo mounts Secret backend-secrets only with \
-                 subPath \
-                 (container backend at /etc/rotor/secrets/SERVICE_SECRET), which the kubelet \
-                 never refreshes"
+                 deployment/backend in namespace demo mounts Secret backend-secrets with \
+                 subPath (container backend at /etc/rotor/secrets/SERVICE_SECRET), a copy the \
+                 kubelet never refreshes"
             ),
             "{args:?}: {}",
             out.stderr

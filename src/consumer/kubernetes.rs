@@ -91,6 +91,9 @@ struct SecretMounts {
     /// Each `subPath` mount of such a volume (a copy the kubelet never refreshes):
     /// (container, mountPath).
     sub_path: Vec<(String, String)>,
+    /// Containers that read the Secret from their environment (`env[].valueFrom.secretKeyRef`
+    /// or `envFrom[].secretRef`): read once, at start.
+    env: Vec<String>,
 }
 
 fn secret_mounts(spec: Option<&k8s_openapi::api::core::v1::PodSpec>, secret: &str) -> SecretMounts {
@@ -117,6 +120,19 @@ fn secret_mounts(spec: Option<&k8s_openapi::api::core::v1::PodSpec>, secret: &st
         }
     }
     for c in &spec.containers {
+        let by_env = c.env.iter().flatten().any(|e| {
+            e.value_from
+                .as_ref()
+                .and_then(|f| f.secret_key_ref.as_ref())
+                .is_some_and(|r| r.name == secret)
+        }) || c
+            .env_from
+            .iter()
+            .flatten()
+            .any(|e| e.secret_ref.as_ref().is_some_and(|r| r.name == secret));
+        if by_env {
+            out.env.push(c.name.clone());
+        }
         for m in c.volume_mounts.iter().flatten() {
             if !out.volumes.iter().any(|(v, _)| *v == m.name) {
                 continue;
@@ -401,15 +417,23 @@ fn reload_problem(
              restart"
         ));
     }
-    if m.mounted.is_empty() && !m.sub_path.is_empty() {
+    // Every container must see a change: one that holds a copy (subPath) or read the Secret
+    // into its environment keeps the old value for good, while the proof may reach another.
+    if !m.sub_path.is_empty() {
         return Some(format!(
-            "{w} mounts Secret {secret} only with subPath ({}), which the kubelet never \
-             refreshes",
+            "{w} mounts Secret {secret} with subPath ({}), a copy the kubelet never refreshes",
             m.sub_path
                 .iter()
                 .map(|(c, p)| format!("container {c} at {p}"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        ));
+    }
+    if !m.env.is_empty() {
+        return Some(format!(
+            "{w} reads Secret {secret} into the environment of container {}, which never \
+             changes without a restart",
+            m.env.join(", ")
         ));
     }
     if m.mounted.is_empty() {
@@ -1410,10 +1434,23 @@ mod tests {
         m.sub_path = vec![(s("web"), s("/etc/keys/S"))];
         let e = problem(&m).unwrap();
         assert!(
-            e.contains("only with subPath (container web at /etc/keys/S)"),
+            e.contains("with subPath (container web at /etc/keys/S)"),
             "{e}"
         );
+        // A whole mount in one container does not make up for a copy in another.
         m.mounted = vec![(s("web"), s("/etc/keys"), s("keys"))];
+        m.sub_path = vec![(s("sidecar"), s("/etc/keys/S"))];
+        let e = problem(&m).unwrap();
+        assert!(e.contains("container sidecar at /etc/keys/S"), "{e}");
+        m.sub_path.clear();
+        // Nor for a container that reads the Secret into its environment.
+        m.env = vec![s("sidecar")];
+        let e = problem(&m).unwrap();
+        assert!(
+            e.contains("into the environment of container sidecar"),
+            "{e}"
+        );
+        m.env.clear();
         assert_eq!(problem(&m), None);
         // `items` that leave a key out, unless another mounted volume carries it.
         m.volumes = vec![(s("keys"), Some(vec![s("S")]))];
