@@ -560,7 +560,14 @@ impl VaultStore {
                 {
                     Some(t) => SecretValue::new(t.trim().to_string()),
                     None => {
-                        let home = std::env::var_os("HOME").unwrap_or_default();
+                        // Without HOME, never fall back to the working directory.
+                        let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty())
+                        else {
+                            return Err(self.remote(
+                                "no token: VAULT_TOKEN and HOME are both unset".into(),
+                                "set VAULT_TOKEN, or use `store.auth` with `method: approle` or `kubernetes`".into(),
+                            ));
+                        };
                         let file = Path::new(&home).join(TOKEN_FILE);
                         credential_file(&file).map_err(|e| {
                             self.remote(
@@ -722,10 +729,13 @@ impl VaultStore {
             Err((f, a, e)) => return Err(self.fail(Op::ReadMetadata, path, f, a, e)),
         };
         let mut versions = BTreeMap::new();
-        let now = Utc::now();
         for (n, v) in &m.versions {
             let Ok(n) = n.parse::<u64>() else { continue };
-            let deleted = time(&v.deletion_time).is_some_and(|t| t <= now);
+            // Any deletion time counts: one already past (soft deleted), or one ahead, which
+            // the server will reach on its own (`delete_version_after`) slot or not. Comparing
+            // it with this machine's clock would read a deleted version as enabled whenever the
+            // clock is behind the server's, and a rollback would skip its undelete.
+            let deleted = time(&v.deletion_time).is_some();
             let state = if v.destroyed {
                 VersionState::Destroyed
             } else if deleted {
@@ -972,7 +982,7 @@ impl VaultStore {
             .filter(|k| {
                 k.strip_prefix(META_FP_PREFIX)
                     .and_then(|n| n.parse::<u64>().ok())
-                    .is_some_and(|v| v + HISTORY < newest && !slots.contains(&v))
+                    .is_some_and(|v| v.saturating_add(HISTORY) < newest && !slots.contains(&v))
             })
             .cloned()
             .collect();
