@@ -294,7 +294,11 @@ impl ProcessConsumer {
         ];
         // With files, the values are in the directory and none in the environment.
         let values: &[(String, &SecretValue)] = if self.files() {
-            self.write_files(&id, d)?;
+            if let Err(e) = self.write_files(&id, d) {
+                // Nothing runs yet: the partial directory goes now, not at a later reconcile.
+                let _ = self.layout.remove_secrets(&id);
+                return Err(e);
+            }
             extra.push((
                 "ROTOR_SECRETS_DIR",
                 self.layout.secrets_dir(&id).into_os_string(),
@@ -744,7 +748,11 @@ impl ProcessConsumer {
             return Err(self.rollout_timeout());
         }
         let dir = self.secrets(&rec.id);
-        let previous = self.write_files(&rec.id, d)?;
+        // The current set can be restored after a failed proof only if it is what the record
+        // says the instance holds: after a kill between writing and signalling, it holds values
+        // the instance was never proven with, and the rollback rewrites the record's instead.
+        let restorable = self.files_held(&rec.id).as_ref() == Some(&rec.names);
+        let previous = self.write_files(&rec.id, d)?.filter(|_| restorable);
         // Test-only: `ROTOR_FAILPOINT=reload.<consumer>.written` kills rotor here, with the files
         // rewritten and the instance not yet signalled.
         if std::env::var("ROTOR_FAILPOINT")
@@ -789,9 +797,9 @@ impl ProcessConsumer {
                 let names = self.slot_env_names();
                 let restored = match &previous {
                     Some(v) => dir.activate(v, &names),
-                    // No earlier set (cannot happen for an instance rotor started with files):
-                    // the record's values are not known here, so leave the files to the
-                    // rollback, which rewrites them.
+                    // No earlier set that the record vouches for (see `restorable`): the
+                    // record's values are not known here, so leave the files to the rollback,
+                    // which rewrites them.
                     None => Ok(()),
                 };
                 restored.map_err(self.io(format!("restoring the files of instance {}", rec.id)))?;

@@ -561,8 +561,7 @@ impl VaultStore {
                     Some(t) => SecretValue::new(t.trim().to_string()),
                     None => {
                         // Without HOME, never fall back to the working directory.
-                        let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty())
-                        else {
+                        let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) else {
                             return Err(self.remote(
                                 "no token: VAULT_TOKEN and HOME are both unset".into(),
                                 "set VAULT_TOKEN, or use `store.auth` with `method: approle` or `kubernetes`".into(),
