@@ -370,11 +370,23 @@ impl SecretsDir {
         let mut out = BTreeMap::new();
         for name in names {
             let path = self.dir.join(name);
-            let file = match File::open(&path) {
+            // Non-blocking, and a regular file only: the instance can write to this directory,
+            // and a FIFO in a value's place must not hold rotor (and the fleet's lock) forever.
+            let file = match OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(&path)
+            {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
+            if !file.metadata()?.is_file() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is not a regular file", path.display()),
+                ));
+            }
             let mut bytes = Vec::new();
             file.take(MAX_SECRET_FILE + 1).read_to_end(&mut bytes)?;
             if bytes.len() as u64 > MAX_SECRET_FILE {
@@ -456,6 +468,22 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// The instance can write to its directory: a FIFO in a value's place is refused at once,
+    /// never waited on (a blocking open would hold rotor and the fleet's lock forever).
+    #[test]
+    fn a_fifo_in_place_of_a_value_is_refused_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = SecretsDir::new(tmp.path().join("auth-1"));
+        d.write(NAMES, &[("P", b"aaa")]).unwrap();
+        let target = d.dir.join("..data").join("P");
+        fs::remove_file(&target).unwrap();
+        nix::unistd::mkfifo(&target, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let started = Instant::now();
+        let e = d.read(NAMES).unwrap_err();
+        assert!(e.to_string().contains("is not a regular file"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
