@@ -375,8 +375,18 @@ fn credential_file(path: &Path) -> std::io::Result<SecretValue> {
     }
     let trimmed = text.trim().to_string();
     zeroize::Zeroize::zeroize(&mut text);
-    Ok(SecretValue::new(trimmed))
+    Ok(credential(SecretValue::new(trimmed)))
 }
+
+/// A credential (token, secret id, service account token), remembered for redaction so a
+/// server or proxy that echoes it back cannot carry it into rotor's output.
+fn credential(v: SecretValue) -> SecretValue {
+    crate::redact::remember(CREDENTIAL, &v);
+    v
+}
+
+/// The name credentials are fingerprinted under when redacted.
+const CREDENTIAL: &str = "vault-credential";
 
 impl VaultStore {
     /// The store the playbook's `store:` names, for logical secret `secret`.
@@ -558,7 +568,7 @@ impl VaultStore {
                     .ok()
                     .filter(|t| !t.trim().is_empty())
                 {
-                    Some(t) => SecretValue::new(t.trim().to_string()),
+                    Some(t) => credential(SecretValue::new(t.trim().to_string())),
                     None => {
                         // Without HOME, never fall back to the working directory.
                         let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) else {
@@ -639,7 +649,7 @@ impl VaultStore {
     }
 
     fn logged_in(mut client: VaultClient, info: vaultrs::api::AuthInfo) -> Session {
-        let token = SecretValue::new(info.client_token);
+        let token = credential(SecretValue::new(info.client_token));
         client.set_token(token.expose());
         // Log in again after two thirds of the token's TTL (0: no TTL; a TTL beyond what this
         // clock can add: no relogin either, the token outlives the process).
