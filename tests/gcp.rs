@@ -375,7 +375,14 @@ fn lost_text_names(e: &rotor::engine::lock::LockError) -> bool {
 /// completes, with no failed request; every retried call is in the lab's statistics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcp_429_and_503_storms_are_retried_and_the_rotation_completes() {
-    let env = gcp_env(|y| y).await;
+    // The lock's calls retry for a third of its lease only (a renewal must give up before the
+    // claim lapses): with the tests' 4s lease, 1.3s, and at 40% of calls failing six failures
+    // in a row within it came up in about one run in twenty. A 15s lease gives them 5s.
+    let env = gcp_env(|y| {
+        assert!(y.contains("lease_duration: 4s"));
+        y.replace("lease_duration: 4s", "lease_duration: 15s")
+    })
+    .await;
     env.up().await;
     let before = env.lab().secret_manager().stats().total;
     for effect in [GcpEffect::ResourceExhausted, GcpEffect::Unavailable] {
