@@ -103,6 +103,31 @@ pub async fn terminal_result(child: tokio::process::Child) -> serde_json::Value 
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
+/// The top of a local-store test fleet (everything before its consumers' items): test
+/// timings, with `readiness` for the readiness timeout (third-party servers start slower).
+pub fn fleet_head(readiness: &str) -> String {
+    format!(
+        "secret: service-secret
+environment: development
+generate:
+  length: 48
+  alphabet: base64url
+store:
+  kind: local
+  path: store.json
+timings:
+  rollout_timeout: 2m
+  readiness_timeout: {readiness}
+  soak: 0s
+  grace: 0s
+  retention: 0s
+  drain: 150ms
+  probe_timeout: 5s
+consumers:
+"
+    )
+}
+
 /// The demo playbook with test timings (no grace, short drain), edited by `edit`.
 pub fn demo_yaml(edit: impl FnOnce(String) -> String) -> String {
     let y = rotor::demo::LOCAL_DEMO

@@ -21,25 +21,9 @@ fn fleet_yaml(s: &Servers, fault: &str, readiness: &str) -> String {
             .join("tests/fixtures/validators/haproxy-files-validator")
             .display(),
     );
-    format!(
-        r#"secret: service-secret
-environment: development
-generate:
-  length: 48
-  alphabet: base64url
-store:
-  kind: local
-  path: store.json
-timings:
-  rollout_timeout: 2m
-  readiness_timeout: {readiness}
-  soak: 0s
-  grace: 0s
-  retention: 0s
-  drain: 150ms
-  probe_timeout: 5s
-consumers:
-  - name: signer
+    crate::common::fleet_head(readiness)
+        + &format!(
+            r#"  - name: signer
     role: signer
     kind: process
     instances: 2
@@ -75,10 +59,10 @@ consumers:
         path: /api/ping
         header: X-Service-Secret
 "#,
-        haproxy = quoted(s.haproxy.display()),
-        libs = quoted(&s.haproxy_libs),
-        fault = quoted(fault),
-    )
+            haproxy = quoted(s.haproxy.display()),
+            libs = quoted(&s.haproxy_libs),
+            fault = quoted(fault),
+        )
 }
 
 /// Instance id → pid of `consumer`'s records.

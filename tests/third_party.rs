@@ -66,25 +66,9 @@ fn fleet_yaml(s: &Servers, nginx_fault: Option<&str>) -> String {
     let fault = nginx_fault
         .map(|f| format!("\n      VALIDATOR_FAULT: {}", quoted(f)))
         .unwrap_or_default();
-    format!(
-        r#"secret: service-secret
-environment: development
-generate:
-  length: 48
-  alphabet: base64url
-store:
-  kind: local
-  path: store.json
-timings:
-  rollout_timeout: 2m
-  readiness_timeout: 30s
-  soak: 0s
-  grace: 0s
-  retention: 0s
-  drain: 150ms
-  probe_timeout: 5s
-consumers:
-  - name: signer
+    crate::common::fleet_head("30s")
+        + &format!(
+            r#"  - name: signer
     role: signer
     kind: process
     instances: 2
@@ -130,12 +114,12 @@ consumers:
       - type: jwt
         path: /api/ping
 "#,
-        nginx_wrapper = wrapper("nginx-validator"),
-        haproxy_wrapper = wrapper("haproxy-validator"),
-        nginx = quoted(s.nginx.display()),
-        haproxy = quoted(s.haproxy.display()),
-        libs = quoted(&s.haproxy_libs),
-    )
+            nginx_wrapper = wrapper("nginx-validator"),
+            haproxy_wrapper = wrapper("haproxy-validator"),
+            nginx = quoted(s.nginx.display()),
+            haproxy = quoted(s.haproxy.display()),
+            libs = quoted(&s.haproxy_libs),
+        )
 }
 
 /// The value in the store's primary slot (kept in memory only, never printed).

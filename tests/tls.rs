@@ -71,25 +71,9 @@ fn fleet(nginx: &Path, tls: &str, client_ca: Option<&str>) -> String {
     let client_ca = client_ca
         .map(|f| format!(", NGINX_TLS_CLIENT_CA: {f}"))
         .unwrap_or_default();
-    format!(
-        r#"secret: service-secret
-environment: development
-generate:
-  length: 48
-  alphabet: base64url
-store:
-  kind: local
-  path: store.json
-timings:
-  rollout_timeout: 1m
-  readiness_timeout: 60s
-  soak: 0s
-  grace: 0s
-  retention: 0s
-  drain: 100ms
-  probe_timeout: 5s
-consumers:
-  - name: nginx
+    crate::common::fleet_head("60s")
+        + &format!(
+            r#"  - name: nginx
     role: validator
     kind: process
     instances: 2
@@ -105,9 +89,9 @@ consumers:
         header: X-Service-Secret
     tls: {tls}
 "#,
-        wrapper = wrapper("nginx-validator"),
-        nginx = quoted(nginx.display()),
-    )
+            wrapper = wrapper("nginx-validator"),
+            nginx = quoted(nginx.display()),
+        )
 }
 
 /// `yaml` for steps whose instances can never become ready: wait 10s, not 60s.
