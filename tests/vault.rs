@@ -619,14 +619,20 @@ async fn vault_full_rotation_under_load_under_the_documented_policy() {
     env.finish(&[a, b]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vault_rollback_from_every_stage_soft_deletes_and_undeletes() {
-    let bao = Bao::dev().await;
+/// A fleet on `bao` under the documented policy, initialized and up: the env and the first value.
+async fn started(bao: &Bao) -> (VaultEnv, String) {
     let token = bao.least_privilege_token();
-    let env = VaultEnv::new(&bao, &token, "");
+    let env = VaultEnv::new(bao, &token, "");
     env.rotor(&["init"]).await.assert_code(0);
     let a = bao.value(1).unwrap();
     env.rotor(&["up"]).await.assert_code(0);
+    (env, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_rollback_from_every_stage_soft_deletes_and_undeletes() {
+    let bao = Bao::dev().await;
+    let (env, a) = started(&bao).await;
     let load = env.load();
     let mut values = vec![a.clone()];
     for until in ["S1", "S2", "S3", "S4"] {
@@ -920,11 +926,7 @@ async fn vault_demo_of_the_shipped_playbook_rotates_the_servers_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_emergency_rekey_under_load_destroys_the_leaked_version() {
     let bao = Bao::dev().await;
-    let token = bao.least_privilege_token();
-    let env = VaultEnv::new(&bao, &token, "");
-    env.rotor(&["init"]).await.assert_code(0);
-    let a = bao.value(1).unwrap();
-    env.rotor(&["up"]).await.assert_code(0);
+    let (env, a) = started(&bao).await;
     let load = env.load();
     let out = env
         .rotor(&[
