@@ -51,15 +51,15 @@ use crate::playbook::{GcpCredentials, GcpStoreSpec};
 use crate::secret::{Fingerprint, SecretValue};
 
 /// Alias of the version in the primary slot.
-pub const ALIAS_PRIMARY: &str = "rotor-primary";
+pub const ALIAS_PRIMARY: &str = super::keys::PRIMARY;
 /// Alias of the version in the secondary slot.
-pub const ALIAS_SECONDARY: &str = "rotor-secondary";
+pub const ALIAS_SECONDARY: &str = super::keys::SECONDARY;
 /// Annotation naming the logical secret.
-pub const ANN_SECRET: &str = "rotor-secret";
+pub const ANN_SECRET: &str = super::keys::SECRET;
 /// Prefix of the per-version fingerprint annotations.
-pub const ANN_FP_PREFIX: &str = "rotor-fp-";
+pub const ANN_FP_PREFIX: &str = super::keys::FP_PREFIX;
 /// Annotation with the time the last rotation finished.
-pub const ANN_LAST_ROTATION: &str = "rotor-last-rotation";
+pub const ANN_LAST_ROTATION: &str = super::keys::LAST_ROTATION;
 /// Google's endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://secretmanager.googleapis.com";
 /// Environment variable that overrides the endpoint (tests, private endpoints).

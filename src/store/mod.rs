@@ -220,6 +220,21 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// The names the remote stores (Secret Manager, Vault) give rotor's bookkeeping beside a
+/// secret: as aliases and annotations in Secret Manager, as `custom_metadata` keys in Vault.
+pub mod keys {
+    /// The logical secret's name.
+    pub const SECRET: &str = "rotor-secret";
+    /// The version in the primary slot.
+    pub const PRIMARY: &str = "rotor-primary";
+    /// The version in the secondary slot.
+    pub const SECONDARY: &str = "rotor-secondary";
+    /// Prefix of the per-version fingerprints (`rotor-fp-<version>`).
+    pub const FP_PREFIX: &str = "rotor-fp-";
+    /// When the last rotation finished.
+    pub const LAST_ROTATION: &str = "rotor-last-rotation";
+}
+
 /// Opens the store a playbook names; `cluster` is the connection when the playbook uses one.
 pub fn open(
     playbook: &Playbook,

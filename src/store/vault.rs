@@ -55,15 +55,15 @@ use crate::secret::{Fingerprint, SecretValue};
 /// The data key that holds the value in each version.
 pub const DATA_KEY: &str = "value";
 /// Metadata key naming the logical secret.
-pub const META_SECRET: &str = "rotor-secret";
+pub const META_SECRET: &str = super::keys::SECRET;
 /// Metadata key with the version number in the primary slot.
-pub const META_PRIMARY: &str = "rotor-primary";
+pub const META_PRIMARY: &str = super::keys::PRIMARY;
 /// Metadata key with the version number in the secondary slot.
-pub const META_SECONDARY: &str = "rotor-secondary";
+pub const META_SECONDARY: &str = super::keys::SECONDARY;
 /// Prefix of the per-version fingerprint keys.
-pub const META_FP_PREFIX: &str = "rotor-fp-";
+pub const META_FP_PREFIX: &str = super::keys::FP_PREFIX;
 /// Metadata key with the time the last rotation finished.
-pub const META_LAST_ROTATION: &str = "rotor-last-rotation";
+pub const META_LAST_ROTATION: &str = super::keys::LAST_ROTATION;
 /// Metadata key with the time the next rotation is due (the playbook's `max_age`).
 pub const META_NEXT_ROTATION: &str = "rotor-next-rotation";
 /// The lock lives in the KV v2 secret `<path><LOCK_SUFFIX>`.
