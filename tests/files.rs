@@ -400,3 +400,39 @@ async fn a_rotor_killed_between_rewriting_files_and_signalling_is_finished_by_ro
     env.rotor(&["check"]).await.assert_code(0);
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_signal_the_server_drops_is_sent_again_and_the_rotation_completes() {
+    let s = servers();
+    // Every HAProxy instance drops the first SIGUSR2 it gets (as HAProxy's master may drop one
+    // that arrives while it re-executes itself): rotor signals it again within the readiness
+    // window, so the rotation completes with the same processes and no failed request.
+    let env = Env::with(|_| fleet_yaml(&s, "drop-first-reload", "6s"));
+    env.up().await;
+    let old = primary_value(&env);
+    let haproxy = pids(&env, "haproxy");
+    let load = env.load();
+    let out = env.rotor(&["--output", "json", "rotate", "--yes"]).await;
+    let report = load.stop().await;
+    out.assert_code(0);
+    env.assert_no_failures(&report);
+    assert_eq!(out.last_json()["report"]["state"], "S5", "{}", out.stdout);
+    assert_eq!(pids(&env, "haproxy"), haproxy);
+    let new = primary_value(&env);
+    assert_haproxy_answers(&env, &new, "new", 200).await;
+    assert_haproxy_answers(&env, &old, "old", 403).await;
+    // Each instance logged the signal it dropped: the second signal is what made it reload.
+    let dropped = std::fs::read_dir(env.pb.state_dir.join("fleet/haproxy/logs"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_to_string(e.path())
+                        .is_ok_and(|l| l.contains("dropping the first SIGUSR2"))
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(dropped, 2, "{}", out.stderr);
+    env.rotor(&["check"]).await.assert_code(0);
+    env.finish().await;
+}

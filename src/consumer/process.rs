@@ -59,6 +59,37 @@ use crate::transport::Transport;
 const READY_POLL: Duration = Duration::from_millis(25);
 /// Deadline of one health request.
 const HEALTH_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many times a reload that has not taken is signalled again within one proof.
+const RESIGNALS: u32 = 2;
+
+/// When a reload proof signals the instance again: at a third and at two thirds of the
+/// readiness window. A server may drop a signal that arrives while it is still taking the last
+/// one (HAProxy's master while it re-executes itself), so a reload that has not taken after a
+/// third of the window is asked for again; a reload is idempotent, so a second signal to a
+/// server that is merely slow costs one more swap of its workers.
+struct Resignal {
+    at: Vec<Instant>,
+}
+
+impl Resignal {
+    fn new(until: Instant) -> Self {
+        let now = Instant::now();
+        let window = until.saturating_duration_since(now);
+        let at = (1..=RESIGNALS)
+            .filter_map(|k| now.checked_add(window / (RESIGNALS + 1) * k))
+            .collect();
+        Self { at }
+    }
+
+    /// Signals `rec` again when the next point of the window has passed.
+    fn poll(&mut self, consumer: &ProcessConsumer, rec: &Record, sig: nix::sys::signal::Signal) {
+        if self.at.first().is_some_and(|t| Instant::now() >= *t) {
+            self.at.remove(0);
+            consumer.signal_again(rec, sig);
+        }
+    }
+}
+
 /// Placeholder for the running rotor executable in `command[0]`.
 const ROTOR_PLACEHOLDER: &str = "{rotor}";
 /// Overrides the executable `{rotor}` stands for.
@@ -766,7 +797,7 @@ impl ProcessConsumer {
             signal = signal.name(), "reloading instance");
         let t = Instant::now();
         let proof = if os::signal_process(rec.pid, rec.pid_start_ticks, sig) {
-            self.prove_reload(rec, d, gate, events, deadline).await
+            self.prove_reload(rec, d, sig, gate, events, deadline).await
         } else {
             Err(self.not_reloaded(rec, "the process is not running".into()))
         };
@@ -819,6 +850,13 @@ impl ProcessConsumer {
         }
     }
 
+    /// Sends `sig` to `rec` again (see [`Resignal`]), logging it.
+    fn signal_again(&self, rec: &Record, sig: nix::sys::signal::Signal) {
+        tracing::info!(consumer = %self.name, instance = %rec.id, pid = rec.pid,
+            signal = %sig, "the reload has not taken yet; signalling the instance again");
+        let _ = os::signal_process(rec.pid, rec.pid_start_ticks, sig);
+    }
+
     /// Whether an instance's report says it holds `d`: the primary's and the secondary's names
     /// carry `d`'s fingerprints (a name without a value is absent from both). Aliases are not
     /// compared: a program may not report every name the playbook declares.
@@ -844,10 +882,12 @@ impl ProcessConsumer {
     /// check, reports what `d` holds (when it reports fingerprints), and passes `gate` (asked
     /// again while it fails without failing open: a server may take a moment to swap its
     /// workers).
+    #[allow(clippy::too_many_arguments)]
     async fn prove_reload(
         &self,
         rec: &Record,
         d: &Desired<'_>,
+        sig: nix::sys::signal::Signal,
         gate: &dyn Gate,
         events: &dyn EventSink,
         deadline: Instant,
@@ -856,6 +896,7 @@ impl ProcessConsumer {
             .checked_add(self.timings.readiness_timeout)
             .unwrap_or(deadline)
             .min(deadline);
+        let mut resignal = Resignal::new(until);
         self.poll_health(rec, until)
             .await
             .map_err(|detail| self.not_reloaded(rec, detail))?;
@@ -882,6 +923,7 @@ impl ProcessConsumer {
                 if Instant::now() >= until {
                     return Err(self.not_reloaded(rec, last));
                 }
+                resignal.poll(self, rec, sig);
                 tokio::time::sleep(READY_POLL.min(until.saturating_duration_since(Instant::now())))
                     .await;
             }
@@ -909,6 +951,7 @@ impl ProcessConsumer {
                     fails_open: r.fails_open,
                 });
             }
+            resignal.poll(self, rec, sig);
             tokio::time::sleep(READY_POLL.min(until.saturating_duration_since(Instant::now())))
                 .await;
         }
