@@ -88,6 +88,11 @@ fn store_of(pb: &Playbook) -> String {
         StoreSpec::Kubernetes { namespace, name } => format!("kubernetes:{namespace}/{name}"),
         StoreSpec::Gcp(g) => format!("gcp:projects/{}/secrets/{}", g.project, g.name),
         StoreSpec::Vault(v) => format!("vault:{}/{}", v.mount, v.path),
+        StoreSpec::Aws(a) => format!(
+            "aws:{}/{}",
+            a.region.as_deref().unwrap_or("(default region)"),
+            a.name
+        ),
     }
 }
 

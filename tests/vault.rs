@@ -764,7 +764,7 @@ async fn vault_a_cas_conflict_from_another_writer_is_refused_and_loses_nothing()
     assert_eq!(custom(&meta, "rotor-primary").as_deref(), Some("3"));
     assert_eq!(custom(&meta, "rotor-secondary").as_deref(), Some("1"));
     // The lock: two claims from the same read, exactly one wins.
-    let lock = rotor::engine::lock::vault::VaultLock::new(std::sync::Arc::new(
+    let lock = rotor::engine::lock::secret::VaultLock::new(std::sync::Arc::new(
         rotor::store::vault::VaultStore::new(&spec, SECRET),
     ));
     use rotor::engine::lock::RotationLock as _;

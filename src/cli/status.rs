@@ -50,7 +50,7 @@ pub(super) async fn run(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) 
     let journals = journal::open(&pb, cluster.as_ref()).map_err(EngineError::from)?;
     let journal = journals.load().await.map_err(EngineError::from)?;
     let lock = lock::open(&pb, cluster.as_ref(), None).map_err(EngineError::from)?;
-    // A store that keeps its own lock and schedule (Secret Manager, Vault).
+    // A store that keeps its own lock and schedule (Secret Manager, Vault, AWS).
     let gcp = pb.store.keeps_own_lock();
     // The file lock creates its directory when opened: skip it when there is none.
     let holder = if lease || gcp || pb.state_dir.exists() {

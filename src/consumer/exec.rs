@@ -76,6 +76,7 @@ impl ExecConsumer {
         let store_secret = match &playbook.store {
             StoreSpec::Gcp(g) => g.name.clone(),
             StoreSpec::Vault(v) => v.path.clone(),
+            StoreSpec::Aws(a) => a.name.clone(),
             _ => playbook.secret.clone(),
         };
         ExecConsumer {

@@ -66,9 +66,9 @@ pub fn demo_playbook(file: Option<&Path>, dir: &Path) -> Result<Playbook, playbo
         Some(f) => playbook::load_file(f)?,
         None => playbook::load_str(LOCAL_DEMO, "<embedded>/playbooks/local-demo.yaml", dir)?,
     };
-    // A Vault store is the server's (the demo runs against it); any other store is the demo's
-    // own file.
-    if !matches!(pb.store, StoreSpec::Vault(_)) {
+    // A Vault or AWS store is the server's (the demo runs against it); any other store is the
+    // demo's own file.
+    if !matches!(pb.store, StoreSpec::Vault(_) | StoreSpec::Aws(_)) {
         pb.store = StoreSpec::Local {
             path: dir.join("demo-store.json"),
         };

@@ -345,6 +345,10 @@ impl Engine {
                     "the store's rotor-next-rotation (custom_metadata)",
                     "the store (custom_metadata rotor-next-rotation)",
                 ),
+                crate::playbook::StoreSpec::Aws(_) => (
+                    "the secret's next rotation (AWS's NextRotationDate or the tag rotor-next-rotation)",
+                    "the secret (AWS's NextRotationDate or the tag rotor-next-rotation)",
+                ),
                 _ => ("Secret Manager's next_rotation_time", "Secret Manager"),
             };
             if now >= at {

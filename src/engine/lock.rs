@@ -28,7 +28,7 @@
 pub mod gcp;
 pub mod lease;
 pub mod remote;
-pub mod vault;
+pub mod secret;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
@@ -244,7 +244,19 @@ pub fn open(
         let mut spec = spec.clone();
         spec.retry_deadline = spec.retry_deadline.min(duration / 3);
         let store = std::sync::Arc::new(crate::store::vault::VaultStore::new(&spec, &pb.secret));
-        let lock = vault::VaultLock::new(store).with_duration(duration);
+        let lock = secret::VaultLock::new(store).with_duration(duration);
+        return Ok(Box::new(match events {
+            Some(e) => lock.with_events(e),
+            None => lock,
+        }));
+    }
+    if let StoreSpec::Aws(spec) = &pb.store {
+        let duration = spec.lock_duration;
+        // A renewal that keeps failing must give up well before the claim lapses.
+        let mut spec = spec.clone();
+        spec.retry_deadline = spec.retry_deadline.min(duration / 3);
+        let store = std::sync::Arc::new(crate::store::aws::AwsStore::new(&spec, &pb.secret));
+        let lock = secret::AwsLock::new(store).with_duration(duration);
         return Ok(Box::new(match events {
             Some(e) => lock.with_events(e),
             None => lock,

@@ -170,13 +170,54 @@ pub enum StoreSpec {
     /// An OpenBao/Vault KV v2 secret: values as KV versions, slots and history in its
     /// `custom_metadata`.
     Vault(VaultStoreSpec),
+    /// An AWS Secrets Manager secret: values as versions, slots as staging labels, history in
+    /// its tags.
+    Aws(AwsStoreSpec),
 }
 
 impl StoreSpec {
     /// Whether the store keeps the rotation lock itself (a Secret Manager annotation, a Vault
-    /// lock secret beside the store's), so `cluster.lock` does not apply.
+    /// or AWS lock secret beside the store's), so `cluster.lock` does not apply.
     pub fn keeps_own_lock(&self) -> bool {
-        matches!(self, StoreSpec::Gcp(_) | StoreSpec::Vault(_))
+        matches!(
+            self,
+            StoreSpec::Gcp(_) | StoreSpec::Vault(_) | StoreSpec::Aws(_)
+        )
+    }
+}
+
+/// An AWS store's lock is the secret `<name><AWS_LOCK_SUFFIX>` beside its own.
+pub const AWS_LOCK_SUFFIX: &str = ".rotor-lock";
+
+/// Where an AWS Secrets Manager store lives and how rotor reaches it. Credentials come from
+/// AWS's own chain (environment, `~/.aws`, SSO, web identity, the instance or task role).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsStoreSpec {
+    /// The secret's name (not an ARN).
+    pub name: String,
+    /// Region; `None`: AWS_REGION, AWS_DEFAULT_REGION or the profile's (as the AWS CLI).
+    pub region: Option<String>,
+    /// Profile of `~/.aws/config`; `None`: AWS_PROFILE or `default`.
+    pub profile: Option<String>,
+    /// Endpoint; `None`: AWS_ENDPOINT_URL_SECRETS_MANAGER, AWS_ENDPOINT_URL or AWS's.
+    pub endpoint_url: Option<String>,
+    /// How long one call is retried on throttling, 5xx or a failed connection.
+    pub retry_deadline: Duration,
+    /// How long the rotation lock's claim lives without renewal (renewed every third of it).
+    pub lock_duration: Duration,
+}
+
+impl AwsStoreSpec {
+    /// The secret `name` with every other field at its default.
+    pub fn new(name: &str) -> AwsStoreSpec {
+        AwsStoreSpec {
+            name: name.to_string(),
+            region: None,
+            profile: None,
+            endpoint_url: None,
+            retry_deadline: Duration::from_secs(30),
+            lock_duration: Duration::from_secs(30),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! factory that opens the backend a playbook names. One file per backend. Must never: log or
 //! return a value except from [`Store::read_value`].
 
+pub mod aws;
 pub mod gcp;
 pub mod kubernetes;
 pub mod local;
@@ -199,6 +200,18 @@ pub trait Store: Send + Sync {
     /// Adds an enabled version holding `value`; in no slot yet.
     async fn add_version(&self, value: &SecretValue) -> Result<VersionInfo, StoreError>;
 
+    /// [`Store::add_version`] for the rotation with id `rotation`: a backend that takes an
+    /// idempotency key (Secrets Manager's `ClientRequestToken`) derives it from `rotation` and
+    /// the value, so a retried request never adds a second version.
+    async fn add_version_for(
+        &self,
+        value: &SecretValue,
+        rotation: &str,
+    ) -> Result<VersionInfo, StoreError> {
+        let _ = rotation;
+        self.add_version(value).await
+    }
+
     /// Points the slots at these versions (which must be enabled).
     async fn set_slots(&self, primary: &str, secondary: Option<&str>) -> Result<(), StoreError>;
 
@@ -220,8 +233,9 @@ pub trait Store: Send + Sync {
     }
 }
 
-/// The names the remote stores (Secret Manager, Vault) give rotor's bookkeeping beside a
-/// secret: as aliases and annotations in Secret Manager, as `custom_metadata` keys in Vault.
+/// The names the remote stores (Secret Manager, Vault, AWS) give rotor's bookkeeping beside a
+/// secret: as aliases and annotations in Secret Manager, as `custom_metadata` keys in Vault, as
+/// tags in AWS Secrets Manager.
 pub mod keys {
     /// The logical secret's name.
     pub const SECRET: &str = "rotor-secret";
@@ -233,6 +247,8 @@ pub mod keys {
     pub const FP_PREFIX: &str = "rotor-fp-";
     /// When the last rotation finished.
     pub const LAST_ROTATION: &str = "rotor-last-rotation";
+    /// When the next rotation is due (from the playbook's `max_age`).
+    pub const NEXT_ROTATION: &str = "rotor-next-rotation";
 }
 
 /// Opens the store a playbook names; `cluster` is the connection when the playbook uses one.
@@ -254,5 +270,6 @@ pub fn open(
         )),
         StoreSpec::Gcp(spec) => Box::new(gcp::GcpStore::new(spec, &playbook.secret)),
         StoreSpec::Vault(spec) => Box::new(vault::VaultStore::new(spec, &playbook.secret)),
+        StoreSpec::Aws(spec) => Box::new(aws::AwsStore::new(spec, &playbook.secret)),
     })
 }

@@ -12,7 +12,7 @@
 //! - a version's state is KV v2's own: a soft-deleted version is *disabled* (undelete brings it
 //!   back), a destroyed one is *destroyed*;
 //! - the rotation lock is a second KV v2 secret beside it, `<path>.rotor-lock`
-//!   ([`crate::engine::lock::vault`]): the metadata endpoint takes no `cas`, a data write does.
+//!   ([`crate::engine::lock::secret`]): the metadata endpoint takes no `cas`, a data write does.
 //!
 //! Metadata writes: OpenBao versions the metadata (`current_metadata_version`) and takes
 //! `metadata_cas`; rotor sends it whenever the server reports a version, so a write that raced
@@ -65,7 +65,7 @@ pub const META_FP_PREFIX: &str = super::keys::FP_PREFIX;
 /// Metadata key with the time the last rotation finished.
 pub const META_LAST_ROTATION: &str = super::keys::LAST_ROTATION;
 /// Metadata key with the time the next rotation is due (the playbook's `max_age`).
-pub const META_NEXT_ROTATION: &str = "rotor-next-rotation";
+pub const META_NEXT_ROTATION: &str = super::keys::NEXT_ROTATION;
 /// The lock lives in the KV v2 secret `<path><LOCK_SUFFIX>`.
 pub use crate::playbook::VAULT_LOCK_SUFFIX as LOCK_SUFFIX;
 /// Fingerprint keys are kept for this many versions below the newest (Vault allows 64 keys).

@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::text::{echo, list};
 use super::{Cx, Fields, HOUR, MINUTE, Result};
 use crate::playbook::{
-    GcpCredentials, GcpStoreSpec, MIN_WRITE_INTERVAL, StoreSpec, VaultAuth, VaultStoreSpec,
+    AwsStoreSpec, GcpCredentials, GcpStoreSpec, MIN_WRITE_INTERVAL, StoreSpec, VaultAuth,
+    VaultStoreSpec,
 };
 
 const STORE_FIELDS: &[&str] = &[
@@ -26,6 +27,9 @@ const STORE_FIELDS: &[&str] = &[
     "address",
     "auth",
     "lock_duration",
+    "region",
+    "profile",
+    "endpoint_url",
 ];
 /// Each store kind with the fields it takes.
 const STORE_KINDS: &[(&str, &[&str])] = &[
@@ -52,6 +56,18 @@ const STORE_KINDS: &[(&str, &[&str])] = &[
             "address",
             "namespace",
             "auth",
+            "retry_deadline",
+            "lock_duration",
+        ],
+    ),
+    (
+        "aws",
+        &[
+            "kind",
+            "name",
+            "region",
+            "profile",
+            "endpoint_url",
             "retry_deadline",
             "lock_duration",
         ],
@@ -96,7 +112,7 @@ impl Cx<'_> {
             "write `store:` with `kind` (and what that kind takes) under it",
         )?;
         self.only(&f, STORE_FIELDS, "store")?;
-        const KIND_HELP: &str = "use `local` (a file), `kubernetes` (a Secret), `gcp` (Google Cloud Secret Manager) or `vault` (OpenBao/Vault KV v2)";
+        const KIND_HELP: &str = "use `local` (a file), `kubernetes` (a Secret), `gcp` (Google Cloud Secret Manager), `vault` (OpenBao/Vault KV v2) or `aws` (AWS Secrets Manager)";
         let kind = self.require(&f, "kind", KIND_HELP)?;
         let text = self.text(kind, "store.kind", KIND_HELP)?;
         let Some((_, takes)) = STORE_KINDS.iter().find(|(k, _)| *k == text) else {
@@ -131,6 +147,7 @@ impl Cx<'_> {
             }
             "gcp" => self.gcp_store(&f).map(StoreSpec::Gcp),
             "vault" => self.vault_store(&f, base_dir).map(StoreSpec::Vault),
+            "aws" => self.aws_store(&f).map(StoreSpec::Aws),
             _ => {
                 const PATH_HELP: &str = "give the store file, relative to the playbook's directory or absolute, e.g. store.json";
                 let node = self.require(&f, "path", PATH_HELP)?;
@@ -179,24 +196,11 @@ impl Cx<'_> {
                 NAME_HELP,
             ));
         }
-        let endpoint = match f.get("endpoint") {
-            None => None,
-            Some(node) => {
-                const HELP: &str = "give a URL, e.g. `https://secretmanager.googleapis.com` or a private endpoint; leave it out for Google's";
-                let text = self.text(node, "store.endpoint", HELP)?.trim();
-                if !(text.starts_with("https://") || text.starts_with("http://"))
-                    || text.len() <= "https://".len()
-                {
-                    return Err(self.err(
-                        node.pos,
-                        "store.endpoint",
-                        format!("`{}` is not an http(s) URL", echo(text)),
-                        HELP,
-                    ));
-                }
-                Some(text.trim_end_matches('/').to_string())
-            }
-        };
+        let endpoint = self.url_field(
+            f,
+            "endpoint",
+            "give a URL, e.g. `https://secretmanager.googleapis.com` or a private endpoint; leave it out for Google's",
+        )?;
         let credentials = match f.get("credentials") {
             None => GcpCredentials::Default,
             Some(node) => match self.choice(
@@ -218,17 +222,7 @@ impl Cx<'_> {
             retry_deadline: Duration::from_secs(60),
             write_interval: Duration::from_millis(500),
         };
-        if let Some(node) = f.get("retry_deadline") {
-            spec.retry_deadline = self.duration(node, "store.retry_deadline", HOUR)?;
-            if spec.retry_deadline < Duration::from_secs(1) {
-                return Err(self.err(
-                    node.pos,
-                    "store.retry_deadline",
-                    "the retry deadline is shorter than 1s",
-                    "give at least 1s (the default is 60s)",
-                ));
-            }
-        }
+        spec.retry_deadline = self.retry_deadline(f, spec.retry_deadline)?;
         if let Some(node) = f.get("write_interval") {
             spec.write_interval = self.duration(node, "store.write_interval", MINUTE)?;
             if spec.write_interval < MIN_WRITE_INTERVAL {
@@ -278,25 +272,11 @@ impl Cx<'_> {
                 "name the secret itself; rotor keeps its lock beside it",
             ));
         }
-        let address = match f.get("address") {
-            None => None,
-            Some(node) => {
-                const HELP: &str = "give the server's URL, e.g. `https://vault.example.com:8200`; leave it out to use VAULT_ADDR";
-                let text = self.text(node, "store.address", HELP)?.trim();
-                if !(text.starts_with("https://") || text.starts_with("http://"))
-                    || text.len() <= "https://".len()
-                    || text.chars().any(char::is_whitespace)
-                {
-                    return Err(self.err(
-                        node.pos,
-                        "store.address",
-                        format!("`{}` is not an http(s) URL", echo(text)),
-                        HELP,
-                    ));
-                }
-                Some(text.trim_end_matches('/').to_string())
-            }
-        };
+        let address = self.url_field(
+            f,
+            "address",
+            "give the server's URL, e.g. `https://vault.example.com:8200`; leave it out to use VAULT_ADDR",
+        )?;
         let namespace = match f.get("namespace") {
             None => None,
             Some(node) => {
@@ -326,30 +306,150 @@ impl Cx<'_> {
             retry_deadline: Duration::from_secs(30),
             lock_duration: Duration::from_secs(30),
         };
-        if let Some(node) = f.get("lock_duration") {
-            let d = self.duration(node, "store.lock_duration", HOUR)?;
-            if d < Duration::from_secs(3) {
-                return Err(self.err(
-                    node.pos,
-                    "store.lock_duration",
-                    "the lock duration is shorter than 3s",
-                    "give 3s to 1h (the default is 30s): how long the lock outlives a rotor that stopped renewing it",
-                ));
-            }
-            spec.lock_duration = d;
-        }
-        if let Some(node) = f.get("retry_deadline") {
-            spec.retry_deadline = self.duration(node, "store.retry_deadline", HOUR)?;
-            if spec.retry_deadline < Duration::from_secs(1) {
-                return Err(self.err(
-                    node.pos,
-                    "store.retry_deadline",
-                    "the retry deadline is shorter than 1s",
-                    "give at least 1s (the default is 30s)",
-                ));
-            }
-        }
+        spec.lock_duration = self.lock_duration(f, spec.lock_duration)?;
+        spec.retry_deadline = self.retry_deadline(f, spec.retry_deadline)?;
         Ok(spec)
+    }
+
+    fn aws_store(&self, f: &Fields<'_>) -> Result<AwsStoreSpec> {
+        const NAME_HELP: &str = "name the Secrets Manager secret (1 to 512 letters, digits and `/_+=.@-`; a name, not an ARN), e.g. `name: service-secret`";
+        let node = self.require(f, "name", NAME_HELP)?;
+        let name = self.text(node, "store.name", NAME_HELP)?;
+        let valid = (1..=512 - crate::playbook::AWS_LOCK_SUFFIX.len()).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c));
+        if !valid || name.starts_with("arn:") {
+            return Err(self.err(
+                node.pos,
+                "store.name",
+                format!("`{}` is not a secret name", echo(name)),
+                NAME_HELP,
+            ));
+        }
+        if name.ends_with(crate::playbook::AWS_LOCK_SUFFIX) {
+            return Err(self.err(
+                node.pos,
+                "store.name",
+                format!(
+                    "`{}` is the name of a rotation lock (it ends in `{}`)",
+                    echo(name),
+                    crate::playbook::AWS_LOCK_SUFFIX
+                ),
+                "name the secret itself; rotor keeps its lock beside it",
+            ));
+        }
+        let region = match f.get("region") {
+            None => None,
+            Some(node) => {
+                const HELP: &str = "give an AWS region, e.g. `region: eu-west-1`; leave it out to use AWS_REGION or the profile's";
+                let text = self.text(node, "store.region", HELP)?.trim();
+                let ok = (1..=32).contains(&text.len())
+                    && text
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                if !ok {
+                    return Err(self.err(
+                        node.pos,
+                        "store.region",
+                        format!("`{}` is not a region", echo(text)),
+                        HELP,
+                    ));
+                }
+                Some(text.to_string())
+            }
+        };
+        let profile = match f.get("profile") {
+            None => None,
+            Some(node) => {
+                const HELP: &str = "give a profile of ~/.aws/config, e.g. `profile: rotation`; leave it out to use AWS_PROFILE or the default";
+                let text = self.text(node, "store.profile", HELP)?.trim();
+                if text.is_empty() || text.len() > 128 || text.chars().any(char::is_whitespace) {
+                    return Err(self.err(
+                        node.pos,
+                        "store.profile",
+                        format!("`{}` is not a profile name", echo(text)),
+                        HELP,
+                    ));
+                }
+                Some(text.to_string())
+            }
+        };
+        let endpoint_url = self.url_field(
+            f,
+            "endpoint_url",
+            "give a URL, e.g. a VPC endpoint `https://vpce-…secretsmanager.eu-west-1.vpce.amazonaws.com`; leave it out to use AWS_ENDPOINT_URL or AWS's",
+        )?;
+        let defaults = AwsStoreSpec::new(name);
+        Ok(AwsStoreSpec {
+            region,
+            profile,
+            endpoint_url,
+            lock_duration: self.lock_duration(f, defaults.lock_duration)?,
+            retry_deadline: self.retry_deadline(f, defaults.retry_deadline)?,
+            ..defaults
+        })
+    }
+
+    /// An optional http(s) URL field, without a trailing `/`.
+    fn url_field(&self, f: &Fields<'_>, field: &str, help: &str) -> Result<Option<String>> {
+        let Some(node) = f.get(field) else {
+            return Ok(None);
+        };
+        let path = format!("store.{field}");
+        let text = self.text(node, &path, help)?.trim();
+        if !(text.starts_with("https://") || text.starts_with("http://"))
+            || text.len() <= "https://".len()
+            || text.chars().any(char::is_whitespace)
+        {
+            return Err(self.err(
+                node.pos,
+                &path,
+                format!("`{}` is not an http(s) URL", echo(text)),
+                help,
+            ));
+        }
+        Ok(Some(text.trim_end_matches('/').to_string()))
+    }
+
+    /// `lock_duration` (3s to 1h), or `default`.
+    fn lock_duration(&self, f: &Fields<'_>, default: Duration) -> Result<Duration> {
+        let Some(node) = f.get("lock_duration") else {
+            return Ok(default);
+        };
+        let d = self.duration(node, "store.lock_duration", HOUR)?;
+        if d < Duration::from_secs(3) {
+            return Err(self.err(
+                node.pos,
+                "store.lock_duration",
+                "the lock duration is shorter than 3s",
+                format!(
+                    "give 3s to 1h (the default is {}): how long the lock outlives a rotor that stopped renewing it",
+                    humantime::format_duration(default)
+                ),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// `retry_deadline` (at least 1s), or `default`.
+    fn retry_deadline(&self, f: &Fields<'_>, default: Duration) -> Result<Duration> {
+        let Some(node) = f.get("retry_deadline") else {
+            return Ok(default);
+        };
+        let d = self.duration(node, "store.retry_deadline", HOUR)?;
+        if d < Duration::from_secs(1) {
+            return Err(self.err(
+                node.pos,
+                "store.retry_deadline",
+                "the retry deadline is shorter than 1s",
+                format!(
+                    "give at least 1s (the default is {})",
+                    humantime::format_duration(default)
+                ),
+            ));
+        }
+        Ok(d)
     }
 
     fn vault_auth(&self, node: &super::Node, base_dir: &Path) -> Result<VaultAuth> {

@@ -75,6 +75,14 @@ impl Cx<'_> {
             && let Some((key, _)) = self.fields(node, "cluster", node.pos, "")?.entry("lock")
         {
             let (kind, lock) = match &store {
+                StoreSpec::Aws(a) => (
+                    "aws",
+                    format!(
+                        "in the secret `{}{}` beside the store's, moved with a guarded AWSCURRENT",
+                        a.name,
+                        crate::playbook::AWS_LOCK_SUFFIX
+                    ),
+                ),
                 StoreSpec::Vault(v) => (
                     "vault",
                     format!(

@@ -1,0 +1,361 @@
+//! The single-flight lock of a store that keeps versioned secrets (OpenBao/Vault KV v2, AWS
+//! Secrets Manager): a second secret beside the store's, `<path or name>.rotor-lock`, whose
+//! newest version says who holds the lock, each new version written guarded by the one read
+//! just before, so two rotors on different machines cannot both proceed.
+//!
+//! - Vault/OpenBao: a KV v2 secret written with `cas`. Why not the secret's `custom_metadata`
+//!   (where the slots are): the metadata endpoint takes no `cas` on Vault, so two writers could
+//!   both read "free" and both write their claim, the later one silently winning. A data write
+//!   with `cas=<version read>` is refused by the server when anyone wrote in between.
+//! - AWS: neither tags nor resource policies take a precondition, so the lock is a secret whose
+//!   `AWSCURRENT` version holds the claim: a claim is a new version (`PutSecretValue` with the
+//!   label `ROTOR_LOCK_NEXT`), then `UpdateSecretVersionStage` moves `AWSCURRENT` onto it naming
+//!   the version read (`RemoveFromVersionId`), which the service refuses when the label moved
+//!   in between (docs/aws.md says the same to operators).
+//!
+//! Owns: the lock secret's content `{"holder": "<Holder as JSON>"}`; an empty `holder` (or no
+//! readable newest version, or no secret) means free. Each renewal is a new version (Vault's
+//! `max_versions`, AWS's own clean-up of unlabelled versions prune old ones). The rules (live
+//! claims never taken, `--force` only after expiry, renewal every third of the duration, lost
+//! guards, release) are [`super::remote`]'s.
+//!
+//! Must never: write anything but the lock secret, or hold anything but who holds the lock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::remote::{Backend, MAX_RACES, RecordLock, Write};
+use super::{Holder, LockError};
+use crate::store::StoreError;
+use crate::store::aws::AwsStore;
+use crate::store::vault::{LOCK_SUFFIX, VaultStore};
+
+/// The key of the lock secret's content that holds the holder's JSON.
+pub const HOLDER_KEY: &str = "holder";
+
+/// A lock secret: its newest version and holder text, and guarded writes of a new one.
+#[async_trait]
+pub trait LockSecret: Send + Sync + 'static {
+    /// What names a version (`Default`: none yet, so the write creates the secret).
+    type Version: Clone + Default + PartialEq + std::fmt::Debug + Send + Sync + 'static;
+
+    /// The newest version and its content (`None`: unreadable, i.e. free); `None` when there is
+    /// no lock secret or no version yet.
+    async fn read(&self) -> Result<Option<(Self::Version, Option<serde_json::Value>)>, StoreError>;
+
+    /// Writes `content` as a new version, guarded by `prev` (the version read; `Default`:
+    /// create). `Ok(None)`: someone wrote in between.
+    async fn write(
+        &self,
+        prev: &Self::Version,
+        content: &serde_json::Value,
+    ) -> Result<Option<Self::Version>, StoreError>;
+
+    /// `vault:secret/rotor/s.rotor-lock`.
+    fn describe(&self) -> String;
+}
+
+/// The lock of one Vault store.
+pub type VaultLock = RecordLock<SecretLockBackend<VaultLockSecret>>;
+/// The lock of one AWS store.
+pub type AwsLock = RecordLock<SecretLockBackend<AwsLockSecret>>;
+
+impl VaultLock {
+    /// The lock beside `store`'s secret.
+    pub fn new(store: Arc<VaultStore>) -> VaultLock {
+        RecordLock::with_backend(SecretLockBackend {
+            secret: VaultLockSecret { store },
+        })
+    }
+}
+
+impl AwsLock {
+    /// The lock beside `store`'s secret.
+    pub fn new(store: Arc<AwsStore>) -> AwsLock {
+        RecordLock::with_backend(SecretLockBackend {
+            secret: AwsLockSecret { store },
+        })
+    }
+}
+
+/// The Vault lock secret.
+pub struct VaultLockSecret {
+    store: Arc<VaultStore>,
+}
+
+impl VaultLockSecret {
+    fn path(&self) -> String {
+        lock_path(&self.store.spec().path)
+    }
+}
+
+#[async_trait]
+impl LockSecret for VaultLockSecret {
+    type Version = u64;
+
+    async fn read(&self) -> Result<Option<(u64, Option<serde_json::Value>)>, StoreError> {
+        let path = self.path();
+        let Some(meta) = self.store.read_meta(&path).await? else {
+            return Ok(None);
+        };
+        if meta.current_version == 0 {
+            return Ok(None);
+        }
+        // The newest version decides; one deleted or destroyed by hand is free.
+        let data = self
+            .store
+            .read_data(&path, Some(meta.current_version))
+            .await?
+            .map(|(data, _)| data);
+        Ok(Some((meta.current_version, data)))
+    }
+
+    async fn write(
+        &self,
+        prev: &u64,
+        content: &serde_json::Value,
+    ) -> Result<Option<u64>, StoreError> {
+        self.store.write_data(&self.path(), content, *prev).await
+    }
+
+    fn describe(&self) -> String {
+        format!("vault:{}/{}", self.store.spec().mount, self.path())
+    }
+}
+
+/// The AWS lock secret.
+pub struct AwsLockSecret {
+    store: Arc<AwsStore>,
+}
+
+#[async_trait]
+impl LockSecret for AwsLockSecret {
+    /// The `VersionId` carrying `AWSCURRENT` (`None`: no lock secret yet).
+    type Version = Option<String>;
+
+    async fn read(
+        &self,
+    ) -> Result<Option<(Option<String>, Option<serde_json::Value>)>, StoreError> {
+        Ok(self
+            .store
+            .lock_read()
+            .await?
+            .map(|(id, text)| (Some(id), text.and_then(|t| serde_json::from_str(&t).ok()))))
+    }
+
+    async fn write(
+        &self,
+        prev: &Option<String>,
+        content: &serde_json::Value,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let text = content.to_string();
+        Ok(self
+            .store
+            .lock_write(prev.as_deref(), &text)
+            .await?
+            .map(Some))
+    }
+
+    fn describe(&self) -> String {
+        self.store.lock_describe()
+    }
+}
+
+/// A lock secret as a lock record.
+pub struct SecretLockBackend<S: LockSecret> {
+    secret: S,
+}
+
+/// The lock secret as read: its newest version (the guard of the next write) and holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockRecord<V> {
+    /// The newest version (`Default`: none yet).
+    pub version: V,
+    /// Who holds it.
+    pub holder: Option<Holder>,
+}
+
+/// The lock secret's path for a Vault store at `path`.
+pub fn lock_path(path: &str) -> String {
+    format!("{path}{LOCK_SUFFIX}")
+}
+
+/// The holder recorded in a lock secret's content. Text rotor cannot read is somebody's claim
+/// all the same: held by an unknown holder whose claim expired, so only `--force` takes it.
+pub fn holder_of(data: &serde_json::Value) -> Option<Holder> {
+    let text = data.get(HOLDER_KEY).and_then(|v| v.as_str())?;
+    if text.is_empty() {
+        return None;
+    }
+    match serde_json::from_str::<Holder>(text) {
+        Ok(h) if h.identity.is_empty() => None,
+        Ok(h) => Some(h),
+        Err(_) => Some(Holder {
+            identity: format!("unknown (the lock secret's `{HOLDER_KEY}` is not rotor's)"),
+            command: "unknown".into(),
+            rotation: None,
+            stage: "unknown".into(),
+            since: DateTime::UNIX_EPOCH,
+            expires: DateTime::UNIX_EPOCH,
+            handover: None,
+        }),
+    }
+}
+
+fn expiring(holder: &Holder, now: DateTime<Utc>, duration: Duration) -> Holder {
+    let mut h = holder.clone();
+    h.expires = now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
+    h
+}
+
+#[async_trait]
+impl<S: LockSecret> Backend for SecretLockBackend<S> {
+    type Record = LockRecord<S::Version>;
+
+    async fn get(&self) -> Result<Option<Self::Record>, LockError> {
+        Ok(self.secret.read().await?.map(|(version, data)| LockRecord {
+            version,
+            holder: data.as_ref().and_then(holder_of),
+        }))
+    }
+
+    async fn put(&self, next: &Self::Record, _create: bool) -> Result<Self::Record, Write> {
+        let text = match &next.holder {
+            Some(h) => serde_json::to_string(h).expect("holder serializes"),
+            None => String::new(),
+        };
+        let data = serde_json::json!({ HOLDER_KEY: text });
+        match self.secret.write(&next.version, &data).await {
+            Ok(Some(version)) => Ok(LockRecord {
+                version,
+                holder: next.holder.clone(),
+            }),
+            // Refused: someone wrote in between.
+            Ok(None) => Err(Write::Raced),
+            Err(e) => Err(Write::Failed(e.into())),
+        }
+    }
+
+    fn holder_of(&self, r: &Self::Record) -> Option<Holder> {
+        r.holder.clone()
+    }
+
+    fn claim(
+        &self,
+        current: Option<&Self::Record>,
+        holder: &Holder,
+        now: DateTime<Utc>,
+        duration: Duration,
+    ) -> Self::Record {
+        let mut h = expiring(holder, now, duration);
+        h.since = now;
+        LockRecord {
+            version: current.map(|c| c.version.clone()).unwrap_or_default(),
+            holder: Some(h),
+        }
+    }
+
+    fn renewed(
+        &self,
+        last: &Self::Record,
+        holder: &Holder,
+        now: DateTime<Utc>,
+        duration: Duration,
+    ) -> Self::Record {
+        let mut h = expiring(holder, now, duration);
+        // The acquisition time is the claim's token: a renewal keeps it.
+        if let Some(prev) = &last.holder {
+            h.since = prev.since;
+        }
+        LockRecord {
+            version: last.version.clone(),
+            holder: Some(h),
+        }
+    }
+
+    fn noted(&self, current: &Self::Record, holder: &Holder) -> Self::Record {
+        LockRecord {
+            version: current.version.clone(),
+            holder: Some(holder.clone()),
+        }
+    }
+
+    fn released(&self, last: &Self::Record, _now: DateTime<Utc>) -> Self::Record {
+        LockRecord {
+            version: last.version.clone(),
+            holder: None,
+        }
+    }
+
+    fn same_claim(&self, a: &Self::Record, b: &Self::Record) -> bool {
+        match (&a.holder, &b.holder) {
+            (Some(x), Some(y)) => x.same_claim(y),
+            _ => false,
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.secret.describe()
+    }
+
+    fn races(&self) -> LockError {
+        StoreError::Conflict {
+            store: self.describe(),
+            detail: format!("the lock secret was still changing after {MAX_RACES} attempts"),
+        }
+        .into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::remote::{Decision, decide};
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn claims_carry_the_version_read_and_renewals_keep_the_token() {
+        let spec = crate::playbook::VaultStoreSpec {
+            mount: "secret".into(),
+            path: "rotor/s".into(),
+            address: Some("http://127.0.0.1:9".into()),
+            namespace: None,
+            auth: crate::playbook::VaultAuth::Token,
+            retry_deadline: Duration::from_secs(1),
+            lock_duration: Duration::from_secs(30),
+        };
+        let secret = VaultLockSecret {
+            store: Arc::new(VaultStore::new(&spec, "s")),
+        };
+        assert_eq!(secret.path(), "rotor/s.rotor-lock");
+        let b = SecretLockBackend { secret };
+        let at = t("2026-01-02T03:00:00Z");
+        let me = Holder::me("rotate");
+        let free = LockRecord {
+            version: 7,
+            holder: None,
+        };
+        let c = b.claim(Some(&free), &me, at, Duration::from_secs(30));
+        assert_eq!(c.version, 7, "the write is guarded by the version read");
+        let h = c.holder.clone().unwrap();
+        assert_eq!((h.since, h.expires), (at, t("2026-01-02T03:00:30Z")));
+        assert!(matches!(
+            decide(c.holder.clone(), t("2026-01-02T03:00:29Z"), true),
+            Decision::Held(_)
+        ));
+        let r = b.renewed(&c, &me, t("2026-01-02T03:00:20Z"), Duration::from_secs(30));
+        assert!(b.same_claim(&r, &c));
+        assert_eq!(r.holder.unwrap().expires, t("2026-01-02T03:00:50Z"));
+        assert_eq!(b.claim(None, &me, at, Duration::from_secs(30)).version, 0);
+        // Text that is not rotor's is a claim nobody can renew: only --force takes it.
+        let foreign = holder_of(&serde_json::json!({ HOLDER_KEY: "not json" })).unwrap();
+        assert_eq!(foreign.expires, DateTime::UNIX_EPOCH);
+        assert_eq!(holder_of(&serde_json::json!({ HOLDER_KEY: "" })), None);
+    }
+}

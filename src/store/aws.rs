@@ -1,0 +1,1284 @@
+//! The AWS Secrets Manager store, on the official SDK (`aws-sdk-secretsmanager` with
+//! `aws-config`).
+//!
+//! Layout of the secret `<name>` (docs/aws.md says the same for operators):
+//! - every value is one Secrets Manager **version** (`SecretString`); rotor names versions by
+//!   their `VersionId`;
+//! - the slots are **staging labels**, each on at most one version (Secrets Manager's rule):
+//!   `AWSCURRENT` is the primary (what every reader of the secret gets by default),
+//!   `ROTOR_SECONDARY` the secondary. A version rotor adds carries `AWSPENDING` until it becomes
+//!   current (T1 is `PutSecretValue` with `AWSPENDING` and a `ClientRequestToken` derived from
+//!   the rotation's id and the value's fingerprint, so a retried request is not a second
+//!   version). Moving `AWSCURRENT` makes Secrets Manager move `AWSPREVIOUS` to the version it
+//!   left, and a version that leaves the slots keeps (or gets) `AWSPREVIOUS`;
+//! - a version's state is its labels: `ROTOR_DISABLED` marks the disabled one (so at most one
+//!   is disabled at a time), a version without any label is destroyed (Secrets Manager calls it
+//!   deprecated and deletes it once the secret holds about 100 versions; there is no API that
+//!   deletes one version), any other labelled version is enabled. Secrets Manager has no
+//!   unreadable version: a disabled or destroyed value can still be read by whoever names its
+//!   `VersionId`; rotor never reads or publishes it;
+//! - every label move names the version the label is on now (`RemoveFromVersionId`), which the
+//!   server refuses when the label has moved meanwhile: a compare-and-swap, so a slot someone
+//!   else moved is a [`StoreError::Conflict`], never overwritten;
+//! - bookkeeping is in the secret's **tags** (never a value): `rotor-secret` (the logical secret,
+//!   checked against the playbook), `rotor-fp-<VersionId>` (fingerprints, the newest
+//!   [`HISTORY`] kept), `rotor-last-rotation` and `rotor-next-rotation`. Tags take no
+//!   precondition; the rotation lock is what keeps two rotors from writing them together;
+//! - the rotation lock is a second secret beside it, `<name>.rotor-lock`
+//!   ([`crate::engine::lock::secret`]).
+//!
+//! Owns: the client (credential chain, region and `AWS_ENDPOINT_URL` as AWS's own tools read
+//! them, TLS through rustls with ring), retries of transient failures (throttling, 5xx, a
+//! connection that failed or timed out) under `retry_deadline`, and the mapping of the
+//! service's errors to what an operator does next.
+//!
+//! Must never: put a value in a tag, a label, an error or a log (the service's error text is
+//! bounded and redacted, [`super::retry::quoted`]), read a version that is not enabled, or move
+//! a label without naming where it is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::types::Tag;
+use chrono::{DateTime, Utc};
+use sha2::{Digest as _, Sha256};
+
+use super::model::rules;
+use super::retry::{Backoff, install_crypto, quoted};
+use super::{Store, StoreError, StoreSnapshot, VersionInfo, VersionState};
+use crate::playbook::AwsStoreSpec;
+use crate::secret::{Fingerprint, SecretValue};
+
+/// The primary slot: what every reader of the secret gets by default.
+pub const CURRENT: &str = "AWSCURRENT";
+/// The new value between T1 and T3.
+pub const PENDING: &str = "AWSPENDING";
+/// The value before the current one (moved by Secrets Manager with `AWSCURRENT`).
+pub const PREVIOUS: &str = "AWSPREVIOUS";
+/// The secondary slot.
+pub const SECONDARY: &str = "ROTOR_SECONDARY";
+/// The disabled version.
+pub const DISABLED: &str = "ROTOR_DISABLED";
+/// Tag naming the logical secret.
+pub const TAG_SECRET: &str = super::keys::SECRET;
+/// Prefix of the fingerprint tags.
+pub const TAG_FP: &str = super::keys::FP_PREFIX;
+/// Tag with the last rotation's end (RFC 3339).
+pub const TAG_LAST_ROTATION: &str = super::keys::LAST_ROTATION;
+/// Tag with the next due rotation (RFC 3339), from the playbook's `max_age`.
+pub const TAG_NEXT_ROTATION: &str = super::keys::NEXT_ROTATION;
+/// Fingerprint tags kept (Secrets Manager allows 50 tags; the rest is the owner's).
+pub const HISTORY: usize = 20;
+/// Most versions read from one listing (Secrets Manager keeps about 100).
+const MAX_VERSIONS: usize = 500;
+/// Longest value Secrets Manager takes in `SecretString`.
+const MAX_VALUE: usize = 65_536;
+/// Connect timeout, and one attempt's timeout (bounded by the retry deadline).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One failed call, as rotor understands it.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The service's error code (`ResourceNotFoundException`), if it answered.
+    pub code: Option<String>,
+    /// The service's message, bounded and redacted; or what went wrong on the way.
+    pub message: String,
+    /// HTTP status, if it answered.
+    pub status: Option<u16>,
+    /// Worth retrying.
+    pub transient: bool,
+}
+
+impl Failure {
+    fn is(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    e: &SdkError<E, aws_sdk_secretsmanager::config::http::HttpResponse>,
+) -> Failure {
+    match e {
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            let code = s.err().code().map(str::to_string);
+            let transient = status >= 500
+                || status == 429
+                || matches!(
+                    code.as_deref(),
+                    Some(
+                        "ThrottlingException"
+                            | "Throttling"
+                            | "TooManyRequestsException"
+                            | "RequestLimitExceeded"
+                            | "InternalServiceError"
+                            | "InternalFailure"
+                            | "ServiceUnavailable"
+                    )
+                );
+            Failure {
+                message: quoted(s.err().message().unwrap_or("no message")),
+                code,
+                status: Some(status),
+                transient,
+            }
+        }
+        SdkError::DispatchFailure(d) => Failure {
+            code: None,
+            message: quoted(&format!("{}", DisplayErrorContext(e))),
+            status: None,
+            transient: d.is_io() || d.is_timeout(),
+        },
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Failure {
+            code: None,
+            message: quoted(&format!("{}", DisplayErrorContext(e))),
+            status: None,
+            transient: true,
+        },
+        _ => Failure {
+            code: None,
+            message: quoted(&format!("{}", DisplayErrorContext(e))),
+            status: None,
+            transient: false,
+        },
+    }
+}
+
+/// One version as the listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ver {
+    /// `VersionId`.
+    pub id: String,
+    /// Its staging labels.
+    pub labels: Vec<String>,
+    /// When it was added.
+    pub created: DateTime<Utc>,
+}
+
+impl Ver {
+    fn has(&self, label: &str) -> bool {
+        self.labels.iter().any(|l| l == label)
+    }
+
+    /// Its state, from its labels.
+    pub fn state(&self) -> VersionState {
+        if self.labels.is_empty() {
+            VersionState::Destroyed
+        } else if self.has(DISABLED) {
+            VersionState::Disabled
+        } else {
+            VersionState::Enabled
+        }
+    }
+}
+
+/// The secret as read: its versions (oldest first), tags and AWS's own rotation schedule.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// Every version listed, oldest first.
+    pub versions: Vec<Ver>,
+    /// Its tags.
+    pub tags: BTreeMap<String, String>,
+    /// `NextRotationDate` when AWS's own rotation is enabled.
+    pub aws_next_rotation: Option<DateTime<Utc>>,
+}
+
+impl Loaded {
+    fn version(&self, id: &str) -> Option<&Ver> {
+        self.versions.iter().find(|v| v.id == id)
+    }
+
+    /// The version carrying `label`.
+    pub fn holder(&self, label: &str) -> Option<&str> {
+        self.versions
+            .iter()
+            .find(|v| v.has(label))
+            .map(|v| v.id.as_str())
+    }
+
+    fn tagged_fp(&self, id: &str) -> Option<Fingerprint> {
+        self.tags
+            .get(&format!("{TAG_FP}{id}"))
+            .and_then(|t| Fingerprint::parse(t))
+    }
+
+    fn slot_of(&self, id: &str) -> Option<&'static str> {
+        let v = self.version(id)?;
+        if v.has(CURRENT) {
+            Some("primary")
+        } else if v.has(SECONDARY) {
+            Some("secondary")
+        } else {
+            None
+        }
+    }
+
+    /// The fingerprint tags to remove so that at most [`HISTORY`] remain (`keep_room`: room
+    /// for that many more): tags of versions no longer listed first, then those of destroyed
+    /// versions, oldest first. Tags of labelled versions are kept.
+    pub fn history_to_trim(&self, keep_room: usize) -> Vec<String> {
+        let fp_keys: Vec<&String> = self.tags.keys().filter(|k| k.starts_with(TAG_FP)).collect();
+        let limit = HISTORY.saturating_sub(keep_room);
+        let mut drop: Vec<String> = Vec::new();
+        let listed = |k: &str| {
+            self.version(&k[TAG_FP.len()..])
+                .map(|v| (v.state() == VersionState::Destroyed, v.created))
+        };
+        // Not listed (deleted by AWS, or a tag written before a crash): nothing to remember.
+        for k in &fp_keys {
+            if listed(k).is_none() {
+                drop.push((*k).clone());
+            }
+        }
+        let mut destroyed: Vec<(DateTime<Utc>, &String)> = fp_keys
+            .iter()
+            .filter_map(|k| match listed(k) {
+                Some((true, created)) => Some((created, *k)),
+                _ => None,
+            })
+            .collect();
+        destroyed.sort();
+        let mut left = fp_keys.len() - drop.len();
+        for (_, k) in destroyed {
+            if left <= limit {
+                break;
+            }
+            drop.push(k.clone());
+            left -= 1;
+        }
+        drop
+    }
+}
+
+/// One label move: `label` onto `to` (or off every version), from `from` (where it is now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    /// The staging label.
+    pub label: &'static str,
+    /// The version it goes to; `None`: removed.
+    pub to: Option<String>,
+    /// The version it is on now.
+    pub from: Option<String>,
+}
+
+/// The label moves that put `primary` in the primary slot and `secondary` in the secondary
+/// one: the secondary first (so a reader in between still finds both values), then
+/// `AWSCURRENT`, then `AWSPENDING` off the new current version.
+pub fn slot_moves(l: &Loaded, primary: &str, secondary: Option<&str>) -> Vec<Move> {
+    let mut moves = Vec::new();
+    let sec_now = l.holder(SECONDARY).map(str::to_string);
+    if sec_now.as_deref() != secondary {
+        moves.push(Move {
+            label: SECONDARY,
+            to: secondary.map(str::to_string),
+            from: sec_now,
+        });
+    }
+    let cur_now = l.holder(CURRENT).map(str::to_string);
+    if cur_now.as_deref() != Some(primary) {
+        moves.push(Move {
+            label: CURRENT,
+            to: Some(primary.to_string()),
+            from: cur_now,
+        });
+    }
+    if l.version(primary).is_some_and(|v| v.has(PENDING)) {
+        moves.push(Move {
+            label: PENDING,
+            to: None,
+            from: Some(primary.to_string()),
+        });
+    }
+    moves
+}
+
+/// The `ClientRequestToken` (and so the `VersionId`) of the value with fingerprint `fp` added
+/// for `key` (a rotation's id): the same request retried is the same version, another value is
+/// another version. Shaped as a UUID, as AWS's own tools make them.
+pub fn request_token(secret: &str, key: &str, fp: &Fingerprint) -> String {
+    let mut h = Sha256::new();
+    h.update(b"rotor/aws-token/v1\0");
+    h.update(secret.as_bytes());
+    h.update(b"\0");
+    h.update(key.as_bytes());
+    h.update(b"\0");
+    h.update(fp.as_str().as_bytes());
+    let x = hex::encode(&h.finalize()[..16]);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
+}
+
+fn time(d: &aws_sdk_secretsmanager::primitives::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(d.secs(), d.subsec_nanos())
+}
+
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// A store in one Secrets Manager secret.
+pub struct AwsStore {
+    spec: AwsStoreSpec,
+    logical: String,
+    client: tokio::sync::OnceCell<Client>,
+    /// Fingerprints of versions that carried no tag, computed once (a version's value never
+    /// changes).
+    computed: Mutex<HashMap<String, Fingerprint>>,
+}
+
+impl AwsStore {
+    /// The store the playbook's `store:` names, for logical secret `secret`.
+    pub fn new(spec: &AwsStoreSpec, secret: &str) -> AwsStore {
+        AwsStore {
+            spec: spec.clone(),
+            logical: secret.to_string(),
+            client: tokio::sync::OnceCell::new(),
+            computed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The spec this store was opened with.
+    pub fn spec(&self) -> &AwsStoreSpec {
+        &self.spec
+    }
+
+    fn remote(&self, detail: String, help: String) -> StoreError {
+        StoreError::Remote {
+            store: self.describe(),
+            detail,
+            help,
+        }
+    }
+
+    fn corrupt(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            store: self.describe(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The client: credentials, region and endpoint as AWS's own tools find them, overridden
+    /// by the playbook's `region`, `profile` and `endpoint_url`.
+    async fn client(&self) -> Result<&Client, StoreError> {
+        self.client
+            .get_or_try_init(|| async {
+                install_crypto();
+                if let Ok(k) = std::env::var("AWS_SECRET_ACCESS_KEY") {
+                    crate::redact::remember(CREDENTIAL, &SecretValue::new(k));
+                }
+                if let Ok(k) = std::env::var("AWS_SESSION_TOKEN") {
+                    crate::redact::remember(CREDENTIAL, &SecretValue::new(k));
+                }
+                use aws_smithy_http_client::tls;
+                let http = aws_smithy_http_client::Builder::new()
+                    .tls_provider(tls::Provider::Rustls(
+                        tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https();
+                let timeouts = aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT.min(self.spec.retry_deadline))
+                    .build();
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .http_client(http)
+                    // rotor retries itself, under `retry_deadline`.
+                    .retry_config(aws_config::retry::RetryConfig::disabled())
+                    .timeout_config(timeouts);
+                if let Some(r) = &self.spec.region {
+                    loader = loader.region(aws_config::Region::new(r.clone()));
+                }
+                if let Some(p) = &self.spec.profile {
+                    loader = loader.profile_name(p);
+                }
+                if let Some(e) = &self.spec.endpoint_url {
+                    loader = loader.endpoint_url(e);
+                }
+                let conf = loader.load().await;
+                if conf.region().is_none() {
+                    return Err(self.remote(
+                        "no region: the playbook gives no `region` and none is configured".into(),
+                        "set `region:` in the store (e.g. `region: eu-west-1`), or AWS_REGION, or a region in the AWS profile".into(),
+                    ));
+                }
+                Ok(Client::new(&conf))
+            })
+            .await
+    }
+
+    /// Runs `f` until it succeeds, fails for good, or the retry deadline passes; the failure
+    /// unexplained (callers handle the codes they expect, then [`AwsStore::fail`]).
+    async fn call<T, E, F, Fut>(&self, what: &str, mut f: F) -> Result<T, (Failure, String)>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<
+                Output = Result<
+                    T,
+                    SdkError<E, aws_sdk_secretsmanager::config::http::HttpResponse>,
+                >,
+            >,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let client = match self.client().await {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                return Err((
+                    Failure {
+                        code: None,
+                        message: e.to_string(),
+                        status: None,
+                        transient: false,
+                    },
+                    what.to_string(),
+                ));
+            }
+        };
+        let mut backoff = Backoff::new(self.spec.retry_deadline);
+        loop {
+            backoff.attempts += 1;
+            let e = match f(client.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let failure = classify(&e);
+            if failure.transient
+                && let Some(wait) = backoff.next()
+            {
+                tracing::info!(secret = %self.spec.name, call = what, attempt = backoff.attempts,
+                    wait = ?wait, "aws: transient error, retrying");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let mut failure = failure;
+            if failure.transient {
+                failure.message = format!(
+                    "{} (still after {} attempts over {:.1}s)",
+                    failure.message,
+                    backoff.attempts,
+                    backoff.started.elapsed().as_secs_f64()
+                );
+            }
+            return Err((failure, what.to_string()));
+        }
+    }
+
+    /// The error for the operator.
+    fn fail(&self, (f, what): (Failure, String)) -> StoreError {
+        let code = f.code.clone().unwrap_or_else(|| {
+            f.status
+                .map_or_else(|| "no answer".into(), |s| format!("HTTP {s}"))
+        });
+        let detail = format!("{what} failed ({code}: {})", f.message);
+        let help = match f.code.as_deref() {
+            Some("AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException") => {
+                format!(
+                    "grant the caller `secretsmanager:{}` on this secret (docs/aws.md gives the least-privilege IAM policy), or check which credentials rotor found (`aws sts get-caller-identity`)",
+                    what.split_whitespace().next().unwrap_or(what.as_str())
+                )
+            }
+            Some("ResourceNotFoundException") => {
+                "check `store.name` and `store.region`; `rotor init` creates the secret".into()
+            }
+            Some("InvalidRequestException") => {
+                "if the secret is scheduled for deletion, restore it (`aws secretsmanager restore-secret --secret-id NAME`); `rotor status` shows where the rotation stopped".into()
+            }
+            _ if f.transient => {
+                "check that Secrets Manager is reachable (region, AWS_ENDPOINT_URL, network); `rotor status` shows where the rotation stopped and `rotor resume` continues it".into()
+            }
+            _ if f.code.is_none() => {
+                "check the credentials and the endpoint rotor uses (AWS_PROFILE, AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, `store.region`)".into()
+            }
+            _ => "see the service's message above; `rotor status` shows where the rotation stopped"
+                .into(),
+        };
+        self.remote(detail, help)
+    }
+
+    /// The secret as it is now; `None` when it does not exist.
+    async fn try_load(&self, name: &str) -> Result<Option<Loaded>, StoreError> {
+        let d = match self
+            .call("DescribeSecret", |c| {
+                c.describe_secret().secret_id(name).send()
+            })
+            .await
+        {
+            Ok(d) => d,
+            Err((f, _)) if f.is("ResourceNotFoundException") => return Ok(None),
+            Err(e) => return Err(self.fail(e)),
+        };
+        if d.deleted_date().is_some() {
+            return Err(self.remote(
+                format!("secret {name} is scheduled for deletion"),
+                format!("restore it (`aws secretsmanager restore-secret --secret-id {name}`) or choose another `store.name`"),
+            ));
+        }
+        let tags = d
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+            .collect();
+        let aws_next_rotation = if d.rotation_enabled() == Some(true) {
+            d.next_rotation_date().and_then(time)
+        } else {
+            None
+        };
+        let mut versions = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .call("ListSecretVersionIds", |c| {
+                    c.list_secret_version_ids()
+                        .secret_id(name)
+                        .include_deprecated(true)
+                        .max_results(100)
+                        .set_next_token(token.clone())
+                        .send()
+                })
+                .await
+                .map_err(|e| self.fail(e))?;
+            for v in page.versions() {
+                let Some(id) = v.version_id() else { continue };
+                versions.push(Ver {
+                    id: id.to_string(),
+                    labels: v.version_stages().to_vec(),
+                    created: v.created_date().and_then(time).unwrap_or_default(),
+                });
+            }
+            // An empty token is no token (some servers send `""` on the last page).
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() || versions.len() >= MAX_VERSIONS {
+                break;
+            }
+        }
+        // Oldest first; the listing's order breaks ties (two versions in one second).
+        versions.sort_by_key(|v| v.created);
+        Ok(Some(Loaded {
+            versions,
+            tags,
+            aws_next_rotation,
+        }))
+    }
+
+    /// The store's secret, checked to be this playbook's.
+    async fn load(&self) -> Result<Loaded, StoreError> {
+        let Some(l) = self.try_load(&self.spec.name).await? else {
+            return Err(StoreError::Missing {
+                store: self.describe(),
+            });
+        };
+        match l.tags.get(TAG_SECRET) {
+            Some(s) if *s == self.logical => {}
+            Some(s) => {
+                return Err(self.corrupt(format!(
+                    "its tag {TAG_SECRET} names another secret ({} characters) than the one the playbook names, `{}`",
+                    s.chars().count(),
+                    self.logical
+                )));
+            }
+            None => {
+                return Err(self.remote(
+                    format!("secret {} has no tag {TAG_SECRET}: rotor did not create it", self.spec.name),
+                    format!("to let rotor rotate it, tag it (`aws secretsmanager tag-resource --secret-id {} --tags Key={TAG_SECRET},Value={}`); rotor then adopts its current version", self.spec.name, self.logical),
+                ));
+            }
+        }
+        if l.holder(CURRENT).is_none() {
+            return Err(self.corrupt("no version carries AWSCURRENT"));
+        }
+        Ok(l)
+    }
+
+    /// Reads version `id`'s value (whatever rotor thinks of its state).
+    async fn get_value(&self, id: &str) -> Result<SecretValue, StoreError> {
+        self.get_text(&self.spec.name, id).await
+    }
+
+    /// Reads version `id` of secret `name`.
+    async fn get_text(&self, name: &str, id: &str) -> Result<SecretValue, StoreError> {
+        let out = self
+            .call("GetSecretValue", |c| {
+                c.get_secret_value().secret_id(name).version_id(id).send()
+            })
+            .await
+            .map_err(|e| self.fail(e))?;
+        match out.secret_string() {
+            Some(s) if s.len() <= MAX_VALUE => Ok(SecretValue::new(s.to_string())),
+            Some(_) => Err(self.corrupt(format!(
+                "version {id} holds more than {MAX_VALUE} bytes"
+            ))),
+            None => Err(self.corrupt(format!(
+                "version {id} holds a binary value (SecretBinary); rotor keeps text values"
+            ))),
+        }
+    }
+
+    /// Version `v`'s fingerprint: its tag, or computed from its value once.
+    async fn fingerprint(&self, l: &Loaded, v: &Ver) -> Result<Option<Fingerprint>, StoreError> {
+        if let Some(fp) = l.tagged_fp(&v.id) {
+            return Ok(Some(fp));
+        }
+        if let Some(fp) = self.computed.lock().expect("fp cache").get(&v.id) {
+            return Ok(Some(fp.clone()));
+        }
+        // A destroyed version whose tag was trimmed is out of the history.
+        if v.state() == VersionState::Destroyed {
+            return Ok(None);
+        }
+        let fp = self.get_value(&v.id).await?.fingerprint(&self.logical);
+        self.computed
+            .lock()
+            .expect("fp cache")
+            .insert(v.id.clone(), fp.clone());
+        Ok(Some(fp))
+    }
+
+    /// Applies one label move, guarded by where the label is now. A refusal is re-read: the
+    /// label already where it should be (a retried request) is success, anywhere else is a
+    /// conflict.
+    async fn apply(&self, m: &Move) -> Result<(), StoreError> {
+        let r = self
+            .call("UpdateSecretVersionStage", |c| {
+                c.update_secret_version_stage()
+                    .secret_id(&self.spec.name)
+                    .version_stage(m.label)
+                    .set_move_to_version_id(m.to.clone())
+                    .set_remove_from_version_id(m.from.clone())
+                    .send()
+            })
+            .await;
+        let f = match r {
+            Ok(_) => return Ok(()),
+            Err(e) if e.0.is("InvalidParameterException") || e.0.is("InvalidRequestException") => e,
+            Err(e) => return Err(self.fail(e)),
+        };
+        let now = self.load().await?;
+        if now.holder(m.label) == m.to.as_deref() {
+            return Ok(());
+        }
+        if now.holder(m.label) != m.from.as_deref() {
+            return Err(StoreError::Conflict {
+                store: self.describe(),
+                detail: format!(
+                    "the label {} moved while rotor was moving it (it expected it on {})",
+                    m.label,
+                    m.from.as_deref().unwrap_or("no version")
+                ),
+            });
+        }
+        Err(self.fail(f))
+    }
+
+    /// Writes `tags`, after removing `drop`.
+    async fn retag(&self, drop: Vec<String>, tags: Vec<(String, String)>) -> Result<(), StoreError> {
+        if !drop.is_empty() {
+            self.call("UntagResource", |c| {
+                c.untag_resource()
+                    .secret_id(&self.spec.name)
+                    .set_tag_keys(Some(drop.clone()))
+                    .send()
+            })
+            .await
+            .map_err(|e| self.fail(e))?;
+        }
+        if !tags.is_empty() {
+            let tags: Vec<Tag> = tags
+                .iter()
+                .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                .collect();
+            self.call("TagResource", |c| {
+                c.tag_resource()
+                    .secret_id(&self.spec.name)
+                    .set_tags(Some(tags.clone()))
+                    .send()
+            })
+            .await
+            .map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
+    /// Puts a version holding `value` (token derived from `key`), `AWSPENDING` on it.
+    async fn put(&self, value: &SecretValue, key: &str) -> Result<VersionInfo, StoreError> {
+        check_len(self, value)?;
+        let l = self.load().await?;
+        let fp = value.fingerprint(&self.logical);
+        let token = request_token(&self.logical, key, &fp);
+        // The fingerprint is recorded before the version exists, so a crash in between leaves
+        // a tag (trimmed later), never a version rotor cannot name.
+        self.retag(
+            l.history_to_trim(1),
+            vec![(format!("{TAG_FP}{token}"), fp.as_str().to_string())],
+        )
+        .await?;
+        let r = self
+            .call("PutSecretValue", |c| {
+                c.put_secret_value()
+                    .secret_id(&self.spec.name)
+                    .client_request_token(&token)
+                    .secret_string(value.expose())
+                    .version_stages(PENDING)
+                    .send()
+            })
+            .await;
+        let id = match r {
+            Ok(out) => out.version_id().unwrap_or(&token).to_string(),
+            Err((f, _)) if f.is("ResourceExistsException") => {
+                return Err(StoreError::Conflict {
+                    store: self.describe(),
+                    detail: format!(
+                        "version {token} exists with another value (request token reused)"
+                    ),
+                });
+            }
+            Err(e) => return Err(self.fail(e)),
+        };
+        let created = self
+            .load()
+            .await?
+            .version(&id)
+            .map_or_else(Utc::now, |v| v.created);
+        Ok(VersionInfo {
+            id,
+            fingerprint: fp,
+            state: VersionState::Enabled,
+            created_at: created,
+        })
+    }
+
+    /// The lock secret's name.
+    fn lock_name(&self) -> String {
+        format!("{}{}", self.spec.name, crate::playbook::AWS_LOCK_SUFFIX)
+    }
+
+    /// `aws:<region>/<name>.rotor-lock`.
+    pub fn lock_describe(&self) -> String {
+        format!(
+            "aws:{}/{}",
+            self.spec.region.as_deref().unwrap_or("(default region)"),
+            self.lock_name()
+        )
+    }
+
+    /// The lock secret's `AWSCURRENT` version and its text (`None`: unreadable); `None` when
+    /// there is no lock secret.
+    pub async fn lock_read(&self) -> Result<Option<(String, Option<String>)>, StoreError> {
+        let name = self.lock_name();
+        let Some(id) = self.current_of(&name).await? else {
+            return Ok(None);
+        };
+        let text = match self.get_text(&name, &id).await {
+            Ok(v) => Some(v.expose().to_string()),
+            Err(StoreError::Corrupt { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Some((id, text)))
+    }
+
+    /// The version of `name` carrying `AWSCURRENT`; `None` when `name` does not exist.
+    async fn current_of(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let d = match self
+            .call("DescribeSecret", |c| {
+                c.describe_secret().secret_id(name).send()
+            })
+            .await
+        {
+            Ok(d) => d,
+            Err((f, _)) if f.is("ResourceNotFoundException") => return Ok(None),
+            Err(e) => return Err(self.fail(e)),
+        };
+        if d.deleted_date().is_some() {
+            return Err(self.remote(
+                format!("the lock secret {name} is scheduled for deletion"),
+                format!("restore it (`aws secretsmanager restore-secret --secret-id {name}`), or delete it for good (`aws secretsmanager delete-secret --secret-id {name} --force-delete-without-recovery`) when no rotor runs"),
+            ));
+        }
+        let current = d.version_ids_to_stages().and_then(|m| {
+            m.iter()
+                .find(|(_, labels)| labels.iter().any(|l| l == CURRENT))
+                .map(|(id, _)| id.clone())
+        });
+        match current {
+            Some(id) => Ok(Some(id)),
+            None => Err(self.corrupt(format!("the lock secret {name} has no AWSCURRENT version"))),
+        }
+    }
+
+    /// Writes the lock secret's next version holding `text`, guarded by `prev` (the version
+    /// read; `None`: creates the secret). `Ok(None)`: someone wrote in between.
+    pub async fn lock_write(
+        &self,
+        prev: Option<&str>,
+        text: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let name = self.lock_name();
+        let token = random_token();
+        let Some(prev) = prev else {
+            let r = self
+                .call("CreateSecret", |c| {
+                    c.create_secret()
+                        .name(&name)
+                        .client_request_token(&token)
+                        .secret_string(text)
+                        .description(format!(
+                            "rotor's rotation lock for {} (who holds it; never a value)",
+                            self.spec.name
+                        ))
+                        .send()
+                })
+                .await;
+            return match r {
+                Ok(out) => Ok(Some(out.version_id().unwrap_or(&token).to_string())),
+                Err((f, _)) if f.is("ResourceExistsException") => Ok(None),
+                Err(e) => Err(self.fail(e)),
+            };
+        };
+        let id = self
+            .call("PutSecretValue", |c| {
+                c.put_secret_value()
+                    .secret_id(&name)
+                    .client_request_token(&token)
+                    .secret_string(text)
+                    .version_stages(LOCK_NEXT)
+                    .send()
+            })
+            .await
+            .map_err(|e| self.fail(e))?
+            .version_id()
+            .unwrap_or(&token)
+            .to_string();
+        let r = self
+            .call("UpdateSecretVersionStage", |c| {
+                c.update_secret_version_stage()
+                    .secret_id(&name)
+                    .version_stage(CURRENT)
+                    .move_to_version_id(&id)
+                    .remove_from_version_id(prev)
+                    .send()
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(Some(id)),
+            Err((f, what))
+                if f.is("InvalidParameterException") || f.is("InvalidRequestException") =>
+            {
+                match self.current_of(&name).await? {
+                    Some(now) if now == id => Ok(Some(id)),
+                    Some(now) if now != prev => Ok(None),
+                    _ => Err(self.fail((f, what))),
+                }
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// The store's current state of `id` and the slot it is in.
+    fn state_of<'l>(l: &'l Loaded, id: &str) -> (Option<VersionState>, Option<&'l str>) {
+        (l.version(id).map(Ver::state), l.slot_of(id))
+    }
+}
+
+/// The label on a lock version being written, until it becomes `AWSCURRENT`.
+const LOCK_NEXT: &str = "ROTOR_LOCK_NEXT";
+
+/// A fresh `ClientRequestToken` (a random UUID-shaped string).
+fn random_token() -> String {
+    use rand::RngCore as _;
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    let x = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
+}
+
+/// Refuses a value Secrets Manager would not take.
+fn check_len(store: &AwsStore, value: &SecretValue) -> Result<(), StoreError> {
+    if value.expose().len() > MAX_VALUE {
+        return Err(StoreError::Refused {
+            store: store.describe(),
+            detail: format!("the value is longer than Secrets Manager's {MAX_VALUE} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// The name credentials are fingerprinted under when redacted.
+const CREDENTIAL: &str = "aws-credential";
+
+#[async_trait]
+impl Store for AwsStore {
+    fn describe(&self) -> String {
+        let region = self.spec.region.as_deref().unwrap_or("(default region)");
+        format!("aws:{region}/{}", self.spec.name)
+    }
+
+    async fn exists(&self) -> Result<bool, StoreError> {
+        Ok(self.try_load(&self.spec.name).await?.is_some())
+    }
+
+    async fn init(&self, value: &SecretValue) -> Result<VersionInfo, StoreError> {
+        check_len(self, value)?;
+        let fp = value.fingerprint(&self.logical);
+        let token = request_token(&self.logical, "init", &fp);
+        let tags = [
+            (TAG_SECRET.to_string(), self.logical.clone()),
+            (format!("{TAG_FP}{token}"), fp.as_str().to_string()),
+        ]
+        .map(|(k, v)| Tag::builder().key(k).value(v).build());
+        let r = self
+            .call("CreateSecret", |c| {
+                c.create_secret()
+                    .name(&self.spec.name)
+                    .client_request_token(&token)
+                    .secret_string(value.expose())
+                    .description(format!(
+                        "{} (rotated by rotor: slots are staging labels, see docs/aws.md)",
+                        self.logical
+                    ))
+                    .set_tags(Some(tags.to_vec()))
+                    .send()
+            })
+            .await;
+        match r {
+            Ok(_) => {}
+            Err((f, _)) if f.is("ResourceExistsException") => {
+                return Err(StoreError::Refused {
+                    store: self.describe(),
+                    detail: "the secret exists already; `rotor init` creates a new one only"
+                        .into(),
+                });
+            }
+            Err(e) => return Err(self.fail(e)),
+        }
+        let l = self.load().await?;
+        let v = l
+            .holder(CURRENT)
+            .and_then(|id| l.version(id))
+            .ok_or_else(|| self.corrupt("the new secret has no AWSCURRENT version"))?;
+        Ok(VersionInfo {
+            id: v.id.clone(),
+            fingerprint: fp,
+            state: VersionState::Enabled,
+            created_at: v.created,
+        })
+    }
+
+    async fn snapshot(&self) -> Result<StoreSnapshot, StoreError> {
+        let l = self.load().await?;
+        let mut versions = Vec::new();
+        for v in &l.versions {
+            if let Some(fingerprint) = self.fingerprint(&l, v).await? {
+                versions.push(VersionInfo {
+                    id: v.id.clone(),
+                    fingerprint,
+                    state: v.state(),
+                    created_at: v.created,
+                });
+            }
+        }
+        Ok(StoreSnapshot {
+            versions,
+            primary: l.holder(CURRENT).map(str::to_string),
+            secondary: l.holder(SECONDARY).map(str::to_string),
+        })
+    }
+
+    async fn read_value(&self, version: &str) -> Result<SecretValue, StoreError> {
+        let l = self.load().await?;
+        let Some(v) = l.version(version) else {
+            return Err(StoreError::NoSuchVersion {
+                store: self.describe(),
+                version: version.into(),
+            });
+        };
+        if v.state() != VersionState::Enabled {
+            return Err(StoreError::NotReadable {
+                store: self.describe(),
+                version: version.into(),
+                state: v.state(),
+            });
+        }
+        let value = self.get_value(version).await?;
+        crate::redact::remember(&self.logical, &value);
+        if let Some(fp) = l.tagged_fp(version)
+            && fp != value.fingerprint(&self.logical)
+        {
+            return Err(self.corrupt(format!(
+                "version {version} does not match its fingerprint {fp} (tag {TAG_FP}{version})"
+            )));
+        }
+        Ok(value)
+    }
+
+    async fn add_version(&self, value: &SecretValue) -> Result<VersionInfo, StoreError> {
+        self.put(value, "add").await
+    }
+
+    async fn add_version_for(
+        &self,
+        value: &SecretValue,
+        rotation: &str,
+    ) -> Result<VersionInfo, StoreError> {
+        self.put(value, rotation).await
+    }
+
+    async fn set_slots(&self, primary: &str, secondary: Option<&str>) -> Result<(), StoreError> {
+        rules::distinct_slots(&self.describe(), primary, secondary)?;
+        let l = self.load().await?;
+        for id in std::iter::once(primary).chain(secondary) {
+            rules::slot_target(&self.describe(), id, l.version(id).map(Ver::state))?;
+        }
+        let leaving: Vec<String> = [l.holder(CURRENT), l.holder(SECONDARY)]
+            .into_iter()
+            .flatten()
+            .filter(|id| *id != primary && Some(*id) != secondary)
+            .map(str::to_string)
+            .collect();
+        let moves = slot_moves(&l, primary, secondary);
+        if moves.is_empty() {
+            return Ok(());
+        }
+        for m in &moves {
+            self.apply(m).await?;
+        }
+        // A version that left the slots is the previous value, not a destroyed one: it keeps
+        // AWSPREVIOUS (Secrets Manager moves it there with AWSCURRENT) or gets it.
+        let l = self.load().await?;
+        for id in leaving {
+            if l.version(&id).is_some_and(|v| v.labels.is_empty()) {
+                self.apply(&Move {
+                    label: PREVIOUS,
+                    to: Some(id),
+                    from: l.holder(PREVIOUS).map(str::to_string),
+                })
+                .await?;
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_state(&self, version: &str, state: VersionState) -> Result<(), StoreError> {
+        let l = self.load().await?;
+        let (current, in_slot) = Self::state_of(&l, version);
+        if !rules::state_change(&self.describe(), version, current, in_slot, state)? {
+            return Ok(());
+        }
+        let v = l.version(version).expect("state_change found it");
+        match state {
+            VersionState::Disabled => {
+                if let Some(other) = l.holder(DISABLED) {
+                    return Err(StoreError::Refused {
+                        store: self.describe(),
+                        detail: format!(
+                            "version {other} is disabled already, and Secrets Manager marks one version with a label ({DISABLED}): destroy or enable it first"
+                        ),
+                    });
+                }
+                self.apply(&Move {
+                    label: DISABLED,
+                    to: Some(version.to_string()),
+                    from: None,
+                })
+                .await
+            }
+            VersionState::Enabled => {
+                if v.labels.iter().all(|l| l == DISABLED) {
+                    return Err(StoreError::Refused {
+                        store: self.describe(),
+                        detail: format!(
+                            "version {version} carries no label but {DISABLED}: enabling it would leave it without any, which Secrets Manager treats as deprecated"
+                        ),
+                    });
+                }
+                self.apply(&Move {
+                    label: DISABLED,
+                    to: None,
+                    from: Some(version.to_string()),
+                })
+                .await
+            }
+            VersionState::Destroyed => {
+                // Every label off it, ROTOR_DISABLED last: a crash in between leaves it
+                // disabled, and the re-run finishes.
+                let mut labels: Vec<String> = v.labels.clone();
+                labels.sort_by_key(|l| l == DISABLED);
+                for label in labels {
+                    let r = self
+                        .call("UpdateSecretVersionStage", |c| {
+                            c.update_secret_version_stage()
+                                .secret_id(&self.spec.name)
+                                .version_stage(&label)
+                                .remove_from_version_id(version)
+                                .send()
+                        })
+                        .await;
+                    if let Err(e) = r {
+                        let now = self.load().await?;
+                        if now.version(version).is_some_and(|v| !v.has(&label)) {
+                            continue;
+                        }
+                        return Err(self.fail(e));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn next_rotation(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let l = self.load().await?;
+        let ours = l.tags.get(TAG_NEXT_ROTATION).and_then(|t| parse_time(t));
+        Ok(match (ours, l.aws_next_rotation) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    async fn rotation_finished(&self, next_due: Option<DateTime<Utc>>) -> Result<(), StoreError> {
+        let mut tags = vec![(TAG_LAST_ROTATION.to_string(), Utc::now().to_rfc3339())];
+        let mut drop = Vec::new();
+        match next_due {
+            Some(t) => tags.push((TAG_NEXT_ROTATION.to_string(), t.to_rfc3339())),
+            None => drop.push(TAG_NEXT_ROTATION.to_string()),
+        }
+        self.retag(drop, tags).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn ver(id: &str, labels: &[&str], at: &str) -> Ver {
+        Ver {
+            id: id.into(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            created: t(at),
+        }
+    }
+
+    #[test]
+    fn states_come_from_labels() {
+        assert_eq!(
+            ver("a", &[CURRENT], "2026-01-01T00:00:00Z").state(),
+            VersionState::Enabled
+        );
+        assert_eq!(
+            ver("a", &[PREVIOUS, DISABLED], "2026-01-01T00:00:00Z").state(),
+            VersionState::Disabled
+        );
+        assert_eq!(
+            ver("a", &[], "2026-01-01T00:00:00Z").state(),
+            VersionState::Destroyed
+        );
+    }
+
+    #[test]
+    fn slot_moves_name_where_each_label_is_and_move_the_secondary_first() {
+        // S1 -> S3 (T3): B becomes current, A secondary.
+        let l = Loaded {
+            versions: vec![
+                ver("a", &[CURRENT], "2026-01-01T00:00:00Z"),
+                ver("b", &[PENDING, SECONDARY], "2026-01-02T00:00:00Z"),
+            ],
+            ..Default::default()
+        };
+        let m = slot_moves(&l, "b", Some("a"));
+        assert_eq!(
+            m,
+            vec![
+                Move {
+                    label: SECONDARY,
+                    to: Some("a".into()),
+                    from: Some("b".into())
+                },
+                Move {
+                    label: CURRENT,
+                    to: Some("b".into()),
+                    from: Some("a".into())
+                },
+                Move {
+                    label: PENDING,
+                    to: None,
+                    from: Some("b".into())
+                },
+            ]
+        );
+        // Already there: nothing to do.
+        assert!(slot_moves(&l, "a", Some("b")).is_empty());
+        // T4: the secondary slot emptied.
+        let m = slot_moves(&l, "a", None);
+        assert_eq!(
+            m,
+            vec![Move {
+                label: SECONDARY,
+                to: None,
+                from: Some("b".into())
+            }]
+        );
+    }
+
+    #[test]
+    fn tokens_are_stable_per_rotation_and_value_and_shaped_like_uuids() {
+        let a = SecretValue::new("a-value-of-some-length-0123456789".into()).fingerprint("s");
+        let b = SecretValue::new("b-value-of-some-length-0123456789".into()).fingerprint("s");
+        let t1 = request_token("s", "r-1", &a);
+        assert_eq!(t1, request_token("s", "r-1", &a));
+        assert_ne!(t1, request_token("s", "r-2", &a));
+        assert_ne!(t1, request_token("s", "r-1", &b));
+        assert_eq!(t1.len(), 36);
+        assert_eq!(t1.matches('-').count(), 4);
+    }
+
+    #[test]
+    fn the_history_keeps_labelled_versions_and_the_newest_destroyed() {
+        let mut versions = vec![ver("cur", &[CURRENT], "2026-02-01T00:00:00Z")];
+        let mut tags = BTreeMap::new();
+        tags.insert(format!("{TAG_FP}cur"), "sha256:000000000000".to_string());
+        tags.insert(format!("{TAG_FP}gone"), "sha256:000000000001".to_string());
+        for i in 0..25 {
+            let id = format!("old{i:02}");
+            versions.push(ver(&id, &[], &format!("2026-01-{:02}T00:00:00Z", i + 1)));
+            tags.insert(format!("{TAG_FP}{id}"), "sha256:000000000002".to_string());
+        }
+        let l = Loaded {
+            versions,
+            tags,
+            aws_next_rotation: None,
+        };
+        let drop = l.history_to_trim(1);
+        // 27 tags, room for one more within 20: 8 go; the unlisted one first, then the
+        // oldest destroyed; the current one's never.
+        assert_eq!(drop.len(), 8, "{drop:?}");
+        assert_eq!(drop[0], format!("{TAG_FP}gone"));
+        assert_eq!(drop[1], format!("{TAG_FP}old00"));
+        assert!(!drop.contains(&format!("{TAG_FP}cur")));
+        assert!(!drop.contains(&format!("{TAG_FP}old24")));
+    }
+}
