@@ -806,3 +806,170 @@ pub async fn scratch_lab(
     let lab = rotor_lab::Lab::start(opts).await.unwrap();
     (dir, lab)
 }
+
+/// The demo fleet (three services of processes) with its store on a server a test started
+/// (OpenBao, moto's Secrets Manager): the playbook, the variables every rotor run gets to reach
+/// that server, and every output, so [`StoreEnv::finish`] can check that no value leaked.
+pub struct StoreEnv {
+    pub dir: tempfile::TempDir,
+    pub playbook: PathBuf,
+    pub pb: Playbook,
+    /// `store:` and its fixed lines (the kind and the secret's name).
+    head: String,
+    /// Set on every rotor run.
+    vars: Vec<(String, String)>,
+    /// Removed from every rotor run (inherited ones that would point it elsewhere).
+    unset: Vec<String>,
+    outputs: Mutex<Vec<String>>,
+}
+
+impl StoreEnv {
+    /// The demo playbook with `head` (`store:` and its fixed lines) and `extra` lines under
+    /// `store:`, in a new temporary directory named `prefix…`.
+    pub fn with_store(
+        prefix: &str,
+        head: &str,
+        extra: &str,
+        vars: Vec<(String, String)>,
+        unset: &[&str],
+    ) -> StoreEnv {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+        let playbook = dir.path().join("demo.yaml");
+        let y = demo_yaml(|y| y);
+        let local = "store:\n  kind: local\n  path: demo-store.json\n";
+        assert!(y.contains(local));
+        std::fs::write(&playbook, y.replace(local, &format!("{head}{extra}"))).unwrap();
+        let pb = rotor::playbook::load_file(&playbook).expect("test playbook loads");
+        StoreEnv {
+            dir,
+            playbook,
+            pb,
+            head: head.to_string(),
+            vars,
+            unset: unset.iter().map(|s| s.to_string()).collect(),
+            outputs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A `rotor` command for `args` and the playbook, in this environment.
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(rotor_exe());
+        cmd.args(args)
+            .arg(&self.playbook)
+            .current_dir(self.dir.path())
+            .env_remove("ROTOR_FAILPOINT")
+            .env("HOME", self.dir.path())
+            .stdin(std::process::Stdio::null());
+        for k in &self.unset {
+            cmd.env_remove(k);
+        }
+        for (k, v) in &self.vars {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub async fn rotor(&self, args: &[&str]) -> Out {
+        self.rotor_env(args, &[]).await
+    }
+
+    pub async fn rotor_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = tokio::process::Command::from(cmd).output().await.unwrap();
+        let o = Out::from(out);
+        let mut all = self.outputs.lock().unwrap();
+        all.push(o.stdout.clone());
+        all.push(o.stderr.clone());
+        o
+    }
+
+    /// The same fleet and state with `lines` under `store:` instead of the extra ones it had.
+    pub fn with_store_lines(mut self, lines: &str) -> StoreEnv {
+        let yaml = std::fs::read_to_string(&self.playbook).unwrap();
+        let at = yaml.find(&self.head).expect("the store's head") + self.head.len();
+        let rest = &yaml[at..];
+        let end: usize = rest
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .map(|l| l.len() + 1)
+            .sum();
+        let yaml = format!("{}{lines}{}", &yaml[..at], &rest[end..]);
+        std::fs::write(&self.playbook, yaml).unwrap();
+        self.pb = rotor::playbook::load_file(&self.playbook).expect("test playbook loads");
+        self
+    }
+
+    /// `rotor <args> <playbook>` started in the background, its output piped.
+    pub fn spawn(&self, args: &[&str]) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::from(self.command(args));
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd.spawn().unwrap()
+    }
+
+    pub fn load(&self) -> Load {
+        Load::start(
+            rotor::demo::load::paths(&self.pb),
+            1,
+            Duration::from_millis(3),
+        )
+    }
+
+    /// Asserts no request failed and some went through on every path.
+    #[track_caller]
+    pub fn assert_no_failures(&self, r: &LoadReport) {
+        assert_eq!(
+            r.failed_requests, 0,
+            "failed requests: {:#?}",
+            r.first_failures
+        );
+        assert!(r.requests > 0);
+        for (path, (n, _)) in &r.per_path {
+            assert!(*n > 0, "no request on {path}");
+        }
+    }
+
+    pub fn journal(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.pb.state_dir.join("journal.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Stops the fleet and checks that none of `values` is in any output or file of the run.
+    pub async fn finish(self, values: &[String]) {
+        let down = self.rotor(&["down"]).await;
+        assert_eq!(down.code(), Some(0), "{down:?}");
+        assert!(!values.is_empty());
+        let mut texts: Vec<(String, String)> = self
+            .outputs
+            .lock()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("output #{i}"), t.clone()))
+            .collect();
+        for f in walk(self.dir.path()) {
+            if let Ok(t) = std::fs::read(&f) {
+                texts.push((
+                    f.display().to_string(),
+                    String::from_utf8_lossy(&t).into_owned(),
+                ));
+            }
+        }
+        assert!(texts.iter().any(|(n, _)| n.ends_with("journal.json")));
+        for v in values {
+            for (name, t) in &texts {
+                assert!(!t.contains(v.as_str()), "a value leaked into {name}");
+            }
+        }
+    }
+}
+
+impl Drop for StoreEnv {
+    fn drop(&mut self) {
+        let _ = self.command(&["down"]).output();
+    }
+}

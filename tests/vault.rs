@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{Out, demo_yaml, pip_install, rotor_exe, wait_for, walk};
-use rotor::demo::load::{Load, LoadReport};
+use crate::common::{Out, StoreEnv, pip_install, rotor_exe, wait_for};
 
 const MOUNT: &str = "secret";
 const PATH: &str = "rotor/service-secret";
@@ -372,173 +371,26 @@ fn fingerprint(value: &str) -> String {
 }
 
 /// The demo fleet (three services of processes) with its store in OpenBao.
-pub struct VaultEnv {
-    pub dir: tempfile::TempDir,
-    pub playbook: PathBuf,
-    pub pb: rotor::playbook::Playbook,
-    pub token: String,
-    pub addr: String,
-    outputs: std::sync::Mutex<Vec<String>>,
+pub type VaultEnv = StoreEnv;
+
+/// The `store:` head of a vault store.
+fn vault_head() -> String {
+    format!("store:\n  kind: vault\n  mount: {MOUNT}\n  path: {PATH}\n")
 }
 
-/// The demo playbook with a vault store (`extra` lines go under `store:`).
-pub fn vault_yaml(extra: &str) -> String {
-    let y = demo_yaml(|y| y);
-    let local = "store:\n  kind: local\n  path: demo-store.json\n";
-    assert!(y.contains(local));
-    y.replace(
-        local,
-        &format!("store:\n  kind: vault\n  mount: {MOUNT}\n  path: {PATH}\n{extra}"),
+/// The demo fleet with its store in `bao`, reached with `token` (`extra` lines go under
+/// `store:`).
+pub fn vault_env(bao: &Bao, token: &str, extra: &str) -> VaultEnv {
+    StoreEnv::with_store(
+        "rotor-vault-",
+        &vault_head(),
+        extra,
+        vec![
+            ("VAULT_ADDR".into(), bao.addr.clone()),
+            ("VAULT_TOKEN".into(), token.to_string()),
+        ],
+        &["VAULT_NAMESPACE"],
     )
-}
-
-impl VaultEnv {
-    pub fn new(bao: &Bao, token: &str, extra: &str) -> VaultEnv {
-        let dir = tempfile::Builder::new()
-            .prefix("rotor-vault-")
-            .tempdir()
-            .unwrap();
-        let playbook = dir.path().join("demo.yaml");
-        std::fs::write(&playbook, vault_yaml(extra)).unwrap();
-        let pb = rotor::playbook::load_file(&playbook).expect("test playbook loads");
-        VaultEnv {
-            dir,
-            playbook,
-            pb,
-            token: token.to_string(),
-            addr: bao.addr.clone(),
-            outputs: std::sync::Mutex::new(Vec::new()),
-        }
-    }
-
-    pub async fn rotor(&self, args: &[&str]) -> Out {
-        self.rotor_env(args, &[]).await
-    }
-
-    pub async fn rotor_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
-        let mut cmd = Command::new(rotor_exe());
-        cmd.args(args)
-            .arg(&self.playbook)
-            .current_dir(self.dir.path())
-            .env("VAULT_ADDR", &self.addr)
-            .env("VAULT_TOKEN", &self.token)
-            .env_remove("VAULT_NAMESPACE")
-            .env_remove("ROTOR_FAILPOINT")
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = tokio::process::Command::from(cmd).output().await.unwrap();
-        let o = Out::from(out);
-        let mut all = self.outputs.lock().unwrap();
-        all.push(o.stdout.clone());
-        all.push(o.stderr.clone());
-        o
-    }
-
-    /// The same fleet and state with `lines` under `store:` instead of the ones it had.
-    pub fn with_store_lines(mut self, lines: &str) -> VaultEnv {
-        let yaml = std::fs::read_to_string(&self.playbook).unwrap();
-        let head = format!("store:\n  kind: vault\n  mount: {MOUNT}\n  path: {PATH}\n");
-        let at = yaml.find(&head).expect("a vault store") + head.len();
-        let rest = &yaml[at..];
-        let end: usize = rest
-            .lines()
-            .take_while(|l| l.starts_with("  "))
-            .map(|l| l.len() + 1)
-            .sum();
-        let yaml = format!("{}{lines}{}", &yaml[..at], &rest[end..]);
-        std::fs::write(&self.playbook, yaml).unwrap();
-        self.pb = rotor::playbook::load_file(&self.playbook).expect("test playbook loads");
-        self
-    }
-
-    /// `rotor <args> <playbook>` started in the background, its output piped.
-    pub fn spawn(&self, args: &[&str]) -> tokio::process::Child {
-        let mut cmd = tokio::process::Command::new(rotor_exe());
-        cmd.args(args)
-            .arg(&self.playbook)
-            .current_dir(self.dir.path())
-            .env("VAULT_ADDR", &self.addr)
-            .env("VAULT_TOKEN", &self.token)
-            .env_remove("VAULT_NAMESPACE")
-            .env_remove("ROTOR_FAILPOINT")
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        cmd.spawn().unwrap()
-    }
-
-    pub fn load(&self) -> Load {
-        Load::start(
-            rotor::demo::load::paths(&self.pb),
-            1,
-            Duration::from_millis(3),
-        )
-    }
-
-    /// Asserts no request failed and some went through on every path.
-    #[track_caller]
-    pub fn assert_no_failures(&self, r: &LoadReport) {
-        assert_eq!(
-            r.failed_requests, 0,
-            "failed requests: {:#?}",
-            r.first_failures
-        );
-        assert!(r.requests > 0);
-        for (path, (n, _)) in &r.per_path {
-            assert!(*n > 0, "no request on {path}");
-        }
-    }
-
-    pub fn journal(&self) -> Value {
-        let text = std::fs::read_to_string(self.pb.state_dir.join("journal.json")).unwrap();
-        serde_json::from_str(&text).unwrap()
-    }
-
-    /// Stops the fleet and checks that none of `values` is in any output or file of the run.
-    pub async fn finish(self, values: &[String]) {
-        let down = self.rotor(&["down"]).await;
-        assert_eq!(down.code(), Some(0), "{down:?}");
-        assert!(!values.is_empty());
-        let mut texts: Vec<(String, String)> = self
-            .outputs
-            .lock()
-            .unwrap()
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (format!("output #{i}"), t.clone()))
-            .collect();
-        for f in walk(self.dir.path()) {
-            if let Ok(t) = std::fs::read(&f) {
-                texts.push((
-                    f.display().to_string(),
-                    String::from_utf8_lossy(&t).into_owned(),
-                ));
-            }
-        }
-        assert!(texts.iter().any(|(n, _)| n.ends_with("journal.json")));
-        for v in values {
-            for (name, t) in &texts {
-                assert!(!t.contains(v.as_str()), "a value leaked into {name}");
-            }
-        }
-    }
-}
-
-impl Drop for VaultEnv {
-    fn drop(&mut self) {
-        let _ = Command::new(rotor_exe())
-            .arg("down")
-            .arg(&self.playbook)
-            .env("VAULT_ADDR", &self.addr)
-            .env("VAULT_TOKEN", &self.token)
-            .stdin(Stdio::null())
-            .output();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,7 +404,7 @@ async fn vault_full_rotation_under_load_under_the_documented_policy() {
         Some(0),
         "the policy must not reach other secrets"
     );
-    let env = VaultEnv::new(&bao, &token, "");
+    let env = vault_env(&bao, &token, "");
     // A max age: `rotate --if-due` reads it, the finished rotation records the next due time.
     let mut yaml = std::fs::read_to_string(&env.playbook).unwrap();
     yaml.push_str("max_age: 30d\n");
@@ -622,7 +474,7 @@ async fn vault_full_rotation_under_load_under_the_documented_policy() {
 /// A fleet on `bao` under the documented policy, initialized and up: the env and the first value.
 async fn started(bao: &Bao) -> (VaultEnv, String) {
     let token = bao.least_privilege_token();
-    let env = VaultEnv::new(bao, &token, "");
+    let env = vault_env(bao, &token, "");
     env.rotor(&["init"]).await.assert_code(0);
     let a = bao.value(1).unwrap();
     env.rotor(&["up"]).await.assert_code(0);
@@ -785,7 +637,7 @@ async fn vault_a_cas_conflict_from_another_writer_is_refused_and_loses_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_a_sealed_server_is_a_clear_error_that_changes_nothing() {
     let bao = Bao::dev().await;
-    let env = VaultEnv::new(&bao, "root", "  retry_deadline: 2s\n");
+    let env = vault_env(&bao, "root", "  retry_deadline: 2s\n");
     env.rotor(&["init"]).await.assert_code(0);
     let a = bao.value(1).unwrap();
     let out = bao.cli(&["operator", "seal"]);
@@ -804,7 +656,7 @@ async fn vault_a_sealed_server_is_a_clear_error_that_changes_nothing() {
 async fn vault_server_stopped_mid_rotation_resume_finishes_after_restart() {
     let mut bao = Bao::persistent().await;
     let root = bao.root.clone();
-    let env = VaultEnv::new(&bao, &root, "  retry_deadline: 2s\n  lock_duration: 3s\n");
+    let env = vault_env(&bao, &root, "  retry_deadline: 2s\n  lock_duration: 3s\n");
     env.rotor(&["init"]).await.assert_code(0);
     let a = bao.value(1).unwrap();
     env.rotor(&["up"]).await.assert_code(0);
@@ -1048,7 +900,7 @@ async fn vault_a_secret_written_before_rotor_is_refused_by_init_then_adopted_and
         &format!("value={today}"),
     ]);
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
-    let env = VaultEnv::new(&bao, "root", "");
+    let env = vault_env(&bao, "root", "");
     let out = env.rotor(&["init"]).await;
     assert_ne!(out.code(), Some(0));
     assert!(
@@ -1100,7 +952,7 @@ async fn vault_namespaces_come_from_the_playbook_or_vault_namespace() {
         let out = bao.cli(args);
         assert_eq!(out.code(), Some(0), "bao {args:?}: {}", out.stderr);
     }
-    let env = VaultEnv::new(&bao, "root", "  namespace: team-a\n");
+    let env = vault_env(&bao, "root", "  namespace: team-a\n");
     env.rotor(&["init"]).await.assert_code(0);
     // In team-a, not in the root namespace.
     let meta = bao.json(&[
