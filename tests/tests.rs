@@ -1,6 +1,7 @@
 //! rotor's integration tests: one binary, one module per area.
 
 mod architecture;
+mod aws;
 mod cli;
 mod cloudrun;
 mod common;
