@@ -394,7 +394,11 @@ impl<'e> Run<'e> {
         });
         self.save().await?;
         failpoint::hit(Transition::T1, Direction::Forward, "generated");
-        let info = self.e.store.add_version_for(&value, &self.journal.id).await?;
+        let info = self
+            .e
+            .store
+            .add_version_for(&value, &self.journal.id)
+            .await?;
         self.journal.new = Some(VersionRef {
             version: Some(info.id.clone()),
             fingerprint: info.fingerprint,

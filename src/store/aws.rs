@@ -133,7 +133,19 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
             code: None,
             message: quoted(&format!("{}", DisplayErrorContext(e))),
             status: None,
-            transient: d.is_io() || d.is_timeout(),
+            // A connection refused, reset or closed mid-answer, a timeout: worth another try
+            // (every call rotor makes is idempotent: a request token, or a guarded move that a
+            // retry after a lost answer finds done). Credentials that cannot be loaded are not.
+            transient: d.is_io()
+                || d.is_timeout()
+                || matches!(
+                    d.as_other(),
+                    Some(
+                        aws_config::retry::ErrorKind::TransientError
+                            | aws_config::retry::ErrorKind::ThrottlingError
+                            | aws_config::retry::ErrorKind::ServerError
+                    )
+                ),
         },
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Failure {
             code: None,
@@ -334,6 +346,8 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
 pub struct AwsStore {
     spec: AwsStoreSpec,
     logical: String,
+    /// Credentials given by the embedder instead of AWS's chain.
+    credentials: Option<aws_sdk_secretsmanager::config::Credentials>,
     client: tokio::sync::OnceCell<Client>,
     /// Fingerprints of versions that carried no tag, computed once (a version's value never
     /// changes).
@@ -346,9 +360,29 @@ impl AwsStore {
         AwsStore {
             spec: spec.clone(),
             logical: secret.to_string(),
+            credentials: None,
             client: tokio::sync::OnceCell::new(),
             computed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same store, signing with these static credentials instead of AWS's chain (for an
+    /// embedder that holds its own; the tests use it to reach their server without touching
+    /// the process's environment).
+    pub fn with_credentials(
+        mut self,
+        access_key_id: &str,
+        secret_access_key: &SecretValue,
+    ) -> AwsStore {
+        crate::redact::remember(CREDENTIAL, secret_access_key);
+        self.credentials = Some(aws_sdk_secretsmanager::config::Credentials::new(
+            access_key_id,
+            secret_access_key.expose(),
+            None,
+            None,
+            "rotor-embedder",
+        ));
+        self
     }
 
     /// The spec this store was opened with.
@@ -407,8 +441,12 @@ impl AwsStore {
                 if let Some(e) = &self.spec.endpoint_url {
                     loader = loader.endpoint_url(e);
                 }
+                if let Some(c) = &self.credentials {
+                    loader = loader.credentials_provider(c.clone());
+                }
                 let conf = loader.load().await;
-                if conf.region().is_none() {
+                // An empty AWS_REGION is no region, as for the AWS CLI.
+                if conf.region().is_none_or(|r| r.as_ref().trim().is_empty()) {
                     return Err(self.remote(
                         "no region: the playbook gives no `region` and none is configured".into(),
                         "set `region:` in the store (e.g. `region: eu-west-1`), or AWS_REGION, or a region in the AWS profile".into(),
@@ -425,11 +463,8 @@ impl AwsStore {
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<
-                Output = Result<
-                    T,
-                    SdkError<E, aws_sdk_secretsmanager::config::http::HttpResponse>,
-                >,
-            >,
+            Output = Result<T, SdkError<E, aws_sdk_secretsmanager::config::http::HttpResponse>>,
+        >,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let client = match self.client().await {
@@ -619,9 +654,7 @@ impl AwsStore {
             .map_err(|e| self.fail(e))?;
         match out.secret_string() {
             Some(s) if s.len() <= MAX_VALUE => Ok(SecretValue::new(s.to_string())),
-            Some(_) => Err(self.corrupt(format!(
-                "version {id} holds more than {MAX_VALUE} bytes"
-            ))),
+            Some(_) => Err(self.corrupt(format!("version {id} holds more than {MAX_VALUE} bytes"))),
             None => Err(self.corrupt(format!(
                 "version {id} holds a binary value (SecretBinary); rotor keeps text values"
             ))),
@@ -651,7 +684,7 @@ impl AwsStore {
     /// Applies one label move, guarded by where the label is now. A refusal is re-read: the
     /// label already where it should be (a retried request) is success, anywhere else is a
     /// conflict.
-    async fn apply(&self, m: &Move) -> Result<(), StoreError> {
+    pub async fn move_label(&self, m: &Move) -> Result<(), StoreError> {
         let r = self
             .call("UpdateSecretVersionStage", |c| {
                 c.update_secret_version_stage()
@@ -685,7 +718,11 @@ impl AwsStore {
     }
 
     /// Writes `tags`, after removing `drop`.
-    async fn retag(&self, drop: Vec<String>, tags: Vec<(String, String)>) -> Result<(), StoreError> {
+    async fn retag(
+        &self,
+        drop: Vec<String>,
+        tags: Vec<(String, String)>,
+    ) -> Result<(), StoreError> {
         if !drop.is_empty() {
             self.call("UntagResource", |c| {
                 c.untag_resource()
@@ -965,8 +1002,7 @@ impl Store for AwsStore {
             Err((f, _)) if f.is("ResourceExistsException") => {
                 return Err(StoreError::Refused {
                     store: self.describe(),
-                    detail: "the secret exists already; `rotor init` creates a new one only"
-                        .into(),
+                    detail: "the secret exists already; `rotor init` creates a new one only".into(),
                 });
             }
             Err(e) => return Err(self.fail(e)),
@@ -1060,14 +1096,14 @@ impl Store for AwsStore {
             return Ok(());
         }
         for m in &moves {
-            self.apply(m).await?;
+            self.move_label(m).await?;
         }
         // A version that left the slots is the previous value, not a destroyed one: it keeps
         // AWSPREVIOUS (Secrets Manager moves it there with AWSCURRENT) or gets it.
         let l = self.load().await?;
         for id in leaving {
             if l.version(&id).is_some_and(|v| v.labels.is_empty()) {
-                self.apply(&Move {
+                self.move_label(&Move {
                     label: PREVIOUS,
                     to: Some(id),
                     from: l.holder(PREVIOUS).map(str::to_string),
@@ -1096,7 +1132,7 @@ impl Store for AwsStore {
                         ),
                     });
                 }
-                self.apply(&Move {
+                self.move_label(&Move {
                     label: DISABLED,
                     to: Some(version.to_string()),
                     from: None,
@@ -1112,7 +1148,7 @@ impl Store for AwsStore {
                         ),
                     });
                 }
-                self.apply(&Move {
+                self.move_label(&Move {
                     label: DISABLED,
                     to: None,
                     from: Some(version.to_string()),
