@@ -1068,3 +1068,60 @@ async fn aws_killed_mid_promotion_and_an_unreachable_service_are_finished_by_res
     assert_eq!(holder(&s, "AWSCURRENT").as_deref(), Some(c_id.as_str()));
     env.finish(&[a, b, c]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_credentials_and_region_come_from_a_profile_as_for_the_aws_cli() {
+    let moto = Moto::start().await;
+    let files = tempfile::Builder::new()
+        .prefix("rotor-aws-profile-")
+        .tempdir()
+        .unwrap();
+    let credentials = files.path().join("credentials");
+    let config = files.path().join("config");
+    std::fs::write(
+        &credentials,
+        "[rotation]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .unwrap();
+    std::fs::write(&config, format!("[profile rotation]\nregion = {REGION}\n")).unwrap();
+    // No key, no region in the environment: only the profile's files.
+    let vars = vec![
+        ("AWS_ENDPOINT_URL".to_string(), moto.endpoint.clone()),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE".into(),
+            credentials.display().to_string(),
+        ),
+        ("AWS_CONFIG_FILE".into(), config.display().to_string()),
+    ];
+    let mut unset = INHERITED.to_vec();
+    unset.extend([
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+    ]);
+    let head = format!("store:\n  kind: aws\n  name: {SECRET}\n");
+    // The playbook names the profile.
+    let env = StoreEnv::with_store(
+        "rotor-aws-",
+        &head,
+        "  profile: rotation\n",
+        vars.clone(),
+        &unset,
+    );
+    env.rotor(&["init"]).await.assert_code(0);
+    let s = moto.state(SECRET);
+    let a = value(&s, &holder(&s, "AWSCURRENT").unwrap());
+    // Without the profile it has no credentials: a clear error naming what it reads.
+    let bare = StoreEnv::with_store("rotor-aws-", &head, "", vars.clone(), &unset);
+    let out = bare.rotor(&["status"]).await;
+    assert_ne!(out.code(), Some(0));
+    assert!(out.stderr.contains("AWS_PROFILE"), "{}", out.stderr);
+    // AWS_PROFILE does what the field does.
+    let out = bare
+        .rotor_env(&["status"], &[("AWS_PROFILE", "rotation")])
+        .await;
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains(&a) && !out.stderr.contains(&a));
+}

@@ -128,8 +128,12 @@ impl Cx<'_> {
                 return Err(self.err(
                     key.pos,
                     f.sub(field),
-                    format!("a {text} store has no `{field}`"),
-                    format!("remove `{field}`; a {text} store takes {}", list(takes)),
+                    format!("{} {text} store has no `{field}`", article(text)),
+                    format!(
+                        "remove `{field}`; {} {text} store takes {}",
+                        article(text),
+                        list(takes)
+                    ),
                 ));
             }
         }
@@ -312,10 +316,11 @@ impl Cx<'_> {
     }
 
     fn aws_store(&self, f: &Fields<'_>) -> Result<AwsStoreSpec> {
-        const NAME_HELP: &str = "name the Secrets Manager secret (1 to 512 letters, digits and `/_+=.@-`; a name, not an ARN), e.g. `name: service-secret`";
+        const NAME_HELP: &str = "name the Secrets Manager secret (1 to 500 letters, digits and `/_+=.@-`; a name, not an ARN), e.g. `name: service-secret`";
         let node = self.require(f, "name", NAME_HELP)?;
         let name = self.text(node, "store.name", NAME_HELP)?;
-        let valid = (1..=512 - crate::playbook::AWS_LOCK_SUFFIX.len()).contains(&name.len())
+        // At most 500: the lock secret beside it adds `.rotor-lock` within AWS's 512.
+        let valid = (1..=500).contains(&name.len())
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c));
@@ -571,4 +576,13 @@ fn vault_path_ok(p: &str, max: usize) -> bool {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         })
+}
+
+/// `an` before a kind that starts with a vowel (`an aws store`), else `a`.
+fn article(kind: &str) -> &'static str {
+    if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
 }

@@ -616,3 +616,95 @@ fn bad_vault_store_fields_name_the_field_and_what_to_do() {
         assert!(!err.help.is_empty(), "{store}: {err}");
     }
 }
+
+#[test]
+fn an_aws_store_reads_its_fields_and_leaves_the_rest_to_awss_own_chain() {
+    let pb = with_store("store: {kind: aws, name: prod/service-secret}").unwrap();
+    let crate::playbook::StoreSpec::Aws(a) = &pb.store else {
+        panic!("{:?}", pb.store)
+    };
+    assert_eq!(
+        a,
+        &crate::playbook::AwsStoreSpec::new("prod/service-secret")
+    );
+    assert_eq!((a.region.as_deref(), a.profile.as_deref()), (None, None));
+    assert_eq!(a.endpoint_url, None, "AWS_ENDPOINT_URL decides");
+    assert_eq!(a.retry_deadline, std::time::Duration::from_secs(30));
+    assert_eq!(a.lock_duration, std::time::Duration::from_secs(30));
+    assert!(pb.store.keeps_own_lock());
+    let pb = with_store(
+        "store: {kind: aws, name: s, region: eu-west-1, profile: rotation, endpoint_url: 'https://vpce-1.secretsmanager.eu-west-1.vpce.amazonaws.com/', retry_deadline: 5s, lock_duration: 1m}",
+    )
+    .unwrap();
+    let crate::playbook::StoreSpec::Aws(a) = &pb.store else {
+        panic!()
+    };
+    assert_eq!(a.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(a.profile.as_deref(), Some("rotation"));
+    assert_eq!(
+        a.endpoint_url.as_deref(),
+        Some("https://vpce-1.secretsmanager.eu-west-1.vpce.amazonaws.com")
+    );
+    assert_eq!(a.retry_deadline, std::time::Duration::from_secs(5));
+    assert_eq!(a.lock_duration, std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn bad_aws_store_fields_name_the_field_and_what_to_do() {
+    for (store, field, message) in [
+        ("{kind: aws}", "store.name", "missing required field `name`"),
+        (
+            "{kind: aws, name: 'arn:aws:secretsmanager:eu-west-1:1:secret:s-AbCdEf'}",
+            "store.name",
+            "is not a secret name",
+        ),
+        (
+            "{kind: aws, name: 'a b'}",
+            "store.name",
+            "is not a secret name",
+        ),
+        (
+            "{kind: aws, name: s.rotor-lock}",
+            "store.name",
+            "rotation lock",
+        ),
+        (
+            "{kind: aws, name: s, region: EU_WEST}",
+            "store.region",
+            "is not a region",
+        ),
+        (
+            "{kind: aws, name: s, profile: 'a b'}",
+            "store.profile",
+            "is not a profile name",
+        ),
+        (
+            "{kind: aws, name: s, endpoint_url: 'localhost:5000'}",
+            "store.endpoint_url",
+            "is not an http(s) URL",
+        ),
+        (
+            "{kind: aws, name: s, mount: secret}",
+            "store.mount",
+            "an aws store has no `mount`",
+        ),
+        (
+            "{kind: aws, name: s, lock_duration: 2s}",
+            "store.lock_duration",
+            "shorter than 3s",
+        ),
+        (
+            "{kind: aws, name: s, retry_deadline: 10ms}",
+            "store.retry_deadline",
+            "shorter than 1s",
+        ),
+    ] {
+        let err = with_store(&format!("store: {store}")).unwrap_err();
+        assert_eq!(err.field, field, "{store}: {err}");
+        assert!(err.message.contains(message), "{store}: {err}");
+        assert!(!err.help.is_empty(), "{store}: {err}");
+    }
+    let name = "x".repeat(501);
+    let err = with_store(&format!("store: {{kind: aws, name: {name}}}")).unwrap_err();
+    assert_eq!(err.field, "store.name");
+}
