@@ -305,11 +305,31 @@ pub struct Move {
 }
 
 /// The label moves that put `primary` in the primary slot and `secondary` in the secondary
-/// one: the secondary first (so a reader in between still finds both values), then
-/// `AWSCURRENT`, then `AWSPENDING` off the new current version.
+/// one: `AWSPREVIOUS` onto a version about to lose its only label, then the secondary (so a
+/// reader in between still finds both values), then `AWSCURRENT`, then `AWSPENDING` off the
+/// new current version.
 pub fn slot_moves(l: &Loaded, primary: &str, secondary: Option<&str>) -> Vec<Move> {
     let mut moves = Vec::new();
     let sec_now = l.holder(SECONDARY).map(str::to_string);
+    let cur_now = l.holder(CURRENT).map(str::to_string);
+    // A version leaving the secondary slot that carries no other label would read as destroyed
+    // from its last label's removal until it gets AWSPREVIOUS (a crash in between would leave
+    // it so, and the re-run, finding the slots right, would not look at it again): it gets
+    // AWSPREVIOUS first. Only when AWSCURRENT stays: a move of AWSCURRENT takes AWSPREVIOUS
+    // to the version it leaves (set_slots gives it back afterwards).
+    if cur_now.as_deref() == Some(primary)
+        && let Some(leaving) = sec_now.as_deref()
+        && leaving != primary
+        && Some(leaving) != secondary
+        && l.version(leaving)
+            .is_some_and(|v| v.labels.iter().all(|x| x == SECONDARY))
+    {
+        moves.push(Move {
+            label: PREVIOUS,
+            to: Some(leaving.to_string()),
+            from: l.holder(PREVIOUS).map(str::to_string),
+        });
+    }
     if sec_now.as_deref() != secondary {
         moves.push(Move {
             label: SECONDARY,
@@ -317,7 +337,6 @@ pub fn slot_moves(l: &Loaded, primary: &str, secondary: Option<&str>) -> Vec<Mov
             from: sec_now,
         });
     }
-    let cur_now = l.holder(CURRENT).map(str::to_string);
     if cur_now.as_deref() != Some(primary) {
         moves.push(Move {
             label: CURRENT,
@@ -1312,6 +1331,60 @@ mod tests {
                 from: Some("b".into())
             }]
         );
+    }
+
+    #[test]
+    fn a_version_leaving_the_secondary_slot_with_no_other_label_gets_awsprevious_first() {
+        // T4 where A lost AWSPREVIOUS (another writer moved it): A must never be label-less,
+        // not even between two calls.
+        let l = Loaded {
+            versions: vec![
+                ver("x", &[PREVIOUS], "2026-01-01T00:00:00Z"),
+                ver("a", &[SECONDARY], "2026-01-02T00:00:00Z"),
+                ver("b", &[CURRENT], "2026-01-03T00:00:00Z"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            slot_moves(&l, "b", None),
+            vec![
+                Move {
+                    label: PREVIOUS,
+                    to: Some("a".into()),
+                    from: Some("x".into())
+                },
+                Move {
+                    label: SECONDARY,
+                    to: None,
+                    from: Some("a".into())
+                },
+            ]
+        );
+        // The usual T4 (A kept AWSPREVIOUS from T3): nothing more than the secondary.
+        let l = Loaded {
+            versions: vec![
+                ver("a", &[PREVIOUS, SECONDARY], "2026-01-02T00:00:00Z"),
+                ver("b", &[CURRENT], "2026-01-03T00:00:00Z"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            slot_moves(&l, "b", None),
+            vec![Move {
+                label: SECONDARY,
+                to: None,
+                from: Some("a".into())
+            }]
+        );
+        // T1's inverse: B keeps AWSPENDING, so it needs nothing either.
+        let l = Loaded {
+            versions: vec![
+                ver("a", &[CURRENT], "2026-01-02T00:00:00Z"),
+                ver("b", &[PENDING, SECONDARY], "2026-01-03T00:00:00Z"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(slot_moves(&l, "a", None).len(), 1);
     }
 
     #[test]
