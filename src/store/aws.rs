@@ -905,7 +905,12 @@ impl AwsStore {
         });
         match current {
             Some(id) => Ok(Some(id)),
-            None => Err(self.corrupt(format!("the lock secret {name} has no AWSCURRENT version"))),
+            // A lock secret created beforehand without a value (docs/aws.md lets an operator
+            // create both secrets) has no version at all: say how to give it one.
+            None => Err(self.remote(
+                format!("the lock secret {name} has no AWSCURRENT version (it was created without a value)"),
+                format!("give it a free lock as its first value (`aws secretsmanager put-secret-value --secret-id {name} --secret-string '{{\"holder\":\"\"}}'`)"),
+            )),
         }
     }
 
@@ -1184,6 +1189,19 @@ impl Store for AwsStore {
                             "version {other} is disabled already, and Secrets Manager marks one version with a label ({DISABLED}): destroy or enable it first"
                         ),
                     });
+                }
+                // A version rotor did not add (an adopted secret's first value) has no
+                // fingerprint tag: record it while the version is still enabled, so no later
+                // run reads a disabled value to learn it, and the history keeps it once
+                // destroyed.
+                if l.tagged_fp(version).is_none()
+                    && let Some(fp) = self.fingerprint(&l, v).await?
+                {
+                    self.retag(
+                        l.history_to_trim(1),
+                        vec![(format!("{TAG_FP}{version}"), fp.as_str().to_string())],
+                    )
+                    .await?;
                 }
                 self.move_label(&Move {
                     label: DISABLED,
