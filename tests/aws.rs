@@ -1125,3 +1125,91 @@ async fn aws_credentials_and_region_come_from_a_profile_as_for_the_aws_cli() {
     assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
     assert!(!out.stdout.contains(&a) && !out.stderr.contains(&a));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_an_adopted_value_is_fingerprinted_before_it_is_disabled_and_an_empty_lock_secret_says_what_to_do()
+ {
+    use rotor::engine::lock::RotationLock as _;
+    use rotor::store::aws::AwsStore;
+    use rotor::store::{Store as _, VersionState};
+    let moto = Moto::start().await;
+    let mut spec = rotor::playbook::AwsStoreSpec::new(SECRET);
+    spec.region = Some(REGION.into());
+    spec.endpoint_url = Some(moto.endpoint.clone());
+    spec.retry_deadline = Duration::from_secs(5);
+    let open = || {
+        AwsStore::new(&spec, SECRET).with_credentials(
+            "testing",
+            &rotor::secret::SecretValue::new("testing".into()),
+        )
+    };
+    // A secret rotor did not create, adopted by its tag: its first value has no fingerprint tag.
+    const ADOPTED: &str = "a-value-someone-else-wrote-0123456789";
+    let a_id = moto.py_json(
+        "import boto3,json,sys\nsm=boto3.client('secretsmanager')\nv=sm.create_secret(Name=sys.argv[1], SecretString=sys.argv[2], Tags=[{'Key':'rotor-secret','Value':sys.argv[1]}])['VersionId']\nprint(json.dumps({'id': v}))",
+        &[SECRET, ADOPTED],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let store = open();
+    let snap = store.snapshot().await.unwrap();
+    assert_eq!(snap.primary.as_deref(), Some(a_id.as_str()));
+    let b_value = rotor::secret::SecretValue::new("the-new-value-0123456789abcdefgh".into());
+    let b = store.add_version_for(&b_value, "r-1").await.unwrap();
+    store.set_slots(&a_id, Some(&b.id)).await.unwrap();
+    store.set_slots(&b.id, Some(&a_id)).await.unwrap();
+    store.set_slots(&b.id, None).await.unwrap();
+    store
+        .set_state(&a_id, VersionState::Disabled)
+        .await
+        .unwrap();
+    // Its fingerprint was recorded while it was enabled: a later run (another process, nothing
+    // cached) need not read a disabled value to know it.
+    let s = moto.state(SECRET);
+    assert_eq!(labels(&s, &a_id), ["AWSPREVIOUS", "ROTOR_DISABLED"], "{s}");
+    assert_eq!(
+        s["tags"][format!("rotor-fp-{a_id}")],
+        fingerprint(ADOPTED).as_str(),
+        "{s}"
+    );
+    let later = open().snapshot().await.unwrap();
+    let a = later.version(&a_id).unwrap();
+    assert_eq!(a.state, VersionState::Disabled);
+    assert_eq!(a.fingerprint.as_str(), fingerprint(ADOPTED));
+    // Destroyed, it stays in the history (the policy's "never reuse").
+    open()
+        .set_state(&a_id, VersionState::Destroyed)
+        .await
+        .unwrap();
+    let after = open().snapshot().await.unwrap();
+    assert_eq!(
+        after.version(&a_id).map(|v| v.state),
+        Some(VersionState::Destroyed)
+    );
+
+    // A lock secret an operator created beforehand without a value: a clear error that says
+    // how to give it one, then the lock works.
+    moto.py_json(
+        "import boto3,json,sys\nboto3.client('secretsmanager').create_secret(Name=sys.argv[1])\nprint('{}')",
+        &[LOCK],
+    );
+    let lock = rotor::engine::lock::secret::AwsLock::new(std::sync::Arc::new(open()));
+    let err = lock
+        .acquire(rotor::engine::lock::Holder::me("rotate"), false)
+        .await
+        .err()
+        .expect("no version to read")
+        .to_string();
+    assert!(err.contains("put-secret-value"), "{err}");
+    assert!(!err.contains("restore it from a backup"), "{err}");
+    moto.py_json(
+        "import boto3,json,sys\nboto3.client('secretsmanager').put_secret_value(SecretId=sys.argv[1], SecretString=json.dumps({'holder': ''}))\nprint('{}')",
+        &[LOCK],
+    );
+    let g = lock
+        .acquire(rotor::engine::lock::Holder::me("rotate"), false)
+        .await
+        .unwrap();
+    g.release().await.unwrap();
+}

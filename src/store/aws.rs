@@ -76,6 +76,9 @@ pub const TAG_NEXT_ROTATION: &str = super::keys::NEXT_ROTATION;
 pub const HISTORY: usize = 20;
 /// Most versions read from one listing (Secrets Manager keeps about 100).
 const MAX_VERSIONS: usize = 500;
+/// Most pages read from one listing (a server that answers empty pages with a next token
+/// forever must not hold rotor forever).
+const MAX_PAGES: usize = MAX_VERSIONS / 100 + 5;
 /// Longest value Secrets Manager takes in `SecretString`.
 const MAX_VALUE: usize = 65_536;
 /// Connect timeout, and one attempt's timeout (bounded by the retry deadline).
@@ -107,7 +110,7 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
     match e {
         SdkError::ServiceError(s) => {
             let status = s.raw().status().as_u16();
-            let code = s.err().code().map(str::to_string);
+            let code = s.err().code().map(shown_code);
             let transient = status >= 500
                 || status == 429
                 || matches!(
@@ -115,8 +118,14 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
                     Some(
                         "ThrottlingException"
                             | "Throttling"
+                            | "ThrottledException"
+                            | "RequestThrottledException"
                             | "TooManyRequestsException"
                             | "RequestLimitExceeded"
+                            | "RequestTimeout"
+                            | "RequestTimeoutException"
+                            | "PriorRequestNotComplete"
+                            | "TransactionInProgressException"
                             | "InternalServiceError"
                             | "InternalFailure"
                             | "ServiceUnavailable"
@@ -159,6 +168,22 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
             status: None,
             transient: false,
         },
+    }
+}
+
+/// A service's error code as rotor may quote and match it: the server's text (its `__type` or
+/// `x-amzn-errortype`) is untrusted like its message, so a code that does not look like one
+/// (at most 64 letters, digits, `.` and `_`, AWS's are names like `ResourceNotFoundException`)
+/// is shown by its length only, and one that does is redacted all the same.
+fn shown_code(code: &str) -> String {
+    let plausible = (1..=64).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_');
+    if plausible {
+        crate::redact::redact(code).into_owned()
+    } else {
+        format!("<an error code of {} characters>", code.chars().count())
     }
 }
 
@@ -280,11 +305,31 @@ pub struct Move {
 }
 
 /// The label moves that put `primary` in the primary slot and `secondary` in the secondary
-/// one: the secondary first (so a reader in between still finds both values), then
-/// `AWSCURRENT`, then `AWSPENDING` off the new current version.
+/// one: `AWSPREVIOUS` onto a version about to lose its only label, then the secondary (so a
+/// reader in between still finds both values), then `AWSCURRENT`, then `AWSPENDING` off the
+/// new current version.
 pub fn slot_moves(l: &Loaded, primary: &str, secondary: Option<&str>) -> Vec<Move> {
     let mut moves = Vec::new();
     let sec_now = l.holder(SECONDARY).map(str::to_string);
+    let cur_now = l.holder(CURRENT).map(str::to_string);
+    // A version leaving the secondary slot that carries no other label would read as destroyed
+    // from its last label's removal until it gets AWSPREVIOUS (a crash in between would leave
+    // it so, and the re-run, finding the slots right, would not look at it again): it gets
+    // AWSPREVIOUS first. Only when AWSCURRENT stays: a move of AWSCURRENT takes AWSPREVIOUS
+    // to the version it leaves (set_slots gives it back afterwards).
+    if cur_now.as_deref() == Some(primary)
+        && let Some(leaving) = sec_now.as_deref()
+        && leaving != primary
+        && Some(leaving) != secondary
+        && l.version(leaving)
+            .is_some_and(|v| v.labels.iter().all(|x| x == SECONDARY))
+    {
+        moves.push(Move {
+            label: PREVIOUS,
+            to: Some(leaving.to_string()),
+            from: l.holder(PREVIOUS).map(str::to_string),
+        });
+    }
     if sec_now.as_deref() != secondary {
         moves.push(Move {
             label: SECONDARY,
@@ -292,7 +337,6 @@ pub fn slot_moves(l: &Loaded, primary: &str, secondary: Option<&str>) -> Vec<Mov
             from: sec_now,
         });
     }
-    let cur_now = l.holder(CURRENT).map(str::to_string);
     if cur_now.as_deref() != Some(primary) {
         moves.push(Move {
             label: CURRENT,
@@ -572,7 +616,7 @@ impl AwsStore {
         };
         let mut versions = Vec::new();
         let mut token: Option<String> = None;
-        loop {
+        for pages in 1.. {
             let page = self
                 .call("ListSecretVersionIds", |c| {
                     c.list_secret_version_ids()
@@ -599,6 +643,15 @@ impl AwsStore {
                 .map(str::to_string);
             if token.is_none() || versions.len() >= MAX_VERSIONS {
                 break;
+            }
+            if pages >= MAX_PAGES {
+                return Err(self.remote(
+                    format!(
+                        "ListSecretVersionIds of {name} did not end after {pages} pages ({} versions)",
+                        versions.len()
+                    ),
+                    "check that `store.endpoint_url` (or AWS_ENDPOINT_URL) is Secrets Manager; it keeps about 100 versions per secret".into(),
+                ));
             }
         }
         // Oldest first; the listing's order breaks ties (two versions in one second).
@@ -852,7 +905,12 @@ impl AwsStore {
         });
         match current {
             Some(id) => Ok(Some(id)),
-            None => Err(self.corrupt(format!("the lock secret {name} has no AWSCURRENT version"))),
+            // A lock secret created beforehand without a value (docs/aws.md lets an operator
+            // create both secrets) has no version at all: say how to give it one.
+            None => Err(self.remote(
+                format!("the lock secret {name} has no AWSCURRENT version (it was created without a value)"),
+                format!("give it a free lock as its first value (`aws secretsmanager put-secret-value --secret-id {name} --secret-string '{{\"holder\":\"\"}}'`)"),
+            )),
         }
     }
 
@@ -1132,6 +1190,19 @@ impl Store for AwsStore {
                         ),
                     });
                 }
+                // A version rotor did not add (an adopted secret's first value) has no
+                // fingerprint tag: record it while the version is still enabled, so no later
+                // run reads a disabled value to learn it, and the history keeps it once
+                // destroyed.
+                if l.tagged_fp(version).is_none()
+                    && let Some(fp) = self.fingerprint(&l, v).await?
+                {
+                    self.retag(
+                        l.history_to_trim(1),
+                        vec![(format!("{TAG_FP}{version}"), fp.as_str().to_string())],
+                    )
+                    .await?;
+                }
                 self.move_label(&Move {
                     label: DISABLED,
                     to: Some(version.to_string()),
@@ -1278,6 +1349,206 @@ mod tests {
                 from: Some("b".into())
             }]
         );
+    }
+
+    #[test]
+    fn a_version_leaving_the_secondary_slot_with_no_other_label_gets_awsprevious_first() {
+        // T4 where A lost AWSPREVIOUS (another writer moved it): A must never be label-less,
+        // not even between two calls.
+        let l = Loaded {
+            versions: vec![
+                ver("x", &[PREVIOUS], "2026-01-01T00:00:00Z"),
+                ver("a", &[SECONDARY], "2026-01-02T00:00:00Z"),
+                ver("b", &[CURRENT], "2026-01-03T00:00:00Z"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            slot_moves(&l, "b", None),
+            vec![
+                Move {
+                    label: PREVIOUS,
+                    to: Some("a".into()),
+                    from: Some("x".into())
+                },
+                Move {
+                    label: SECONDARY,
+                    to: None,
+                    from: Some("a".into())
+                },
+            ]
+        );
+        // The usual T4 (A kept AWSPREVIOUS from T3): nothing more than the secondary.
+        let l = Loaded {
+            versions: vec![
+                ver("a", &[PREVIOUS, SECONDARY], "2026-01-02T00:00:00Z"),
+                ver("b", &[CURRENT], "2026-01-03T00:00:00Z"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            slot_moves(&l, "b", None),
+            vec![Move {
+                label: SECONDARY,
+                to: None,
+                from: Some("a".into())
+            }]
+        );
+        // T1's inverse: B keeps AWSPENDING, so it needs nothing either.
+        let l = Loaded {
+            versions: vec![
+                ver("a", &[CURRENT], "2026-01-02T00:00:00Z"),
+                ver("b", &[PENDING, SECONDARY], "2026-01-03T00:00:00Z"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(slot_moves(&l, "a", None).len(), 1);
+    }
+
+    #[test]
+    fn error_codes_are_shown_only_when_they_look_like_codes_and_redacted_even_then() {
+        assert_eq!(
+            shown_code("ResourceNotFoundException"),
+            "ResourceNotFoundException"
+        );
+        assert_eq!(shown_code("aws.Throttling"), "aws.Throttling");
+        let long = format!("{}{}", "x".repeat(100), " value");
+        assert_eq!(shown_code(&long), "<an error code of 106 characters>");
+        let v = SecretValue::new("CodeShapedValue0123456789abcdefXYZ".into());
+        crate::redact::remember("s", &v);
+        let shown = shown_code(v.expose());
+        assert!(!shown.contains(v.expose()), "{shown}");
+    }
+
+    /// A Secrets Manager endpoint on loopback whose answer to each call (by its
+    /// `X-Amz-Target`, e.g. `secretsmanager.DescribeSecret`) is `answer`'s: status and JSON
+    /// body.
+    async fn fake_endpoint(answer: fn(&str) -> (u16, String)) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| async move {
+            let target = headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let (status, body) = answer(&target);
+            axum::response::Response::builder()
+                .status(status)
+                .header("content-type", "application/x-amz-json-1.1")
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn store_at(endpoint: &str) -> AwsStore {
+        let mut spec = AwsStoreSpec::new("s");
+        spec.region = Some("eu-west-1".into());
+        spec.endpoint_url = Some(endpoint.into());
+        spec.retry_deadline = Duration::from_secs(2);
+        AwsStore::new(&spec, "s").with_credentials(
+            "testing",
+            &SecretValue::new("testing-secret-access-key-0123".into()),
+        )
+    }
+
+    const ECHOED: &str = "echoed-value-in-an-error-type-0123456789";
+
+    #[tokio::test]
+    async fn an_error_code_that_echoes_a_value_never_reaches_the_error() {
+        crate::redact::remember("s", &SecretValue::new(ECHOED.into()));
+        let endpoint = fake_endpoint(|_| {
+            let code = format!("{ECHOED}{}", "y".repeat(5000));
+            (
+                400,
+                serde_json::json!({"__type": code, "message": "no"}).to_string(),
+            )
+        })
+        .await;
+        let err = store_at(&endpoint)
+            .snapshot()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains(ECHOED), "{err}");
+        assert!(err.chars().count() < 1000, "{err}");
+        // A code shaped like one that is a value rotor knows: redacted.
+        let endpoint = fake_endpoint(|_| {
+            let code = ECHOED.replace('-', "");
+            (
+                400,
+                serde_json::json!({"__type": code, "message": "no"}).to_string(),
+            )
+        })
+        .await;
+        crate::redact::remember("s", &SecretValue::new(ECHOED.replace('-', "")));
+        let err = store_at(&endpoint)
+            .snapshot()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains(&ECHOED.replace('-', "")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_listing_that_never_ends_is_an_error_not_a_hang() {
+        let endpoint = fake_endpoint(|target| match target {
+            "secretsmanager.DescribeSecret" => (
+                200,
+                serde_json::json!({
+                    "Name": "s",
+                    "Tags": [{"Key": TAG_SECRET, "Value": "s"}],
+                })
+                .to_string(),
+            ),
+            _ => (
+                200,
+                serde_json::json!({"Versions": [], "NextToken": "more"}).to_string(),
+            ),
+        })
+        .await;
+        let r = tokio::time::timeout(Duration::from_secs(30), store_at(&endpoint).snapshot())
+            .await
+            .expect("the listing ends");
+        let err = r.unwrap_err().to_string();
+        assert!(err.contains("did not end after"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_retryable_codes_aws_lists_are_retried() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static REFUSED: AtomicUsize = AtomicUsize::new(0);
+        let endpoint = fake_endpoint(|target| match target {
+            "secretsmanager.DescribeSecret" if REFUSED.fetch_add(1, Ordering::SeqCst) < 2 => (
+                400,
+                serde_json::json!({"__type": "PriorRequestNotComplete", "message": "wait"})
+                    .to_string(),
+            ),
+            "secretsmanager.DescribeSecret" => (
+                200,
+                serde_json::json!({"Name": "s", "Tags": [{"Key": TAG_SECRET, "Value": "s"}]})
+                    .to_string(),
+            ),
+            "secretsmanager.ListSecretVersionIds" => (
+                200,
+                serde_json::json!({"Versions": [
+                    {"VersionId": "v1", "VersionStages": [CURRENT], "CreatedDate": 1.7e9}
+                ]})
+                .to_string(),
+            ),
+            _ => (
+                200,
+                serde_json::json!({"Name": "s", "VersionId": "v1",
+                    "SecretString": "the-current-value-0123456789abcdef"})
+                .to_string(),
+            ),
+        })
+        .await;
+        let snap = store_at(&endpoint).snapshot().await.unwrap();
+        assert_eq!(snap.primary.as_deref(), Some("v1"));
+        assert_eq!(REFUSED.load(Ordering::SeqCst), 3);
     }
 
     #[test]
