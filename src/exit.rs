@@ -32,6 +32,9 @@ pub enum Exit {
     /// A validator instance accepted a canary (a value rotor never issued): the pre-flight
     /// refused to start, nothing was changed.
     FailsOpen = 11,
+    /// `discover` found problems (duplicates, shared or weak values, names read but given
+    /// nowhere…); nothing was changed.
+    Findings = 12,
 }
 
 impl From<Exit> for ExitCode {

@@ -168,6 +168,15 @@ impl Graph {
                 });
             }
         }
+        Graph::from_parts(secrets, consumers, edges)
+    }
+
+    /// A map of these parts (also what `rotor discover` draws from a repository).
+    pub fn from_parts(
+        secrets: Vec<SecretNode>,
+        consumers: Vec<ConsumerNode>,
+        edges: Vec<Edge>,
+    ) -> Graph {
         let multi_name = edges
             .iter()
             .filter(|e| e.primary_names().len() > 1)

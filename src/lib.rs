@@ -13,6 +13,8 @@ pub mod cli;
 pub mod cluster;
 pub mod consumer;
 pub mod demo;
+pub mod discover;
+pub mod dotenv;
 pub mod engine;
 pub mod events;
 pub mod exit;

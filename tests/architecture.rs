@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["demo"],
-    &["output", "notify", "manifests", "graph"],
+    &["output", "notify", "manifests", "graph", "discover"],
     &["engine"],
     &["consumer", "probe"],
     &["store"],
     &["cluster"],
     &["events", "redact", "state_dir", "exit", "transport"],
     &["playbook"],
-    &["protocol", "secret", "jwt"],
+    &["protocol", "secret", "jwt", "dotenv"],
 ];
 
 fn root() -> &'static Path {

@@ -3,6 +3,7 @@
 
 mod check;
 mod demo;
+mod discover;
 mod fleet;
 mod graph;
 mod manifests;
@@ -66,6 +67,9 @@ pub enum Command {
     Down(fleet::Args),
     /// Draw which secrets reach which consumers under which names (Mermaid or DOT).
     Graph(graph::Args),
+    /// Map where a secret lives in a repository: who provides it, who reads it under which
+    /// name, and what is wrong (duplicates, shared or weak values, names read but given nowhere).
+    Discover(discover::Args),
     /// Print a CronJob, ServiceAccount, Role and RoleBinding that run the playbook on a schedule.
     Manifests(manifests::Args),
     /// Run the embedded demo: a local fleet rotated under load, with a report.
@@ -108,6 +112,7 @@ pub fn main() -> ExitCode {
             Command::Down(a) => fleet::down(a, state_dir, &out).await,
             Command::Failpoints(a) => fleet::failpoints(a, state_dir, &out).await,
             Command::Graph(a) => graph::run(a, state_dir, &out).await,
+            Command::Discover(a) => discover::run(a, &out).await,
             Command::Manifests(a) => manifests::run(a, state_dir, &out).await,
             Command::Demo(a) => demo::run(a, &out).await,
             Command::DemoService(_) => unreachable!("handled above"),

@@ -114,8 +114,12 @@ pub fn load_weak(pb: &Playbook) -> Result<Vec<SecretValue>, String> {
     let Some(path) = &pb.policy.weak_values_file else {
         return Ok(Vec::new());
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("policy.weak_values_file {}: {e}", path.display()))?;
+    read_weak_file(path).map_err(|e| format!("policy.weak_values_file {e}"))
+}
+
+/// The values in a weak-values file: one per line, blank lines and `#` comments skipped.
+pub fn read_weak_file(path: &std::path::Path) -> Result<Vec<SecretValue>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(text
         .lines()
         .map(str::trim)

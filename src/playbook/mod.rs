@@ -6,6 +6,8 @@
 //! variables and paths, never values).
 
 mod load;
+/// The located YAML tree the loader reads playbooks with (also `rotor discover`'s reader).
+pub(crate) use load::node as yaml;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,7 +19,8 @@ use crate::protocol::Role;
 use crate::secret::Alphabet;
 
 /// The environment a secret lives in; decides the minimum length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Environment {
     /// Minimum 64 characters.
     Production,

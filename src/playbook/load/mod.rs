@@ -23,7 +23,7 @@
 //! and their targets), `read` (the typed field readers every section uses) and `text` (how
 //! input appears in an error).
 
-mod node;
+pub(crate) mod node;
 
 #[cfg(test)]
 mod robustness;

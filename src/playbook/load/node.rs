@@ -23,15 +23,15 @@ use serde_saphyr::{
 
 /// Most nodes (scalars, lists and mappings, each copy made by an alias included) a playbook
 /// may hold.
-pub(super) const MAX_NODES: usize = 100_000;
+pub(crate) const MAX_NODES: usize = 100_000;
 /// Deepest nesting of lists and mappings.
-pub(super) const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = 32;
 /// Most bytes all scalars together may hold, each copy made by an alias included.
-pub(super) const MAX_TEXT: usize = 8 << 20;
+pub(crate) const MAX_TEXT: usize = 8 << 20;
 
 /// A line and column (1-based) in the playbook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Pos {
+pub(crate) struct Pos {
     pub line: u64,
     pub column: u64,
 }
@@ -51,7 +51,7 @@ impl Pos {
 
 /// The type of a scalar, as YAML inferred it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Scalar {
+pub(crate) enum Scalar {
     /// A string (quoted or plain).
     Str,
     /// An integer.
@@ -68,7 +68,7 @@ pub(super) enum Scalar {
 
 /// What a node holds.
 #[derive(Debug)]
-pub(super) enum Value {
+pub(crate) enum Value {
     /// `~`, `null` or nothing.
     Null,
     /// A scalar; `text` is the string itself, or the source spelling of a number or boolean.
@@ -81,7 +81,7 @@ pub(super) enum Value {
 
 /// A YAML node and where it starts.
 #[derive(Debug)]
-pub(super) struct Node {
+pub(crate) struct Node {
     pub pos: Pos,
     pub value: Value,
 }
@@ -111,7 +111,7 @@ impl Node {
 
 /// Why a document could not be turned into a tree.
 #[derive(Debug)]
-pub(super) enum ParseError {
+pub(crate) enum ParseError {
     /// The YAML is malformed; `message` is the parser's (it may quote the input).
     Syntax { pos: Pos, message: String },
     /// A second, non-empty document.
@@ -210,7 +210,7 @@ type Item = Spanned<Tagged<Raw>>;
 /// Parses a playbook: one YAML document, possibly preceded or followed by empty ones (a
 /// trailing `---`); `None` for a stream with no non-empty document. Also returns the number of
 /// nodes the parser handed over (alias copies included), which bounds the work done.
-pub(super) fn parse(text: &str) -> (Result<Option<Node>, ParseError>, usize) {
+pub(crate) fn parse(text: &str) -> (Result<Option<Node>, ParseError>, usize) {
     TALLY.with(|t| {
         t.nodes.set(0);
         t.text.set(0);
@@ -232,6 +232,22 @@ pub(super) fn parse(text: &str) -> (Result<Option<Node>, ParseError>, usize) {
         }
     };
     (result, nodes)
+}
+
+/// Parses every document of a YAML stream (Kubernetes manifests, `---`-separated), empty
+/// ones skipped, under the same bounds as [`parse`].
+pub(crate) fn parse_all(text: &str) -> Result<Vec<Node>, ParseError> {
+    TALLY.with(|t| {
+        t.nodes.set(0);
+        t.text.set(0);
+        t.breach.set(None);
+    });
+    let parsed = serde_saphyr::from_multiple_with_options::<Item>(text, options());
+    let breach = TALLY.with(|t| t.breach.take());
+    match parsed {
+        Err(e) => Err(classify(text, &e, breach)),
+        Ok(docs) => docs.into_iter().map(|d| convert(text, d)).collect(),
+    }
 }
 
 /// Turns a parser error into a [`ParseError`].
