@@ -553,11 +553,27 @@ async fn aws_full_rotation_under_load_under_the_documented_iam_policy() {
         out.stderr
     );
 
-    // The lock secret: released (its current version names no holder), never a value.
+    // The lock secret: released (its current version names no holder), never a value, and
+    // one version per claim: the renewals and stage changes of the whole run are tags (Secrets
+    // Manager counts every version younger than a day against its quota of about 100).
     let l = moto.state(LOCK);
     let current = holder(&l, "AWSCURRENT").unwrap();
     let lock: Value = serde_json::from_str(&value(&l, &current)).unwrap();
     assert_eq!(lock["holder"], "", "{l}");
+    assert_eq!(
+        labels(&l, &current),
+        ["AWSCURRENT", "ROTOR_LOCK_FREE"],
+        "{l}"
+    );
+    let versions = l["labels"].as_object().unwrap().len();
+    assert!(
+        versions <= 4,
+        "{versions} lock versions for init, up and one rotation: {l}"
+    );
+    assert!(
+        l["tags"]["rotor-lock-stage"].is_string(),
+        "renewals are tags: {l}"
+    );
     // The documented resources name exactly these two secrets.
     let arn = |s: &Value| s["arn"].as_str().unwrap().to_string();
     let (secret_arn, lock_arn) = (arn(&s), arn(&l));
@@ -716,7 +732,7 @@ print(json.dumps({"c": c}))
 
     // The lock: two claims, one wins; a live claim is never taken; release frees it.
     use rotor::engine::lock::RotationLock as _;
-    let lock = rotor::engine::lock::secret::AwsLock::new(std::sync::Arc::new(
+    let lock = rotor::engine::lock::aws::AwsLock::new(std::sync::Arc::new(
         AwsStore::new(&spec, SECRET).with_credentials(
             "testing",
             &rotor::secret::SecretValue::new("testing".into()),
@@ -1194,7 +1210,7 @@ async fn aws_an_adopted_value_is_fingerprinted_before_it_is_disabled_and_an_empt
         "import boto3,json,sys\nboto3.client('secretsmanager').create_secret(Name=sys.argv[1])\nprint('{}')",
         &[LOCK],
     );
-    let lock = rotor::engine::lock::secret::AwsLock::new(std::sync::Arc::new(open()));
+    let lock = rotor::engine::lock::aws::AwsLock::new(std::sync::Arc::new(open()));
     let err = lock
         .acquire(rotor::engine::lock::Holder::me("rotate"), false)
         .await

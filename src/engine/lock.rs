@@ -25,6 +25,7 @@
 //!   duration and an operator forced a takeover). From then on the guard never writes the
 //!   lock again, and the engine stops before its next journal write or step.
 
+pub mod aws;
 pub mod gcp;
 pub mod lease;
 pub mod remote;
@@ -256,7 +257,7 @@ pub fn open(
         let mut spec = spec.clone();
         spec.retry_deadline = spec.retry_deadline.min(duration / 3);
         let store = std::sync::Arc::new(crate::store::aws::AwsStore::new(&spec, &pb.secret));
-        let lock = secret::AwsLock::new(store).with_duration(duration);
+        let lock = aws::AwsLock::new(store).with_duration(duration);
         return Ok(Box::new(match events {
             Some(e) => lock.with_events(e),
             None => lock,

@@ -19,7 +19,7 @@
 //!   `VersionId`; rotor never reads or publishes it;
 //! - every label move names the version the label is on now (`RemoveFromVersionId`), which the
 //!   server refuses when the label has moved meanwhile: a compare-and-swap, so a slot someone
-//!   else moved is a [`StoreError::Conflict`], never overwritten;
+//!   else moves while rotor sets the slots is a [`StoreError::Conflict`], never overwritten;
 //! - bookkeeping is in the secret's **tags** (never a value): `rotor-secret` (the logical secret,
 //!   checked against the playbook), `rotor-fp-<VersionId>` (fingerprints, the newest
 //!   [`HISTORY`] kept), `rotor-last-rotation` and `rotor-next-rotation`. Tags take no
@@ -865,23 +865,32 @@ impl AwsStore {
         )
     }
 
-    /// The lock secret's `AWSCURRENT` version and its text (`None`: unreadable); `None` when
-    /// there is no lock secret.
-    pub async fn lock_read(&self) -> Result<Option<(String, Option<String>)>, StoreError> {
+    /// The lock secret as it is now; `None` when there is none.
+    pub async fn lock_state(&self) -> Result<Option<LockState>, StoreError> {
         let name = self.lock_name();
-        let Some(id) = self.current_of(&name).await? else {
+        let Some((current, free, tags)) = self.describe_lock(&name).await? else {
             return Ok(None);
         };
-        let text = match self.get_text(&name, &id).await {
-            Ok(v) => Some(v.expose().to_string()),
-            Err(StoreError::Corrupt { .. }) => None,
-            Err(e) => return Err(e),
+        let text = if free.as_deref() == Some(current.as_str()) {
+            None
+        } else {
+            match self.get_text(&name, &current).await {
+                Ok(v) => Some(v.expose().to_string()),
+                Err(StoreError::Corrupt { .. }) => None,
+                Err(e) => return Err(e),
+            }
         };
-        Ok(Some((id, text)))
+        Ok(Some(LockState {
+            current,
+            text,
+            free,
+            tags,
+        }))
     }
 
-    /// The version of `name` carrying `AWSCURRENT`; `None` when `name` does not exist.
-    async fn current_of(&self, name: &str) -> Result<Option<String>, StoreError> {
+    /// The version of `name` carrying `AWSCURRENT`, the one carrying `ROTOR_LOCK_FREE` and the
+    /// tags; `None` when `name` does not exist.
+    async fn describe_lock(&self, name: &str) -> Result<Option<DescribedLock>, StoreError> {
         let d = match self
             .call("DescribeSecret", |c| {
                 c.describe_secret().secret_id(name).send()
@@ -898,13 +907,20 @@ impl AwsStore {
                 format!("restore it (`aws secretsmanager restore-secret --secret-id {name}`), or delete it for good (`aws secretsmanager delete-secret --secret-id {name} --force-delete-without-recovery`) when no rotor runs"),
             ));
         }
-        let current = d.version_ids_to_stages().and_then(|m| {
-            m.iter()
-                .find(|(_, labels)| labels.iter().any(|l| l == CURRENT))
-                .map(|(id, _)| id.clone())
-        });
-        match current {
-            Some(id) => Ok(Some(id)),
+        let holder = |label: &str| {
+            d.version_ids_to_stages().and_then(|m| {
+                m.iter()
+                    .find(|(_, labels)| labels.iter().any(|l| l == label))
+                    .map(|(id, _)| id.clone())
+            })
+        };
+        let tags = d
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+            .collect();
+        match holder(CURRENT) {
+            Some(id) => Ok(Some((id, holder(LOCK_FREE), tags))),
             // A lock secret created beforehand without a value (docs/aws.md lets an operator
             // create both secrets) has no version at all: say how to give it one.
             None => Err(self.remote(
@@ -912,6 +928,82 @@ impl AwsStore {
                 format!("give it a free lock as its first value (`aws secretsmanager put-secret-value --secret-id {name} --secret-string '{{\"holder\":\"\"}}'`)"),
             )),
         }
+    }
+
+    /// The version of `name` carrying `AWSCURRENT`; `None` when `name` does not exist.
+    async fn current_of(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.describe_lock(name).await?.map(|(c, _, _)| c))
+    }
+
+    /// Moves the lock secret's `AWSCURRENT` from `from` to `to`, guarded by `from`: `false`
+    /// when it was not on `from` any more (someone wrote in between).
+    pub async fn lock_move(&self, from: &str, to: &str) -> Result<bool, StoreError> {
+        let name = self.lock_name();
+        let r = self
+            .call("UpdateSecretVersionStage", |c| {
+                c.update_secret_version_stage()
+                    .secret_id(&name)
+                    .version_stage(CURRENT)
+                    .move_to_version_id(to)
+                    .remove_from_version_id(from)
+                    .send()
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err((f, what))
+                if f.is("InvalidParameterException") || f.is("InvalidRequestException") =>
+            {
+                match self.current_of(&name).await? {
+                    Some(now) if now == to => Ok(true),
+                    Some(now) if now != from => Ok(false),
+                    _ => Err(self.fail((f, what))),
+                }
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// The lock secret's free version (`{"holder":""}`, labelled `ROTOR_LOCK_FREE` for good so
+    /// Secrets Manager never counts it deprecated): the one there is, or a new one.
+    pub async fn lock_free(&self) -> Result<String, StoreError> {
+        let name = self.lock_name();
+        if let Some((_, Some(free), _)) = self.describe_lock(&name).await? {
+            return Ok(free);
+        }
+        let token = random_token();
+        Ok(self
+            .call("PutSecretValue", |c| {
+                c.put_secret_value()
+                    .secret_id(&name)
+                    .client_request_token(&token)
+                    .secret_string("{\"holder\":\"\"}")
+                    .version_stages(LOCK_FREE)
+                    .send()
+            })
+            .await
+            .map_err(|e| self.fail(e))?
+            .version_id()
+            .unwrap_or(&token)
+            .to_string())
+    }
+
+    /// Sets tags on the lock secret (a renewal: no new version).
+    pub async fn lock_tag(&self, tags: Vec<(String, String)>) -> Result<(), StoreError> {
+        let name = self.lock_name();
+        let tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        self.call("TagResource", |c| {
+            c.tag_resource()
+                .secret_id(&name)
+                .set_tags(Some(tags.clone()))
+                .send()
+        })
+        .await
+        .map_err(|e| self.fail(e))?;
+        Ok(())
     }
 
     /// Writes the lock secret's next version holding `text`, guarded by `prev` (the version
@@ -957,29 +1049,7 @@ impl AwsStore {
             .version_id()
             .unwrap_or(&token)
             .to_string();
-        let r = self
-            .call("UpdateSecretVersionStage", |c| {
-                c.update_secret_version_stage()
-                    .secret_id(&name)
-                    .version_stage(CURRENT)
-                    .move_to_version_id(&id)
-                    .remove_from_version_id(prev)
-                    .send()
-            })
-            .await;
-        match r {
-            Ok(_) => Ok(Some(id)),
-            Err((f, what))
-                if f.is("InvalidParameterException") || f.is("InvalidRequestException") =>
-            {
-                match self.current_of(&name).await? {
-                    Some(now) if now == id => Ok(Some(id)),
-                    Some(now) if now != prev => Ok(None),
-                    _ => Err(self.fail((f, what))),
-                }
-            }
-            Err(e) => Err(self.fail(e)),
-        }
+        Ok(self.lock_move(prev, &id).await?.then_some(id))
     }
 
     /// The store's current state of `id` and the slot it is in.
@@ -990,6 +1060,24 @@ impl AwsStore {
 
 /// The label on a lock version being written, until it becomes `AWSCURRENT`.
 const LOCK_NEXT: &str = "ROTOR_LOCK_NEXT";
+/// The label that keeps the lock secret's free version for good.
+const LOCK_FREE: &str = "ROTOR_LOCK_FREE";
+
+/// The lock secret's current version, its free one and its tags.
+type DescribedLock = (String, Option<String>, BTreeMap<String, String>);
+
+/// The lock secret as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockState {
+    /// The version carrying `AWSCURRENT`: the claim in force.
+    pub current: String,
+    /// Its content (`None`: the free version, or unreadable).
+    pub text: Option<String>,
+    /// The version carrying `ROTOR_LOCK_FREE`, once there is one.
+    pub free: Option<String>,
+    /// The lock secret's tags (a claim's renewals).
+    pub tags: BTreeMap<String, String>,
+}
 
 /// A fresh `ClientRequestToken` (a random UUID-shaped string).
 fn random_token() -> String {

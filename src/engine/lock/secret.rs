@@ -1,21 +1,14 @@
-//! The single-flight lock of a store that keeps versioned secrets (OpenBao/Vault KV v2, AWS
-//! Secrets Manager): a second secret beside the store's, `<path or name>.rotor-lock`, whose
-//! newest version says who holds the lock, each new version written guarded by the one read
-//! just before, so two rotors on different machines cannot both proceed.
-//!
-//! - Vault/OpenBao: a KV v2 secret written with `cas`. Why not the secret's `custom_metadata`
-//!   (where the slots are): the metadata endpoint takes no `cas` on Vault, so two writers could
-//!   both read "free" and both write their claim, the later one silently winning. A data write
-//!   with `cas=<version read>` is refused by the server when anyone wrote in between.
-//! - AWS: neither tags nor resource policies take a precondition, so the lock is a secret whose
-//!   `AWSCURRENT` version holds the claim: a claim is a new version (`PutSecretValue` with the
-//!   label `ROTOR_LOCK_NEXT`), then `UpdateSecretVersionStage` moves `AWSCURRENT` onto it naming
-//!   the version read (`RemoveFromVersionId`), which the service refuses when the label moved
-//!   in between (docs/aws.md says the same to operators).
+//! The single-flight lock of an OpenBao/Vault KV v2 store: a KV v2 secret beside the store's,
+//! `<path>.rotor-lock`, whose newest version says who holds the lock, each new version written
+//! with `cas` (the version read just before), so two rotors on different machines cannot both
+//! proceed. Why not the secret's `custom_metadata` (where the slots are): the metadata endpoint
+//! takes no `cas` on Vault, so two writers could both read "free" and both write their claim,
+//! the later one silently winning. A data write with `cas=<version read>` is refused by the
+//! server when anyone wrote in between. ([`super::aws`] is the AWS store's lock.)
 //!
 //! Owns: the lock secret's content `{"holder": "<Holder as JSON>"}`; an empty `holder` (or no
-//! readable newest version, or no secret) means free. Each renewal is a new version (Vault's
-//! `max_versions`, AWS's own clean-up of unlabelled versions prune old ones). The rules (live
+//! readable newest version, or no secret) means free. Each renewal is a new version (the
+//! engine's `max_versions` prunes old ones). The rules (live
 //! claims never taken, `--force` only after expiry, renewal every third of the duration, lost
 //! guards, release) are [`super::remote`]'s.
 //!
@@ -30,7 +23,6 @@ use chrono::{DateTime, Utc};
 use super::remote::{Backend, MAX_RACES, RecordLock, Write};
 use super::{Holder, LockError};
 use crate::store::StoreError;
-use crate::store::aws::AwsStore;
 use crate::store::vault::{LOCK_SUFFIX, VaultStore};
 
 /// The key of the lock secret's content that holds the holder's JSON.
@@ -60,23 +52,12 @@ pub trait LockSecret: Send + Sync + 'static {
 
 /// The lock of one Vault store.
 pub type VaultLock = RecordLock<SecretLockBackend<VaultLockSecret>>;
-/// The lock of one AWS store.
-pub type AwsLock = RecordLock<SecretLockBackend<AwsLockSecret>>;
 
 impl VaultLock {
     /// The lock beside `store`'s secret.
     pub fn new(store: Arc<VaultStore>) -> VaultLock {
         RecordLock::with_backend(SecretLockBackend {
             secret: VaultLockSecret { store },
-        })
-    }
-}
-
-impl AwsLock {
-    /// The lock beside `store`'s secret.
-    pub fn new(store: Arc<AwsStore>) -> AwsLock {
-        RecordLock::with_backend(SecretLockBackend {
-            secret: AwsLockSecret { store },
         })
     }
 }
@@ -126,44 +107,6 @@ impl LockSecret for VaultLockSecret {
     }
 }
 
-/// The AWS lock secret.
-pub struct AwsLockSecret {
-    store: Arc<AwsStore>,
-}
-
-#[async_trait]
-impl LockSecret for AwsLockSecret {
-    /// The `VersionId` carrying `AWSCURRENT` (`None`: no lock secret yet).
-    type Version = Option<String>;
-
-    async fn read(
-        &self,
-    ) -> Result<Option<(Option<String>, Option<serde_json::Value>)>, StoreError> {
-        Ok(self
-            .store
-            .lock_read()
-            .await?
-            .map(|(id, text)| (Some(id), text.and_then(|t| serde_json::from_str(&t).ok()))))
-    }
-
-    async fn write(
-        &self,
-        prev: &Option<String>,
-        content: &serde_json::Value,
-    ) -> Result<Option<Option<String>>, StoreError> {
-        let text = content.to_string();
-        Ok(self
-            .store
-            .lock_write(prev.as_deref(), &text)
-            .await?
-            .map(Some))
-    }
-
-    fn describe(&self) -> String {
-        self.store.lock_describe()
-    }
-}
-
 /// A lock secret as a lock record.
 pub struct SecretLockBackend<S: LockSecret> {
     secret: S,
@@ -205,7 +148,7 @@ pub fn holder_of(data: &serde_json::Value) -> Option<Holder> {
     }
 }
 
-fn expiring(holder: &Holder, now: DateTime<Utc>, duration: Duration) -> Holder {
+pub(super) fn expiring(holder: &Holder, now: DateTime<Utc>, duration: Duration) -> Holder {
     let mut h = holder.clone();
     h.expires = now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
     h
