@@ -6,6 +6,7 @@ mod cli;
 mod cloudrun;
 mod common;
 mod crash;
+mod discover;
 mod files;
 mod gates;
 mod gcp;

@@ -11,7 +11,7 @@ use crate::playbook::Environment;
 
 /// One kind of problem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum FindingKind {
     /// The same name given twice in one file (or one compose service).
     DuplicateName,

@@ -310,14 +310,19 @@ pub fn scan(root: &Path, opts: &Options) -> Result<Report, DiscoverError> {
             }),
         }
     }
-    // A dotenv file a compose service loads belongs to that service and the compose file's
-    // environment.
+    // A dotenv file compose services load belongs to the compose file's environment, and to
+    // the service when only one loads it.
     for link in &compose_files {
+        let services: BTreeSet<&str> = compose_files
+            .iter()
+            .filter(|l| l.file == link.file)
+            .map(|l| l.service.as_str())
+            .collect();
         for r in references
             .iter_mut()
             .filter(|r| r.file == link.file && r.source == "dotenv")
         {
-            if r.service.is_none() {
+            if r.service.is_none() && services.len() == 1 {
                 r.service = Some(link.service.clone());
             }
             if r.environment.is_none() {
