@@ -1156,6 +1156,281 @@ spec:
     l.stop().await;
 }
 
+// Service-account tokens: TokenRequest and TokenReview.
+
+/// Namespace `demo` with the ServiceAccount `rotor` (and the `default` one every namespace
+/// gets).
+const SERVICE_ACCOUNTS: &str = r#"
+namespace: demo
+objects:
+  - {apiVersion: v1, kind: Namespace, metadata: {name: demo}}
+  - {apiVersion: v1, kind: ServiceAccount, metadata: {name: rotor, namespace: demo}}
+"#;
+
+/// A JWT's header and claims, decoded (never verified: that is the server's job).
+fn jwt_parts(token: &str) -> (Value, Value) {
+    use base64::Engine;
+    let part = |i: usize| -> Value {
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(i).unwrap())
+            .unwrap();
+        serde_json::from_slice(&b).unwrap()
+    };
+    (part(0), part(1))
+}
+
+/// `kubectl create --validate=false -f` of a TokenReview of `token` for `audiences`: the
+/// answer's `status`.
+async fn kubectl_token_review(l: &TestLab, token: &str, audiences: &[&str]) -> Value {
+    let file = l.lab().kubeconfig_path().with_file_name("tokenreview.json");
+    let review = json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token, "audiences": audiences},
+    });
+    std::fs::write(&file, review.to_string()).unwrap();
+    let f = file.to_string_lossy().into_owned();
+    let (ok, out, err) =
+        run_kubectl(l, &["create", "--validate=false", "-f", &f, "-o", "json"]).await;
+    std::fs::remove_file(&file).unwrap();
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["kind"], "TokenReview", "{v}");
+    v["status"].clone()
+}
+
+/// The same through the raw API (`POST /apis/authentication.k8s.io/v1/tokenreviews`).
+async fn raw_token_review(l: &TestLab, token: &str, audiences: &[&str]) -> Value {
+    let r = http()
+        .post(format!(
+            "{}/apis/authentication.k8s.io/v1/tokenreviews",
+            l.lab().url()
+        ))
+        .json(
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                      "spec": {"token": token, "audiences": audiences}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["status"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_token_mints_a_token_that_a_token_review_authenticates() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let _ = tokio::task::spawn_blocking(kubectl).await.unwrap();
+    let l = TestLab::start(SERVICE_ACCOUNTS).await;
+    let sas: Api<ServiceAccount> = l.api();
+    let uid = sas.get("rotor").await.unwrap().metadata.uid.unwrap();
+    // Every namespace has its `default` account, as on a cluster.
+    let (ok, out, err) = run_kubectl(&l, &["get", "serviceaccounts"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .eq(["NAME", "SECRETS", "AGE"]),
+        "{out}"
+    );
+    assert!(out.contains("default") && out.contains("rotor"), "{out}");
+
+    // kubectl sends the TokenRequest as protobuf.
+    let (ok, out, err) = run_kubectl(
+        &l,
+        &[
+            "create",
+            "token",
+            "rotor",
+            "-n",
+            "demo",
+            "--audience=vault",
+            "--duration=15m",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let token = out.trim().to_string();
+    let (header, claims) = jwt_parts(&token);
+    assert_eq!(header["alg"], "ES256");
+    let issuer = l.lab().service_account_issuer().to_string();
+    assert_eq!(issuer, l.lab().url());
+    assert_eq!(claims["iss"], issuer.as_str());
+    assert_eq!(claims["sub"], "system:serviceaccount:demo:rotor");
+    assert_eq!(claims["aud"], json!(["vault"]));
+    assert_eq!(claims["kubernetes.io"]["namespace"], "demo");
+    assert_eq!(claims["kubernetes.io"]["serviceaccount"]["name"], "rotor");
+    assert_eq!(
+        claims["kubernetes.io"]["serviceaccount"]["uid"],
+        uid.as_str()
+    );
+    let iat = claims["iat"].as_i64().unwrap();
+    assert_eq!(claims["nbf"].as_i64(), Some(iat));
+    assert_eq!(claims["exp"].as_i64(), Some(iat + 900), "--duration=15m");
+    let now = chrono::Utc::now().timestamp();
+    assert!((now - iat).abs() < 60, "{claims}");
+    // The key that signed it is published where kube-apiserver publishes it.
+    let jwks: Value = http()
+        .get(format!("{}/openid/v1/jwks", l.lab().url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], header["kid"], "{jwks}");
+    let discovery: Value = http()
+        .get(format!(
+            "{}/.well-known/openid-configuration",
+            l.lab().url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["issuer"], issuer.as_str());
+    assert!(
+        l.lab()
+            .service_account_public_key_pem()
+            .starts_with("-----BEGIN PUBLIC KEY-----\n")
+    );
+
+    // A TokenReview (kubectl create -f) authenticates it as the ServiceAccount.
+    let status = kubectl_token_review(&l, &token, &["vault"]).await;
+    assert_eq!(status["authenticated"], true, "{status}");
+    assert_eq!(
+        status["user"]["username"],
+        "system:serviceaccount:demo:rotor"
+    );
+    assert_eq!(status["user"]["uid"], uid.as_str());
+    assert_eq!(
+        status["user"]["groups"],
+        json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:demo",
+            "system:authenticated"
+        ])
+    );
+    assert_eq!(status["audiences"], json!(["vault"]));
+    // Another audience than the token's: not authenticated.
+    let status = raw_token_review(&l, &token, &["someone-else"]).await;
+    assert_ne!(status["authenticated"], true, "{status}");
+    assert!(
+        status["error"].as_str().unwrap().contains(
+            r#"token audiences ["vault"] is invalid for the target audiences ["someone-else"]"#
+        ),
+        "{status}"
+    );
+
+    // Without --audience the token is for the API server itself (its issuer), one hour long,
+    // and a review without audiences accepts it.
+    let (ok, out, err) = run_kubectl(&l, &["create", "token", "rotor"]).await;
+    assert!(ok, "{err}");
+    let plain = out.trim().to_string();
+    let (_, c) = jwt_parts(&plain);
+    assert_eq!(c["aud"], json!([issuer]));
+    assert_eq!(
+        c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+        3600
+    );
+    let status = raw_token_review(&l, &plain, &[]).await;
+    assert_eq!(status["authenticated"], true, "{status}");
+    assert_eq!(status["audiences"], json!([issuer]));
+
+    // Tampered: the claims say another account, the signature is the original one's.
+    let mut forged = claims.clone();
+    forged["kubernetes.io"]["serviceaccount"]["name"] = json!("default");
+    forged["sub"] = json!("system:serviceaccount:demo:default");
+    let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+    {
+        use base64::Engine;
+        parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged.to_string());
+    }
+    let status = kubectl_token_review(&l, &parts.join("."), &["vault"]).await;
+    assert_ne!(status["authenticated"], true, "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("error in cryptographic primitive"),
+        "{status}"
+    );
+    assert_eq!(status["user"], json!({}), "{status}");
+    // Expired: issued two hours ago, for one hour.
+    let expired = l
+        .lab()
+        .service_account_token(
+            "demo",
+            "rotor",
+            &["vault"],
+            std::time::SystemTime::now() - Duration::from_secs(7200),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let status = kubectl_token_review(&l, &expired, &["vault"]).await;
+    assert_ne!(status["authenticated"], true, "{status}");
+    assert_eq!(
+        status["error"],
+        "[invalid bearer token, service account token has expired]"
+    );
+    // Not a JWT at all.
+    let status = raw_token_review(&l, "not-a-token", &["vault"]).await;
+    assert_ne!(status["authenticated"], true, "{status}");
+
+    // Kubernetes' refusals: a missing ServiceAccount (404), under ten minutes (422).
+    let (ok, _, err) = run_kubectl(&l, &["create", "token", "nobody"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains(r#"serviceaccounts "nobody" not found"#),
+        "{err}"
+    );
+    let (ok, _, err) = run_kubectl(&l, &["create", "token", "rotor", "--duration=5m"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("may not specify a duration less than 10 minutes"),
+        "{err}"
+    );
+    // An empty review is a bad request.
+    let r = http()
+        .post(format!(
+            "{}/apis/authentication.k8s.io/v1/tokenreviews",
+            l.lab().url()
+        ))
+        .json(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // A deleted ServiceAccount takes its tokens with it.
+    sas.delete("rotor", &DeleteParams::default()).await.unwrap();
+    let status = raw_token_review(&l, &token, &["vault"]).await;
+    assert_ne!(status["authenticated"], true, "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains(r#"serviceaccount "rotor" not found"#),
+        "{status}"
+    );
+    let stats = l.lab().stats();
+    let counted = |r: &str| {
+        stats
+            .requests
+            .get(r)
+            .and_then(|v| v.get("create"))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert!(counted("serviceaccounts/token") >= 4, "{stats:?}");
+    assert!(counted("tokenreviews") >= 7, "{stats:?}");
+    l.stop().await;
+}
+
 // Readiness gates and the pods/status subresource.
 
 /// The readiness gate the tests' pod templates carry.

@@ -887,6 +887,178 @@ async fn vault_kubernetes_login_reaches_the_auth_method_and_never_shows_the_jwt(
     );
 }
 
+/// The lab's Kubernetes API (TokenRequest, TokenReview) with ServiceAccounts `rotor` and
+/// `intruder` in namespace `demo`.
+async fn service_account_lab() -> (tempfile::TempDir, rotor_lab::LabHandle) {
+    let topo = rotor_lab::Topology::parse(
+        "namespace: demo\nobjects:\n  - {apiVersion: v1, kind: Namespace, metadata: {name: demo}}\n  \
+         - {apiVersion: v1, kind: ServiceAccount, metadata: {name: rotor}}\n  \
+         - {apiVersion: v1, kind: ServiceAccount, metadata: {name: intruder}}\n",
+        Path::new("service-accounts.yaml"),
+    )
+    .unwrap();
+    crate::common::scratch_lab("rotor-vault-k8s-", topo, |_| {}).await
+}
+
+/// `POST /api/v1/namespaces/demo/serviceaccounts/{name}/token` for audience `vault`, as the
+/// kubelet asks for a projected token: the token.
+async fn lab_token(lab: &rotor_lab::LabHandle, name: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/namespaces/demo/serviceaccounts/{name}/token",
+            lab.url()
+        ))
+        .json(&serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": ["vault"], "expirationSeconds": 3600},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    v["status"]["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_kubernetes_login_reviewed_by_the_lab_rotates_under_the_documented_policy() {
+    use rotor::store::Store as _;
+    let bao = Bao::dev().await;
+    let (_lab_dir, lab) = service_account_lab().await;
+    // The documented policy, as `rotor`.
+    bao.least_privilege_token();
+    // Kubernetes auth as on a cluster: OpenBao checks the JWT itself (the lab's public key,
+    // its issuer, the role's audience and bound account), then asks the lab's TokenReview API
+    // (kubernetes_host, plain http on loopback) whether it is still valid. There is no pod
+    // around OpenBao: disable_local_ca_jwt, so the login JWT is the reviewer's bearer; OpenBao
+    // wants a CA certificate with it, unused over http.
+    let ca = rcgen::generate_simple_self_signed(vec!["kubernetes".to_string()]).unwrap();
+    let ca_file = bao.dir.path().join("k8s-ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let key_file = bao.dir.path().join("sa-key.pem");
+    std::fs::write(&key_file, lab.service_account_public_key_pem()).unwrap();
+    let host_arg = format!("kubernetes_host={}", lab.url());
+    let ca_arg = format!("kubernetes_ca_cert=@{}", ca_file.display());
+    let key_arg = format!("pem_keys=@{}", key_file.display());
+    let issuer_arg = format!("issuer={}", lab.service_account_issuer());
+    for args in [
+        &["auth", "enable", "kubernetes"][..],
+        &[
+            "write",
+            "auth/kubernetes/config",
+            &host_arg,
+            &ca_arg,
+            &key_arg,
+            &issuer_arg,
+            "disable_iss_validation=false",
+            "disable_local_ca_jwt=true",
+        ],
+        &[
+            "write",
+            "auth/kubernetes/role/rotor",
+            "bound_service_account_names=rotor",
+            "bound_service_account_namespaces=demo",
+            "audience=vault",
+            "token_policies=rotor",
+            "token_no_default_policy=true",
+            "token_ttl=10m",
+        ],
+    ] {
+        let out = bao.cli(args);
+        assert_eq!(out.code(), Some(0), "bao {args:?}: {}", out.stderr);
+    }
+    // The pod's token, where the kubelet would mount it (outside the run's directory).
+    let jwt = lab_token(&lab, "rotor").await;
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, &jwt).unwrap();
+    let auth = format!(
+        "  auth:\n    method: kubernetes\n    role: rotor\n    token_file: {}\n",
+        token_file.display()
+    );
+    // VAULT_TOKEN is not a token at all: every call rides on the Kubernetes login.
+    let env = vault_env(&bao, "not-a-vault-token", &auth);
+    env.rotor(&["init"]).await.assert_code(0);
+    let a = bao.value(1).expect("version 1 is readable");
+    let spec = |token_file: PathBuf| rotor::playbook::VaultStoreSpec {
+        mount: MOUNT.into(),
+        path: PATH.into(),
+        address: Some(bao.addr.clone()),
+        namespace: None,
+        auth: rotor::playbook::VaultAuth::Kubernetes {
+            mount: "kubernetes".into(),
+            role: "rotor".into(),
+            token_file,
+        },
+        retry_deadline: Duration::from_secs(2),
+        lock_duration: Duration::from_secs(30),
+    };
+    let store = rotor::store::vault::VaultStore::new(&spec(token_file.clone()), SECRET);
+    let snap = store.snapshot().await.expect("a snapshot after the login");
+    assert_eq!(snap.primary.as_deref(), Some("1"));
+    assert_eq!(snap.secondary, None);
+    env.rotor(&["up"]).await.assert_code(0);
+    let load = env.load();
+    let out = env.rotor(&["--output", "json", "rotate", "--yes"]).await;
+    out.assert_code(0);
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    assert_eq!(out.last_json()["report"]["state"], "S5");
+    let meta = bao.metadata();
+    assert_eq!(
+        custom(&meta, "rotor-primary").as_deref(),
+        Some("2"),
+        "{meta}"
+    );
+    assert!(destroyed(&meta, 1), "{meta}");
+    let b = bao.value(2).unwrap();
+    // Every login went through the lab's TokenReview.
+    let reviews = lab
+        .stats()
+        .requests
+        .get("tokenreviews")
+        .and_then(|v| v.get("create"))
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        reviews >= 4,
+        "one review per rotor process and store: {reviews}"
+    );
+
+    // Another service account's token, signed by the same cluster: refused by the role, said
+    // so, and the JWT never shows.
+    let intruder = lab_token(&lab, "intruder").await;
+    let intruder_file = token_dir.path().join("intruder");
+    std::fs::write(&intruder_file, &intruder).unwrap();
+    let store = rotor::store::vault::VaultStore::new(&spec(intruder_file), SECRET);
+    let err = store.snapshot().await.unwrap_err().to_string();
+    assert!(err.contains("auth/kubernetes/login"), "{err}");
+    assert!(err.contains("service account name not authorized"), "{err}");
+    let signature = intruder.rsplit('.').next().unwrap();
+    assert!(
+        !err.contains(&intruder) && !err.contains(signature),
+        "{err}"
+    );
+    // The right account, deleted from the cluster since: its token still passes OpenBao's own
+    // checks, and the TokenReview refuses it.
+    let r = reqwest::Client::new()
+        .delete(format!(
+            "{}/api/v1/namespaces/demo/serviceaccounts/rotor",
+            lab.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let store = rotor::store::vault::VaultStore::new(&spec(token_file), SECRET);
+    let err = store.snapshot().await.unwrap_err().to_string();
+    assert!(err.contains("auth/kubernetes/login"), "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(!err.contains(&jwt), "{err}");
+    env.finish(&[a, b, jwt]).await;
+    lab.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_a_secret_written_before_rotor_is_refused_by_init_then_adopted_and_rotated() {
     let bao = Bao::dev().await;

@@ -1,7 +1,8 @@
 //! The HTTP API: discovery, CRUD, patch, watch and the `/status` subresources of the resource
 //! table, speaking the Kubernetes wire protocol (JSON only, no authentication: any bearer
 //! token is accepted and ignored), plus the lab's admin endpoints `/lab/v1/faults` and
-//! `/lab/v1/stats`. `/v1/...` goes to the Secret Manager (`super::secretmanager`).
+//! `/lab/v1/stats`. `/v1/...` goes to the Secret Manager (`super::secretmanager`);
+//! TokenRequest, TokenReview and the OIDC discovery documents to `super::serviceaccounts`.
 //!
 //! Owns: URL parsing, verbs, preconditions, defaulting and validation of written objects, fault
 //! injection at the request boundary, statistics. Must never: log request or object bodies
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     pub logs_dir: std::path::PathBuf,
     /// The Secret Manager API under `/v1/`.
     pub secret_manager: super::secretmanager::SecretManagerLab,
+    /// Signs and checks service-account tokens (TokenRequest, TokenReview).
+    pub tokens: super::serviceaccounts::Issuer,
 }
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -65,6 +68,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(super::secretmanager::admin_secrets),
         )
         .route("/v1/{*path}", any(super::secretmanager::handle))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
+        .route("/openid/v1/jwks", get(jwks))
         .fallback(handle)
         .with_state(shared)
 }
@@ -95,6 +103,124 @@ async fn clear_faults(State(s): State<Arc<Shared>>) -> Response {
 
 async fn stats(State(s): State<Arc<Shared>>) -> Response {
     axum::Json(s.stats.snapshot()).into_response()
+}
+
+async fn openid_configuration(State(s): State<Arc<Shared>>) -> Response {
+    json_response(StatusCode::OK, &s.tokens.openid_configuration())
+}
+
+async fn jwks(State(s): State<Arc<Shared>>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/jwk-set+json")],
+        serde_json::to_vec(&s.tokens.jwks()).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// The two create-only endpoints of service-account tokens (never stored).
+enum TokenApi {
+    /// `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token`.
+    Request { ns: String, name: String },
+    /// `POST /apis/authentication.k8s.io/v1/tokenreviews`.
+    Review,
+}
+
+fn token_route(path: &str) -> Option<TokenApi> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        [
+            "api",
+            "v1",
+            "namespaces",
+            ns,
+            "serviceaccounts",
+            name,
+            "token",
+        ] => Some(TokenApi::Request {
+            ns: ns.to_string(),
+            name: name.to_string(),
+        }),
+        ["apis", "authentication.k8s.io", "v1", "tokenreviews"] => Some(TokenApi::Review),
+        _ => None,
+    }
+}
+
+/// TokenRequest and TokenReview: counted, open to `api` and `forbid` faults like any request
+/// (`create` on `serviceaccounts/token` or `tokenreviews`), answered by
+/// `super::serviceaccounts`. No request is authenticated: the bearer is not looked at.
+async fn token_api(
+    s: &Shared,
+    api: TokenApi,
+    method: &Method,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+    client: &str,
+) -> Response {
+    let (res, sub, ns, name): (&'static Resource, Option<&str>, Option<&str>, &str) = match &api {
+        TokenApi::Request { ns, name } => (
+            resources::get("serviceaccounts"),
+            Some("token"),
+            Some(ns.as_str()),
+            name.as_str(),
+        ),
+        TokenApi::Review => (&resources::TOKENREVIEWS, None, None, ""),
+    };
+    let resource = match sub {
+        Some(sub) => format!("{}/{sub}", res.plural),
+        None => res.plural.to_string(),
+    };
+    s.stats.begin(&resource, "create", client);
+    let _g = InFlight(&s.stats);
+    if method != Method::POST {
+        return ApiError::method_not_allowed().into_response();
+    }
+    let info = RequestInfo {
+        verb: "create",
+        resource: &resource,
+        namespace: ns,
+        name,
+    };
+    match s.faults.check(&info) {
+        Some(Injected::Forbid { user }) => {
+            tracing::info!(resource, name, "lab: injected 403");
+            return ApiError::forbidden(res, sub, "create", ns, name, &user).into_response();
+        }
+        Some(Injected::Api { effect, hang_ms }) => {
+            tracing::info!(resource, name, ?effect, "lab: injected fault");
+            match effect {
+                ApiEffect::Conflict => return ApiError::conflict(res, name).into_response(),
+                ApiEffect::Internal => {
+                    return ApiError::internal("injected fault").into_response();
+                }
+                ApiEffect::Timeout => {
+                    tokio::time::sleep(Duration::from_millis(hang_ms)).await;
+                    return ApiError::timeout().into_response();
+                }
+                ApiEffect::Delay => tokio::time::sleep(Duration::from_millis(hang_ms)).await,
+            }
+        }
+        None => {}
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let dry_run = q.get("dryRun").is_some_and(|v| v == "All");
+    let answer = match api {
+        TokenApi::Request { ref ns, ref name } => {
+            super::serviceaccounts::token_request(&s.store, &s.tokens, ns, name, ct, body, dry_run)
+        }
+        TokenApi::Review => super::serviceaccounts::token_review(&s.store, &s.tokens, ct, body),
+    };
+    match answer {
+        Ok(v) => {
+            tracing::debug!(resource, name, "lab: token call answered");
+            json_response(StatusCode::CREATED, &v)
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 /// A resource URL, parsed.
@@ -240,6 +366,9 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let client = client_of(&headers);
+    if let Some(api) = token_route(uri.path()) {
+        return token_api(&s, api, &method, &q, &headers, &body, &client).await;
+    }
     let t = match route(uri.path()) {
         Route::Json(mut v) => {
             s.stats.begin("discovery", "get", &client);
@@ -765,6 +894,12 @@ pub(crate) fn create_object(
     }
     let created = store.create(res, obj)?;
     tracing::debug!(kind = res.kind, name = name_of(&created), "lab: created");
+    if res.plural == "namespaces" {
+        // The ServiceAccount controller's `default` account, in every new namespace.
+        let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                        "metadata": {"name": "default", "namespace": name_of(&created)}});
+        let _ = store.create(resources::get("serviceaccounts"), sa);
+    }
     Ok(created)
 }
 

@@ -248,6 +248,16 @@ pub enum LabError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The service-account signing key cannot be generated.
+    #[error("cannot generate the service-account signing key: {0}")]
+    SigningKey(String),
+    /// A service-account token cannot be issued (no such ServiceAccount, ...).
+    #[error("cannot issue a token for the ServiceAccount {namespace}/{name}: {message}")]
+    ServiceAccountToken {
+        namespace: String,
+        name: String,
+        message: String,
+    },
     /// An object of the topology was refused by the API.
     #[error("the topology object {kind} {name:?} was refused: {message}")]
     Object {

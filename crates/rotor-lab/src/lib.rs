@@ -10,7 +10,8 @@
 //! `volumes` (Secret volumes with the kubelet's layout and sync delay), `endpoints` (the
 //! fleet's `endpoints.json` files), `inprocess` (in-process pods), `faults`
 //! (fault injection and statistics), `topology` (the topology file), `secretmanager` (Google
-//! Cloud Secret Manager's REST API v1 on the same address).
+//! Cloud Secret Manager's REST API v1 on the same address), `serviceaccounts` (TokenRequest,
+//! TokenReview and the service-account signing key).
 //!
 //! Owns: everything under the lab's `dir` and the endpoints files under `fleet_dir`, and the
 //! processes it starts (stopped by pid on shutdown). Must never: log Secret data or pod
@@ -36,6 +37,7 @@ mod patch;
 mod resources;
 mod secretmanager;
 mod selector;
+mod serviceaccounts;
 mod table;
 mod topology;
 mod volumes;
@@ -222,6 +224,10 @@ impl Lab {
                 .or(topo.namespace.as_deref())
                 .unwrap_or("default")
                 .to_string();
+            if res.plural == "serviceaccounts" && name == "default" {
+                // The topology's own `default` account replaces the one every namespace gets.
+                let _ = store.remove(res, &ns, &name);
+            }
             api::create_object(&store, res, Some(&ns), o.clone(), false)
                 .map_err(|e| refused(kind, &name, e))?;
         }
@@ -251,6 +257,8 @@ impl Lab {
         f.write_all(kubeconfig_text(addr, &namespace).as_bytes())
             .map_err(write_err)?;
         let (shutdown, rx) = watch::channel(false);
+        let tokens =
+            serviceaccounts::Issuer::new(format!("http://{addr}")).map_err(LabError::SigningKey)?;
         let shared = Arc::new(api::Shared {
             store: store.clone(),
             faults: faults.clone(),
@@ -259,6 +267,7 @@ impl Lab {
             shutdown: rx.clone(),
             logs_dir: opts.dir.join("logs"),
             secret_manager: SecretManagerLab::new(addr),
+            tokens,
         });
         let mut tasks = Vec::new();
         let app = api::router(shared.clone());
@@ -370,6 +379,51 @@ impl LabHandle {
     /// log, and the secrets' state without going through HTTP.
     pub fn secret_manager(&self) -> &SecretManagerLab {
         &self.shared.secret_manager
+    }
+
+    /// The `iss` of the lab's service-account tokens: its own URL, `http://127.0.0.1:PORT`
+    /// (`/.well-known/openid-configuration` is served there).
+    pub fn service_account_issuer(&self) -> &str {
+        self.shared.tokens.issuer()
+    }
+
+    /// The public key that verifies the lab's service-account tokens (ES256), as a PEM
+    /// `PUBLIC KEY` (Vault's `pem_keys`); `/openid/v1/jwks` serves it as a JWK.
+    pub fn service_account_public_key_pem(&self) -> String {
+        self.shared.tokens.public_key_pem()
+    }
+
+    /// A token for the ServiceAccount `namespace/name`, as a TokenRequest for `audiences`
+    /// (empty: the issuer) would mint it, but issued at `issued_at` and living `lifetime`
+    /// (no 10-minute minimum): tests mint expired tokens this way. Not counted in the
+    /// statistics. Fails when the ServiceAccount does not exist.
+    pub fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+        issued_at: std::time::SystemTime,
+        lifetime: Duration,
+    ) -> Result<String, LabError> {
+        let mut auds: Vec<String> = audiences.iter().map(|a| a.to_string()).collect();
+        if auds.is_empty() {
+            auds.push(self.service_account_issuer().to_string());
+        }
+        let spec = serviceaccounts::TokenSpec::new(auds, serviceaccounts::seconds(lifetime));
+        serviceaccounts::mint(
+            &self.shared.store,
+            &self.shared.tokens,
+            namespace,
+            name,
+            &spec,
+            issued_at,
+        )
+        .map(|(token, _)| token)
+        .map_err(|e| LabError::ServiceAccountToken {
+            namespace: namespace.into(),
+            name: name.into(),
+            message: e.message,
+        })
     }
 
     /// Stops the controllers, terminates every pod (SIGTERM, then SIGKILL after at most 5s)

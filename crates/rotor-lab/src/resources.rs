@@ -63,6 +63,16 @@ pub(crate) static RESOURCES: &[Resource] = &[
     res!("", "secrets", "secret", "Secret", true, &[], false, false),
     res!(
         "",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+        &["sa"],
+        false,
+        false
+    ),
+    res!(
+        "",
         "configmaps",
         "configmap",
         "ConfigMap",
@@ -124,8 +134,22 @@ pub(crate) static RESOURCES: &[Resource] = &[
     ),
 ];
 
+/// `tokenreviews.authentication.k8s.io`: create-only and never stored (see
+/// `super::serviceaccounts`), so it is not in [`RESOURCES`]; discovery lists it and RBAC
+/// denials name it.
+pub(crate) static TOKENREVIEWS: Resource = res!(
+    "authentication.k8s.io",
+    "tokenreviews",
+    "tokenreview",
+    "TokenReview",
+    false,
+    &[],
+    false,
+    false
+);
+
 /// The groups besides core, in discovery order.
-pub(crate) const GROUPS: &[&str] = &["apps", "coordination.k8s.io"];
+pub(crate) const GROUPS: &[&str] = &["apps", "authentication.k8s.io", "coordination.k8s.io"];
 
 impl Resource {
     /// `v1` or `apps/v1`.
@@ -188,6 +212,18 @@ pub(crate) fn resource_list(group: &str) -> Value {
             e["categories"] = json!(["all"]);
         }
         resources.push(e);
+        if r.plural == "serviceaccounts" {
+            // The TokenRequest subresource (`kubectl create token`), as kube-apiserver lists it.
+            resources.push(json!({
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": true,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }));
+        }
         if r.status {
             resources.push(json!({
                 "name": format!("{}/status", r.plural),
@@ -197,6 +233,15 @@ pub(crate) fn resource_list(group: &str) -> Value {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+    }
+    if group == TOKENREVIEWS.group {
+        resources.push(json!({
+            "name": TOKENREVIEWS.plural,
+            "singularName": TOKENREVIEWS.singular,
+            "namespaced": false,
+            "kind": TOKENREVIEWS.kind,
+            "verbs": ["create"],
+        }));
     }
     let gv = if group.is_empty() {
         "v1".to_string()

@@ -226,6 +226,20 @@ pub(crate) fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
                 )]
             }),
         ),
+        "serviceaccounts" => (
+            vec![
+                col("Name", "string", 0),
+                col("Secrets", "string", 0),
+                col("Age", "string", 0),
+            ],
+            Box::new(|o: &Value| {
+                let n = o
+                    .get("secrets")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len);
+                vec![json!(n)]
+            }),
+        ),
         "namespaces" => (
             vec![
                 col("Name", "string", 0),
