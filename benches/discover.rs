@@ -40,12 +40,39 @@ fn generate(root: &Path, files: usize) -> usize {
         std::fs::create_dir_all(dir.join("build")).unwrap();
         let env = ["development", "test", "staging", "production"][service % 4];
         let read = [
-            ("src/app.py", format!("import os\nKEY = os.environ['SERVICE_SECRET']\nOTHER = os.getenv('SVC{service}_API_TOKEN')\n")),
-            ("src/index.ts", "const k = process.env.JWT_SECRET_KEY;\nexport default k;\n".to_string()),
-            ("src/main.go", "package main\nimport \"os\"\nfunc main() { _ = os.Getenv(\"SERVICE_SECRET\") }\n".to_string()),
-            (".env.development", format!("SERVICE_SECRET=dev-{service:08}-abcdefghijklmnopqrstuvwxyz012345\nJWT_SECRET_KEY=${{SERVICE_SECRET}}\n")),
-            ("docker-compose.yml", format!("services:\n  svc{service}:\n    env_file: .env.development\n    environment:\n      SECRET_KEY: ${{SERVICE_SECRET}}\n")),
-            (&format!("k8s/{env}.yaml"), format!("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: svc{service}\n  namespace: {env}\nspec:\n  template:\n    spec:\n      containers:\n        - name: app\n          env:\n            - name: SERVICE_SECRET\n              valueFrom:\n                secretKeyRef: {{name: service-secret, key: value}}\n")),
+            (
+                "src/app.py",
+                format!(
+                    "import os\nKEY = os.environ['SERVICE_SECRET']\nOTHER = os.getenv('SVC{service}_API_TOKEN')\n"
+                ),
+            ),
+            (
+                "src/index.ts",
+                "const k = process.env.JWT_SECRET_KEY;\nexport default k;\n".to_string(),
+            ),
+            (
+                "src/main.go",
+                "package main\nimport \"os\"\nfunc main() { _ = os.Getenv(\"SERVICE_SECRET\") }\n"
+                    .to_string(),
+            ),
+            (
+                ".env.development",
+                format!(
+                    "SERVICE_SECRET=dev-{service:08}-abcdefghijklmnopqrstuvwxyz012345\nJWT_SECRET_KEY=${{SERVICE_SECRET}}\n"
+                ),
+            ),
+            (
+                "docker-compose.yml",
+                format!(
+                    "services:\n  svc{service}:\n    env_file: .env.development\n    environment:\n      SECRET_KEY: ${{SERVICE_SECRET}}\n"
+                ),
+            ),
+            (
+                &format!("k8s/{env}.yaml"),
+                format!(
+                    "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: svc{service}\n  namespace: {env}\nspec:\n  template:\n    spec:\n      containers:\n        - name: app\n          env:\n            - name: SERVICE_SECRET\n              valueFrom:\n                secretKeyRef: {{name: service-secret, key: value}}\n"
+                ),
+            ),
         ];
         std::fs::create_dir_all(dir.join("k8s")).unwrap();
         for (name, text) in read {
@@ -74,7 +101,9 @@ fn generate(root: &Path, files: usize) -> usize {
 }
 
 fn main() {
-    let files: usize = arg("--files").and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let files: usize = arg("--files")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let tmp = tempfile::Builder::new()
         .prefix("rotor-bench-discover-")
         .tempdir()
