@@ -99,6 +99,15 @@ impl Cx<'_> {
         service: Option<String>,
         value: Option<&str>,
     ) {
+        // Names, targets and services come from the file: untrusted text. A name that is not a
+        // variable name is not one (a YAML key holding something else); the rest is bounded.
+        if !crate::dotenv::valid_name(name) || name.len() > MAX_NAME {
+            return;
+        }
+        let kind = match kind {
+            RefKind::Maps { to } => RefKind::Maps { to: bounded(&to) },
+            k => k,
+        };
         let value = value.filter(|v| !v.is_empty()).map(|v| {
             let v = SecretValue::new(v.to_string());
             ValueInfo::of(&v, &self.opts.weak)
@@ -110,7 +119,9 @@ impl Cx<'_> {
             kind,
             source,
             environment: environment.or(self.environment),
-            service: service.or_else(|| self.service.clone()),
+            service: service
+                .or_else(|| self.service.clone())
+                .map(|s| bounded(&s)),
             value,
         });
     }
@@ -293,7 +304,7 @@ impl Cx<'_> {
                 let dir = self.file.rsplit_once('/').map_or("", |(d, _)| d);
                 self.found.env_files.push(EnvFileLink {
                     file: normalize(dir, path),
-                    service: service.clone().unwrap_or_default(),
+                    service: bounded(service.as_deref().unwrap_or_default()),
                     environment: env,
                     from: (self.file.to_string(), line(f)),
                 });
@@ -747,6 +758,31 @@ fn patterns(source: &str) -> &'static [(Regex, Pattern)] {
     }
 }
 
+/// Longest variable name taken from a file.
+const MAX_NAME: usize = 256;
+/// Longest service or mapping target shown.
+const MAX_LABEL: usize = 128;
+
+/// Text from a file as a label: letters, digits and `_.:/@+=-` kept, anything else `?`, at most
+/// [`MAX_LABEL`] characters (then `…`).
+pub fn bounded(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_LABEL)
+        .map(|c| {
+            if c.is_alphanumeric() || "_.:/@+=-".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if text.chars().count() > MAX_LABEL {
+        out.push('…');
+    }
+    out
+}
+
 /// Byte offset → line number.
 struct LineIndex {
     starts: Vec<usize>,
@@ -863,4 +899,25 @@ fn normalize(dir: &str, path: &str) -> String {
         }
     }
     parts.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_targets_and_services_from_files_are_untrusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let compose = "services:\n  \"evil\\u001b[31m\":\n    environment:\n      \"not a name\": x\n      SERVICE_SECRET: ${OK}\n      JWT_KEY: abcdefghijklmnopqrstuvwxyz0123456789\n";
+        std::fs::write(dir.path().join("docker-compose.yml"), compose).unwrap();
+        let found = read(dir.path(), "docker-compose.yml", &Options::default()).unwrap();
+        let names: Vec<&str> = found.references.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["SERVICE_SECRET", "JWT_KEY"]);
+        for r in &found.references {
+            let svc = r.service.as_deref().unwrap();
+            assert!(!svc.chars().any(char::is_control), "{svc:?}");
+        }
+        assert_eq!(bounded("a\nb c"), "a?b?c");
+        assert_eq!(bounded(&"x".repeat(300)).chars().count(), MAX_LABEL + 1);
+    }
 }

@@ -91,7 +91,11 @@ pub fn walk(root: &Path, opts: &Options) -> std::io::Result<Walked> {
             .strip_prefix(root)
             .unwrap_or(entry.path())
             .to_string_lossy()
-            .replace('\\', "/");
+            .replace('\\', "/")
+            // A file name is untrusted text too: no control character reaches the report.
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect::<String>();
         if files.len() >= opts.max_files {
             truncated = true;
             break;
