@@ -94,7 +94,41 @@ impl Handover {
     }
 }
 
+/// Longest text of a holder's field read from a lock record.
+const MAX_HOLDER_TEXT: usize = 256;
+
+/// Text from a lock record as rotor shows it: control characters replaced, at most
+/// [`MAX_HOLDER_TEXT`] characters, values rotor knows redacted.
+fn bounded(text: &str) -> String {
+    let redacted = crate::redact::redact(text);
+    let mut out: String = redacted
+        .chars()
+        .take(MAX_HOLDER_TEXT)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if redacted.chars().count() > MAX_HOLDER_TEXT {
+        out.push('…');
+    }
+    out
+}
+
 impl Holder {
+    /// The holder as read from a record anyone could have written (a lock file, an annotation,
+    /// a Lease, a lock secret): every text field bounded and cleaned, so it can be shown. A
+    /// holder rotor wrote is unchanged.
+    pub fn untrusted(mut self) -> Holder {
+        self.identity = bounded(&self.identity);
+        self.command = bounded(&self.command);
+        self.stage = bounded(&self.stage);
+        self.rotation = self.rotation.as_deref().map(bounded);
+        if let Some(h) = &mut self.handover {
+            h.by = bounded(&h.by);
+            h.reason = bounded(&h.reason);
+            h.to = bounded(&h.to);
+        }
+        self
+    }
+
     /// Whether `self` and `other` describe the same acquisition (same identity, same start).
     pub fn same_claim(&self, other: &Holder) -> bool {
         self.identity == other.identity && self.since == other.since
@@ -327,7 +361,7 @@ impl FileLock {
     /// The holder file, with a handover request addressed to this holder.
     fn read_holder(&self) -> Option<Holder> {
         let bytes = fs::read(self.holder_path()).ok()?;
-        let mut h: Holder = serde_json::from_slice(&bytes).ok()?;
+        let mut h: Holder = serde_json::from_slice::<Holder>(&bytes).ok()?.untrusted();
         h.handover = fs::read(self.handover_path())
             .ok()
             .and_then(|b| serde_json::from_slice::<Handover>(&b).ok())

@@ -59,7 +59,7 @@ pub fn holder_of(secret: &Secret) -> Option<Holder> {
     let json = secret.annotations.get(LOCK_ANNOTATION)?;
     match serde_json::from_str::<Holder>(json) {
         Ok(h) if h.identity.is_empty() => None,
-        Ok(h) => Some(h),
+        Ok(h) => Some(h.untrusted()),
         Err(_) => Some(Holder {
             identity: format!("unknown (the `{LOCK_ANNOTATION}` annotation is not rotor's)"),
             command: "unknown".into(),

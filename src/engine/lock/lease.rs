@@ -198,7 +198,7 @@ pub fn holder_of(lease: &Lease) -> Option<Holder> {
         .and_then(|json| serde_json::from_str(json).ok());
     let expires = expiry(spec);
     let acquired = spec.acquire_time.as_ref().map(chrono_of);
-    Some(match annotated {
+    let holder = match annotated {
         Some(h) => Holder {
             identity: identity.to_string(),
             expires,
@@ -213,7 +213,8 @@ pub fn holder_of(lease: &Lease) -> Option<Holder> {
             expires,
             handover: None,
         },
-    })
+    };
+    Some(holder.untrusted())
 }
 
 fn annotations(lease: &Lease, holder: Option<&Holder>) -> Option<BTreeMap<String, String>> {

@@ -135,7 +135,7 @@ pub fn holder_of(data: &serde_json::Value) -> Option<Holder> {
     }
     match serde_json::from_str::<Holder>(text) {
         Ok(h) if h.identity.is_empty() => None,
-        Ok(h) => Some(h),
+        Ok(h) => Some(h.untrusted()),
         Err(_) => Some(Holder {
             identity: format!("unknown (the lock secret's `{HOLDER_KEY}` is not rotor's)"),
             command: "unknown".into(),
@@ -300,5 +300,21 @@ mod tests {
         let foreign = holder_of(&serde_json::json!({ HOLDER_KEY: "not json" })).unwrap();
         assert_eq!(foreign.expires, DateTime::UNIX_EPOCH);
         assert_eq!(holder_of(&serde_json::json!({ HOLDER_KEY: "" })), None);
+    }
+
+    #[test]
+    fn a_holder_read_from_a_lock_secret_is_bounded_and_a_real_one_unchanged() {
+        let me = Holder::me("rotate");
+        let text = serde_json::to_string(&me).unwrap();
+        let back = holder_of(&serde_json::json!({ HOLDER_KEY: text })).unwrap();
+        assert_eq!(back, me, "a holder rotor wrote reads back as written");
+        let mut evil = me.clone();
+        evil.stage = format!("\u{1b}[31m{}", "x".repeat(10_000));
+        evil.command = "rotate\nFAKE: line".into();
+        let text = serde_json::to_string(&evil).unwrap();
+        let back = holder_of(&serde_json::json!({ HOLDER_KEY: text })).unwrap();
+        assert!(back.stage.chars().count() <= 257, "{}", back.stage.len());
+        assert!(!back.stage.contains('\u{1b}') && !back.command.contains('\n'));
+        assert!(back.same_claim(&me));
     }
 }
