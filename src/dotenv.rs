@@ -1,7 +1,7 @@
 //! The dotenv grammar as docker compose reads an `env_file` (and `.env` for interpolation):
 //! one entry per line, `KEY=VALUE` with an optional `export ` prefix; `#` starts a comment at
 //! the beginning of a line, or after whitespace in an unquoted value; a value may be
-//! single-quoted (literal), double-quoted (escapes `\n`, `\t`, `\"`, `\\`, `\$`; may span
+//! single-quoted (literal; may span lines), double-quoted (escapes `\n`, `\t`, `\"`, `\\`, `\$`; may span
 //! lines) or unquoted (trimmed); `${NAME}`, `${NAME:-default}` and `$NAME` in an unquoted or
 //! double-quoted value refer to another variable; a line with a key and no `=` passes the
 //! variable through from the environment.
@@ -87,16 +87,31 @@ pub fn parse(text: &str) -> (Vec<Entry>, Vec<Problem>) {
         let rest = rest.trim_start();
         let mut refs = Vec::new();
         let (value, end_line) = if let Some(q) = rest.strip_prefix('\'') {
-            match q.find('\'') {
-                Some(end) => (q[..end].to_string(), line_no),
-                None => {
-                    problems.push(Problem {
-                        line: line_no,
-                        message: "a single quote is not closed on its line".into(),
-                    });
-                    continue;
+            // Single quotes are literal and, as in compose, may span lines (a PEM key): read on
+            // until the closing quote, so no line of the value is taken for an entry.
+            let mut text = q.to_string();
+            let mut end_line = line_no;
+            let closed = loop {
+                if let Some(end) = text.find('\'') {
+                    text.truncate(end);
+                    break true;
                 }
+                if i >= lines.len() {
+                    break false;
+                }
+                text.push('\n');
+                text.push_str(lines[i].strip_suffix('\r').unwrap_or(lines[i]));
+                i += 1;
+                end_line += 1;
+            };
+            if !closed {
+                problems.push(Problem {
+                    line: line_no,
+                    message: "a single quote is never closed".into(),
+                });
+                continue;
             }
+            (text, end_line)
         } else if let Some(q) = rest.strip_prefix('"') {
             // Double quotes may span lines: read on until the closing quote.
             let mut text = q.to_string();
@@ -296,10 +311,27 @@ mod tests {
             one("JWT_SECRET_KEY=${SERVICE_SECRET:-x}-$OTHER$$NOT").refs,
             ["SERVICE_SECRET", "OTHER"]
         );
-        let (e, p) = parse("ok=1\nthis is not an entry s3cr3t\nX='open\nY=\"never closed\n");
+        let (e, p) = parse("ok=1\nthis is not an entry s3cr3t\nY=\"never closed\n");
         assert_eq!(e.len(), 1);
-        assert_eq!(p.iter().map(|p| p.line).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(p.iter().map(|p| p.line).collect::<Vec<_>>(), [2, 3]);
         assert!(p.iter().all(|p| !p.message.contains("s3cr3t")));
+        let (e, p) = parse("ok=1\nX='open s3cr3t\nZ=2\n");
+        assert_eq!(e.len(), 1);
+        assert_eq!(p.iter().map(|p| p.line).collect::<Vec<_>>(), [2]);
+        assert!(p.iter().all(|p| !p.message.contains("s3cr3t")));
+    }
+
+    #[test]
+    fn a_single_quoted_value_spans_lines_and_none_of_its_lines_is_an_entry() {
+        let text = "PRIVATE_KEY='-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\nabcJWTxyz\n-----END PRIVATE KEY-----'\nNEXT=1\n";
+        let (e, p) = parse(text);
+        assert!(p.is_empty(), "{p:?}");
+        let got: Vec<(&str, usize, usize)> = e
+            .iter()
+            .map(|x| (x.name.as_str(), x.line, x.end_line))
+            .collect();
+        assert_eq!(got, [("PRIVATE_KEY", 1, 4), ("NEXT", 5, 5)]);
+        assert!(e[0].value.as_deref().unwrap().contains("\nabcJWTxyz\n"));
     }
 
     #[test]

@@ -358,3 +358,128 @@ fn a_clean_tree_exits_0_and_bad_arguments_exit_2() {
     assert_eq!(out.code(), Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("--secret"), "{}", out.stderr);
 }
+
+/// What review found: pieces of values shown as mapping targets, key material taken for
+/// names, GitHub expressions taken for literals, untrusted names unbounded in "Not read",
+/// `.env.yaml` read as dotenv, and false duplicate / provided-not-read findings.
+#[test]
+fn no_piece_of_a_value_reaches_the_output_and_realistic_files_give_no_false_findings() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let w = |path: &str, text: &str| {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    // A generated password holding `$`: compose would interpolate `$WORD…`, python-dotenv
+    // would not; either way what follows the `$` is part of a value.
+    w(
+        ".env.production",
+        "DB_PASSWORD=p4ss$WORDLEAKPART9zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\n\
+         SIGNING_KEY='-----BEGIN PRIVATE KEY-----\n\
+         MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7JWTleakline\n\
+         abcJWTleakxyz\n\
+         -----END PRIVATE KEY-----'\n\
+         SERVICE_SECRET=${FROM_VAULT}\n",
+    );
+    w(
+        "docker-compose.prod.yml",
+        "services:\n  web:\n    environment:\n      - \"API_TOKEN=tok$ENLEAKPART7\"\n      - DB_PASSWORD\n      - SIGNING_KEY\n      - SERVICE_SECRET\n",
+    );
+    w(
+        ".github/workflows/ci.yml",
+        "on: push\njobs:\n  build:\n    runs-on: ubuntu-latest\n    env:\n      GITHUB_TOKEN: ${{ github.token }}\n      NPM_TOKEN: ${{ secrets.NPM_TOKEN || 'FALLBACKLEAKVALUE12345' }}\n      API_TOKEN: ${{ secrets.API_TOKEN }}\n    steps:\n      - run: npm publish\n",
+    );
+    w(
+        "k8s/web.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: \"web\\u001b[31mRED\"\n  namespace: prod\nspec:\n  template:\n    spec:\n      containers:\n        - name: c\n          envFrom:\n            - secretRef:\n                name: \"evil\\u001b[2J\\nX\"\n",
+    );
+    w(
+        "deploy/secrets.tf",
+        "resource \"google_secret_manager_secret_version\" \"a\" {\n  secret_data = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1\"\n}\nresource \"google_secret_manager_secret_version\" \"b\" {\n  secret_data = \"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb2\"\n}\n",
+    );
+    // Cloud Run's `--env-vars-file` is YAML, whatever its name says.
+    w(
+        ".env.yaml",
+        "SESSION_SECRET: \"qwertyuiopasdfghjklzxcvbnm0123456789QWERTYUIOPASDFGHJKLZXCVBNM012\"\n",
+    );
+    for args in [vec!["--output", "json"], vec![]] {
+        let mut a = args.clone();
+        a.extend(["discover", root.to_str().unwrap()]);
+        let out = discover(&a);
+        assert_eq!(out.code(), Some(12), "{}{}", out.stdout, out.stderr);
+        let all = format!("{}{}", out.stdout, out.stderr);
+        for leak in [
+            "LEAKPART",
+            "leakline",
+            "leakxyz",
+            "FALLBACKLEAK",
+            "\u{1b}",
+            "aaaaaaaaaaaaaaaa",
+            "qwertyuiop",
+        ] {
+            assert!(!all.contains(leak), "{leak:?} leaked:\n{all}");
+        }
+        if args.is_empty() {
+            continue;
+        }
+        let d = &out.last_json()["discover"];
+        let refs = d["references"].as_array().unwrap();
+        let find = |file: &str, name: &str| {
+            refs.iter()
+                .find(|r| r["file"] == file && r["name"] == name)
+                .unwrap_or_else(|| panic!("no {name} in {file}: {refs:#?}"))
+        };
+        // A value with `$` in it is a literal, by fingerprint.
+        let r = find(".env.production", "DB_PASSWORD");
+        assert_eq!(r["kind"], "provides", "{r}");
+        assert_eq!(r["value"]["length"], 77, "{r}");
+        let r = find("docker-compose.prod.yml", "API_TOKEN");
+        assert_eq!(r["kind"], "provides", "{r}");
+        // A real reference still maps.
+        assert_eq!(
+            find(".env.production", "SERVICE_SECRET")["to"],
+            "FROM_VAULT"
+        );
+        // The PEM key is one entry over four lines; none of its lines is a name.
+        assert_eq!(find(".env.production", "SIGNING_KEY")["line"], 2);
+        assert!(
+            refs.iter()
+                .all(|r| !r["name"].as_str().unwrap().contains("JWT")),
+            "{refs:#?}"
+        );
+        // GitHub expressions are not literals of the workflow.
+        let r = find(".github/workflows/ci.yml", "GITHUB_TOKEN");
+        assert!(r["value"].is_null(), "{r}");
+        let r = find(".github/workflows/ci.yml", "NPM_TOKEN");
+        assert!(r["value"].is_null() && r["to"].is_null(), "{r}");
+        assert_eq!(
+            find(".github/workflows/ci.yml", "API_TOKEN")["to"],
+            "github-secret:API_TOKEN"
+        );
+        // `.env.yaml` is read as YAML (no shape: nothing from it, and no "not a NAME=value").
+        let skipped = d["skipped"].as_array().unwrap();
+        assert!(
+            skipped.iter().all(|s| s["file"] != ".env.yaml"),
+            "{skipped:#?}"
+        );
+        let findings = d["findings"].as_array().unwrap();
+        let kinds = |file: &str| {
+            findings
+                .iter()
+                .filter(|f| f["file"] == file)
+                .map(|f| f["kind"].as_str().unwrap())
+                .collect::<Vec<&str>>()
+        };
+        // Two secret versions in one Terraform file are two secrets, not a duplicate.
+        assert!(
+            !kinds("deploy/secrets.tf").contains(&"duplicate-name"),
+            "{findings:#?}"
+        );
+        // A CI job's env is read by its steps; `${{ github.token }}` is no literal.
+        let ci = kinds(".github/workflows/ci.yml");
+        for k in ["provided-not-read", "literal-in-tracked-file", "too-short"] {
+            assert!(!ci.contains(&k), "{k}: {findings:#?}");
+        }
+    }
+}

@@ -187,12 +187,11 @@ pub fn groups(references: &[Reference]) -> Vec<SecretGroup> {
             readers: BTreeMap::new(),
             first: (r.file.clone(), r.line),
         });
-        if !g.names.contains(&r.name) {
-            g.names.push(r.name.clone());
-        }
+        // Pushed, then sorted and deduplicated once: `contains` per reference is quadratic
+        // in a group's size.
+        g.names.push(r.name.clone());
         if let RefKind::Maps { to } = &r.kind
             && !crate::dotenv::valid_name(to)
-            && !g.external.contains(to)
         {
             g.external.push(to.clone());
         }
@@ -202,10 +201,7 @@ pub fn groups(references: &[Reference]) -> Vec<SecretGroup> {
             || matches!(r.source, "compose" | "kubernetes" | "cloud-run")
             || (r.source == "dotenv" && r.service.is_some());
         if reads && let Some(s) = &r.service {
-            let names = g.readers.entry(s.clone()).or_default();
-            if !names.contains(&r.name) {
-                names.push(r.name.clone());
-            }
+            g.readers.entry(s.clone()).or_default().push(r.name.clone());
         }
         if (r.file.as_str(), r.line) < (g.first.0.as_str(), g.first.1) {
             g.first = (r.file.clone(), r.line);
@@ -214,9 +210,12 @@ pub fn groups(references: &[Reference]) -> Vec<SecretGroup> {
     let mut out: Vec<SecretGroup> = by_root.into_values().collect();
     for g in &mut out {
         g.names.sort();
+        g.names.dedup();
         g.external.sort();
+        g.external.dedup();
         for n in g.readers.values_mut() {
             n.sort();
+            n.dedup();
         }
     }
     out.sort_by(|a, b| a.names.cmp(&b.names));
@@ -255,9 +254,11 @@ pub fn judge(
 
     // The same name given twice in one file (one service of a compose file).
     let mut seen: BTreeMap<(String, Option<String>, String), &Reference> = BTreeMap::new();
+    // Kubernetes (a Secret's key is given and mapped at one line) and Terraform (each
+    // resource block is its own: two `secret_data` in one file are two secrets) are not.
     for r in references
         .iter()
-        .filter(|r| gives(r) && r.source != "kubernetes")
+        .filter(|r| gives(r) && !matches!(r.source, "kubernetes" | "terraform"))
     {
         let key = (r.file.clone(), r.service.clone(), r.name.clone());
         if let Some(first) = seen.get(&key) {
@@ -359,10 +360,19 @@ pub fn judge(
         .filter(|r| gives(r))
         .filter_map(|r| r.environment)
         .collect();
+    // Indexed once: a scan over every reference per read is quadratic (one file of
+    // `os.getenv` lines is tens of thousands of reads).
+    let mut given_in: BTreeMap<&str, BTreeSet<Option<Environment>>> = BTreeMap::new();
+    for g in references.iter().filter(|g| gives(g)) {
+        given_in
+            .entry(g.name.as_str())
+            .or_default()
+            .insert(g.environment);
+    }
     let given = |name: &str, env: Option<Environment>| {
-        references
-            .iter()
-            .any(|g| gives(g) && g.name == name && (env.is_none() || g.environment == env))
+        given_in
+            .get(name)
+            .is_some_and(|envs| env.is_none() || envs.contains(&env))
     };
     let mut reported: BTreeSet<(String, &'static str)> = BTreeSet::new();
     for r in references
@@ -400,7 +410,19 @@ pub fn judge(
             references
                 .iter()
                 .filter(|r| r.source != "dotenv" || r.service.is_some())
-                .filter(|r| matches!(r.source, "compose" | "kubernetes" | "cloud-run" | "dotenv"))
+                // What a compose service, a workload, a CI job or a build step is given, it
+                // reads (its steps' commands are not parsed).
+                .filter(|r| {
+                    matches!(
+                        r.source,
+                        "compose"
+                            | "kubernetes"
+                            | "cloud-run"
+                            | "dotenv"
+                            | "github-actions"
+                            | "cloud-build"
+                    )
+                })
                 .map(|r| r.name.as_str()),
         )
         .collect();
@@ -426,9 +448,14 @@ pub fn judge(
             .iter()
             .map(|(s, n)| format!("{s} reads {}", n.join(" and ")))
             .collect();
+        // References are sorted by file and line: a binary search, not a scan per group.
+        let at = references
+            .partition_point(|r| (r.file.as_str(), r.line) < (g.first.0.as_str(), g.first.1));
+        let first = |r: &&Reference| (r.file.as_str(), r.line) == (g.first.0.as_str(), g.first.1);
         let r = references
-            .iter()
-            .find(|r| (r.file.as_str(), r.line) == (g.first.0.as_str(), g.first.1))
+            .get(at)
+            .filter(first)
+            .or_else(|| references.iter().find(first))
             .expect("the group's first reference");
         push(
             FindingKind::NameAliases,

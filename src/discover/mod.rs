@@ -13,7 +13,7 @@ pub mod findings;
 pub mod sources;
 pub mod walk;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -312,22 +312,23 @@ pub fn scan(root: &Path, opts: &Options) -> Result<Report, DiscoverError> {
     }
     // A dotenv file compose services load belongs to the compose file's environment, and to
     // the service when only one loads it.
+    // Indexed by file once: a loop over every link and every reference is quadratic (a
+    // compose file of many services, each loading an env file).
+    let mut loaded: BTreeMap<&str, (BTreeSet<&str>, Option<Environment>)> = BTreeMap::new();
     for link in &compose_files {
-        let services: BTreeSet<&str> = compose_files
-            .iter()
-            .filter(|l| l.file == link.file)
-            .map(|l| l.service.as_str())
-            .collect();
-        for r in references
-            .iter_mut()
-            .filter(|r| r.file == link.file && r.source == "dotenv")
-        {
-            if r.service.is_none() && services.len() == 1 {
-                r.service = Some(link.service.clone());
-            }
-            if r.environment.is_none() {
-                r.environment = link.environment;
-            }
+        let (services, env) = loaded.entry(link.file.as_str()).or_default();
+        services.insert(link.service.as_str());
+        *env = env.or(link.environment);
+    }
+    for r in references.iter_mut().filter(|r| r.source == "dotenv") {
+        let Some((services, env)) = loaded.get(r.file.as_str()) else {
+            continue;
+        };
+        if r.service.is_none() && services.len() == 1 {
+            r.service = services.first().map(|s| s.to_string());
+        }
+        if r.environment.is_none() {
+            r.environment = *env;
         }
     }
     let wanted = findings::names_of_interest(&references, &opts.secrets);

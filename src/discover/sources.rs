@@ -44,15 +44,32 @@ pub struct Found {
 
 /// Whether a (lower-case) file name is a dotenv file.
 pub fn is_dotenv(lower: &str) -> bool {
+    // `.env.yaml` (Cloud Run's `--env-vars-file`), `vite.env.d.ts` or `app.env.js` are read
+    // as what their extension says, not as dotenv.
+    const OTHER: &[&str] = &[
+        "yml", "yaml", "json", "tf", "sh", "bash", "py", "js", "mjs", "cjs", "jsx", "ts", "tsx",
+        "go", "rs", "java", "kt",
+    ];
+    let ext = lower.rsplit_once('.').map_or("", |(_, e)| e);
     lower == ".env"
-        || lower.starts_with(".env.")
-        || lower.ends_with(".env")
-        || lower.contains(".env.")
+        || (!OTHER.contains(&ext)
+            && (lower.starts_with(".env.") || lower.ends_with(".env") || lower.contains(".env.")))
 }
 
 /// Reads `file` (relative to `root`).
 pub fn read(root: &Path, file: &str, opts: &Options) -> Result<Found, String> {
-    let bytes = std::fs::read(root.join(file)).map_err(|e| format!("cannot read it: {e}"))?;
+    // The walk checked the size; a file that grew since is still read only up to the bound.
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(root.join(file))
+        .and_then(|f| {
+            f.take(opts.max_file_bytes.saturating_add(1))
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() as u64 > opts.max_file_bytes {
+        return Err(format!("larger than {} bytes", opts.max_file_bytes));
+    }
     let text = String::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
     let name = file.rsplit('/').next().unwrap_or(file).to_ascii_lowercase();
     let ext = name.rsplit_once('.').map_or("", |(_, e)| e);
@@ -150,12 +167,11 @@ impl Cx<'_> {
             );
             return;
         };
-        let refs = crate::dotenv::refs(value);
-        if let Some(to) = refs.first() {
+        if let Some(to) = reference_of(value) {
             self.push(
                 line,
                 name,
-                RefKind::Maps { to: to.clone() },
+                RefKind::Maps { to },
                 source,
                 environment,
                 service,
@@ -168,6 +184,18 @@ impl Cx<'_> {
                 RefKind::Maps {
                     to: format!("github-secret:{s}"),
                 },
+                source,
+                environment,
+                service,
+                None,
+            );
+        } else if value.contains("${{") {
+            // Another GitHub Actions expression (`${{ github.token }}`, `${{ vars.X }}`,
+            // `${{ secrets.X || 'fallback' }}`): given, but not a literal of this file.
+            self.push(
+                line,
+                name,
+                RefKind::Provides,
                 source,
                 environment,
                 service,
@@ -188,13 +216,22 @@ impl Cx<'_> {
 
     fn dotenv(&mut self, text: &str) {
         let (entries, problems) = crate::dotenv::parse(text);
+        let lines: Vec<&str> = text.split('\n').collect();
         for e in entries {
-            match (&e.value, e.refs.first()) {
+            // The raw text of the entry's value decides whether it is a reference (the parsed
+            // value has its escapes applied; a `\$` is not one).
+            let to = e
+                .value
+                .as_ref()
+                .and_then(|_| e.refs.first())
+                .filter(|to| unambiguous(raw_value(&lines, e.line), to))
+                .cloned();
+            match (&e.value, to) {
                 (None, _) => self.push(e.line, &e.name, RefKind::Reads, "dotenv", None, None, None),
                 (Some(_), Some(to)) => self.push(
                     e.line,
                     &e.name,
-                    RefKind::Maps { to: to.clone() },
+                    RefKind::Maps { to },
                     "dotenv",
                     None,
                     None,
@@ -418,12 +455,14 @@ impl Cx<'_> {
                         .and_then(|s| get(s, "name"))
                         .and_then(str_of)
                     {
+                        // The Secret's and the workload's names are untrusted text.
                         self.found.skipped.push(Skipped {
                             file: self.file.to_string(),
                             reason: format!(
-                                "line {}: envFrom Secret {secret}: every key of it is read ({} reads them all)",
+                                "line {}: envFrom Secret {}: every key of it is read ({} reads them all)",
                                 line(f),
-                                service.as_deref().unwrap_or("the workload")
+                                bounded(secret),
+                                service.as_deref().map_or("the workload".into(), bounded)
                             ),
                         });
                     }
@@ -807,13 +846,45 @@ impl LineIndex {
 fn gh_secret(value: &str) -> Option<&str> {
     let v = value.trim();
     let inner = v.strip_prefix("${{")?.strip_suffix("}}")?.trim();
-    inner.strip_prefix("secrets.").map(str::trim)
+    // Only `secrets.NAME`: `secrets.X || 'fallback'` holds a literal that must not be shown.
+    inner
+        .strip_prefix("secrets.")
+        .filter(|n| crate::dotenv::valid_name(n))
+}
+
+/// The variable `value` takes its value from: `${NAME}` or `${NAME:-default}` anywhere, or a
+/// value that is `$NAME` alone. A bare `$` inside other text (`p4ss$WORD9`, a generated
+/// password) is not taken for one: what follows it is part of a value and must not be shown.
+fn reference_of(value: &str) -> Option<String> {
+    crate::dotenv::refs(value)
+        .into_iter()
+        .find(|to| unambiguous(value, to))
+}
+
+/// Whether `value` refers to `to` in a way that cannot be a piece of a literal.
+fn unambiguous(value: &str, to: &str) -> bool {
+    let v = value.trim().trim_matches('"');
+    v == format!("${to}")
+        || value.contains(&format!("${{{to}}}"))
+        || value.contains(&format!("${{{to}:"))
+        || value.contains(&format!("${{{to}-"))
+        || value.contains(&format!("${{{to}?"))
+}
+
+/// The text after the `=` of the entry at `line` (1-based) of a dotenv file's `lines`.
+fn raw_value<'a>(lines: &[&'a str], line: usize) -> &'a str {
+    let l = lines.get(line.wrapping_sub(1)).copied().unwrap_or("");
+    l.split_once('=').map_or("", |(_, v)| v).trim()
 }
 
 fn yaml_error(e: &crate::playbook::yaml::ParseError) -> String {
     use crate::playbook::yaml::ParseError as P;
     match e {
         P::Syntax { pos, .. } => format!("a syntax error at line {}", pos.line),
+        // A tag such as GitLab's `!reference` or CloudFormation's `!Ref` (never its text).
+        P::Tag { pos, .. } | P::TagMismatch { pos, .. } => {
+            format!("a tag outside the YAML core schema at line {}", pos.line)
+        }
         _ => "too large or too deep".into(),
     }
 }
