@@ -89,54 +89,28 @@ pub fn parse(text: &str) -> (Vec<Entry>, Vec<Problem>) {
         let (value, end_line) = if let Some(q) = rest.strip_prefix('\'') {
             // Single quotes are literal and, as in compose, may span lines (a PEM key): read on
             // until the closing quote, so no line of the value is taken for an entry.
-            let mut text = q.to_string();
-            let mut end_line = line_no;
-            let closed = loop {
-                if let Some(end) = text.find('\'') {
-                    text.truncate(end);
-                    break true;
+            match quoted(q, &lines, &mut i, |t| t.find('\'')) {
+                Some((text, end)) => (text, end + line_no),
+                None => {
+                    problems.push(Problem {
+                        line: line_no,
+                        message: "a single quote is never closed".into(),
+                    });
+                    continue;
                 }
-                if i >= lines.len() {
-                    break false;
-                }
-                text.push('\n');
-                text.push_str(lines[i].strip_suffix('\r').unwrap_or(lines[i]));
-                i += 1;
-                end_line += 1;
-            };
-            if !closed {
-                problems.push(Problem {
-                    line: line_no,
-                    message: "a single quote is never closed".into(),
-                });
-                continue;
             }
-            (text, end_line)
         } else if let Some(q) = rest.strip_prefix('"') {
-            // Double quotes may span lines: read on until the closing quote.
-            let mut text = q.to_string();
-            let mut end_line = line_no;
-            let closed = loop {
-                if let Some(end) = closing_quote(&text) {
-                    text.truncate(end);
-                    break true;
+            // Double quotes may span lines too, with escapes.
+            match quoted(q, &lines, &mut i, closing_quote) {
+                Some((text, end)) => (unescape(&text, &mut refs), end + line_no),
+                None => {
+                    problems.push(Problem {
+                        line: line_no,
+                        message: "a double quote is never closed".into(),
+                    });
+                    continue;
                 }
-                if i >= lines.len() {
-                    break false;
-                }
-                text.push('\n');
-                text.push_str(lines[i].strip_suffix('\r').unwrap_or(lines[i]));
-                i += 1;
-                end_line += 1;
-            };
-            if !closed {
-                problems.push(Problem {
-                    line: line_no,
-                    message: "a double quote is never closed".into(),
-                });
-                continue;
             }
-            (unescape(&text, &mut refs), end_line)
         } else {
             // Unquoted: a comment starts at `#` after whitespace.
             let mut end = rest.len();
@@ -160,6 +134,30 @@ pub fn parse(text: &str) -> (Vec<Entry>, Vec<Problem>) {
         });
     }
     (entries, problems)
+}
+
+/// A quoted value that starts with `first` (the rest of its line) and may go on over the next
+/// lines (`*i` the next line's index, advanced past what is read): its text up to the closing
+/// quote `close` finds, and how many lines past the first it ends; `None` if never closed.
+fn quoted(
+    first: &str,
+    lines: &[&str],
+    i: &mut usize,
+    close: impl Fn(&str) -> Option<usize>,
+) -> Option<(String, usize)> {
+    let mut text = first.to_string();
+    let mut extra = 0;
+    loop {
+        if let Some(end) = close(&text) {
+            text.truncate(end);
+            return Some((text, extra));
+        }
+        let line = lines.get(*i)?;
+        text.push('\n');
+        text.push_str(line.strip_suffix('\r').unwrap_or(line));
+        *i += 1;
+        extra += 1;
+    }
 }
 
 /// The byte offset of the first unescaped `"` in `text`.

@@ -44,6 +44,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
 use aws_sdk_secretsmanager::types::Tag;
 use chrono::{DateTime, Utc};
 use sha2::{Digest as _, Sha256};
@@ -586,8 +587,15 @@ impl AwsStore {
         self.remote(detail, help)
     }
 
-    /// The secret as it is now; `None` when it does not exist.
-    async fn try_load(&self, name: &str) -> Result<Option<Loaded>, StoreError> {
+    /// `DescribeSecret` of `name` (`what` names it in errors); `None` when it does not exist. A
+    /// secret scheduled for deletion is an error saying how to restore it, `or_else` the other
+    /// way out.
+    async fn describe_secret(
+        &self,
+        name: &str,
+        what: &str,
+        or_else: &str,
+    ) -> Result<Option<DescribeSecretOutput>, StoreError> {
         let d = match self
             .call("DescribeSecret", |c| {
                 c.describe_secret().secret_id(name).send()
@@ -600,15 +608,36 @@ impl AwsStore {
         };
         if d.deleted_date().is_some() {
             return Err(self.remote(
-                format!("secret {name} is scheduled for deletion"),
-                format!("restore it (`aws secretsmanager restore-secret --secret-id {name}`) or choose another `store.name`"),
+                format!("{what} is scheduled for deletion"),
+                format!(
+                    "restore it (`aws secretsmanager restore-secret --secret-id {name}`), {or_else}"
+                ),
             ));
         }
-        let tags = d
-            .tags()
+        Ok(Some(d))
+    }
+
+    /// The tags of a described secret.
+    fn tags_of(d: &DescribeSecretOutput) -> BTreeMap<String, String> {
+        d.tags()
             .iter()
             .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-            .collect();
+            .collect()
+    }
+
+    /// The secret as it is now; `None` when it does not exist.
+    async fn try_load(&self, name: &str) -> Result<Option<Loaded>, StoreError> {
+        let Some(d) = self
+            .describe_secret(
+                name,
+                &format!("secret {name}"),
+                "or choose another `store.name`",
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let tags = Self::tags_of(&d);
         let aws_next_rotation = if d.rotation_enabled() == Some(true) {
             d.next_rotation_date().and_then(time)
         } else {
@@ -891,22 +920,16 @@ impl AwsStore {
     /// The version of `name` carrying `AWSCURRENT`, the one carrying `ROTOR_LOCK_FREE` and the
     /// tags; `None` when `name` does not exist.
     async fn describe_lock(&self, name: &str) -> Result<Option<DescribedLock>, StoreError> {
-        let d = match self
-            .call("DescribeSecret", |c| {
-                c.describe_secret().secret_id(name).send()
-            })
-            .await
-        {
-            Ok(d) => d,
-            Err((f, _)) if f.is("ResourceNotFoundException") => return Ok(None),
-            Err(e) => return Err(self.fail(e)),
+        let Some(d) = self
+            .describe_secret(
+                name,
+                &format!("the lock secret {name}"),
+                &format!("or delete it for good (`aws secretsmanager delete-secret --secret-id {name} --force-delete-without-recovery`) when no rotor runs"),
+            )
+            .await?
+        else {
+            return Ok(None);
         };
-        if d.deleted_date().is_some() {
-            return Err(self.remote(
-                format!("the lock secret {name} is scheduled for deletion"),
-                format!("restore it (`aws secretsmanager restore-secret --secret-id {name}`), or delete it for good (`aws secretsmanager delete-secret --secret-id {name} --force-delete-without-recovery`) when no rotor runs"),
-            ));
-        }
         let holder = |label: &str| {
             d.version_ids_to_stages().and_then(|m| {
                 m.iter()
@@ -914,11 +937,7 @@ impl AwsStore {
                     .map(|(id, _)| id.clone())
             })
         };
-        let tags = d
-            .tags()
-            .iter()
-            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-            .collect();
+        let tags = Self::tags_of(&d);
         match holder(CURRENT) {
             Some(id) => Ok(Some((id, holder(LOCK_FREE), tags))),
             // A lock secret created beforehand without a value (docs/aws.md lets an operator

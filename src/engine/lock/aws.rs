@@ -27,8 +27,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::remote::{Backend, MAX_RACES, RecordLock, Write};
-use super::secret::{HOLDER_KEY, expiring, holder_of};
+use super::remote::{Backend, RecordLock, Write};
+use super::secret::{HOLDER_KEY, claimed, holder_of, renewal, same, still_changing};
 use super::{Holder, LockError};
 use crate::store::StoreError;
 use crate::store::aws::AwsStore;
@@ -213,11 +213,9 @@ impl Backend for AwsLockBackend {
         now: DateTime<Utc>,
         duration: Duration,
     ) -> AwsRecord {
-        let mut h = expiring(holder, now, duration);
-        h.since = now;
         AwsRecord {
             current: current.and_then(|c| c.current.clone()),
-            holder: Some(h),
+            holder: Some(claimed(holder, now, duration)),
             op: Op::Version,
         }
     }
@@ -229,14 +227,9 @@ impl Backend for AwsLockBackend {
         now: DateTime<Utc>,
         duration: Duration,
     ) -> AwsRecord {
-        let mut h = expiring(holder, now, duration);
-        // The acquisition time is the claim's token: a renewal keeps it.
-        if let Some(prev) = &last.holder {
-            h.since = prev.since;
-        }
         AwsRecord {
             current: last.current.clone(),
-            holder: Some(h),
+            holder: Some(renewal(last.holder.as_ref(), holder, now, duration)),
             op: Op::Renew,
         }
     }
@@ -258,10 +251,7 @@ impl Backend for AwsLockBackend {
     }
 
     fn same_claim(&self, a: &AwsRecord, b: &AwsRecord) -> bool {
-        match (&a.holder, &b.holder) {
-            (Some(x), Some(y)) => x.same_claim(y),
-            _ => false,
-        }
+        same(a.holder.as_ref(), b.holder.as_ref())
     }
 
     fn describe(&self) -> String {
@@ -269,11 +259,7 @@ impl Backend for AwsLockBackend {
     }
 
     fn races(&self) -> LockError {
-        StoreError::Conflict {
-            store: self.describe(),
-            detail: format!("the lock secret was still changing after {MAX_RACES} attempts"),
-        }
-        .into()
+        still_changing(self.describe())
     }
 }
 

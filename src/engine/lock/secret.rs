@@ -148,10 +148,46 @@ pub fn holder_of(data: &serde_json::Value) -> Option<Holder> {
     }
 }
 
-pub(super) fn expiring(holder: &Holder, now: DateTime<Utc>, duration: Duration) -> Holder {
+fn expiring(holder: &Holder, now: DateTime<Utc>, duration: Duration) -> Holder {
     let mut h = holder.clone();
     h.expires = now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
     h
+}
+
+/// `holder` claiming a lock secret at `now` for `duration`.
+pub(super) fn claimed(holder: &Holder, now: DateTime<Utc>, duration: Duration) -> Holder {
+    let mut h = expiring(holder, now, duration);
+    h.since = now;
+    h
+}
+
+/// `holder` renewing its claim `last` at `now`: the acquisition time is the claim's token, so
+/// a renewal keeps it.
+pub(super) fn renewal(
+    last: Option<&Holder>,
+    holder: &Holder,
+    now: DateTime<Utc>,
+    duration: Duration,
+) -> Holder {
+    let mut h = expiring(holder, now, duration);
+    if let Some(prev) = last {
+        h.since = prev.since;
+    }
+    h
+}
+
+/// Whether two records name the same claim.
+pub(super) fn same(a: Option<&Holder>, b: Option<&Holder>) -> bool {
+    matches!((a, b), (Some(x), Some(y)) if x.same_claim(y))
+}
+
+/// The error after [`MAX_RACES`] lost races on the lock secret `describe`.
+pub(super) fn still_changing(describe: String) -> LockError {
+    StoreError::Conflict {
+        store: describe,
+        detail: format!("the lock secret was still changing after {MAX_RACES} attempts"),
+    }
+    .into()
 }
 
 #[async_trait]
@@ -193,11 +229,9 @@ impl<S: LockSecret> Backend for SecretLockBackend<S> {
         now: DateTime<Utc>,
         duration: Duration,
     ) -> Self::Record {
-        let mut h = expiring(holder, now, duration);
-        h.since = now;
         LockRecord {
             version: current.map(|c| c.version.clone()).unwrap_or_default(),
-            holder: Some(h),
+            holder: Some(claimed(holder, now, duration)),
         }
     }
 
@@ -208,14 +242,9 @@ impl<S: LockSecret> Backend for SecretLockBackend<S> {
         now: DateTime<Utc>,
         duration: Duration,
     ) -> Self::Record {
-        let mut h = expiring(holder, now, duration);
-        // The acquisition time is the claim's token: a renewal keeps it.
-        if let Some(prev) = &last.holder {
-            h.since = prev.since;
-        }
         LockRecord {
             version: last.version.clone(),
-            holder: Some(h),
+            holder: Some(renewal(last.holder.as_ref(), holder, now, duration)),
         }
     }
 
@@ -234,10 +263,7 @@ impl<S: LockSecret> Backend for SecretLockBackend<S> {
     }
 
     fn same_claim(&self, a: &Self::Record, b: &Self::Record) -> bool {
-        match (&a.holder, &b.holder) {
-            (Some(x), Some(y)) => x.same_claim(y),
-            _ => false,
-        }
+        same(a.holder.as_ref(), b.holder.as_ref())
     }
 
     fn describe(&self) -> String {
@@ -245,11 +271,7 @@ impl<S: LockSecret> Backend for SecretLockBackend<S> {
     }
 
     fn races(&self) -> LockError {
-        StoreError::Conflict {
-            store: self.describe(),
-            detail: format!("the lock secret was still changing after {MAX_RACES} attempts"),
-        }
-        .into()
+        still_changing(self.describe())
     }
 }
 
