@@ -267,6 +267,146 @@ pub fn quote(value: &str) -> String {
     out
 }
 
+/// A file rewritten by [`rewrite`].
+#[derive(Debug)]
+pub struct Rewrite {
+    /// The new text (it holds values: the caller keeps it zeroized and never prints it).
+    pub text: zeroize::Zeroizing<String>,
+    /// Every later entry of a name that was given more than once, removed: the name and the
+    /// line it was on.
+    pub duplicates: Vec<(String, usize)>,
+    /// Whether the text differs from what was read.
+    pub changed: bool,
+}
+
+/// `text` with each name of `wanted` set to its value, or removed when it has none; every
+/// other line (entries, comments, blank lines) is kept as it was. A name's first entry is
+/// replaced in place (its `export ` prefix, indentation and a trailing comment on its line are
+/// kept); any later entry of the same name is removed and reported; a name not in the file is
+/// appended. A file with a line the grammar does not accept is refused (its problems are
+/// returned): rotor does not guess where an entry it owns begins and ends.
+pub fn rewrite(text: &str, wanted: &[(&str, Option<&str>)]) -> Result<Rewrite, Vec<Problem>> {
+    let (entries, problems) = parse(text);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let nl = if text.contains("\r\n") { "\r\n" } else { "\n" };
+    let lines: Vec<&str> = text.split('\n').collect();
+    // First line (0-based) of an entry → its last line and what replaces it.
+    let mut edits: std::collections::BTreeMap<usize, (usize, Option<String>)> =
+        std::collections::BTreeMap::new();
+    let mut duplicates = Vec::new();
+    let mut appended = Vec::new();
+    for (name, want) in wanted {
+        let mut mine = entries.iter().filter(|e| e.name == *name);
+        match mine.next() {
+            Some(first) => {
+                let new = want.map(|v| {
+                    let raw = lines[first.line - 1];
+                    let raw = raw.strip_suffix('\r').unwrap_or(raw);
+                    let lead = raw.find(name).map_or("", |at| &raw[..at]);
+                    let comment = if first.line == first.end_line {
+                        trailing_comment(raw)
+                    } else {
+                        None
+                    };
+                    let cr = if nl == "\r\n" { "\r" } else { "" };
+                    format!(
+                        "{lead}{name}={}{}{cr}",
+                        quote(v),
+                        comment.map(|c| format!(" {c}")).unwrap_or_default()
+                    )
+                });
+                edits.insert(first.line - 1, (first.end_line - 1, new));
+            }
+            None => {
+                if let Some(v) = want {
+                    appended.push(format!("{name}={}", quote(v)));
+                }
+            }
+        }
+        for later in mine {
+            duplicates.push((name.to_string(), later.line));
+            edits.insert(later.line - 1, (later.end_line - 1, None));
+        }
+    }
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(text.len() + 256));
+    // Lines are joined back with `\n` (a kept line keeps its own `\r`).
+    let mut first = true;
+    let mut push = |out: &mut String, line: &str| {
+        if !std::mem::take(&mut first) {
+            out.push('\n');
+        }
+        out.push_str(line);
+    };
+    let mut i = 0;
+    while i < lines.len() {
+        match edits.get_mut(&i) {
+            Some((end, new)) => {
+                if let Some(new) = new {
+                    push(&mut out, new);
+                    zeroize::Zeroize::zeroize(new);
+                }
+                i = *end + 1;
+            }
+            None => {
+                push(&mut out, lines[i]);
+                i += 1;
+            }
+        }
+    }
+    // A removed last line takes the line end before it along: put it back.
+    if out.ends_with('\r') || (text.ends_with('\n') && !out.is_empty() && !out.ends_with('\n')) {
+        if !out.ends_with('\r') {
+            out.push_str(nl);
+        } else {
+            out.push('\n');
+        }
+    }
+    if !appended.is_empty() {
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push_str(nl);
+        }
+        for line in &appended {
+            out.push_str(line);
+            out.push_str(nl);
+        }
+    }
+    for line in &mut appended {
+        zeroize::Zeroize::zeroize(line);
+    }
+    let changed = out.as_str() != text;
+    Ok(Rewrite {
+        text: out,
+        duplicates,
+        changed,
+    })
+}
+
+/// The comment that ends a one-line entry (`# …`, from the `#`), if it has one.
+fn trailing_comment(raw: &str) -> Option<&str> {
+    let rest = raw[raw.find('=')? + 1..].trim_start();
+    let after = if let Some(q) = rest.strip_prefix('\'') {
+        &q[q.find('\'')? + 1..]
+    } else if let Some(q) = rest.strip_prefix('"') {
+        &q[closing_quote(q)? + 1..]
+    } else {
+        let b = rest.as_bytes();
+        let at =
+            (0..b.len()).find(|&k| b[k] == b'#' && (k == 0 || b[k - 1].is_ascii_whitespace()))?;
+        return Some(rest[at..].trim_end());
+    };
+    let after = after.trim_start();
+    after.starts_with('#').then(|| after.trim_end())
+}
+
+/// The entries of `names` in `text` as a program reading the file sees them: per name, its
+/// last entry (a later entry overrides an earlier one, as in compose and python-dotenv).
+pub fn last_entries<'a>(entries: &'a [Entry], name: &str) -> (Option<&'a Entry>, usize) {
+    let mine: Vec<&Entry> = entries.iter().filter(|e| e.name == name).collect();
+    (mine.last().copied(), mine.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,6 +484,86 @@ mod tests {
         ] {
             let e = one(&format!("K={}\n", quote(v)));
             assert_eq!(e.value.as_deref(), Some(v), "{v:?} as {}", quote(v));
+        }
+    }
+
+    /// The values `text` gives each name (its last entry's).
+    fn values(text: &str) -> Vec<(String, Option<String>)> {
+        let (e, p) = parse(text);
+        assert!(p.is_empty(), "{p:?}");
+        e.into_iter().map(|e| (e.name, e.value)).collect()
+    }
+
+    #[test]
+    fn rewrite_keeps_every_other_line_and_replaces_in_place() {
+        let text = "# auth's settings\nexport SERVICE_SECRET='old value' # rotated by rotor\n\nDEBUG=1\n  SERVICE_SECRET_PREVIOUS=prev\nSECRET_KEY=\"multi\nline\"\nTAIL=x\n";
+        let r = rewrite(
+            text,
+            &[
+                ("SERVICE_SECRET", Some("n3w$va'lue")),
+                ("SERVICE_SECRET_PREVIOUS", None),
+                ("SECRET_KEY", Some("plain-value")),
+                ("JWT_SECRET_KEY", Some("appended")),
+            ],
+        )
+        .unwrap();
+        assert!(r.changed && r.duplicates.is_empty());
+        assert_eq!(
+            r.text.as_str(),
+            "# auth's settings\nexport SERVICE_SECRET=\"n3w\\$va'lue\" # rotated by rotor\n\nDEBUG=1\nSECRET_KEY=plain-value\nTAIL=x\nJWT_SECRET_KEY=appended\n"
+        );
+        assert_eq!(
+            values(&r.text),
+            [
+                ("SERVICE_SECRET".into(), Some("n3w$va'lue".into())),
+                ("DEBUG".into(), Some("1".into())),
+                ("SECRET_KEY".into(), Some("plain-value".into())),
+                ("TAIL".into(), Some("x".into())),
+                ("JWT_SECRET_KEY".into(), Some("appended".into())),
+            ]
+        );
+        // Applying the same again changes nothing.
+        let again = rewrite(
+            &r.text,
+            &[
+                ("SERVICE_SECRET", Some("n3w$va'lue")),
+                ("SERVICE_SECRET_PREVIOUS", None),
+                ("SECRET_KEY", Some("plain-value")),
+                ("JWT_SECRET_KEY", Some("appended")),
+            ],
+        )
+        .unwrap();
+        assert!(!again.changed);
+        assert_eq!(again.text.as_str(), r.text.as_str());
+    }
+
+    #[test]
+    fn rewrite_removes_and_reports_duplicates_and_keeps_crlf() {
+        let text = "A=1\r\nS=first\r\nB=2\r\nS=second\r\nS=third";
+        let r = rewrite(text, &[("S", Some("v"))]).unwrap();
+        assert_eq!(r.text.as_str(), "A=1\r\nS=v\r\nB=2\r\n");
+        assert_eq!(r.duplicates, [("S".into(), 4), ("S".into(), 5)]);
+        // A name the file lacks is appended on a line of its own, with the file's line ends.
+        let r = rewrite("A=1", &[("S", Some("v w"))]).unwrap();
+        assert_eq!(r.text.as_str(), "A=1\nS='v w'\n");
+        let r = rewrite("A=1\r\n", &[("S", Some("v"))]).unwrap();
+        assert_eq!(r.text.as_str(), "A=1\r\nS=v\r\n");
+        let r = rewrite("", &[("S", Some("v")), ("T", None)]).unwrap();
+        assert_eq!(r.text.as_str(), "S=v\n");
+        // A comment that looks like an entry is not one.
+        let r = rewrite("# S=commented\nS=x #note\n", &[("S", Some("y"))]).unwrap();
+        assert_eq!(r.text.as_str(), "# S=commented\nS=y #note\n");
+    }
+
+    #[test]
+    fn rewrite_refuses_a_file_it_cannot_read_whole() {
+        for bad in [
+            "A=1\nS='never closed\nB=2\n",
+            "A=1\nnot an entry\n",
+            "S=\"open\n",
+        ] {
+            let problems = rewrite(bad, &[("S", Some("v"))]).unwrap_err();
+            assert!(!problems.is_empty(), "{bad:?}");
         }
     }
 }

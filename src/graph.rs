@@ -107,6 +107,16 @@ fn runs(kind: &ConsumerKind) -> String {
             k.workload.name
         ),
         ConsumerKind::Exec(e) => format!("exec ({})", e.targets.join(", ")),
+        ConsumerKind::Dotenv(d) => format!(
+            "dotenv {} ({})",
+            d.files
+                .iter()
+                .filter_map(|f| f.file_name())
+                .map(|f| f.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(", "),
+            d.exec.targets.join(", ")
+        ),
     }
 }
 

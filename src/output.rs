@@ -425,6 +425,15 @@ pub fn render_check(r: &DriftReport) -> String {
             names.join(" ")
         ));
     }
+    for f in &r.files {
+        let names: Vec<String> = f.names.iter().map(|(n, p)| format!("{n}={p}")).collect();
+        s.push_str(&format!(
+            "  {} file {}: {}\n",
+            f.consumer,
+            f.file,
+            names.join(" ")
+        ));
+    }
     if r.problems.is_empty() {
         s.push_str("no drift");
     } else {

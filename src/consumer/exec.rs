@@ -63,6 +63,8 @@ pub struct ExecConsumer {
     state_file: PathBuf,
     /// How rotor reaches its targets (plain HTTP unless it has `tls`).
     transport: Transport,
+    /// Template fields beyond an exec consumer's (a dotenv consumer's `files`).
+    extra: Vec<(&'static str, String)>,
 }
 
 impl ExecConsumer {
@@ -92,7 +94,30 @@ impl ExecConsumer {
                 .join("exec")
                 .join(format!("{}.json", spec.name)),
             transport,
+            extra: Vec::new(),
         }
+    }
+
+    /// The command and targets of a dotenv consumer: its record is
+    /// `<state_dir>/dotenv/<consumer>.json`, and `{files}` lists its env files.
+    pub(super) fn for_dotenv(
+        playbook: &Playbook,
+        spec: &crate::playbook::ConsumerSpec,
+        dotenv: &crate::playbook::DotenvSpec,
+        transport: Transport,
+    ) -> Self {
+        let mut c = ExecConsumer::new(playbook, spec, &dotenv.exec, transport);
+        c.state_file = playbook
+            .state_dir
+            .join("dotenv")
+            .join(format!("{}.json", spec.name));
+        let files: Vec<String> = dotenv
+            .files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        c.extra.push(("files", files.join(" ")));
+        c
     }
 
     /// The template fields for `slots` (never a value).
@@ -114,7 +139,7 @@ impl ExecConsumer {
             .into_iter()
             .filter(|n| !versions.iter().any(|(m, _)| m == n))
             .collect();
-        BTreeMap::from([
+        let mut fields = BTreeMap::from([
             ("secret", self.secret.clone()),
             ("consumer", self.name.clone()),
             ("store_secret", self.store_secret.clone()),
@@ -133,11 +158,13 @@ impl ExecConsumer {
             ),
             ("secret_refs", refs.join(",")),
             ("unset_names", unset.join(",")),
-        ])
+        ]);
+        fields.extend(self.extra.iter().cloned());
+        fields
     }
 
     /// Proves every target through `gate`.
-    async fn prove_targets(
+    pub(super) async fn prove_targets(
         &self,
         gate: &dyn Gate,
         events: &dyn EventSink,
@@ -154,7 +181,7 @@ impl ExecConsumer {
         Ok(())
     }
 
-    fn hook_error(&self, detail: String) -> ConsumerError {
+    pub(super) fn hook_error(&self, detail: String) -> ConsumerError {
         ConsumerError::Hook {
             consumer: self.name.clone(),
             program: self.spec.apply.first().cloned().unwrap_or_default(),
@@ -225,6 +252,61 @@ impl ExecConsumer {
         }
     }
 
+    /// Whether the record says the consumer was last pointed at `d` (and `slots`' versions).
+    pub(super) fn recorded(&self, d: &Desired<'_>, slots: &Slots) -> bool {
+        let secondary_version = slots
+            .secondary_version
+            .clone()
+            .filter(|_| d.secondary.is_some());
+        self.load().is_some_and(|prev| {
+            prev.primary == d.primary
+                && prev.secondary == d.secondary
+                && prev.primary_version == slots.primary_version
+                && prev.secondary_version == secondary_version
+        })
+    }
+
+    /// Runs the command for `d` and records what it applied; how long the command took.
+    pub(super) async fn run_recorded(
+        &self,
+        d: &Desired<'_>,
+        slots: &Slots,
+        events: &dyn EventSink,
+    ) -> Result<Duration, ConsumerError> {
+        let secondary_version = slots
+            .secondary_version
+            .clone()
+            .filter(|_| d.secondary.is_some());
+        let fields = self.fields(d, slots);
+        events.emit(&Event::RolloutStarted {
+            consumer: self.name.clone(),
+            instances: self.spec.targets.len().max(1),
+        });
+        let started = Instant::now();
+        self.run(&fields).await?;
+        let waited = started.elapsed();
+        self.save(&Applied {
+            primary: d.primary.clone(),
+            secondary: d.secondary.clone(),
+            primary_version: slots.primary_version.clone(),
+            secondary_version,
+            at: chrono::Utc::now(),
+        })?;
+        Ok(waited)
+    }
+
+    /// The end of a rollout whose command took `waited`: reported, and its report.
+    pub(super) fn finished(&self, events: &dyn EventSink, waited: Duration) -> RolloutReport {
+        events.emit(&Event::RolloutFinished {
+            consumer: self.name.clone(),
+            restarts: 1,
+        });
+        RolloutReport {
+            restarts: 1,
+            waited,
+        }
+    }
+
     fn load(&self) -> Option<Applied> {
         let text = std::fs::read(&self.state_file).ok()?;
         serde_json::from_slice(&text).ok()
@@ -284,45 +366,14 @@ impl Consumer for ExecConsumer {
         events: &dyn EventSink,
     ) -> Result<RolloutReport, ConsumerError> {
         let d = Desired::new(&self.slot_names, &self.secret, slots);
-        let secondary_version = slots
-            .secondary_version
-            .clone()
-            .filter(|_| d.secondary.is_some());
         // Already pointed there (a repeated step, a resume or rollback proving every consumer):
         // the command is not run again unless a target fails its proof.
-        if let Some(prev) = self.load()
-            && prev.primary == d.primary
-            && prev.secondary == d.secondary
-            && prev.primary_version == slots.primary_version
-            && prev.secondary_version == secondary_version
-            && self.prove_targets(gate, events).await.is_ok()
-        {
+        if self.recorded(&d, slots) && self.prove_targets(gate, events).await.is_ok() {
             return Ok(RolloutReport::default());
         }
-        let fields = self.fields(&d, slots);
-        events.emit(&Event::RolloutStarted {
-            consumer: self.name.clone(),
-            instances: self.spec.targets.len().max(1),
-        });
-        let started = Instant::now();
-        self.run(&fields).await?;
-        let waited = started.elapsed();
-        self.save(&Applied {
-            primary: d.primary.clone(),
-            secondary: d.secondary.clone(),
-            primary_version: slots.primary_version.clone(),
-            secondary_version,
-            at: chrono::Utc::now(),
-        })?;
+        let waited = self.run_recorded(&d, slots, events).await?;
         self.prove_targets(gate, events).await?;
-        events.emit(&Event::RolloutFinished {
-            consumer: self.name.clone(),
-            restarts: 1,
-        });
-        Ok(RolloutReport {
-            restarts: 1,
-            waited,
-        })
+        Ok(self.finished(events, waited))
     }
 
     async fn desired_instances(&self) -> Result<usize, ConsumerError> {

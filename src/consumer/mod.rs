@@ -5,6 +5,7 @@
 //! instance at a time for restarts, in place for hot reloads) and reports what each instance
 //! holds. Must never: put a value in argv, a log line or an error.
 
+pub mod dotenv;
 pub mod exec;
 pub mod kubernetes;
 pub mod process;
@@ -378,6 +379,16 @@ pub enum ConsumerError {
         /// It accepted a canary.
         fails_open: bool,
     },
+    /// An env file a dotenv consumer cannot use as it is (bad input: nothing was written).
+    #[error("consumer {consumer}: {file} {detail}")]
+    EnvFile {
+        /// Consumer name.
+        consumer: String,
+        /// The file, as the playbook resolves it.
+        file: String,
+        /// What is wrong, with what to do (never a line's text).
+        detail: String,
+    },
     /// Records or endpoints on disk.
     #[error("consumer {consumer}: {action}: {source}")]
     Io {
@@ -548,6 +559,33 @@ pub trait Consumer: Send + Sync {
 
     /// Stops every instance this consumer started.
     async fn stop(&self) -> Result<usize, ConsumerError>;
+
+    /// Refuses, before a rotation changes anything, what would stop this consumer's rollout
+    /// whatever the values (an env file rotor cannot rewrite); bad input, so its error exits 2.
+    async fn preflight(&self) -> Result<(), ConsumerError> {
+        Ok(())
+    }
+
+    /// The files rotor writes the values into for this consumer, each read back (for `rotor
+    /// check`, which compares them with the store like instances); none for consumers whose
+    /// values rotor does not keep in files the consumer reads.
+    async fn files(&self) -> Vec<FileView> {
+        Vec::new()
+    }
+}
+
+/// One file a consumer reads its values from, as rotor reads it back.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileView {
+    /// The consumer that reads it.
+    pub consumer: String,
+    /// The file.
+    pub file: String,
+    /// Fingerprint per declared name the file gives a value.
+    pub names: BTreeMap<String, Fingerprint>,
+    /// What is wrong with it (names given twice, references instead of values, lines the
+    /// grammar refuses, a mode others can read, or why it cannot be read); never a value.
+    pub problems: Vec<String>,
 }
 
 /// Opens the consumers a playbook lists, in playbook order; `cluster` is the connection when
@@ -585,6 +623,9 @@ pub fn open(
             transport,
         )),
         ConsumerKind::Exec(e) => Arc::new(exec::ExecConsumer::new(playbook, spec, e, transport)),
+        ConsumerKind::Dotenv(d) => {
+            Arc::new(dotenv::DotenvConsumer::new(playbook, spec, d, transport))
+        }
     })
 }
 

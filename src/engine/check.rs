@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::gate::Labeled;
 use super::{Engine, EngineError};
 use crate::consumer::HeldSource;
-use crate::playbook::SlotRef;
+use crate::playbook::{SlotNames, SlotRef};
 use crate::protocol::{Role, State, Which, accepts, consumer_slots, sends};
 use crate::secret::Fingerprint;
 
@@ -50,6 +50,9 @@ pub struct DriftReport {
     pub store_secondary: Option<Fingerprint>,
     /// Every instance.
     pub instances: Vec<InstanceView>,
+    /// Every file a consumer reads its values from (dotenv consumers), as read back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::consumer::FileView>,
     /// Every problem found (empty: no drift).
     pub problems: Vec<String>,
 }
@@ -164,6 +167,7 @@ impl Engine {
         };
         let mut problems = Vec::new();
         let mut views = Vec::new();
+        let mut files = Vec::new();
         // The values themselves, for the proofs (a disabled A is not readable: skipped).
         let version = |w: Which| match (&journal, w) {
             (Some(j), Which::A) => j.old.version.clone(),
@@ -200,6 +204,33 @@ impl Engine {
             if instances.is_empty() {
                 problems.push(format!("{}: no instance is running", c.name()));
             }
+            let mut expected: Vec<(String, Option<Fingerprint>)> =
+                vec![(spec.slots.primary.clone(), which(plan.primary))];
+            if let Some(sec) = &spec.slots.secondary {
+                expected.push((sec.clone(), plan.secondary.and_then(which)));
+            }
+            for (alias, slot) in &spec.slots.aliases {
+                let w = match slot {
+                    SlotRef::Primary => Some(plan.primary),
+                    SlotRef::Secondary => plan.secondary,
+                };
+                expected.push((alias.clone(), w.and_then(which)));
+            }
+            // The files the consumer reads its values from (a dotenv consumer's), like instances.
+            for f in c.files().await {
+                let who = format!("{} {}", c.name(), f.file);
+                problems.extend(f.problems.iter().map(|p| format!("{who}: {p}")));
+                problems.extend(names_problems(
+                    &who,
+                    &f.names,
+                    &expected,
+                    &spec.slots,
+                    state,
+                    &label,
+                    &snap,
+                ));
+                files.push(f);
+            }
             for inst in instances {
                 let (held, source) = match c.held(&inst).await {
                     Ok(h) => h,
@@ -212,87 +243,15 @@ impl Engine {
                         continue;
                     }
                 };
-                let mut expected: Vec<(String, Option<Fingerprint>)> =
-                    vec![(spec.slots.primary.clone(), which(plan.primary))];
-                if let Some(sec) = &spec.slots.secondary {
-                    expected.push((sec.clone(), plan.secondary.and_then(which)));
-                }
-                for (alias, slot) in &spec.slots.aliases {
-                    let w = match slot {
-                        SlotRef::Primary => Some(plan.primary),
-                        SlotRef::Secondary => plan.secondary,
-                    };
-                    expected.push((alias.clone(), w.and_then(which)));
-                }
-                for (name, want) in &expected {
-                    let got = held.names.get(name);
-                    match (got, want) {
-                        (Some(g), Some(w)) if g != w => problems.push(format!(
-                            "{} {}: {name} holds {}, expected {} at {state}",
-                            c.name(),
-                            inst.id,
-                            label(g),
-                            label(w)
-                        )),
-                        (None, Some(w)) => problems.push(format!(
-                            "{} {}: {name} is not set, expected {}",
-                            c.name(),
-                            inst.id,
-                            label(w)
-                        )),
-                        (Some(g), None) => problems.push(format!(
-                            "{} {}: {name} holds {}, expected nothing at {state}",
-                            c.name(),
-                            inst.id,
-                            label(g)
-                        )),
-                        _ => {}
-                    }
-                }
-                // One slot, two names, two values: the classic 403 cascade.
-                let mut by_slot: BTreeMap<&str, Vec<(&String, &Fingerprint)>> = BTreeMap::new();
-                by_slot
-                    .entry("primary")
-                    .or_default()
-                    .extend(held.names.get_key_value(&spec.slots.primary));
-                if let Some(sec) = &spec.slots.secondary {
-                    by_slot
-                        .entry("secondary")
-                        .or_default()
-                        .extend(held.names.get_key_value(sec));
-                }
-                for (alias, slot) in &spec.slots.aliases {
-                    let k = match slot {
-                        SlotRef::Primary => "primary",
-                        SlotRef::Secondary => "secondary",
-                    };
-                    by_slot
-                        .entry(k)
-                        .or_default()
-                        .extend(held.names.get_key_value(alias));
-                }
-                for (slot, names) in by_slot {
-                    if let Some((n0, f0)) = names.first()
-                        && let Some((n1, f1)) = names.iter().find(|(_, f)| f != f0)
-                    {
-                        problems.push(format!(
-                            "{} {}: {n0} and {n1} name the {slot} slot but hold different values ({} vs {})",
-                            c.name(),
-                            inst.id,
-                            label(f0),
-                            label(f1)
-                        ));
-                    }
-                }
-                for fp in held.names.values() {
-                    if snap.by_fingerprint(fp).is_none() {
-                        problems.push(format!(
-                            "{} {}: holds {fp}, a value this store never had (a test or hand-set value?)",
-                            c.name(),
-                            inst.id
-                        ));
-                    }
-                }
+                problems.extend(names_problems(
+                    &format!("{} {}", c.name(), inst.id),
+                    &held.names,
+                    &expected,
+                    &spec.slots,
+                    state,
+                    &label,
+                    &snap,
+                ));
                 problems.extend(self.prove_instance(c, state, &inst, &values).await);
                 views.push(InstanceView {
                     consumer: c.name().into(),
@@ -328,7 +287,82 @@ impl Engine {
             store_primary: fp_of(&snap.primary),
             store_secondary: fp_of(&snap.secondary),
             instances: views,
+            files,
             problems,
         })
     }
+}
+
+/// What is wrong with what `who` (an instance, a file) holds under each name, for `state`:
+/// a name holding another value than `expected`, set when it should not be or missing; two
+/// names of one slot holding different values; a value the store never had.
+fn names_problems(
+    who: &str,
+    names: &BTreeMap<String, Fingerprint>,
+    expected: &[(String, Option<Fingerprint>)],
+    slots: &SlotNames,
+    state: State,
+    label: &dyn Fn(&Fingerprint) -> String,
+    snap: &crate::store::StoreSnapshot,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, want) in expected {
+        let got = names.get(name);
+        match (got, want) {
+            (Some(g), Some(w)) if g != w => problems.push(format!(
+                "{who}: {name} holds {}, expected {} at {state}",
+                label(g),
+                label(w)
+            )),
+            (None, Some(w)) => {
+                problems.push(format!("{who}: {name} is not set, expected {}", label(w)))
+            }
+            (Some(g), None) => problems.push(format!(
+                "{who}: {name} holds {}, expected nothing at {state}",
+                label(g)
+            )),
+            _ => {}
+        }
+    }
+    // One slot, two names, two values: the classic 403 cascade.
+    let mut by_slot: BTreeMap<&str, Vec<(&String, &Fingerprint)>> = BTreeMap::new();
+    by_slot
+        .entry("primary")
+        .or_default()
+        .extend(names.get_key_value(&slots.primary));
+    if let Some(sec) = &slots.secondary {
+        by_slot
+            .entry("secondary")
+            .or_default()
+            .extend(names.get_key_value(sec));
+    }
+    for (alias, slot) in &slots.aliases {
+        let k = match slot {
+            SlotRef::Primary => "primary",
+            SlotRef::Secondary => "secondary",
+        };
+        by_slot
+            .entry(k)
+            .or_default()
+            .extend(names.get_key_value(alias));
+    }
+    for (slot, same) in by_slot {
+        if let Some((n0, f0)) = same.first()
+            && let Some((n1, f1)) = same.iter().find(|(_, f)| f != f0)
+        {
+            problems.push(format!(
+                "{who}: {n0} and {n1} name the {slot} slot but hold different values ({} vs {})",
+                label(f0),
+                label(f1)
+            ));
+        }
+    }
+    for fp in names.values() {
+        if snap.by_fingerprint(fp).is_none() {
+            problems.push(format!(
+                "{who}: holds {fp}, a value this store never had (a test or hand-set value?)",
+            ));
+        }
+    }
+    problems
 }

@@ -445,6 +445,10 @@ impl Run<'_> {
         {
             c.desired_instances().await?;
         }
+        // An env file rotor could not rewrite: refused the same way, before anything changes.
+        for c in &self.e.consumers {
+            c.preflight().await?;
+        }
         let r = async {
             let mut d = self.prove_validators(&[Which::A], &[]).await?;
             d.push_str("; ");

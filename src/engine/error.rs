@@ -227,7 +227,9 @@ impl EngineError {
             EngineError::Consumer(ConsumerError::Tls(_)) => Exit::Usage,
             // A reload consumer whose workload does not mount its Secret: refused before any
             // change.
-            EngineError::Consumer(ConsumerError::Unsuited { .. }) => Exit::Usage,
+            EngineError::Consumer(
+                ConsumerError::Unsuited { .. } | ConsumerError::EnvFile { .. },
+            ) => Exit::Usage,
             // `up` could not prove an instance: nothing was published, an operator must look.
             EngineError::Consumer(ConsumerError::Gate { .. }) => Exit::NeedsOperator,
             EngineError::RolledBack { .. } => Exit::RolledBack,

@@ -453,6 +453,19 @@ pub enum ConsumerKind {
     /// A command that points the consumer at the store's versions (a Cloud Run service updated
     /// to `secret:3`); it never receives a value.
     Exec(ExecSpec),
+    /// Env files rotor writes the names into, then a command that makes the consumer read them
+    /// again (`docker compose up -d --force-recreate auth`).
+    Dotenv(DotenvSpec),
+}
+
+/// A dotenv consumer: the files, then the command and targets as for an exec consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DotenvSpec {
+    /// The env files every declared name is written into, in order (resolved against the
+    /// playbook's directory).
+    pub files: Vec<PathBuf>,
+    /// `apply` (its template fields are [`DOTENV_TEMPLATE_FIELDS`]) and `targets`.
+    pub exec: ExecSpec,
 }
 
 /// An exec consumer.
@@ -489,6 +502,21 @@ pub const EXEC_TEMPLATE_FIELDS: &[&str] = &[
     "secondary_fingerprint",
     "secret_refs",
     "unset_names",
+];
+
+/// The template fields a dotenv consumer's `apply` may use: an exec consumer's, and `files`
+/// (the env files, space-separated as written in the playbook's directory).
+pub const DOTENV_TEMPLATE_FIELDS: &[&str] = &[
+    "secret",
+    "consumer",
+    "store_secret",
+    "primary_version",
+    "secondary_version",
+    "primary_fingerprint",
+    "secondary_fingerprint",
+    "secret_refs",
+    "unset_names",
+    "files",
 ];
 
 /// A Kubernetes workload consumer.
@@ -789,6 +817,15 @@ impl ConsumerSpec {
                     dir.display()
                 ))
             }
+            ConsumerKind::Dotenv(d) => Some(format!(
+                "written into {} (mode 0600, every other line kept), then `{}` is run",
+                d.files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                d.exec.apply.join(" ")
+            )),
             ConsumerKind::Kubernetes(k) if self.pickup == Pickup::Reload => Some(format!(
                 "reload: the Secret volume is refreshed by the kubelet (sync period {}); pods are not restarted",
                 humantime::format_duration(k.sync_period.unwrap_or(DEFAULT_SYNC_PERIOD))

@@ -1,5 +1,6 @@
 //! `consumers`: the list (names unique), each consumer's name, role and kind, the fields only
-//! its kind takes (`process`, `kubernetes`, `exec`), `pickup` and `fingerprints_path`. Slots
+//! its kind takes (`process`, `kubernetes`, `exec`, `dotenv`), `pickup` and `fingerprints_path`;
+//! no name written into one env file by two dotenv consumers. Slots
 //! and env are read in `slots`, probes and round trips in `probes`, `tls` in `tls`.
 //!
 //! Must never: repeat what was written in a kubernetes consumer's `secret`: someone may have
@@ -16,9 +17,9 @@ use super::text::bound;
 use super::text::{backticked, echo, is_name, list};
 use super::{Cx, Fields, MAX_CONSUMERS, MAX_INSTANCES, MAX_TARGETS, Result};
 use crate::playbook::{
-    ConsumerKind, ConsumerSpec, DEFAULT_SYNC_PERIOD, Delivery, EXEC_TEMPLATE_FIELDS, Environment,
-    ExecSpec, KubernetesSpec, MAX_SYNC_PERIOD, Pickup, ProcessSpec, SlotNames, StopSignal, TlsSpec,
-    WorkloadKind, WorkloadRef,
+    ConsumerKind, ConsumerSpec, DEFAULT_SYNC_PERIOD, DOTENV_TEMPLATE_FIELDS, Delivery, DotenvSpec,
+    EXEC_TEMPLATE_FIELDS, Environment, ExecSpec, KubernetesSpec, MAX_SYNC_PERIOD, Pickup,
+    ProcessSpec, SlotNames, StopSignal, TlsSpec, WorkloadKind, WorkloadRef,
 };
 use crate::protocol::Role;
 
@@ -45,6 +46,7 @@ const CONSUMER_FIELDS: &[&str] = &[
     "roundtrips",
     "apply",
     "targets",
+    "files",
     "tls",
 ];
 /// Each consumer kind with the fields only it takes.
@@ -52,6 +54,7 @@ const CONSUMER_KINDS: &[(&str, &[&str])] = &[
     ("process", PROCESS_ONLY),
     ("kubernetes", KUBERNETES_ONLY),
     ("exec", EXEC_ONLY),
+    ("dotenv", DOTENV_ONLY),
 ];
 /// Fields only a `process` consumer takes.
 const PROCESS_ONLY: &[&str] = &[
@@ -68,6 +71,10 @@ const PROCESS_ONLY: &[&str] = &[
 const KUBERNETES_ONLY: &[&str] = &["workload", "secret", "port", "sync_period"];
 /// Fields only an `exec` consumer takes.
 const EXEC_ONLY: &[&str] = &["apply", "targets"];
+/// Fields only a `dotenv` consumer takes (with an exec consumer's).
+const DOTENV_ONLY: &[&str] = &["files", "apply", "targets"];
+/// Most env files one dotenv consumer writes.
+const MAX_ENV_FILES: usize = 16;
 const WORKLOAD_FIELDS: &[&str] = &["kind", "name", "namespace"];
 
 impl Cx<'_> {
@@ -106,6 +113,7 @@ impl Cx<'_> {
         // Each consumer's index by name.
         let mut by_name: HashMap<String, usize> = HashMap::with_capacity(items.len());
         let mut targets: Vec<(usize, usize, Pos)> = Vec::new();
+        let mut names_at: Vec<Pos> = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let (consumer, name_pos, to_positions) =
                 self.consumer(item, i, namespace, environment, base_dir)?;
@@ -121,11 +129,13 @@ impl Cx<'_> {
                 ));
             }
             targets.extend(to_positions.into_iter().map(|(r, pos)| (i, r, pos)));
+            names_at.push(name_pos);
             by_name.insert(consumer.name.clone(), i);
             consumers.push(consumer);
         }
 
         self.roundtrip_targets(&consumers, &by_name, targets)?;
+        self.shared_env_names(&consumers, &names_at)?;
         Ok(consumers)
     }
 
@@ -177,7 +187,7 @@ impl Cx<'_> {
             _ => Role::Both,
         };
 
-        const KIND_HELP: &str = "use `process` (local processes started by rotor), `kubernetes` (a Deployment, StatefulSet or DaemonSet) or `exec` (a command that points the consumer at the store's versions)";
+        const KIND_HELP: &str = "use `process` (local processes started by rotor), `kubernetes` (a Deployment, StatefulSet or DaemonSet), `exec` (a command that points the consumer at the store's versions) or `dotenv` (env files rotor writes, then a command such as `docker compose up -d`)";
         let node = self.require(&f, "kind", KIND_HELP)?;
         let kind = self.text(node, &f.sub("kind"), KIND_HELP)?;
         let Some((_, takes)) = CONSUMER_KINDS.iter().find(|(k, _)| *k == kind) else {
@@ -212,7 +222,11 @@ impl Cx<'_> {
         let mut kind_spec = match kind {
             "process" => ConsumerKind::Process(self.process(&f, &slots)?),
             "kubernetes" => ConsumerKind::Kubernetes(self.kubernetes(&f, namespace)?),
-            _ => ConsumerKind::Exec(self.exec(&f)?),
+            "dotenv" => ConsumerKind::Dotenv(DotenvSpec {
+                files: self.env_files(&f, base_dir)?,
+                exec: self.exec(&f, DOTENV_TEMPLATE_FIELDS)?,
+            }),
+            _ => ConsumerKind::Exec(self.exec(&f, EXEC_TEMPLATE_FIELDS)?),
         };
         let pickup = self.pickup(&f, &mut kind_spec)?;
 
@@ -224,7 +238,8 @@ impl Cx<'_> {
         };
 
         let mut tls = self.tls(&f, environment, base_dir)?;
-        if let ConsumerKind::Exec(exec) = &kind_spec {
+        if let ConsumerKind::Exec(exec) | ConsumerKind::Dotenv(DotenvSpec { exec, .. }) = &kind_spec
+        {
             tls = self.target_scheme(&f, exec, tls)?;
         }
         let probes = self.probes(&f, role)?;
@@ -273,7 +288,13 @@ impl Cx<'_> {
                 "pickup `reload` is not supported by `exec` consumers",
                 "use `restart`: the `apply` command decides how the consumer picks the new versions up",
             )),
-            (ConsumerKind::Exec(_), Pickup::Restart) => Ok(pickup),
+            (ConsumerKind::Dotenv(_), Pickup::Reload) => Err(self.err(
+                at,
+                path,
+                "pickup `reload` is not supported by `dotenv` consumers",
+                "use `restart`: the `apply` command decides how the consumer reads its env files again",
+            )),
+            (ConsumerKind::Exec(_) | ConsumerKind::Dotenv(_), Pickup::Restart) => Ok(pickup),
             (ConsumerKind::Process(p), Pickup::Reload) => {
                 if p.delivery != Delivery::File {
                     return Err(self.err(
@@ -461,9 +482,10 @@ impl Cx<'_> {
         })
     }
 
-    /// The fields of an `exec` consumer.
-    fn exec(&self, f: &Fields<'_>) -> Result<ExecSpec> {
-        let fields = EXEC_TEMPLATE_FIELDS
+    /// The fields of an `exec` consumer (and the same of a `dotenv` one), whose `apply` may use
+    /// `allowed` template fields.
+    fn exec(&self, f: &Fields<'_>, allowed: &[&str]) -> Result<ExecSpec> {
+        let fields = allowed
             .iter()
             .map(|n| format!("{{{n}}}"))
             .collect::<Vec<_>>()
@@ -482,7 +504,7 @@ impl Cx<'_> {
                 let field = &after[..close];
                 // `${VAR}` and `${VAR:+…}` belong to a shell, not to rotor.
                 let shell = rest[..open].ends_with('$');
-                if !shell && !EXEC_TEMPLATE_FIELDS.contains(&field) {
+                if !shell && !allowed.contains(&field) {
                     let item = match &node.value {
                         Value::Seq(items) => items.get(i).map_or(node.pos, |n| n.pos),
                         _ => node.pos,
@@ -537,6 +559,98 @@ impl Cx<'_> {
             }
         }
         Ok(ExecSpec { apply, targets })
+    }
+
+    /// `files` of a `dotenv` consumer: 1 to 16 paths, relative to the playbook's directory
+    /// (or absolute), each named once.
+    fn env_files(&self, f: &Fields<'_>, base_dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+        const HELP: &str = "list the env files the consumer reads, relative to the playbook, e.g. [\".env.development\", \"config/auth.env\"]";
+        let node = self.require(f, "files", HELP)?;
+        let path = f.sub("files");
+        let Value::Seq(items) = &node.value else {
+            return Err(self.type_error(node, &path, "a list of file paths", HELP));
+        };
+        if items.is_empty() {
+            return Err(self.err(node.pos, &path, "no files: rotor would write nothing", HELP));
+        }
+        self.at_most(node, &path, items.len(), MAX_ENV_FILES, "files")?;
+        let mut out: Vec<std::path::PathBuf> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            let text = self.text(item, &p, HELP)?;
+            let bad = text.is_empty()
+                || text.ends_with('/')
+                || text.chars().any(char::is_control)
+                || Path::new(text).file_name().is_none();
+            if bad {
+                return Err(self.err(
+                    item.pos,
+                    p,
+                    format!("`{}` is not a file path", echo(text)),
+                    HELP,
+                ));
+            }
+            // `a/./b` and `a/../a/b` name one file: compared by their lexical form.
+            let file: std::path::PathBuf =
+                base_dir
+                    .join(text)
+                    .components()
+                    .fold(std::path::PathBuf::new(), |mut acc, c| {
+                        match c {
+                            std::path::Component::CurDir => {}
+                            std::path::Component::ParentDir if acc.file_name().is_some() => {
+                                acc.pop();
+                            }
+                            c => acc.push(c),
+                        }
+                        acc
+                    });
+            if let Some(j) = out.iter().position(|o| *o == file) {
+                return Err(self.err(
+                    item.pos,
+                    p,
+                    format!("`{}` is already listed as {path}[{j}]", echo(text)),
+                    "list every file once",
+                ));
+            }
+            out.push(file);
+        }
+        Ok(out)
+    }
+
+    /// No name is written into one env file by two dotenv consumers: they move at different
+    /// steps of a rotation (a signer and a validator hold different values at S2), so one
+    /// would overwrite the other's value.
+    fn shared_env_names(&self, consumers: &[ConsumerSpec], names_at: &[Pos]) -> Result<()> {
+        let mut seen: HashMap<(&Path, &str), usize> = HashMap::new();
+        for (i, c) in consumers.iter().enumerate() {
+            let ConsumerKind::Dotenv(d) = &c.kind else {
+                continue;
+            };
+            for file in &d.files {
+                for name in crate::consumer::slot_names(&c.slots) {
+                    match seen.get(&(file.as_path(), name)) {
+                        Some(&j) if j != i => {
+                            return Err(self.err(
+                                names_at[i],
+                                format!("consumers[{i}].files"),
+                                format!(
+                                    "consumers `{}` and `{}` both write `{name}` into {}",
+                                    consumers[j].name,
+                                    c.name,
+                                    file.display()
+                                ),
+                                "give each consumer its own env file (compose: `env_file: [.env, auth.env]`), or its own names for the secret",
+                            ));
+                        }
+                        _ => {
+                            seen.insert((file.as_path(), name), i);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The scheme of an exec consumer's targets decides how they are reached: `https://` is

@@ -1,0 +1,473 @@
+//! The dotenv consumer: env files rotor writes the consumer's names into, then a command that
+//! makes the consumer read them again (a compose service recreated with
+//! `docker compose up -d --wait --no-deps --force-recreate auth`), then the usual proofs.
+//!
+//! Owns: rewriting each of its `files` (atomically, at mode 0600, keeping the owner and every
+//! line that is not one of its names; a name given twice is written once and the removed
+//! entry reported); running `apply` as an exec consumer does (same template fields and
+//! environment, plus `{files}` / `ROTOR_FILES`, under the rollout deadline) and remembering
+//! what it applied in `<state_dir>/dotenv/<consumer>.json`; waiting until the targets answer
+//! (and, with `fingerprints_path`, report the new values) before proving them; and reading the
+//! files back for `rotor check`.
+//!
+//! Must never: put a value in an error, an event or the command's argv or environment (the
+//! files are the only place a value goes); follow a name it does not own; write a file it could
+//! not read whole (a line the dotenv grammar refuses stops it before anything is written).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::exec::ExecConsumer;
+use super::{
+    Consumer, ConsumerError, Desired, FileView, Gate, Held, HeldSource, Instance, RolloutReport,
+    Slots, deadline_after, report_held, slot_names,
+};
+use crate::events::{Event, EventSink};
+use crate::playbook::{ConsumerSpec, DotenvSpec, Pickup, Playbook, SlotNames};
+use crate::protocol::Role;
+use crate::secret::Fingerprint;
+use crate::transport::Transport;
+
+/// Largest env file rotor reads or writes.
+pub const MAX_ENV_FILE: u64 = 1 << 20;
+
+/// How often a target is asked again while it comes back after the command.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
+
+/// Attempts at a rewrite when the file changes under rotor between its read and its rename.
+const REWRITE_ATTEMPTS: usize = 3;
+
+/// A dotenv consumer.
+pub struct DotenvConsumer {
+    /// The command, the targets and the record of what was applied.
+    exec: ExecConsumer,
+    name: String,
+    role: Role,
+    secret: String,
+    slot_names: SlotNames,
+    files: Vec<PathBuf>,
+    fingerprints_path: Option<String>,
+    readiness_timeout: Duration,
+    probe_timeout: Duration,
+}
+
+/// One env file as read: its text, and the owner a rewrite keeps.
+struct Read {
+    text: zeroize::Zeroizing<String>,
+    owner: Option<(u32, u32)>,
+}
+
+impl DotenvConsumer {
+    /// The consumer `spec` of `playbook`.
+    pub fn new(
+        playbook: &Playbook,
+        spec: &ConsumerSpec,
+        dotenv: &DotenvSpec,
+        transport: Transport,
+    ) -> Self {
+        DotenvConsumer {
+            exec: ExecConsumer::for_dotenv(playbook, spec, dotenv, transport),
+            name: spec.name.clone(),
+            role: spec.role,
+            secret: playbook.secret.clone(),
+            slot_names: spec.slots.clone(),
+            files: dotenv.files.clone(),
+            fingerprints_path: spec.fingerprints_path.clone(),
+            readiness_timeout: playbook.timings.readiness_timeout,
+            probe_timeout: playbook.timings.probe_timeout,
+        }
+    }
+
+    fn file_error(&self, file: &Path, detail: impl std::fmt::Display) -> ConsumerError {
+        ConsumerError::EnvFile {
+            consumer: self.name.clone(),
+            file: file.display().to_string(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The file rotor writes for `file`: the file a symbolic link points to (a link named
+    /// `.env` stays a link), else `file` itself, whose directory must exist.
+    fn real_path(&self, file: &Path) -> Result<PathBuf, ConsumerError> {
+        match std::fs::canonicalize(file) {
+            Ok(p) => Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let dir = file.parent().unwrap_or(Path::new("."));
+                if std::fs::symlink_metadata(file).is_ok() {
+                    return Err(self.file_error(
+                        file,
+                        "is a symbolic link to a file that does not exist; point it at the env file, or list that file",
+                    ));
+                }
+                if !dir.is_dir() {
+                    return Err(self.file_error(
+                        file,
+                        format!(
+                            "its directory {} does not exist; create it, or fix the path under `files`",
+                            dir.display()
+                        ),
+                    ));
+                }
+                Ok(file.to_path_buf())
+            }
+            Err(e) => Err(self.file_error(file, format!("cannot be resolved: {e}"))),
+        }
+    }
+
+    /// `file`'s text (empty when it does not exist yet), bounded; never its content in an
+    /// error.
+    fn read(&self, file: &Path) -> Result<Read, ConsumerError> {
+        let f = match std::fs::File::open(file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Read {
+                    text: zeroize::Zeroizing::new(String::new()),
+                    owner: None,
+                });
+            }
+            Err(e) => return Err(self.file_error(file, format!("cannot be read: {e}"))),
+        };
+        let meta = f
+            .metadata()
+            .map_err(|e| self.file_error(file, format!("cannot be read: {e}")))?;
+        if !meta.is_file() {
+            return Err(self.file_error(file, "is not a regular file"));
+        }
+        let mut bytes = zeroize::Zeroizing::new(Vec::new());
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_ENV_FILE + 1), &mut bytes)
+            .map_err(|e| self.file_error(file, format!("cannot be read: {e}")))?;
+        if bytes.len() as u64 > MAX_ENV_FILE {
+            return Err(self.file_error(
+                file,
+                format!("is larger than {MAX_ENV_FILE} bytes; an env file that large is not one rotor writes"),
+            ));
+        }
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| {
+                self.file_error(
+                    file,
+                    format!("is not UTF-8 text (at byte {})", e.valid_up_to()),
+                )
+            })?
+            .to_string();
+        Ok(Read {
+            text: zeroize::Zeroizing::new(text),
+            owner: Some((meta.uid(), meta.gid())),
+        })
+    }
+
+    /// What each declared name holds in `text`, and what is wrong with the file for this
+    /// consumer (names given twice, entries that are not values rotor wrote, lines the grammar
+    /// refuses); never a value.
+    fn judge(&self, text: &str) -> (BTreeMap<String, Fingerprint>, Vec<String>) {
+        let (entries, problems) = crate::dotenv::parse(text);
+        let mut out = BTreeMap::new();
+        let mut wrong: Vec<String> = problems
+            .iter()
+            .take(5)
+            .map(|p| format!("line {}: {}", p.line, p.message))
+            .collect();
+        for name in slot_names(&self.slot_names) {
+            let (last, count) = crate::dotenv::last_entries(&entries, name);
+            let Some(e) = last else { continue };
+            if count > 1 {
+                let lines: Vec<String> = entries
+                    .iter()
+                    .filter(|x| x.name == name)
+                    .map(|x| x.line.to_string())
+                    .collect();
+                wrong.push(format!(
+                    "{name} is given {count} times (lines {}); a program reads the last",
+                    lines.join(", ")
+                ));
+            }
+            match &e.value {
+                None => wrong.push(format!(
+                    "line {}: {name} is passed through from the environment, not written in the file",
+                    e.line
+                )),
+                Some(_) if !e.refs.is_empty() => wrong.push(format!(
+                    "line {}: {name} refers to ${{{}}} instead of holding a value",
+                    e.line,
+                    e.refs[0]
+                )),
+                Some(v) => {
+                    let value = crate::secret::SecretValue::new(v.clone());
+                    out.insert(name.to_string(), value.fingerprint(&self.secret));
+                }
+            }
+        }
+        (out, wrong)
+    }
+
+    /// Whether every file holds exactly `d` (each declared name once, with its value; a name
+    /// with no value now absent).
+    fn files_hold(&self, d: &Desired<'_>) -> bool {
+        self.files.iter().all(|f| {
+            self.read(f).is_ok_and(|r| {
+                let (names, wrong) = self.judge(&r.text);
+                wrong.is_empty() && names == d.names
+            })
+        })
+    }
+
+    /// Writes `d` into every file, reporting each duplicate it removes. Every file is read
+    /// and rewritten in memory first, so a file rotor cannot read whole stops it before any
+    /// file changes.
+    fn write_all(&self, d: &Desired<'_>, events: &dyn EventSink) -> Result<(), ConsumerError> {
+        let wanted: Vec<(&str, Option<&str>)> = slot_names(&self.slot_names)
+            .into_iter()
+            .map(|n| {
+                let v = d
+                    .values
+                    .iter()
+                    .find(|(m, _)| m == n)
+                    .map(|(_, v)| v.expose());
+                (n, v)
+            })
+            .collect();
+        let mut plans = Vec::with_capacity(self.files.len());
+        for file in &self.files {
+            let real = self.real_path(file)?;
+            let read = self.read(&real)?;
+            let rewrite = self.rewrite(file, &read.text, &wanted)?;
+            plans.push((file, real, read, rewrite));
+        }
+        for (file, real, mut read, mut rewrite) in plans {
+            let mut attempt = 1;
+            loop {
+                let mode_ok =
+                    std::fs::metadata(&real).is_ok_and(|m| m.permissions().mode() & 0o777 == 0o600);
+                if !rewrite.changed && mode_ok {
+                    break;
+                }
+                match self.replace(&real, &read, &rewrite.text)? {
+                    true => break,
+                    // Changed under rotor since it was read: read it again.
+                    false if attempt < REWRITE_ATTEMPTS => {
+                        attempt += 1;
+                        read = self.read(&real)?;
+                        rewrite = self.rewrite(file, &read.text, &wanted)?;
+                    }
+                    false => {
+                        return Err(self.file_error(
+                            file,
+                            "kept changing while rotor rewrote it; stop whatever else writes it, then `rotor resume` or `rotor rollback`",
+                        ));
+                    }
+                }
+            }
+            for (name, line) in &rewrite.duplicates {
+                events.emit(&Event::Note {
+                    message: format!(
+                        "{}: {}:{line}: a second entry of {name} was removed (the file gives each name once now)",
+                        self.name,
+                        file.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn rewrite(
+        &self,
+        file: &Path,
+        text: &str,
+        wanted: &[(&str, Option<&str>)],
+    ) -> Result<crate::dotenv::Rewrite, ConsumerError> {
+        crate::dotenv::rewrite(text, wanted).map_err(|problems| {
+            let lines: Vec<String> = problems
+                .iter()
+                .take(5)
+                .map(|p| format!("line {}: {}", p.line, p.message))
+                .collect();
+            self.file_error(
+                file,
+                format!(
+                    "has lines the dotenv grammar does not accept ({}); fix them (rotor changed nothing in it)",
+                    lines.join("; ")
+                ),
+            )
+        })
+    }
+
+    /// Replaces `real` with `text` through a temporary file in its directory (mode 0600, the
+    /// old file's owner when rotor may set it), unless the file no longer holds what was
+    /// `read`: `Ok(false)` then, and nothing changed.
+    fn replace(&self, real: &Path, read: &Read, text: &str) -> Result<bool, ConsumerError> {
+        let io = |e: std::io::Error| self.file_error(real, format!("cannot be written: {e}"));
+        let dir = real.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".rotor-tmp-")
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)
+            .map_err(io)?;
+        tmp.write_all(text.as_bytes()).map_err(io)?;
+        if let Some((uid, gid)) = read.owner {
+            // As root, the file keeps its owner (compose reads it as that user). Otherwise the
+            // file was written by this user or cannot change hands: left as created.
+            let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid));
+        }
+        tmp.as_file().sync_all().map_err(io)?;
+        let now = self.read(real)?;
+        if now.text.as_str() != read.text.as_str() {
+            return Ok(false);
+        }
+        tmp.persist(real).map_err(|e| io(e.error))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(true)
+    }
+
+    /// Waits until every target answers again after the command (and reports `d` when the
+    /// consumer has a `fingerprints_path`), for at most the readiness timeout; a target that
+    /// never does is left to its proof, which then says why.
+    async fn settle(&self, d: &Desired<'_>) -> Result<(), ConsumerError> {
+        let until = deadline_after(self.readiness_timeout);
+        for target in self.exec.instances().await? {
+            let Some(addr) = target.addr else { continue };
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                let ready = match &self.fingerprints_path {
+                    Some(path) => {
+                        let at = self.exec.transport().reach(addr, target.host.as_deref());
+                        report_held(at, path, left.min(self.probe_timeout))
+                            .await
+                            .is_ok_and(|h| d.names.iter().all(|(n, f)| h.names.get(n) == Some(f)))
+                    }
+                    None => tokio::time::timeout(
+                        left.min(self.probe_timeout),
+                        tokio::net::TcpStream::connect(addr),
+                    )
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
+                };
+                if ready || Instant::now() >= until {
+                    break;
+                }
+                tokio::time::sleep(SETTLE_POLL.min(left)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Consumer for DotenvConsumer {
+    fn transport(&self) -> &Transport {
+        self.exec.transport()
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn role(&self) -> Role {
+        self.role
+    }
+
+    fn pickup(&self) -> Pickup {
+        Pickup::Restart
+    }
+
+    /// Every file must be one rotor can rewrite: readable, within bounds, every line one the
+    /// dotenv grammar accepts, in a directory that exists.
+    async fn preflight(&self) -> Result<(), ConsumerError> {
+        for file in &self.files {
+            let real = self.real_path(file)?;
+            let read = self.read(&real)?;
+            self.rewrite(file, &read.text, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Writes the files, runs the command, waits for the targets to come back, then proves
+    /// every target through `gate` before the next consumer moves. Files that already hold
+    /// the slots, a record that says the command ran for them and targets that pass their
+    /// proof: nothing is done (a repeated step, a resume).
+    async fn apply(
+        &self,
+        slots: &Slots,
+        gate: &dyn Gate,
+        events: &dyn EventSink,
+    ) -> Result<RolloutReport, ConsumerError> {
+        let d = Desired::new(&self.slot_names, &self.secret, slots);
+        if self.files_hold(&d)
+            && self.exec.recorded(&d, slots)
+            && self.exec.prove_targets(gate, events).await.is_ok()
+        {
+            return Ok(RolloutReport::default());
+        }
+        self.write_all(&d, events)?;
+        let waited = self.exec.run_recorded(&d, slots, events).await?;
+        self.settle(&d).await?;
+        self.exec.prove_targets(gate, events).await?;
+        Ok(self.exec.finished(events, waited))
+    }
+
+    async fn desired_instances(&self) -> Result<usize, ConsumerError> {
+        self.exec.desired_instances().await
+    }
+
+    async fn instances(&self) -> Result<Vec<Instance>, ConsumerError> {
+        self.exec.instances().await
+    }
+
+    /// What the target reports at `fingerprints_path`, else what rotor last applied.
+    async fn held(&self, instance: &Instance) -> Result<(Held, HeldSource), ConsumerError> {
+        let (Some(path), Some(addr)) = (&self.fingerprints_path, instance.addr) else {
+            return self.exec.held(instance).await;
+        };
+        let at = self.exec.transport().reach(addr, instance.host.as_deref());
+        let held = report_held(at, path, self.probe_timeout)
+            .await
+            .map_err(|detail| ConsumerError::Observe {
+                consumer: self.name.clone(),
+                instance: instance.id.clone(),
+                detail,
+            })?;
+        Ok((held, HeldSource::Reported))
+    }
+
+    async fn files(&self) -> Vec<FileView> {
+        self.files
+            .iter()
+            .map(|file| {
+                let read = self.real_path(file).and_then(|real| self.read(&real));
+                let (names, problems) = match read {
+                    Ok(r) => {
+                        let (names, mut problems) = self.judge(&r.text);
+                        let mode = std::fs::metadata(file).map(|m| m.permissions().mode() & 0o777);
+                        if let Ok(mode) = mode
+                            && mode & 0o077 != 0
+                        {
+                            problems.push(format!(
+                                "its mode is {mode:04o}: others may read it (rotor writes 0600)"
+                            ));
+                        }
+                        (names, problems)
+                    }
+                    Err(e) => (BTreeMap::new(), vec![e.to_string()]),
+                };
+                FileView {
+                    consumer: self.name.clone(),
+                    file: file.display().to_string(),
+                    names,
+                    problems,
+                }
+            })
+            .collect()
+    }
+
+    /// rotor does not run the consumer: nothing to stop.
+    async fn stop(&self) -> Result<usize, ConsumerError> {
+        Ok(0)
+    }
+}
