@@ -5,6 +5,7 @@ mod aws;
 mod cli;
 mod cloudrun;
 mod common;
+mod compose;
 mod crash;
 mod discover;
 mod files;

@@ -166,6 +166,17 @@ impl Engine {
         Ok(())
     }
 
+    /// [`Engine::screen_playbook`], then each consumer's own preflight (an env file rotor
+    /// could not rewrite): what every command that changes the fleet refuses before it takes
+    /// the lock, so a refusal writes nothing.
+    pub async fn screen(&self) -> Result<(), EngineError> {
+        self.screen_playbook().await?;
+        for c in &self.consumers {
+            c.preflight().await?;
+        }
+        Ok(())
+    }
+
     /// The gate of consumer `c` (see [`gate::InstanceGate`]).
     pub(crate) fn gate(
         &self,
@@ -202,7 +213,7 @@ impl Engine {
 
     /// Starts every consumer holding the store's current slots (fleet bring-up).
     pub async fn up(&self) -> Result<(), EngineError> {
-        self.screen_playbook().await?;
+        self.screen().await?;
         let snap = self.store.snapshot().await?;
         let state = match self.journals.load().await? {
             Some(j) if j.status.is_active() => j.state,
@@ -365,7 +376,7 @@ impl Engine {
     /// Starts a rotation from S0.
     pub async fn rotate(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
         // Refused before the lock is taken: a refusal writes nothing.
-        self.screen_playbook().await?;
+        self.screen().await?;
         let guard = self.lock.acquire(Holder::me("rotate"), opts.force).await?;
         let result = self.rotate_locked(guard.as_ref(), opts).await;
         self.release(guard).await;
@@ -444,10 +455,6 @@ impl Run<'_> {
             .filter(|c| c.pickup() == crate::playbook::Pickup::Reload)
         {
             c.desired_instances().await?;
-        }
-        // An env file rotor could not rewrite: refused the same way, before anything changes.
-        for c in &self.e.consumers {
-            c.preflight().await?;
         }
         let r = async {
             let mut d = self.prove_validators(&[Which::A], &[]).await?;

@@ -16,7 +16,7 @@ impl Engine {
     /// Continues the rotation in progress from its journal.
     pub async fn resume(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
         // Refused before the lock is taken: a refusal writes nothing.
-        self.screen_playbook().await?;
+        self.screen().await?;
         // Nothing to resume is refused before the lock is taken (a refusal writes nothing).
         self.active_journal().await?;
         let guard = self.lock.acquire(Holder::me("resume"), opts.force).await?;
@@ -61,7 +61,7 @@ impl Engine {
     /// Walks inverses back to `opts.rollback_to` (S0 by default).
     pub async fn rollback(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
         // Refused before the lock is taken: a refusal writes nothing.
-        self.screen_playbook().await?;
+        self.screen().await?;
         // Nothing to roll back is refused before the lock is taken (a refusal writes nothing).
         self.active_journal().await?;
         let guard = self

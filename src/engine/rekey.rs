@@ -23,7 +23,7 @@ impl Engine {
     /// (a rollback in progress is finished first, then a new rotation starts).
     pub async fn rekey(&self, opts: &RunOptions) -> Result<RunReport, EngineError> {
         // Refused before the lock is taken: a refusal writes nothing.
-        self.screen_playbook().await?;
+        self.screen().await?;
         let mut opts = opts.clone();
         // The reason goes into the journal, the audit log and a handover request: a value
         // quoted in it (a leak report often quotes what leaked) becomes its fingerprint, now
