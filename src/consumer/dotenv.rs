@@ -471,3 +471,137 @@ impl Consumer for DotenvConsumer {
         Ok(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::Slots;
+    use crate::secret::SecretValue;
+
+    /// A dotenv consumer writing `files` (relative to `dir`), with the events it emitted.
+    fn consumer(dir: &Path, files: &str) -> DotenvConsumer {
+        let text = format!(
+            "secret: s\nenvironment: development\nstore: {{kind: local, path: s.json}}\nconsumers:\n  - name: auth\n    role: validator\n    kind: dotenv\n    files: {files}\n    apply: [\"true\"]\n    targets: [\"127.0.0.1:9\"]\n    slots: {{primary: P, secondary: P_PREVIOUS, aliases: {{K: primary}}}}\n    probes: [{{type: header, path: /p, header: X-S}}]\n"
+        );
+        let pb = crate::playbook::load_str(&text, "t.yaml", dir).unwrap();
+        let crate::playbook::ConsumerKind::Dotenv(d) = &pb.consumers[0].kind else {
+            panic!("a dotenv consumer")
+        };
+        let t = Transport::for_consumer("auth", None).unwrap();
+        DotenvConsumer::new(&pb, &pb.consumers[0], d, t)
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    const A: &str = "value-a-0123456789abcdefghijklmnopqrstuvwxyzABCDEF";
+    const B: &str = "value-b-0123456789abcdefghijklmnopqrstuvwxyzABCDEF";
+
+    #[tokio::test]
+    async fn writes_through_a_link_at_0600_and_creates_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::create_dir(p.join("env")).unwrap();
+        std::fs::write(p.join("env/dev.env"), "OTHER=1\n").unwrap();
+        std::fs::set_permissions(
+            p.join("env/dev.env"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("env/dev.env", p.join(".env")).unwrap();
+        let c = consumer(p, "[.env, new.env]");
+        let slots = Slots::new(SecretValue::new(A.into()), Some(SecretValue::new(B.into())));
+        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        assert!(!c.files_hold(&d));
+        c.write_all(&d, &crate::events::NullSink).unwrap();
+        assert!(c.files_hold(&d));
+        assert!(
+            std::fs::symlink_metadata(p.join(".env"))
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "the link stays a link"
+        );
+        assert_eq!(
+            std::fs::read_to_string(p.join("env/dev.env")).unwrap(),
+            format!("OTHER=1\nP={A}\nP_PREVIOUS={B}\nK={A}\n")
+        );
+        assert_eq!(mode(&p.join("env/dev.env")), 0o600);
+        assert_eq!(mode(&p.join("new.env")), 0o600);
+        // Back to one value: the secondary's name goes, nothing else moves.
+        let slots = Slots::new(SecretValue::new(B.into()), None);
+        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        c.write_all(&d, &crate::events::NullSink).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(p.join("new.env")).unwrap(),
+            format!("P={B}\nK={B}\n")
+        );
+        // What `check` reads back: fingerprints per name, nothing wrong.
+        let views = c.files().await;
+        assert_eq!(views.len(), 2);
+        for v in &views {
+            assert!(v.problems.is_empty(), "{v:?}");
+            assert_eq!(v.names, d.names);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_it_cannot_rewrite_stops_it_before_any_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("a.env"), "X=1\n").unwrap();
+        std::fs::write(p.join("b.env"), "X=1\nP='never closed\n").unwrap();
+        let c = consumer(p, "[a.env, b.env]");
+        let slots = Slots::new(SecretValue::new(A.into()), None);
+        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        let e = c.write_all(&d, &crate::events::NullSink).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("b.env has lines the dotenv grammar does not accept (line 2: a single quote is never closed)"),
+            "{text}"
+        );
+        assert!(!text.contains("never closed\n"));
+        assert_eq!(std::fs::read_to_string(p.join("a.env")).unwrap(), "X=1\n");
+        assert!(c.preflight().await.is_err());
+        // A directory that does not exist is named, with what to do.
+        let c = consumer(p, "[a.env, missing/c.env]");
+        let e = c.write_all(&d, &crate::events::NullSink).unwrap_err();
+        assert!(e.to_string().contains("does not exist; create it"), "{e}");
+        assert_eq!(std::fs::read_to_string(p.join("a.env")).unwrap(), "X=1\n");
+        // An oversized file is refused, not read whole.
+        std::fs::write(p.join("a.env"), vec![b'#'; MAX_ENV_FILE as usize + 1]).unwrap();
+        let c = consumer(p, "[a.env]");
+        let e = c.write_all(&d, &crate::events::NullSink).unwrap_err();
+        assert!(e.to_string().contains("is larger than"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn check_names_duplicates_references_and_loose_modes_never_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(
+            p.join("a.env"),
+            format!("P={A}\nP=hand-set-value\nK=${{P}}\nP_PREVIOUS\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(p.join("a.env"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = consumer(p, "[a.env]");
+        let views = c.files().await;
+        let text = views[0].problems.join("\n");
+        for want in [
+            "P is given 2 times (lines 1, 2); a program reads the last",
+            "line 3: K refers to ${P} instead of holding a value",
+            "line 4: P_PREVIOUS is passed through from the environment",
+            "its mode is 0644",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        assert!(!text.contains("hand-set-value") && !text.contains(A));
+        // The value a program reads (the last) is the one fingerprinted.
+        assert_eq!(
+            views[0].names["P"],
+            SecretValue::new("hand-set-value".into()).fingerprint("s")
+        );
+    }
+}

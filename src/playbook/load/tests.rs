@@ -708,3 +708,103 @@ fn bad_aws_store_fields_name_the_field_and_what_to_do() {
     let err = with_store(&format!("store: {{kind: aws, name: {name}}}")).unwrap_err();
     assert_eq!(err.field, "store.name");
 }
+
+/// A playbook of dotenv consumers (`consumers` is the list's YAML).
+fn dotenv_playbook(consumers: &str) -> Result<Playbook> {
+    load(&format!(
+        "secret: s\nenvironment: development\nstore: {{kind: local, path: s.json}}\nconsumers:\n{consumers}"
+    ))
+}
+
+const DOTENV_AUTH: &str = "  - name: auth\n    role: validator\n    kind: dotenv\n    files: [.env, ./config/../config/auth.env]\n    apply: [docker, compose, up, -d, --wait, --no-deps, --force-recreate, auth, \"{files}\"]\n    targets: [\"127.0.0.1:8081\"]\n    slots: {primary: SERVICE_SECRET, secondary: SERVICE_SECRET_PREVIOUS}\n    probes: [{type: header, path: /p, header: X-S}]\n";
+
+#[test]
+fn a_dotenv_consumer_reads_its_files_against_the_playbook_and_an_exec_consumers_fields() {
+    let pb = dotenv_playbook(DOTENV_AUTH).unwrap();
+    let ConsumerKind::Dotenv(d) = &pb.consumers[0].kind else {
+        panic!("{:?}", pb.consumers[0].kind)
+    };
+    assert_eq!(
+        d.files,
+        [
+            PathBuf::from("/base/.env"),
+            PathBuf::from("/base/config/auth.env")
+        ]
+    );
+    assert_eq!(d.exec.apply.last().map(String::as_str), Some("{files}"));
+    assert_eq!(d.exec.targets, ["127.0.0.1:8081"]);
+    assert_eq!(pb.consumers[0].pickup, Pickup::Restart);
+}
+
+#[test]
+fn dotenv_consumers_refuse_what_they_cannot_do() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "    files: [.env, ./config/../config/auth.env]\n",
+            "    files: []\n",
+            "no files: rotor would write nothing",
+        ),
+        (
+            "    files: [.env, ./config/../config/auth.env]\n",
+            "    files: [.env, ./.env]\n",
+            "is already listed as consumers[0].files[0]",
+        ),
+        (
+            "    files: [.env, ./config/../config/auth.env]\n",
+            "    files: [config/]\n",
+            "is not a file path",
+        ),
+        (
+            "    files: [.env, ./config/../config/auth.env]\n",
+            "",
+            "missing required field `files`",
+        ),
+        (
+            "\"{files}\"]\n",
+            "\"{values}\"]\n",
+            "unknown template field `{values}`",
+        ),
+        (
+            "    targets:",
+            "    pickup: reload\n    targets:",
+            "not supported by `dotenv` consumers",
+        ),
+        (
+            "    targets:",
+            "    instances: 2\n    targets:",
+            "a `dotenv` consumer has no `instances`",
+        ),
+    ];
+    for (from, to, want) in cases {
+        let text = DOTENV_AUTH.replace(from, to);
+        assert_ne!(text, DOTENV_AUTH, "{from}");
+        let e = dotenv_playbook(&text).unwrap_err().to_string();
+        assert!(e.contains(want), "{to}: {e}");
+    }
+    // `{files}` is a dotenv consumer's field only.
+    let exec = DOTENV_AUTH
+        .replace("kind: dotenv", "kind: exec")
+        .replace("    files: [.env, ./config/../config/auth.env]\n", "");
+    let e = dotenv_playbook(&exec).unwrap_err().to_string();
+    assert!(e.contains("unknown template field `{files}`"), "{e}");
+}
+
+/// Two consumers writing one name into one file would overwrite each other's value (they move
+/// at different steps); distinct names in one shared file are fine.
+#[test]
+fn two_dotenv_consumers_never_write_one_name_into_one_file() {
+    let other = DOTENV_AUTH
+        .replace("name: auth", "name: api")
+        .replace("8081", "8082");
+    let e = dotenv_playbook(&format!("{DOTENV_AUTH}{other}")).unwrap_err();
+    assert_eq!(e.field, "consumers[1].files");
+    assert!(
+        e.message
+            .contains("consumers `auth` and `api` both write `SERVICE_SECRET` into /base/.env"),
+        "{e}"
+    );
+    let other = other
+        .replace("SERVICE_SECRET_PREVIOUS", "JWT_SECRET_KEY_PREVIOUS")
+        .replace("SERVICE_SECRET", "JWT_SECRET_KEY");
+    dotenv_playbook(&format!("{DOTENV_AUTH}{other}")).unwrap();
+}
