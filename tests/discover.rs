@@ -323,6 +323,35 @@ fn the_human_report_the_diagram_and_a_draft_that_loads_once_its_blanks_are_fille
         "SECRET_KEY"
     );
     assert!(matches!(&pb.store, rotor::playbook::StoreSpec::Gcp(g) if g.name == "service-secret"));
+    // The compose services become dotenv consumers of the env file the dev stack loads, each
+    // recreated through that compose file; backend reads JWT_SECRET_KEY from the same file,
+    // which auth's consumer writes, so it stays an exec consumer with a comment saying why.
+    for name in ["auth", "analytics"] {
+        let rotor::playbook::ConsumerKind::Dotenv(d) = &pb.consumer(name).unwrap().kind else {
+            panic!("{name} is not a dotenv consumer:\n{filled}")
+        };
+        assert_eq!(d.files, [root.join(".env.development")], "{name}");
+        assert_eq!(
+            d.exec.apply[..4],
+            [
+                "docker".to_string(),
+                "compose".into(),
+                "-f".into(),
+                root.join("docker-compose.dev.yml").display().to_string()
+            ]
+        );
+        assert_eq!(d.exec.apply.last().unwrap(), name);
+    }
+    assert!(matches!(
+        pb.consumer("backend").unwrap().kind,
+        rotor::playbook::ConsumerKind::Exec(_)
+    ));
+    assert!(
+        text.contains(
+            "gives backend .env.development, where another consumer writes JWT_SECRET_KEY"
+        ),
+        "{text}"
+    );
 }
 
 #[test]

@@ -78,7 +78,11 @@ pub(super) async fn run(a: Args, out: &Arc<Output>) -> CliResult {
         Diagram::Dot => graph.dot(),
     });
     if let Some(path) = &a.playbook_draft {
-        let text = crate::discover::draft::playbook(&report);
+        let base = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let text = crate::discover::draft::playbook(&report, &base);
         crate::discover::draft::write_new(path, &text)
             .map_err(|e| internal(format!("--playbook-draft {}: {e}", path.display())))?;
     }

@@ -3,9 +3,17 @@
 //! the other names of the same secret it reads as aliases. What discover cannot know (the
 //! secret's name, the environment, how each service is redeployed and probed) is a blank,
 //! `"<FILL: …>"`; the draft loads as a playbook once every blank is filled.
+//!
+//! A service that a docker compose file starts with `env_file:` becomes a `dotenv` consumer of
+//! those files, redeployed with `docker compose -f FILE up -d --wait --no-deps
+//! --force-recreate SERVICE` (the compose file that starts the most of the secret's readers is
+//! used). A service whose env file another drafted consumer already writes one of its names
+//! into stays an `exec` consumer, with a comment: one file cannot hold two consumers' values of
+//! one name (they move at different steps), so it needs its own env file first.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::Report;
 use super::findings::SecretGroup;
@@ -15,8 +23,10 @@ fn blank(hint: &str) -> String {
     format!("\"<FILL: {hint}>\"")
 }
 
-/// The draft for `report` (a comment only when it found no secret read by a service).
-pub fn playbook(report: &Report) -> String {
+/// The draft for `report`, to be written in directory `base` (paths in it are relative to
+/// `base` when the scanned tree is there or below, else absolute); a comment only when it found
+/// no secret read by a service.
+pub fn playbook(report: &Report, base: &Path) -> String {
     let mut s = format!(
         "# Drafted by `rotor discover` from {}.\n# Fill in every <FILL: …>, check what was discovered (the `discovered:` comments), then\n# run `rotor plan` on it. docs/playbook.md describes every field.\n",
         report.root.display()
@@ -47,10 +57,58 @@ pub fn playbook(report: &Report) -> String {
     ));
     s.push_str(&store(g));
     s.push_str("consumers:\n");
+    let compose = compose_of(report, g);
+    let mut written: Vec<(String, String)> = Vec::new();
     for (service, names) in &g.readers {
-        s.push_str(&consumer(report, g, service, names));
+        s.push_str(&consumer(
+            report,
+            g,
+            service,
+            names,
+            compose.as_ref(),
+            &mut written,
+            base,
+        ));
     }
     s
+}
+
+/// The compose file that starts the most services reading `g` (ties: the first by name), and
+/// the env files it gives each of them, in order.
+fn compose_of(report: &Report, g: &SecretGroup) -> Option<(String, BTreeMap<String, Vec<String>>)> {
+    let mut by_compose: BTreeMap<&str, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for link in report
+        .env_files
+        .iter()
+        .filter(|l| g.readers.contains_key(&l.service))
+    {
+        let files = by_compose
+            .entry(link.from.0.as_str())
+            .or_default()
+            .entry(link.service.clone())
+            .or_default();
+        if !files.contains(&link.file) {
+            files.push(link.file.clone());
+        }
+    }
+    by_compose
+        .into_iter()
+        .max_by_key(|(file, services)| (services.len(), std::cmp::Reverse(*file)))
+        .map(|(file, services)| (file.to_string(), services))
+}
+
+/// `file` (relative to the scanned tree) as the draft in `base` names it, quoted for YAML.
+fn path_for(report: &Report, base: &Path, file: &str) -> String {
+    let root = report
+        .root
+        .canonicalize()
+        .unwrap_or_else(|_| report.root.clone());
+    let base = base.canonicalize().unwrap_or_else(|_| base.to_path_buf());
+    let path: PathBuf = match root.strip_prefix(&base) {
+        Ok(below) => below.join(file),
+        Err(_) => root.join(file),
+    };
+    serde_json::to_string(&path.to_string_lossy()).expect("a string serializes")
 }
 
 fn store(g: &SecretGroup) -> String {
@@ -70,7 +128,15 @@ fn store(g: &SecretGroup) -> String {
     }
 }
 
-fn consumer(report: &Report, g: &SecretGroup, service: &str, names: &[String]) -> String {
+fn consumer(
+    report: &Report,
+    g: &SecretGroup,
+    service: &str,
+    names: &[String],
+    compose: Option<&(String, BTreeMap<String, Vec<String>>)>,
+    written: &mut Vec<(String, String)>,
+    base: &Path,
+) -> String {
     // The name the service's own code reads, else the group's most read one.
     let primary = report
         .references
@@ -96,17 +162,54 @@ fn consumer(report: &Report, g: &SecretGroup, service: &str, names: &[String]) -
         names.join(", "),
         where_read.join(", ")
     ));
+    let aliases: Vec<&String> = names.iter().filter(|n| **n != primary).collect();
+    let declared: Vec<String> = std::iter::once(primary.clone())
+        .chain(std::iter::once(format!("{primary}_PREVIOUS")))
+        .chain(aliases.iter().map(|a| (*a).clone()))
+        .collect();
+    s.push_str("    role: both                 # check: signer, validator or both\n");
+    let files = compose.and_then(|(file, services)| Some((file, services.get(service)?)));
+    let shared = files.and_then(|(_, files)| {
+        written
+            .iter()
+            .find(|(f, n)| files.contains(f) && declared.contains(n))
+            .cloned()
+    });
+    match (files, shared) {
+        (Some((compose_file, files)), None) => {
+            let listed: Vec<String> = files.iter().map(|f| path_for(report, base, f)).collect();
+            s.push_str(&format!(
+                "    kind: dotenv               # discovered: {compose_file} loads {}\n    files: [{}]\n    apply: [docker, compose, -f, {}, up, -d, --wait, --no-deps, --force-recreate, {}]\n",
+                files.join(", "),
+                listed.join(", "),
+                path_for(report, base, compose_file),
+                serde_json::to_string(service).expect("a string serializes")
+            ));
+            for f in files {
+                written.extend(declared.iter().map(|n| (f.clone(), n.clone())));
+            }
+        }
+        (files, shared) => {
+            if let (Some((compose_file, _)), Some((file, name))) = (files, shared) {
+                s.push_str(&format!(
+                    "    # discovered: {compose_file} gives {service} {file}, where another consumer writes {name}: give {service} its own env file to roll it as `kind: dotenv` (docs/compose.md)\n"
+                ));
+            }
+            s.push_str(&format!(
+                "    kind: exec\n    apply: [sh, -c, {}]\n",
+                blank(&format!(
+                    "the command that redeploys {service} with the names in its environment"
+                ))
+            ));
+        }
+    }
     s.push_str(&format!(
-        "    role: both                 # check: signer, validator or both\n    kind: exec\n    apply: [sh, -c, {}]\n    targets: [{}]\n",
-        blank(&format!(
-            "the command that redeploys {service} with the names in its environment"
-        )),
+        "    targets: [{}]\n",
         blank(&format!("host:port where {service} answers"))
     ));
     s.push_str(&format!(
         "    slots:\n      primary: {primary}\n      secondary: {primary}_PREVIOUS   # the name {service} will read the previous value under\n"
     ));
-    let aliases: Vec<&String> = names.iter().filter(|n| **n != primary).collect();
     if !aliases.is_empty() {
         s.push_str("      aliases:\n");
         for a in aliases {

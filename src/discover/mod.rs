@@ -183,6 +183,8 @@ pub struct Report {
     pub secrets: Vec<findings::SecretGroup>,
     /// What is wrong, by file and line.
     pub findings: Vec<findings::Finding>,
+    /// Every env file a compose service loads (`env_file:`), by compose file and line.
+    pub env_files: Vec<EnvFileLink>,
 }
 
 /// Why a scan could not run at all.
@@ -345,11 +347,12 @@ pub fn scan(root: &Path, opts: &Options) -> Result<Report, DiscoverError> {
         references,
         secrets,
         findings,
+        env_files: compose_files,
     })
 }
 
 /// A dotenv file a compose service loads (`env_file:`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EnvFileLink {
     /// The dotenv file, relative to the scanned directory.
     pub file: String,
