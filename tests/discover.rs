@@ -104,6 +104,13 @@ fn the_fixture_repository_yields_every_planted_finding_by_file_and_line() {
             "config/production.env:3",
             "SERVICE_SECRET_REPORTING",
         ),
+        // Planted: a name auth builds at run time (`f"SERVICE_SECRET_PEER_{id}"`), which no
+        // environment gives any name for.
+        (
+            "read-not-provided",
+            "services/auth/app.py:9",
+            "SERVICE_SECRET_PEER_*",
+        ),
         // Planted: three services, three names, one secret (reported at its first reference).
         ("name-aliases", ".env.alpine-test:1", "SERVICE_SECRET"),
         // Every literal value in a tracked file (`.env.local` is git-ignored: never read).

@@ -146,6 +146,7 @@ fn consumer(
                 && matches!(r.kind, super::RefKind::Reads)
                 && !matches!(r.source, "compose" | "dotenv" | "kubernetes" | "cloud-run")
                 && names.contains(&r.name)
+                && !r.name.ends_with('*')
         })
         .map(|r| r.name.clone())
         .unwrap_or_else(|| primary_of(g, names));
@@ -162,12 +163,27 @@ fn consumer(
         names.join(", "),
         where_read.join(", ")
     ));
-    let aliases: Vec<&String> = names.iter().filter(|n| **n != primary).collect();
+    // A name built at run time (`SERVICE_SECRET_*`) is no name a playbook can declare.
+    let built: Vec<&String> = names.iter().filter(|n| n.ends_with('*')).collect();
+    let aliases: Vec<&String> = names
+        .iter()
+        .filter(|n| **n != primary && !n.ends_with('*'))
+        .collect();
+    let secondary = if primary.starts_with('"') {
+        blank("the name this service will read the previous value under")
+    } else {
+        format!("{primary}_PREVIOUS")
+    };
     let declared: Vec<String> = std::iter::once(primary.clone())
-        .chain(std::iter::once(format!("{primary}_PREVIOUS")))
+        .chain(std::iter::once(secondary.clone()))
         .chain(aliases.iter().map(|a| (*a).clone()))
         .collect();
     s.push_str("    role: both                 # check: signer, validator or both\n");
+    for b in &built {
+        s.push_str(&format!(
+            "    # discovered: {service} builds names {b} at run time: add each one it reads as an alias\n"
+        ));
+    }
     let files = compose.and_then(|(file, services)| Some((file, services.get(service)?)));
     let shared = files.and_then(|(_, files)| {
         written
@@ -208,7 +224,7 @@ fn consumer(
         blank(&format!("host:port where {service} answers"))
     ));
     s.push_str(&format!(
-        "    slots:\n      primary: {primary}\n      secondary: {primary}_PREVIOUS   # the name {service} will read the previous value under\n"
+        "    slots:\n      primary: {primary}\n      secondary: {secondary}   # the name {service} will read the previous value under\n"
     ));
     if !aliases.is_empty() {
         s.push_str("      aliases:\n");
@@ -233,9 +249,10 @@ fn primary_of(g: &SecretGroup, names: &[String]) -> String {
     let count = |n: &String| g.readers.values().filter(|v| v.contains(n)).count();
     names
         .iter()
+        .filter(|n| !n.ends_with('*'))
         .max_by_key(|n| (count(n), std::cmp::Reverse((*n).clone())))
         .cloned()
-        .unwrap_or_default()
+        .unwrap_or_else(|| blank("the name this service reads the secret under"))
 }
 
 /// Writes `text` to a new file `path` (never over an existing one), mode 0644.

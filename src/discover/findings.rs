@@ -145,7 +145,24 @@ fn linked(references: &[Reference]) -> Links {
             links.join(&me, &to);
         }
     }
+    // A name built at run time (`SERVICE_SECRET_*`) is one secret with every name it can build.
+    let names: BTreeSet<&str> = references.iter().map(|r| r.name.as_str()).collect();
+    for built in names.iter().filter(|n| n.ends_with('*')) {
+        for n in matching(&names, built).filter(|n| n != built) {
+            links.join(&name_key(built), &name_key(n));
+        }
+    }
     links
+}
+
+/// The names of `names` a built name (`P*`) can be: those starting with `P`, itself included
+/// (a sorted range, not a scan).
+fn matching<'a>(names: &'a BTreeSet<&'a str>, built: &'a str) -> impl Iterator<Item = &'a str> {
+    let prefix = built.strip_suffix('*').unwrap_or(built);
+    names
+        .range(prefix..)
+        .take_while(move |n| n.starts_with(prefix))
+        .copied()
 }
 
 /// The names to report: those asked for (`NAME` and `NAME_*`), or every name that looks like a
@@ -370,9 +387,15 @@ pub fn judge(
             .insert(g.environment);
     }
     let given = |name: &str, env: Option<Environment>| {
-        given_in
-            .get(name)
-            .is_some_and(|envs| env.is_none() || envs.contains(&env))
+        let holds = |envs: &BTreeSet<Option<Environment>>| env.is_none() || envs.contains(&env);
+        match name.strip_suffix('*') {
+            // A built name is given when any name it can build is.
+            Some(prefix) => given_in
+                .range(prefix..)
+                .take_while(|(n, _)| n.starts_with(prefix))
+                .any(|(_, envs)| holds(envs)),
+            None => given_in.get(name).is_some_and(holds),
+        }
     };
     let mut reported: BTreeSet<(String, &'static str)> = BTreeSet::new();
     for r in references
@@ -426,9 +449,20 @@ pub fn judge(
                 .map(|r| r.name.as_str()),
         )
         .collect();
+    // Read by a built name when one of the name's prefixes is built (each name's prefixes,
+    // not every built name per given one: that is quadratic).
+    let built: BTreeSet<&str> = read_or_mapped
+        .iter()
+        .filter_map(|n| n.strip_suffix('*'))
+        .collect();
     let mut unread: BTreeSet<&str> = BTreeSet::new();
     for r in references.iter().filter(|r| gives(r)) {
-        if !read_or_mapped.contains(r.name.as_str()) && unread.insert(r.name.as_str()) {
+        let read = read_or_mapped.contains(r.name.as_str())
+            || (!built.is_empty()
+                && (1..=r.name.len())
+                    .filter(|k| r.name.is_char_boundary(*k))
+                    .any(|k| built.contains(&r.name[..k])));
+        if !read && unread.insert(r.name.as_str()) {
             push(
                 FindingKind::ProvidedNotRead,
                 r,
@@ -483,4 +517,48 @@ pub fn judge(
     out.sort_by(|a, b| (&a.file, a.line, a.kind).cmp(&(&b.file, b.line, b.kind)));
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(file: &str, name: &str, kind: RefKind, env: Option<Environment>) -> Reference {
+        Reference {
+            file: file.into(),
+            line: 1,
+            name: name.into(),
+            kind,
+            source: if file.ends_with(".py") { "python" } else { "dotenv" },
+            environment: env,
+            service: file.ends_with(".py").then(|| "auth".to_string()),
+            value: None,
+        }
+    }
+
+    /// A built name joins every name it can build into one secret, counts them as read, and is
+    /// given where any of them is.
+    #[test]
+    fn a_built_name_is_one_secret_with_the_names_it_can_build() {
+        let prod = Some(Environment::Production);
+        let refs = vec![
+            reference("app.py", "SERVICE_SECRET_*", RefKind::Reads, None),
+            reference("prod.env", "SERVICE_SECRET_AUTH", RefKind::Provides, prod),
+            reference("prod.env", "SERVICE_SECRET_BACKEND", RefKind::Provides, prod),
+            reference("prod.env", "OTHER_SECRET", RefKind::Provides, prod),
+        ];
+        let g = groups(&refs);
+        let joined = g
+            .iter()
+            .find(|g| g.names.contains(&"SERVICE_SECRET_*".to_string()))
+            .unwrap();
+        assert_eq!(
+            joined.names,
+            ["SERVICE_SECRET_*", "SERVICE_SECRET_AUTH", "SERVICE_SECRET_BACKEND"]
+        );
+        let f = judge(&refs, &g, &[]);
+        let kinds: Vec<(FindingKind, &str)> =
+            f.iter().map(|f| (f.kind, f.name.as_str())).collect();
+        assert_eq!(kinds, [(FindingKind::ProvidedNotRead, "OTHER_SECRET")], "{f:#?}");
+    }
 }

@@ -118,7 +118,9 @@ impl Cx<'_> {
     ) {
         // Names, targets and services come from the file: untrusted text. A name that is not a
         // variable name is not one (a YAML key holding something else); the rest is bounded.
-        if !crate::dotenv::valid_name(name) || name.len() > MAX_NAME {
+        // A name built at run time is its constant prefix and `*` (`SERVICE_SECRET_*`).
+        let stem = name.strip_suffix('*').unwrap_or(name);
+        if !crate::dotenv::valid_name(stem) || name.len() > MAX_NAME {
             return;
         }
         let kind = match kind {
@@ -668,6 +670,17 @@ impl Cx<'_> {
             for c in re.captures_iter(text) {
                 let at = lines.line_of(c.get(0).expect("match").start());
                 let value = c.name("value").map(|m| m.as_str());
+                if let Pattern::ReadBuilt = kind {
+                    let prefix = ["prefix", "prefix2", "prefix3", "prefix4"]
+                        .iter()
+                        .find_map(|g| c.name(g))
+                        .map_or("", |m| m.as_str());
+                    if crate::dotenv::valid_name(prefix) {
+                        let built = format!("{prefix}*");
+                        self.push(at, &built, RefKind::Reads, source, None, None, None);
+                    }
+                    continue;
+                }
                 let names = c.name("name").map(|m| m.as_str()).unwrap_or("");
                 for name in names.split(',') {
                     let name = name.trim().split(':').next().unwrap_or("").trim();
@@ -681,6 +694,7 @@ impl Cx<'_> {
                         Pattern::Set => {
                             self.push(at, name, RefKind::Provides, source, None, None, value)
                         }
+                        Pattern::ReadBuilt => {}
                     }
                 }
             }
@@ -692,6 +706,8 @@ impl Cx<'_> {
 enum Pattern {
     Read,
     Set,
+    /// A read of a name built at run time from a constant prefix (`f"SERVICE_SECRET_{id}"`).
+    ReadBuilt,
 }
 
 /// The patterns of `source`'s language, compiled once.
@@ -702,6 +718,8 @@ fn patterns(source: &str) -> &'static [(Regex, Pattern)] {
             .collect()
     }
     const N: &str = r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)";
+    // The constant start of a name built at run time.
+    const P: &str = r"(?P<prefix>[A-Za-z_][A-Za-z0-9_]*)";
     static PY: LazyLock<Vec<(Regex, Pattern)>> = LazyLock::new(|| {
         build(&[
             (
@@ -712,16 +730,30 @@ fn patterns(source: &str) -> &'static [(Regex, Pattern)] {
                 &format!(r#"os\.environ\[\s*['"]{N}['"]\s*\](?:\s*[^=\s]|\s*==|\s*$)"#),
                 Pattern::Read,
             ),
+            // The name alone, not the start of a name built with `+`.
             (
-                &format!(r#"os\.environ\.get\(\s*['"]{N}['"]"#),
+                &format!(r#"os\.environ\.get\(\s*['"]{N}['"]\s*[,)]"#),
                 Pattern::Read,
             ),
-            (&format!(r#"os\.getenv\(\s*['"]{N}['"]"#), Pattern::Read),
+            (
+                &format!(r#"os\.getenv\(\s*['"]{N}['"]\s*[,)]"#),
+                Pattern::Read,
+            ),
             (
                 &format!(
                     r#"(?:setenv|environ\.setdefault)\(\s*['"]{N}['"]\s*,\s*['"](?P<value>[^'"]*)['"]"#
                 ),
                 Pattern::Set,
+            ),
+            // f"P{id}", "P" + id, "P%s" % id, "P{}".format(id)
+            (
+                &format!(
+                    r#"(?:os\.environ\[|os\.environ\.get\(|os\.getenv\()\s*(?:f['"]{P}\{{|['"]{P2}['"]\s*\+|['"]{P3}%[sd]['"]\s*%|['"]{P4}\{{\}}['"]\s*\.format)"#,
+                    P2 = r"(?P<prefix2>[A-Za-z_][A-Za-z0-9_]*)",
+                    P3 = r"(?P<prefix3>[A-Za-z_][A-Za-z0-9_]*)",
+                    P4 = r"(?P<prefix4>[A-Za-z_][A-Za-z0-9_]*)",
+                ),
+                Pattern::ReadBuilt,
             ),
         ])
     });
@@ -749,6 +781,14 @@ fn patterns(source: &str) -> &'static [(Regex, Pattern)] {
                 r"(?:const|let|var)\s*\{(?P<name>[^}]*)\}\s*=\s*process\.env",
                 Pattern::Read,
             ),
+            // process.env[`P${id}`], process.env["P" + id]
+            (
+                &format!(
+                    r#"process\.env\[\s*(?:`{P}\$\{{|['"]{P2}['"]\s*\+)"#,
+                    P2 = r"(?P<prefix2>[A-Za-z_][A-Za-z0-9_]*)",
+                ),
+                Pattern::ReadBuilt,
+            ),
         ])
     });
     static GO: LazyLock<Vec<(Regex, Pattern)>> = LazyLock::new(|| {
@@ -760,6 +800,14 @@ fn patterns(source: &str) -> &'static [(Regex, Pattern)] {
             (
                 &format!(r#"(?:os|t)\.Setenv\(\s*"{N}"\s*,\s*"(?P<value>[^"]*)""#),
                 Pattern::Set,
+            ),
+            // os.Getenv("P" + id), os.Getenv(fmt.Sprintf("P%s", id))
+            (
+                &format!(
+                    r#"os\.(?:Getenv|LookupEnv)\(\s*(?:"{P}"\s*\+|fmt\.Sprintf\(\s*"{P2}%[sdv])"#,
+                    P2 = r"(?P<prefix2>[A-Za-z_][A-Za-z0-9_]*)",
+                ),
+                Pattern::ReadBuilt,
             ),
         ])
     });
@@ -777,11 +825,21 @@ fn patterns(source: &str) -> &'static [(Regex, Pattern)] {
                 &format!(r#"set_var\(\s*"{N}"\s*,\s*"(?P<value>[^"]*)""#),
                 Pattern::Set,
             ),
+            // env::var(format!("P{}", id))
+            (
+                &format!(r#"env::var(?:_os)?\(\s*&?format!\(\s*"{P}\{{"#),
+                Pattern::ReadBuilt,
+            ),
         ])
     });
     static JAVA: LazyLock<Vec<(Regex, Pattern)>> = LazyLock::new(|| {
         build(&[
             (&format!(r#"System\.getenv\(\s*"{N}"\s*\)"#), Pattern::Read),
+            // System.getenv("P" + id)
+            (
+                &format!(r#"System\.getenv\(\s*"{P}"\s*\+"#),
+                Pattern::ReadBuilt,
+            ),
             (
                 &format!(r#"@Value\(\s*"\$\{{{N}(?::[^}}]*)?\}}"\s*\)"#),
                 Pattern::Read,
@@ -990,5 +1048,42 @@ mod tests {
         }
         assert_eq!(bounded("a\nb c"), "a?b?c");
         assert_eq!(bounded(&"x".repeat(300)).chars().count(), MAX_LABEL + 1);
+    }
+
+    /// A name built at run time from a constant prefix is read as `PREFIX*`, in every language.
+    #[test]
+    fn names_built_at_run_time_are_read_as_their_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("a.py", "x = os.environ[f\"SERVICE_SECRET_{sid}\"]\ny = os.getenv(\"PY_KEY_\" + sid)\nz = os.environ.get(\"PY_PCT_%s\" % sid)\nw = os.getenv(\"PY_FMT_{}\".format(sid))\n"),
+            ("a.ts", "const k = process.env[`TS_SECRET_${id}`];\nconst j = process.env[\"TS_KEY_\" + id];\n"),
+            ("a.go", "k := os.Getenv(\"GO_SECRET_\" + id)\nj := os.Getenv(fmt.Sprintf(\"GO_KEY_%s\", id))\n"),
+            ("a.rs", "let k = std::env::var(format!(\"RS_SECRET_{}\", id));\n"),
+            ("A.java", "String k = System.getenv(\"JAVA_SECRET_\" + id);\n"),
+        ];
+        let mut names = Vec::new();
+        for (file, text) in cases {
+            std::fs::write(dir.path().join(file), text).unwrap();
+            let found = read(dir.path(), file, &Options::default()).unwrap();
+            for r in found.references {
+                assert!(matches!(r.kind, RefKind::Reads), "{r:?}");
+                names.push(r.name);
+            }
+        }
+        assert_eq!(
+            names,
+            [
+                "SERVICE_SECRET_*",
+                "PY_KEY_*",
+                "PY_PCT_*",
+                "PY_FMT_*",
+                "TS_SECRET_*",
+                "TS_KEY_*",
+                "GO_SECRET_*",
+                "GO_KEY_*",
+                "RS_SECRET_*",
+                "JAVA_SECRET_*"
+            ]
+        );
     }
 }
