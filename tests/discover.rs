@@ -519,3 +519,37 @@ fn no_piece_of_a_value_reaches_the_output_and_realistic_files_give_no_false_find
         }
     }
 }
+
+/// A tree of many files it cannot read: the human report lists 50 and says how many more;
+/// the JSON report lists every one.
+#[test]
+fn the_not_read_list_is_bounded_in_the_human_report() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..60 {
+        std::fs::write(dir.path().join(format!("{i:02}.env")), b"K=\xff\xfe\n").unwrap();
+    }
+    let root = dir.path().to_str().unwrap();
+    let out = discover(&["discover", root]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("Not read (60):"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("… and 10 more (`--output json` lists every one)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stdout.matches(": not UTF-8").count(),
+        50,
+        "{}",
+        out.stdout
+    );
+    let json = discover(&["--output", "json", "discover", root]);
+    assert_eq!(
+        json.last_json()["discover"]["skipped"]
+            .as_array()
+            .unwrap()
+            .len(),
+        60
+    );
+}

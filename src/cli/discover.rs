@@ -12,6 +12,9 @@ use crate::exit::Exit;
 use crate::graph::{ConsumerNode, Edge, Graph, Name, SecretNode};
 use crate::output::Output;
 
+/// "Not read" lines the human report shows (a tree of generated or binary-named files can have
+/// hundreds of thousands); the JSON report lists every one.
+const MAX_NOT_READ_LINES: usize = 50;
 /// `rotor discover` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -208,8 +211,14 @@ fn human(r: &Report, diagram: Option<&str>, draft: Option<&std::path::Path>) -> 
     }
     if !r.skipped.is_empty() {
         s.push_str(&format!("\nNot read ({}):\n", r.skipped.len()));
-        for k in &r.skipped {
+        for k in r.skipped.iter().take(MAX_NOT_READ_LINES) {
             s.push_str(&format!("  {}: {}\n", k.file, k.reason));
+        }
+        if r.skipped.len() > MAX_NOT_READ_LINES {
+            s.push_str(&format!(
+                "  … and {} more (`--output json` lists every one)\n",
+                r.skipped.len() - MAX_NOT_READ_LINES
+            ));
         }
     }
     if r.findings.is_empty() {

@@ -529,7 +529,11 @@ mod tests {
             line: 1,
             name: name.into(),
             kind,
-            source: if file.ends_with(".py") { "python" } else { "dotenv" },
+            source: if file.ends_with(".py") {
+                "python"
+            } else {
+                "dotenv"
+            },
             environment: env,
             service: file.ends_with(".py").then(|| "auth".to_string()),
             value: None,
@@ -544,7 +548,12 @@ mod tests {
         let refs = vec![
             reference("app.py", "SERVICE_SECRET_*", RefKind::Reads, None),
             reference("prod.env", "SERVICE_SECRET_AUTH", RefKind::Provides, prod),
-            reference("prod.env", "SERVICE_SECRET_BACKEND", RefKind::Provides, prod),
+            reference(
+                "prod.env",
+                "SERVICE_SECRET_BACKEND",
+                RefKind::Provides,
+                prod,
+            ),
             reference("prod.env", "OTHER_SECRET", RefKind::Provides, prod),
         ];
         let g = groups(&refs);
@@ -554,11 +563,18 @@ mod tests {
             .unwrap();
         assert_eq!(
             joined.names,
-            ["SERVICE_SECRET_*", "SERVICE_SECRET_AUTH", "SERVICE_SECRET_BACKEND"]
+            [
+                "SERVICE_SECRET_*",
+                "SERVICE_SECRET_AUTH",
+                "SERVICE_SECRET_BACKEND"
+            ]
         );
         let f = judge(&refs, &g, &[]);
-        let kinds: Vec<(FindingKind, &str)> =
-            f.iter().map(|f| (f.kind, f.name.as_str())).collect();
-        assert_eq!(kinds, [(FindingKind::ProvidedNotRead, "OTHER_SECRET")], "{f:#?}");
+        let kinds: Vec<(FindingKind, &str)> = f.iter().map(|f| (f.kind, f.name.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [(FindingKind::ProvidedNotRead, "OTHER_SECRET")],
+            "{f:#?}"
+        );
     }
 }

@@ -1055,11 +1055,26 @@ mod tests {
     fn names_built_at_run_time_are_read_as_their_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            ("a.py", "x = os.environ[f\"SERVICE_SECRET_{sid}\"]\ny = os.getenv(\"PY_KEY_\" + sid)\nz = os.environ.get(\"PY_PCT_%s\" % sid)\nw = os.getenv(\"PY_FMT_{}\".format(sid))\n"),
-            ("a.ts", "const k = process.env[`TS_SECRET_${id}`];\nconst j = process.env[\"TS_KEY_\" + id];\n"),
-            ("a.go", "k := os.Getenv(\"GO_SECRET_\" + id)\nj := os.Getenv(fmt.Sprintf(\"GO_KEY_%s\", id))\n"),
-            ("a.rs", "let k = std::env::var(format!(\"RS_SECRET_{}\", id));\n"),
-            ("A.java", "String k = System.getenv(\"JAVA_SECRET_\" + id);\n"),
+            (
+                "a.py",
+                "x = os.environ[f\"SERVICE_SECRET_{sid}\"]\ny = os.getenv(\"PY_KEY_\" + sid)\nz = os.environ.get(\"PY_PCT_%s\" % sid)\nw = os.getenv(\"PY_FMT_{}\".format(sid))\n",
+            ),
+            (
+                "a.ts",
+                "const k = process.env[`TS_SECRET_${id}`];\nconst j = process.env[\"TS_KEY_\" + id];\n",
+            ),
+            (
+                "a.go",
+                "k := os.Getenv(\"GO_SECRET_\" + id)\nj := os.Getenv(fmt.Sprintf(\"GO_KEY_%s\", id))\n",
+            ),
+            (
+                "a.rs",
+                "let k = std::env::var(format!(\"RS_SECRET_{}\", id));\n",
+            ),
+            (
+                "A.java",
+                "String k = System.getenv(\"JAVA_SECRET_\" + id);\n",
+            ),
         ];
         let mut names = Vec::new();
         for (file, text) in cases {
