@@ -35,6 +35,15 @@ pub enum Exit {
     /// `discover` found problems (duplicates, shared or weak values, names read but given
     /// nowhere…); nothing was changed.
     Findings = 12,
+    /// `check`: a rotation is in progress or was interrupted; the fleet was compared with the
+    /// step in progress (resume or roll it back).
+    RotationInProgress = 13,
+    /// A run stopped at a safe point after SIGINT (Ctrl-C): 128 + 2, as a shell reports it.
+    /// The journal says where; `rotor resume` continues, `rotor rollback` undoes.
+    Interrupted = 130,
+    /// A run stopped at a safe point after SIGTERM (a supervisor, `kubectl delete pod`):
+    /// 128 + 15.
+    Terminated = 143,
 }
 
 impl From<Exit> for ExitCode {

@@ -27,5 +27,6 @@ pub mod probe;
 pub mod protocol;
 pub mod redact;
 pub mod state_dir;
+pub mod stop;
 pub mod store;
 pub mod transport;

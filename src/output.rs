@@ -94,6 +94,17 @@ impl Output {
         let _ = writeln!(err, "error: {}", crate::redact::redact(message));
     }
 
+    /// A notice on stderr that stays on screen (any progress line finished first), and the same
+    /// as a JSON event (`{"event": "notice", "message"}`) in JSON mode.
+    pub fn notice(&self, message: &str) {
+        self.finish_bar();
+        if self.format == Format::Json {
+            self.json(&serde_json::json!({"event": "notice", "message": message}));
+        }
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{}", crate::redact::redact(message));
+    }
+
     /// Asks a yes/no question on the terminal; false when stdin is not a terminal.
     pub fn ask(&self, question: &str) -> bool {
         self.finish_bar();

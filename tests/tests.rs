@@ -20,6 +20,7 @@ mod kubernetes_reload;
 mod lab;
 mod playbook_errors;
 mod rotation;
+mod signals;
 mod third_party;
 mod tls;
 mod tls_client;

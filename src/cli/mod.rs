@@ -98,7 +98,18 @@ pub fn main() -> ExitCode {
     };
     let state_dir = cli.state_dir.clone();
     let _ = CONTEXT.set(cli.context.clone());
+    let graceful = matches!(
+        cli.command,
+        Command::Rotate(_)
+            | Command::Resume(_)
+            | Command::Rollback(_)
+            | Command::Rekey(_)
+            | Command::Up(_)
+    );
     let result = rt.block_on(async {
+        if graceful {
+            stop_on_signals(&out);
+        }
         match cli.command {
             Command::Plan(a) => plan::run(a, state_dir, &out).await,
             Command::Rotate(a) => rotate::rotate(a, state_dir, &out).await,
@@ -124,6 +135,34 @@ pub fn main() -> ExitCode {
             out.error(&e.message, e.exit as u8);
             e.exit.into()
         }
+    }
+}
+
+/// For commands that change the fleet: the first SIGINT or SIGTERM asks the run to stop at its
+/// next safe point (`crate::stop`), and says so at once; a second one stops rotor there and
+/// then, leaving the journal as a kill would (`rotor resume` or `rotor rollback` finish it).
+fn stop_on_signals(out: &Arc<Output>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
+        let Ok(mut stream) = signal(kind) else {
+            continue;
+        };
+        let out = out.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                let sig = kind.as_raw_value();
+                let name = crate::stop::name(sig);
+                if crate::stop::request(sig) >= 2 {
+                    out.notice(&format!(
+                        "{name} again: stopping now. The journal holds the last step begun; `rotor status` shows it, `rotor resume` or `rotor rollback` finishes it"
+                    ));
+                    std::process::exit(crate::stop::exit_code(sig));
+                }
+                out.notice(&format!(
+                    "{name} received: stopping at the next safe point (the instance in flight finishes, nothing new begins); send it again to stop at once"
+                ));
+            }
+        });
     }
 }
 

@@ -379,6 +379,15 @@ pub enum ConsumerError {
         /// It accepted a canary.
         fails_open: bool,
     },
+    /// A stop was asked (SIGINT, SIGTERM): the rollout stopped before its next instance, every
+    /// instance it started before that one proven and published.
+    #[error("consumer {consumer}: stopped by {} before its next instance", crate::stop::name(*.signal))]
+    Stopped {
+        /// Consumer name.
+        consumer: String,
+        /// The signal's number.
+        signal: i32,
+    },
     /// An env file a dotenv consumer cannot use as it is (bad input: nothing was written).
     #[error("consumer {consumer}: {file} {detail}")]
     EnvFile {

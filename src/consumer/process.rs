@@ -691,6 +691,7 @@ impl ProcessConsumer {
                 instances: stale.len() + want.saturating_sub(fleet.len()),
             });
             for id in stale {
+                self.stop_point()?;
                 let Some(pos) = fleet.iter().position(|r| r.id == id) else {
                     continue;
                 };
@@ -721,6 +722,7 @@ impl ProcessConsumer {
             // Restart: each stale instance is replaced by a proven new one (started before the
             // old one is retired), or retired when `want` instances already match.
             for old in stale {
+                self.stop_point()?;
                 if matching >= want {
                     report.waited += self.retire(&mut fleet, &old, true).await?;
                     continue;
@@ -736,6 +738,7 @@ impl ProcessConsumer {
             }
         }
         while matching < want {
+            self.stop_point()?;
             let new = self
                 .start_ready(&d, gate, events, deadline, &mut report)
                 .await?;
@@ -757,6 +760,18 @@ impl ProcessConsumer {
             restarts: report.restarts,
         });
         Ok(report)
+    }
+
+    /// Between two instances of a rollout: stops when a stop was asked (the instance before
+    /// this point finished, proven and published; the next one is not begun).
+    fn stop_point(&self) -> Result<(), ConsumerError> {
+        match crate::stop::requested() {
+            Some(signal) => Err(ConsumerError::Stopped {
+                consumer: self.name.clone(),
+                signal,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Reloads one running instance onto `d`: rewrites its files, sends it `signal`, and proves

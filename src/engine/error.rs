@@ -58,9 +58,25 @@ pub enum StepError {
     /// Journal I/O.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// A stop was asked (SIGINT, SIGTERM) and the step stopped at a safe point: before a
+    /// consumer's rollout began, or between two of its instances.
+    #[error("stopped by {}", crate::stop::name(*.0))]
+    Stopped(i32),
 }
 
 impl StepError {
+    /// The signal that stopped the step, if a stop (not a failure) ended it.
+    pub fn stopped(&self) -> Option<i32> {
+        match self {
+            StepError::Stopped(s)
+            | StepError::Rollout {
+                source: ConsumerError::Stopped { signal: s, .. },
+                ..
+            } => Some(*s),
+            _ => None,
+        }
+    }
+
     /// The consumer the failure is about.
     pub fn consumer(&self) -> Option<&str> {
         match self {
@@ -191,6 +207,23 @@ pub enum EngineError {
     /// Other I/O.
     #[error("{0}")]
     Io(String),
+    /// A stop was asked (SIGINT, SIGTERM): the run stopped at a safe point, every path
+    /// serving, the journal saying where.
+    #[error(
+        "stopped by {} at {state}{}; every instance serves a proven state\n  help: continue with `rotor resume {playbook}`, or undo with `rotor rollback {playbook}`",
+        crate::stop::name(*.signal),
+        .during.as_ref().map(|s| format!(" during {s} (its finished part kept, the rest not begun)")).unwrap_or_default()
+    )]
+    Stopped {
+        /// The signal's number.
+        signal: i32,
+        /// The state the journal is at.
+        state: State,
+        /// The step in progress, if the stop came inside one.
+        during: Option<String>,
+        /// The playbook, for the commands to run next.
+        playbook: String,
+    },
 }
 
 impl EngineError {
@@ -233,6 +266,16 @@ impl EngineError {
             // `up` could not prove an instance: nothing was published, an operator must look.
             EngineError::Consumer(ConsumerError::Gate { .. }) => Exit::NeedsOperator,
             EngineError::RolledBack { .. } => Exit::RolledBack,
+            EngineError::Stopped { signal, .. } if *signal == nix::libc::SIGTERM => {
+                Exit::Terminated
+            }
+            EngineError::Stopped { .. } => Exit::Interrupted,
+            EngineError::Consumer(ConsumerError::Stopped { signal, .. })
+                if *signal == nix::libc::SIGTERM =>
+            {
+                Exit::Terminated
+            }
+            EngineError::Consumer(ConsumerError::Stopped { .. }) => Exit::Interrupted,
             EngineError::Stuck { .. } | EngineError::Step { .. } => Exit::NeedsOperator,
             _ => Exit::Internal,
         }

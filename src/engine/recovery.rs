@@ -111,7 +111,15 @@ impl Run<'_> {
         let stage = stage_name(failed, Direction::Forward);
         let target = self.opts.rollback_to.min(failed.from());
         self.journal.target = target;
-        match self.walk_back(Some(failed), target).await {
+        let walked = self.walk_back(Some(failed), target).await;
+        if let Err((stage, e)) = &walked
+            && let Some(signal) = e.stopped()
+        {
+            // The rollback stopped at a safe point: it stays rolling back, for `rotor resume`.
+            let during = self.journal.dirty_step().is_some().then(|| stage.clone());
+            return self.stop(signal, during).await;
+        }
+        match walked {
             Ok(()) => {
                 self.journal.status = if target == State::S0 {
                     Status::RolledBack
@@ -160,6 +168,13 @@ impl Run<'_> {
                 .state
                 .previous_transition()
                 .expect("state > S0 has a previous transition");
+            // Between two inverses is a safe point for a stop asked by a signal.
+            if let Some(signal) = crate::stop::requested() {
+                return Err((
+                    stage_name(t, Direction::Inverse),
+                    StepError::Stopped(signal),
+                ));
+            }
             self.step(t, Direction::Inverse)
                 .await
                 .map_err(|e| (stage_name(t, Direction::Inverse), e))?;
@@ -203,7 +218,14 @@ impl Run<'_> {
         self.journal.target = target;
         self.journal.status = Status::RollingBack;
         self.save().await?;
-        match self.walk_back(first, target).await {
+        let walked = self.walk_back(first, target).await;
+        if let Err((stage, e)) = &walked
+            && let Some(signal) = e.stopped()
+        {
+            let during = self.journal.dirty_step().is_some().then(|| stage.clone());
+            return Err(self.stop(signal, during).await);
+        }
+        match walked {
             Ok(()) => {
                 self.journal.status = if target == State::S0 {
                     Status::RolledBack

@@ -200,6 +200,10 @@ impl Run<'_> {
                     if let Some(req) = self.handover_requested() {
                         return Err(req);
                     }
+                    // A stop asked while the question waits: the caller stops here.
+                    if crate::stop::requested().is_some() {
+                        return Ok(false);
+                    }
                 }
             }
         }
@@ -211,6 +215,10 @@ impl Run<'_> {
     pub(super) async fn interrupted(&mut self) -> Result<Option<RunReport>, EngineError> {
         if let Some(h) = self.guard.lost() {
             return Err(LockError::Lost(Box::new(h)).into());
+        }
+        // A stop asked by a signal: this stable state is the safe point.
+        if let Some(signal) = crate::stop::requested() {
+            return Err(self.stop(signal, None).await);
         }
         match self.handover_requested() {
             Some(req) => self.hand_over(req).await.map(Some),

@@ -226,6 +226,11 @@ impl<'e> Run<'e> {
                 return Ok(stop);
             }
             if let Err(err) = self.step(t, Direction::Forward).await {
+                if let Some(signal) = err.stopped() {
+                    return Err(self
+                        .stop(signal, Some(stage_name(t, Direction::Forward)))
+                        .await);
+                }
                 return Err(self.auto_rollback(t, err).await);
             }
         }
@@ -259,7 +264,10 @@ impl<'e> Run<'e> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + d;
         while tokio::time::Instant::now() < deadline {
-            if self.handover_requested().is_some() || self.guard.lost().is_some() {
+            if self.handover_requested().is_some()
+                || self.guard.lost().is_some()
+                || crate::stop::requested().is_some()
+            {
                 break;
             }
             let step = deadline
@@ -268,6 +276,31 @@ impl<'e> Run<'e> {
             tokio::time::sleep(step).await;
         }
         started.elapsed()
+    }
+
+    /// Ends the run for a stop asked by `signal`, at a safe point: `during` names the step in
+    /// progress, which stays open in the journal (as after a crash: `resume` re-runs it, which
+    /// converges, and `rollback` undoes it); between steps, a forward run is paused and a
+    /// rollback stays rolling back. Every instance rolled so far was proven before it took
+    /// traffic, and none was begun after the signal.
+    pub(super) async fn stop(&mut self, signal: i32, during: Option<String>) -> EngineError {
+        if during.is_none() && self.journal.status == Status::Running {
+            self.journal.status = Status::Paused;
+        }
+        if let Err(e) = self.save().await {
+            return e.into();
+        }
+        self.guard.set_stage(None, &self.journal.state.to_string());
+        let e = EngineError::Stopped {
+            signal,
+            state: self.journal.state,
+            during,
+            playbook: self.e.pb.source.clone(),
+        };
+        self.emit(Event::Note {
+            message: e.to_string(),
+        });
+        e
     }
 
     pub(super) async fn pause(
@@ -338,6 +371,10 @@ impl<'e> Run<'e> {
                 ),
             };
             match self.ask(question).await {
+                Ok(_) if crate::stop::requested().is_some() => {
+                    let signal = crate::stop::requested().unwrap_or_default();
+                    return Err(self.stop(signal, None).await);
+                }
                 Ok(true) => {}
                 Ok(false) => {
                     let detail = format!(
@@ -381,6 +418,11 @@ impl<'e> Run<'e> {
         };
         let seconds = started.elapsed().as_secs_f64();
         match result {
+            // Stopped at a safe point: the step stays open in the journal, as after a crash.
+            Err(err) if err.stopped().is_some() => {
+                self.save().await?;
+                Err(err)
+            }
             Ok(detail) => {
                 self.emit(Event::ProofPassed {
                     transition: t,

@@ -283,7 +283,8 @@ impl<'e> Run<'e> {
                 &gates[i]
             };
             async move {
-                if failed.load(Ordering::SeqCst) {
+                // After a failure, or once a stop is asked, no further consumer begins.
+                if failed.load(Ordering::SeqCst) || crate::stop::requested().is_some() {
                     return (i, None);
                 }
                 let result = c.apply(slots, gate, events.as_ref()).await;
@@ -304,6 +305,7 @@ impl<'e> Run<'e> {
         let wave = wave_started.elapsed();
         results.sort_by_key(|(i, _)| *i);
         let mut first_error = None;
+        let mut not_begun = false;
         let mut waited = Duration::ZERO;
         for (i, result) in results {
             let c = &consumers[i];
@@ -318,8 +320,16 @@ impl<'e> Run<'e> {
                         source,
                     });
                 }
-                Some(Err(_)) | None => {}
+                Some(Err(_)) => {}
+                None => not_begun = true,
             }
+        }
+        // Consumers left for a stop asked meanwhile (and no failure): the step stops here.
+        if first_error.is_none()
+            && not_begun
+            && let Some(signal) = crate::stop::requested()
+        {
+            first_error = Some(StepError::Stopped(signal));
         }
         // Rollouts that overlap wait at the same time: never count more than the wave took.
         self.waited += waited.min(wave);
