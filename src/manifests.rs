@@ -25,6 +25,32 @@ use crate::playbook::{
 
 /// Where the playbook is mounted in the CronJob's pod.
 pub const PLAYBOOK_PATH: &str = "/etc/rotor/playbook.yaml";
+/// The CronJob container's script: `rotor rotate --if-due` with exit 9 (not due) turned into
+/// success. The shell is PID 1 and would not pass the kubelet's SIGTERM on, so it forwards
+/// SIGTERM and SIGINT to rotor and waits until rotor has stopped at its safe point (exit 143);
+/// its exit code is rotor's.
+pub fn cron_script() -> String {
+    format!(
+        "rotor --output json rotate --if-due {PLAYBOOK_PATH} & pid=$!; trap 'kill -TERM \"$pid\" 2>/dev/null' TERM INT; wait \"$pid\"; code=$?; while kill -0 \"$pid\" 2>/dev/null; do wait \"$pid\"; code=$?; done; [ \"$code\" -eq {NOT_DUE} ] && exit 0; exit \"$code\""
+    )
+}
+
+/// How long the kubelet lets the CronJob's pod stop after SIGTERM: enough for rotor to finish the
+/// instance in flight (one instance's readiness, its drain, its proofs) and save the journal,
+/// with a minute to spare; at least Kubernetes' default 30 s. Saturating: a grace period may
+/// come out longer, never shorter.
+pub fn grace_period(pb: &Playbook) -> i64 {
+    let t = &pb.timings;
+    let one_instance = t
+        .readiness_timeout
+        .saturating_add(t.drain)
+        .saturating_add(t.probe_timeout.saturating_mul(2))
+        .saturating_add(std::time::Duration::from_secs(60));
+    i64::try_from(one_instance.as_secs())
+        .unwrap_or(i64::MAX)
+        .max(30)
+}
+
 /// The exit code of `rotate --if-due` when nothing is due, turned into success by the CronJob.
 const NOT_DUE: u8 = crate::exit::Exit::NotDue as u8;
 
@@ -230,10 +256,9 @@ pub fn render(pb: &Playbook, text: &str, opts: &Options) -> Result<String, Refus
         ..ConfigMap::default()
     };
     docs.push(serde_json::to_value(&cm).expect("serializes"));
-    let script = format!(
-        "rotor --output json rotate --if-due {PLAYBOOK_PATH}; code=$?; [ \"$code\" -eq {NOT_DUE} ] && exit 0; exit \"$code\""
-    );
+    let script = cron_script();
     let pod = PodSpec {
+        termination_grace_period_seconds: Some(grace_period(pb)),
         service_account_name: Some(name.clone()),
         restart_policy: Some("Never".into()),
         containers: vec![Container {

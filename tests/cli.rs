@@ -257,6 +257,24 @@ fn manifests_grant_only_what_the_playbook_names_and_run_if_due() {
         "{script}"
     );
     assert!(script.contains("-eq 9 ] && exit 0"), "{script}");
+    assert_eq!(
+        script,
+        format!("/bin/sh -c {}", rotor::manifests::cron_script())
+    );
+    // The pod may take one instance's rollout to stop (k8s-demo.yaml: readiness 60s, drain 2s,
+    // probes 2 × 5s, and a minute to spare).
+    let pb = rotor::playbook::load_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/k8s-demo.yaml"),
+    )
+    .unwrap();
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some(rotor::manifests::grace_period(&pb))
+    );
+    assert!(
+        pod.termination_grace_period_seconds.unwrap()
+            > pb.timings.readiness_timeout.as_secs() as i64
+    );
 
     // A Secret Manager store: the lock is on the secret (no Lease rules); workload identity.
     let out = manifests("gcp-k8s.yaml");
@@ -371,4 +389,67 @@ async fn demo_refuses_a_playbook_it_could_not_drive_load_through() {
         p.file_name()
             .is_some_and(|n| n == "demo-store.json" || n == "endpoints.json")
     }));
+}
+
+/// The CronJob's shell is PID 1 in its pod: the kubelet's SIGTERM reaches the shell, which must
+/// pass it to rotor and wait until rotor stopped at its safe point, exiting with rotor's code;
+/// exit 9 (not due) is success. Checked with a stand-in `rotor` that records the signal.
+#[test]
+fn the_cronjob_script_forwards_sigterm_to_rotor_and_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let stand_in = d.join("rotor");
+    std::fs::write(
+        &stand_in,
+        "#!/bin/sh\ntrap 'echo term > \"$STAND_IN_DIR/got\"; exit 143' TERM\n[ -n \"$EXIT_NOW\" ] && exit \"$EXIT_NOW\"\ntouch \"$STAND_IN_DIR/started\"\nwhile :; do sleep 0.05; done\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        d.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |exit_now: Option<&str>| {
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(rotor::manifests::cron_script())
+            .env("PATH", &path)
+            .env("STAND_IN_DIR", d);
+        if let Some(code) = exit_now {
+            cmd.env("EXIT_NOW", code);
+        }
+        cmd.spawn().unwrap()
+    };
+    assert_eq!(
+        run(Some("9")).wait().unwrap().code(),
+        Some(0),
+        "not due is success"
+    );
+    assert_eq!(
+        run(Some("3")).wait().unwrap().code(),
+        Some(3),
+        "rotor's failure"
+    );
+    let mut sh = run(None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !d.join("started").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stand-in never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sh.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(sh.wait().unwrap().code(), Some(143), "rotor's exit code");
+    assert_eq!(
+        std::fs::read_to_string(d.join("got")).unwrap().trim(),
+        "term",
+        "rotor got the SIGTERM"
+    );
 }

@@ -163,7 +163,10 @@ async fn a_sigint_during_the_grace_wait_pauses_at_the_stable_state() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("stopped by SIGINT at S3 promoted;"), "{stderr}");
+    assert!(
+        stderr.contains("stopped by SIGINT at S3 promoted;"),
+        "{stderr}"
+    );
     let j = env.journal();
     assert_eq!(
         (j["state"].as_str(), j["status"].as_str()),

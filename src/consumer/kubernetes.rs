@@ -897,6 +897,15 @@ impl KubernetesConsumer {
                 }) {
                     self.prove_pod(&view, p, gate, events).await?;
                 }
+                // A stop asked (SIGTERM to the CronJob's pod): the pods proven so far serve; a
+                // new pod not yet proven stays un-Ready behind its gate, so the rollout waits
+                // with the old pods serving until `resume` proves it (or `rollback` undoes).
+                if let Some(signal) = crate::stop::requested() {
+                    return Err(ConsumerError::Stopped {
+                        consumer: self.name.clone(),
+                        signal,
+                    });
+                }
                 for p in old_pods {
                     if !gone.contains(p) && !pods.iter().any(|q| &q.name == p) {
                         gone.insert(p.clone());
