@@ -356,7 +356,12 @@ pub fn render_plan(p: &Plan) -> String {
 }
 
 /// Human rendering of `status`.
-pub fn render_status(j: Option<&Journal>, holder: Option<&Holder>) -> String {
+pub fn render_status(
+    j: Option<&Journal>,
+    holder: Option<&Holder>,
+    stale: Option<&Holder>,
+    playbook: &str,
+) -> String {
     let mut s = String::new();
     match j {
         None => s.push_str("no rotation recorded for this secret\n"),
@@ -393,15 +398,23 @@ pub fn render_status(j: Option<&Journal>, holder: Option<&Holder>) -> String {
             }
         }
     }
-    match holder {
-        None => s.push_str("  lock: free"),
-        Some(h) => s.push_str(&format!(
-            "  lock: held by {} ({}) since {}, at stage {}",
+    match (holder, stale) {
+        (Some(h), _) => s.push_str(&format!(
+            "  lock: held by {} ({}) since {}, at stage {}{}",
             h.identity,
             h.command,
             h.since.format("%Y-%m-%d %H:%M:%S UTC"),
-            h.stage
+            h.stage,
+            h.hint()
         )),
+        (None, Some(old)) => s.push_str(&format!(
+            "  lock: free (its holder file still names {} ({}), since {}, last at stage {}: a run that ended without releasing it; the file is stale and the next run replaces it)",
+            old.identity,
+            old.command,
+            old.since.format("%Y-%m-%d %H:%M:%S UTC"),
+            old.stage
+        )),
+        (None, None) => s.push_str("  lock: free"),
     }
     if let Some(req) = holder.and_then(|h| h.handover.as_ref()) {
         s.push_str(&format!(
@@ -411,7 +424,49 @@ pub fn render_status(j: Option<&Journal>, holder: Option<&Holder>) -> String {
             req.reason
         ));
     }
+    if let Some(next) = next_command(j, holder, playbook) {
+        s.push_str(&format!("\n  next: {next}"));
+    }
     s
+}
+
+/// What to do next about the rotation `j`, given who holds the lock (`None` when no rotation is
+/// in progress).
+pub fn next_command(
+    j: Option<&Journal>,
+    holder: Option<&Holder>,
+    playbook: &str,
+) -> Option<String> {
+    use crate::engine::lock::Liveness;
+    let j = j.filter(|j| j.status.is_active())?;
+    let live = holder.map(Holder::liveness);
+    Some(match live {
+        Some(Liveness::Running | Liveness::Elsewhere) => format!(
+            "a run is driving rotation {} ({}); wait for it, or follow it with `rotor status {playbook}`",
+            j.id,
+            holder.map_or("", |h| h.identity.as_str())
+        ),
+        Some(Liveness::Stopped(pid)) => format!(
+            "the run holding the lock is stopped: `kill -CONT {pid}` lets it continue; or end it (`kill {pid}`), then `rotor resume {playbook}` or `rotor rollback {playbook}`"
+        ),
+        Some(Liveness::Gone(_)) | None => {
+            let during = j
+                .dirty_step()
+                .map(|st| format!(", during {} {}", st.transition, st.direction))
+                .unwrap_or_default();
+            let how = if j.rolling_back() {
+                format!("`rotor resume {playbook}` continues its rollback")
+            } else {
+                format!(
+                    "`rotor resume {playbook}` continues it, `rotor rollback {playbook}` undoes it"
+                )
+            };
+            format!(
+                "no run is driving rotation {} ({:?} at {}{during}): {how}",
+                j.id, j.status, j.state
+            )
+        }
+    })
 }
 
 /// Human rendering of a drift report.

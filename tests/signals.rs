@@ -173,3 +173,66 @@ async fn a_sigint_during_the_grace_wait_pauses_at_the_stable_state() {
         (Some("S3"), Some("paused"))
     );
 }
+
+/// rotor killed mid-rotation (SIGKILL): `status` says no run drives the rotation, that the lock
+/// file names a run that is gone (stale), and gives the commands to continue or undo.
+/// rotor stopped mid-rotation (SIGSTOP, as Ctrl-Z does): `status` and a second `rotate` say the
+/// holder is stopped and how to let it continue; after SIGCONT it finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_when_the_holder_is_gone_or_stopped_and_what_to_run() {
+    let env = Env::new();
+    env.up().await;
+    let pb = env.playbook.display().to_string();
+
+    // Stopped (Ctrl-Z): it holds the lock and does nothing.
+    let (mut child, mut rx) = rotate(&env);
+    let mut seen = Vec::new();
+    until(&mut rx, &mut seen, |v| v["event"] == "rollout_started").await;
+    let pid = child.id().unwrap();
+    signal(&child, nix::sys::signal::Signal::SIGSTOP);
+    let status = env.rotor(&["status"]).await;
+    status.assert_code(0);
+    assert!(
+        status.stdout.contains("is STOPPED")
+            && status.stdout.contains(&format!("kill -CONT {pid}")),
+        "{}",
+        status.stdout
+    );
+    let again = env.rotor(&["rotate", "--yes"]).await;
+    again.assert_code(4);
+    assert!(again.stderr.contains("is STOPPED"), "{}", again.stderr);
+    signal(&child, nix::sys::signal::Signal::SIGCONT);
+    let done = child.wait().await.unwrap();
+    assert_eq!(done.code(), Some(0), "{}", seen.join("\n"));
+
+    // Killed: the kernel frees the lock, the holder file stays behind.
+    let (mut child, mut rx) = rotate(&env);
+    let mut seen = Vec::new();
+    until(&mut rx, &mut seen, |v| v["event"] == "instance_replaced").await;
+    signal(&child, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait().await;
+    let status = env.rotor(&["--output", "json", "status"]).await;
+    status.assert_code(0);
+    let s = status.last_json();
+    assert!(s["lock"].is_null(), "{s}");
+    assert!(s["stale_lock"]["identity"].is_string(), "{s}");
+    let next = s["next"].as_str().unwrap();
+    assert!(
+        next.contains("no run is driving rotation")
+            && next.contains(&format!("rotor resume {pb}"))
+            && next.contains(&format!("rotor rollback {pb}")),
+        "{next}"
+    );
+    let human = env.rotor(&["status"]).await;
+    assert!(
+        human
+            .stdout
+            .contains("a run that ended without releasing it"),
+        "{}",
+        human.stdout
+    );
+    let resumed = env.rotor(&["--output", "json", "resume", "--yes"]).await;
+    resumed.assert_code(0);
+    let s = env.rotor(&["--output", "json", "status"]).await.last_json();
+    assert!(s["stale_lock"].is_null() && s["next"].is_null(), "{s}");
+}

@@ -53,11 +53,17 @@ pub(super) async fn run(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) 
     // A store that keeps its own lock and schedule (Secret Manager, Vault, AWS).
     let gcp = pb.store.keeps_own_lock();
     // The file lock creates its directory when opened: skip it when there is none.
-    let holder = if lease || gcp || pb.state_dir.exists() {
-        lock.holder().await.map_err(EngineError::from)?
+    let (holder, stale) = if lease || gcp || pb.state_dir.exists() {
+        (
+            lock.holder().await.map_err(EngineError::from)?,
+            lock.stale().await.map_err(EngineError::from)?,
+        )
     } else {
-        None
+        (None, None)
     };
+    let playbook = a.playbook.display().to_string();
+    let next = crate::output::next_command(journal.as_ref(), holder.as_ref(), &playbook);
+    let liveness = holder.as_ref().map(crate::engine::lock::Holder::liveness);
     let next_rotation = if gcp {
         crate::store::open(&pb, None)
             .map_err(EngineError::from)?
@@ -94,6 +100,9 @@ pub(super) async fn run(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) 
     let value = serde_json::json!({
         "journal": journal,
         "lock": holder,
+        "lock_liveness": liveness,
+        "stale_lock": stale,
+        "next": next,
         "journal_location": journals.describe(),
         "lock_location": lock.describe(),
         "next_rotation": next_rotation,
@@ -101,7 +110,7 @@ pub(super) async fn run(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) 
         "unlisted": unlisted,
     });
     out.result(&value, || {
-        let mut text = render_status(journal.as_ref(), holder.as_ref());
+        let mut text = render_status(journal.as_ref(), holder.as_ref(), stale.as_ref(), &playbook);
         if !instances.is_empty() {
             text.push_str("\ninstances:");
             for i in &instances {

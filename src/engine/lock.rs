@@ -156,13 +156,107 @@ impl Holder {
     }
 }
 
+/// Whether the run a holder names is still there, as far as this machine can tell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum Liveness {
+    /// Its process runs on this machine.
+    Running,
+    /// Its process is stopped (state T: Ctrl-Z, SIGSTOP): it holds the lock and does nothing.
+    Stopped(i32),
+    /// It is gone: its process no longer runs (or its pid is now another process), or its
+    /// lease expired. Why, in words.
+    Gone(String),
+    /// It runs elsewhere (another host or pod) and its lease has not expired.
+    Elsewhere,
+}
+
+impl Holder {
+    /// `(host, pid)` from `user@host pid N`.
+    fn host_pid(&self) -> Option<(&str, i32)> {
+        let (who, pid) = self.identity.rsplit_once(" pid ")?;
+        let host = who.rsplit_once('@').map_or(who, |(_, h)| h);
+        Some((host, pid.trim().parse().ok()?))
+    }
+
+    /// Whether the run it names is still there: on this machine its process is looked up (and
+    /// must have started before it took the lock, or its pid now names another process);
+    /// elsewhere, its lease's expiry decides.
+    pub fn liveness(&self) -> Liveness {
+        let here = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok());
+        match self.host_pid() {
+            Some((host, pid)) if Some(host) == here.as_deref() && pid > 0 => {
+                match process_state(pid) {
+                    None => Liveness::Gone(format!("process {pid} no longer runs")),
+                    Some((_, started)) if started > self.since + chrono::Duration::seconds(2) => {
+                        Liveness::Gone(format!(
+                            "process {pid} no longer runs (that pid is now another process)"
+                        ))
+                    }
+                    Some(('T' | 't', _)) => Liveness::Stopped(pid),
+                    Some(('Z' | 'X', _)) => Liveness::Gone(format!("process {pid} has exited")),
+                    Some(_) => Liveness::Running,
+                }
+            }
+            _ if self.expires < Utc::now() => Liveness::Gone(format!(
+                "its lease expired at {}",
+                self.expires.format("%Y-%m-%d %H:%M:%S UTC")
+            )),
+            _ => Liveness::Elsewhere,
+        }
+    }
+
+    /// What to do about this holder, for an error or `status` (empty when it simply runs).
+    pub fn hint(&self) -> String {
+        match self.liveness() {
+            Liveness::Stopped(pid) => format!(
+                "; that process is STOPPED (Ctrl-Z or SIGSTOP) and does nothing while it holds the lock: let it continue with `kill -CONT {pid}` (or `fg` in its shell), or end it with `kill {pid}` and then run `rotor resume` or `rotor rollback`"
+            ),
+            Liveness::Gone(why) => format!(
+                "; it is gone ({why}): `rotor resume` continues its rotation, `rotor rollback` undoes it"
+            ),
+            Liveness::Running | Liveness::Elsewhere => String::new(),
+        }
+    }
+}
+
+/// The state letter and start time of process `pid` on this machine (Linux `/proc`), or `None`
+/// when there is no such process.
+fn process_state(pid: i32) -> Option<(char, DateTime<Utc>)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state …`: comm may hold spaces and parentheses; the last `)` ends it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    // Field 22 (starttime, clock ticks since boot) is the 20th after the state.
+    let ticks: u64 = fields.get(19)?.parse().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|h| *h > 0)
+        .unwrap_or(100) as u64;
+    let btime: i64 = fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let secs = i64::try_from(ticks / hz).ok()?;
+    let started = DateTime::from_timestamp(btime.checked_add(secs)?, 0)?;
+    Some((state, started))
+}
+
 /// Lock failures.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     /// Someone else holds it.
-    #[error("another rotation of this secret is running: {} ({}) holds the lock since {}, at stage {}{}\n  help: wait for it to finish, or check it with `rotor status`",
+    #[error("another rotation of this secret is running: {} ({}) holds the lock since {}, at stage {}{}{}\n  help: wait for it to finish, or check it with `rotor status`",
         .0.identity, .0.command, .0.since.format("%Y-%m-%d %H:%M:%S UTC"), .0.stage,
-        .0.rotation.as_ref().map(|r| format!(", rotation {r}")).unwrap_or_default())]
+        .0.rotation.as_ref().map(|r| format!(", rotation {r}")).unwrap_or_default(),
+        .0.hint())]
     Held(Box<Holder>),
     /// Someone holds it but did not say who (holder file missing or unreadable).
     #[error(
@@ -248,6 +342,13 @@ pub trait RotationLock: Send + Sync {
     async fn withdraw_handover(&self, req: &Handover) -> Result<(), LockError>;
     /// Where the lock lives (`/x/state/lock`, `leases/rotor-auth-prod in namespace demo`).
     fn describe(&self) -> String;
+
+    /// A holder record left by a run that ended without releasing it, while the lock itself is
+    /// free (a file lock's `lock.json` after a kill: the kernel freed the lock, not the file).
+    /// Reads only; the next run replaces it.
+    async fn stale(&self) -> Result<Option<Holder>, LockError> {
+        Ok(None)
+    }
 }
 
 /// The lock the playbook names: for a Secret Manager store an annotation on the secret, else its
@@ -507,6 +608,13 @@ impl RotationLock for FileLock {
     fn describe(&self) -> String {
         self.lock_path().display().to_string()
     }
+
+    async fn stale(&self) -> Result<Option<Holder>, LockError> {
+        if self.holder().await?.is_some() {
+            return Ok(None);
+        }
+        Ok(self.read_holder())
+    }
 }
 
 #[cfg(test)]
@@ -568,7 +676,7 @@ mod tests {
             shown.handover.as_ref().map(|r| r.reason.as_str()),
             Some("leak")
         );
-        let status = crate::output::render_status(None, Some(&shown));
+        let status = crate::output::render_status(None, Some(&shown), None, "pb.yaml");
         assert!(
             status.contains("handover: asked by oncall@laptop pid 9"),
             "{status}"
@@ -586,5 +694,78 @@ mod tests {
         assert!(g.handover().is_none());
         assert!(lock.holder().await.unwrap().unwrap().handover.is_none());
         g.release().await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::*;
+
+    fn holder(identity: String, since: DateTime<Utc>, expires: DateTime<Utc>) -> Holder {
+        Holder {
+            identity,
+            command: "rotate".into(),
+            rotation: None,
+            stage: "T2 widen forward".into(),
+            since,
+            expires,
+            handover: None,
+        }
+    }
+
+    fn here(pid: u32) -> String {
+        let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+        format!("me@{host} pid {pid}")
+    }
+
+    /// A holder on this machine is judged by its process: running, stopped (state T), gone,
+    /// or a pid that now names a process started after the lock was taken; elsewhere, by its
+    /// lease.
+    #[test]
+    fn a_holder_is_running_stopped_or_gone() {
+        let now = Utc::now();
+        let later = now + chrono::Duration::minutes(10);
+        let me = holder(here(std::process::id()), now, later);
+        assert_eq!(me.liveness(), Liveness::Running);
+        assert!(me.hint().is_empty());
+
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let h = holder(here(pid), now, later);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .unwrap();
+        // The kernel stops it asynchronously: poll for state T (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while h.liveness() != Liveness::Stopped(pid as i32) {
+            assert!(std::time::Instant::now() < deadline, "{:?}", h.liveness());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            h.hint().contains(&format!("kill -CONT {pid}")),
+            "{}",
+            h.hint()
+        );
+        // A pid that now names a process started after the lock was taken is not the holder.
+        let reused = holder(here(pid), now - chrono::Duration::hours(1), later);
+        assert!(matches!(reused.liveness(), Liveness::Gone(w) if w.contains("another process")));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(matches!(h.liveness(), Liveness::Gone(w) if w.contains("no longer runs")));
+        assert!(h.hint().contains("rotor resume"), "{}", h.hint());
+
+        let remote = holder("ci@elsewhere pid 7".into(), now, later);
+        assert_eq!(remote.liveness(), Liveness::Elsewhere);
+        let lapsed = holder(
+            "ci@elsewhere pid 7".into(),
+            now,
+            now - chrono::Duration::seconds(1),
+        );
+        assert!(matches!(lapsed.liveness(), Liveness::Gone(w) if w.contains("lease expired")));
     }
 }
