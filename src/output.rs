@@ -424,49 +424,10 @@ pub fn render_status(
             req.reason
         ));
     }
-    if let Some(next) = next_command(j, holder, playbook) {
+    if let Some(next) = crate::engine::lock::next_command(j, holder, playbook) {
         s.push_str(&format!("\n  next: {next}"));
     }
     s
-}
-
-/// What to do next about the rotation `j`, given who holds the lock (`None` when no rotation is
-/// in progress).
-pub fn next_command(
-    j: Option<&Journal>,
-    holder: Option<&Holder>,
-    playbook: &str,
-) -> Option<String> {
-    use crate::engine::lock::Liveness;
-    let j = j.filter(|j| j.status.is_active())?;
-    let live = holder.map(Holder::liveness);
-    Some(match live {
-        Some(Liveness::Running | Liveness::Elsewhere) => format!(
-            "a run is driving rotation {} ({}); wait for it, or follow it with `rotor status {playbook}`",
-            j.id,
-            holder.map_or("", |h| h.identity.as_str())
-        ),
-        Some(Liveness::Stopped(pid)) => format!(
-            "the run holding the lock is stopped: `kill -CONT {pid}` lets it continue; or end it (`kill {pid}`), then `rotor resume {playbook}` or `rotor rollback {playbook}`"
-        ),
-        Some(Liveness::Gone(_)) | None => {
-            let during = j
-                .dirty_step()
-                .map(|st| format!(", during {} {}", st.transition, st.direction))
-                .unwrap_or_default();
-            let how = if j.rolling_back() {
-                format!("`rotor resume {playbook}` continues its rollback")
-            } else {
-                format!(
-                    "`rotor resume {playbook}` continues it, `rotor rollback {playbook}` undoes it"
-                )
-            };
-            format!(
-                "no run is driving rotation {} ({:?} at {}{during}): {how}",
-                j.id, j.status, j.state
-            )
-        }
-    })
 }
 
 /// Human rendering of a drift report.
@@ -499,6 +460,9 @@ pub fn render_check(r: &DriftReport) -> String {
             f.file,
             names.join(" ")
         ));
+    }
+    if let Some(p) = &r.in_progress {
+        s.push_str(&format!("in progress: {p}\n"));
     }
     if r.problems.is_empty() {
         s.push_str("no drift");

@@ -112,8 +112,18 @@ async fn a_first_sigterm_stops_at_the_next_instance_boundary_and_resume_finishes
         (Some("T2"), Some("running")),
         "the step stays open: {last}"
     );
-    // Every path kept serving while rotor stopped.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `check` compares each instance with the states before and after T2 (some were rolled,
+    // some not): no drift, and its own exit code for a rotation interrupted mid-step.
+    let check = env.rotor(&["--output", "json", "check"]).await;
+    check.assert_code(13);
+    let r = check.last_json();
+    assert_eq!(r["problems"], serde_json::json!([]), "{r}");
+    let in_progress = r["in_progress"].as_str().unwrap();
+    assert!(
+        in_progress.contains("in the middle of T2 widen forward")
+            && in_progress.contains("no run is driving rotation"),
+        "{in_progress}"
+    );
     let resumed = env.rotor(&["--output", "json", "resume", "--yes"]).await;
     resumed.assert_code(0);
     assert_eq!(resumed.last_json()["report"]["state"], "S5");

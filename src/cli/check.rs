@@ -1,6 +1,7 @@
 //! `rotor check`: drift between the store and every consumer instance, and the value policy.
 //! Several playbooks are also checked together: one secret must not hold the same value in two
-//! environments. Exit 5 on any problem.
+//! environments. Exit 5 on any problem; otherwise 13 when a rotation is in the middle of a step
+//! or no run drives it (each instance compared with the states before and after that step).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,5 +65,10 @@ pub(super) async fn run(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) 
             text
         });
     }
-    Ok(if clean { Exit::Ok } else { Exit::Drift })
+    let in_progress = reports.iter().any(|(_, _, r)| r.in_progress.is_some());
+    Ok(match (clean, in_progress) {
+        (false, _) => Exit::Drift,
+        (true, true) => Exit::RotationInProgress,
+        (true, false) => Exit::Ok,
+    })
 }

@@ -62,7 +62,7 @@ pub(super) async fn run(a: Args, state_dir: Option<PathBuf>, out: &Arc<Output>) 
         (None, None)
     };
     let playbook = a.playbook.display().to_string();
-    let next = crate::output::next_command(journal.as_ref(), holder.as_ref(), &playbook);
+    let next = crate::engine::lock::next_command(journal.as_ref(), holder.as_ref(), &playbook);
     let liveness = holder.as_ref().map(crate::engine::lock::Holder::liveness);
     let next_rotation = if gcp {
         crate::store::open(&pb, None)

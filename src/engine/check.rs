@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::gate::Labeled;
+use super::journal::Status;
 use super::{Engine, EngineError};
 use crate::consumer::HeldSource;
 use crate::playbook::{SlotNames, SlotRef};
@@ -55,6 +56,10 @@ pub struct DriftReport {
     pub files: Vec<crate::consumer::FileView>,
     /// Every problem found (empty: no drift).
     pub problems: Vec<String>,
+    /// A rotation in the middle of a step, or running with no run driving it: what it is and
+    /// what to run. Each instance was compared with the states before and after that step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_progress: Option<String>,
 }
 
 impl Engine {
@@ -193,17 +198,18 @@ impl Engine {
                 );
             }
         }
-        let mut serving: BTreeMap<String, Vec<crate::consumer::Instance>> = BTreeMap::new();
-        for c in &self.consumers {
-            serving.insert(c.name().to_string(), c.instances().await?);
-        }
-        for c in &self.consumers {
+        // A step in progress (or interrupted): an instance may hold the state before it or the
+        // state after it; either is what the protocol allows there.
+        let other = journal
+            .as_ref()
+            .and_then(|j| j.dirty_step())
+            .map(|st| match st.direction {
+                crate::protocol::Direction::Forward => st.transition.to(),
+                crate::protocol::Direction::Inverse => st.transition.from(),
+            });
+        let expected_in = |s: State, c: &std::sync::Arc<dyn crate::consumer::Consumer>| {
             let spec = self.pb.consumer(c.name()).expect("consumer from playbook");
-            let plan = consumer_slots(state, c.role());
-            let instances = serving.get(c.name()).cloned().unwrap_or_default();
-            if instances.is_empty() {
-                problems.push(format!("{}: no instance is running", c.name()));
-            }
+            let plan = consumer_slots(s, c.role());
             let mut expected: Vec<(String, Option<Fingerprint>)> =
                 vec![(spec.slots.primary.clone(), which(plan.primary))];
             if let Some(sec) = &spec.slots.secondary {
@@ -216,19 +222,56 @@ impl Engine {
                 };
                 expected.push((alias.clone(), w.and_then(which)));
             }
+            expected
+        };
+        // What `who` holding `names` gets wrong: nothing when it matches the state before or
+        // after the step in progress.
+        let judge = |who: &str,
+                     names: &BTreeMap<String, Fingerprint>,
+                     c: &std::sync::Arc<dyn crate::consumer::Consumer>| {
+            let spec = self.pb.consumer(c.name()).expect("consumer from playbook");
+            let now = names_problems(
+                who,
+                names,
+                &expected_in(state, c),
+                &spec.slots,
+                state,
+                &label,
+                &snap,
+            );
+            match other {
+                Some(o)
+                    if !now.is_empty()
+                        && names_problems(
+                            who,
+                            names,
+                            &expected_in(o, c),
+                            &spec.slots,
+                            o,
+                            &label,
+                            &snap,
+                        )
+                        .is_empty() =>
+                {
+                    Vec::new()
+                }
+                _ => now,
+            }
+        };
+        let mut serving: BTreeMap<String, Vec<crate::consumer::Instance>> = BTreeMap::new();
+        for c in &self.consumers {
+            serving.insert(c.name().to_string(), c.instances().await?);
+        }
+        for c in &self.consumers {
+            let instances = serving.get(c.name()).cloned().unwrap_or_default();
+            if instances.is_empty() {
+                problems.push(format!("{}: no instance is running", c.name()));
+            }
             // The files the consumer reads its values from (a dotenv consumer's), like instances.
             for f in c.files().await {
                 let who = format!("{} {}", c.name(), f.file);
                 problems.extend(f.problems.iter().map(|p| format!("{who}: {p}")));
-                problems.extend(names_problems(
-                    &who,
-                    &f.names,
-                    &expected,
-                    &spec.slots,
-                    state,
-                    &label,
-                    &snap,
-                ));
+                problems.extend(judge(&who, &f.names, c));
                 files.push(f);
             }
             for inst in instances {
@@ -243,16 +286,15 @@ impl Engine {
                         continue;
                     }
                 };
-                problems.extend(names_problems(
-                    &format!("{} {}", c.name(), inst.id),
-                    &held.names,
-                    &expected,
-                    &spec.slots,
-                    state,
-                    &label,
-                    &snap,
-                ));
-                problems.extend(self.prove_instance(c, state, &inst, &values).await);
+                problems.extend(judge(&format!("{} {}", c.name(), inst.id), &held.names, c));
+                let mut proof = self.prove_instance(c, state, &inst, &values).await;
+                if proof.is_some()
+                    && let Some(o) = other
+                    && self.prove_instance(c, o, &inst, &values).await.is_none()
+                {
+                    proof = None;
+                }
+                problems.extend(proof);
                 views.push(InstanceView {
                     consumer: c.name().into(),
                     role: c.role(),
@@ -281,6 +323,27 @@ impl Engine {
         }
         problems.dedup();
         problems.extend(self.policy_problems(&snap).await?);
+        let in_progress = match &journal {
+            Some(j)
+                if other.is_some() || matches!(j.status, Status::Running | Status::RollingBack) =>
+            {
+                let holder = self.lock.holder().await.ok().flatten();
+                let next =
+                    crate::engine::lock::next_command(Some(j), holder.as_ref(), &self.pb.source)
+                        .unwrap_or_default();
+                Some(match j.dirty_step() {
+                    Some(st) => format!(
+                        "rotation {} is at {} in the middle of {} {} (each instance compared with the states before and after it); {next}",
+                        j.id, j.state, st.transition, st.direction
+                    ),
+                    None => format!(
+                        "rotation {} is at {} ({:?}); {next}",
+                        j.id, j.state, j.status
+                    ),
+                })
+            }
+            _ => None,
+        };
         Ok(DriftReport {
             state,
             rotation: journal.map(|j| j.id),
@@ -289,6 +352,7 @@ impl Engine {
             instances: views,
             files,
             problems,
+            in_progress,
         })
     }
 }
