@@ -281,19 +281,27 @@ impl DotenvConsumer {
         text: &str,
         wanted: &[(&str, Option<&str>)],
     ) -> Result<crate::dotenv::Rewrite, ConsumerError> {
-        crate::dotenv::rewrite(text, wanted).map_err(|problems| {
-            let lines: Vec<String> = problems
-                .iter()
-                .take(5)
-                .map(|p| format!("line {}: {}", p.line, p.message))
-                .collect();
-            self.file_error(
+        crate::dotenv::rewrite(text, wanted).map_err(|refusal| match refusal {
+            crate::dotenv::Refusal::Lines(problems) => {
+                let lines: Vec<String> = problems
+                    .iter()
+                    .take(5)
+                    .map(|p| format!("line {}: {}", p.line, p.message))
+                    .collect();
+                self.file_error(
+                    file,
+                    format!(
+                        "has lines the dotenv grammar does not accept ({}); fix them (rotor changed nothing in it)",
+                        lines.join("; ")
+                    ),
+                )
+            }
+            crate::dotenv::Refusal::Value { name, why } => self.file_error(
                 file,
                 format!(
-                    "has lines the dotenv grammar does not accept ({}); fix them (rotor changed nothing in it)",
-                    lines.join("; ")
+                    "cannot be given the store's value for {name}: it holds {why}; replace that value in the store with one of the playbook's `generate` alphabet (rotor changed nothing in the file)"
                 ),
-            )
+            ),
         })
     }
 
@@ -568,6 +576,19 @@ mod tests {
         let c = consumer(p, "[a.env, missing/c.env]");
         let e = c.write_all(&d, &crate::events::NullSink).unwrap_err();
         assert!(e.to_string().contains("does not exist; create it"), "{e}");
+        assert_eq!(std::fs::read_to_string(p.join("a.env")).unwrap(), "X=1\n");
+        // A value no quoting carries to every reader is named by its name, never written.
+        let odd = "legacy$value\\set-by-hand";
+        let c = consumer(p, "[a.env]");
+        let slots = Slots::new(SecretValue::new(odd.into()), None);
+        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        let e = c.write_all(&d, &crate::events::NullSink).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("a.env cannot be given the store's value for P: it holds a `$` together with a backslash"),
+            "{text}"
+        );
+        assert!(!text.contains("legacy"), "{text}");
         assert_eq!(std::fs::read_to_string(p.join("a.env")).unwrap(), "X=1\n");
         // An oversized file is refused, not read whole.
         std::fs::write(p.join("a.env"), vec![b'#'; MAX_ENV_FILE as usize + 1]).unwrap();
