@@ -2,10 +2,11 @@
 //! one entry per line, `KEY=VALUE` with an optional `export ` prefix; `#` starts a comment at
 //! the beginning of a line, or after whitespace in an unquoted value; a value may be
 //! single-quoted (literal but for `\'`, a quote; may span lines), double-quoted (escapes `\n`,
-//! `\t`, `\"`, `\\`, `\$`; may span lines) or unquoted (trimmed); in either quotes a backslash
-//! keeps the next character from closing the value; `${NAME}`, `${NAME:-default}` and `$NAME` in an unquoted or
-//! double-quoted value refer to another variable; a line with a key and no `=` passes the
-//! variable through from the environment.
+//! `\t`, `\r`, `\"`, `\\`, `\$` and the like; any other backslash is kept; may span lines) or
+//! unquoted (trimmed); in either quotes a backslash keeps the next character from closing the
+//! value; `${NAME}`, `${NAME:-default}` and `$NAME` in an unquoted or double-quoted value refer
+//! to another variable; a line with a key and no `=` passes the variable through from the
+//! environment.
 //!
 //! Owns: parsing a file into [`Entry`]s that keep their lines (for `rotor discover`, which
 //! reports each by file and line, and for the `dotenv` consumer, which rewrites the entries it
@@ -194,7 +195,9 @@ fn unescape_single(text: &str) -> String {
     out
 }
 
-/// A double-quoted value with its escapes applied; variables it refers to go to `refs`.
+/// A double-quoted value with its escapes applied as compose applies them (`\n`, `\t`, `\r`,
+/// `\a`, `\b`, `\f`, `\v`, `\"`, `\\`, `\$`; any other backslash is kept, as compose and
+/// python-dotenv keep it); variables it refers to go to `refs`.
 fn unescape(text: &str, refs: &mut Vec<String>) -> String {
     collect_refs(text, refs);
     let mut out = String::with_capacity(text.len());
@@ -208,7 +211,15 @@ fn unescape(text: &str, refs: &mut Vec<String>) -> String {
             Some('n') => out.push('\n'),
             Some('t') => out.push('\t'),
             Some('r') => out.push('\r'),
-            Some(other) => out.push(other),
+            Some('a') => out.push('\x07'),
+            Some('b') => out.push('\x08'),
+            Some('f') => out.push('\x0c'),
+            Some('v') => out.push('\x0b'),
+            Some(c @ ('"' | '\\' | '$')) => out.push(c),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
             None => out.push('\\'),
         }
     }
@@ -859,6 +870,15 @@ mod tests {
             p.len(),
             1,
             "a value ending in an escaped quote is never closed"
+        );
+    }
+
+    #[test]
+    fn an_unknown_escape_in_double_quotes_keeps_its_backslash_as_compose_reads_it() {
+        assert_eq!(one("K=\"a\\qb\\'c\"\n").value.as_deref(), Some("a\\qb\\'c"));
+        assert_eq!(
+            one("K=\"\\a\\b\\f\\v\\t\\$\\\\\"\n").value.as_deref(),
+            Some("\x07\x08\x0c\x0b\t$\\")
         );
     }
 
