@@ -152,6 +152,17 @@ impl DotenvConsumer {
         if !meta.is_file() {
             return Err(self.file_error(file, "is not a regular file"));
         }
+        if meta.nlink() > 1 {
+            // A rewrite renames a new file into place: the other names would keep the old
+            // values (and the old mode).
+            return Err(self.file_error(
+                file,
+                format!(
+                    "has {} hard links: rotor would replace this name only and leave the old values under the others; make the others symbolic links to it",
+                    meta.nlink()
+                ),
+            ));
+        }
         let mut bytes = zeroize::Zeroizing::new(Vec::new());
         std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_ENV_FILE + 1), &mut bytes)
             .map_err(|e| self.file_error(file, format!("cannot be read: {e}")))?;
@@ -708,6 +719,25 @@ mod tests {
                 self.0.lock().unwrap().push(message.clone());
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_hard_linked_file_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("a.env"), "X=1\n").unwrap();
+        std::fs::hard_link(p.join("a.env"), p.join("copy.env")).unwrap();
+        let c = consumer(p, "[a.env]");
+        let e = c.preflight().await.unwrap_err().to_string();
+        assert!(e.contains("a.env has 2 hard links"), "{e}");
+        let slots = Slots::new(SecretValue::new(A.into()), None);
+        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        assert!(c.write_all(&d, &crate::events::NullSink).is_err());
+        assert_eq!(
+            std::fs::read_to_string(p.join("copy.env")).unwrap(),
+            "X=1\n"
+        );
+        assert_eq!(std::fs::read_to_string(p.join("a.env")).unwrap(), "X=1\n");
     }
 
     #[test]
