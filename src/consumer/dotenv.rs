@@ -380,9 +380,13 @@ impl DotenvConsumer {
             .tempfile_in(dir)
             .map_err(io)?;
         tmp.write_all(text.as_bytes()).map_err(io)?;
-        if let Some((uid, gid)) = read.owner {
-            // As root, the file keeps its owner (compose reads it as that user). Otherwise the
-            // file was written by this user or cannot change hands: left as created.
+        // As root, the file keeps its owner, and a new file gets its directory's (compose
+        // reads it as that user, not as root). Otherwise the file was written by this user or
+        // cannot change hands: left as created.
+        let owner = read
+            .owner
+            .or_else(|| std::fs::metadata(dir).ok().map(|m| (m.uid(), m.gid())));
+        if let Some((uid, gid)) = owner {
             let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid));
         }
         tmp.as_file().sync_all().map_err(io)?;
@@ -719,6 +723,23 @@ mod tests {
                 self.0.lock().unwrap().push(message.clone());
             }
         }
+    }
+
+    #[test]
+    fn a_file_rotor_creates_as_root_belongs_to_its_directorys_owner() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::create_dir(p.join("app")).unwrap();
+        std::os::unix::fs::chown(p.join("app"), Some(4242), Some(4343)).unwrap();
+        let c = consumer(p, "[app/new.env]");
+        let slots = Slots::new(SecretValue::new(A.into()), None);
+        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        c.write_all(&d, &crate::events::NullSink).unwrap();
+        let m = std::fs::metadata(p.join("app/new.env")).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (4242, 4343, 0o600));
     }
 
     #[tokio::test]
