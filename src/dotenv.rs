@@ -70,9 +70,15 @@ pub fn parse(text: &str) -> (Vec<Entry>, Vec<Problem>) {
             None => (body.trim_end(), None),
         };
         if !valid_name(name) {
+            // Compose refuses a byte-order mark too; python-dotenv takes it into the name.
+            let message = if line_no == 1 && name.starts_with('\u{feff}') {
+                "starts with a byte-order mark; save the file as UTF-8 without one"
+            } else {
+                "not a `NAME=value` line"
+            };
             problems.push(Problem {
                 line: line_no,
-                message: "not a `NAME=value` line".into(),
+                message: message.into(),
             });
             continue;
         }

@@ -125,7 +125,12 @@ impl DotenvConsumer {
                 }
                 Ok(file.to_path_buf())
             }
-            Err(e) => Err(self.file_error(file, format!("cannot be resolved: {e}"))),
+            Err(e) => Err(self.file_error(
+                file,
+                format!(
+                    "cannot be resolved ({e}); fix the path under `files`, or the link it follows"
+                ),
+            )),
         }
     }
 
@@ -144,13 +149,23 @@ impl DotenvConsumer {
                     owner: None,
                 });
             }
-            Err(e) => return Err(self.file_error(file, format!("cannot be read: {e}"))),
+            Err(e) => {
+                return Err(self.file_error(
+                    file,
+                    format!(
+                        "cannot be read ({e}); run rotor as a user who may read and replace it"
+                    ),
+                ));
+            }
         };
         let meta = f
             .metadata()
-            .map_err(|e| self.file_error(file, format!("cannot be read: {e}")))?;
+            .map_err(|e| self.file_error(file, format!("cannot be read ({e})")))?;
         if !meta.is_file() {
-            return Err(self.file_error(file, "is not a regular file"));
+            return Err(self.file_error(
+                file,
+                "is not a regular file (a directory, a FIFO, a device); list the env file itself",
+            ));
         }
         if meta.nlink() > 1 {
             // A rewrite renames a new file into place: the other names would keep the old
@@ -165,18 +180,21 @@ impl DotenvConsumer {
         }
         let mut bytes = zeroize::Zeroizing::new(Vec::new());
         std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_ENV_FILE + 1), &mut bytes)
-            .map_err(|e| self.file_error(file, format!("cannot be read: {e}")))?;
+            .map_err(|e| self.file_error(file, format!("cannot be read ({e})")))?;
         if bytes.len() as u64 > MAX_ENV_FILE {
             return Err(self.file_error(
                 file,
-                format!("is larger than {MAX_ENV_FILE} bytes; an env file that large is not one rotor writes"),
+                format!("is larger than {MAX_ENV_FILE} bytes, more than an env file holds; check the path under `files`"),
             ));
         }
         let text = std::str::from_utf8(&bytes)
             .map_err(|e| {
                 self.file_error(
                     file,
-                    format!("is not UTF-8 text (at byte {})", e.valid_up_to()),
+                    format!(
+                        "is not UTF-8 text (at byte {}); save it as UTF-8",
+                        e.valid_up_to()
+                    ),
                 )
             })?
             .to_string();
@@ -371,7 +389,12 @@ impl DotenvConsumer {
     /// old file's owner when rotor may set it), unless the file no longer holds what was
     /// `read`: `Ok(false)` then, and nothing changed.
     fn replace(&self, real: &Path, read: &Read, text: &str) -> Result<bool, ConsumerError> {
-        let io = |e: std::io::Error| self.file_error(real, format!("cannot be written: {e}"));
+        let io = |e: std::io::Error| {
+            self.file_error(
+                real,
+                format!("cannot be written ({e}); rotor needs to create and rename files in its directory"),
+            )
+        };
         let dir = real.parent().unwrap_or(Path::new("."));
         remove_stale_tmp(dir);
         let mut tmp = tempfile::Builder::new()
@@ -759,6 +782,40 @@ mod tests {
             "X=1\n"
         );
         assert_eq!(std::fs::read_to_string(p.join("a.env")).unwrap(), "X=1\n");
+    }
+
+    #[tokio::test]
+    async fn a_file_rotor_cannot_use_is_refused_saying_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::os::unix::fs::symlink("b.env", p.join("a.env")).unwrap();
+        std::os::unix::fs::symlink("a.env", p.join("b.env")).unwrap();
+        std::fs::create_dir(p.join("d.env")).unwrap();
+        std::fs::write(p.join("bom.env"), "\u{feff}P=1\n").unwrap();
+        std::fs::write(p.join("latin1.env"), b"P=caf\xe9\n").unwrap();
+        for (file, want) in [
+            ("a.env", "a.env cannot be resolved ("),
+            (
+                "a.env",
+                "); fix the path under `files`, or the link it follows",
+            ),
+            (
+                "d.env",
+                "d.env is not a regular file (a directory, a FIFO, a device); list the env file itself",
+            ),
+            (
+                "bom.env",
+                "line 1: starts with a byte-order mark; save the file as UTF-8 without one",
+            ),
+            (
+                "latin1.env",
+                "latin1.env is not UTF-8 text (at byte 5); save it as UTF-8",
+            ),
+        ] {
+            let c = consumer(p, &format!("[{file}]"));
+            let e = c.preflight().await.unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 
     #[test]
