@@ -528,7 +528,8 @@ async fn a_rotor_killed_between_writing_the_files_and_the_restart_is_finished_by
 /// Every value rotor writes into an env file is read back by python-dotenv as exactly that
 /// value: awkward characters (quotes, backslashes, `$`, `#`, line breaks, spaces at the ends,
 /// unicode) at random, each written in place of an entry that a double-quoted entry follows
-/// (python-dotenv reads past a closing quote a backslash precedes up to the next `"`). A value
+/// (python-dotenv reads past a closing quote a backslash precedes up to the next `"`), in LF
+/// and CRLF files. A value
 /// no quoting carries to every reader is refused rather than written.
 #[test]
 fn python_dotenv_reads_every_value_rotor_writes_as_written() {
@@ -575,8 +576,14 @@ fn python_dotenv_reads_every_value_rotor_writes_as_written() {
     let mut files = Vec::new();
     let mut written = Vec::new();
     for (i, v) in values.iter().enumerate() {
+        // Every other file with CRLF line ends.
         let before = "# a comment\nK=old # kept\nQ=\"after\"\nexport R='r'\n";
-        let Ok(r) = rotor::dotenv::rewrite(before, &[("K", Some(v.as_str()))]) else {
+        let before = if i % 2 == 0 {
+            before.to_string()
+        } else {
+            before.replace('\n', "\r\n")
+        };
+        let Ok(r) = rotor::dotenv::rewrite(&before, &[("K", Some(v.as_str()))]) else {
             continue;
         };
         let file = dir.path().join(format!("{i}.env"));
