@@ -524,3 +524,85 @@ async fn a_rotor_killed_between_writing_the_files_and_the_restart_is_finished_by
     );
     p.rotor(&["check"]).await.assert_code(0);
 }
+
+/// Every value rotor writes into an env file is read back by python-dotenv as exactly that
+/// value: awkward characters (quotes, backslashes, `$`, `#`, line breaks, spaces at the ends,
+/// unicode) at random, each written in place of an entry that a double-quoted entry follows
+/// (python-dotenv reads past a closing quote a backslash precedes up to the next `"`), in LF
+/// and CRLF files. A value
+/// no quoting carries to every reader is refused rather than written.
+#[test]
+fn python_dotenv_reads_every_value_rotor_writes_as_written() {
+    let dotenv = pip_install(
+        "python-dotenv==1.0.1",
+        "pytools-dotenv-1.0.1",
+        "dotenv/main.py",
+    );
+    let alphabet: Vec<char> = "aZ9 '\"\\$#=\n\r\t{}ü✓-_".chars().collect();
+    let mut values: Vec<String> = [
+        "it's $5",
+        "p4ss$WORD9",
+        "a\\\\b",
+        "back\\slash",
+        "line\nwith $",
+        " padded ",
+        "#hash",
+        "\"quoted\"",
+        "x\\'y",
+        "",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..1500 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut x = seed;
+        let len = (seed % 14) as usize;
+        values.push(
+            (0..len)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    alphabet[(x >> 33) as usize % alphabet.len()]
+                })
+                .collect(),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    let mut written = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        // Every other file with CRLF line ends.
+        let before = "# a comment\nK=old # kept\nQ=\"after\"\nexport R='r'\n";
+        let before = if i % 2 == 0 {
+            before.to_string()
+        } else {
+            before.replace('\n', "\r\n")
+        };
+        let Ok(r) = rotor::dotenv::rewrite(&before, &[("K", Some(v.as_str()))]) else {
+            continue;
+        };
+        let file = dir.path().join(format!("{i}.env"));
+        std::fs::write(&file, r.text.as_bytes()).unwrap();
+        files.push(file.display().to_string());
+        written.push(v);
+    }
+    assert!(written.len() > 1000, "{} values written", written.len());
+    let args: Vec<&str> = files.iter().map(String::as_str).collect();
+    let out = crate::common::python(
+        &dotenv,
+        "import json, sys\nfrom dotenv import dotenv_values\nprint(json.dumps([dotenv_values(f) for f in sys.argv[1:]]))",
+        &args,
+        "",
+    );
+    let read: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    for (v, got) in written.iter().zip(&read) {
+        assert_eq!(got["K"].as_str(), Some(v.as_str()), "{v:?}: {got}");
+        assert_eq!(got["Q"], "after", "{v:?}: {got}");
+        assert_eq!(got["R"], "r", "{v:?}: {got}");
+    }
+}

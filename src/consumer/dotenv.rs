@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,16 @@ const SETTLE_POLL: Duration = Duration::from_millis(100);
 
 /// Attempts at a rewrite when the file changes under rotor between its read and its rename.
 const REWRITE_ATTEMPTS: usize = 3;
+
+/// Removed duplicates of one name reported by line; the rest are counted in one note.
+const DUPLICATES_SHOWN: usize = 3;
+
+/// The prefix of the temporary file a rewrite renames into place.
+const TMP_PREFIX: &str = ".rotor-tmp-";
+
+/// How old a temporary file must be before rotor takes it for one a killed rotor left: one
+/// being written lives for milliseconds.
+const TMP_STALE: Duration = Duration::from_secs(60);
 
 /// A dotenv consumer.
 pub struct DotenvConsumer {
@@ -115,14 +125,23 @@ impl DotenvConsumer {
                 }
                 Ok(file.to_path_buf())
             }
-            Err(e) => Err(self.file_error(file, format!("cannot be resolved: {e}"))),
+            Err(e) => Err(self.file_error(
+                file,
+                format!(
+                    "cannot be resolved ({e}); fix the path under `files`, or the link it follows"
+                ),
+            )),
         }
     }
 
     /// `file`'s text (empty when it does not exist yet), bounded; never its content in an
-    /// error.
+    /// error. Opened without blocking: a FIFO put in a file's place is refused, not waited on.
     fn read(&self, file: &Path) -> Result<Read, ConsumerError> {
-        let f = match std::fs::File::open(file) {
+        let opened = std::fs::File::options()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(file);
+        let f = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Read {
@@ -130,28 +149,52 @@ impl DotenvConsumer {
                     owner: None,
                 });
             }
-            Err(e) => return Err(self.file_error(file, format!("cannot be read: {e}"))),
+            Err(e) => {
+                return Err(self.file_error(
+                    file,
+                    format!(
+                        "cannot be read ({e}); run rotor as a user who may read and replace it"
+                    ),
+                ));
+            }
         };
         let meta = f
             .metadata()
-            .map_err(|e| self.file_error(file, format!("cannot be read: {e}")))?;
+            .map_err(|e| self.file_error(file, format!("cannot be read ({e})")))?;
         if !meta.is_file() {
-            return Err(self.file_error(file, "is not a regular file"));
+            return Err(self.file_error(
+                file,
+                "is not a regular file (a directory, a FIFO, a device); list the env file itself",
+            ));
+        }
+        if meta.nlink() > 1 {
+            // A rewrite renames a new file into place: the other names would keep the old
+            // values (and the old mode).
+            return Err(self.file_error(
+                file,
+                format!(
+                    "has {} hard links: rotor would replace this name only and leave the old values under the others; make the others symbolic links to it",
+                    meta.nlink()
+                ),
+            ));
         }
         let mut bytes = zeroize::Zeroizing::new(Vec::new());
         std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_ENV_FILE + 1), &mut bytes)
-            .map_err(|e| self.file_error(file, format!("cannot be read: {e}")))?;
+            .map_err(|e| self.file_error(file, format!("cannot be read ({e})")))?;
         if bytes.len() as u64 > MAX_ENV_FILE {
             return Err(self.file_error(
                 file,
-                format!("is larger than {MAX_ENV_FILE} bytes; an env file that large is not one rotor writes"),
+                format!("is larger than {MAX_ENV_FILE} bytes, more than an env file holds; check the path under `files`"),
             ));
         }
         let text = std::str::from_utf8(&bytes)
             .map_err(|e| {
                 self.file_error(
                     file,
-                    format!("is not UTF-8 text (at byte {})", e.valid_up_to()),
+                    format!(
+                        "is not UTF-8 text (at byte {}); save it as UTF-8",
+                        e.valid_up_to()
+                    ),
                 )
             })?
             .to_string();
@@ -176,11 +219,15 @@ impl DotenvConsumer {
             let (last, count) = crate::dotenv::last_entries(&entries, name);
             let Some(e) = last else { continue };
             if count > 1 {
-                let lines: Vec<String> = entries
+                let mut lines: Vec<String> = entries
                     .iter()
                     .filter(|x| x.name == name)
+                    .take(DUPLICATES_SHOWN)
                     .map(|x| x.line.to_string())
                     .collect();
+                if count > DUPLICATES_SHOWN {
+                    lines.push(format!("… {}", e.line));
+                }
                 wrong.push(format!(
                     "{name} is given {count} times (lines {}); a program reads the last",
                     lines.join(", ")
@@ -191,11 +238,26 @@ impl DotenvConsumer {
                     "line {}: {name} is passed through from the environment, not written in the file",
                     e.line
                 )),
-                Some(_) if !e.refs.is_empty() => wrong.push(format!(
-                    "line {}: {name} refers to ${{{}}} instead of holding a value",
-                    e.line,
-                    e.refs[0]
-                )),
+                Some(v) if !e.refs.is_empty() => {
+                    // The variable is named only where it cannot be a piece of a value: in
+                    // `s3cr3t$Xyz9Q`, what follows the `$` is part of a hand-set value.
+                    let named = e.refs.iter().find(|r| {
+                        v.trim() == format!("${r}")
+                            || [format!("${{{r}}}"), format!("${{{r}:"), format!("${{{r}-")]
+                                .iter()
+                                .any(|form| v.contains(form.as_str()))
+                    });
+                    wrong.push(match named {
+                        Some(r) => format!(
+                            "line {}: {name} refers to ${{{r}}} instead of holding a value",
+                            e.line
+                        ),
+                        None => format!(
+                            "line {}: {name} refers to another variable (a `$` compose expands) instead of holding a value",
+                            e.line
+                        ),
+                    });
+                }
                 Some(v) => {
                     let value = crate::secret::SecretValue::new(v.clone());
                     out.insert(name.to_string(), value.fingerprint(&self.secret));
@@ -262,14 +324,32 @@ impl DotenvConsumer {
                     }
                 }
             }
+            // Each removed entry by its line, a few per name; the rest counted in one note.
+            let mut shown: BTreeMap<&str, usize> = BTreeMap::new();
             for (name, line) in &rewrite.duplicates {
-                events.emit(&Event::Note {
-                    message: format!(
-                        "{}: {}:{line}: a second entry of {name} was removed (the file gives each name once now)",
-                        self.name,
-                        file.display()
-                    ),
-                });
+                let n = shown.entry(name.as_str()).or_default();
+                *n += 1;
+                if *n <= DUPLICATES_SHOWN {
+                    events.emit(&Event::Note {
+                        message: format!(
+                            "{}: {}:{line}: a second entry of {name} was removed (the file gives each name once now)",
+                            self.name,
+                            file.display()
+                        ),
+                    });
+                }
+            }
+            for (name, n) in shown {
+                if n > DUPLICATES_SHOWN {
+                    events.emit(&Event::Note {
+                        message: format!(
+                            "{}: {}: {} more entries of {name} were removed",
+                            self.name,
+                            file.display(),
+                            n - DUPLICATES_SHOWN
+                        ),
+                    });
+                }
             }
         }
         Ok(())
@@ -281,19 +361,27 @@ impl DotenvConsumer {
         text: &str,
         wanted: &[(&str, Option<&str>)],
     ) -> Result<crate::dotenv::Rewrite, ConsumerError> {
-        crate::dotenv::rewrite(text, wanted).map_err(|problems| {
-            let lines: Vec<String> = problems
-                .iter()
-                .take(5)
-                .map(|p| format!("line {}: {}", p.line, p.message))
-                .collect();
-            self.file_error(
+        crate::dotenv::rewrite(text, wanted).map_err(|refusal| match refusal {
+            crate::dotenv::Refusal::Lines(problems) => {
+                let lines: Vec<String> = problems
+                    .iter()
+                    .take(5)
+                    .map(|p| format!("line {}: {}", p.line, p.message))
+                    .collect();
+                self.file_error(
+                    file,
+                    format!(
+                        "has lines the dotenv grammar does not accept ({}); fix them (rotor changed nothing in it)",
+                        lines.join("; ")
+                    ),
+                )
+            }
+            crate::dotenv::Refusal::Value { name, why } => self.file_error(
                 file,
                 format!(
-                    "has lines the dotenv grammar does not accept ({}); fix them (rotor changed nothing in it)",
-                    lines.join("; ")
+                    "cannot be given the store's value for {name}: it holds {why}; replace that value in the store with one of the playbook's `generate` alphabet (rotor changed nothing in the file)"
                 ),
-            )
+            ),
         })
     }
 
@@ -301,17 +389,27 @@ impl DotenvConsumer {
     /// old file's owner when rotor may set it), unless the file no longer holds what was
     /// `read`: `Ok(false)` then, and nothing changed.
     fn replace(&self, real: &Path, read: &Read, text: &str) -> Result<bool, ConsumerError> {
-        let io = |e: std::io::Error| self.file_error(real, format!("cannot be written: {e}"));
+        let io = |e: std::io::Error| {
+            self.file_error(
+                real,
+                format!("cannot be written ({e}); rotor needs to create and rename files in its directory"),
+            )
+        };
         let dir = real.parent().unwrap_or(Path::new("."));
+        remove_stale_tmp(dir);
         let mut tmp = tempfile::Builder::new()
-            .prefix(".rotor-tmp-")
+            .prefix(TMP_PREFIX)
             .permissions(std::fs::Permissions::from_mode(0o600))
             .tempfile_in(dir)
             .map_err(io)?;
         tmp.write_all(text.as_bytes()).map_err(io)?;
-        if let Some((uid, gid)) = read.owner {
-            // As root, the file keeps its owner (compose reads it as that user). Otherwise the
-            // file was written by this user or cannot change hands: left as created.
+        // As root, the file keeps its owner, and a new file gets its directory's (compose
+        // reads it as that user, not as root). Otherwise the file was written by this user or
+        // cannot change hands: left as created.
+        let owner = read
+            .owner
+            .or_else(|| std::fs::metadata(dir).ok().map(|m| (m.uid(), m.gid())));
+        if let Some((uid, gid)) = owner {
             let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid));
         }
         tmp.as_file().sync_all().map_err(io)?;
@@ -356,6 +454,26 @@ impl DotenvConsumer {
             }
         }
         Ok(())
+    }
+}
+
+/// Removes the temporary files a rotor killed between writing one and renaming it left in
+/// `dir` (they hold values): regular files named `.rotor-tmp-…` unchanged for a minute. What
+/// cannot be removed is left.
+fn remove_stale_tmp(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with(TMP_PREFIX)
+            && entry.metadata().is_ok_and(|m| {
+                m.file_type().is_file()
+                    && m.modified()
+                        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > TMP_STALE))
+            });
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -569,6 +687,19 @@ mod tests {
         let e = c.write_all(&d, &crate::events::NullSink).unwrap_err();
         assert!(e.to_string().contains("does not exist; create it"), "{e}");
         assert_eq!(std::fs::read_to_string(p.join("a.env")).unwrap(), "X=1\n");
+        // A value no quoting carries to every reader is named by its name, never written.
+        let odd = "legacy$value\\set-by-hand";
+        let c = consumer(p, "[a.env]");
+        let slots = Slots::new(SecretValue::new(odd.into()), None);
+        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        let e = c.write_all(&d, &crate::events::NullSink).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("a.env cannot be given the store's value for P: it holds a `$` together with a backslash"),
+            "{text}"
+        );
+        assert!(!text.contains("legacy"), "{text}");
+        assert_eq!(std::fs::read_to_string(p.join("a.env")).unwrap(), "X=1\n");
         // An oversized file is refused, not read whole.
         std::fs::write(p.join("a.env"), vec![b'#'; MAX_ENV_FILE as usize + 1]).unwrap();
         let c = consumer(p, "[a.env]");
@@ -603,5 +734,173 @@ mod tests {
             views[0].names["P"],
             SecretValue::new("hand-set-value".into()).fingerprint("s")
         );
+    }
+
+    /// Every event emitted, for the tests that count them.
+    #[derive(Default)]
+    struct Recorded(std::sync::Mutex<Vec<String>>);
+
+    impl EventSink for Recorded {
+        fn emit(&self, event: &Event) {
+            if let Event::Note { message } = event {
+                self.0.lock().unwrap().push(message.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_rotor_creates_as_root_belongs_to_its_directorys_owner() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::create_dir(p.join("app")).unwrap();
+        std::os::unix::fs::chown(p.join("app"), Some(4242), Some(4343)).unwrap();
+        let c = consumer(p, "[app/new.env]");
+        let slots = Slots::new(SecretValue::new(A.into()), None);
+        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        c.write_all(&d, &crate::events::NullSink).unwrap();
+        let m = std::fs::metadata(p.join("app/new.env")).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (4242, 4343, 0o600));
+    }
+
+    #[tokio::test]
+    async fn a_hard_linked_file_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("a.env"), "X=1\n").unwrap();
+        std::fs::hard_link(p.join("a.env"), p.join("copy.env")).unwrap();
+        let c = consumer(p, "[a.env]");
+        let e = c.preflight().await.unwrap_err().to_string();
+        assert!(e.contains("a.env has 2 hard links"), "{e}");
+        let slots = Slots::new(SecretValue::new(A.into()), None);
+        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        assert!(c.write_all(&d, &crate::events::NullSink).is_err());
+        assert_eq!(
+            std::fs::read_to_string(p.join("copy.env")).unwrap(),
+            "X=1\n"
+        );
+        assert_eq!(std::fs::read_to_string(p.join("a.env")).unwrap(), "X=1\n");
+    }
+
+    #[tokio::test]
+    async fn a_file_rotor_cannot_use_is_refused_saying_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::os::unix::fs::symlink("b.env", p.join("a.env")).unwrap();
+        std::os::unix::fs::symlink("a.env", p.join("b.env")).unwrap();
+        std::fs::create_dir(p.join("d.env")).unwrap();
+        std::fs::write(p.join("bom.env"), "\u{feff}P=1\n").unwrap();
+        std::fs::write(p.join("latin1.env"), b"P=caf\xe9\n").unwrap();
+        for (file, want) in [
+            ("a.env", "a.env cannot be resolved ("),
+            (
+                "a.env",
+                "); fix the path under `files`, or the link it follows",
+            ),
+            (
+                "d.env",
+                "d.env is not a regular file (a directory, a FIFO, a device); list the env file itself",
+            ),
+            (
+                "bom.env",
+                "line 1: starts with a byte-order mark; save the file as UTF-8 without one",
+            ),
+            (
+                "latin1.env",
+                "latin1.env is not UTF-8 text (at byte 5); save it as UTF-8",
+            ),
+        ] {
+            let c = consumer(p, &format!("[{file}]"));
+            let e = c.preflight().await.unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().to_path_buf();
+        nix::unistd::mkfifo(&p.join("a.env"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let c = consumer(&p, "[a.env]");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(c.read(&p.join("a.env")).err().map(|e| e.to_string()));
+        });
+        let e = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("reading a FIFO does not wait for a writer");
+        assert!(e.is_some_and(|e| e.contains("is not a regular file")));
+    }
+
+    #[tokio::test]
+    async fn check_never_shows_what_follows_a_dollar_inside_a_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("a.env"), "P=s3cr3t$Xyz9Q\nK=${P}\n").unwrap();
+        let c = consumer(p, "[a.env]");
+        let views = c.files().await;
+        let text = views[0].problems.join("\n");
+        assert!(!text.contains("Xyz9Q"), "{text}");
+        assert!(
+            text.contains("line 1: P refers to another variable"),
+            "{text}"
+        );
+        assert!(text.contains("line 2: K refers to ${P}"), "{text}");
+    }
+
+    #[test]
+    fn many_duplicates_are_reported_in_a_few_notes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("a.env"), "P=x\n".repeat(10_000)).unwrap();
+        let c = consumer(p, "[a.env]");
+        let slots = Slots::new(SecretValue::new(A.into()), None);
+        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        let events = Recorded::default();
+        c.write_all(&d, &events).unwrap();
+        let notes = events.0.into_inner().unwrap();
+        assert!(notes.len() <= 4, "{} notes", notes.len());
+        assert!(
+            notes
+                .last()
+                .unwrap()
+                .contains("9996 more entries of P were removed"),
+            "{notes:?}"
+        );
+        assert!(c.files_hold(&d));
+        // check names a few lines, and the last.
+        std::fs::write(p.join("a.env"), "P=x\n".repeat(10_000)).unwrap();
+        let problems = c
+            .judge(&std::fs::read_to_string(p.join("a.env")).unwrap())
+            .1;
+        assert_eq!(
+            problems,
+            ["P is given 10000 times (lines 1, 2, 3, … 10000); a program reads the last"]
+        );
+    }
+
+    #[test]
+    fn a_temporary_file_a_killed_rotor_left_is_removed_at_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let stale = p.join(".rotor-tmp-AbC123");
+        std::fs::write(&stale, format!("P={B}\n")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+        // One being written right now (another rotor, another secret) is left alone.
+        let fresh = p.join(".rotor-tmp-XyZ789");
+        std::fs::write(&fresh, "").unwrap();
+        let c = consumer(p, "[a.env]");
+        let slots = Slots::new(SecretValue::new(A.into()), None);
+        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        c.write_all(&d, &crate::events::NullSink).unwrap();
+        assert!(!stale.exists(), "a leftover holding values is removed");
+        assert!(fresh.exists());
     }
 }

@@ -18,6 +18,14 @@ use std::path::{Path, PathBuf};
 use super::Report;
 use super::findings::SecretGroup;
 
+/// `text` from the scanned repository (a path, a file name) as a comment shows it: on one line,
+/// each control character (a line break would start a line of YAML) a `?`.
+fn shown(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// The text of a blank with `hint`.
 fn blank(hint: &str) -> String {
     format!("\"<FILL: {hint}>\"")
@@ -29,7 +37,7 @@ fn blank(hint: &str) -> String {
 pub fn playbook(report: &Report, base: &Path) -> String {
     let mut s = format!(
         "# Drafted by `rotor discover` from {}.\n# Fill in every <FILL: …>, check what was discovered (the `discovered:` comments), then\n# run `rotor plan` on it. docs/playbook.md describes every field.\n",
-        report.root.display()
+        shown(&report.root.display().to_string())
     );
     let Some(g) = report
         .secrets
@@ -156,7 +164,7 @@ fn consumer(
         .iter()
         .filter(|r| r.service.as_deref() == Some(service) && names.contains(&r.name))
         .take(3)
-        .map(|r| format!("{}:{}", r.file, r.line))
+        .map(|r| format!("{}:{}", shown(&r.file), r.line))
         .collect();
     s.push_str(&format!(
         "  - name: {service}            # discovered: reads {} ({})\n",
@@ -195,8 +203,9 @@ fn consumer(
         (Some((compose_file, files)), None) => {
             let listed: Vec<String> = files.iter().map(|f| path_for(report, base, f)).collect();
             s.push_str(&format!(
-                "    kind: dotenv               # discovered: {compose_file} loads {}\n    files: [{}]\n    apply: [docker, compose, -f, {}, up, -d, --wait, --no-deps, --force-recreate, {}]\n",
-                files.join(", "),
+                "    kind: dotenv               # discovered: {} loads {}\n    files: [{}]\n    apply: [docker, compose, -f, {}, up, -d, --wait, --no-deps, --force-recreate, {}]\n",
+                shown(compose_file),
+                shown(&files.join(", ")),
                 listed.join(", "),
                 path_for(report, base, compose_file),
                 serde_json::to_string(service).expect("a string serializes")
@@ -208,7 +217,9 @@ fn consumer(
         (files, shared) => {
             if let (Some((compose_file, _)), Some((file, name))) = (files, shared) {
                 s.push_str(&format!(
-                    "    # discovered: {compose_file} gives {service} {file}, where another consumer writes {name}: give {service} its own env file to roll it as `kind: dotenv` (docs/compose.md)\n"
+                    "    # discovered: {} gives {service} {}, where another consumer writes {name}: give {service} its own env file to roll it as `kind: dotenv` (docs/compose.md)\n",
+                    shown(compose_file),
+                    shown(&file)
                 ));
             }
             s.push_str(&format!(

@@ -1011,7 +1011,8 @@ fn find_containers<'a>(node: &'a Node, out: &mut Vec<&'a Node>) {
     }
 }
 
-/// `dir/path` with `.` and `..` resolved (relative to the scanned directory).
+/// `dir/path` with `.` and `..` resolved (relative to the scanned directory); an absolute
+/// `path` stays absolute (a `/etc/app.env` is not a file of the scanned tree).
 fn normalize(dir: &str, path: &str) -> String {
     let mut parts: Vec<&str> = if path.starts_with('/') {
         Vec::new()
@@ -1027,7 +1028,12 @@ fn normalize(dir: &str, path: &str) -> String {
             p => parts.push(p),
         }
     }
-    parts.join("/")
+    let joined = parts.join("/");
+    if path.starts_with('/') {
+        format!("/{joined}")
+    } else {
+        joined
+    }
 }
 
 #[cfg(test)]

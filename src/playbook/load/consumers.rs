@@ -77,6 +77,32 @@ const DOTENV_ONLY: &[&str] = &["files", "apply", "targets"];
 const MAX_ENV_FILES: usize = 16;
 const WORKLOAD_FIELDS: &[&str] = &["kind", "name", "namespace"];
 
+/// The file an env file path names, for telling two spellings of one file apart from two
+/// files.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum FileId {
+    /// A file that exists: its device and inode (through links, hard links included).
+    Inode(u64, u64),
+    /// A file not there yet: its directory resolved through links, then its name; the path as
+    /// written when even the directory cannot be resolved.
+    Path(std::path::PathBuf),
+}
+
+impl FileId {
+    fn of(path: &Path) -> FileId {
+        use std::os::unix::fs::MetadataExt as _;
+        if let Ok(m) = std::fs::metadata(path) {
+            return FileId::Inode(m.dev(), m.ino());
+        }
+        let resolved = path
+            .parent()
+            .and_then(|dir| std::fs::canonicalize(dir).ok())
+            .zip(path.file_name())
+            .map(|(dir, name)| dir.join(name));
+        FileId::Path(resolved.unwrap_or_else(|| path.to_path_buf()))
+    }
+}
+
 impl Cx<'_> {
     /// `consumers`: each consumer in order, every name used once, then each round trip's
     /// target across them.
@@ -620,22 +646,33 @@ impl Cx<'_> {
 
     /// No name is written into one env file by two dotenv consumers: they move at different
     /// steps of a rotation (a signer and a validator hold different values at S2), so one
-    /// would overwrite the other's value.
+    /// would overwrite the other's value. One file reached by two spellings (a link to it, a
+    /// linked directory, a hard link) is one file.
     fn shared_env_names(&self, consumers: &[ConsumerSpec], names_at: &[Pos]) -> Result<()> {
-        let mut seen: HashMap<(&Path, &str), usize> = HashMap::new();
+        let mut seen: HashMap<(FileId, &str), (usize, &Path)> = HashMap::new();
         for (i, c) in consumers.iter().enumerate() {
             let ConsumerKind::Dotenv(d) = &c.kind else {
                 continue;
             };
             for file in &d.files {
+                let id = FileId::of(file);
                 for name in crate::consumer::slot_names(&c.slots) {
-                    match seen.get(&(file.as_path(), name)) {
-                        Some(&j) if j != i => {
+                    match seen.get(&(id.clone(), name)) {
+                        Some(&(j, spelled)) if j != i => {
+                            let also = if spelled == file.as_path() {
+                                String::new()
+                            } else {
+                                format!(
+                                    " (listed by `{}` as {})",
+                                    consumers[j].name,
+                                    spelled.display()
+                                )
+                            };
                             return Err(self.err(
                                 names_at[i],
                                 format!("consumers[{i}].files"),
                                 format!(
-                                    "consumers `{}` and `{}` both write `{name}` into {}",
+                                    "consumers `{}` and `{}` both write `{name}` into {}{also}",
                                     consumers[j].name,
                                     c.name,
                                     file.display()
@@ -644,7 +681,7 @@ impl Cx<'_> {
                             ));
                         }
                         _ => {
-                            seen.insert((file.as_path(), name), i);
+                            seen.insert((id.clone(), name), (i, file.as_path()));
                         }
                     }
                 }

@@ -808,3 +808,53 @@ fn two_dotenv_consumers_never_write_one_name_into_one_file() {
         .replace("SERVICE_SECRET", "JWT_SECRET_KEY");
     dotenv_playbook(&format!("{DOTENV_AUTH}{other}")).unwrap();
 }
+
+#[test]
+fn one_env_file_reached_by_two_spellings_is_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir(p.join("config")).unwrap();
+    std::fs::write(p.join(".env.development"), "").unwrap();
+    std::os::unix::fs::symlink(".env.development", p.join(".env")).unwrap();
+    std::os::unix::fs::symlink("config", p.join("conf")).unwrap();
+    let text = |a: &str, b: &str| {
+        let other = DOTENV_AUTH
+            .replace("name: auth", "name: api")
+            .replace("8081", "8082")
+            .replace("[.env, ./config/../config/auth.env]", &format!("[{b}]"));
+        let first = DOTENV_AUTH.replace("[.env, ./config/../config/auth.env]", &format!("[{a}]"));
+        format!(
+            "secret: s\nenvironment: development\nstore: {{kind: local, path: s.json}}\nconsumers:\n{first}{other}"
+        )
+    };
+    for (a, b, named) in [
+        // A link to the file.
+        (
+            ".env",
+            ".env.development",
+            ".env.development (listed by `auth` as ",
+        ),
+        // A linked directory, the file not there yet.
+        (
+            "config/auth.env",
+            "conf/auth.env",
+            "conf/auth.env (listed by `auth` as ",
+        ),
+        // An absolute spelling of a relative one.
+        (
+            ".env.development",
+            &p.join(".env.development").display().to_string(),
+            "both write `SERVICE_SECRET` into",
+        ),
+    ] {
+        let e = load_str(&text(a, b), "test.yaml", p).unwrap_err();
+        assert_eq!(e.field, "consumers[1].files", "{a} {b}");
+        assert!(
+            e.message
+                .contains("consumers `auth` and `api` both write `SERVICE_SECRET`")
+                && e.message.contains(named),
+            "{a} {b}: {e}"
+        );
+    }
+    load_str(&text(".env", "config/auth.env"), "test.yaml", p).unwrap();
+}
