@@ -494,7 +494,7 @@ pub fn render_report(r: &RunReport) -> String {
     );
     if let Some(t) = r.time_to_revoke_seconds {
         text.push_str(&format!(
-            "\n  time to revoke: {t:.2}s (start → the old value rejected by every validator instance), {} rollout waves",
+            "\n  time to revoke: {t:.2}s (the rotation's first start → the old value rejected by every validator instance), {} rollout waves this run",
             r.waves
         ));
     }

@@ -186,3 +186,61 @@ async fn a_killed_emergency_rekey_resumes_as_an_emergency() {
     env.assert_no_failures(&report);
     env.finish().await;
 }
+
+/// The seconds from the journal's `started_at` (the rotation's first start) to `at`.
+fn since_first_start(j: &serde_json::Value, at: chrono::DateTime<chrono::Utc>) -> f64 {
+    let started: chrono::DateTime<chrono::Utc> = j["started_at"].as_str().unwrap().parse().unwrap();
+    (at - started).num_milliseconds() as f64 / 1000.0
+}
+
+/// Time to revoke counts from the rotation's first start, through every resume: a rotation
+/// killed at the end of T4's rollout and resumed later reports at least the time from its
+/// first start to the resume (not the resume's own few seconds), and one killed after T4 (its
+/// resume only finalizes) still reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_rotation_counts_time_to_revoke_from_its_first_start() {
+    let env = env();
+    env.up().await;
+    let load = env.load();
+    let fps = env.failpoints("forward").await;
+    let last_t4_roll = fps
+        .iter()
+        .rfind(|f| f.starts_with("T4.forward.rolled."))
+        .expect("a T4 rollout failpoint");
+    for fp in [last_t4_roll.as_str(), "T5.forward.begin"] {
+        env.crash(&["rotate", "--yes"], fp).await;
+        // The operator comes back a while later; the old value stays accepted meanwhile.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let resumed_at = chrono::Utc::now();
+        let j = env.journal();
+        let floor = since_first_start(&j, resumed_at);
+        assert!(floor >= 2.0, "{floor}");
+        let out = env.rotor(&["--output", "json", "resume", "--yes"]).await;
+        out.assert_code(0);
+        let r = &out.last_json()["report"];
+        assert_eq!(r["state"], "S5", "{r}");
+        let revoke = r["time_to_revoke_seconds"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no time to revoke after {fp}: {r}"));
+        if fp.starts_with("T4") {
+            // Revoked during the resume: everything since the first start counts.
+            assert!(
+                revoke >= floor,
+                "after {fp}: time to revoke {revoke}s < {floor}s since the rotation's first start"
+            );
+        } else {
+            // Revoked before the kill: from the first start to the state S4, as journaled.
+            let j = env.journal();
+            let s4: chrono::DateTime<chrono::Utc> =
+                j["reached"]["S4"].as_str().unwrap().parse().unwrap();
+            let expected = since_first_start(&j, s4);
+            assert!(
+                (revoke - expected).abs() < 0.01 && revoke < floor,
+                "after {fp}: time to revoke {revoke}s, journal says {expected}s"
+            );
+        }
+    }
+    let report = load.stop().await;
+    env.assert_no_failures(&report);
+    env.finish().await;
+}

@@ -2,6 +2,7 @@
 
 mod architecture;
 mod aws;
+mod bounded_state;
 mod cli;
 mod cloudrun;
 mod common;

@@ -581,6 +581,14 @@ pub trait Consumer: Send + Sync {
     async fn files(&self) -> Vec<FileView> {
         Vec::new()
     }
+
+    /// Removes what rotor keeps of this consumer's stopped instances that started before
+    /// `before` (a process consumer's logs), and returns how many files went. Never anything
+    /// of a recorded or running instance; skipped (`Ok(0)`) while another rotor changes the
+    /// fleet. Consumers that keep nothing per instance keep the default.
+    async fn prune(&self, _before: chrono::DateTime<chrono::Utc>) -> Result<usize, ConsumerError> {
+        Ok(0)
+    }
 }
 
 /// One file a consumer reads its values from, as rotor reads it back.

@@ -1228,6 +1228,26 @@ impl Consumer for ProcessConsumer {
         self.remove_orphan_secrets(&[])?;
         Ok(stopped)
     }
+
+    /// The logs of stopped instances started before `before` (`Layout::prune_logs` in `disk`),
+    /// under the fleet's lock; skipped when another rotor holds it.
+    async fn prune(&self, before: chrono::DateTime<chrono::Utc>) -> Result<usize, ConsumerError> {
+        let _serial = self.serial.lock().await;
+        if !self.layout.dir.exists() {
+            return Ok(0);
+        }
+        let Some(_flock) = self
+            .layout
+            .lock(Instant::now())
+            .await
+            .map_err(self.io("locking the fleet directory"))?
+        else {
+            return Ok(0);
+        };
+        self.layout
+            .prune_logs(&self.name, before)
+            .map_err(self.io("removing the logs of stopped instances"))
+    }
 }
 
 /// The environment of an instance: `inherited` minus slot names and `ROTOR_*`, then `extra_env`

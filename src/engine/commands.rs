@@ -6,9 +6,6 @@
 //! progress and a failed preflight are refused before a journal of a new rotation is written.
 //! The audit log is redacted: it never holds a value.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -49,9 +46,10 @@ pub enum Due {
     },
 }
 
-/// Appends every event to `<state_dir>/audit.log` as a JSON line.
+/// Appends every event to `<state_dir>/audit.log` as a JSON line (rotated by size, see
+/// [`super::audit`]).
 pub(super) struct Audit {
-    file: Mutex<std::fs::File>,
+    file: Mutex<super::audit::AuditFile>,
     /// `user@host pid N`, as the lock names a holder.
     who: String,
     pub(super) rotation: Mutex<Option<String>>,
@@ -72,13 +70,17 @@ impl EventSink for Audit {
         });
         let line = crate::redact::redact(&line.to_string()).into_owned();
         let mut f = self.file.lock().expect("audit mutex");
-        let _ = writeln!(f, "{line}");
+        let _ = f.append(&line);
     }
 }
 
 impl Engine {
-    /// Gives the lock back at the end of a run; a failure only means the lock lapses later.
+    /// Gives the lock back at the end of a run, after pruning old state while the lock is
+    /// still this run's (never once it was lost); a failure only means the lock lapses later.
     pub(super) async fn release(&self, guard: Box<dyn LockGuard>) {
+        if guard.lost().is_none() {
+            self.prune().await;
+        }
         if let Err(e) = guard.release().await {
             self.events.emit(&Event::Note {
                 message: format!(
@@ -91,11 +93,8 @@ impl Engine {
     pub(super) fn audit(&self) -> Result<Arc<Audit>, EngineError> {
         crate::state_dir::prepare(&self.pb.state_dir).map_err(EngineError::Io)?;
         let path = self.pb.state_dir.join("audit.log");
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
+        let keep = &self.pb.keep;
+        let file = super::audit::AuditFile::open(&path, keep.audit_log_size, keep.audit_logs)
             .map_err(|e| EngineError::Io(format!("{}: {e}", path.display())))?;
         Ok(Arc::new(Audit {
             file: Mutex::new(file),

@@ -30,7 +30,19 @@ pub fn all(consumers: &[(String, Role)]) -> Vec<String> {
             out.push(name(t, dir, "end"));
         }
     }
+    out.extend(PRUNE.iter().map(|p| p.to_string()));
     out
+}
+
+/// The boundaries of the pruning at the end of a run: before anything is removed, and after
+/// the first finished journal went.
+pub const PRUNE: &[&str] = &["prune.begin", "prune.history"];
+
+/// Dies with SIGKILL if `ROTOR_FAILPOINT` names `boundary` (one of [`PRUNE`]).
+pub fn hit_at(boundary: &str) {
+    if std::env::var("ROTOR_FAILPOINT").is_ok_and(|want| want == boundary) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 /// The boundary's name.

@@ -240,6 +240,30 @@ pub trait JournalStore: Send + Sync {
     /// Where the current journal lives (`/x/state/journal.json`,
     /// `configmaps/rotor-journal-auth-prod in namespace demo`).
     fn describe(&self) -> String;
+    /// The ids of the archived (finished) rotations, oldest first; `None` when this backend
+    /// does not list its archive (the ConfigMap archive is pruned with kubectl, see
+    /// [`configmap`]). Never includes the current journal.
+    async fn archived(&self) -> Result<Option<Vec<String>>, JournalError> {
+        Ok(None)
+    }
+    /// Removes the archived journal of rotation `id` (one of [`JournalStore::archived`]);
+    /// never the current journal. Removing one that is already gone succeeds.
+    async fn remove_archived(&self, _id: &str) -> Result<(), JournalError> {
+        Ok(())
+    }
+}
+
+/// When rotation `id` (`r-20261122T101500Z-1a2b3c`) started, to the second, as its id says;
+/// `None` for a name that is not a rotation id.
+pub fn started_from_id(id: &str) -> Option<DateTime<Utc>> {
+    let rest = id.strip_prefix("r-")?;
+    let (stamp, tail) = rest.split_once('-')?;
+    if tail.is_empty() || !tail.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|t| t.and_utc())
 }
 
 /// The journal store the playbook names: its cluster's ConfigMap (`cluster.journal:
@@ -404,5 +428,111 @@ impl JournalStore for JournalFile {
 
     fn describe(&self) -> String {
         self.path().display().to_string()
+    }
+
+    /// `history/<id>.json` for every name that is a rotation id, oldest first (ids start with
+    /// their start time); anything else in `history/` is not rotor's and is left out.
+    async fn archived(&self) -> Result<Option<Vec<String>>, JournalError> {
+        let dir = self.dir.join("history");
+        let io = |source| JournalError::Io {
+            path: dir.display().to_string(),
+            action: "list",
+            source,
+        };
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(Vec::new())),
+            Err(e) => return Err(io(e)),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io)?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .filter(|id| started_from_id(id).is_some())
+            {
+                ids.push(id.to_string());
+            }
+        }
+        ids.sort();
+        Ok(Some(ids))
+    }
+
+    /// Unlinks `history/<id>.json` (one rename-free step: a kill leaves it there or gone).
+    async fn remove_archived(&self, id: &str) -> Result<(), JournalError> {
+        if started_from_id(id).is_none() {
+            return Ok(());
+        }
+        let path = self.dir.join("history").join(format!("{id}.json"));
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(JournalError::Io {
+                path: path.display().to_string(),
+                action: "remove",
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotation_id_says_when_it_started() {
+        let t = started_from_id("r-20261122T101500Z-1a2b3c").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-22T10:15:00+00:00");
+        for not in [
+            "r-20261122T101500Z",
+            "r-20261122T101500Z-",
+            "r-20261122T101500Z-xyz",
+            "r-2026-1a2b3c",
+            "x-20261122T101500Z-1a2b3c",
+            "../r-20261122T101500Z-1a2b3c",
+        ] {
+            assert_eq!(started_from_id(not), None, "{not}");
+        }
+    }
+
+    /// The archive lists rotor's finished journals oldest first and removes one at a time;
+    /// the current journal and files that are not rotor's are never listed nor removed.
+    #[tokio::test]
+    async fn the_file_archive_lists_and_removes_only_finished_journals() {
+        let tmp = tempfile::tempdir().unwrap();
+        let journals = JournalFile::new(tmp.path());
+        assert_eq!(journals.archived().await.unwrap(), Some(Vec::new()));
+        let history = tmp.path().join("history");
+        fs::create_dir_all(&history).unwrap();
+        let ids = [
+            "r-20261122T101500Z-1a2b3c",
+            "r-20250101T000000Z-ffffff",
+            "r-20261122T101500Z-000000",
+        ];
+        for id in ids {
+            fs::write(history.join(format!("{id}.json")), "{}").unwrap();
+        }
+        fs::write(history.join("notes.json"), "mine").unwrap();
+        fs::write(history.join("r-20261122T101500Z-1a2b3c.json.bak"), "x").unwrap();
+        fs::write(journals.path(), "{}").unwrap();
+        let listed = journals.archived().await.unwrap().unwrap();
+        assert_eq!(
+            listed,
+            [
+                "r-20250101T000000Z-ffffff",
+                "r-20261122T101500Z-000000",
+                "r-20261122T101500Z-1a2b3c"
+            ]
+        );
+        journals.remove_archived(&listed[0]).await.unwrap();
+        journals.remove_archived(&listed[0]).await.unwrap();
+        journals.remove_archived("notes").await.unwrap();
+        journals.remove_archived("../journal").await.unwrap();
+        assert_eq!(journals.archived().await.unwrap().unwrap(), listed[1..]);
+        assert!(history.join("notes.json").exists());
+        assert!(journals.path().exists());
     }
 }

@@ -9,7 +9,9 @@
 //! # Where things live
 //! - `mod.rs` (here): [`Engine`] and its backends, [`RunOptions`], opening and accessors.
 //! - `commands.rs`: `init`, `up`, `down`, `due`, `rotate` and its preflight, screening the
-//!   playbook for values, the audit log.
+//!   playbook for values, the audit log (its file, rotated by size, in `audit.rs`).
+//! - `prune.rs`: cutting finished journals and stopped instances' logs back to the playbook's
+//!   `keep` at the end of every run.
 //! - `rekey.rs`: the emergency `rekey`, and the handover of a running rotation to it.
 //! - `recovery.rs`: `resume`, `rollback`, reconciling after a crash, automatic rollback.
 //! - `step.rs`: one run and its step loop (waits, confirmations, journal entries per step).
@@ -39,7 +41,9 @@ pub mod lock;
 pub mod plan;
 pub mod policy;
 mod proof;
+mod prune;
 
+mod audit;
 mod commands;
 mod error;
 mod recovery;

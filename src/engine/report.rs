@@ -92,8 +92,9 @@ pub struct RunReport {
     /// A hard cut's sampled round trips during its one wave.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hard_cut: Option<hardcut::HardCutReport>,
-    /// Start of this run → the old value rejected by every validator instance (T4's proof),
-    /// when this run got there.
+    /// The rotation's first start (its journal's `started_at`, through every interrupted run,
+    /// resume and takeover) → the old value rejected by every validator instance (T4's
+    /// proof), once the rotation got there; never less than this run's own time to it.
     pub time_to_revoke_seconds: Option<f64>,
     /// Rollout waves this run made (forward T2, T3, T4).
     pub waves: usize,
@@ -155,10 +156,29 @@ impl Run<'_> {
             restarts: self.restarts.clone(),
             waited_seconds: self.waited.as_secs_f64(),
             wall_seconds: self.started.elapsed().as_secs_f64(),
-            time_to_revoke_seconds: self.revoked.map(|d| d.as_secs_f64()),
+            time_to_revoke_seconds: self
+                .revoked
+                .or_else(|| self.revoked_earlier())
+                .map(|d| d.as_secs_f64()),
             waves: self.waves,
             hard_cut: self.hard_cut.clone(),
         }
+    }
+}
+
+impl Run<'_> {
+    /// Time to revoke of a rotation that got past T4 in an earlier run (this one resumed T5
+    /// or finalized after a pause at S4): the journal's first start → when it reached S4.
+    fn revoked_earlier(&self) -> Option<std::time::Duration> {
+        if self.journal.state < State::S4 || self.journal.rolling_back() {
+            return None;
+        }
+        let reached = self.journal.reached.get(&State::S4)?;
+        Some(
+            (*reached - self.journal.started_at)
+                .to_std()
+                .unwrap_or_default(),
+        )
     }
 }
 

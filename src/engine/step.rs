@@ -30,7 +30,8 @@ pub(super) struct Run<'e> {
     pub(super) events: Arc<dyn EventSink>,
     pub(super) opts: RunOptions,
     pub(super) started: Instant,
-    /// When (since `started`) this run's T4 proof showed the old value rejected everywhere.
+    /// Time to revoke: from the rotation's first start (the journal's `started_at`, through
+    /// every resume) to this run's T4 proof that the old value is rejected everywhere.
     pub(super) revoked: Option<Duration>,
     pub(super) stages: Vec<StageTiming>,
     pub(super) restarts: BTreeMap<String, usize>,
@@ -99,6 +100,23 @@ impl<'e> Run<'e> {
             hard_cut: None,
             repair: false,
         }
+    }
+
+    /// How long the rotation has been going: from its first start (the journal's
+    /// `started_at`) to the state it reached last, through every interrupted run and resume.
+    /// Never less than this run's own time: a wall clock stepped back (or a journal from a
+    /// machine whose clock was ahead) can only make it longer, never shorter.
+    pub(super) fn since_first_start(&self) -> Duration {
+        let reached = self
+            .journal
+            .reached
+            .get(&self.journal.state)
+            .copied()
+            .unwrap_or_else(Utc::now);
+        let journal = (reached - self.journal.started_at)
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        journal.max(self.started.elapsed())
     }
 
     pub(super) fn emit(&self, ev: Event) {
@@ -432,7 +450,7 @@ impl<'e> Run<'e> {
                 self.journal.end(Outcome::Ok, detail);
                 self.save().await?;
                 if (t, dir) == (Transition::T4, Direction::Forward) {
-                    self.revoked = Some(self.started.elapsed());
+                    self.revoked = Some(self.since_first_start());
                 }
                 self.guard.set_stage(None, &self.journal.state.to_string());
                 self.stages.push(StageTiming {

@@ -88,6 +88,8 @@ pub struct Playbook {
     pub notify: NotifySpec,
     /// Value policy beyond length and alphabet.
     pub policy: PolicySpec,
+    /// How much of its own state rotor keeps between rotations.
+    pub keep: Keep,
 }
 
 /// Value policy beyond `generate`'s length and alphabet.
@@ -333,6 +335,37 @@ impl Default for Timings {
             retention: Duration::from_secs(7 * 24 * 3600),
             drain: Duration::from_millis(500),
             probe_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How much of its own state rotor keeps between rotations (`keep`), so a state directory and
+/// a local store stay bounded however many rotations run. Not `timings.retention`, which is
+/// how long the old value stays disabled before T5 destroys it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// Finished rotations' journals kept in `<state_dir>/history/` (the newest).
+    pub history: usize,
+    /// The latest rotations whose stopped process instances keep their logs
+    /// (`<state_dir>/fleet/<consumer>/logs/`); a running instance's log is always kept.
+    pub instance_logs: usize,
+    /// Destroyed versions whose record (id, fingerprint, dates; never a value) a `local` store
+    /// keeps, the newest (a `gcp` store keeps 100).
+    pub destroyed_versions: usize,
+    /// `audit.log` is rotated (to `audit.log.1`) once it reaches this many bytes.
+    pub audit_log_size: u64,
+    /// Rotated audit logs kept beside `audit.log` (`audit.log.1` … `audit.log.N`).
+    pub audit_logs: usize,
+}
+
+impl Default for Keep {
+    fn default() -> Self {
+        Keep {
+            history: 50,
+            instance_logs: 5,
+            destroyed_versions: 100,
+            audit_log_size: 10 * 1024 * 1024,
+            audit_logs: 5,
         }
     }
 }

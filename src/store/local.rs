@@ -26,6 +26,9 @@ pub struct LocalStore {
     path: PathBuf,
     secret: String,
     lock_path: PathBuf,
+    /// Destroyed versions whose record is kept (the newest); older ones are forgotten in the
+    /// same write that destroys a version.
+    keep_destroyed: usize,
 }
 
 /// A value as stored in the file; serializes as the plain string, never printed.
@@ -113,13 +116,22 @@ impl StoreFile {
 
 impl LocalStore {
     /// A store at `path` for secret `secret`, its writers serialized by a lock file at
-    /// `lock_path` (in the state directory: rotor writes nothing beside the store but the store).
+    /// `lock_path` (in the state directory: rotor writes nothing beside the store but the store),
+    /// keeping the default number of destroyed versions' records (`keep.destroyed_versions`).
     pub fn new(path: PathBuf, secret: &str, lock_path: PathBuf) -> Self {
         LocalStore {
             path,
             secret: secret.to_string(),
             lock_path,
+            keep_destroyed: crate::playbook::Keep::default().destroyed_versions,
         }
+    }
+
+    /// The same store keeping the records of the newest `n` destroyed versions (the loader
+    /// refuses less than 1; the version a write just destroyed always stays).
+    pub fn keeping_destroyed(mut self, n: usize) -> Self {
+        self.keep_destroyed = n;
+        self
     }
 
     fn io(&self, action: &str, source: std::io::Error) -> StoreError {
@@ -274,8 +286,16 @@ impl Store for LocalStore {
         self.modify(|m, store| Ok(((), m.set_slots(store, primary, secondary)?)))
     }
 
+    /// Changes a version's state; destroying one also forgets the oldest destroyed versions'
+    /// records beyond `keep_destroyed`, in the same atomic write (a crash leaves the file before
+    /// or after both).
     async fn set_state(&self, version: &str, state: VersionState) -> Result<(), StoreError> {
-        self.modify(|m, store| Ok(((), m.set_state(store, version, state)?)))
+        let keep = self.keep_destroyed;
+        self.modify(|m, store| {
+            let changed = m.set_state(store, version, state)?;
+            let pruned = state == VersionState::Destroyed && m.prune_destroyed(keep, version);
+            Ok(((), changed || pruned))
+        })
     }
 }
 
@@ -358,6 +378,80 @@ mod tests {
             "destroyed value still in the file"
         );
         assert!(text.contains(b.expose()));
+    }
+
+    /// One rotation's worth of store writes: a new version promoted, the old one destroyed.
+    async fn rotate(store: &LocalStore) -> String {
+        let snap = store.snapshot().await.unwrap();
+        let old = snap.primary.clone().unwrap();
+        let new = store.add_version(&value()).await.unwrap().id;
+        store.set_slots(&new, None).await.unwrap();
+        store.set_state(&old, VersionState::Disabled).await.unwrap();
+        store
+            .set_state(&old, VersionState::Destroyed)
+            .await
+            .unwrap();
+        old
+    }
+
+    fn destroyed(snap: &StoreSnapshot) -> Vec<&str> {
+        snap.versions
+            .iter()
+            .filter(|v| v.state == VersionState::Destroyed)
+            .map(|v| v.id.as_str())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn keeps_the_newest_destroyed_records_and_never_reuses_an_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.json");
+        let store = LocalStore::new(path.clone(), "s", lock_path(&path)).keeping_destroyed(3);
+        store.init(&value()).await.unwrap();
+        for _ in 0..6 {
+            rotate(&store).await;
+        }
+        let snap = store.snapshot().await.unwrap();
+        assert_eq!(destroyed(&snap), ["4", "5", "6"]);
+        assert_eq!(snap.primary.as_deref(), Some("7"));
+        assert_eq!(snap.versions.len(), 4);
+
+        // A rolled-back rotation destroys its unused new version (8): the highest id, which
+        // stays (the next id comes from it). The next rotation destroys 7, a lower id than
+        // 8: it stays too (a resumed T5 looks it up), and the oldest goes.
+        let unused = store.add_version(&value()).await.unwrap().id;
+        store
+            .set_state(&unused, VersionState::Disabled)
+            .await
+            .unwrap();
+        store
+            .set_state(&unused, VersionState::Destroyed)
+            .await
+            .unwrap();
+        assert_eq!(destroyed(&store.snapshot().await.unwrap()), ["5", "6", "8"]);
+        let gone = rotate(&store).await;
+        assert_eq!(gone, "7");
+        let snap = store.snapshot().await.unwrap();
+        assert_eq!(destroyed(&snap), ["6", "7", "8"]);
+        assert_eq!(
+            snap.primary.as_deref(),
+            Some("9"),
+            "id 8 was not given again"
+        );
+
+        // With one kept, only the version just destroyed stays beside the highest id.
+        let store = LocalStore::new(path.clone(), "s", lock_path(&path)).keeping_destroyed(1);
+        rotate(&store).await;
+        assert_eq!(destroyed(&store.snapshot().await.unwrap()), ["9"]);
+        // The default keeps 100, like the gcp store.
+        let store = LocalStore::new(path.clone(), "s", lock_path(&path));
+        for _ in 0..3 {
+            rotate(&store).await;
+        }
+        assert_eq!(
+            destroyed(&store.snapshot().await.unwrap()),
+            ["9", "10", "11", "12"]
+        );
     }
 
     #[tokio::test]

@@ -257,11 +257,14 @@ pub fn open(
     cluster: Option<&Cluster>,
 ) -> Result<Box<dyn Store>, ClusterError> {
     Ok(match &playbook.store {
-        StoreSpec::Local { path } => Box::new(local::LocalStore::new(
-            path.clone(),
-            &playbook.secret,
-            playbook.state_dir.join("store.lock"),
-        )),
+        StoreSpec::Local { path } => Box::new(
+            local::LocalStore::new(
+                path.clone(),
+                &playbook.secret,
+                playbook.state_dir.join("store.lock"),
+            )
+            .keeping_destroyed(playbook.keep.destroyed_versions),
+        ),
         StoreSpec::Kubernetes { namespace, name } => Box::new(kubernetes::KubernetesStore::new(
             cluster.ok_or_else(ClusterError::not_connected)?,
             namespace,

@@ -212,6 +212,46 @@ impl Model {
         }
         Ok(true)
     }
+
+    /// Forgets the records of the oldest destroyed versions (lowest ids first) until at most
+    /// `keep` destroyed ones remain; returns whether anything was forgotten. Only destroyed
+    /// versions go (they hold no value and sit in no slot), and two always stay: `just` (the
+    /// version a write just destroyed, which a resumed T5 looks up) and the version with the
+    /// highest id (the next id comes from it, so an id is never given twice).
+    pub fn prune_destroyed(&mut self, keep: usize, just: &str) -> bool {
+        let highest = self
+            .versions
+            .iter()
+            .filter_map(|v| v.id.parse::<u64>().ok())
+            .max();
+        let mut destroyed: Vec<(Option<u64>, usize)> = self
+            .versions
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.state == VersionState::Destroyed)
+            .map(|(i, v)| (v.id.parse::<u64>().ok(), i))
+            .collect();
+        let excess = destroyed.len().saturating_sub(keep);
+        if excess == 0 {
+            return false;
+        }
+        // Oldest first: ids that are not numbers (never written by rotor) by position, then
+        // numeric ids in order.
+        destroyed.sort_unstable();
+        let gone: std::collections::HashSet<usize> = destroyed
+            .iter()
+            .filter(|(id, i)| self.versions[*i].id != just && (id.is_none() || *id != highest))
+            .take(excess)
+            .map(|(_, i)| *i)
+            .collect();
+        let mut i = 0;
+        self.versions.retain(|_| {
+            let kept = !gone.contains(&i);
+            i += 1;
+            kept
+        });
+        !gone.is_empty()
+    }
 }
 
 /// The rules of the [`Store`](super::Store) trait on slots and states, once, for every backend

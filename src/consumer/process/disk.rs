@@ -268,6 +268,57 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// Removes `logs/<id>.log` of the instances of `consumer` that stopped (no record in
+    /// `instances/`) and did not run since `before`: started before it (the time in their
+    /// id) and their log last written before it (so neither an instance that was still
+    /// serving then, nor a process still writing its log, loses it). Anything that is not
+    /// `<consumer>-<millis>-<n>.log` is left alone. The caller holds the fleet's lock, so no
+    /// instance is being started meanwhile. Each removal is one unlink: a kill part-way
+    /// leaves fewer logs, never a half-removed one. Returns how many went.
+    pub fn prune_logs(&self, consumer: &str, before: DateTime<Utc>) -> io::Result<usize> {
+        let entries = match fs::read_dir(self.logs_dir()) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let before_ms = before.timestamp_millis();
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
+                continue;
+            };
+            let started_ms = id
+                .strip_prefix(consumer)
+                .and_then(|r| r.strip_prefix('-'))
+                .and_then(|r| r.split_once('-'))
+                .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|(ms, _)| ms.parse::<i64>().ok());
+            let Some(started_ms) = started_ms else {
+                continue;
+            };
+            if started_ms >= before_ms || self.record_path(id).exists() {
+                continue;
+            }
+            let written: DateTime<Utc> = entry.metadata()?.modified()?.into();
+            if written >= before {
+                continue;
+            }
+            match fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if removed > 0 {
+            sync_dir(&self.logs_dir())?;
+        }
+        Ok(removed)
+    }
+}
+
 /// The symlink naming the set of values an instance reads now.
 const DATA_LINK: &str = "..data";
 /// Largest file read back from a secrets directory.
@@ -468,6 +519,79 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// Only the logs of stopped instances started before the cut go: never a recorded
+    /// (running) instance's, never one still being written, never a file rotor did not name.
+    #[test]
+    fn pruning_removes_only_old_logs_of_stopped_instances() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fleet = tmp.path().join("state").join("fleet");
+        let layout = Layout::new(&fleet, "auth");
+        layout.create().unwrap();
+        let cut = Utc::now();
+        let ms = cut.timestamp_millis();
+        let old = |n: i64| format!("auth-{}-{n:04}", ms - 60_000 + n);
+        let age = |id: &str, secs: u64| {
+            let f = File::options()
+                .append(true)
+                .open(layout.log_path(id))
+                .unwrap();
+            f.set_modified(std::time::SystemTime::now() - Duration::from_secs(secs))
+                .unwrap();
+        };
+        for n in 0..4 {
+            layout.open_log(&old(n)).unwrap();
+            age(&old(n), 30);
+        }
+        // Started before the cut but still running (recorded).
+        let rec = Record {
+            id: old(1),
+            pid: 1,
+            pid_start_ticks: 0,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            primary: crate::secret::SecretValue::new("a".repeat(32)).fingerprint("s"),
+            secondary: None,
+            names: BTreeMap::new(),
+            published: true,
+            started_at: cut,
+        };
+        layout.write_record(&rec).unwrap();
+        // Started before the cut, not recorded, but written since (a process still logging).
+        age(&old(2), 0);
+        // Started after the cut.
+        let new = format!("auth-{}-0001", ms + 5);
+        layout.open_log(&new).unwrap();
+        // Not rotor's names: another consumer's prefix, no counter, not a log.
+        let foreign = [
+            format!("authz-{}-0001.log", ms - 60_000),
+            format!("auth-{}.log", ms - 60_000),
+            "notes.txt".to_string(),
+        ];
+        for f in &foreign {
+            fs::write(layout.logs_dir().join(f), "x").unwrap();
+        }
+
+        assert_eq!(layout.prune_logs("auth", cut).unwrap(), 2);
+        let mut left: Vec<String> = fs::read_dir(layout.logs_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            format!("{}.log", old(1)),
+            format!("{}.log", old(2)),
+            format!("{new}.log"),
+        ];
+        want.extend(foreign.iter().cloned());
+        want.sort();
+        assert_eq!(left, want);
+        // Nothing more to do; no logs directory is no error.
+        assert_eq!(layout.prune_logs("auth", cut).unwrap(), 0);
+        assert_eq!(
+            Layout::new(&fleet, "none").prune_logs("none", cut).unwrap(),
+            0
+        );
     }
 
     /// The instance can write to its directory: a FIFO in a value's place is refused at once,

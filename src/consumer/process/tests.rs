@@ -177,6 +177,7 @@ impl Fleet {
             max_age: None,
             notify: Default::default(),
             policy: Default::default(),
+            keep: Default::default(),
         };
         Fleet { dir, pb }
     }

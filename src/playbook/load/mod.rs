@@ -14,14 +14,14 @@
 //! size of the file and nothing downstream can overflow when it adds a duration to a time.
 //!
 //! Checks run in a fixed order: top-level keys, `secret`, `environment`, `generate`, `cluster`,
-//! `store` (and a `gcp` store with `cluster.lock`), `state_dir`, `timings`, `concurrency`,
+//! `store` (and a `gcp` store with `cluster.lock`), `state_dir`, `timings`, `keep`, `concurrency`,
 //! `max_age`, `notify`, `policy`, then each consumer in order, then round-trip targets across
 //! consumers.
 //!
 //! Layout: `top` (the top level and the check order), `store`, `cluster`, `consumers` (the
-//! list, each consumer and its kind), `slots` (slots and env), `probes` (probes, round trips
-//! and their targets), `read` (the typed field readers every section uses) and `text` (how
-//! input appears in an error).
+//! list, each consumer and its kind), `keep` (what rotor keeps of its own state), `slots`
+//! (slots and env), `probes` (probes, round trips and their targets), `read` (the typed field
+//! readers every section uses) and `text` (how input appears in an error).
 
 pub(crate) mod node;
 
@@ -30,6 +30,7 @@ mod robustness;
 
 mod cluster;
 mod consumers;
+mod keep;
 mod probes;
 mod read;
 mod slots;

@@ -857,4 +857,148 @@ fn one_env_file_reached_by_two_spellings_is_one_file() {
         );
     }
     load_str(&text(".env", "config/auth.env"), "test.yaml", p).unwrap();
+/// MINIMAL with `keep` set to `keep` (a flow mapping, or nothing).
+fn with_keep(keep: &str) -> Result<Playbook> {
+    load(&MINIMAL.replace(
+        "environment: test\n",
+        &format!("environment: test\nkeep: {keep}\n"),
+    ))
+}
+
+#[test]
+fn keep_has_documented_defaults_and_reads_every_field() {
+    use crate::playbook::Keep;
+    let defaults = Keep {
+        history: 50,
+        instance_logs: 5,
+        destroyed_versions: 100,
+        audit_log_size: 10 * 1024 * 1024,
+        audit_logs: 5,
+    };
+    assert_eq!(load(MINIMAL).unwrap().keep, defaults);
+    assert_eq!(with_keep("").unwrap().keep, defaults, "a null section");
+    let pb = with_keep(
+        "{history: 0, instance_logs: 1, destroyed_versions: 1, audit_log_size: 512KiB, audit_logs: 100}",
+    )
+    .unwrap();
+    assert_eq!(
+        pb.keep,
+        Keep {
+            history: 0,
+            instance_logs: 1,
+            destroyed_versions: 1,
+            audit_log_size: 512 * 1024,
+            audit_logs: 100,
+        }
+    );
+    for (size, bytes) in [("1 GiB", 1 << 30), ("64KiB", 64 << 10), ("2MB", 2_000_000)] {
+        let pb = with_keep(&format!("{{audit_log_size: {size}}}")).unwrap();
+        assert_eq!(pb.keep.audit_log_size, bytes, "{size}");
+    }
+    // Only the history bounds how many rotations' logs can be told apart.
+    let pb = with_keep("{history: 4, instance_logs: 5}").unwrap();
+    assert_eq!((pb.keep.history, pb.keep.instance_logs), (4, 5));
+}
+
+#[test]
+fn bad_keep_fields_name_the_field_the_bounds_and_what_to_do() {
+    for (keep, field, message, help) in [
+        ("[50]", "keep", "expected a mapping", "history: 50"),
+        (
+            "{histroy: 5}",
+            "keep.histroy",
+            "unknown field `histroy`",
+            "did you mean `history`?",
+        ),
+        (
+            "{retention: 7d}",
+            "keep.retention",
+            "keep has no `retention`",
+            "timings.retention",
+        ),
+        (
+            "{history: -1}",
+            "keep.history",
+            "-1 is out of range (0 to 10000)",
+            "<state_dir>/history",
+        ),
+        (
+            "{history: 10001}",
+            "keep.history",
+            "out of range (0 to 10000)",
+            "finished rotations",
+        ),
+        (
+            "{history: lots}",
+            "keep.history",
+            "expected a whole number",
+            "0 to 10000",
+        ),
+        (
+            "{instance_logs: 1001, history: 10000}",
+            "keep.instance_logs",
+            "out of range (0 to 1000)",
+            "stopped process instances",
+        ),
+        (
+            "{destroyed_versions: 0}",
+            "keep.destroyed_versions",
+            "out of range (1 to 10000)",
+            "at least 1",
+        ),
+        (
+            "{audit_logs: 0}",
+            "keep.audit_logs",
+            "out of range (1 to 100)",
+            "audit.log.1",
+        ),
+        (
+            "{audit_log_size: 10}",
+            "keep.audit_log_size",
+            "`10` is not a size",
+            "with a unit",
+        ),
+        (
+            "{audit_log_size: ten megs}",
+            "keep.audit_log_size",
+            "`ten megs` is not a size",
+            "e.g. 10MiB",
+        ),
+        (
+            "{audit_log_size: 1KiB}",
+            "keep.audit_log_size",
+            "out of range (64.0 KiB to 1.0 GiB)",
+            "64.0 KiB",
+        ),
+        (
+            "{audit_log_size: 2GiB}",
+            "keep.audit_log_size",
+            "out of range",
+            "1.0 GiB",
+        ),
+        (
+            "{audit_log_size: [1]}",
+            "keep.audit_log_size",
+            "expected a size",
+            "10MiB",
+        ),
+        (
+            "{instance_logs: 5, history: 3}",
+            "keep.instance_logs",
+            "keep.instance_logs (5) is more than keep.history (3) + 1",
+            "raise keep.history",
+        ),
+        (
+            "{history: 0}",
+            "keep.history",
+            "keep.instance_logs (5) is more than keep.history (0) + 1",
+            "lower keep.instance_logs",
+        ),
+    ] {
+        let e = with_keep(keep).unwrap_err();
+        assert_eq!(e.field, field, "{keep}: {e}");
+        assert!(e.message.contains(message), "{keep}: {e}");
+        assert!(e.help.contains(help), "{keep}: {e}");
+        assert!(e.line >= 3, "{keep}: {e}");
+    }
 }

@@ -1,6 +1,7 @@
 //! The top level of a playbook: [`Cx::playbook`] reads the sections in the order the module
 //! header gives, and the top-level fields no other file owns: `secret`, `environment`,
-//! `generate`, `state_dir`, `timings`, `concurrency`, `max_age`, `notify` and `policy`.
+//! `generate`, `state_dir`, `timings`, `concurrency`, `max_age`, `notify` and `policy`
+//! (`keep` has its own file, read in the same order).
 //!
 //! Must never: repeat what was written in `secret` or `notify.webhook_env`: someone may have
 //! pasted a value or a URL there.
@@ -29,6 +30,7 @@ const TOP_FIELDS: &[&str] = &[
     "max_age",
     "notify",
     "policy",
+    "keep",
     "cluster",
     "consumers",
 ];
@@ -106,6 +108,7 @@ impl Cx<'_> {
 
         let state_dir = self.state_dir(&top, base_dir, secret, environment)?;
         let timings = self.timings(&top)?;
+        let keep = self.keep(&top)?;
         let concurrency = self.concurrency(&top)?;
         let max_age = self.max_age(&top)?;
         let notify = self.notify(&top, base_dir)?;
@@ -145,6 +148,7 @@ impl Cx<'_> {
             max_age,
             notify,
             policy,
+            keep,
         })
     }
 
