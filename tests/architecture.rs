@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["consumer", "probe"],
     &["store"],
     &["cluster"],
-    &["events", "redact", "state_dir", "exit", "transport"],
+    &["events", "redact", "state_dir", "exit", "transport", "stop"],
     &["playbook"],
     &["protocol", "secret", "jwt", "dotenv"],
 ];

@@ -106,10 +106,7 @@ pub fn by_name<T: Clone>(names: &SlotNames, primary: T, secondary: Option<T>) ->
 
 /// Every slot and alias name a consumer declares.
 pub fn slot_names(names: &SlotNames) -> Vec<&str> {
-    std::iter::once(names.primary.as_str())
-        .chain(names.secondary.as_deref())
-        .chain(names.aliases.keys().map(String::as_str))
-        .collect()
+    names.all()
 }
 
 /// `now + d`, checked: when `d` is too long to add, a deadline ten years out (a deadline may

@@ -390,6 +390,16 @@ pub struct SlotNames {
     pub aliases: BTreeMap<String, SlotRef>,
 }
 
+impl SlotNames {
+    /// Every name declared: the primary, the secondary, then the aliases.
+    pub fn all(&self) -> Vec<&str> {
+        std::iter::once(self.primary.as_str())
+            .chain(self.secondary.as_deref())
+            .chain(self.aliases.keys().map(String::as_str))
+            .collect()
+    }
+}
+
 /// A slot, as named by an alias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotRef {

@@ -656,7 +656,7 @@ impl Cx<'_> {
             };
             for file in &d.files {
                 let id = FileId::of(file);
-                for name in crate::consumer::slot_names(&c.slots) {
+                for name in c.slots.all() {
                     match seen.get(&(id.clone(), name)) {
                         Some(&(j, spelled)) if j != i => {
                             let also = if spelled == file.as_path() {

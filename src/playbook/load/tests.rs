@@ -857,6 +857,8 @@ fn one_env_file_reached_by_two_spellings_is_one_file() {
         );
     }
     load_str(&text(".env", "config/auth.env"), "test.yaml", p).unwrap();
+}
+
 /// MINIMAL with `keep` set to `keep` (a flow mapping, or nothing).
 fn with_keep(keep: &str) -> Result<Playbook> {
     load(&MINIMAL.replace(
