@@ -19,6 +19,7 @@ mod kubernetes;
 mod kubernetes_lock;
 mod kubernetes_reload;
 mod lab;
+mod orphans;
 mod playbook_errors;
 mod rotation;
 mod signals;

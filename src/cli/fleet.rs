@@ -65,7 +65,13 @@ pub(super) async fn failpoints(
         .iter()
         .map(|c| (c.name.clone(), c.role))
         .collect();
-    let all = crate::engine::failpoint::all(&consumers);
+    let mut all = crate::engine::failpoint::all(&consumers);
+    // The points of a process instance's start (crate::consumer::process::START_POINTS).
+    for c in &pb.consumers {
+        if matches!(c.kind, crate::playbook::ConsumerKind::Process(_)) {
+            all.extend(crate::consumer::process::failpoints(&c.name));
+        }
+    }
     out.result(&all, || all.join("\n"));
     Ok(Exit::Ok)
 }

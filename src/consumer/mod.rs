@@ -586,6 +586,73 @@ pub trait Consumer: Send + Sync {
     async fn prune(&self, _before: chrono::DateTime<chrono::Utc>) -> Result<usize, ConsumerError> {
         Ok(0)
     }
+
+    /// Processes of this consumer that run but serve no one (an interrupted start, an instance
+    /// never published or left unpublished), for `rotor check`. Reads only: ending them is the
+    /// next `apply`'s or `stop`'s job. None for consumers rotor does not run itself.
+    async fn leftovers(&self) -> Result<Vec<Leftover>, ConsumerError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A process rotor started for a consumer that still runs although no one reaches it: it may
+/// hold a value the rotation has moved past (a "destroyed" old value kept alive). Never a
+/// value: names and fingerprints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leftover {
+    /// The consumer.
+    pub consumer: String,
+    /// Its instance id (`None`: the process does not say, or not in an id's shape).
+    pub instance: Option<String>,
+    /// Its process id.
+    pub pid: i32,
+    /// What its record says.
+    pub kind: LeftoverKind,
+    /// Fingerprint per slot or alias name it holds.
+    pub names: BTreeMap<String, Fingerprint>,
+}
+
+/// What the record of a [`Leftover`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftoverKind {
+    /// No record: found by the fleet's tag in its environment.
+    Unrecorded,
+    /// Its record is still `starting`: the rotor starting it died before recording its pid.
+    Starting,
+    /// Recorded and running, but not published: never proven, or retired but not stopped.
+    Unpublished,
+}
+
+impl Leftover {
+    /// One line for `rotor check`: what runs, what it holds (each fingerprint through
+    /// `label`), and the commands that end it.
+    pub fn describe(&self, label: impl Fn(&Fingerprint) -> String) -> String {
+        let who = match &self.instance {
+            Some(id) => format!("{} {id}: process {}", self.consumer, self.pid),
+            None => format!("{}: process {}", self.consumer, self.pid),
+        };
+        let what = match self.kind {
+            LeftoverKind::Unrecorded => "runs without a record (its start was interrupted)",
+            LeftoverKind::Starting => {
+                "runs, but its start was interrupted before its pid was recorded"
+            }
+            LeftoverKind::Unpublished => "runs, recorded but not published",
+        };
+        let holds = if self.names.is_empty() {
+            "no value rotor can name".to_string()
+        } else {
+            self.names
+                .iter()
+                .map(|(n, fp)| format!("{n}={}", label(fp)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "{who} {what} and holds {holds}; no one reaches it. `rotor resume` or `rotor \
+             rollback` (a rotation in progress), `rotor up` or `rotor down` ends it"
+        )
+    }
 }
 
 /// One file a consumer reads its values from, as rotor reads it back.

@@ -20,9 +20,18 @@
 //! desired values is reloaded again (rewriting and signalling are idempotent), so a rotor killed
 //! between writing and signalling leaves nothing `resume` or `rollback` cannot finish.
 //!
+//! No instance runs unrecorded: its record is written before it is spawned (state `starting`,
+//! no pid) and completed with its pid after, and its environment carries the fleet's tag
+//! (`ROTOR_FLEET_ID`, from `fleet/<consumer>/fleet-id`, with `ROTOR_CONSUMER` and
+//! `ROTOR_INSTANCE`). Whatever rotor changes the fleet next (under its lock: `apply` for `up`,
+//! `rotate`, `resume`, `rollback`; `stop` for `down`) finds every process that carries the tag
+//! in `/proc` and ends each one that no running record accounts for; `check` names them
+//! ([`Consumer::leftovers`]).
+//!
 //! Must never: put a value in argv, a record, a log line, an event or an error. Values reach an
 //! instance only through its environment or its secrets directory; everything else names them
-//! by fingerprint.
+//! by fingerprint. Never signal a process it cannot prove is its own: a recorded pid with its
+//! start time, or a process whose environment carries the fleet's tag.
 
 mod disk;
 mod os;
@@ -41,10 +50,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use self::disk::{Layout, Record, SecretsDir};
+use self::disk::{Layout, Record, RecordState, SecretsDir};
 use super::{
-    Consumer, ConsumerError, Desired, Gate, Held, HeldSource, Instance, RolloutReport, Slots,
-    configured_held, http_failure, pass_gate, report_held, slot_names,
+    Consumer, ConsumerError, Desired, Gate, Held, HeldSource, Instance, Leftover, LeftoverKind,
+    RolloutReport, Slots, configured_held, http_failure, pass_gate, report_held, slot_names,
 };
 use crate::events::{Event, EventSink};
 use crate::playbook::{
@@ -88,6 +97,49 @@ impl Resignal {
             consumer.signal_again(rec, sig);
         }
     }
+}
+
+/// The variable that tags every instance with its fleet (`fleet/<consumer>/fleet-id`).
+const FLEET_ID_ENV: &str = "ROTOR_FLEET_ID";
+/// Longest instance id read back from a tagged process's environment.
+const MAX_INSTANCE_ID: usize = 255;
+
+/// The points of an instance's start, in the order rotor passes them: the `starting` record is
+/// in place and nothing runs yet; the process was spawned, its pid not yet recorded; the
+/// `running` record is written to its temp file, not yet renamed; renamed (recorded,
+/// unpublished). Each is a test failpoint `instance.<consumer>.<point>` ([`failpoints`]).
+pub const START_POINTS: [&str; 4] = ["before-spawn", "spawned", "before-rename", "renamed"];
+
+/// The test failpoints of process consumer `consumer` (what `rotor failpoints` lists for it).
+pub fn failpoints(consumer: &str) -> Vec<String> {
+    START_POINTS
+        .iter()
+        .map(|p| format!("instance.{consumer}.{p}"))
+        .collect()
+}
+
+/// Test-only: when `ROTOR_FAILPOINT` is `name`, rotor dies here with SIGKILL; when it is
+/// `name:stop`, rotor stops itself here (SIGSTOP), so a test can deliver a real signal
+/// (SIGKILL; SIGINT to its process group, as Ctrl-C does) at exactly this point, then SIGCONT.
+fn failpoint(name: &str) {
+    use nix::sys::signal::{Signal, raise};
+    let Ok(want) = std::env::var("ROTOR_FAILPOINT") else {
+        return;
+    };
+    if want == name {
+        let _ = raise(Signal::SIGKILL);
+    } else if want.strip_suffix(":stop") == Some(name) {
+        let _ = raise(Signal::SIGSTOP);
+    }
+}
+
+/// What a scan of `/proc` found of one process that carries this fleet's tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Tagged {
+    /// Its `ROTOR_INSTANCE` (absent or unreadable: `None`; it is then no record's).
+    instance: Option<String>,
+    /// Fingerprint per slot or alias name its environment gives a value.
+    names: BTreeMap<String, Fingerprint>,
 }
 
 /// Placeholder for the running rotor executable in `command[0]`.
@@ -285,6 +337,19 @@ impl ProcessConsumer {
         }
     }
 
+    /// Whether `id` has the shape [`ProcessConsumer::new_id`] gives ids
+    /// (`<consumer>-<digits>-<digits>`, bounded): only such an id read back from a process
+    /// names a record or a secrets directory.
+    fn is_instance_id(&self, id: &str) -> bool {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        id.len() <= MAX_INSTANCE_ID
+            && id
+                .strip_prefix(self.name.as_str())
+                .and_then(|r| r.strip_prefix('-'))
+                .and_then(|r| r.split_once('-'))
+                .is_some_and(|(millis, n)| digits(millis) && digits(n))
+    }
+
     /// A free port on the consumer's host (bind port 0, read it, release it).
     fn free_port(&self) -> Result<u16, ConsumerError> {
         TcpListener::bind((self.spec.host, 0))
@@ -294,10 +359,18 @@ impl ProcessConsumer {
     }
 
     /// Starts one instance holding `d` and records it (unpublished). Does not wait for it.
+    ///
+    /// Its record comes first (`starting`, no pid), then the process (tagged), then the record
+    /// with its pid: a rotor killed anywhere in between leaves a record or a tag, or both, for
+    /// the next [`ProcessConsumer::reconcile`] to find (the [`START_POINTS`]).
     fn spawn(&self, d: &Desired<'_>) -> Result<Record, ConsumerError> {
         self.layout
             .create()
             .map_err(self.io("creating the fleet directories"))?;
+        let fleet_id = self.layout.ensure_fleet_id().map_err(self.io(format!(
+            "creating the fleet's tag {}",
+            self.layout.fleet_id_path().display()
+        )))?;
         let argv = self.argv()?;
         let program = argv[0].to_string_lossy().into_owned();
         let spawn_err = |detail: String| ConsumerError::Spawn {
@@ -322,6 +395,7 @@ impl ProcessConsumer {
             ("ROTOR_CONSUMER", OsString::from(&self.name)),
             ("ROTOR_INSTANCE", OsString::from(&id)),
             ("ROTOR_SECRET", OsString::from(&self.secret)),
+            (FLEET_ID_ENV, OsString::from(&fleet_id)),
         ];
         // With files, the values are in the directory and none in the environment.
         let values: &[(String, &SecretValue)] = if self.files() {
@@ -358,13 +432,34 @@ impl ProcessConsumer {
         if let Some(dir) = &self.cwd {
             cmd.current_dir(dir);
         }
+        let mut rec = Record {
+            id: id.clone(),
+            state: RecordState::Starting,
+            pid: 0,
+            pid_start_ticks: 0,
+            addr,
+            primary: d.primary.clone(),
+            secondary: d.secondary.clone(),
+            names: d.names.clone(),
+            published: false,
+            started_at: chrono::Utc::now(),
+        };
+        // Recorded before it can run: from here on a crash leaves at least this record.
+        if let Err(e) = self.layout.write_record(&rec) {
+            let _ = self.layout.remove_secrets(&id);
+            return Err(self.io(format!("recording instance {id}"))(e));
+        }
+        let point = |p: &str| failpoint(&format!("instance.{}.{p}", self.name));
+        point(START_POINTS[0]);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
+                let _ = self.layout.remove_record(&id);
                 let _ = self.layout.remove_secrets(&id);
                 return Err(spawn_err(e.to_string()));
             }
         };
+        point(START_POINTS[1]);
         // Not waited for yet, so the pid is ours (at worst a zombie) until the reaper below runs.
         let identity = child
             .id()
@@ -379,27 +474,27 @@ impl ProcessConsumer {
             let _ = tx.send(Some(status));
         });
         let Some((pid, stat)) = identity else {
+            // Helpers it forked, if any, carry the tag: the next reconcile ends them.
+            let _ = self.layout.remove_record(&id);
             let _ = self.layout.remove_secrets(&id);
             return Err(spawn_err(
                 "the process vanished before it could be recorded".into(),
             ));
         };
-        let rec = Record {
-            id: id.clone(),
-            pid,
-            pid_start_ticks: stat.start_ticks,
-            addr,
-            primary: d.primary.clone(),
-            secondary: d.secondary.clone(),
-            names: d.names.clone(),
-            published: false,
-            started_at: chrono::Utc::now(),
-        };
-        if let Err(e) = self.layout.write_record(&rec) {
+        rec.state = RecordState::Running;
+        rec.pid = pid;
+        rec.pid_start_ticks = stat.start_ticks;
+        if let Err(e) = self
+            .layout
+            .write_record_then(&rec, || point(START_POINTS[2]))
+        {
             os::kill_now(pid, stat.start_ticks);
+            // The `starting` record stays: a helper outside the group may outlive the kill, and
+            // the next reconcile ends whatever carries the tag, then removes the record.
             let _ = self.layout.remove_secrets(&id);
             return Err(self.io(format!("recording instance {id}"))(e));
         }
+        point(START_POINTS[3]);
         self.exits
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -575,9 +670,14 @@ impl ProcessConsumer {
 
     /// Repairs the fleet after anything (crash, kill, a rotor killed mid-rollout): drops records
     /// of dead processes, stops live instances that were never published (drained first if
-    /// they are still listed), and makes `endpoints.json` list exactly the live published
-    /// records. Writes nothing when everything already agrees. Returns the published fleet.
+    /// they are still listed), ends every process carrying the fleet's tag that no published
+    /// record accounts for (an interrupted start: a `starting` record or none), removes stale
+    /// temp files, and makes `endpoints.json` list exactly the live published records. Writes
+    /// nothing when everything already agrees. Returns the published fleet. Only under the
+    /// fleet's lock.
     async fn reconcile(&self, waited: &mut Duration) -> Result<Vec<Record>, ConsumerError> {
+        // A tag that cannot be read stops the repair before it changes anything.
+        self.fleet_tag()?;
         let records = self
             .layout
             .load_records()
@@ -589,8 +689,13 @@ impl ProcessConsumer {
             .endpoints;
         let mut fleet = Vec::new();
         let mut stray = Vec::new();
+        let mut starting = Vec::new();
         for rec in records {
-            if !os::alive(rec.pid, rec.pid_start_ticks) {
+            if rec.state == RecordState::Starting {
+                // Its rotor died while starting it (this one holds the lock): whatever runs
+                // with its tag is ended below, then the record goes.
+                starting.push(rec);
+            } else if !os::alive(rec.pid, rec.pid_start_ticks) {
                 tracing::info!(consumer = %self.name, instance = %rec.id, pid = rec.pid,
                     "dropping the record of an instance that is no longer running");
                 self.layout
@@ -618,8 +723,93 @@ impl ProcessConsumer {
                 "stopping an instance that was started but never published");
             self.discard(&rec).await?;
         }
+        self.end_unrecorded(&fleet).await?;
+        for rec in starting {
+            tracing::info!(consumer = %self.name, instance = %rec.id,
+                "removing the record of an instance whose start was interrupted");
+            self.layout
+                .remove_record(&rec.id)
+                .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
+            self.forget_exit(&rec.id);
+            self.layout
+                .remove_secrets(&rec.id)
+                .map_err(self.io(format!("removing the files of instance {}", rec.id)))?;
+        }
+        self.remove_stale_temps()?;
         self.remove_orphan_secrets(&fleet)?;
         Ok(fleet)
+    }
+
+    /// The fleet's tag, if it has one (a malformed tag file is an error).
+    fn fleet_tag(&self) -> Result<Option<String>, ConsumerError> {
+        self.layout.fleet_id().map_err(self.io(format!(
+            "reading the fleet's tag {}",
+            self.layout.fleet_id_path().display()
+        )))
+    }
+
+    /// Every running process that carries this fleet's tag (`ROTOR_FLEET_ID` and
+    /// `ROTOR_CONSUMER`), recorded or not, with what its environment holds (none at all when
+    /// the fleet never had a tag: no instance was started with one).
+    fn tagged(&self) -> Result<Vec<os::Found<Tagged>>, ConsumerError> {
+        let Some(fleet_id) = self.fleet_tag()? else {
+            return Ok(Vec::new());
+        };
+        let names = self.slot_env_names();
+        Ok(os::scan(|env| {
+            if env.get(FLEET_ID_ENV)? != fleet_id.as_bytes()
+                || env.get("ROTOR_CONSUMER")? != self.name.as_bytes()
+            {
+                return None;
+            }
+            // Read from the process's memory: used as a name only when it has an id's shape.
+            let instance = env
+                .get("ROTOR_INSTANCE")
+                .and_then(|i| std::str::from_utf8(i).ok())
+                .filter(|i| self.is_instance_id(i))
+                .map(str::to_string);
+            let names = names
+                .iter()
+                .filter_map(|n| {
+                    let v = std::str::from_utf8(env.get(n)?).ok()?;
+                    Some((n.to_string(), Fingerprint::of(&self.secret, v)))
+                })
+                .collect();
+            Some(Tagged { instance, names })
+        }))
+    }
+
+    /// Ends every process that carries the fleet's tag but belongs to none of `keep` (the
+    /// running records that stay): instances whose start was interrupted, and whatever they
+    /// or a stopped instance left running. Returns how many it ended. Only under the fleet's
+    /// lock (no start of this fleet is in flight).
+    async fn end_unrecorded(&self, keep: &[Record]) -> Result<usize, ConsumerError> {
+        let mut ended = 0;
+        for p in self.tagged()? {
+            let id = p.what.instance.as_deref();
+            if id.is_some_and(|id| keep.iter().any(|r| r.id == id)) {
+                continue;
+            }
+            tracing::warn!(consumer = %self.name, pid = p.pid, instance = id.unwrap_or("?"),
+                "stopping a process of the fleet that no running record accounts for");
+            if os::terminate(p.pid, p.start_ticks, os::stop_signal(self.spec.stop_signal)).await {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Removes the temp files a killed rotor left (under the fleet's lock).
+    fn remove_stale_temps(&self) -> Result<(), ConsumerError> {
+        let n = self
+            .layout
+            .remove_stale_temps()
+            .map_err(self.io("removing stale temporary files"))?;
+        if n > 0 {
+            tracing::info!(consumer = %self.name, files = n,
+                "removed temporary files left by an interrupted write");
+        }
+        Ok(())
     }
 
     /// Removes the secrets directories of instances that have no record (left by a rotor
@@ -801,11 +991,7 @@ impl ProcessConsumer {
         let previous = self.write_files(&rec.id, d)?.filter(|_| restorable);
         // Test-only: `ROTOR_FAILPOINT=reload.<consumer>.written` kills rotor here, with the files
         // rewritten and the instance not yet signalled.
-        if std::env::var("ROTOR_FAILPOINT")
-            .is_ok_and(|f| f == format!("reload.{}.written", self.name))
-        {
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-        }
+        failpoint(&format!("reload.{}.written", self.name));
         let sig = os::stop_signal(signal);
         report.restarts += 1;
         tracing::info!(consumer = %self.name, instance = %rec.id, pid = rec.pid,
@@ -1070,6 +1256,21 @@ impl ProcessConsumer {
             .collect())
     }
 
+    /// What a process of instance `id` holds: with `delivery: file` its files (while they
+    /// exist), otherwise `environment` (its environment, or its record).
+    fn leftover_names(
+        &self,
+        id: &str,
+        environment: impl FnOnce() -> BTreeMap<String, Fingerprint>,
+    ) -> BTreeMap<String, Fingerprint> {
+        if self.files()
+            && let Some(names) = self.files_held(id)
+        {
+            return names;
+        }
+        environment()
+    }
+
     fn record(&self, id: &str) -> Result<Record, ConsumerError> {
         let path = self.layout.record_path(id);
         let bytes = std::fs::read(&path).map_err(|e| ConsumerError::Observe {
@@ -1199,6 +1400,8 @@ impl Consumer for ProcessConsumer {
         else {
             return Err(self.rollout_timeout());
         };
+        // A tag that cannot be read stops `down` before it changes anything.
+        self.fleet_tag()?;
         let records = self
             .layout
             .load_records()
@@ -1207,7 +1410,10 @@ impl Consumer for ProcessConsumer {
             .set_endpoints(Vec::new())
             .map_err(self.io("writing endpoints.json"))?;
         let mut stopped = 0;
-        for rec in &records {
+        let (running, starting): (Vec<_>, Vec<_>) = records
+            .iter()
+            .partition(|r| r.state == RecordState::Running);
+        for rec in running {
             if os::terminate(
                 rec.pid,
                 rec.pid_start_ticks,
@@ -1225,6 +1431,18 @@ impl Consumer for ProcessConsumer {
                 .remove_secrets(&rec.id)
                 .map_err(self.io(format!("removing the files of instance {}", rec.id)))?;
         }
+        // Unrecorded processes of the fleet, and those of `starting` records: found by tag.
+        stopped += self.end_unrecorded(&[]).await?;
+        for rec in starting {
+            self.layout
+                .remove_record(&rec.id)
+                .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
+            self.forget_exit(&rec.id);
+            self.layout
+                .remove_secrets(&rec.id)
+                .map_err(self.io(format!("removing the files of instance {}", rec.id)))?;
+        }
+        self.remove_stale_temps()?;
         self.remove_orphan_secrets(&[])?;
         Ok(stopped)
     }
@@ -1247,6 +1465,81 @@ impl Consumer for ProcessConsumer {
         self.layout
             .prune_logs(&self.name, before)
             .map_err(self.io("removing the logs of stopped instances"))
+    }
+
+    /// Processes of the fleet that run but serve no one, for `rotor check`. Reads only: the
+    /// tagged processes first, then the records (a record is written before its process
+    /// starts, so every process seen has its record by then, unless it is unrecorded), and
+    /// each finding is checked alive again. While a rotor holds the fleet's lock, its
+    /// unpublished and `starting` instances are in flight, not left over: only processes
+    /// without any record are named then.
+    async fn leftovers(&self) -> Result<Vec<Leftover>, ConsumerError> {
+        if !self.layout.dir.exists() {
+            return Ok(Vec::new());
+        }
+        let busy = self
+            .layout
+            .is_locked()
+            .map_err(self.io("testing the fleet's lock"))?;
+        let tagged = self.tagged()?;
+        let records = self
+            .layout
+            .load_records()
+            .map_err(self.io("reading instance records"))?;
+        let mut out = Vec::new();
+        for r in &records {
+            if r.state != RecordState::Running
+                || r.published
+                || busy
+                || !os::alive(r.pid, r.pid_start_ticks)
+            {
+                continue;
+            }
+            out.push(Leftover {
+                consumer: self.name.clone(),
+                instance: Some(r.id.clone()),
+                pid: r.pid,
+                kind: LeftoverKind::Unpublished,
+                names: self.leftover_names(&r.id, || r.names.clone()),
+            });
+        }
+        for p in tagged {
+            let rec = p
+                .what
+                .instance
+                .as_deref()
+                .and_then(|id| records.iter().find(|r| r.id == id));
+            let kind = match rec {
+                // A live instance's own process or helper; an unpublished one is named above.
+                Some(r)
+                    if r.state == RecordState::Running && os::alive(r.pid, r.pid_start_ticks) =>
+                {
+                    continue;
+                }
+                Some(r) if r.state == RecordState::Starting => {
+                    if busy {
+                        continue;
+                    }
+                    LeftoverKind::Starting
+                }
+                _ => LeftoverKind::Unrecorded,
+            };
+            if !os::alive(p.pid, p.start_ticks) {
+                continue;
+            }
+            let names = match &p.what.instance {
+                Some(id) => self.leftover_names(id, || p.what.names.clone()),
+                None => p.what.names.clone(),
+            };
+            out.push(Leftover {
+                consumer: self.name.clone(),
+                instance: p.what.instance.clone(),
+                pid: p.pid,
+                kind,
+                names,
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -54,6 +54,9 @@ pub struct DriftReport {
     /// Every file a consumer reads its values from (dotenv consumers), as read back.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<crate::consumer::FileView>,
+    /// Processes rotor started that run but serve no one (each is also a problem).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<crate::consumer::Leftover>,
     /// Every problem found (empty: no drift).
     pub problems: Vec<String>,
     /// A rotation in the middle of a step, or running with no run driving it: what it is and
@@ -173,6 +176,7 @@ impl Engine {
         let mut problems = Vec::new();
         let mut views = Vec::new();
         let mut files = Vec::new();
+        let mut leftovers = Vec::new();
         // The values themselves, for the proofs (a disabled A is not readable: skipped).
         let version = |w: Which| match (&journal, w) {
             (Some(j), Which::A) => j.old.version.clone(),
@@ -267,6 +271,17 @@ impl Engine {
             if instances.is_empty() {
                 problems.push(format!("{}: no instance is running", c.name()));
             }
+            // Processes rotor started that serve no one but may still hold a value.
+            match c.leftovers().await {
+                Ok(found) => {
+                    problems.extend(found.iter().map(|l| l.describe(label)));
+                    leftovers.extend(found);
+                }
+                Err(e) => problems.push(format!(
+                    "{}: cannot look for processes left running: {e}",
+                    c.name()
+                )),
+            }
             // The files the consumer reads its values from (a dotenv consumer's), like instances.
             for f in c.files().await {
                 let who = format!("{} {}", c.name(), f.file);
@@ -351,6 +366,7 @@ impl Engine {
             store_secondary: fp_of(&snap.secondary),
             instances: views,
             files,
+            leftovers,
             problems,
             in_progress,
         })

@@ -1,16 +1,24 @@
 //! The on-disk state of one process consumer: `<state_dir>/fleet/<consumer>/`.
 //!
 //! ```text
-//! fleet/<consumer>/instances/<id>.json   one record per instance rotor started
+//! fleet/<consumer>/instances/<id>.json   one record per instance rotor started (or is starting)
 //! fleet/<consumer>/endpoints.json        {"generation": n, "endpoints": ["127.0.0.1:41234", …]}
 //! fleet/<consumer>/logs/<id>.log         the instance's stdout and stderr
 //! fleet/<consumer>/.lock                 flock held while a rotor changes the fleet
+//! fleet/<consumer>/fleet-id              the fleet's tag (ROTOR_FLEET_ID of every instance)
 //! fleet/<consumer>/secrets/<id>/         `delivery: file`: the instance's ROTOR_SECRETS_DIR
 //! ```
 //!
-//! Every write is atomic (temp file in the same directory, fsync, rename, fsync of the
-//! directory); directories are created 0700, files 0600. Nothing here ever holds a value,
-//! except the secrets directories, which hold nothing else.
+//! Every write is atomic (temp file `.tmp-*.part` in the same directory, fsync, rename, fsync
+//! of the directory); directories are created 0700, files 0600. Nothing here ever holds a
+//! value, except the secrets directories, which hold nothing else. A temp file outlives its
+//! write only when rotor was killed during it: [`Layout::remove_stale_temps`] removes those
+//! under the fleet's lock.
+//!
+//! A record is written *before* its process is spawned (state `starting`, no pid), then
+//! rewritten with the pid once `spawn` returned (state `running`), so no instance ever runs
+//! without a record naming it; the `fleet-id` tag in its environment finds it even while its
+//! record has no pid yet.
 //!
 //! A secrets directory has the layout of a Kubernetes Secret volume, so a set of values changes
 //! at once (a reader never sees a new primary beside an old secondary):
@@ -36,15 +44,32 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::Fingerprint;
 
+/// Where an instance's start is: what its record can vouch for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RecordState {
+    /// Recorded before the spawn: the process may or may not exist, and its pid is not known
+    /// (0). Found by its tag only; a `starting` record under the fleet's lock was left by a
+    /// rotor that died while starting it.
+    Starting,
+    /// Spawned, pid and start time recorded. (Records written before this field existed are
+    /// `running`.)
+    #[default]
+    Running,
+}
+
 /// One instance, as rotor started it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Record {
     /// `<consumer>-<unix-millis>-<counter>`.
     pub id: String,
-    /// Process id (also its process group id).
+    /// `starting` (no pid yet) or `running`.
+    #[serde(default)]
+    pub state: RecordState,
+    /// Process id (also its process group id); 0 while `starting`.
     pub pid: i32,
     /// Field 22 of `/proc/<pid>/stat` at start: tells this process from a later one that
-    /// reused the pid.
+    /// reused the pid; 0 while `starting`.
     pub pid_start_ticks: u64,
     /// Where it listens.
     pub addr: SocketAddr,
@@ -144,6 +169,105 @@ impl Layout {
         self.dir.join(".lock")
     }
 
+    /// The file holding the fleet's tag.
+    pub fn fleet_id_path(&self) -> PathBuf {
+        self.dir.join("fleet-id")
+    }
+
+    /// The fleet's tag, if one was ever created. An unreadable or malformed file is an error
+    /// naming it (its bytes are never echoed).
+    pub fn fleet_id(&self) -> io::Result<Option<String>> {
+        use std::io::Read as _;
+        let path = self.fleet_id_path();
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut text = String::new();
+        file.take(FLEET_ID_HEX as u64 + 2)
+            .read_to_string(&mut text)
+            .map_err(|_| bad_fleet_id(&path))?;
+        let id = text.trim_end_matches('\n');
+        if !is_fleet_id(id) {
+            return Err(bad_fleet_id(&path));
+        }
+        Ok(Some(id.to_string()))
+    }
+
+    /// The fleet's tag, created (128 random bits, as hex) the first time: written to a temp
+    /// file and linked into place without replacing one a concurrent rotor created first.
+    pub fn ensure_fleet_id(&self) -> io::Result<String> {
+        if let Some(id) = self.fleet_id()? {
+            return Ok(id);
+        }
+        let id = hex::encode(rand::random::<[u8; FLEET_ID_HEX / 2]>());
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .suffix(".part")
+            .tempfile_in(&self.dir)?;
+        tmp.write_all(format!("{id}\n").as_bytes())?;
+        tmp.as_file().sync_all()?;
+        match tmp.persist_noclobber(self.fleet_id_path()) {
+            Ok(_) => sync_dir(&self.dir)?,
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.error),
+        }
+        self.fleet_id()?
+            .ok_or_else(|| io::Error::other("the fleet-id file vanished after it was written"))
+    }
+
+    /// Removes the temp files (`.tmp-*`) in the fleet and instances directories: left by a
+    /// rotor killed in the middle of an atomic write. Only under the fleet's lock (a live
+    /// writer's temp file is in use). Returns how many it removed.
+    pub fn remove_stale_temps(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for dir in [self.dir.clone(), self.instances_dir()] {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let mut any = false;
+            for entry in entries {
+                let entry = entry?;
+                let is_temp = entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(".tmp-"));
+                if is_temp && !entry.file_type()?.is_dir() {
+                    match fs::remove_file(entry.path()) {
+                        Ok(()) => {
+                            removed += 1;
+                            any = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            if any {
+                sync_dir(&dir)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Whether a rotor holds the fleet's lock now (a shared, non-blocking try, released at
+    /// once). Creates nothing: no lock file means no holder. For readers (`check`) only.
+    pub fn is_locked(&self) -> io::Result<bool> {
+        let file = match File::open(self.lock_path()) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match Flock::lock(file, FlockArg::LockSharedNonblock) {
+            Ok(_released_on_drop) => Ok(false),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(true),
+            Err((_, e)) => Err(io::Error::from(e)),
+        }
+    }
+
     /// Creates the directories (0700).
     pub fn create(&self) -> io::Result<()> {
         // `<state_dir>/fleet/<consumer>`: the state directory is checked (and marked) first.
@@ -191,8 +315,14 @@ impl Layout {
     }
 
     pub fn write_record(&self, rec: &Record) -> io::Result<()> {
+        self.write_record_then(rec, || {})
+    }
+
+    /// [`Layout::write_record`], calling `before_rename` once the temp file is written and
+    /// synced, just before it is renamed into place (a test failpoint).
+    pub fn write_record_then(&self, rec: &Record, before_rename: impl FnOnce()) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(rec).map_err(io::Error::other)?;
-        write_atomic(&self.record_path(&rec.id), &bytes)
+        write_atomic_then(&self.record_path(&rec.id), &bytes, before_rename)
     }
 
     pub fn remove_record(&self, id: &str) -> io::Result<()> {
@@ -317,6 +447,26 @@ impl Layout {
         }
         Ok(removed)
     }
+}
+
+/// Hex digits of a fleet id (128 bits).
+const FLEET_ID_HEX: usize = 32;
+
+/// Exactly [`FLEET_ID_HEX`] lowercase hex digits.
+pub(super) fn is_fleet_id(s: &str) -> bool {
+    s.len() == FLEET_ID_HEX && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn bad_fleet_id(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{} is not a fleet id (one line of {FLEET_ID_HEX} lowercase hex digits); rotor \
+             writes it and tags every instance with it: restore it, or remove it and stop \
+             the fleet's processes yourself (their environment has ROTOR_FLEET_ID)",
+            path.display()
+        ),
+    )
 }
 
 /// The symlink naming the set of values an instance reads now.
@@ -479,6 +629,11 @@ fn swap_symlink(target: &Path, link: &Path) -> io::Result<()> {
 
 /// Temp file in the same directory, fsync, rename, fsync the directory.
 pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_then(path, bytes, || {})
+}
+
+/// [`write_atomic`], calling `before_rename` between the synced temp file and the rename.
+fn write_atomic_then(path: &Path, bytes: &[u8], before_rename: impl FnOnce()) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
@@ -486,6 +641,7 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
+    before_rename();
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)
 }
@@ -555,6 +711,7 @@ mod tests {
             names: BTreeMap::new(),
             published: true,
             started_at: cut,
+            state: RecordState::Running,
         };
         layout.write_record(&rec).unwrap();
         // Started before the cut, not recorded, but written since (a process still logging).

@@ -2,13 +2,21 @@
 //!
 //! A recorded pid names "our" process only while `/proc/<pid>/stat` shows the same start time
 //! (field 22, clock ticks since boot) as when rotor started it: a pid reused by an unrelated
-//! process is never signalled.
+//! process is never signalled. A process without a record is ours only when its environment
+//! (`/proc/<pid>/environ`, read between two reads of its start time that agree) carries its
+//! fleet's tag; [`scan`] finds those.
 
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::{Pid, getpgid};
+
+/// Largest environment [`scan`] reads of one process (Linux caps argv and environment together
+/// at a quarter of the stack limit: 2 MiB by default).
+const MAX_ENVIRON: u64 = 8 * 1024 * 1024;
+/// Most processes one [`scan`] returns (a fleet runs a handful; a later scan finds the rest).
+pub(super) const MAX_FOUND: usize = 4096;
 
 /// Poll interval while waiting for a process to exit.
 const POLL: Duration = Duration::from_millis(20);
@@ -168,6 +176,87 @@ pub(super) fn kill_now(pid: i32, start_ticks: u64) {
     }
 }
 
+/// One process's environment, as `/proc/<pid>/environ` showed it (zeroed when dropped: it may
+/// hold values).
+pub(super) struct Environ {
+    bytes: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl Environ {
+    /// Wraps the NUL-separated `KEY=VALUE` entries.
+    #[cfg(test)]
+    pub fn new(bytes: Vec<u8>) -> Environ {
+        Environ {
+            bytes: zeroize::Zeroizing::new(bytes),
+        }
+    }
+
+    /// The value of `key`, if set (the first entry wins, as `getenv` reads it).
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.bytes
+            .split(|b| *b == 0)
+            .find_map(|entry| entry.strip_prefix(key.as_bytes())?.strip_prefix(b"="))
+    }
+}
+
+/// Reads `pid`'s environment, bounded; `None` when it cannot be read (another user's process,
+/// gone), when it is larger than the bound, or for a kernel thread (empty).
+fn environ(pid: i32) -> Option<Environ> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(format!("/proc/{pid}/environ")).ok()?;
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    file.take(MAX_ENVIRON + 1).read_to_end(&mut bytes).ok()?;
+    if bytes.is_empty() || bytes.len() as u64 > MAX_ENVIRON {
+        return None;
+    }
+    Some(Environ { bytes })
+}
+
+/// A process [`scan`] found: its identity, and what `pick` made of its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Found<T> {
+    pub pid: i32,
+    /// Field 22 of its stat, read before and after its environment (they agreed).
+    pub start_ticks: u64,
+    pub what: T,
+}
+
+/// Every running process but this one whose environment `pick` accepts (at most
+/// [`MAX_FOUND`]), in pid order. The environment is read between two reads of the start time,
+/// so a pid reused while it was read is skipped; zombies are skipped. Reads only.
+pub(super) fn scan<T>(pick: impl Fn(&Environ) -> Option<T>) -> Vec<Found<T>> {
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| *p > 0 && *p != me)
+        .collect();
+    pids.sort_unstable();
+    let mut out = Vec::new();
+    for pid in pids {
+        let Some(before) = stat(pid).filter(|s| s.state != 'Z') else {
+            continue;
+        };
+        let Some(env) = environ(pid) else { continue };
+        let Some(what) = pick(&env) else { continue };
+        if stat(pid).is_none_or(|after| after.start_ticks != before.start_ticks) {
+            continue;
+        }
+        out.push(Found {
+            pid,
+            start_ticks: before.start_ticks,
+            what,
+        });
+        if out.len() >= MAX_FOUND {
+            break;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +270,46 @@ mod tests {
         assert_eq!(s.pgrp, 4242);
         assert_eq!(s.start_ticks, 987654);
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn an_environment_is_read_by_exact_key() {
+        let env = Environ::new(b"A=1\0AB=2\0ROTOR_FLEET_ID=abc\0EMPTY=\0A=shadowed\0".to_vec());
+        assert_eq!(env.get("A"), Some(&b"1"[..]));
+        assert_eq!(env.get("AB"), Some(&b"2"[..]));
+        assert_eq!(env.get("ROTOR_FLEET_ID"), Some(&b"abc"[..]));
+        assert_eq!(env.get("EMPTY"), Some(&b""[..]));
+        assert_eq!(env.get("ROTOR_FLEET"), None);
+        assert_eq!(env.get("B"), None);
+    }
+
+    /// A child with a marker in its environment is found with its identity; this process
+    /// never is, and neither is a process without the marker.
+    #[test]
+    fn a_scan_finds_a_process_by_its_environment() {
+        let marker = format!("m{}", rand::random::<u64>());
+        let mut tagged = std::process::Command::new("sleep")
+            .arg("30")
+            .env("SCAN_MARKER", &marker)
+            .spawn()
+            .unwrap();
+        let mut plain = std::process::Command::new("sleep")
+            .arg("30")
+            .env_remove("SCAN_MARKER")
+            .spawn()
+            .unwrap();
+        let pick = |e: &Environ| (e.get("SCAN_MARKER")? == marker.as_bytes()).then_some(());
+        let found = scan(pick);
+        let _ = tagged.kill();
+        let _ = plain.kill();
+        let _ = tagged.wait();
+        let _ = plain.wait();
+        let pid = tagged.id() as i32;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].pid, pid);
+        assert_ne!(found[0].start_ticks, 0);
+        // Reaped: gone from the next scan.
+        assert!(scan(pick).is_empty());
     }
 
     #[test]

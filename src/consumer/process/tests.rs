@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::disk::{Endpoints, Layout, Record};
+use super::disk::{Endpoints, Layout, Record, RecordState};
 use super::{ProcessConsumer, child_env, os};
-use crate::consumer::{Consumer, ConsumerError, HeldSource, Slots, Ungated};
+use crate::consumer::{Consumer, ConsumerError, HeldSource, LeftoverKind, Slots, Ungated};
 use crate::events::{Event, EventSink};
 use crate::playbook::{
     ConsumerKind, ConsumerSpec, Delivery, Environment, Generate, Pickup, Playbook, ProcessSpec,
@@ -228,6 +228,10 @@ impl Drop for Fleet {
         for r in self.layout().load_records().unwrap_or_default() {
             os::kill_now(r.pid, r.pid_start_ticks);
         }
+        // And whatever carries the fleet's tag without a record.
+        for p in self.consumer().tagged().unwrap_or_default() {
+            os::kill_now(p.pid, p.start_ticks);
+        }
     }
 }
 
@@ -381,6 +385,7 @@ async fn start_publishes_n_instances_each_with_its_port_and_the_slot_env() {
             serde_json::json!([
                 "ROTOR_CONSUMER",
                 "ROTOR_FLEET_DIR",
+                "ROTOR_FLEET_ID",
                 "ROTOR_INSTANCE",
                 "ROTOR_SECRET"
             ])
@@ -1403,4 +1408,269 @@ async fn an_instance_that_dies_on_its_reload_signal_fails_the_reload_and_the_rol
         held_names(&[("SERVICE_SECRET", &a), ("SECRET_KEY", &a)])
     );
     assert!(!fleet.layout().secrets_dir(&before[0].id).exists());
+}
+
+/// A process started behind rotor's back with `env` (and nothing inherited but PATH), in its
+/// own group like an instance; reaped in the background once it exits.
+fn process_with(env: &[(&str, &str)]) -> (i32, u64) {
+    let mut cmd = tokio::process::Command::new("sleep");
+    cmd.arg("120")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .process_group(0);
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id().unwrap() as i32;
+    let ticks = os::stat(pid).unwrap().start_ticks;
+    tokio::spawn(async move { child.wait().await });
+    (pid, ticks)
+}
+
+/// Waits (bounded) until `pid` is gone.
+async fn until_gone(pid: (i32, u64)) {
+    let t = Instant::now();
+    while os::alive(pid.0, pid.1) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "pid {} still runs",
+            pid.0
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every instance carries the fleet's tag: the same `ROTOR_FLEET_ID` as `fleet/<c>/fleet-id`,
+/// kept across runs and instances; a malformed tag file is refused by name, never echoed.
+#[tokio::test]
+async fn every_instance_carries_the_fleets_tag() {
+    let fleet = Fleet::new(2, timings());
+    let c = fleet.consumer();
+    c.start(&slots(&value(""), None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let id = fleet.layout().fleet_id().unwrap().unwrap();
+    assert!(super::disk::is_fleet_id(&id), "{id}");
+    let recs = fleet.records();
+    assert!(recs.iter().all(|r| r.state == RecordState::Running));
+    let found = c.tagged().unwrap();
+    let pids: BTreeSet<i32> = found.iter().map(|p| p.pid).collect();
+    assert_eq!(pids, recs.iter().map(|r| r.pid).collect());
+    for p in &found {
+        let rec = recs.iter().find(|r| r.pid == p.pid).unwrap();
+        assert_eq!(p.what.instance.as_deref(), Some(rec.id.as_str()));
+        assert_eq!(p.what.names, rec.names, "what its environment holds");
+    }
+    // Another consumer of the same state directory is another fleet.
+    assert!(
+        fleet
+            .consumer_with(|s| s.name = "other".into())
+            .tagged()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(c.leftovers().await.unwrap().is_empty());
+    // A new rotor keeps the tag.
+    assert_eq!(fleet.consumer().layout.ensure_fleet_id().unwrap(), id);
+
+    // Refused before anything is stopped.
+    std::fs::write(fleet.layout().fleet_id_path(), "not-a-tag-value-1234\n").unwrap();
+    let e = c.stop().await.unwrap_err().to_string();
+    assert!(
+        e.contains("fleet-id is not a fleet id") && !e.contains("not-a-tag"),
+        "{e}"
+    );
+    assert_eq!(fleet.records(), recs);
+    assert!(recs.iter().all(|r| os::alive(r.pid, r.pid_start_ticks)));
+    std::fs::write(fleet.layout().fleet_id_path(), format!("{id}\n")).unwrap();
+    assert_eq!(c.stop().await.unwrap(), 2);
+}
+
+/// A rotor killed while starting an instance leaves a process with no record, or with a record
+/// still `starting`, and temp files. `check` names both processes (with what they hold); the
+/// next rotor that changes the fleet ends both, removes the record and the temp files, and
+/// leaves alone the published instance and processes that are not this fleet's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_of_an_interrupted_start_are_named_then_ended() {
+    let fleet = Fleet::new(1, timings());
+    let c = fleet.consumer();
+    let a = value("");
+    c.start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let serving = fleet.records().remove(0);
+    let tag = fleet.layout().fleet_id().unwrap().unwrap();
+    let old = value("");
+
+    // No record at all (killed before this version wrote one first, or a helper left behind).
+    let unrecorded = process_with(&[
+        ("ROTOR_FLEET_ID", &tag),
+        ("ROTOR_CONSUMER", "auth"),
+        ("ROTOR_INSTANCE", "auth-1700000000000-0001"),
+        ("SERVICE_SECRET", old.expose()),
+    ]);
+    // A `starting` record: killed between the spawn and the record of its pid.
+    let starting_id = "auth-1700000000000-0002";
+    let starting = process_with(&[
+        ("ROTOR_FLEET_ID", &tag),
+        ("ROTOR_CONSUMER", "auth"),
+        ("ROTOR_INSTANCE", starting_id),
+        ("SERVICE_SECRET", old.expose()),
+    ]);
+    fleet
+        .layout()
+        .write_record(&Record {
+            id: starting_id.into(),
+            state: RecordState::Starting,
+            pid: 0,
+            pid_start_ticks: 0,
+            published: false,
+            ..serving.clone()
+        })
+        .unwrap();
+    // Not this fleet's: another tag, the tag under another consumer, no tag.
+    let others = [
+        process_with(&[
+            ("ROTOR_FLEET_ID", "0123456789abcdef0123456789abcdef"),
+            ("ROTOR_CONSUMER", "auth"),
+        ]),
+        process_with(&[("ROTOR_FLEET_ID", &tag), ("ROTOR_CONSUMER", "backend")]),
+        process_with(&[("ROTOR_CONSUMER", "auth"), ("ROTOR_INSTANCE", starting_id)]),
+    ];
+    // A record's temp file, as a kill before its rename leaves it.
+    let temp = fleet.layout().instances_dir().join(".tmp-Ab12Cd.part");
+    std::fs::write(&temp, b"{}").unwrap();
+
+    let found = c.leftovers().await.unwrap();
+    let by_pid = |pid: i32| found.iter().find(|l| l.pid == pid);
+    assert_eq!(found.len(), 2, "{found:?}");
+    let l = by_pid(unrecorded.0).expect("the unrecorded process is named");
+    assert_eq!(l.kind, LeftoverKind::Unrecorded);
+    assert_eq!(l.instance.as_deref(), Some("auth-1700000000000-0001"));
+    assert_eq!(
+        l.names,
+        BTreeMap::from([("SERVICE_SECRET".to_string(), old.fingerprint(SECRET))])
+    );
+    let line = l.describe(|fp| format!("{fp} (A)"));
+    assert!(
+        line.contains(&format!("process {} runs without a record", unrecorded.0))
+            && line.contains(&format!("SERVICE_SECRET={} (A)", old.fingerprint(SECRET)))
+            && !line.contains(old.expose()),
+        "{line}"
+    );
+    assert_eq!(by_pid(starting.0).unwrap().kind, LeftoverKind::Starting);
+
+    // While a rotor holds the fleet's lock a `starting` record is a start in flight: only the
+    // process without any record is named.
+    {
+        let _held = fleet.layout().lock(Instant::now()).await.unwrap().unwrap();
+        let found = c.leftovers().await.unwrap();
+        assert_eq!(
+            found.iter().map(|l| l.pid).collect::<Vec<_>>(),
+            [unrecorded.0]
+        );
+    }
+
+    let report = c
+        .apply(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    assert_eq!(report.restarts, 0, "the published instance holds the slots");
+    until_gone(unrecorded).await;
+    until_gone(starting).await;
+    for o in others {
+        assert!(
+            os::alive(o.0, o.1),
+            "a process that is not this fleet's was stopped"
+        );
+        os::kill_now(o.0, o.1);
+    }
+    assert_eq!(fleet.records(), vec![serving.clone()]);
+    assert!(os::alive(serving.pid, serving.pid_start_ticks));
+    assert!(!temp.exists(), "the stale temp file is still there");
+    assert!(c.leftovers().await.unwrap().is_empty());
+    assert_eq!(c.stop().await.unwrap(), 1);
+}
+
+/// `down` ends the processes no record names too, and counts them.
+#[tokio::test]
+async fn stop_ends_unrecorded_processes_and_counts_them() {
+    let fleet = Fleet::new(1, timings());
+    let c = fleet.consumer();
+    c.start(&slots(&value(""), None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let tag = fleet.layout().fleet_id().unwrap().unwrap();
+    let orphan = process_with(&[("ROTOR_FLEET_ID", &tag), ("ROTOR_CONSUMER", "auth")]);
+    let found = c.leftovers().await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (found[0].pid, found[0].instance.as_deref()),
+        (orphan.0, None)
+    );
+    assert_eq!(c.stop().await.unwrap(), 2);
+    until_gone(orphan).await;
+    assert!(c.tagged().unwrap().is_empty());
+}
+
+/// A recorded instance that runs unpublished (rotor died between its start and its publication,
+/// or between unpublishing and stopping it) is named with what its record says it holds, then
+/// stopped by the next rollout.
+#[tokio::test]
+async fn an_unpublished_instance_that_still_runs_is_named() {
+    let fleet = Fleet::new(1, timings());
+    let c = fleet.consumer();
+    let a = value("");
+    c.start(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    let mut rec = fleet.records().remove(0);
+    rec.published = false;
+    fleet.layout().write_record(&rec).unwrap();
+    let found = c.leftovers().await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].kind, LeftoverKind::Unpublished);
+    assert_eq!(found[0].instance.as_deref(), Some(rec.id.as_str()));
+    assert_eq!(found[0].names, rec.names);
+    c.apply(&slots(&a, None), &Ungated, &Sink::default())
+        .await
+        .unwrap();
+    assert!(!os::alive(rec.pid, rec.pid_start_ticks));
+    assert!(c.leftovers().await.unwrap().is_empty());
+    c.stop().await.unwrap();
+}
+
+#[test]
+fn only_ids_of_the_consumers_shape_are_read_back() {
+    let fleet = Fleet::new(1, timings());
+    let c = fleet.consumer();
+    assert!(c.is_instance_id("auth-1700000000000-0001"));
+    assert!(c.is_instance_id(&c.new_id()));
+    for bad in [
+        "",
+        "auth",
+        "auth-1-",
+        "auth--1",
+        "backend-1-1",
+        "auth-1-1/../../x",
+        "auth-../1-1",
+        &format!("auth-{}-1", "9".repeat(300)),
+    ] {
+        assert!(!c.is_instance_id(bad), "{bad}");
+    }
+}
+
+/// A record written before the `state` field existed is a running one.
+#[test]
+fn an_old_record_without_a_state_is_running() {
+    let json = r#"{"id":"auth-1-0001","pid":42,"pid_start_ticks":7,"addr":"127.0.0.1:9",
+        "primary":"sha256:0c1f6a9d2b3e","secondary":null,"names":{},"published":true,
+        "started_at":"2024-01-01T00:00:00Z"}"#;
+    let r: Record = serde_json::from_str(json).unwrap();
+    assert_eq!(r.state, RecordState::Running);
+    let starting = Record {
+        state: RecordState::Starting,
+        ..r
+    };
+    let text = serde_json::to_string(&starting).unwrap();
+    assert!(text.contains(r#""state":"starting""#), "{text}");
 }
