@@ -11,7 +11,8 @@
 //! The target: everything flat, except what the retention settings allow to grow up to their
 //! bounds.
 //!
-//! Run: `cargo bench --bench soak` (options: `-- --rotations 50 --workers 2 --interval 5ms`).
+//! Run: `cargo bench --bench soak` (options: `-- --rotations 50 --keep-history 10 --keep-logs 3
+//! --workers 2 --interval 5ms`).
 #![allow(clippy::print_stdout)]
 
 mod common;
@@ -98,7 +99,20 @@ fn main() {
     rt.block_on(async {
         let (_, dir, _guard) = common::demo_playbook();
         let playbook = dir.join("soak.yaml");
-        std::fs::write(&playbook, rotor::demo::LOCAL_DEMO).expect("write playbook");
+        // Retention small enough that 50 rotations reach every bound (`keep`, docs/playbook.md).
+        let history: usize = arg("--keep-history")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10);
+        let logs: usize = arg("--keep-logs").and_then(|n| n.parse().ok()).unwrap_or(3);
+        println!("keep: history {history}, instance_logs {logs} (other fields: defaults)");
+        std::fs::write(
+            &playbook,
+            format!(
+                "{}\nkeep:\n  history: {history}\n  instance_logs: {logs}\n",
+                rotor::demo::LOCAL_DEMO
+            ),
+        )
+        .expect("write playbook");
         // The playbook every `rotor` process of the soak reads, as it reads it.
         let pb = rotor::playbook::load_file(&playbook).expect("the soak playbook loads");
         let pbs = playbook.to_str().expect("utf-8 path").to_string();
