@@ -12,7 +12,7 @@
 //! bounds.
 //!
 //! Run: `cargo bench --bench soak` (options: `-- --rotations 50 --keep-history 10 --keep-logs 3
-//! --workers 2 --interval 5ms`).
+//! --keep-destroyed 10 --keep-audit-size 64KiB --workers 2 --interval 5ms`).
 #![allow(clippy::print_stdout)]
 
 mod common;
@@ -104,15 +104,16 @@ fn main() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(10);
         let logs: usize = arg("--keep-logs").and_then(|n| n.parse().ok()).unwrap_or(3);
-        println!("keep: history {history}, instance_logs {logs} (other fields: defaults)");
-        std::fs::write(
-            &playbook,
-            format!(
-                "{}\nkeep:\n  history: {history}\n  instance_logs: {logs}\n",
-                rotor::demo::LOCAL_DEMO
-            ),
-        )
-        .expect("write playbook");
+        let destroyed: usize = arg("--keep-destroyed")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10);
+        let audit = arg("--keep-audit-size").unwrap_or_else(|| "64KiB".into());
+        let keep = format!(
+            "keep:\n  history: {history}\n  instance_logs: {logs}\n  destroyed_versions: {destroyed}\n  audit_log_size: {audit}\n  audit_logs: 2\n"
+        );
+        println!("{}", keep.replace('\n', " "));
+        std::fs::write(&playbook, format!("{}\n{keep}", rotor::demo::LOCAL_DEMO))
+            .expect("write playbook");
         // The playbook every `rotor` process of the soak reads, as it reads it.
         let pb = rotor::playbook::load_file(&playbook).expect("the soak playbook loads");
         let pbs = playbook.to_str().expect("utf-8 path").to_string();
