@@ -8,15 +8,12 @@
 //! Run: `cargo bench --bench discover` (options: `-- --files N --keep DIR`).
 #![allow(clippy::print_stdout)]
 
+mod common;
+
 use std::path::Path;
 use std::time::Instant;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
+use common::arg;
 
 /// Peak resident set (VmHWM) of this process, in MiB.
 fn peak_rss_mib() -> f64 {

@@ -180,8 +180,9 @@ fn closing_quote(text: &str, quote: char) -> Option<usize> {
     None
 }
 
-/// A single-quoted value as compose reads it: `\'` is a quote, every other backslash is kept.
-fn unescape_single(text: &str) -> String {
+/// `text` with each backslash escape `\c` replaced by what `escape(c)` gives; an escape it
+/// does not know (`None`), and a trailing backslash, keep their backslash.
+fn unescape_with(text: &str, escape: impl Fn(char) -> Option<char>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -190,15 +191,22 @@ fn unescape_single(text: &str) -> String {
             continue;
         }
         match chars.next() {
-            Some('\'') => out.push('\''),
-            Some(other) => {
-                out.push('\\');
-                out.push(other);
-            }
+            Some(e) => match escape(e) {
+                Some(x) => out.push(x),
+                None => {
+                    out.push('\\');
+                    out.push(e);
+                }
+            },
             None => out.push('\\'),
         }
     }
     out
+}
+
+/// A single-quoted value as compose reads it: `\'` is a quote, every other backslash is kept.
+fn unescape_single(text: &str) -> String {
+    unescape_with(text, |c| (c == '\'').then_some('\''))
 }
 
 /// A double-quoted value with its escapes applied as compose applies them (`\n`, `\t`, `\r`,
@@ -206,30 +214,17 @@ fn unescape_single(text: &str) -> String {
 /// python-dotenv keep it); variables it refers to go to `refs`.
 fn unescape(text: &str, refs: &mut Vec<String>) -> String {
     collect_refs(text, refs);
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('t') => out.push('\t'),
-            Some('r') => out.push('\r'),
-            Some('a') => out.push('\x07'),
-            Some('b') => out.push('\x08'),
-            Some('f') => out.push('\x0c'),
-            Some('v') => out.push('\x0b'),
-            Some(c @ ('"' | '\\' | '$')) => out.push(c),
-            Some(other) => {
-                out.push('\\');
-                out.push(other);
-            }
-            None => out.push('\\'),
-        }
-    }
-    out
+    unescape_with(text, |c| match c {
+        'n' => Some('\n'),
+        't' => Some('\t'),
+        'r' => Some('\r'),
+        'a' => Some('\x07'),
+        'b' => Some('\x08'),
+        'f' => Some('\x0c'),
+        'v' => Some('\x0b'),
+        '"' | '\\' | '$' => Some(c),
+        _ => None,
+    })
 }
 
 /// The variables `text` refers to (`${NAME}`, `${NAME:-default}`, `$NAME`), as compose reads

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{Out, pip_install, wait_for};
+use crate::common::{Out, free_port, pip_install, wait_for};
 
 /// moto's default account.
 pub const ACCOUNT: &str = "123456789012";
@@ -55,15 +55,6 @@ fn moto_root() -> PathBuf {
         "pytools-moto-5.2.5",
         "moto/server.py",
     )
-}
-
-/// A free loopback port (bound and released; the server binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One moto server on loopback, in memory (its state dies with it).

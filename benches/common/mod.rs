@@ -11,12 +11,14 @@ use rotor::playbook::Playbook;
 
 /// `-- --workers N --interval 5ms`: load workers per signer→validator path, and the pause
 /// between two requests of one worker.
+#[allow(dead_code)] // each bench compiles this module; not every bench uses every helper
 pub struct Opts {
     pub workers: usize,
     pub interval: Duration,
 }
 
-fn arg(name: &str) -> Option<String> {
+/// The value after `name` on the command line (`--rotations 50`), if given.
+pub fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
@@ -25,6 +27,7 @@ fn arg(name: &str) -> Option<String> {
 
 /// Reads the options, and points the demo playbook's `{rotor}` at the built binary. Call it
 /// first, before any thread starts.
+#[allow(dead_code)]
 pub fn setup() -> Opts {
     // SAFETY: single-threaded here, before the runtime starts.
     unsafe { std::env::set_var("ROTOR_EXE", env!("CARGO_BIN_EXE_rotor")) };
@@ -37,6 +40,7 @@ pub fn setup() -> Opts {
 }
 
 /// The embedded demo playbook in a scratch directory (kept while the guard lives).
+#[allow(dead_code)]
 pub fn demo_playbook() -> (Playbook, PathBuf, Option<tempfile::TempDir>) {
     let (dir, guard) = demo::scratch(None).expect("scratch dir");
     let pb = demo::demo_playbook(None, &dir).expect("embedded playbook");

@@ -28,7 +28,7 @@ use super::{
     Slots, deadline_after, report_held, slot_names,
 };
 use crate::events::{Event, EventSink};
-use crate::playbook::{ConsumerSpec, DotenvSpec, Pickup, Playbook, SlotNames};
+use crate::playbook::{ConsumerSpec, DotenvSpec, Pickup, Playbook};
 use crate::protocol::Role;
 use crate::secret::Fingerprint;
 use crate::transport::Transport;
@@ -55,15 +55,10 @@ const TMP_STALE: Duration = Duration::from_secs(60);
 /// A dotenv consumer.
 pub struct DotenvConsumer {
     /// The command, the targets and the record of what was applied.
+    /// (Its name, role, secret, slot names and timings are this consumer's.)
     exec: ExecConsumer,
-    name: String,
-    role: Role,
-    secret: String,
-    slot_names: SlotNames,
     files: Vec<PathBuf>,
     fingerprints_path: Option<String>,
-    readiness_timeout: Duration,
-    probe_timeout: Duration,
 }
 
 /// One env file as read: its text, and the owner a rewrite keeps.
@@ -82,20 +77,14 @@ impl DotenvConsumer {
     ) -> Self {
         DotenvConsumer {
             exec: ExecConsumer::for_dotenv(playbook, spec, dotenv, transport),
-            name: spec.name.clone(),
-            role: spec.role,
-            secret: playbook.secret.clone(),
-            slot_names: spec.slots.clone(),
             files: dotenv.files.clone(),
             fingerprints_path: spec.fingerprints_path.clone(),
-            readiness_timeout: playbook.timings.readiness_timeout,
-            probe_timeout: playbook.timings.probe_timeout,
         }
     }
 
     fn file_error(&self, file: &Path, detail: impl std::fmt::Display) -> ConsumerError {
         ConsumerError::EnvFile {
-            consumer: self.name.clone(),
+            consumer: self.exec.name.clone(),
             file: file.display().to_string(),
             detail: detail.to_string(),
         }
@@ -215,7 +204,7 @@ impl DotenvConsumer {
             .take(5)
             .map(|p| format!("line {}: {}", p.line, p.message))
             .collect();
-        for name in slot_names(&self.slot_names) {
+        for name in slot_names(&self.exec.slot_names) {
             let (last, count) = crate::dotenv::last_entries(&entries, name);
             let Some(e) = last else { continue };
             if count > 1 {
@@ -260,7 +249,7 @@ impl DotenvConsumer {
                 }
                 Some(v) => {
                     let value = crate::secret::SecretValue::new(v.clone());
-                    out.insert(name.to_string(), value.fingerprint(&self.secret));
+                    out.insert(name.to_string(), value.fingerprint(&self.exec.secret));
                 }
             }
         }
@@ -282,7 +271,7 @@ impl DotenvConsumer {
     /// and rewritten in memory first, so a file rotor cannot read whole stops it before any
     /// file changes.
     fn write_all(&self, d: &Desired<'_>, events: &dyn EventSink) -> Result<(), ConsumerError> {
-        let wanted: Vec<(&str, Option<&str>)> = slot_names(&self.slot_names)
+        let wanted: Vec<(&str, Option<&str>)> = slot_names(&self.exec.slot_names)
             .into_iter()
             .map(|n| {
                 let v = d
@@ -333,7 +322,7 @@ impl DotenvConsumer {
                     events.emit(&Event::Note {
                         message: format!(
                             "{}: {}:{line}: a second entry of {name} was removed (the file gives each name once now)",
-                            self.name,
+                            self.exec.name,
                             file.display()
                         ),
                     });
@@ -344,7 +333,7 @@ impl DotenvConsumer {
                     events.emit(&Event::Note {
                         message: format!(
                             "{}: {}: {} more entries of {name} were removed",
-                            self.name,
+                            self.exec.name,
                             file.display(),
                             n - DUPLICATES_SHOWN
                         ),
@@ -428,7 +417,7 @@ impl DotenvConsumer {
     /// consumer has a `fingerprints_path`), for at most the readiness timeout; a target that
     /// never does is left to its proof, which then says why.
     async fn settle(&self, d: &Desired<'_>) -> Result<(), ConsumerError> {
-        let until = deadline_after(self.readiness_timeout);
+        let until = deadline_after(self.exec.timings.readiness_timeout);
         for target in self.exec.instances().await? {
             let Some(addr) = target.addr else { continue };
             loop {
@@ -436,12 +425,12 @@ impl DotenvConsumer {
                 let ready = match &self.fingerprints_path {
                     Some(path) => {
                         let at = self.exec.transport().reach(addr, target.host.as_deref());
-                        report_held(at, path, left.min(self.probe_timeout))
+                        report_held(at, path, left.min(self.exec.timings.probe_timeout))
                             .await
                             .is_ok_and(|h| d.names.iter().all(|(n, f)| h.names.get(n) == Some(f)))
                     }
                     None => tokio::time::timeout(
-                        left.min(self.probe_timeout),
+                        left.min(self.exec.timings.probe_timeout),
                         tokio::net::TcpStream::connect(addr),
                     )
                     .await
@@ -484,11 +473,11 @@ impl Consumer for DotenvConsumer {
     }
 
     fn name(&self) -> &str {
-        &self.name
+        &self.exec.name
     }
 
     fn role(&self) -> Role {
-        self.role
+        self.exec.role
     }
 
     fn pickup(&self) -> Pickup {
@@ -516,7 +505,7 @@ impl Consumer for DotenvConsumer {
         gate: &dyn Gate,
         events: &dyn EventSink,
     ) -> Result<RolloutReport, ConsumerError> {
-        let d = Desired::new(&self.slot_names, &self.secret, slots);
+        let d = Desired::new(&self.exec.slot_names, &self.exec.secret, slots);
         if self.files_hold(&d)
             && self.exec.recorded(&d, slots)
             && self.exec.prove_targets(gate, events).await.is_ok()
@@ -544,10 +533,10 @@ impl Consumer for DotenvConsumer {
             return self.exec.held(instance).await;
         };
         let at = self.exec.transport().reach(addr, instance.host.as_deref());
-        let held = report_held(at, path, self.probe_timeout)
+        let held = report_held(at, path, self.exec.timings.probe_timeout)
             .await
             .map_err(|detail| ConsumerError::Observe {
-                consumer: self.name.clone(),
+                consumer: self.exec.name.clone(),
                 instance: instance.id.clone(),
                 detail,
             })?;
@@ -575,7 +564,7 @@ impl Consumer for DotenvConsumer {
                     Err(e) => (BTreeMap::new(), vec![e.to_string()]),
                 };
                 FileView {
-                    consumer: self.name.clone(),
+                    consumer: self.exec.name.clone(),
                     file: file.display().to_string(),
                     names,
                     problems,
@@ -630,7 +619,7 @@ mod tests {
         std::os::unix::fs::symlink("env/dev.env", p.join(".env")).unwrap();
         let c = consumer(p, "[.env, new.env]");
         let slots = Slots::new(SecretValue::new(A.into()), Some(SecretValue::new(B.into())));
-        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        let d = Desired::new(&c.exec.slot_names, &c.exec.secret, &slots);
         assert!(!c.files_hold(&d));
         c.write_all(&d, &crate::events::NullSink).unwrap();
         assert!(c.files_hold(&d));
@@ -649,7 +638,7 @@ mod tests {
         assert_eq!(mode(&p.join("new.env")), 0o600);
         // Back to one value: the secondary's name goes, nothing else moves.
         let slots = Slots::new(SecretValue::new(B.into()), None);
-        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        let d = Desired::new(&c.exec.slot_names, &c.exec.secret, &slots);
         c.write_all(&d, &crate::events::NullSink).unwrap();
         assert_eq!(
             std::fs::read_to_string(p.join("new.env")).unwrap(),
@@ -672,7 +661,7 @@ mod tests {
         std::fs::write(p.join("b.env"), "X=1\nP='never closed\n").unwrap();
         let c = consumer(p, "[a.env, b.env]");
         let slots = Slots::new(SecretValue::new(A.into()), None);
-        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        let d = Desired::new(&c.exec.slot_names, &c.exec.secret, &slots);
         let e = c.write_all(&d, &crate::events::NullSink).unwrap_err();
         let text = e.to_string();
         assert!(
@@ -691,7 +680,7 @@ mod tests {
         let odd = "legacy$value\\set-by-hand";
         let c = consumer(p, "[a.env]");
         let slots = Slots::new(SecretValue::new(odd.into()), None);
-        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        let d = Desired::new(&c.exec.slot_names, &c.exec.secret, &slots);
         let e = c.write_all(&d, &crate::events::NullSink).unwrap_err();
         let text = e.to_string();
         assert!(
@@ -759,7 +748,7 @@ mod tests {
         std::os::unix::fs::chown(p.join("app"), Some(4242), Some(4343)).unwrap();
         let c = consumer(p, "[app/new.env]");
         let slots = Slots::new(SecretValue::new(A.into()), None);
-        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        let d = Desired::new(&c.exec.slot_names, &c.exec.secret, &slots);
         c.write_all(&d, &crate::events::NullSink).unwrap();
         let m = std::fs::metadata(p.join("app/new.env")).unwrap();
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (4242, 4343, 0o600));
@@ -775,7 +764,7 @@ mod tests {
         let e = c.preflight().await.unwrap_err().to_string();
         assert!(e.contains("a.env has 2 hard links"), "{e}");
         let slots = Slots::new(SecretValue::new(A.into()), None);
-        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        let d = Desired::new(&c.exec.slot_names, &c.exec.secret, &slots);
         assert!(c.write_all(&d, &crate::events::NullSink).is_err());
         assert_eq!(
             std::fs::read_to_string(p.join("copy.env")).unwrap(),
@@ -857,7 +846,7 @@ mod tests {
         std::fs::write(p.join("a.env"), "P=x\n".repeat(10_000)).unwrap();
         let c = consumer(p, "[a.env]");
         let slots = Slots::new(SecretValue::new(A.into()), None);
-        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        let d = Desired::new(&c.exec.slot_names, &c.exec.secret, &slots);
         let events = Recorded::default();
         c.write_all(&d, &events).unwrap();
         let notes = events.0.into_inner().unwrap();
@@ -898,7 +887,7 @@ mod tests {
         std::fs::write(&fresh, "").unwrap();
         let c = consumer(p, "[a.env]");
         let slots = Slots::new(SecretValue::new(A.into()), None);
-        let d = Desired::new(&c.slot_names, &c.secret, &slots);
+        let d = Desired::new(&c.exec.slot_names, &c.exec.secret, &slots);
         c.write_all(&d, &crate::events::NullSink).unwrap();
         assert!(!stale.exists(), "a leftover holding values is removed");
         assert!(fresh.exists());

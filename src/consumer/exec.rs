@@ -52,14 +52,14 @@ struct Applied {
 
 /// An exec consumer.
 pub struct ExecConsumer {
-    name: String,
-    role: Role,
-    secret: String,
+    pub(super) name: String,
+    pub(super) role: Role,
+    pub(super) secret: String,
     /// The store's own name for the secret (`service-secret` in Secret Manager).
     store_secret: String,
-    slot_names: SlotNames,
+    pub(super) slot_names: SlotNames,
     spec: ExecSpec,
-    timings: Timings,
+    pub(super) timings: Timings,
     state_file: PathBuf,
     /// How rotor reaches its targets (plain HTTP unless it has `tls`).
     transport: Transport,

@@ -592,6 +592,37 @@ impl ProcessConsumer {
     }
 
     /// Stops an instance (no drain) and removes its record.
+    /// Forgets instance `id`: its record, its remembered exit and its secret files.
+    fn forget(&self, id: &str) -> Result<(), ConsumerError> {
+        self.layout
+            .remove_record(id)
+            .map_err(self.io(format!("removing the record of instance {id}")))?;
+        self.forget_exit(id);
+        self.layout
+            .remove_secrets(id)
+            .map_err(self.io(format!("removing the files of instance {id}")))
+    }
+
+    /// What an interrupted start leaves, cleared (under the fleet's lock): every process with
+    /// the fleet's tag that `keep` does not account for is ended (those of `starting` records
+    /// included), the `starting` records forgotten, stale temp files and the secret files of
+    /// instances not in `keep` removed. Returns how many processes were ended.
+    async fn clear_interrupted<'r>(
+        &self,
+        keep: &[Record],
+        starting: impl IntoIterator<Item = &'r Record>,
+    ) -> Result<usize, ConsumerError> {
+        let ended = self.end_unrecorded(keep).await?;
+        for rec in starting {
+            tracing::info!(consumer = %self.name, instance = %rec.id,
+                "removing the record of an instance whose start was interrupted");
+            self.forget(&rec.id)?;
+        }
+        self.remove_stale_temps()?;
+        self.remove_orphan_secrets(keep)?;
+        Ok(ended)
+    }
+
     async fn discard(&self, rec: &Record) -> Result<(), ConsumerError> {
         os::terminate(
             rec.pid,
@@ -599,13 +630,7 @@ impl ProcessConsumer {
             os::stop_signal(self.spec.stop_signal),
         )
         .await;
-        self.layout
-            .remove_record(&rec.id)
-            .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
-        self.forget_exit(&rec.id);
-        self.layout
-            .remove_secrets(&rec.id)
-            .map_err(self.io(format!("removing the files of instance {}", rec.id)))?;
+        self.forget(&rec.id)?;
         Ok(())
     }
 
@@ -698,13 +723,7 @@ impl ProcessConsumer {
             } else if !os::alive(rec.pid, rec.pid_start_ticks) {
                 tracing::info!(consumer = %self.name, instance = %rec.id, pid = rec.pid,
                     "dropping the record of an instance that is no longer running");
-                self.layout
-                    .remove_record(&rec.id)
-                    .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
-                self.forget_exit(&rec.id);
-                self.layout
-                    .remove_secrets(&rec.id)
-                    .map_err(self.io(format!("removing the files of instance {}", rec.id)))?;
+                self.forget(&rec.id)?;
             } else if rec.published {
                 fleet.push(rec);
             } else {
@@ -723,20 +742,7 @@ impl ProcessConsumer {
                 "stopping an instance that was started but never published");
             self.discard(&rec).await?;
         }
-        self.end_unrecorded(&fleet).await?;
-        for rec in starting {
-            tracing::info!(consumer = %self.name, instance = %rec.id,
-                "removing the record of an instance whose start was interrupted");
-            self.layout
-                .remove_record(&rec.id)
-                .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
-            self.forget_exit(&rec.id);
-            self.layout
-                .remove_secrets(&rec.id)
-                .map_err(self.io(format!("removing the files of instance {}", rec.id)))?;
-        }
-        self.remove_stale_temps()?;
-        self.remove_orphan_secrets(&fleet)?;
+        self.clear_interrupted(&fleet, &starting).await?;
         Ok(fleet)
     }
 
@@ -1423,27 +1429,9 @@ impl Consumer for ProcessConsumer {
             {
                 stopped += 1;
             }
-            self.layout
-                .remove_record(&rec.id)
-                .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
-            self.forget_exit(&rec.id);
-            self.layout
-                .remove_secrets(&rec.id)
-                .map_err(self.io(format!("removing the files of instance {}", rec.id)))?;
+            self.forget(&rec.id)?;
         }
-        // Unrecorded processes of the fleet, and those of `starting` records: found by tag.
-        stopped += self.end_unrecorded(&[]).await?;
-        for rec in starting {
-            self.layout
-                .remove_record(&rec.id)
-                .map_err(self.io(format!("removing the record of instance {}", rec.id)))?;
-            self.forget_exit(&rec.id);
-            self.layout
-                .remove_secrets(&rec.id)
-                .map_err(self.io(format!("removing the files of instance {}", rec.id)))?;
-        }
-        self.remove_stale_temps()?;
-        self.remove_orphan_secrets(&[])?;
+        stopped += self.clear_interrupted(&[], starting).await?;
         Ok(stopped)
     }
 

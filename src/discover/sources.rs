@@ -671,10 +671,7 @@ impl Cx<'_> {
                 let at = lines.line_of(c.get(0).expect("match").start());
                 let value = c.name("value").map(|m| m.as_str());
                 if let Pattern::ReadBuilt = kind {
-                    let prefix = ["prefix", "prefix2", "prefix3", "prefix4"]
-                        .iter()
-                        .find_map(|g| c.name(g))
-                        .map_or("", |m| m.as_str());
+                    let prefix = c.name("prefix").map_or("", |m| m.as_str());
                     if crate::dotenv::valid_name(prefix) {
                         let built = format!("{prefix}*");
                         self.push(at, &built, RefKind::Reads, source, None, None, None);
@@ -748,10 +745,7 @@ fn patterns(source: &str) -> &'static [(Regex, Pattern)] {
             // f"P{id}", "P" + id, "P%s" % id, "P{}".format(id)
             (
                 &format!(
-                    r#"(?:os\.environ\[|os\.environ\.get\(|os\.getenv\()\s*(?:f['"]{P}\{{|['"]{P2}['"]\s*\+|['"]{P3}%[sd]['"]\s*%|['"]{P4}\{{\}}['"]\s*\.format)"#,
-                    P2 = r"(?P<prefix2>[A-Za-z_][A-Za-z0-9_]*)",
-                    P3 = r"(?P<prefix3>[A-Za-z_][A-Za-z0-9_]*)",
-                    P4 = r"(?P<prefix4>[A-Za-z_][A-Za-z0-9_]*)",
+                    r#"(?:os\.environ\[|os\.environ\.get\(|os\.getenv\()\s*f?['"]{P}(?:\{{|['"]\s*\+|%[sd]['"]\s*%)"#
                 ),
                 Pattern::ReadBuilt,
             ),
@@ -783,10 +777,7 @@ fn patterns(source: &str) -> &'static [(Regex, Pattern)] {
             ),
             // process.env[`P${id}`], process.env["P" + id]
             (
-                &format!(
-                    r#"process\.env\[\s*(?:`{P}\$\{{|['"]{P2}['"]\s*\+)"#,
-                    P2 = r"(?P<prefix2>[A-Za-z_][A-Za-z0-9_]*)",
-                ),
+                &format!(r#"process\.env\[\s*[`'"]{P}(?:\$\{{|['"]\s*\+)"#),
                 Pattern::ReadBuilt,
             ),
         ])
@@ -804,8 +795,7 @@ fn patterns(source: &str) -> &'static [(Regex, Pattern)] {
             // os.Getenv("P" + id), os.Getenv(fmt.Sprintf("P%s", id))
             (
                 &format!(
-                    r#"os\.(?:Getenv|LookupEnv)\(\s*(?:"{P}"\s*\+|fmt\.Sprintf\(\s*"{P2}%[sdv])"#,
-                    P2 = r"(?P<prefix2>[A-Za-z_][A-Za-z0-9_]*)",
+                    r#"os\.(?:Getenv|LookupEnv)\(\s*(?:fmt\.Sprintf\(\s*)?"{P}(?:"\s*\+|%[sdv])"#
                 ),
                 Pattern::ReadBuilt,
             ),
