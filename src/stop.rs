@@ -38,9 +38,3 @@ pub fn name(signal: i32) -> String {
 pub fn exit_code(signal: i32) -> i32 {
     128_i32.saturating_add(signal)
 }
-
-/// Forgets every signal (tests, and embedders running several runs in one process).
-pub fn reset() {
-    FIRST.store(0, Ordering::SeqCst);
-    COUNT.store(0, Ordering::SeqCst);
-}
