@@ -4,8 +4,9 @@
 //! collector (age of the primary, last rotation time and duration, failures, rotation in
 //! progress), rewritten atomically after every run.
 //!
-//! Owns: turning events into one-line messages, sending them without blocking the rotation
-//! (each POST in its own task, awaited with a deadline when the run ends), and the metrics file.
+//! Owns: turning events into one-line messages, sending them without blocking the rotation (one
+//! delivery task posts them in the order they happened; the end of the run waits for it with a
+//! deadline), and the metrics file.
 //! Must never: put a value in a message or a metric (events carry fingerprints only), or fail a
 //! rotation because a notification could not be delivered (the first failure is a note in the
 //! output, without the webhook's URL).
@@ -23,12 +24,16 @@ use crate::playbook::Playbook;
 /// How long the end of a run waits for messages still being delivered.
 const FLUSH: Duration = Duration::from_secs(5);
 
+/// Most messages waiting for delivery; later ones are dropped (a run emits a few dozen).
+const QUEUE: usize = 1024;
+
 /// The webhook sink.
 pub struct Webhook {
     url: String,
     label: String,
     client: reqwest::Client,
-    pending: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The delivery task and its queue, started with the first message.
+    delivery: Mutex<Option<Delivery>>,
     /// Where the first failed delivery is reported (once: a dead webhook must not flood it).
     notes: Arc<dyn EventSink>,
     reported: Arc<std::sync::atomic::AtomicBool>,
@@ -43,7 +48,7 @@ impl Webhook {
             url,
             label,
             client,
-            pending: Mutex::new(Vec::new()),
+            delivery: Mutex::new(None),
             notes,
             reported: Arc::default(),
         }
@@ -85,6 +90,39 @@ impl Webhook {
     }
 }
 
+/// The queue of a webhook's messages and the task posting them one after the other.
+struct Delivery {
+    queue: tokio::sync::mpsc::Sender<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Webhook {
+    /// Posts `text`; the first failure is reported to `notes`.
+    async fn post(&self, text: String) {
+        let sent = self
+            .client
+            .post(&self.url)
+            .json(&serde_json::json!({ "text": text }))
+            .send()
+            .await;
+        let failure = match sent {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => format!("the webhook refused a notification ({})", r.status()),
+            Err(e) if e.is_timeout() => "the webhook did not answer in time".into(),
+            Err(e) if e.is_connect() => "the webhook could not be reached".into(),
+            Err(_) => "a notification could not be sent to the webhook".into(),
+        };
+        if !self
+            .reported
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.notes.emit(&Event::Note {
+                message: format!("{failure}; later failures this run are not reported"),
+            });
+        }
+    }
+}
+
 impl EventSink for Webhook {
     fn emit(&self, event: &Event) {
         let Some(text) = Webhook::message(&self.label, event) else {
@@ -94,36 +132,36 @@ impl EventSink for Webhook {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (client, url) = (self.client.clone(), self.url.clone());
-        let (notes, reported) = (self.notes.clone(), self.reported.clone());
-        let task = rt.spawn(async move {
-            let sent = client
-                .post(&url)
-                .json(&serde_json::json!({ "text": text }))
-                .send()
-                .await;
-            let failure = match sent {
-                Ok(r) if r.status().is_success() => return,
-                Ok(r) => format!("the webhook refused a notification ({})", r.status()),
-                Err(e) if e.is_timeout() => "the webhook did not answer in time".into(),
-                Err(e) if e.is_connect() => "the webhook could not be reached".into(),
-                Err(_) => "a notification could not be sent to the webhook".into(),
+        let mut delivery = self.delivery.lock().expect("webhook mutex");
+        let d = delivery.get_or_insert_with(|| {
+            let (queue, mut rx) = tokio::sync::mpsc::channel::<String>(QUEUE);
+            let me = Webhook {
+                url: self.url.clone(),
+                label: self.label.clone(),
+                client: self.client.clone(),
+                delivery: Mutex::new(None),
+                notes: self.notes.clone(),
+                reported: self.reported.clone(),
             };
-            if !reported.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                notes.emit(&Event::Note {
-                    message: format!("{failure}; later failures this run are not reported"),
-                });
-            }
+            // One task, so a channel hears the messages in the order they happened.
+            let task = rt.spawn(async move {
+                while let Some(text) = rx.recv().await {
+                    me.post(text).await;
+                }
+            });
+            Delivery { queue, task }
         });
-        self.pending.lock().expect("webhook mutex").push(task);
+        let _ = d.queue.try_send(text);
     }
 
-    /// Waits (up to a few seconds each) for messages still being delivered.
+    /// Waits (a few seconds at most) for the messages still queued to be delivered.
     fn flush(&self) -> Flush<'_> {
         Box::pin(async {
-            let pending: Vec<_> = std::mem::take(&mut *self.pending.lock().expect("webhook mutex"));
-            for p in pending {
-                let _ = tokio::time::timeout(FLUSH, p).await;
+            // Closing the queue ends the task once it has posted what is queued.
+            let delivery = self.delivery.lock().expect("webhook mutex").take();
+            if let Some(Delivery { queue, task }) = delivery {
+                drop(queue);
+                let _ = tokio::time::timeout(FLUSH, task).await;
             }
         })
     }
@@ -339,6 +377,52 @@ pub fn around(pb: &Playbook, out: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A slow webhook still hears the messages in the order they happened: the first one is
+    /// answered late, and the second is not sent before it was (a channel showing "run
+    /// completed" before the last step would mislead whoever reads it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_webhook_hears_every_message_in_order() {
+        use axum::routing::post;
+        let heard: Arc<Mutex<Vec<String>>> = Arc::default();
+        let app = {
+            let heard = heard.clone();
+            axum::Router::new().route(
+                "/hook",
+                post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                    let heard = heard.clone();
+                    async move {
+                        let text = body["text"].as_str().unwrap_or_default().to_string();
+                        // The webhook's own slowness, not a wait for readiness.
+                        if text.ends_with("first") {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        heard.lock().unwrap().push(text);
+                        "ok"
+                    }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let hook = Webhook::new(url, "s (test)".into(), Arc::new(crate::events::NullSink));
+        for error in ["first", "second", "third"] {
+            hook.emit(&Event::StepFailed {
+                transition: crate::protocol::Transition::T2,
+                direction: crate::protocol::Direction::Forward,
+                error: error.into(),
+            });
+        }
+        hook.flush().await;
+        let heard: Vec<String> = heard
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| t.rsplit(' ').next().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(heard, ["first", "second", "third"]);
+    }
 
     #[test]
     fn metrics_round_trip_through_the_file_and_count_failures() {
